@@ -1,0 +1,789 @@
+//! `PostgresMcpBinding` v1alpha1: one object that gives AI agents safe, read-only access to a
+//! PostgreSQL database through an MCP server.
+//!
+//! Every `///` comment here becomes the schema description that `kubectl explain` prints, so it
+//! is written for the person filling in the YAML. Validation that the apiserver can do (schema
+//! bounds and CEL rules) lives here too, so an invalid binding is rejected at `kubectl apply`
+//! with the field named, before the operator ever sees it.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Desired state of a binding: the database, the server's database identity, the tables it may
+/// read, the MCP server, and the optional Azure AI Foundry connection. The operator creates the
+/// database principal and its SELECT grants, the workload identity, the MCP server Deployment and
+/// Service, and the Foundry connection, and reports progress in status.conditions.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "pgmcp.dev",
+    version = "v1alpha1",
+    kind = "PostgresMcpBinding",
+    namespaced,
+    shortname = "pgmcp",
+    shortname = "pmb",
+    category = "pgmcp",
+    status = "PostgresMcpBindingStatus",
+    derive = "PartialEq",
+    doc = "A PostgresMcpBinding gives AI agents read-only access to one PostgreSQL database through an MCP (Model Context Protocol) server.",
+    // Raw JSON form: the structured form repeats `type_ = "string"`, which clippy's
+    // duplicated_attributes lint rejects.
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Endpoint","type":"string","jsonPath":".status.endpoint"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[x_kube(
+    validation = Rule::new("!has(self.identity.entra) || has(self.postgres.admin.entra)")
+        .message("identity.entra requires postgres.admin.entra: only a Microsoft Entra administrator can create Entra principals (pgaadauth_create_principal)")
+        .field_path(".postgres.admin"),
+    validation = Rule::new("!(has(self.identity.entra) || has(self.postgres.admin.entra)) || self.postgres.sslMode in ['require', 'verify-full']")
+        .message("sslMode must be require or verify-full when Entra tokens are used: the token is sent as the password")
+        .field_path(".postgres.sslMode"),
+    validation = Rule::new("!has(self.foundry) || has(self.server.auth.entra)")
+        .message("foundry requires server.auth.entra: Foundry calls the MCP server with Entra tokens of the project's managed identity")
+        .field_path(".server.auth"),
+    validation = Rule::new("!has(self.foundry) || (has(self.server.publicUrl) && self.server.publicUrl.startsWith('https://'))")
+        .message("foundry requires server.publicUrl, an https:// URL that Azure AI Foundry can reach: it becomes the connection target")
+        .field_path(".server.publicUrl"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PostgresMcpBindingSpec {
+    /// The PostgreSQL server and database to expose, and how the operator connects to it as an
+    /// administrator to create the principal and its grants.
+    pub postgres: PostgresSpec,
+    /// How the MCP server authenticates to PostgreSQL: exactly one of `entra` (Azure Database for
+    /// PostgreSQL with AKS workload identity, no secret anywhere) or `password` (any PostgreSQL;
+    /// the operator creates a LOGIN role with a generated password kept in a Secret).
+    pub identity: IdentitySpec,
+    /// Which schemas and tables the agent may read. Only SELECT is ever granted.
+    pub access: AccessSpec,
+    /// The MCP server the operator deploys: replicas, result limits, caller authentication and
+    /// pod settings.
+    pub server: ServerSpec,
+    /// Optional Azure AI Foundry project connection, so Foundry agents can use the server as a
+    /// tool. Requires server.auth.entra and server.publicUrl.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub foundry: Option<FoundrySpec>,
+}
+
+/// Where the database is and how the operator reaches it as an administrator.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PostgresSpec {
+    /// Host name or IP address of the PostgreSQL server, without scheme or port, for example
+    /// contoso.postgres.database.azure.com.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?$') || self.matches('^[0-9a-fA-F:]+$')")
+        .message("host must be a host name or IP address, without scheme, port or path"))]
+    pub host: String,
+    /// TCP port of the PostgreSQL server.
+    #[serde(default = "default_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// The database the agent reads.
+    #[schemars(length(min = 1, max = 63))]
+    pub database: String,
+    /// TLS mode for every connection (operator and MCP server): disable, prefer, require or
+    /// verify-full. Must be require or verify-full when Entra tokens are used.
+    #[serde(default)]
+    pub ssl_mode: SslMode,
+    /// How the operator connects as an administrator: exactly one of `entra` or
+    /// `passwordSecretRef`.
+    pub admin: AdminSpec,
+}
+
+fn default_port() -> i32 {
+    5432
+}
+
+/// TLS mode, with libpq's meaning.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// Plain TCP. Only for a database on the same trusted network.
+    Disable,
+    /// TLS when the server offers it.
+    Prefer,
+    /// TLS, without verifying the server certificate.
+    #[default]
+    Require,
+    /// TLS with the server certificate and host name verified.
+    VerifyFull,
+}
+
+/// Credentials of the operator's administrative connection.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = crate::rules::exactly_one(
+    "entra",
+    "passwordSecretRef",
+    "set exactly one of admin.entra (the operator's own workload identity) or admin.passwordSecretRef"
+))]
+#[serde(rename_all = "camelCase")]
+pub struct AdminSpec {
+    /// The operator connects with its own workload-identity token as a Microsoft Entra
+    /// administrator of the server (Azure Database for PostgreSQL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entra: Option<AdminEntra>,
+    /// The operator connects with a user name and password read from a Secret in the binding's
+    /// namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<SecretKeyRef>,
+    /// Database the operator connects to for creating the principal (Azure runs
+    /// pgaadauth_create_principal there). Grants are always made in postgres.database.
+    #[serde(default = "default_admin_database")]
+    #[schemars(length(min = 1, max = 63))]
+    pub database: String,
+}
+
+fn default_admin_database() -> String {
+    "postgres".to_owned()
+}
+
+/// The operator's own Entra identity as a PostgreSQL administrator.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AdminEntra {
+    /// PostgreSQL role name of the Entra administrator the operator's identity is registered as
+    /// (the display name given when the administrator was added to the server).
+    #[schemars(length(min = 1, max = 63))]
+    pub user: String,
+}
+
+/// A user name and password in a Secret of the binding's namespace.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key of the user name in the Secret.
+    #[serde(default = "default_username_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub username_key: String,
+    /// Key of the password in the Secret.
+    #[serde(default = "default_password_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub password_key: String,
+}
+
+fn default_username_key() -> String {
+    "username".to_owned()
+}
+
+fn default_password_key() -> String {
+    "password".to_owned()
+}
+
+/// The database identity of the MCP server.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(
+    validation = crate::rules::exactly_one(
+        "entra",
+        "password",
+        "set exactly one of identity.entra (Azure, workload identity) or identity.password (any PostgreSQL)"
+    ),
+    validation = Rule::new("has(self.entra) == has(oldSelf.entra)")
+        .message("the identity mode cannot change between entra and password: create a new binding instead")
+        .reason(Reason::FieldValueForbidden),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentitySpec {
+    /// The MCP server signs in to Azure Database for PostgreSQL as a user-assigned managed
+    /// identity through AKS workload identity. No secret is stored anywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entra: Option<EntraIdentity>,
+    /// The MCP server signs in with a password the operator generates and keeps in a Secret owned
+    /// by the binding. For PostgreSQL servers without Entra ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<PasswordIdentity>,
+}
+
+/// A user-assigned managed identity used through AKS workload identity.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EntraIdentity {
+    /// Client id of the user-assigned managed identity.
+    #[schemars(length(max = 36))]
+    #[x_kube(validation = crate::rules::guid("clientId"))]
+    pub client_id: String,
+    /// Entra tenant id of the managed identity.
+    #[schemars(length(max = 36))]
+    #[x_kube(validation = crate::rules::guid("tenantId"))]
+    pub tenant_id: String,
+    /// PostgreSQL role name of the principal, usually the managed identity's display name.
+    /// Immutable: the role is created once and its grants are tied to it.
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(
+        validation = crate::rules::creatable_role("principalName"),
+        validation = crate::rules::immutable("principalName", "create a new binding to use another principal")
+    )]
+    pub principal_name: String,
+    /// Object (principal) id of the managed identity. When set the principal is created with
+    /// pgaadauth_create_principal_with_oid, which does not depend on the display name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 36))]
+    #[x_kube(
+        validation = crate::rules::guid("objectId"),
+        validation = crate::rules::immutable("objectId", "create a new binding to use another principal")
+    )]
+    pub object_id: Option<String>,
+    /// When set, the operator creates the federated identity credential that lets the MCP
+    /// server's ServiceAccount sign in as this managed identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federated_credential: Option<FederatedCredentialSpec>,
+}
+
+/// The federated identity credential on the managed identity (created through ARM).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FederatedCredentialSpec {
+    /// ARM id of the user-assigned managed identity:
+    /// /subscriptions/<guid>/resourceGroups/<group>/providers/Microsoft.ManagedIdentity/userAssignedIdentities/<name>.
+    #[schemars(length(max = 512))]
+    #[x_kube(validation = crate::rules::managed_identity_id())]
+    pub identity_resource_id: String,
+    /// OIDC issuer URL of the AKS cluster (az aks show --query oidcIssuerProfile.issuerUrl).
+    /// Defaults to the operator's --oidc-issuer setting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    #[x_kube(validation = crate::rules::https_url("issuer"))]
+    pub issuer: Option<String>,
+    /// Name of the federated credential. Defaults to pgmcp-<namespace>-<binding name>.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 120))]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9][-A-Za-z0-9_]{2,119}$')")
+        .message("name must be 3 to 120 letters, digits, '-' or '_', starting with a letter or digit"))]
+    pub name: Option<String>,
+}
+
+/// A PostgreSQL LOGIN role with a generated password.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PasswordIdentity {
+    /// Name of the LOGIN role the operator creates. Immutable.
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(
+        validation = crate::rules::creatable_role("roleName"),
+        validation = crate::rules::immutable("roleName", "create a new binding to use another role")
+    )]
+    pub role_name: String,
+    /// Name of the Secret (owned by the binding) that receives the generated password.
+    /// Defaults to <binding name>-postgres.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')")
+        .message("secretName must be a DNS subdomain: lower-case letters, digits, '-' and '.'"))]
+    pub secret_name: Option<String>,
+}
+
+/// What the agent may read.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessSpec {
+    /// Schemas and tables to grant SELECT on; one entry per schema.
+    #[schemars(length(min = 1, max = 64))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["schema".to_owned()]))]
+    pub grants: Vec<Grant>,
+    /// Also make tables created later readable (ALTER DEFAULT PRIVILEGES), in the schemas granted
+    /// with tables: ["*"]. Explicit table lists are never widened.
+    #[serde(default = "default_true")]
+    pub default_privileges: bool,
+    /// What happens to the principal and its grants when the binding is deleted: Delete revokes
+    /// the grants and drops the role, Orphan leaves both in place.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Read access to tables of one schema.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Grant {
+    /// The schema.
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(validation = Rule::new("!self.startsWith('pg_') && self != 'information_schema'")
+        .message("system schemas (pg_* and information_schema) cannot be granted"))]
+    pub schema: String,
+    /// ["*"] for every table and view in the schema, or a list of unqualified table and view
+    /// names. "*" cannot be mixed with names.
+    #[schemars(length(max = 1000), inner(length(min = 1, max = 63)))]
+    #[x_kube(
+        merge_strategy = ListMerge::Set,
+        validation = Rule::new("size(self) > 0")
+            .message("tables must not be empty: list table names, or use [\"*\"] for every table in the schema")
+            .reason(Reason::FieldValueRequired),
+        validation = Rule::new("!self.exists(t, t == '*') || size(self) == 1")
+            .message("\"*\" must be the only entry of tables: it already means every table in the schema"),
+        validation = Rule::new("self.all(t, t == '*' || !t.contains('.'))")
+            .message("table names are unqualified: put the schema in grants[].schema, not in the table name"),
+    )]
+    pub tables: Vec<String>,
+    /// Privileges to grant. pgmcp is read-only: SELECT is the only privilege allowed.
+    #[serde(default = "default_privileges")]
+    #[schemars(length(min = 1, max = 8), inner(length(max = 32)))]
+    #[x_kube(validation = Rule::new("self.all(p, p == 'SELECT')")
+        .message("only SELECT can be granted: pgmcp gives agents read-only access"))]
+    pub privileges: Vec<String>,
+}
+
+fn default_privileges() -> Vec<String> {
+    vec!["SELECT".to_owned()]
+}
+
+/// What happens to external state when the binding (or its foundry section) is deleted.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DeletionPolicy {
+    /// Remove it.
+    #[default]
+    Delete,
+    /// Leave it in place.
+    Orphan,
+}
+
+/// The MCP server Deployment.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerSpec {
+    /// Number of MCP server pods. The server is stateless, so replicas need no session affinity.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 20))]
+    pub replicas: i32,
+    /// Caps applied to every query, reported to the agent with each result.
+    #[serde(default)]
+    pub limits: ServerLimits,
+    /// How callers authenticate to the MCP server: exactly one of `entra` or `none`.
+    pub auth: ServerAuth,
+    /// The URL agents outside the cluster use to reach the MCP endpoint (your Ingress or
+    /// gateway), for example https://mcp.contoso.com/agents/sales/mcp. Its host is allowed in the
+    /// Host header check, and it is the target of the Foundry connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new("isURL(self) && (self.startsWith('https://') || self.startsWith('http://'))")
+        .message("publicUrl must be an absolute http:// or https:// URL"))]
+    pub public_url: Option<String>,
+    /// Container image of the MCP server. Defaults to the image the operator was released with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+    /// CPU and memory requests and limits of the server container. Defaults are set by the
+    /// operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Node labels the server pods must be scheduled on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Tolerations of the server pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    /// Extra annotations on the server pods (for example for a service mesh).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_annotations: Option<BTreeMap<String, String>>,
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+
+/// Result and time caps of the MCP server.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerLimits {
+    /// Largest number of rows one tool call returns (1 to 100000); longer results are cut and
+    /// marked truncated.
+    #[serde(default = "default_max_rows")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 100000")
+        .message("maxRows must be between 1 and 100000"))]
+    pub max_rows: i32,
+    /// Largest result size of one tool call, as a Kubernetes quantity (1Ki to 64Mi).
+    #[serde(default = "default_max_bytes")]
+    #[schemars(length(min = 1, max = 16))]
+    #[x_kube(validation = Rule::new("isQuantity(self) && quantity(self).compareTo(quantity('1Ki')) >= 0 && quantity(self).compareTo(quantity('64Mi')) <= 0")
+        .message("maxBytes must be a quantity between 1Ki and 64Mi, such as 1Mi"))]
+    pub max_bytes: String,
+    /// Statement timeout of every query, as a duration (for example 15s, 1m30s); at most 10m.
+    #[serde(default = "default_statement_timeout")]
+    #[schemars(length(min = 2, max = 16))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ms|s|m|h))+$') && duration(self) >= duration('1ms') && duration(self) <= duration('10m')")
+        .message("statementTimeout must be a duration between 1ms and 10m, such as 15s or 1m30s"))]
+    pub statement_timeout: String,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            max_rows: default_max_rows(),
+            max_bytes: default_max_bytes(),
+            statement_timeout: default_statement_timeout(),
+        }
+    }
+}
+
+fn default_max_rows() -> i32 {
+    1000
+}
+
+fn default_max_bytes() -> String {
+    "1Mi".to_owned()
+}
+
+fn default_statement_timeout() -> String {
+    "15s".to_owned()
+}
+
+/// Caller authentication of the MCP server.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = crate::rules::exactly_one(
+    "entra",
+    "none",
+    "set exactly one of auth.entra (Entra ID tokens) or auth.none (development only)"
+))]
+#[serde(rename_all = "camelCase")]
+pub struct ServerAuth {
+    /// Callers present Entra ID access tokens (Authorization: Bearer) for the server's app
+    /// registration, carrying one of requiredRoles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entra: Option<ServerEntraAuth>,
+    /// No caller authentication. Anyone who can reach the Service can read the granted tables:
+    /// only for development, and only with acknowledgeInsecure: true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub none: Option<NoAuth>,
+}
+
+/// Entra ID access-token validation of callers.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerEntraAuth {
+    /// Entra tenant that issues the callers' tokens.
+    #[schemars(length(max = 36))]
+    #[x_kube(validation = crate::rules::guid("tenantId"))]
+    pub tenant_id: String,
+    /// Client id of the MCP server's app registration that callers request tokens for; tokens
+    /// with audience <clientId> or api://<clientId> are accepted.
+    #[schemars(length(min = 1, max = 256))]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$') || self.startsWith('api://')")
+        .message("audience must be the app registration's client id (a GUID) or its api:// application id URI"))]
+    pub audience: String,
+    /// App roles a token must carry (any one of them), for example MCP.Read.
+    #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 120)))]
+    pub required_roles: Vec<String>,
+    /// When set, only callers with one of these object ids (the oid claim) are accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256), inner(length(max = 36)))]
+    #[x_kube(validation = Rule::new("self.all(id, id.matches('^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$'))")
+        .message("allowedCallerObjectIds must be GUIDs (the oid claim of the callers)"))]
+    pub allowed_caller_object_ids: Option<Vec<String>>,
+    /// Entra authority host, for sovereign clouds. Defaults to https://login.microsoftonline.com.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    #[x_kube(validation = crate::rules::https_url("authorityHost"))]
+    pub authority_host: Option<String>,
+}
+
+/// Explicitly unauthenticated access.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("has(self.acknowledgeInsecure) && self.acknowledgeInsecure")
+    .message("auth.none lets anyone who can reach the server read the granted tables: set acknowledgeInsecure: true to accept this (development only), or configure auth.entra")
+    .field_path(".acknowledgeInsecure"))]
+#[serde(rename_all = "camelCase")]
+pub struct NoAuth {
+    /// Must be true: you accept that the server has no caller authentication.
+    #[serde(default)]
+    pub acknowledge_insecure: bool,
+}
+
+/// The Azure AI Foundry project connection.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FoundrySpec {
+    /// ARM id of the Foundry project:
+    /// /subscriptions/<guid>/resourceGroups/<group>/providers/Microsoft.CognitiveServices/accounts/<account>/projects/<project>.
+    #[schemars(length(max = 512))]
+    #[x_kube(validation = crate::rules::foundry_project_id())]
+    pub project_resource_id: String,
+    /// Name of the connection in the project (3 to 33 letters, digits, '-' or '_'). Immutable.
+    #[schemars(length(max = 33))]
+    #[x_kube(
+        validation = Rule::new("self.matches('^[A-Za-z0-9][-A-Za-z0-9_]{2,32}$')")
+            .message("connectionName must be 3 to 33 letters, digits, '-' or '_', starting with a letter or digit"),
+        validation = crate::rules::immutable("connectionName", "remove the foundry section and add it again to rename the connection")
+    )]
+    pub connection_name: String,
+    /// What happens to the connection when the binding or this section is deleted.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+/// Observed state, written by the operator only.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PostgresMcpBindingStatus {
+    /// The metadata.generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, Reconciling and Stalled (kstatus), and one condition per reconcile step:
+    /// IdentityReady, DatabaseReady, ReadOnlyVerified, ServerAvailable, FoundryConnectionReady.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".to_owned()]))]
+    pub conditions: Vec<Condition>,
+    /// In-cluster URL of the MCP endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The database principal the MCP server uses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<PrincipalStatus>,
+    /// The grants as last compared with the database catalog.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grants: Option<GrantsStatus>,
+    /// The federated identity credential the operator manages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federated_credential: Option<FederatedCredentialStatus>,
+    /// The Azure AI Foundry connection the operator manages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub foundry: Option<FoundryStatus>,
+}
+
+/// The database principal.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PrincipalStatus {
+    /// PostgreSQL role name.
+    pub name: String,
+    /// Entra or Password.
+    pub kind: PrincipalKind,
+}
+
+/// How the principal signs in.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrincipalKind {
+    /// A Microsoft Entra principal created with pgaadauth_create_principal.
+    Entra,
+    /// A LOGIN role with a generated password.
+    Password,
+}
+
+/// Summary of the granted privileges.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GrantsStatus {
+    /// Number of tables and views the principal can read.
+    pub tables: i32,
+    /// Hash of the granted privileges as found in the catalog; changes when grants change.
+    pub fingerprint: String,
+    /// When drift was last repaired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_repair_time: Option<Time>,
+    /// How many times drift between the spec and the catalog was repaired.
+    #[serde(default)]
+    pub repairs: i64,
+}
+
+/// The federated identity credential.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FederatedCredentialStatus {
+    /// ARM id of the credential.
+    pub id: String,
+    /// The subject it trusts: system:serviceaccount:<namespace>:<serviceaccount>.
+    pub subject: String,
+}
+
+/// The Foundry project connection.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FoundryStatus {
+    /// ARM id of the connection.
+    pub connection_id: String,
+}
+
+/// The CustomResourceDefinition as the YAML document that is installed (`crds/`, the chart,
+/// `manifests/install.yaml`).
+pub fn crd_yaml() -> Result<String, serde_saphyr::ser::Error> {
+    use kube::CustomResourceExt;
+    let body = serde_saphyr::to_string(&PostgresMcpBinding::crd())?;
+    Ok(format!(
+        "# Generated by `make generate` (crdgen) from crds/src/v1alpha1.rs. Do not edit.\n{body}"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use kube::CustomResourceExt;
+    use serde_json::Value;
+
+    use super::*;
+
+    fn repo_file(path: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(path)
+    }
+
+    fn schema() -> Value {
+        let crd = PostgresMcpBinding::crd();
+        let version = &crd.spec.versions[0];
+        serde_json::to_value(&version.schema.as_ref().unwrap().open_api_v3_schema).unwrap()
+    }
+
+    /// Walks every property of the schema, calling `f(path, property)`.
+    fn walk(path: &str, node: &Value, f: &mut dyn FnMut(&str, &Value)) {
+        if let Some(props) = node.get("properties").and_then(Value::as_object) {
+            for (name, prop) in props {
+                let path = format!("{path}.{name}");
+                f(&path, prop);
+                walk(&path, prop, f);
+            }
+        }
+        if let Some(items) = node.get("items") {
+            walk(&format!("{path}[]"), items, f);
+        }
+    }
+
+    #[test]
+    fn committed_crd_yaml_matches_the_rust_types() {
+        let committed =
+            std::fs::read_to_string(repo_file("crds/pgmcp.dev_postgresmcpbindings.yaml")).unwrap();
+        assert!(
+            committed == crd_yaml().unwrap(),
+            "crds/pgmcp.dev_postgresmcpbindings.yaml is stale: run `make generate`"
+        );
+    }
+
+    #[test]
+    fn every_spec_and_status_field_is_documented_for_kubectl_explain() {
+        let mut undocumented = Vec::new();
+        for root in ["spec", "status"] {
+            let node = &schema()["properties"][root];
+            walk(root, node, &mut |path, prop| {
+                // Kubernetes' own types (resources, tolerations) bring their own descriptions.
+                let ours = !path.contains(".resources.")
+                    && !path.contains(".tolerations[].")
+                    && !path.contains(".conditions[].");
+                if ours
+                    && prop
+                        .get("description")
+                        .and_then(Value::as_str)
+                        .is_none_or(str::is_empty)
+                {
+                    undocumented.push(path.to_owned());
+                }
+            });
+        }
+        assert!(
+            undocumented.is_empty(),
+            "fields without a /// doc comment: {undocumented:?}"
+        );
+    }
+
+    #[test]
+    fn schema_is_structural_enough_for_cel_cost_estimation() {
+        // Every string or list a CEL rule looks at must be bounded, or the apiserver rejects
+        // the CRD for exceeding the rule cost budget.
+        let mut unbounded = Vec::new();
+        walk(
+            "spec",
+            &schema()["properties"]["spec"],
+            &mut |path, prop| {
+                let has_rules = prop.get("x-kubernetes-validations").is_some();
+                let bounded = match prop.get("type").and_then(Value::as_str) {
+                    Some("string") => prop.get("maxLength").is_some() || prop.get("enum").is_some(),
+                    Some("array") => prop.get("maxItems").is_some(),
+                    _ => true,
+                };
+                if has_rules && !bounded {
+                    unbounded.push(path.to_owned());
+                }
+            },
+        );
+        assert!(
+            unbounded.is_empty(),
+            "unbounded fields with CEL rules: {unbounded:?}"
+        );
+    }
+
+    #[test]
+    fn printer_columns_are_ready_reason_endpoint_age() {
+        let crd = PostgresMcpBinding::crd();
+        let columns: Vec<String> = crd.spec.versions[0]
+            .additional_printer_columns
+            .iter()
+            .flatten()
+            .map(|c| c.name.clone())
+            .collect();
+        assert_eq!(columns, ["Ready", "Reason", "Endpoint", "Age"]);
+        assert_eq!(
+            crd.spec.names.short_names,
+            Some(vec!["pgmcp".to_owned(), "pmb".to_owned()])
+        );
+        assert!(
+            crd.spec.versions[0]
+                .subresources
+                .as_ref()
+                .unwrap()
+                .status
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn every_example_deserializes_into_the_rust_types() {
+        let dir = repo_file("manifests/examples");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let binding: PostgresMcpBinding =
+                serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert!(!binding.spec.access.grants.is_empty(), "{}", path.display());
+            seen += 1;
+        }
+        assert!(seen >= 4, "at least four examples");
+    }
+
+    #[test]
+    fn omitted_fields_take_the_documented_defaults() {
+        let binding: PostgresMcpBinding = serde_saphyr::from_str(
+            "apiVersion: pgmcp.dev/v1alpha1
+kind: PostgresMcpBinding
+metadata: { name: minimal }
+spec:
+  postgres: { host: db, database: app, admin: { passwordSecretRef: { name: pg-admin } } }
+  identity: { password: { roleName: app_mcp } }
+  access: { grants: [ { schema: public, tables: ['*'] } ] }
+  server: { auth: { none: { acknowledgeInsecure: true } } }
+",
+        )
+        .unwrap();
+        let spec = binding.spec;
+        assert_eq!(spec.postgres.port, 5432);
+        assert_eq!(spec.postgres.ssl_mode, SslMode::Require);
+        assert_eq!(spec.postgres.admin.database, "postgres");
+        let secret = spec.postgres.admin.password_secret_ref.unwrap();
+        assert_eq!(
+            (secret.username_key.as_str(), secret.password_key.as_str()),
+            ("username", "password")
+        );
+        assert_eq!(spec.access.grants[0].privileges, ["SELECT"]);
+        assert!(spec.access.default_privileges);
+        assert_eq!(spec.access.deletion_policy, DeletionPolicy::Delete);
+        assert_eq!(spec.server.replicas, 1);
+        assert_eq!(
+            spec.server.limits,
+            ServerLimits {
+                max_rows: 1000,
+                max_bytes: "1Mi".into(),
+                statement_timeout: "15s".into()
+            }
+        );
+        assert!(spec.foundry.is_none());
+    }
+}
