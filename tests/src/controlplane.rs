@@ -1,0 +1,418 @@
+//! A real Kubernetes control plane for tests: etcd, kube-apiserver and kube-controller-manager,
+//! started like controller-runtime's envtest (generated certificates, free loopback ports, RBAC,
+//! ServiceAccount token issuing), with the pgmcp CRD installed from the generated YAML file.
+//!
+//! There is no kubelet: pods stay Pending. The controller-manager provides garbage collection,
+//! namespace deletion, ServiceAccounts and ReplicaSets.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+use crate::daemon::{Daemon, Spec};
+use crate::paths;
+use crate::pki::Pki;
+
+/// Field manager of everything the harness applies.
+const HARNESS_MANAGER: &str = "pgmcp-tests";
+
+/// A running control plane. Dropping it stops every process and removes its directory.
+#[derive(Debug)]
+pub struct TestEnv {
+    kubeconfig: PathBuf,
+    server: String,
+    // Stopped in reverse order of start: controller-manager, apiserver, etcd.
+    daemons: Vec<Daemon>,
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        while let Some(mut daemon) = self.daemons.pop() {
+            daemon.stop();
+        }
+    }
+}
+
+impl TestEnv {
+    /// The control plane shared by all tests of this test binary, started on first use.
+    pub fn shared() -> &'static TestEnv {
+        static SHARED: OnceLock<Result<TestEnv, String>> = OnceLock::new();
+        let env = SHARED.get_or_init(|| {
+            crate::run_detached("pgmcp-testenv-start", TestEnv::start).map_err(|e| format!("{e:#}"))
+        });
+        match env {
+            Ok(env) => env,
+            Err(err) => panic!("failed to start the test control plane: {err}"),
+        }
+    }
+
+    /// Starts a new control plane and installs the CRD.
+    pub async fn start() -> anyhow::Result<Self> {
+        let started = Instant::now();
+        let etcd_bin = paths::controlplane_bin("etcd");
+        let apiserver_bin = paths::controlplane_bin("kube-apiserver");
+        let kcm_bin = paths::controlplane_bin("kube-controller-manager");
+        for bin in [&etcd_bin, &apiserver_bin, &kcm_bin] {
+            paths::require(
+                bin,
+                "build it with `make controlplane` (tests/controlplane/build.sh)",
+            )?;
+        }
+
+        let dir = tempfile::Builder::new()
+            .prefix("pgmcp-controlplane-")
+            .tempdir()?
+            .keep();
+        let pki = Pki::write(&dir.join("pki"))?;
+        let etcd_port = paths::free_port()?;
+        let etcd_peer_port = paths::free_port()?;
+        let api_port = paths::free_port()?;
+        let server = format!("https://127.0.0.1:{api_port}");
+        let kubeconfig = dir.join("kubeconfig");
+        write_kubeconfig(
+            &kubeconfig,
+            &server,
+            &pki.ca_cert,
+            &pki.admin_cert,
+            &pki.admin_key,
+        )?;
+        let kcm_kubeconfig = dir.join("controller-manager.kubeconfig");
+        write_kubeconfig(
+            &kcm_kubeconfig,
+            &server,
+            &pki.ca_cert,
+            &pki.controller_manager_cert,
+            &pki.controller_manager_key,
+        )?;
+
+        let mut env = TestEnv {
+            kubeconfig,
+            server: server.clone(),
+            daemons: Vec::new(),
+        };
+
+        let etcd_client = format!("http://127.0.0.1:{etcd_port}");
+        let etcd_peer = format!("http://127.0.0.1:{etcd_peer_port}");
+        let mut etcd = Spec::new("etcd", etcd_bin, dir.join("etcd.log")).args([
+            "--name=pgmcp-test".to_owned(),
+            format!("--data-dir={}", dir.join("etcd-data").display()),
+            format!("--listen-client-urls={etcd_client}"),
+            format!("--advertise-client-urls={etcd_client}"),
+            format!("--listen-peer-urls={etcd_peer}"),
+            format!("--initial-advertise-peer-urls={etcd_peer}"),
+            format!("--initial-cluster=pgmcp-test={etcd_peer}"),
+            "--unsafe-no-fsync".to_owned(),
+            "--log-level=warn".to_owned(),
+        ]);
+        // etcd is stopped last, so its wrapper removes the whole directory.
+        etcd.cleanup_dir = Some(dir.clone());
+        etcd.stop_after = Some(dir.join("etcd.stop-after"));
+        env.daemons.push(Daemon::spawn(etcd)?);
+
+        let p = |path: &Path| path.display().to_string();
+        let mut apiserver = Spec::new(
+            "kube-apiserver",
+            apiserver_bin,
+            dir.join("kube-apiserver.log"),
+        )
+        .args([
+            format!("--etcd-servers={etcd_client}"),
+            "--bind-address=127.0.0.1".to_owned(),
+            "--advertise-address=127.0.0.1".to_owned(),
+            format!("--secure-port={api_port}"),
+            format!("--cert-dir={}", dir.join("apiserver-certs").display()),
+            format!("--tls-cert-file={}", p(&pki.serving_cert)),
+            format!("--tls-private-key-file={}", p(&pki.serving_key)),
+            format!("--client-ca-file={}", p(&pki.ca_cert)),
+            "--authorization-mode=RBAC".to_owned(),
+            format!("--service-account-issuer={server}"),
+            format!("--service-account-key-file={}", p(&pki.service_account_pub)),
+            format!(
+                "--service-account-signing-key-file={}",
+                p(&pki.service_account_key)
+            ),
+            "--service-cluster-ip-range=10.0.0.0/24".to_owned(),
+            "--allow-privileged=true".to_owned(),
+        ]);
+        apiserver.stop_after = Some(dir.join("kube-apiserver.stop-after"));
+        let apiserver = Daemon::spawn(apiserver)?;
+        env.daemons[0].stop_before(&apiserver)?;
+        env.daemons.push(apiserver);
+
+        let client = env.client().await?;
+        env.wait_ready(&client, Duration::from_secs(90)).await?;
+
+        let kcm = Spec::new(
+            "kube-controller-manager",
+            kcm_bin,
+            dir.join("kube-controller-manager.log"),
+        )
+        .args([
+            format!("--kubeconfig={}", p(&kcm_kubeconfig)),
+            "--leader-elect=false".to_owned(),
+            "--secure-port=0".to_owned(),
+            "--controllers=*".to_owned(),
+            "--use-service-account-credentials=false".to_owned(),
+            format!(
+                "--service-account-private-key-file={}",
+                p(&pki.service_account_key)
+            ),
+            format!("--root-ca-file={}", p(&pki.ca_cert)),
+            format!("--cluster-signing-cert-file={}", p(&pki.ca_cert)),
+            format!("--cluster-signing-key-file={}", p(&pki.ca_key)),
+        ]);
+        let kcm = Daemon::spawn(kcm)?;
+        env.daemons[1].stop_before(&kcm)?;
+        env.daemons.push(kcm);
+
+        install_crd(&client).await?;
+        eprintln!(
+            "test control plane {} ready at {server} in {:.1}s (kubeconfig {})",
+            paths::KUBERNETES_VERSION,
+            started.elapsed().as_secs_f64(),
+            env.kubeconfig.display()
+        );
+        Ok(env)
+    }
+
+    async fn wait_ready(&mut self, client: &Client, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let request = http::Request::get("/readyz").body(Vec::new())?;
+            match client.request_text(request).await {
+                Ok(body) if body.trim() == "ok" => return Ok(()),
+                result => {
+                    if let Some(daemon) = self
+                        .daemons
+                        .iter_mut()
+                        .find_map(|d| d.exited().then_some(d))
+                    {
+                        anyhow::bail!(
+                            "{} exited during start-up:\n{}",
+                            daemon.name(),
+                            daemon.log_tail(40)
+                        );
+                    }
+                    if Instant::now() > deadline {
+                        let logs: Vec<String> = self
+                            .daemons
+                            .iter()
+                            .map(|d| format!("--- {}\n{}", d.name(), d.log_tail(20)))
+                            .collect();
+                        anyhow::bail!(
+                            "kube-apiserver not ready after {timeout:?} (last answer: {result:?})\n{}",
+                            logs.join("\n")
+                        );
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        }
+    }
+
+    /// Path of an admin kubeconfig (client certificate in group system:masters).
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// `https://127.0.0.1:<port>`, also the ServiceAccount token issuer.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// A new admin client, bound to the calling test's runtime.
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig)?;
+        let config =
+            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+        Ok(Client::try_from(config)?)
+    }
+
+    /// `kubectl` pointed at this control plane.
+    pub fn kubectl(&self) -> Command {
+        let mut command = Command::new(paths::kubectl());
+        command.arg("--kubeconfig").arg(&self.kubeconfig);
+        command
+    }
+
+    /// A fresh namespace named after the test; see [`TestNamespace`].
+    pub async fn namespace(&'static self, test: &str) -> anyhow::Result<TestNamespace> {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let client = self.client().await?;
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let mut name: String = test
+            .to_ascii_lowercase()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        name.truncate(50);
+        let name = format!("{}-{n}", name.trim_matches('-'));
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": name, "labels": { "pgmcp.dev/test": "true" } }
+        }))?;
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .with_context(|| format!("failed to create namespace {name}"))?;
+        Ok(TestNamespace {
+            name,
+            client,
+            env: self,
+        })
+    }
+}
+
+/// A namespace of its own for one test. When the test panics, dropping it prints the bindings
+/// (with status), everything else in the namespace and its events; then the namespace is deleted.
+pub struct TestNamespace {
+    pub name: String,
+    pub client: Client,
+    env: &'static TestEnv,
+}
+
+impl std::fmt::Debug for TestNamespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestNamespace")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TestNamespace {
+    /// `kubectl -n <namespace>` for this test.
+    pub fn kubectl(&self) -> Command {
+        let mut command = self.env.kubectl();
+        command.arg("--namespace").arg(&self.name);
+        command
+    }
+
+    /// Typed API for a namespaced resource in this namespace.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    fn dump(&self) {
+        eprintln!("--- state of namespace {} at failure", self.name);
+        for args in [
+            &["get", "postgresmcpbindings", "-o", "yaml"][..],
+            &[
+                "get",
+                "all,configmaps,secrets,serviceaccounts",
+                "-o",
+                "wide",
+            ][..],
+            &["get", "events", "--sort-by=.lastTimestamp"][..],
+        ] {
+            match self.kubectl().args(args).output() {
+                Ok(out) => eprintln!(
+                    "$ kubectl {}\n{}{}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+                Err(err) => eprintln!("kubectl {} failed: {err}", args.join(" ")),
+            }
+        }
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump();
+        }
+        // Deleted in the background: namespace finalization is not what the test measures.
+        let _ = self
+            .env
+            .kubectl()
+            .args(["delete", "namespace", &self.name, "--wait=false"])
+            .output();
+    }
+}
+
+fn write_kubeconfig(
+    path: &Path,
+    server: &str,
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+) -> anyhow::Result<()> {
+    let config = format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: pgmcp-test
+  cluster:
+    server: {server}
+    certificate-authority: {ca}
+users:
+- name: admin
+  user:
+    client-certificate: {cert}
+    client-key: {key}
+contexts:
+- name: pgmcp-test
+  context:
+    cluster: pgmcp-test
+    user: admin
+current-context: pgmcp-test
+",
+        ca = ca.display(),
+        cert = cert.display(),
+        key = key.display(),
+    );
+    std::fs::write(path, config)?;
+    Ok(())
+}
+
+/// Applies the generated CRD file (what users install) and waits until it is Established.
+pub async fn install_crd(client: &Client) -> anyhow::Result<()> {
+    let path = paths::crd_file();
+    let yaml = std::fs::read_to_string(&path)
+        .with_context(|| format!("failed to read {}: run `make generate`", path.display()))?;
+    let crd: CustomResourceDefinition = serde_saphyr::from_str(&yaml)
+        .with_context(|| format!("failed to parse {}", path.display()))?;
+    let name = crd.metadata.name.clone().unwrap_or_default();
+    let api = Api::<CustomResourceDefinition>::all(client.clone());
+    api.patch(
+        &name,
+        &PatchParams::apply(HARNESS_MANAGER).force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .with_context(|| format!("failed to apply CustomResourceDefinition {name}"))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let current = api.get(&name).await?;
+        let established = current
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| {
+                c.iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+            });
+        if established {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "CustomResourceDefinition {name} not Established after 30s: {:?}",
+            current.status
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

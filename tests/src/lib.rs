@@ -1,0 +1,43 @@
+//! Test harness for pgmcp: real components, started and stopped by the tests themselves.
+//!
+//! - [`TestEnv`]: etcd + kube-apiserver + kube-controller-manager built from Kubernetes' own Go
+//!   modules (`tests/controlplane/build.sh`), with the pgmcp CRD installed and a fresh namespace
+//!   per test.
+//! - [`Postgres`]: a PostgreSQL 15 instance in a temporary directory, a fresh database per test.
+//!
+//! Each test binary shares one control plane and one PostgreSQL (starting them takes seconds);
+//! isolation comes from namespaces and databases. Every process is started under a lifeline
+//! ([`daemon`]) so it stops when the test binary exits, also on panic or SIGKILL.
+
+pub mod controlplane;
+pub mod daemon;
+pub mod paths;
+pub mod pki;
+pub mod postgres;
+
+pub use controlplane::{TestEnv, TestNamespace};
+pub use postgres::{Postgres, TestDatabase};
+
+/// Runs an async initialisation on a thread of its own, with a runtime of its own.
+///
+/// Shared fixtures outlive the per-test tokio runtimes, so nothing they keep may be bound to one;
+/// this also lets a synchronous `OnceLock` initialiser be called from inside an async test.
+pub(crate) fn run_detached<T, F>(
+    name: &str,
+    make: impl FnOnce() -> F + Send + 'static,
+) -> anyhow::Result<T>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = anyhow::Result<T>>,
+{
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(make())
+        })?
+        .join()
+        .map_err(|_| anyhow::anyhow!("{name} panicked"))?
+}

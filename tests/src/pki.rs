@@ -1,0 +1,117 @@
+//! Certificates and keys for the test control plane, as envtest makes them: a CA, a serving
+//! certificate for 127.0.0.1/localhost, client certificates, and the ServiceAccount signing key.
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+
+/// Paths of everything written by [`Pki::write`].
+#[derive(Debug, Clone)]
+pub struct Pki {
+    pub ca_cert: PathBuf,
+    pub ca_key: PathBuf,
+    pub serving_cert: PathBuf,
+    pub serving_key: PathBuf,
+    pub admin_cert: PathBuf,
+    pub admin_key: PathBuf,
+    pub controller_manager_cert: PathBuf,
+    pub controller_manager_key: PathBuf,
+    /// RSA key pair signing ServiceAccount tokens (RS256, as AKS issues them).
+    pub service_account_key: PathBuf,
+    pub service_account_pub: PathBuf,
+}
+
+impl Pki {
+    /// Generates all material into `dir`.
+    pub fn write(dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let pki = Self {
+            ca_cert: dir.join("ca.crt"),
+            ca_key: dir.join("ca.key"),
+            serving_cert: dir.join("apiserver.crt"),
+            serving_key: dir.join("apiserver.key"),
+            admin_cert: dir.join("admin.crt"),
+            admin_key: dir.join("admin.key"),
+            controller_manager_cert: dir.join("controller-manager.crt"),
+            controller_manager_key: dir.join("controller-manager.key"),
+            service_account_key: dir.join("sa.key"),
+            service_account_pub: dir.join("sa.pub"),
+        };
+
+        let ca_key = KeyPair::generate()?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "pgmcp-test-ca");
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_cert = ca_params.self_signed(&ca_key)?;
+        std::fs::write(&pki.ca_cert, ca_cert.pem())?;
+        std::fs::write(&pki.ca_key, ca_key.serialize_pem())?;
+        let issuer = Issuer::new(ca_params, ca_key);
+
+        let mut serving = CertificateParams::new(vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            "kubernetes".to_owned(),
+            "kubernetes.default.svc".to_owned(),
+        ])?;
+        serving
+            .distinguished_name
+            .push(DnType::CommonName, "kube-apiserver");
+        serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        write_leaf(&serving, &issuer, &pki.serving_cert, &pki.serving_key)?;
+
+        write_leaf(
+            &client("pgmcp-test-admin", Some("system:masters"))?,
+            &issuer,
+            &pki.admin_cert,
+            &pki.admin_key,
+        )?;
+        write_leaf(
+            &client("system:kube-controller-manager", None)?,
+            &issuer,
+            &pki.controller_manager_cert,
+            &pki.controller_manager_key,
+        )?;
+
+        let sa = KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256)?;
+        std::fs::write(&pki.service_account_key, sa.serialize_pem())?;
+        std::fs::write(&pki.service_account_pub, sa.public_key_pem())?;
+        Ok(pki)
+    }
+}
+
+fn client(common_name: &str, organization: Option<&str>) -> anyhow::Result<CertificateParams> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    if let Some(org) = organization {
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, org);
+    }
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    Ok(params)
+}
+
+fn write_leaf(
+    params: &CertificateParams,
+    issuer: &Issuer<'_, KeyPair>,
+    cert_path: &Path,
+    key_path: &Path,
+) -> anyhow::Result<()> {
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, issuer)?;
+    std::fs::write(cert_path, cert.pem())?;
+    std::fs::write(key_path, key.serialize_pem())?;
+    Ok(())
+}

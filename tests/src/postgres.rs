@@ -1,0 +1,298 @@
+//! A real PostgreSQL 15 for tests: initdb into a temporary directory, the server on a free
+//! loopback port (TCP only, SCRAM passwords, no fsync), run as the `postgres` user when the
+//! tests run as root. Each test gets a database of its own.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+use crate::daemon::{Daemon, Spec};
+use crate::paths;
+
+/// Name of the superuser created by initdb.
+pub const SUPERUSER: &str = "postgres";
+
+/// A running PostgreSQL server. Dropping it stops the server and removes its data.
+#[derive(Debug)]
+pub struct Postgres {
+    host: String,
+    port: u16,
+    password: String,
+    version: String,
+    _daemon: Daemon,
+}
+
+impl Postgres {
+    /// The server shared by all tests of this test binary, started on first use.
+    pub fn shared() -> &'static Postgres {
+        static SHARED: OnceLock<Result<Postgres, String>> = OnceLock::new();
+        let pg = SHARED.get_or_init(|| {
+            crate::run_detached("pgmcp-postgres-start", Postgres::start)
+                .map_err(|e| format!("{e:#}"))
+        });
+        match pg {
+            Ok(pg) => pg,
+            Err(err) => panic!("failed to start the test PostgreSQL: {err}"),
+        }
+    }
+
+    /// Initialises and starts a new server.
+    pub async fn start() -> anyhow::Result<Self> {
+        let started = Instant::now();
+        let bindir = paths::postgres_bindir();
+        let postgres_bin = bindir.join("postgres");
+        paths::require(
+            &postgres_bin,
+            "install PostgreSQL 15 (`apt-get install postgresql-15`, done by `make deps`) or set PGMCP_PG_BINDIR",
+        )?;
+        let version = output(Command::new(&postgres_bin).arg("--version"))?;
+        anyhow::ensure!(
+            version.contains(" 15."),
+            "{} is not PostgreSQL 15: {version}",
+            postgres_bin.display()
+        );
+
+        let dir = tempfile::Builder::new()
+            .prefix("pgmcp-postgres-")
+            .tempdir()?
+            .keep();
+        let run_as = running_as_root()?.then(|| SUPERUSER.to_owned());
+        if let Some(user) = &run_as {
+            output(Command::new("chown").arg(format!("{user}:")).arg(&dir))?;
+        }
+        let password = random_password()?;
+        let pwfile = dir.join("pwfile");
+        std::fs::write(&pwfile, &password)?;
+        if let Some(user) = &run_as {
+            output(Command::new("chown").arg(format!("{user}:")).arg(&pwfile))?;
+        }
+        let data = dir.join("data");
+        let mut initdb = as_user(run_as.as_deref(), &bindir.join("initdb"));
+        initdb
+            .arg("--pgdata")
+            .arg(&data)
+            .args([
+                "--username",
+                SUPERUSER,
+                "--auth=scram-sha-256",
+                "--encoding=UTF8",
+                "--no-locale",
+                "--no-sync",
+            ])
+            .arg(format!("--pwfile={}", pwfile.display()));
+        output(&mut initdb).context("initdb failed")?;
+        std::fs::remove_file(&pwfile)?;
+
+        let port = paths::free_port()?;
+        let mut spec = Spec::new("postgres", postgres_bin, dir.join("postgres.log")).args([
+            "-D".to_owned(),
+            data.display().to_string(),
+            "-p".to_owned(),
+            port.to_string(),
+            "-c".to_owned(),
+            "listen_addresses=127.0.0.1".to_owned(),
+            "-c".to_owned(),
+            "unix_socket_directories=".to_owned(),
+            "-c".to_owned(),
+            "fsync=off".to_owned(),
+            "-c".to_owned(),
+            "full_page_writes=off".to_owned(),
+            "-c".to_owned(),
+            "synchronous_commit=off".to_owned(),
+            "-c".to_owned(),
+            "max_connections=300".to_owned(),
+        ]);
+        spec.stop_signal = "INT"; // fast shutdown: do not wait for clients
+        spec.cleanup_dir = Some(dir.clone());
+        spec.run_as = run_as;
+        // The log lives in the directory, created by us; make it writable for the server too.
+        let mut daemon = Daemon::spawn(spec)?;
+
+        let pg = loop {
+            let config = connect_config("127.0.0.1", port, SUPERUSER, &password, "postgres");
+            match config.connect(tokio_postgres::NoTls).await {
+                Ok((client, connection)) => {
+                    drop(client);
+                    drop(connection);
+                    break Postgres {
+                        host: "127.0.0.1".to_owned(),
+                        port,
+                        password,
+                        version: version.trim().to_owned(),
+                        _daemon: daemon,
+                    };
+                }
+                Err(err) => {
+                    if daemon.exited() || started.elapsed() > Duration::from_secs(60) {
+                        anyhow::bail!(
+                            "PostgreSQL did not accept connections ({err}):\n{}",
+                            daemon.log_tail(30)
+                        );
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        eprintln!(
+            "test PostgreSQL ({}) ready on 127.0.0.1:{port} in {:.1}s",
+            pg.version,
+            started.elapsed().as_secs_f64()
+        );
+        Ok(pg)
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Password of the superuser [`SUPERUSER`].
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+
+    /// `postgres (PostgreSQL) 15.x`.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// Connects as the superuser to `database`; the connection runs on the caller's runtime.
+    pub async fn connect(&self, database: &str) -> anyhow::Result<tokio_postgres::Client> {
+        connect(&connect_config(
+            &self.host,
+            self.port,
+            SUPERUSER,
+            &self.password,
+            database,
+        ))
+        .await
+    }
+
+    /// Creates a new, empty database named after the test.
+    pub async fn create_database(&'static self, test: &str) -> anyhow::Result<TestDatabase> {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let mut name: String = test
+            .to_ascii_lowercase()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        name.truncate(40);
+        let name = format!("{}_{}_{n}", name.trim_matches('_'), std::process::id());
+        let admin = self.connect("postgres").await?;
+        admin
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .with_context(|| format!("failed to create database {name}"))?;
+        Ok(TestDatabase { name, server: self })
+    }
+}
+
+/// A database of one test on the shared server.
+#[derive(Debug)]
+pub struct TestDatabase {
+    pub name: String,
+    server: &'static Postgres,
+}
+
+impl TestDatabase {
+    pub fn server(&self) -> &'static Postgres {
+        self.server
+    }
+
+    /// Connects as the superuser.
+    pub async fn connect(&self) -> anyhow::Result<tokio_postgres::Client> {
+        self.server.connect(&self.name).await
+    }
+
+    /// Connects as `user` with `password`.
+    pub async fn connect_as(
+        &self,
+        user: &str,
+        password: &str,
+    ) -> anyhow::Result<tokio_postgres::Client> {
+        connect(&connect_config(
+            &self.server.host,
+            self.server.port,
+            user,
+            password,
+            &self.name,
+        ))
+        .await
+    }
+}
+
+fn connect_config(
+    host: &str,
+    port: u16,
+    user: &str,
+    password: &str,
+    dbname: &str,
+) -> tokio_postgres::Config {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(host)
+        .port(port)
+        .user(user)
+        .password(password)
+        .dbname(dbname)
+        .application_name("pgmcp-tests")
+        .connect_timeout(Duration::from_secs(5));
+    config
+}
+
+async fn connect(config: &tokio_postgres::Config) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            eprintln!("test PostgreSQL connection ended: {err}");
+        }
+    });
+    Ok(client)
+}
+
+fn as_user(user: Option<&str>, program: &Path) -> Command {
+    match user {
+        Some(user) => {
+            let mut command = Command::new("setpriv");
+            command
+                .args(["--reuid", user, "--regid", user, "--init-groups", "--"])
+                .arg(program);
+            command
+        }
+        None => Command::new(program),
+    }
+}
+
+fn running_as_root() -> anyhow::Result<bool> {
+    Ok(output(Command::new("id").arg("-u"))?.trim() == "0")
+}
+
+fn random_password() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 18];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .context("failed to read /dev/urandom")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn output(command: &mut Command) -> anyhow::Result<String> {
+    let out = command
+        .output()
+        .with_context(|| format!("failed to run {command:?}"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{command:?} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
