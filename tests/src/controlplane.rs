@@ -161,7 +161,7 @@ impl TestEnv {
             "--leader-elect=false".to_owned(),
             "--secure-port=0".to_owned(),
             "--controllers=*".to_owned(),
-            "--use-service-account-credentials=false".to_owned(),
+            "--use-service-account-credentials=true".to_owned(),
             format!(
                 "--service-account-private-key-file={}",
                 p(&pki.service_account_key)
