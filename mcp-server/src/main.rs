@@ -1,16 +1,135 @@
-//! pgmcp-server: the read-only PostgreSQL MCP server each binding runs.
-//!
-//! This release ships the API (the CRD) only; the server follows.
+//! pgmcp-server: parse arguments, check the database role, serve MCP over HTTP or stdio.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
 use clap::Parser;
+use pgmcp_server::config::{Args, Settings};
+use pgmcp_server::db::Database;
+use pgmcp_server::metrics::Metrics;
+use pgmcp_server::scope::Scope;
+use pgmcp_server::tools::Tools;
+use pgmcp_server::{AppState, PgMcpServer, router, startup};
+use rmcp::ServiceExt as _;
+use tokio_util::sync::CancellationToken;
 
-/// Read-only PostgreSQL MCP server.
-#[derive(Parser, Debug)]
-#[command(version, about)]
-struct Args {}
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging(&args.log_format);
+    let settings = Settings::resolve(&args, |var| std::env::var(var).ok())?;
+    let db = Database::new(&settings.connect).map_err(anyhow::Error::msg)?;
+    let scope = Scope::new(settings.file.scope.grants.clone());
+    let tools = Arc::new(Tools::new(db, scope, settings.file.limits.clone()));
+    check_role(&tools, &settings).await?;
+    let metrics = Arc::new(Metrics::default());
 
-fn main() -> std::process::ExitCode {
-    let _args = Args::parse();
-    eprintln!("pgmcp-server is not part of this release yet: only the CRD is");
-    std::process::ExitCode::FAILURE
+    if settings.stdio {
+        tracing::info!("serving MCP on stdio");
+        let service = PgMcpServer::new(tools, metrics)
+            .serve(rmcp::transport::stdio())
+            .await
+            .context("failed to start the stdio transport")?;
+        service.waiting().await?;
+        return Ok(());
+    }
+
+    if !settings.listen.ip().is_loopback() && !settings.insecure_allow_unauthenticated {
+        anyhow::bail!(
+            "refusing to serve without caller authentication on {}: listen on 127.0.0.1, or pass \
+             --insecure-allow-unauthenticated (development only)",
+            settings.listen
+        );
+    }
+    if settings.insecure_allow_unauthenticated {
+        tracing::warn!(listen = %settings.listen, "serving WITHOUT caller authentication: anyone who can reach this address can read the granted tables");
+    }
+    let shutdown = CancellationToken::new();
+    let app = router(
+        AppState { tools, metrics },
+        &settings.file.http,
+        shutdown.clone(),
+    );
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("failed to listen on {}", settings.listen))?;
+    tracing::info!(listen = %listener.local_addr()?, "serving MCP at /mcp");
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        stop.cancel();
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await?;
+    Ok(())
+}
+
+/// Retries while the database is unreachable (it may start after us), then checks the role.
+async fn check_role(tools: &Tools, settings: &Settings) -> anyhow::Result<()> {
+    let mut delay = Duration::from_millis(200);
+    let mut waited = Duration::ZERO;
+    let problems = loop {
+        match startup::role_problems(tools).await {
+            Ok(problems) => break problems,
+            Err(err) if waited < Duration::from_secs(60) => {
+                tracing::warn!(error = %err, "database not ready; retrying");
+                tokio::time::sleep(delay).await;
+                waited += delay;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(err) => anyhow::bail!("{err}"),
+        }
+    };
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let list = problems.join("; ");
+    if settings.allow_unsafe_role {
+        tracing::error!(problems = %list, "UNSAFE: serving with a role that is not read-only (--allow-unsafe-role); the SQL guard and read-only transactions are the only protection left");
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "refusing to serve: {list}. Use a role with SELECT only (what a PostgresMcpBinding creates), \
+             or pass --allow-unsafe-role for development"
+        )
+    }
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Logs go to stderr: stdout carries MCP in stdio mode.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "text" {
+        builder.init();
+    } else {
+        builder.json().flatten_event(true).init();
+    }
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
 }

@@ -11,6 +11,7 @@
 
 pub mod controlplane;
 pub mod daemon;
+pub mod http;
 pub mod paths;
 pub mod pki;
 pub mod postgres;

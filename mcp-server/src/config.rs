@@ -1,0 +1,281 @@
+//! Command line and configuration: the shared [`ServerConfig`] file (written by the operator)
+//! overridden by flags and environment, resolved into what the server runs with. The password
+//! is read from a file or the environment and never logged or echoed in errors.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use pgmcp_crds::config::{ScopeGrant, ServerConfig};
+
+use crate::db::ConnectOptions;
+
+/// Read-only PostgreSQL MCP server (Streamable HTTP at /mcp, or stdio).
+#[derive(Parser, Debug, Clone, Default)]
+#[command(version, about)]
+pub struct Args {
+    /// Configuration file (JSON, as the operator writes it).
+    #[arg(long, env = "PGMCP_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// postgres://user@host:port/dbname?sslmode=prefer (a password here works, but prefer
+    /// --password-file or PGMCP_DATABASE_PASSWORD).
+    #[arg(long, env = "PGMCP_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// File holding the database password.
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
+    /// Address of the HTTP listener (host:port).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Serve MCP over stdin/stdout instead of HTTP (for local clients).
+    #[arg(long)]
+    pub stdio: bool,
+    /// Accepted Host header (host or host:port), besides loopback. Repeatable.
+    #[arg(long = "allowed-host")]
+    pub allowed_hosts: Vec<String>,
+    /// Accepted browser Origin (scheme://host[:port]). Repeatable.
+    #[arg(long = "allowed-origin")]
+    pub allowed_origins: Vec<String>,
+    /// Grant visibility of a schema: SCHEMA (every table) or SCHEMA=t1,t2. Repeatable.
+    /// Without any, the server shows everything its role can read.
+    #[arg(long = "grant")]
+    pub grants: Vec<String>,
+    /// Most rows one tool call returns.
+    #[arg(long)]
+    pub max_rows: Option<u32>,
+    /// Statement timeout in milliseconds.
+    #[arg(long)]
+    pub statement_timeout_ms: Option<u64>,
+    /// Serve even if the role is a superuser or can write (development only).
+    #[arg(long)]
+    pub allow_unsafe_role: bool,
+    /// Serve without caller authentication on a non-loopback address (development only).
+    #[arg(long)]
+    pub insecure_allow_unauthenticated: bool,
+    /// Log format: json (default) or text.
+    #[arg(long, default_value = "json")]
+    pub log_format: String,
+}
+
+/// Everything resolved, ready to run.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub connect: ConnectOptions,
+    pub file: ServerConfig,
+    pub listen: SocketAddr,
+    pub stdio: bool,
+    pub allow_unsafe_role: bool,
+    pub insecure_allow_unauthenticated: bool,
+}
+
+/// A configuration problem, naming the flag, variable or file at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+fn err(message: impl Into<String>) -> ConfigError {
+    ConfigError(message.into())
+}
+
+/// Parses `--grant` values.
+fn parse_grant(value: &str) -> Result<ScopeGrant, ConfigError> {
+    let (schema, tables) = value.split_once('=').unwrap_or((value, "*"));
+    let tables: Vec<String> = tables
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if schema.is_empty() || tables.is_empty() {
+        return Err(err(format!(
+            "--grant {value}: expected SCHEMA or SCHEMA=table1,table2"
+        )));
+    }
+    Ok(ScopeGrant {
+        schema: schema.to_owned(),
+        tables,
+    })
+}
+
+impl Settings {
+    /// Resolves `args` over the configuration file. `env` looks up environment variables
+    /// (injected so tests need not touch the process environment).
+    pub fn resolve(args: &Args, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| err(format!("failed to read --config {}: {e}", path.display())))?;
+                serde_json::from_str::<ServerConfig>(&text)
+                    .map_err(|e| err(format!("failed to parse --config {}: {e}", path.display())))?
+            }
+            None => ServerConfig::default(),
+        };
+        let mut url_password = None;
+        if let Some(url) = &args.database_url {
+            let pg: tokio_postgres::Config = url.parse().map_err(|e| {
+                err(format!(
+                    "--database-url is not a PostgreSQL URL or key=value string: {e}"
+                ))
+            })?;
+            if let Some(tokio_postgres::config::Host::Tcp(host)) = pg.get_hosts().first() {
+                file.database.host = host.clone();
+            }
+            if let Some(port) = pg.get_ports().first() {
+                file.database.port = *port;
+            }
+            if let Some(user) = pg.get_user() {
+                file.database.user = user.to_owned();
+            }
+            if let Some(dbname) = pg.get_dbname() {
+                file.database.dbname = dbname.to_owned();
+            }
+            file.database.ssl_mode = match pg.get_ssl_mode() {
+                tokio_postgres::config::SslMode::Disable => "disable",
+                tokio_postgres::config::SslMode::Require => "require",
+                _ => "prefer",
+            }
+            .to_owned();
+            url_password = pg
+                .get_password()
+                .map(|p| String::from_utf8_lossy(p).into_owned());
+        }
+        if let Some(listen) = &args.listen {
+            file.http.listen = listen.clone();
+        }
+        file.http
+            .allowed_hosts
+            .extend(args.allowed_hosts.iter().cloned());
+        file.http
+            .allowed_origins
+            .extend(args.allowed_origins.iter().cloned());
+        if !args.grants.is_empty() {
+            file.scope.grants = args
+                .grants
+                .iter()
+                .map(|g| parse_grant(g))
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(max_rows) = args.max_rows {
+            file.limits.max_rows = max_rows;
+        }
+        if let Some(timeout) = args.statement_timeout_ms {
+            file.limits.statement_timeout_ms = timeout;
+        }
+        if file.limits.max_rows == 0 || file.limits.statement_timeout_ms == 0 {
+            return Err(err("max rows and statement timeout must be greater than 0"));
+        }
+
+        let password_file = args
+            .password_file
+            .clone()
+            .or_else(|| file.database.password_file.as_ref().map(PathBuf::from));
+        let password = match password_file {
+            Some(path) => Some(
+                std::fs::read_to_string(&path)
+                    .map_err(|e| {
+                        err(format!(
+                            "failed to read the password file {}: {e}",
+                            path.display()
+                        ))
+                    })?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_owned(),
+            ),
+            None => {
+                let var = file
+                    .database
+                    .password_env
+                    .clone()
+                    .unwrap_or_else(|| "PGMCP_DATABASE_PASSWORD".to_owned());
+                env(&var).or(url_password)
+            }
+        };
+
+        let listen: SocketAddr = file.http.listen.parse().map_err(|e| {
+            err(format!(
+                "listen address {} is not host:port: {e}",
+                file.http.listen
+            ))
+        })?;
+        let connect = ConnectOptions {
+            host: file.database.host.clone(),
+            port: file.database.port,
+            dbname: file.database.dbname.clone(),
+            user: file.database.user.clone(),
+            password,
+            ssl_mode: file.database.ssl_mode.clone(),
+            pool_size: file.database.pool_size,
+            statement_timeout: Duration::from_millis(file.limits.statement_timeout_ms),
+            search_path: file.scope.grants.iter().map(|g| g.schema.clone()).collect(),
+        };
+        Ok(Self {
+            connect,
+            listen,
+            stdio: args.stdio,
+            allow_unsafe_role: args.allow_unsafe_role,
+            insecure_allow_unauthenticated: args.insecure_allow_unauthenticated,
+            file,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Args {
+        Args::parse_from(std::iter::once("pgmcp-server").chain(list.iter().copied()))
+    }
+
+    #[test]
+    fn url_flags_and_env_combine_and_the_password_is_never_shown() {
+        let settings = Settings::resolve(
+            &args(&[
+                "--database-url",
+                "postgres://reader:urlpass@db.example:6543/shop?sslmode=disable",
+                "--grant",
+                "public",
+                "--grant",
+                "reporting=monthly_sales,daily",
+                "--max-rows",
+                "50",
+            ]),
+            |var| (var == "PGMCP_DATABASE_PASSWORD").then(|| "envpass".to_owned()),
+        )
+        .unwrap();
+        let c = &settings.connect;
+        assert_eq!(
+            (c.host.as_str(), c.port, c.user.as_str(), c.dbname.as_str()),
+            ("db.example", 6543, "reader", "shop")
+        );
+        assert_eq!(c.ssl_mode, "disable");
+        assert_eq!(
+            c.password.as_deref(),
+            Some("envpass"),
+            "the environment wins over the URL"
+        );
+        assert_eq!(c.search_path, ["public", "reporting"]);
+        assert_eq!(
+            settings.file.scope.grants[1].tables,
+            ["monthly_sales", "daily"]
+        );
+        assert_eq!(settings.file.limits.max_rows, 50);
+        assert!(
+            !format!("{settings:?}").contains("envpass"),
+            "Debug output redacts the password"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        let e = Settings::resolve(&args(&["--database-url", "mysql://x"]), |_| None).unwrap_err();
+        assert!(e.to_string().contains("--database-url"), "{e}");
+        let e = Settings::resolve(&args(&["--grant", "=x"]), |_| None).unwrap_err();
+        assert!(e.to_string().contains("--grant"), "{e}");
+        let e = Settings::resolve(&args(&["--listen", "nowhere"]), |_| None).unwrap_err();
+        assert!(e.to_string().contains("listen address"), "{e}");
+        let e = Settings::resolve(&args(&["--config", "/nonexistent.json"]), |_| None).unwrap_err();
+        assert!(e.to_string().contains("--config /nonexistent.json"), "{e}");
+    }
+}

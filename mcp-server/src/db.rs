@@ -1,0 +1,370 @@
+//! The connection pool and the one way SQL reaches PostgreSQL.
+//!
+//! Layer two of the read-only defence: every connection starts with
+//! `default_transaction_read_only=on`, a `statement_timeout`, an
+//! `idle_in_transaction_session_timeout`, `standard_conforming_strings=on` (how the SQL guard
+//! reads string literals) and a fixed `search_path` (startup options, so no statement can skip
+//! them), and every statement runs inside `BEGIN READ ONLY` through the
+//! extended protocol, which carries exactly one statement. Rows are fetched through a portal
+//! limited to `max_rows + 1`, so a huge result is never read past the cap.
+
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use futures::{StreamExt as _, pin_mut};
+use serde::Serialize;
+use serde_json::Value;
+use tokio_postgres::NoTls;
+use tokio_postgres::error::SqlState;
+
+use crate::pgvalue::{Cell, Param, ParamError};
+
+/// The pool plus the caps every statement runs under.
+#[derive(Clone, Debug)]
+pub struct Database {
+    pool: Pool,
+    statement_timeout: Duration,
+}
+
+/// Connection settings, resolved (password included) from the configuration.
+#[derive(Clone)]
+pub struct ConnectOptions {
+    pub host: String,
+    pub port: u16,
+    pub dbname: String,
+    pub user: String,
+    pub password: Option<String>,
+    pub ssl_mode: String,
+    pub pool_size: usize,
+    pub statement_timeout: Duration,
+    /// Schemas put on the fixed `search_path`.
+    pub search_path: Vec<String>,
+}
+
+impl std::fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("dbname", &self.dbname)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Failures of a statement, phrased so a model can act on them. Never contains a password
+/// or connection string.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("the database is unavailable ({0}); try again in a moment")]
+    Unavailable(String),
+    #[error(
+        "the statement was cancelled after the {0:?} statement timeout: add filters or a LIMIT, or aggregate in SQL"
+    )]
+    Timeout(Duration),
+    #[error("{}", sql_message(.code, .message, .detail, .hint, .position))]
+    Sql {
+        code: String,
+        message: String,
+        detail: Option<String>,
+        hint: Option<String>,
+        position: Option<u32>,
+    },
+    #[error(transparent)]
+    Param(#[from] ParamError),
+    #[error(
+        "the statement has {expected} parameter(s) ($1..${expected}) but {got} value(s) were given in params"
+    )]
+    ParamCount { expected: usize, got: usize },
+}
+
+fn sql_message(
+    code: &str,
+    message: &str,
+    detail: &Option<String>,
+    hint: &Option<String>,
+    position: &Option<u32>,
+) -> String {
+    let mut out = format!("PostgreSQL error {code}: {message}");
+    if let Some(position) = position {
+        out.push_str(&format!(" (at character {position})"));
+    }
+    if let Some(detail) = detail {
+        out.push_str(&format!(". Detail: {detail}"));
+    }
+    if let Some(hint) = hint {
+        out.push_str(&format!(". Hint: {hint}"));
+    }
+    if code == SqlState::READ_ONLY_SQL_TRANSACTION.code() {
+        out.push_str(". This server is read-only: only SELECT-style statements can run");
+    } else if code == SqlState::INSUFFICIENT_PRIVILEGE.code() {
+        out.push_str(
+            ". The server's role cannot read this object: use list_tables to see what is available",
+        );
+    }
+    out
+}
+
+impl DbError {
+    /// Bounded label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            DbError::Unavailable(_) => "unavailable",
+            DbError::Timeout(_) => "timeout",
+            DbError::Sql { .. } => "sql_error",
+            DbError::Param(_) | DbError::ParamCount { .. } => "bad_params",
+        }
+    }
+
+    fn from_pg(err: tokio_postgres::Error, timeout: Duration) -> Self {
+        match err.as_db_error() {
+            Some(db) if *db.code() == SqlState::QUERY_CANCELED => DbError::Timeout(timeout),
+            Some(db) => DbError::Sql {
+                code: db.code().code().to_owned(),
+                message: db.message().to_owned(),
+                detail: db.detail().map(str::to_owned),
+                hint: db.hint().map(str::to_owned),
+                position: match db.position() {
+                    Some(tokio_postgres::error::ErrorPosition::Original(p)) => Some(*p),
+                    _ => None,
+                },
+            },
+            None if err.is_closed() => DbError::Unavailable("the connection was closed".to_owned()),
+            None => DbError::Unavailable(err.to_string()),
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for DbError {
+    fn from(err: deadpool_postgres::PoolError) -> Self {
+        match err {
+            deadpool_postgres::PoolError::Backend(e) => {
+                DbError::Unavailable(match e.as_db_error() {
+                    Some(db) => format!("{}: {}", db.code().code(), db.message()),
+                    None => e.to_string(),
+                })
+            }
+            other => DbError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// A column of a result: its name and PostgreSQL type.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Column {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub type_name: String,
+}
+
+/// The rows of one statement, capped.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Rows {
+    pub columns: Vec<Column>,
+    pub rows: Vec<Vec<Value>>,
+    pub row_count: usize,
+    /// True when more rows existed than were returned.
+    pub truncated: bool,
+    /// `max_rows` or `max_bytes` when truncated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub truncated_by: Option<&'static str>,
+    pub elapsed_ms: u64,
+    /// Columns whose type could not be decoded (shown as hex of the binary value).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub undecoded_columns: Vec<String>,
+}
+
+/// Caps of one statement.
+#[derive(Debug, Clone, Copy)]
+pub struct Caps {
+    pub max_rows: usize,
+    pub max_bytes: usize,
+}
+
+fn escape_option(value: &str) -> String {
+    value.replace('\\', "\\\\").replace(' ', "\\ ")
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+impl Database {
+    /// Creates the pool. Connections are opened lazily; see [`Database::ping`].
+    pub fn new(options: &ConnectOptions) -> Result<Self, String> {
+        let mut pg = tokio_postgres::Config::new();
+        pg.host(&options.host)
+            .port(options.port)
+            .dbname(&options.dbname)
+            .user(&options.user)
+            .application_name("pgmcp-server")
+            .connect_timeout(Duration::from_secs(10));
+        if let Some(password) = &options.password {
+            pg.password(password.as_bytes());
+        }
+        pg.ssl_mode(match options.ssl_mode.as_str() {
+            "disable" => tokio_postgres::config::SslMode::Disable,
+            "prefer" => tokio_postgres::config::SslMode::Prefer,
+            other => {
+                return Err(format!(
+                    "sslMode {other} needs TLS, which this build does not support yet: use disable or prefer"
+                ));
+            }
+        });
+        let search_path = if options.search_path.is_empty() {
+            "public".to_owned()
+        } else {
+            options
+                .search_path
+                .iter()
+                .map(|s| quote_ident(s))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let timeout_ms = options.statement_timeout.as_millis();
+        pg.options(format!(
+            "-c default_transaction_read_only=on -c statement_timeout={timeout_ms} \
+             -c idle_in_transaction_session_timeout={} -c standard_conforming_strings=on \
+             -c search_path={}",
+            timeout_ms * 2 + 1000,
+            escape_option(&search_path)
+        ));
+        let manager = Manager::from_config(
+            pg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size.max(1))
+            .wait_timeout(Some(Duration::from_secs(10)))
+            .create_timeout(Some(Duration::from_secs(10)))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| format!("failed to create the connection pool: {e}"))?;
+        Ok(Self {
+            pool,
+            statement_timeout: options.statement_timeout,
+        })
+    }
+
+    /// `SELECT 1` on a pooled connection (readiness).
+    pub async fn ping(&self) -> Result<(), DbError> {
+        let client = self.pool.get().await?;
+        client
+            .simple_query("SELECT 1")
+            .await
+            .map_err(|e| DbError::from_pg(e, self.statement_timeout))?;
+        Ok(())
+    }
+
+    /// Pool size and idle connections, for metrics.
+    pub fn pool_status(&self) -> deadpool_postgres::Status {
+        self.pool.status()
+    }
+
+    /// Runs one statement in a read-only transaction and returns at most `caps` of its rows.
+    ///
+    /// `sql` must already have passed the SQL guard (or be the server's own catalog SQL).
+    /// `timeout` lowers the statement timeout for this call (it never raises it).
+    pub async fn query(
+        &self,
+        sql: &str,
+        params: &[Value],
+        caps: Caps,
+        timeout: Option<Duration>,
+    ) -> Result<Rows, DbError> {
+        let started = Instant::now();
+        let timeout = timeout.map_or(self.statement_timeout, |t| t.min(self.statement_timeout));
+        let pg = |e| DbError::from_pg(e, timeout);
+        let mut client = self.pool.get().await?;
+        let tx = client
+            .build_transaction()
+            .read_only(true)
+            .start()
+            .await
+            .map_err(pg)?;
+        if timeout != self.statement_timeout {
+            tx.batch_execute(&format!(
+                "SET LOCAL statement_timeout = {}",
+                timeout.as_millis()
+            ))
+            .await
+            .map_err(pg)?;
+        }
+        let statement = tx.prepare(sql).await.map_err(pg)?;
+        let types = statement.params();
+        if types.len() != params.len() {
+            return Err(DbError::ParamCount {
+                expected: types.len(),
+                got: params.len(),
+            });
+        }
+        let bound: Vec<Param> = types
+            .iter()
+            .zip(params)
+            .enumerate()
+            .map(|(i, (ty, value))| Param::bind(i + 1, ty, value))
+            .collect::<Result<_, _>>()?;
+        let columns: Vec<Column> = statement
+            .columns()
+            .iter()
+            .map(|c| Column {
+                name: c.name().to_owned(),
+                type_name: c.type_().name().to_owned(),
+            })
+            .collect();
+        let portal = tx.bind_raw(&statement, bound.iter()).await.map_err(pg)?;
+        let limit = i32::try_from(caps.max_rows.saturating_add(1)).unwrap_or(i32::MAX);
+        let stream = tx.query_portal_raw(&portal, limit).await.map_err(pg)?;
+        pin_mut!(stream);
+        let mut rows = Vec::new();
+        let mut bytes = 0usize;
+        let mut truncated_by = None;
+        let mut undecoded = vec![false; columns.len()];
+        while let Some(row) = stream.next().await {
+            let row = row.map_err(pg)?;
+            if rows.len() == caps.max_rows {
+                truncated_by = Some("max_rows");
+                break;
+            }
+            let mut values = Vec::with_capacity(columns.len());
+            for (i, flag) in undecoded.iter_mut().enumerate() {
+                let cell: Cell = row.try_get(i).map_err(pg)?;
+                *flag |= cell.undecoded;
+                values.push(cell.value);
+            }
+            let size = serde_json::to_vec(&values).map(|v| v.len()).unwrap_or(0);
+            if bytes + size > caps.max_bytes {
+                truncated_by = Some("max_bytes");
+                break;
+            }
+            bytes += size;
+            rows.push(values);
+        }
+        // Read-only: nothing to keep. Rolling back also closes the portal.
+        tx.rollback().await.map_err(pg)?;
+        let undecoded_columns = columns
+            .iter()
+            .zip(undecoded)
+            .filter(|(_, u)| *u)
+            .map(|(c, _)| {
+                format!(
+                    "{} ({}): cast it in SQL, e.g. {}::text",
+                    c.name, c.type_name, c.name
+                )
+            })
+            .collect();
+        Ok(Rows {
+            row_count: rows.len(),
+            rows,
+            truncated: truncated_by.is_some(),
+            truncated_by,
+            elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            columns,
+            undecoded_columns,
+        })
+    }
+}

@@ -1,0 +1,86 @@
+//! The HTTP application: Streamable HTTP MCP at `/mcp`, `/healthz`, `/readyz`, `/metrics`.
+//!
+//! Sessions are issued (2025-11-25 clients expect them) but any replica accepts any session id
+//! (see [`crate::sessions`]), so several replicas behind one Service need no session affinity.
+//! `Host` must be loopback or configured, and a browser `Origin` must be loopback or configured
+//! (DNS-rebinding protection).
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use pgmcp_crds::config::HttpConfig;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::server::PgMcpServer;
+use crate::sessions::ReplicaSessions;
+use crate::tools::Tools;
+
+/// Largest JSON-RPC request body accepted.
+pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+
+/// What the HTTP handlers share.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub tools: Arc<Tools>,
+    pub metrics: Arc<Metrics>,
+}
+
+const LOOPBACK_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+const LOOPBACK_ORIGINS: [&str; 3] = ["http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*"];
+
+/// Builds the application. `shutdown` ends open MCP streams on SIGTERM.
+pub fn router(state: AppState, http: &HttpConfig, shutdown: CancellationToken) -> axum::Router {
+    let hosts: Vec<String> = LOOPBACK_HOSTS
+        .iter()
+        .map(|h| (*h).to_owned())
+        .chain(http.allowed_hosts.iter().cloned())
+        .collect();
+    let origins: Vec<String> = LOOPBACK_ORIGINS
+        .iter()
+        .map(|o| (*o).to_owned())
+        .chain(http.allowed_origins.iter().cloned())
+        .collect();
+    let mut config = StreamableHttpServerConfig::default()
+        .with_legacy_session_mode(true)
+        .with_allowed_hosts(hosts)
+        .with_allowed_origins(origins)
+        .enforce_origin_validation()
+        .with_max_request_body_bytes(MAX_REQUEST_BYTES)
+        .with_cancellation_token(shutdown);
+    config.session_store = Some(Arc::new(ReplicaSessions));
+    let (tools, metrics) = (state.tools.clone(), state.metrics.clone());
+    let mcp: StreamableHttpService<PgMcpServer, LocalSessionManager> = StreamableHttpService::new(
+        move || Ok(PgMcpServer::new(tools.clone(), metrics.clone())),
+        Arc::default(),
+        config,
+    );
+    axum::Router::new()
+        .nest_service("/mcp", mcp)
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    match state.tools.db.ping().await {
+        Ok(()) => (StatusCode::OK, "ok".to_owned()),
+        Err(err) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {err}")),
+    }
+}
+
+async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(state.tools.db.pool_status()),
+    )
+}

@@ -1,0 +1,19 @@
+//! pgmcp-server: a read-only PostgreSQL MCP server.
+//!
+//! `router()` builds the HTTP application (`/mcp`, `/healthz`, `/readyz`, `/metrics`);
+//! `main.rs` only parses arguments and serves it (or stdio).
+
+pub mod config;
+pub mod db;
+pub mod http;
+pub mod metrics;
+pub mod pgvalue;
+pub mod scope;
+pub mod server;
+pub mod sessions;
+pub mod sql_guard;
+pub mod startup;
+pub mod tools;
+
+pub use http::{AppState, router};
+pub use server::PgMcpServer;

@@ -1,0 +1,360 @@
+//! The `pgmcp-server` binary over Streamable HTTP: health, metrics, Host/Origin checks, bad
+//! input, start-up refusals, graceful shutdown. Raw HTTP, so nothing is hidden by a client.
+#![allow(clippy::unwrap_used)] // a failed step fails the test: panicking is the point
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::server::{BIN, MCP_HEADERS, ServerProcess, http, shop_args};
+use common::shop;
+use serde_json::{Value, json};
+
+const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw-test","version":"1"}}}"#;
+
+/// The JSON-RPC message in a response body (plain JSON or the data of an SSE event).
+fn message(body: &str) -> Value {
+    if let Ok(value) = serde_json::from_str(body.trim()) {
+        return value;
+    }
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+        .find(|v| v.get("id").is_some() || v.get("error").is_some())
+        .unwrap_or_else(|| panic!("no JSON-RPC message in: {body}"))
+}
+
+fn session_id(head: &str) -> String {
+    head.lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("mcp-session-id:")
+                .map(|_| l[15..].trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("no Mcp-Session-Id in:\n{head}"))
+}
+
+/// Initializes a session and returns the headers later requests need.
+async fn open_session(server: &ServerProcess) -> Vec<(String, String)> {
+    let (status, head, body) = server
+        .request("POST", "/mcp", &MCP_HEADERS, INITIALIZE)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{head}\n{body}");
+    assert_eq!(
+        message(&body)["result"]["serverInfo"]["name"],
+        json!("pgmcp-server")
+    );
+    let sid = session_id(&head);
+    let initialized = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+    let mut headers: Vec<(String, String)> = MCP_HEADERS
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    headers.push(("Mcp-Session-Id".into(), sid));
+    headers.push(("MCP-Protocol-Version".into(), "2025-11-25".into()));
+    let refs: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let (status, _, _) = server
+        .request("POST", "/mcp", &refs, initialized)
+        .await
+        .unwrap();
+    assert_eq!(status, 202);
+    headers
+}
+
+async fn call(server: &ServerProcess, headers: &[(String, String)], body: &str) -> (u16, Value) {
+    let refs: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let (status, _, body) = server.request("POST", "/mcp", &refs, body).await.unwrap();
+    let value = if status == 200 {
+        message(&body)
+    } else {
+        json!({ "body": body })
+    };
+    (status, value)
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics_are_served() {
+    let shop = shop("http health").await;
+    let server = ServerProcess::start(&shop, &[]).await;
+    assert_eq!(
+        server.request("GET", "/healthz", &[], "").await.unwrap().0,
+        200
+    );
+    assert_eq!(
+        server.request("GET", "/readyz", &[], "").await.unwrap().0,
+        200
+    );
+    let headers = open_session(&server).await;
+    let (_, answer) = call(
+        &server,
+        &headers,
+        r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"query","arguments":{"sql":"SELECT * FROM products"}}}"#,
+    )
+    .await;
+    assert_eq!(answer["result"]["structuredContent"]["row_count"], json!(5));
+    let (status, _, metrics) = server.request("GET", "/metrics", &[], "").await.unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains(r#"pgmcp_tool_calls_total{tool="query",outcome="ok"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"pgmcp_rows_returned_total{tool="query"} 5"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("pgmcp_tool_duration_seconds_bucket"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"pgmcp_db_pool_connections{state="max"}"#),
+        "{metrics}"
+    );
+    // One audit line per call, with the statement fingerprint and never the SQL text or password.
+    let log = server.log();
+    let audit: Vec<Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["target"] == json!("audit"))
+        .collect();
+    assert_eq!(audit.len(), 1, "{log}");
+    assert_eq!(audit[0]["tool"], json!("query"));
+    assert_eq!(audit[0]["rows"], json!(5));
+    assert_eq!(audit[0]["outcome"], json!("ok"));
+    assert!(!audit[0]["statement"].as_str().unwrap().is_empty());
+    assert!(
+        !log.contains("SELECT * FROM products"),
+        "the audit log holds a fingerprint, not the SQL"
+    );
+    assert!(
+        !log.contains(common::READER_PASSWORD),
+        "the password is never logged"
+    );
+}
+
+#[tokio::test]
+async fn foreign_hosts_and_origins_are_refused() {
+    let shop = shop("http host origin").await;
+    let server = ServerProcess::start(
+        &shop,
+        &[
+            "--allowed-host",
+            "mcp.example.com",
+            "--allowed-origin",
+            "https://app.example.com",
+        ],
+    )
+    .await;
+    let with = |extra: &[(&'static str, &'static str)]| {
+        let mut headers = MCP_HEADERS.to_vec();
+        headers.extend_from_slice(extra);
+        headers
+    };
+    let cases: [(&[(&str, &str)], bool); 6] = [
+        (&[("Host", "evil.example.com")], false),
+        (&[("Host", "mcp.example.com")], true),
+        (&[("Origin", "http://evil.example.com")], false),
+        (&[("Origin", "https://app.example.com")], true),
+        (&[("Origin", "http://localhost:3000")], true),
+        (&[], true),
+    ];
+    for (extra, allowed) in cases {
+        let (status, head, _) = server
+            .request("POST", "/mcp", &with(extra), INITIALIZE)
+            .await
+            .unwrap();
+        if allowed {
+            assert_eq!(status, 200, "{extra:?}: {head}");
+        } else {
+            assert!(
+                (400..500).contains(&status),
+                "{extra:?} must be refused: {head}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn malformed_requests_get_protocol_errors_and_the_server_keeps_serving() {
+    let shop = shop("http malformed").await;
+    let server = ServerProcess::start(&shop, &[]).await;
+    let headers = open_session(&server).await;
+    // Not JSON, not JSON-RPC, wrong shapes: refused without a crash.
+    for body in [
+        "{",
+        "[]",
+        "42",
+        r#"{"jsonrpc":"2.0"}"#,
+        r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#,
+        "\u{0}\u{1}",
+    ] {
+        let (status, answer) = call(&server, &headers, body).await;
+        assert!(
+            status >= 400 || answer.get("error").is_some(),
+            "{body:?} -> {status} {answer}"
+        );
+    }
+    let (_, unknown) = call(&server, &headers, r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"drop_database","arguments":{}}}"#).await;
+    assert!(
+        unknown["error"]["code"].is_i64(),
+        "an unknown tool is a protocol error: {unknown}"
+    );
+    let (_, wrong) = call(&server, &headers, r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"query","arguments":{"sql":42}}}"#).await;
+    // MCP 2025-11-25: argument validation errors are tool errors, so the model can correct itself.
+    assert_eq!(wrong["result"]["isError"], json!(true), "{wrong}");
+    assert!(
+        wrong["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("invalid type: integer `42`, expected a string"),
+        "{wrong}"
+    );
+    let (_, missing) = call(&server, &headers, r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"describe_table","arguments":{}}}"#).await;
+    assert!(
+        missing["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("missing field `table`"),
+        "{missing}"
+    );
+    let huge = format!(
+        r#"{{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{{"name":"query","arguments":{{"sql":"SELECT '{}'"}}}}}}"#,
+        "x".repeat(2 * 1024 * 1024)
+    );
+    let (status, _) = call(&server, &headers, &huge).await;
+    assert_eq!(status, 413, "bodies over 1 MiB are refused");
+    let (_, refused) = call(&server, &headers, r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"query","arguments":{"sql":"DELETE FROM orders"}}}"#).await;
+    assert_eq!(
+        refused["result"]["isError"],
+        json!(true),
+        "a forbidden statement is a tool error: {refused}"
+    );
+    let text = refused["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(text.starts_with("refused:"), "{text}");
+    // Still serving.
+    let (_, ok) = call(&server, &headers, r#"{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"query","arguments":{"sql":"SELECT count(*) AS n FROM orders"}}}"#).await;
+    assert_eq!(
+        ok["result"]["structuredContent"]["rows"],
+        json!([[5]]),
+        "{ok}"
+    );
+    assert_eq!(
+        server.request("GET", "/healthz", &[], "").await.unwrap().0,
+        200
+    );
+}
+
+/// Runs the binary to completion with `args`, returning (success, stderr).
+fn run_to_exit(args: &[String]) -> (bool, String) {
+    let out = std::process::Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run pgmcp-server");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn unsafe_roles_and_unauthenticated_public_listeners_are_refused_at_start() {
+    let shop = shop("http refusals").await;
+    let dir = tempfile::tempdir().unwrap();
+    let pg = shop.db.server();
+    // The superuser can write: refused unless explicitly allowed.
+    let password_file = dir.path().join("admin-password");
+    std::fs::write(&password_file, pg.password()).unwrap();
+    let superuser = vec![
+        "--database-url".to_owned(),
+        format!(
+            "postgres://postgres@{}:{}/{}?sslmode=disable",
+            pg.host(),
+            pg.port(),
+            shop.db.name
+        ),
+        "--password-file".to_owned(),
+        password_file.display().to_string(),
+        "--listen".to_owned(),
+        "127.0.0.1:1".to_owned(),
+    ];
+    let (ok, stderr) = run_to_exit(&superuser);
+    assert!(!ok);
+    assert!(stderr.contains("refusing to serve"), "{stderr}");
+    assert!(stderr.contains("is a superuser"), "{stderr}");
+    assert!(
+        !stderr.contains(pg.password()),
+        "the password is not echoed"
+    );
+
+    // A reader that was also granted INSERT is refused too.
+    let admin = shop.db.connect().await.unwrap();
+    admin
+        .batch_execute(&format!("GRANT INSERT ON orders TO \"{}\"", shop.role))
+        .await
+        .unwrap();
+    let mut reader = shop_args(&shop, dir.path());
+    reader.extend(["--listen".to_owned(), "127.0.0.1:1".to_owned()]);
+    let (ok, stderr) = run_to_exit(&reader);
+    assert!(!ok);
+    assert!(
+        stderr.contains("can write to or owns public.orders"),
+        "{stderr}"
+    );
+    admin
+        .batch_execute(&format!("REVOKE INSERT ON orders FROM \"{}\"", shop.role))
+        .await
+        .unwrap();
+
+    // No caller authentication on a non-loopback address needs the explicit flag.
+    let mut public = shop_args(&shop, dir.path());
+    public.extend(["--listen".to_owned(), "0.0.0.0:1".to_owned()]);
+    let (ok, stderr) = run_to_exit(&public);
+    assert!(!ok);
+    assert!(
+        stderr.contains("--insecure-allow-unauthenticated"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_server_gracefully() {
+    let shop = shop("http sigterm").await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = pgmcp_tests::paths::free_port().unwrap();
+    let mut args = shop_args(&shop, dir.path());
+    args.extend(["--listen".to_owned(), format!("127.0.0.1:{port}")]);
+    let mut child = std::process::Command::new(BIN)
+        .args(&args)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !matches!(http(port, "GET", "/readyz", &[], "").await, Ok((200, _, _))) {
+        assert!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "did not stop within 10s of SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "exit status {exit}");
+}

@@ -1,0 +1,214 @@
+//! Read-only, proven end to end: write attempts through the `query` tool are all refused and
+//! the data is unchanged (checksums before and after); valid analytics SQL all runs; and each
+//! lower layer holds on its own when the SQL guard is bypassed.
+#![allow(clippy::unwrap_used)] // a failed step fails the test: panicking is the point
+
+mod common;
+
+use common::{READER_PASSWORD, shop};
+use pgmcp_server::db::Caps;
+use pgmcp_server::tools::sql::{self, QueryArgs};
+use serde_json::json;
+
+fn q(sql: &str) -> QueryArgs {
+    QueryArgs {
+        sql: sql.to_owned(),
+        params: Vec::new(),
+        max_rows: None,
+    }
+}
+
+/// Attempts to change data, settings or the server, or to read files: every one must fail.
+const ATTACKS: &[&str] = &[
+    "INSERT INTO products (sku, name, price) VALUES ('X', 'x', 1)",
+    "UPDATE products SET price = 0",
+    "DELETE FROM orders",
+    "TRUNCATE order_items",
+    "MERGE INTO products p USING products q ON p.id = q.id WHEN MATCHED THEN UPDATE SET price = 0",
+    "DROP TABLE order_items",
+    "ALTER TABLE products ADD COLUMN hacked int",
+    "CREATE TABLE stolen AS SELECT * FROM customers",
+    "CREATE TEMP TABLE t (x int)",
+    "SELECT * INTO stolen FROM customers",
+    "COMMIT; DELETE FROM orders",
+    "SELECT 1; DELETE FROM orders",
+    "ROLLBACK; SET TRANSACTION READ WRITE; DELETE FROM orders",
+    "SELECT 1 /* ; */ ; DELETE FROM orders",
+    "SELECT 1; -- \n DELETE FROM orders",
+    "SELECT $$;$$; DROP TABLE orders",
+    "WITH gone AS (DELETE FROM orders RETURNING *) SELECT count(*) FROM gone",
+    "WITH up AS (UPDATE products SET price = 0 RETURNING id) SELECT * FROM up",
+    "SET TRANSACTION READ WRITE",
+    "SET default_transaction_read_only = off",
+    "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE",
+    "RESET ALL",
+    "SELECT set_config('default_transaction_read_only', 'off', false)",
+    "SELECT pg_read_file('/etc/passwd')",
+    "SELECT pg_catalog.pg_read_file('postgresql.conf')",
+    "SELECT \"pg_read_file\"('/etc/passwd')",
+    "SELECT PG_LS_DIR('.')",
+    "SELECT lo_import('/etc/passwd')",
+    "COPY orders TO '/tmp/orders.csv'",
+    "COPY (SELECT 1) TO PROGRAM 'id'",
+    "COPY products FROM STDIN",
+    "CALL some_procedure()",
+    "DO $$ BEGIN DELETE FROM orders; END $$",
+    "SELECT nextval('orders_id_seq')",
+    "SELECT setval('orders_id_seq', 1)",
+    "SELECT pg_terminate_backend(pg_backend_pid())",
+    "SELECT pg_cancel_backend(1)",
+    "SELECT pg_advisory_lock(42)",
+    "NOTIFY orders_changed",
+    "SELECT pg_notify('orders_changed', 'x')",
+    "LISTEN orders_changed",
+    "SELECT * FROM orders FOR UPDATE",
+    "LOCK TABLE orders",
+    "PREPARE p AS DELETE FROM orders",
+    "EXECUTE p",
+    "VACUUM orders",
+    "GRANT SELECT ON internal.api_keys TO PUBLIC",
+    "ALTER ROLE CURRENT_USER SUPERUSER",
+    "EXPLAIN ANALYZE DELETE FROM orders",
+    "SELECT query_to_xml('DELETE FROM orders', true, true, '')",
+    "SELECT * FROM orders WHERE id IN (SELECT id FROM (WITH d AS (DELETE FROM orders RETURNING id) SELECT id FROM d) x)",
+    "SELECT pg_sleep(60)",
+    "SELECT * FROM internal.api_keys",
+    "SELECT dblink_exec('dbname=postgres', 'DROP TABLE orders')",
+    "REFRESH MATERIALIZED VIEW product_sales",
+    "COMMENT ON TABLE orders IS 'hacked'",
+    "DISCARD ALL",
+    "SELECT 1\u{0}; DELETE FROM orders",
+];
+
+/// Analytics an agent writes: all must run.
+const ANALYTICS: &[&str] = &[
+    "SELECT * FROM customers ORDER BY id",
+    "SELECT count(*) FROM products",
+    "SELECT p.name, sum(i.quantity) AS qty FROM order_items i JOIN products p ON p.id = i.product_id GROUP BY p.name ORDER BY qty DESC LIMIT 5",
+    "SELECT date_trunc('month', ordered_at) AS month, count(*) FROM orders GROUP BY 1 ORDER BY 1",
+    "SELECT c.country, avg(p.price * i.quantity) FROM orders o JOIN customers c ON c.id = o.customer_id JOIN order_items i ON i.order_id = o.id JOIN products p ON p.id = i.product_id GROUP BY c.country",
+    "SELECT * FROM customers c WHERE EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = c.id AND o.ordered_at > now() - interval '30 days')",
+    "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY price) AS median_price FROM products",
+    "SELECT mode() WITHIN GROUP (ORDER BY status) FROM orders",
+    "SELECT id, price, sum(price) OVER (ORDER BY id ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS running FROM products",
+    "SELECT customer_id, rank() OVER (PARTITION BY customer_id ORDER BY ordered_at DESC) FROM orders",
+    "SELECT c.name, last.ordered_at FROM customers c LEFT JOIN LATERAL (SELECT ordered_at FROM orders o WHERE o.customer_id = c.id ORDER BY ordered_at DESC LIMIT 1) last ON true",
+    "SELECT count(*) FILTER (WHERE status = 'paid') AS paid, count(*) FILTER (WHERE status = 'open') AS open FROM orders",
+    "SELECT country, status, count(*) FROM orders o JOIN customers c ON c.id = o.customer_id GROUP BY GROUPING SETS ((country), (status), ())",
+    "SELECT country, count(*) FROM customers GROUP BY ROLLUP (country)",
+    "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 10) SELECT sum(x) FROM n",
+    "SELECT DISTINCT ON (customer_id) customer_id, ordered_at FROM orders ORDER BY customer_id, ordered_at DESC",
+    "SELECT d::date FROM generate_series('2026-06-01'::date, '2026-06-07'::date, interval '1 day') d",
+    "SELECT string_agg(name, ', ' ORDER BY name) FROM customers",
+    "SELECT array_agg(sku ORDER BY sku) FROM products",
+    "SELECT jsonb_build_object('n', count(*)) ->> 'n' FROM orders",
+    "SELECT * FROM products WHERE name ILIKE '%cable%' OR sku = ANY(ARRAY['KB-001', 'MS-002'])",
+    "SELECT CASE WHEN price > 100 THEN 'premium' ELSE 'standard' END AS tier, count(*) FROM products GROUP BY 1",
+    "SELECT coalesce(NULL, 'x'), nullif(1, 1), greatest(1, 2)",
+    "SELECT * FROM product_sales ORDER BY quantity DESC",
+    "VALUES (1, 'a'), (2, 'b')",
+    "SELECT id FROM orders UNION ALL SELECT id FROM customers",
+    "SELECT current_setting('statement_timeout'), current_user, version()",
+    "SHOW search_path",
+    "EXPLAIN SELECT * FROM orders WHERE customer_id = 1",
+    "EXPLAIN (ANALYZE, FORMAT JSON) SELECT count(*) FROM order_items",
+    "SELECT o.id, o.ordered_at::date, (SELECT sum(quantity) FROM order_items i WHERE i.order_id = o.id) FROM orders o -- comment\n ORDER BY 1",
+];
+
+#[tokio::test]
+async fn every_write_attempt_is_refused_and_nothing_changes() {
+    assert!(
+        ATTACKS.len() >= 40,
+        "the corpus has {} attempts",
+        ATTACKS.len()
+    );
+    let shop = shop("read only attacks").await;
+    let tools = shop.tools();
+    let before = shop.checksum().await;
+    for attack in ATTACKS {
+        let result = sql::query(&tools, q(attack)).await;
+        assert!(result.is_err(), "not refused: {attack:?} -> {result:?}");
+    }
+    assert_eq!(shop.checksum().await, before, "the data changed");
+    // The server still answers.
+    assert_eq!(
+        sql::query(&tools, q("SELECT count(*) FROM orders"))
+            .await
+            .unwrap()
+            .rows
+            .rows,
+        [[json!(5)]]
+    );
+}
+
+#[tokio::test]
+async fn valid_analytics_sql_all_runs() {
+    assert!(ANALYTICS.len() >= 20);
+    let shop = shop("read only analytics").await;
+    let tools = shop.tools();
+    for statement in ANALYTICS {
+        if let Err(err) = sql::query(&tools, q(statement)).await {
+            panic!("refused valid analytics: {statement:?}: {err}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn read_only_transactions_hold_without_the_sql_guard() {
+    // Layer two alone: the pool's sessions and transactions are read-only, whatever the SQL.
+    let shop = shop("layer two").await;
+    let tools = shop.tools();
+    let caps = Caps {
+        max_rows: 10,
+        max_bytes: 1 << 20,
+    };
+    let before = shop.checksum().await;
+    for write in [
+        "DELETE FROM orders",
+        "UPDATE products SET price = 0",
+        "CREATE TABLE t (x int)",
+    ] {
+        let err = tools.db.query(write, &[], caps, None).await.unwrap_err();
+        assert!(err.to_string().contains("25006"), "{write}: {err}");
+        assert!(err.to_string().contains("read-only"), "{err}");
+    }
+    let err = tools
+        .db
+        .query("SELECT 1; DELETE FROM orders", &[], caps, None)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("42601"),
+        "one statement per call: {err}"
+    );
+    assert_eq!(shop.checksum().await, before);
+}
+
+#[tokio::test]
+async fn the_binding_role_cannot_write_even_in_a_read_write_transaction() {
+    // Layer one alone: the role itself has SELECT only.
+    let shop = shop("layer one").await;
+    let reader = shop
+        .db
+        .connect_as(&shop.role, READER_PASSWORD)
+        .await
+        .unwrap();
+    let before = shop.checksum().await;
+    for write in [
+        "DELETE FROM orders",
+        "INSERT INTO products (sku, name, price) VALUES ('x', 'x', 1)",
+        "CREATE TABLE public.t (x int)",
+    ] {
+        let err = reader
+            .batch_execute(&format!("BEGIN READ WRITE; {write}; COMMIT"))
+            .await
+            .unwrap_err();
+        let message = err
+            .as_db_error()
+            .map(|e| e.message().to_owned())
+            .unwrap_or_default();
+        assert!(message.contains("permission denied"), "{write}: {err:?}");
+        reader.batch_execute("ROLLBACK").await.unwrap();
+    }
+    assert_eq!(shop.checksum().await, before);
+}

@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# Installs the third-party MCP clients the interop tests drive against pgmcp:
+#   * the official MCP Python SDK (pinned in tests/interop/requirements.txt)
+#     in a venv at $PGMCP_CACHE/venv/mcp, used by tests/interop/mcp_client.py;
+#   * @modelcontextprotocol/inspector (its --cli mode) and
+#     @modelcontextprotocol/conformance from npm, pinned by
+#     tests/interop/package.json + package-lock.json, in $PGMCP_CACHE/node.
+# PGMCP_CACHE defaults to <repo root>/.cache; pip's and npm's caches live there too.
+#
+# Idempotent: a stamp (sha256 of the pin files, this script, and the python3 and
+# node versions) makes a second run a no-op. Concurrent runs serialise on a lock.
+#
+# Progress goes to stderr. Stdout gets only the result, as KEY=path lines:
+#   MCP_PYTHON=…       venv python with the MCP SDK
+#   MCP_CLIENT=…       tests/interop/mcp_client.py (run it with MCP_PYTHON)
+#   MCP_INSPECTOR=…    inspector launcher; use as: MCP_INSPECTOR --cli URL --transport http --method tools/list
+#   MCP_CONFORMANCE=…  conformance CLI;    use as: MCP_CONFORMANCE server --url URL --scenario NAME
+# and, as the last line, the cache directory.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+CACHE="${PGMCP_CACHE:-$ROOT/.cache}"
+INTEROP="$ROOT/tests/interop"
+SELF="$HERE/$(basename "${BASH_SOURCE[0]}")"
+
+REQUIREMENTS="$INTEROP/requirements.txt"
+PACKAGE_JSON="$INTEROP/package.json"
+PACKAGE_LOCK="$INTEROP/package-lock.json"
+
+VENV="$CACHE/venv/mcp"
+VENV_PY="$VENV/bin/python"
+NODE_DIR="$CACHE/node"
+INSPECTOR="$NODE_DIR/node_modules/.bin/mcp-inspector"
+CONFORMANCE="$NODE_DIR/node_modules/.bin/conformance"
+STAMP="$CACHE/mcp-clients.stamp"
+
+# Expected versions, read back after the install as a sanity check.
+MCP_VERSION="$(sed -n 's/^mcp==\([^ ;]*\).*/\1/p' "$REQUIREMENTS")"
+INSPECTOR_VERSION="$(sed -n 's/.*"@modelcontextprotocol\/inspector": *"\([^"]*\)".*/\1/p' "$PACKAGE_JSON")"
+CONFORMANCE_VERSION="$(sed -n 's/.*"@modelcontextprotocol\/conformance": *"\([^"]*\)".*/\1/p' "$PACKAGE_JSON")"
+
+exec 3>&1 1>&2 # stdout is for the result lines only
+
+die() {
+	echo "install-mcp-clients.sh: $*" >&2
+	exit 1
+}
+
+print_result() {
+	echo "MCP_PYTHON=$VENV_PY" >&3
+	echo "MCP_CLIENT=$INTEROP/mcp_client.py" >&3
+	echo "MCP_INSPECTOR=$INSPECTOR" >&3
+	echo "MCP_CONFORMANCE=$CONFORMANCE" >&3
+	echo "$CACHE" >&3
+}
+
+# ------------------------------------------------------------------ toolchains
+command -v python3 >/dev/null 2>&1 || die "'python3' not found in PATH"
+command -v node >/dev/null 2>&1 || die "'node' not found in PATH"
+command -v npm >/dev/null 2>&1 || die "'npm' not found in PATH"
+NODE_VERSION="$(node --version)"
+NODE_MAJOR="${NODE_VERSION#v}"
+NODE_MAJOR="${NODE_MAJOR%%.*}"
+if ((NODE_MAJOR < 20)); then
+	die "Node >= 20 is needed (conformance $CONFORMANCE_VERSION targets node20), found $NODE_VERSION"
+fi
+PY_VERSION="$(python3 -c 'import sys; print(sys.version.split()[0])')"
+
+stamp_value() {
+	{
+		sha256sum "$REQUIREMENTS" "$PACKAGE_JSON" "$PACKAGE_LOCK" "$SELF" | cut -d' ' -f1
+		echo "python $PY_VERSION"
+		echo "node $NODE_VERSION"
+	} | sha256sum | cut -d' ' -f1
+}
+
+installed() {
+	[[ -f "$STAMP" && "$(cat "$STAMP")" == "$(stamp_value)" &&
+		-x "$VENV_PY" && -x "$INSPECTOR" && -x "$CONFORMANCE" ]]
+}
+
+if installed; then
+	print_result
+	exit 0
+fi
+
+mkdir -p "$CACHE"
+exec 9>"$CACHE/mcp-clients.lock"
+if command -v flock >/dev/null 2>&1; then
+	flock 9
+fi
+if installed; then # another run finished it while we waited
+	print_result
+	exit 0
+fi
+rm -f "$STAMP"
+start=$SECONDS
+
+# --------------------------------------------------------- Python SDK in a venv
+if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+	die "'python3 -m venv' with ensurepip is not available for $(command -v python3) ($PY_VERSION).
+  Use a Python 3.10+ build that ships the venv and ensurepip modules; this script
+  does not fall back to apt (python3-venv is not an option on these machines)."
+fi
+if ! "$VENV_PY" -c 'import sys' >/dev/null 2>&1 ||
+	[[ "$("$VENV_PY" -c 'import sys; print(sys.version.split()[0])' 2>/dev/null)" != "$PY_VERSION" ]]; then
+	echo "creating venv $VENV (python $PY_VERSION)"
+	rm -rf "$VENV"
+	mkdir -p "$(dirname "$VENV")"
+	python3 -m venv "$VENV"
+fi
+echo "installing the MCP Python SDK (mcp==$MCP_VERSION) into $VENV"
+PIP_DISABLE_PIP_VERSION_CHECK=1 "$VENV_PY" -m pip install \
+	--cache-dir "$CACHE/pip" --no-input --quiet --prefer-binary \
+	-r "$REQUIREMENTS"
+PIP_DISABLE_PIP_VERSION_CHECK=1 "$VENV_PY" -m pip check >/dev/null ||
+	die "pip check failed in $VENV: $("$VENV_PY" -m pip check 2>&1 | head -5)"
+got="$("$VENV_PY" -c 'import importlib.metadata as m, mcp.client.streamable_http, mcp.client.stdio; print(m.version("mcp"))')"
+[[ "$got" == "$MCP_VERSION" ]] || die "expected mcp $MCP_VERSION in $VENV, got '$got'"
+echo "mcp $got ok"
+
+# ------------------------------------------------ Inspector + conformance (npm)
+echo "installing @modelcontextprotocol/inspector@$INSPECTOR_VERSION and @modelcontextprotocol/conformance@$CONFORMANCE_VERSION into $NODE_DIR"
+mkdir -p "$NODE_DIR" "$CACHE/npm"
+cp -f "$PACKAGE_JSON" "$PACKAGE_LOCK" "$NODE_DIR/"
+# No package in the lock has an install script; --ignore-scripts and the *_SKIP_*
+# variables make sure nothing ever tries to download a browser or a binary.
+# engine-strict=false: inspector 1.0.3 declares node>=22.7.5 for its web UI;
+# its --cli mode runs on Node 20 (checked by the interop tests).
+env PUPPETEER_SKIP_DOWNLOAD=1 PUPPETEER_SKIP_CHROMIUM_DOWNLOAD=1 \
+	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 ELECTRON_SKIP_BINARY_DOWNLOAD=1 \
+	npm ci --prefix "$NODE_DIR" --cache "$CACHE/npm" \
+	--ignore-scripts --no-audit --no-fund --engine-strict=false \
+	--update-notifier=false --loglevel=error
+[[ -x "$INSPECTOR" ]] || die "npm ci did not produce $INSPECTOR"
+[[ -x "$CONFORMANCE" ]] || die "npm ci did not produce $CONFORMANCE"
+pkg_version() { node -p "require('$NODE_DIR/node_modules/$1/package.json').version"; }
+got="$(pkg_version @modelcontextprotocol/inspector)"
+[[ "$got" == "$INSPECTOR_VERSION" ]] || die "expected inspector $INSPECTOR_VERSION, got '$got'"
+got="$("$CONFORMANCE" --version)"
+[[ "$got" == "$CONFORMANCE_VERSION" ]] || die "expected conformance $CONFORMANCE_VERSION, got '$got'"
+echo "inspector $INSPECTOR_VERSION, conformance $got ok"
+
+stamp_value >"$STAMP"
+echo "MCP clients installed in $((SECONDS - start))s"
+print_result
