@@ -275,7 +275,8 @@ fn running_as_root() -> anyhow::Result<bool> {
     Ok(output(Command::new("id").arg("-u"))?.trim() == "0")
 }
 
-fn random_password() -> anyhow::Result<String> {
+/// 36 random hex characters.
+pub fn random_password() -> anyhow::Result<String> {
     let mut bytes = [0u8; 18];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
