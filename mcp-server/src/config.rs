@@ -268,6 +268,45 @@ mod tests {
     }
 
     #[test]
+    fn the_operator_written_config_file_is_loaded_and_flags_override_it() {
+        let mut written = ServerConfig::default();
+        written.database.host = "sales.postgres.database.azure.com".into();
+        written.database.dbname = "sales".into();
+        written.database.user = "sales-mcp".into();
+        written.database.password_env = Some("SALES_PASSWORD".into());
+        written.scope.grants = vec![ScopeGrant {
+            schema: "reporting".into(),
+            tables: vec!["monthly_sales".into()],
+        }];
+        written.limits.max_rows = 200;
+        written.http.listen = "0.0.0.0:8080".into();
+        written.http.allowed_hosts = vec!["sales-mcp.agents.svc".into()];
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&written).unwrap()).unwrap();
+        let path = path.display().to_string();
+
+        let settings = Settings::resolve(&args(&["--config", &path, "--max-rows", "20"]), |var| {
+            (var == "SALES_PASSWORD").then(|| "from-env".to_owned())
+        })
+        .unwrap();
+        assert_eq!(settings.connect.host, "sales.postgres.database.azure.com");
+        assert_eq!(settings.connect.password.as_deref(), Some("from-env"));
+        assert_eq!(settings.connect.search_path, ["reporting"]);
+        assert_eq!(
+            settings.file.limits.max_rows, 20,
+            "the flag wins over the file"
+        );
+        assert_eq!(settings.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(settings.file.http.allowed_hosts, ["sales-mcp.agents.svc"]);
+
+        std::fs::write(dir.path().join("typo.json"), r#"{"limits": {"maxRow": 5}}"#).unwrap();
+        let typo = dir.path().join("typo.json").display().to_string();
+        let e = Settings::resolve(&args(&["--config", &typo]), |_| None).unwrap_err();
+        assert!(e.to_string().contains("unknown field `maxRow`"), "{e}");
+    }
+
+    #[test]
     fn bad_values_name_the_flag() {
         let e = Settings::resolve(&args(&["--database-url", "mysql://x"]), |_| None).unwrap_err();
         assert!(e.to_string().contains("--database-url"), "{e}");

@@ -59,6 +59,9 @@ impl std::fmt::Debug for ConnectOptions {
 pub enum DbError {
     #[error("the database is unavailable ({0}); try again in a moment")]
     Unavailable(String),
+    /// An established connection died (terminated, failover): another one may work.
+    #[error("the database connection was lost ({0}); try again in a moment")]
+    ConnectionLost(String),
     #[error(
         "the statement was cancelled after the {0:?} statement timeout: add filters or a LIMIT, or aggregate in SQL"
     )]
@@ -110,7 +113,7 @@ impl DbError {
     /// Bounded label for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            DbError::Unavailable(_) => "unavailable",
+            DbError::Unavailable(_) | DbError::ConnectionLost(_) => "unavailable",
             DbError::Timeout(_) => "timeout",
             DbError::Sql { .. } => "sql_error",
             DbError::Param(_) | DbError::ParamCount { .. } => "bad_params",
@@ -120,6 +123,12 @@ impl DbError {
     fn from_pg(err: tokio_postgres::Error, timeout: Duration) -> Self {
         match err.as_db_error() {
             Some(db) if *db.code() == SqlState::QUERY_CANCELED => DbError::Timeout(timeout),
+            // The connection is gone (terminated, server shutting down or restarting).
+            Some(db)
+                if db.code().code().starts_with("08") || db.code().code().starts_with("57P") =>
+            {
+                DbError::ConnectionLost(format!("{}: {}", db.code().code(), db.message()))
+            }
             Some(db) => DbError::Sql {
                 code: db.code().code().to_owned(),
                 message: db.message().to_owned(),
@@ -130,7 +139,9 @@ impl DbError {
                     _ => None,
                 },
             },
-            None if err.is_closed() => DbError::Unavailable("the connection was closed".to_owned()),
+            None if err.is_closed() => {
+                DbError::ConnectionLost("the connection was closed".to_owned())
+            }
             None => DbError::Unavailable(err.to_string()),
         }
     }
@@ -268,8 +279,32 @@ impl Database {
     /// Runs one statement in a read-only transaction and returns at most `caps` of its rows.
     ///
     /// `sql` must already have passed the SQL guard (or be the server's own catalog SQL).
-    /// `timeout` lowers the statement timeout for this call (it never raises it).
+    /// `timeout` lowers the statement timeout for this call (it never raises it). When a
+    /// pooled connection turns out to be dead, the statement is retried on another one: it is
+    /// read-only, so running it again is always safe.
     pub async fn query(
+        &self,
+        sql: &str,
+        params: &[Value],
+        caps: Caps,
+        timeout: Option<Duration>,
+    ) -> Result<Rows, DbError> {
+        // Several pooled connections can die at once (a failover, a restart): each failed
+        // attempt discards one, so pool size + 1 attempts reach a fresh connection.
+        let attempts = self.pool.status().max_size + 1;
+        let mut attempt = 1;
+        loop {
+            match self.query_once(sql, params, caps, timeout).await {
+                Err(DbError::ConnectionLost(reason)) if attempt < attempts => {
+                    tracing::warn!(%reason, attempt, "database connection lost; retrying on another connection");
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn query_once(
         &self,
         sql: &str,
         params: &[Value],

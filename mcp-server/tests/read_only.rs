@@ -5,18 +5,10 @@
 
 mod common;
 
-use common::{READER_PASSWORD, shop};
+use common::{READER_PASSWORD, q, shop};
 use pgmcp_server::db::Caps;
-use pgmcp_server::tools::sql::{self, QueryArgs};
+use pgmcp_server::tools::sql;
 use serde_json::json;
-
-fn q(sql: &str) -> QueryArgs {
-    QueryArgs {
-        sql: sql.to_owned(),
-        params: Vec::new(),
-        max_rows: None,
-    }
-}
 
 /// Attempts to change data, settings or the server, or to read files: every one must fail.
 const ATTACKS: &[&str] = &[

@@ -4,20 +4,12 @@
 
 mod common;
 
-use common::{public_only, shop};
+use common::{explain_args, public_only, q, shop};
 use pgmcp_crds::config::{LimitsConfig, ScopeGrant};
 use pgmcp_server::tools::catalog::{self, *};
 use pgmcp_server::tools::sql::{self, ExplainArgs, QueryArgs};
 use pgmcp_server::tools::{RowsResult, ToolError};
 use serde_json::{Value, json};
-
-fn q(sql: &str) -> QueryArgs {
-    QueryArgs {
-        sql: sql.to_owned(),
-        params: Vec::new(),
-        max_rows: None,
-    }
-}
 
 /// Rows as objects keyed by column name.
 fn objects(result: &RowsResult) -> Vec<Value> {
@@ -553,16 +545,9 @@ async fn scope_hides_and_refuses_what_is_not_granted() {
         table.metric_label().starts_with("refused") || table.metric_label() == "invalid_argument",
         "{table}"
     );
-    let explain = sql::explain(
-        &tools,
-        ExplainArgs {
-            sql: "SELECT * FROM orders".into(),
-            params: vec![],
-            analyze: false,
-        },
-    )
-    .await
-    .unwrap_err();
+    let explain = sql::explain(&tools, explain_args("SELECT * FROM orders", false))
+        .await
+        .unwrap_err();
     assert_eq!(explain.metric_label(), "refused_scope");
 }
 
@@ -588,26 +573,15 @@ async fn explain_returns_a_json_plan_and_analyze_only_when_asked() {
     assert!(plan.plan[0]["Plan"].get("Actual Rows").is_none());
     let analyzed = sql::explain(
         &tools,
-        ExplainArgs {
-            sql: "SELECT count(*) FROM order_items".into(),
-            params: vec![],
-            analyze: true,
-        },
+        explain_args("SELECT count(*) FROM order_items", true),
     )
     .await
     .unwrap();
     assert_eq!(analyzed.plan[0]["Plan"]["Actual Rows"], json!(1));
     assert!(analyzed.analyzed);
-    let write = sql::explain(
-        &tools,
-        ExplainArgs {
-            sql: "DELETE FROM orders".into(),
-            params: vec![],
-            analyze: true,
-        },
-    )
-    .await
-    .unwrap_err();
+    let write = sql::explain(&tools, explain_args("DELETE FROM orders", true))
+        .await
+        .unwrap_err();
     assert_eq!(write.metric_label(), "refused_sql");
 }
 
@@ -662,35 +636,50 @@ async fn sql_errors_carry_sqlstate_and_the_server_recovers_from_lost_connections
     );
     assert!(!missing.to_string().contains(common::READER_PASSWORD));
 
-    // Kill every connection of the reader: the pool notices and reconnects.
-    assert_eq!(
-        sql::query(&tools, q("SELECT 1"))
-            .await
-            .unwrap()
-            .rows
-            .row_count,
-        1
-    );
+    // Kill every connection of the reader, five times: the next call still succeeds, because
+    // a dead pooled connection is replaced and the read-only statement retried once.
     let admin = shop.db.connect().await.unwrap();
-    admin
-        .execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
-            &[&shop.role],
-        )
-        .await
-        .unwrap();
-    let mut recovered = false;
-    for _ in 0..3 {
-        match sql::query(&tools, q("SELECT 1")).await {
-            Ok(_) => {
-                recovered = true;
-                break;
-            }
-            Err(err) => assert_eq!(err.metric_label(), "unavailable", "{err}"),
-        }
+    for round in 0..5 {
+        assert_eq!(
+            sql::query(&tools, q("SELECT 1"))
+                .await
+                .unwrap()
+                .rows
+                .row_count,
+            1
+        );
+        let killed = admin
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
+                &[&shop.role],
+            )
+            .await
+            .unwrap();
+        assert!(killed >= 1, "round {round}: a connection was terminated");
+        let after = sql::query(&tools, q("SELECT count(*) FROM orders")).await;
+        assert!(after.is_ok(), "round {round}: {after:?}");
     }
-    assert!(
-        recovered,
-        "the server reconnects after losing its connections"
+}
+
+#[tokio::test]
+async fn an_unreachable_database_is_reported_at_once_without_secrets() {
+    let shop = shop("unreachable").await;
+    let mut options = shop.connect_options(&public_only(), std::time::Duration::from_secs(5));
+    options.port = pgmcp_tests::paths::free_port().unwrap(); // nothing listens there
+    let db = pgmcp_server::db::Database::new(&options).unwrap();
+    let tools = pgmcp_server::tools::Tools::new(
+        db,
+        pgmcp_server::scope::Scope::new(public_only()),
+        LimitsConfig::default(),
     );
+    let started = std::time::Instant::now();
+    let err = sql::query(&tools, q("SELECT 1")).await.unwrap_err();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "no retry storm"
+    );
+    assert_eq!(err.metric_label(), "unavailable", "{err}");
+    assert!(err.to_string().contains("try again"), "{err}");
+    assert!(!err.to_string().contains(common::READER_PASSWORD), "{err}");
+    assert!(tools.db.ping().await.is_err(), "readiness fails too");
 }

@@ -14,6 +14,24 @@ use pgmcp_tests::{Postgres, TestDatabase};
 
 pub const READER_PASSWORD: &str = "reader-secret-7f3a";
 
+/// `query` arguments for `sql` alone.
+pub fn q(sql: &str) -> pgmcp_server::tools::sql::QueryArgs {
+    pgmcp_server::tools::sql::QueryArgs {
+        sql: sql.to_owned(),
+        params: Vec::new(),
+        max_rows: None,
+    }
+}
+
+/// `explain` arguments without parameters.
+pub fn explain_args(sql: &str, analyze: bool) -> pgmcp_server::tools::sql::ExplainArgs {
+    pgmcp_server::tools::sql::ExplainArgs {
+        sql: sql.to_owned(),
+        params: Vec::new(),
+        analyze,
+    }
+}
+
 pub struct Shop {
     pub db: TestDatabase,
     pub role: String,
