@@ -33,6 +33,9 @@ pub struct DatabaseConfig {
     pub user: String,
     /// libpq sslmode: disable, prefer, require or verify-full.
     pub ssl_mode: String,
+    /// PEM file of the CAs trusted for verify-full (default: the public web roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssl_root_cert: Option<String>,
     /// File holding the password (a mounted Secret key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_file: Option<String>,
@@ -51,6 +54,7 @@ impl Default for DatabaseConfig {
             dbname: "postgres".to_owned(),
             user: "postgres".to_owned(),
             ssl_mode: "prefer".to_owned(),
+            ssl_root_cert: None,
             password_file: None,
             password_env: None,
             pool_size: 8,

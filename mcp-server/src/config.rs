@@ -25,6 +25,9 @@ pub struct Args {
     /// File holding the database password.
     #[arg(long)]
     pub password_file: Option<PathBuf>,
+    /// PEM file of the CAs to trust for sslmode=verify-full (default: the public web roots).
+    #[arg(long)]
+    pub ssl_root_cert: Option<PathBuf>,
     /// Address of the HTTP listener (host:port).
     #[arg(long)]
     pub listen: Option<String>,
@@ -98,6 +101,43 @@ fn parse_grant(value: &str) -> Result<ScopeGrant, ConfigError> {
     })
 }
 
+/// Removes `sslmode` and `sslrootcert` from a URL's query (or a key=value string) and returns
+/// them, so modes tokio-postgres does not parse (verify-full) still work.
+fn split_tls_params(url: &str) -> (String, Option<String>, Option<String>) {
+    let mut ssl_mode = None;
+    let mut root_cert = None;
+    let mut take = |pair: &str| match pair.split_once('=') {
+        Some(("sslmode", value)) => {
+            ssl_mode = Some(value.to_owned());
+            true
+        }
+        Some(("sslrootcert", value)) => {
+            root_cert = Some(value.to_owned());
+            true
+        }
+        _ => false,
+    };
+    let rest = if url.contains("://") {
+        match url.split_once('?') {
+            Some((base, query)) => {
+                let kept: Vec<&str> = query.split('&').filter(|pair| !take(pair)).collect();
+                if kept.is_empty() {
+                    base.to_owned()
+                } else {
+                    format!("{base}?{}", kept.join("&"))
+                }
+            }
+            None => url.to_owned(),
+        }
+    } else {
+        url.split_whitespace()
+            .filter(|pair| !take(pair))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    (rest, ssl_mode, root_cert)
+}
+
 impl Settings {
     /// Resolves `args` over the configuration file. `env` looks up environment variables
     /// (injected so tests need not touch the process environment).
@@ -113,6 +153,9 @@ impl Settings {
         };
         let mut url_password = None;
         if let Some(url) = &args.database_url {
+            // tokio-postgres knows only disable/prefer/require: take sslmode (and sslrootcert)
+            // out of the URL and apply libpq's meaning ourselves.
+            let (url, ssl_mode, root_cert) = split_tls_params(url);
             let pg: tokio_postgres::Config = url.parse().map_err(|e| {
                 err(format!(
                     "--database-url is not a PostgreSQL URL or key=value string: {e}"
@@ -130,15 +173,25 @@ impl Settings {
             if let Some(dbname) = pg.get_dbname() {
                 file.database.dbname = dbname.to_owned();
             }
-            file.database.ssl_mode = match pg.get_ssl_mode() {
-                tokio_postgres::config::SslMode::Disable => "disable",
-                tokio_postgres::config::SslMode::Require => "require",
-                _ => "prefer",
+            if let Some(mode) = ssl_mode {
+                file.database.ssl_mode = mode;
             }
-            .to_owned();
+            if root_cert.is_some() {
+                file.database.ssl_root_cert = root_cert;
+            }
             url_password = pg
                 .get_password()
                 .map(|p| String::from_utf8_lossy(p).into_owned());
+        }
+        if let Some(path) = &args.ssl_root_cert {
+            file.database.ssl_root_cert = Some(path.display().to_string());
+        }
+        if !crate::tls::SSL_MODES.contains(&file.database.ssl_mode.as_str()) {
+            return Err(err(format!(
+                "sslmode {} is not supported: use one of {}",
+                file.database.ssl_mode,
+                crate::tls::SSL_MODES.join(", ")
+            )));
         }
         if let Some(listen) = &args.listen {
             file.http.listen = listen.clone();
@@ -205,6 +258,7 @@ impl Settings {
             user: file.database.user.clone(),
             password,
             ssl_mode: file.database.ssl_mode.clone(),
+            ssl_root_cert: file.database.ssl_root_cert.as_ref().map(PathBuf::from),
             pool_size: file.database.pool_size,
             statement_timeout: Duration::from_millis(file.limits.statement_timeout_ms),
             search_path: file.scope.grants.iter().map(|g| g.schema.clone()).collect(),
@@ -222,6 +276,8 @@ impl Settings {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     fn args(list: &[&str]) -> Args {
@@ -304,6 +360,50 @@ mod tests {
         let typo = dir.path().join("typo.json").display().to_string();
         let e = Settings::resolve(&args(&["--config", &typo]), |_| None).unwrap_err();
         assert!(e.to_string().contains("unknown field `maxRow`"), "{e}");
+    }
+
+    #[test]
+    fn tls_parameters_come_from_the_url_or_flags() {
+        let s = Settings::resolve(
+            &args(&[
+                "--database-url",
+                "postgres://r@db:5432/shop?sslmode=verify-full&application_name=x&sslrootcert=/ca.pem",
+            ]),
+            |_| None,
+        )
+        .unwrap();
+        assert_eq!(s.connect.ssl_mode, "verify-full");
+        assert_eq!(
+            s.connect.ssl_root_cert.as_deref(),
+            Some(Path::new("/ca.pem"))
+        );
+        let s = Settings::resolve(
+            &args(&[
+                "--database-url",
+                "host=db user=r sslmode=require",
+                "--ssl-root-cert",
+                "/other.pem",
+            ]),
+            |_| None,
+        )
+        .unwrap();
+        assert_eq!(
+            (s.connect.host.as_str(), s.connect.ssl_mode.as_str()),
+            ("db", "require")
+        );
+        assert_eq!(
+            s.connect.ssl_root_cert.as_deref(),
+            Some(Path::new("/other.pem"))
+        );
+        let e = Settings::resolve(
+            &args(&["--database-url", "postgres://r@db/shop?sslmode=allow"]),
+            |_| None,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("sslmode allow is not supported"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -14,7 +14,6 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use futures::{StreamExt as _, pin_mut};
 use serde::Serialize;
 use serde_json::Value;
-use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
 use crate::pgvalue::{Cell, Param, ParamError};
@@ -35,6 +34,8 @@ pub struct ConnectOptions {
     pub user: String,
     pub password: Option<String>,
     pub ssl_mode: String,
+    /// PEM file of the CAs trusted for `verify-full` (default: the Mozilla roots).
+    pub ssl_root_cert: Option<std::path::PathBuf>,
     pub pool_size: usize,
     pub statement_timeout: Duration,
     /// Schemas put on the fixed `search_path`.
@@ -147,16 +148,29 @@ impl DbError {
     }
 }
 
+/// An error with its causes (`error performing TLS handshake: invalid peer certificate: …`).
+/// tokio-postgres errors never contain the password or connection string.
+fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 impl From<deadpool_postgres::PoolError> for DbError {
     fn from(err: deadpool_postgres::PoolError) -> Self {
         match err {
             deadpool_postgres::PoolError::Backend(e) => {
                 DbError::Unavailable(match e.as_db_error() {
                     Some(db) => format!("{}: {}", db.code().code(), db.message()),
-                    None => e.to_string(),
+                    None => with_causes(&e),
                 })
             }
-            other => DbError::Unavailable(other.to_string()),
+            other => DbError::Unavailable(with_causes(&other)),
         }
     }
 }
@@ -214,15 +228,9 @@ impl Database {
         if let Some(password) = &options.password {
             pg.password(password.as_bytes());
         }
-        pg.ssl_mode(match options.ssl_mode.as_str() {
-            "disable" => tokio_postgres::config::SslMode::Disable,
-            "prefer" => tokio_postgres::config::SslMode::Prefer,
-            other => {
-                return Err(format!(
-                    "sslMode {other} needs TLS, which this build does not support yet: use disable or prefer"
-                ));
-            }
-        });
+        let (ssl_mode, tls) =
+            crate::tls::connector(&options.ssl_mode, options.ssl_root_cert.as_deref())?;
+        pg.ssl_mode(ssl_mode);
         let search_path = if options.search_path.is_empty() {
             "public".to_owned()
         } else {
@@ -243,7 +251,7 @@ impl Database {
         ));
         let manager = Manager::from_config(
             pg,
-            NoTls,
+            tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },

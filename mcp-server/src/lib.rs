@@ -13,6 +13,7 @@ pub mod server;
 pub mod sessions;
 pub mod sql_guard;
 pub mod startup;
+pub mod tls;
 pub mod tools;
 
 pub use http::{AppState, router};

@@ -41,21 +41,7 @@ impl Pki {
             service_account_pub: dir.join("sa.pub"),
         };
 
-        let ca_key = KeyPair::generate()?;
-        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "pgmcp-test-ca");
-        ca_params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca_cert = ca_params.self_signed(&ca_key)?;
-        std::fs::write(&pki.ca_cert, ca_cert.pem())?;
-        std::fs::write(&pki.ca_key, ca_key.serialize_pem())?;
-        let issuer = Issuer::new(ca_params, ca_key);
+        let issuer = write_ca(&pki.ca_cert, &pki.ca_key)?;
 
         let mut serving = CertificateParams::new(vec![
             "localhost".to_owned(),
@@ -87,6 +73,54 @@ impl Pki {
         std::fs::write(&pki.service_account_pub, sa.public_key_pem())?;
         Ok(pki)
     }
+}
+
+/// A serving certificate for a test server (PostgreSQL with `ssl=on`) and its CA.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub ca_cert: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl ServerTls {
+    /// A new CA and a certificate for `localhost` and `127.0.0.1` signed by it, in `dir`.
+    pub fn write(dir: &Path, common_name: &str) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let tls = Self {
+            ca_cert: dir.join("ca.crt"),
+            cert: dir.join("server.crt"),
+            key: dir.join("server.key"),
+        };
+        let issuer = write_ca(&tls.ca_cert, &dir.join("ca.key"))?;
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        write_leaf(&params, &issuer, &tls.cert, &tls.key)?;
+        Ok(tls)
+    }
+}
+
+/// A self-signed CA, written to `cert_path`/`key_path`, ready to sign.
+fn write_ca(cert_path: &Path, key_path: &Path) -> anyhow::Result<Issuer<'static, KeyPair>> {
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "pgmcp-test-ca");
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    std::fs::write(cert_path, ca_cert.pem())?;
+    std::fs::write(key_path, ca_key.serialize_pem())?;
+    Ok(Issuer::new(ca_params, ca_key))
 }
 
 fn client(common_name: &str, organization: Option<&str>) -> anyhow::Result<CertificateParams> {

@@ -23,6 +23,7 @@ pub struct Postgres {
     port: u16,
     password: String,
     version: String,
+    ca_cert: std::path::PathBuf,
     _daemon: Daemon,
 }
 
@@ -87,6 +88,20 @@ impl Postgres {
         output(&mut initdb).context("initdb failed")?;
         std::fs::remove_file(&pwfile)?;
 
+        // TLS like a managed server (plain connections still work, for sslmode=disable).
+        let tls = crate::pki::ServerTls::write(&dir.join("tls"), "pgmcp-test-postgres")?;
+        std::fs::set_permissions(
+            &tls.key,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )?;
+        if let Some(user) = &run_as {
+            output(
+                Command::new("chown")
+                    .arg("-R")
+                    .arg(format!("{user}:"))
+                    .arg(dir.join("tls")),
+            )?;
+        }
         let port = paths::free_port()?;
         let mut spec = Spec::new("postgres", postgres_bin, dir.join("postgres.log")).args([
             "-D".to_owned(),
@@ -105,6 +120,12 @@ impl Postgres {
             "synchronous_commit=off".to_owned(),
             "-c".to_owned(),
             "max_connections=300".to_owned(),
+            "-c".to_owned(),
+            "ssl=on".to_owned(),
+            "-c".to_owned(),
+            format!("ssl_cert_file={}", tls.cert.display()),
+            "-c".to_owned(),
+            format!("ssl_key_file={}", tls.key.display()),
         ]);
         spec.stop_signal = "INT"; // fast shutdown: do not wait for clients
         spec.cleanup_dir = Some(dir.clone());
@@ -123,6 +144,7 @@ impl Postgres {
                         port,
                         password,
                         version: version.trim().to_owned(),
+                        ca_cert: tls.ca_cert.clone(),
                         _daemon: daemon,
                     };
                 }
@@ -156,6 +178,11 @@ impl Postgres {
     /// Password of the superuser [`SUPERUSER`].
     pub fn password(&self) -> &str {
         &self.password
+    }
+
+    /// The CA that signed the server's TLS certificate (for `localhost` and `127.0.0.1`).
+    pub fn ca_cert(&self) -> &Path {
+        &self.ca_cert
     }
 
     /// `postgres (PostgreSQL) 15.x`.

@@ -383,6 +383,8 @@ pub struct ServerInfo {
     pub database: String,
     pub user: String,
     pub read_only: bool,
+    /// Whether this server's connection to PostgreSQL is encrypted.
+    pub tls: bool,
     pub extensions: Vec<Value>,
     pub settings: Vec<Value>,
     pub limits: Limits,
@@ -411,7 +413,8 @@ pub async fn server_info(tools: &Tools, _: ServerInfoArgs) -> Result<ServerInfo,
     let facts = tools
         .catalog_plain(
             "SELECT version() AS version, current_database() AS database, current_user AS user,
-                    current_setting('transaction_read_only') = 'on' AS read_only",
+                    current_setting('transaction_read_only') = 'on' AS read_only,
+                    coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false) AS tls",
             &[],
         )
         .await?;
@@ -436,6 +439,7 @@ pub async fn server_info(tools: &Tools, _: ServerInfoArgs) -> Result<ServerInfo,
         database: text("database"),
         user: text("user"),
         read_only: facts["read_only"].as_bool().unwrap_or(false),
+        tls: facts["tls"].as_bool().unwrap_or(false),
         extensions: objects(&extensions),
         settings: objects(&settings),
         limits: settings.limits.clone(),

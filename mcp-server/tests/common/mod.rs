@@ -81,6 +81,7 @@ impl Shop {
             user: self.role.clone(),
             password: Some(READER_PASSWORD.to_owned()),
             ssl_mode: "disable".into(),
+            ssl_root_cert: None,
             pool_size: 4,
             statement_timeout: timeout,
             search_path: grants.iter().map(|g| g.schema.clone()).collect(),

@@ -19,13 +19,18 @@ pub struct ServerProcess {
 
 /// The flags that point the server at `shop` as its reader role (password from a file).
 pub fn shop_args(shop: &Shop, dir: &Path) -> Vec<String> {
+    shop_args_with(shop, dir, "sslmode=disable")
+}
+
+/// [`shop_args`] with `query` as the database URL's query string.
+pub fn shop_args_with(shop: &Shop, dir: &Path, query: &str) -> Vec<String> {
     let pg = shop.db.server();
     let password_file = dir.join("password");
     std::fs::write(&password_file, READER_PASSWORD).expect("password file");
     vec![
         "--database-url".into(),
         format!(
-            "postgres://{}@{}:{}/{}?sslmode=disable",
+            "postgres://{}@{}:{}/{}?{query}",
             shop.role,
             pg.host(),
             pg.port(),
@@ -41,9 +46,14 @@ pub fn shop_args(shop: &Shop, dir: &Path) -> Vec<String> {
 impl ServerProcess {
     /// Starts the server with `shop_args` plus `extra`, and waits for /readyz.
     pub async fn start(shop: &Shop, extra: &[&str]) -> Self {
+        Self::start_with_url(shop, "sslmode=disable", extra).await
+    }
+
+    /// Like [`ServerProcess::start`], with `query` as the database URL's query string.
+    pub async fn start_with_url(shop: &Shop, query: &str, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = pgmcp_tests::paths::free_port().expect("port");
-        let mut args = shop_args(shop, dir.path());
+        let mut args = shop_args_with(shop, dir.path(), query);
         args.extend(["--listen".into(), format!("127.0.0.1:{port}")]);
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let daemon =
