@@ -18,7 +18,7 @@ help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  make %-16s %s\n", $$1, $$2 }'
 
 .PHONY: demo
-demo: deps controlplane tools ## Local control plane + PostgreSQL with sample data + an example binding + the MCP server
+demo: deps controlplane tools mcp-clients ## Local control plane + PostgreSQL with sample data + an example binding + the MCP server
 	$(CARGO) build $(CARGO_FLAGS) --quiet -p pgmcp-server
 	PGMCP_SERVER_BIN=target/debug/pgmcp-server \
 	  $(CARGO) run $(CARGO_FLAGS) --quiet -p pgmcp-tests --bin pgmcp-testenv -- $(DEMO_ARGS)

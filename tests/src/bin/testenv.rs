@@ -245,6 +245,7 @@ fn kubectl(env: &TestEnv, args: &[&str]) -> anyhow::Result<()> {
 
 fn print_summary(kubeconfig: &Path, pg: &Postgres, binding: &Path, url: &str, log: &Path) {
     let kubectl = paths::kubectl();
+    let cache = paths::cache_dir();
     println!(
         "
 pgmcp demo is up.
@@ -259,7 +260,9 @@ pgmcp demo is up.
 Connect a client:
   VS Code (.vscode/mcp.json):  {{ \"servers\": {{ \"shop\": {{ \"type\": \"http\", \"url\": \"{url}\" }} }} }}
   Claude Code:                 claude mcp add --transport http shop {url}
-  MCP Inspector:               npx @modelcontextprotocol/inspector --cli {url} --transport http --method tools/list
+  MCP Inspector (installed):   {inspector} --cli {url} --transport http --method tools/list
+  Python MCP SDK (installed):  echo '{{\"calls\":[{{\"tool\":\"search_objects\",\"arguments\":{{\"pattern\":\"customer\"}}}}]}}' \\
+                                 | {python} {client} --url {url}
 
 Then ask: \"which tables hold customer information?\", \"top 5 products by quantity\".
 The operator is not part of this release yet: here the demo created the role and started the
@@ -273,5 +276,8 @@ server the way the binding describes.
         host = pg.host(),
         port = pg.port(),
         log = log.display(),
+        inspector = cache.join("node/node_modules/.bin/mcp-inspector").display(),
+        python = cache.join("venv/mcp/bin/python").display(),
+        client = paths::workspace_root().join("tests/interop/mcp_client.py").display(),
     );
 }
