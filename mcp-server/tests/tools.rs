@@ -11,6 +11,18 @@ use pgmcp_server::tools::sql::{self, ExplainArgs, QueryArgs};
 use pgmcp_server::tools::{RowsResult, ToolError};
 use serde_json::{Value, json};
 
+async fn describe(
+    tools: &pgmcp_server::tools::Tools,
+    table: &str,
+    schema: Option<&str>,
+) -> Result<TableDescription, ToolError> {
+    let args = DescribeTableArgs {
+        table: table.to_owned(),
+        schema: schema.map(str::to_owned),
+    };
+    catalog::describe_table(tools, args).await
+}
+
 /// Rows as objects keyed by column name.
 fn objects(result: &RowsResult) -> Vec<Value> {
     let value = serde_json::to_value(result).unwrap();
@@ -101,15 +113,7 @@ async fn list_tables_shows_only_the_granted_schema_with_kinds_estimates_and_comm
 async fn describe_table_gives_columns_keys_indexes_and_checks() {
     let shop = shop("describe table").await;
     let tools = shop.tools();
-    let customers = catalog::describe_table(
-        &tools,
-        DescribeTableArgs {
-            table: "customers".into(),
-            schema: None,
-        },
-    )
-    .await
-    .unwrap();
+    let customers = describe(&tools, "customers", None).await.unwrap();
     let value = serde_json::to_value(&customers).unwrap();
     assert_eq!(value["schema"], json!("public"));
     assert_eq!(value["primary_key"], json!(["id"]));
@@ -137,15 +141,9 @@ async fn describe_table_gives_columns_keys_indexes_and_checks() {
         .collect();
     assert_eq!(indexes, ["customers_email_key", "customers_pkey"]);
 
-    let items = catalog::describe_table(
-        &tools,
-        DescribeTableArgs {
-            table: "order_items".into(),
-            schema: Some("public".into()),
-        },
-    )
-    .await
-    .unwrap();
+    let items = describe(&tools, "order_items", Some("public"))
+        .await
+        .unwrap();
     let value = serde_json::to_value(&items).unwrap();
     assert_eq!(value["primary_key"], json!(["order_id", "product_id"]));
     let fks: Vec<(&str, &Value)> = value["foreign_keys"]
@@ -165,26 +163,12 @@ async fn describe_table_gives_columns_keys_indexes_and_checks() {
             .contains("quantity > 0")
     );
 
-    let view = catalog::describe_table(
-        &tools,
-        DescribeTableArgs {
-            table: "product_sales".into(),
-            schema: None,
-        },
-    )
-    .await
-    .unwrap();
+    let view = describe(&tools, "product_sales", None).await.unwrap();
     assert!(view.view_definition.unwrap().contains("sum(i.quantity)"));
 
-    let hidden = catalog::describe_table(
-        &tools,
-        DescribeTableArgs {
-            table: "api_keys".into(),
-            schema: Some("internal".into()),
-        },
-    )
-    .await
-    .unwrap_err();
+    let hidden = describe(&tools, "api_keys", Some("internal"))
+        .await
+        .unwrap_err();
     assert!(matches!(hidden, ToolError::NotFound(_)), "{hidden}");
     assert!(hidden.to_string().contains("list_tables"), "{hidden}");
 }
