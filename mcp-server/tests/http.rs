@@ -14,23 +14,12 @@ const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","param
 
 /// The JSON-RPC message in a response body (plain JSON or the data of an SSE event).
 fn message(body: &str) -> Value {
-    if let Ok(value) = serde_json::from_str(body.trim()) {
-        return value;
-    }
-    body.lines()
-        .filter_map(|l| l.strip_prefix("data:"))
-        .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
-        .find(|v| v.get("id").is_some() || v.get("error").is_some())
+    pgmcp_tests::http::jsonrpc_message(body)
         .unwrap_or_else(|| panic!("no JSON-RPC message in: {body}"))
 }
 
 fn session_id(head: &str) -> String {
-    head.lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("mcp-session-id:")
-                .map(|_| l[15..].trim().to_owned())
-        })
+    pgmcp_tests::http::header(head, "mcp-session-id")
         .unwrap_or_else(|| panic!("no Mcp-Session-Id in:\n{head}"))
 }
 

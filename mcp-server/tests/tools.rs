@@ -23,6 +23,16 @@ async fn describe(
     catalog::describe_table(tools, args).await
 }
 
+async fn search(
+    tools: &pgmcp_server::tools::Tools,
+    pattern: &str,
+) -> Result<RowsResult, ToolError> {
+    let args = SearchObjectsArgs {
+        pattern: pattern.to_owned(),
+    };
+    catalog::search_objects(tools, args).await
+}
+
 /// Rows as objects keyed by column name.
 fn objects(result: &RowsResult) -> Vec<Value> {
     let value = serde_json::to_value(result).unwrap();
@@ -212,14 +222,7 @@ async fn relationships_and_search_answer_how_tables_connect_and_where_customers_
     );
     assert_eq!(objects(&orders)[1]["on_delete"], json!("NO ACTION"));
 
-    let found = catalog::search_objects(
-        &tools,
-        SearchObjectsArgs {
-            pattern: "customer".into(),
-        },
-    )
-    .await
-    .unwrap();
+    let found = search(&tools, "customer").await.unwrap();
     let hits: Vec<(String, Value)> = objects(&found)
         .iter()
         .map(|h| (h["table"].as_str().unwrap().into(), h["column"].clone()))
@@ -232,23 +235,9 @@ async fn relationships_and_search_answer_how_tables_connect_and_where_customers_
         hits.contains(&("orders".into(), json!("customer_id"))),
         "{hits:?}"
     );
-    let none = catalog::search_objects(
-        &tools,
-        SearchObjectsArgs {
-            pattern: "api_keys".into(),
-        },
-    )
-    .await
-    .unwrap();
+    let none = search(&tools, "api_keys").await.unwrap();
     assert_eq!(none.rows.row_count, 0, "out-of-scope objects are not found");
-    let wildcard = catalog::search_objects(
-        &tools,
-        SearchObjectsArgs {
-            pattern: "%".into(),
-        },
-    )
-    .await
-    .unwrap();
+    let wildcard = search(&tools, "%").await.unwrap();
     assert_eq!(wildcard.rows.row_count, 0, "% is matched literally");
 }
 

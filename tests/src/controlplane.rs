@@ -249,13 +249,7 @@ impl TestEnv {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let client = self.client().await?;
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let mut name: String = test
-            .to_ascii_lowercase()
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-            .collect();
-        name.truncate(50);
-        let name = format!("{}-{n}", name.trim_matches('-'));
+        let name = format!("{}-{n}", crate::slug(test, '-', 50));
         let ns: Namespace = serde_json::from_value(serde_json::json!({
             "metadata": { "name": name, "labels": { "pgmcp.dev/test": "true" } }
         }))?;

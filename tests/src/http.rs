@@ -41,3 +41,46 @@ pub async fn request(
         .unwrap_or(0);
     Ok((status, head.to_owned(), body.to_owned()))
 }
+
+/// The value of header `name` in a raw response head.
+pub fn header(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.eq_ignore_ascii_case(name)
+            .then(|| value.trim().to_owned())
+    })
+}
+
+/// The JSON-RPC answer in a Streamable HTTP body: plain JSON, or the `data:` of an SSE event.
+pub fn jsonrpc_message(body: &str) -> Option<serde_json::Value> {
+    if let Ok(value) = serde_json::from_str(body.trim()) {
+        return Some(value);
+    }
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d.trim()).ok())
+        .find(|v| v.get("id").is_some() || v.get("error").is_some())
+}
+
+/// Polls `GET /readyz` until it answers 200; fails early when `daemon` exits.
+pub async fn wait_ready(
+    port: u16,
+    daemon: &mut crate::daemon::Daemon,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    while !matches!(
+        request(port, "GET", "/readyz", &[], "").await,
+        Ok((200, _, _))
+    ) {
+        if daemon.exited() || std::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "{} did not become ready:\n{}",
+                daemon.name(),
+                daemon.log_tail(20)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}

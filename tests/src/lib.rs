@@ -19,6 +19,18 @@ pub mod postgres;
 pub use controlplane::{TestEnv, TestNamespace};
 pub use postgres::{Postgres, TestDatabase};
 
+/// `test` as an identifier: lower-case ASCII letters and digits, other characters as `sep`,
+/// at most `max` characters, no leading or trailing `sep`.
+pub(crate) fn slug(test: &str, sep: char, max: usize) -> String {
+    let mut name: String = test
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { sep })
+        .collect();
+    name.truncate(max);
+    name.trim_matches(sep).to_owned()
+}
+
 /// Runs an async initialisation on a thread of its own, with a runtime of its own.
 ///
 /// Shared fixtures outlive the per-test tokio runtimes, so nothing they keep may be bound to one;

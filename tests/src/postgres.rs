@@ -206,13 +206,7 @@ impl Postgres {
     pub async fn create_database(&'static self, test: &str) -> anyhow::Result<TestDatabase> {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let mut name: String = test
-            .to_ascii_lowercase()
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-            .collect();
-        name.truncate(40);
-        let name = format!("{}_{}_{n}", name.trim_matches('_'), std::process::id());
+        let name = format!("{}_{}_{n}", crate::slug(test, '_', 40), std::process::id());
         let admin = self.connect("postgres").await?;
         admin
             .batch_execute(&format!("CREATE DATABASE \"{name}\""))

@@ -101,12 +101,7 @@ impl Tools {
     ) -> Result<RowsResult, ToolError> {
         let mut params = self.scope_params();
         params.extend_from_slice(extra);
-        let caps = self.caps(None);
-        let rows = self.db.query(sql, &params, caps, None).await?;
-        Ok(RowsResult {
-            rows,
-            limits: self.limits_for(caps),
-        })
+        self.catalog_plain(sql, &params).await
     }
 
     /// Runs the server's own catalog SQL that needs no scope parameters.

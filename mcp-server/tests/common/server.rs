@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pgmcp_tests::daemon::{Daemon, Spec};
 
@@ -60,18 +60,12 @@ impl ServerProcess {
             Daemon::spawn(Spec::new("pgmcp-server", BIN, dir.path().join("server.log")).args(args))
                 .expect("start pgmcp-server");
         let mut server = Self { port, dir, daemon };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok((200, _, _)) = server.request("GET", "/readyz", &[], "").await {
-                return server;
-            }
-            assert!(
-                !server.daemon.exited() && Instant::now() < deadline,
-                "pgmcp-server did not become ready:\n{}",
-                server.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Err(err) =
+            pgmcp_tests::http::wait_ready(port, &mut server.daemon, Duration::from_secs(30)).await
+        {
+            panic!("{err:#}\n{}", server.log());
         }
+        server
     }
 
     pub fn url(&self) -> String {

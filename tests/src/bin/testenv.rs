@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -153,19 +153,7 @@ async fn start_server(dir: &Path, pg: &Postgres, password: &str) -> anyhow::Resu
         format!("127.0.0.1:{port}"),
     ]);
     let mut server = Daemon::spawn(spec)?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !matches!(
-        http::request(port, "GET", "/readyz", &[], "").await,
-        Ok((200, _, _))
-    ) {
-        if server.exited() || Instant::now() > deadline {
-            anyhow::bail!(
-                "pgmcp-server did not become ready:\n{}",
-                server.log_tail(20)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    http::wait_ready(port, &mut server, Duration::from_secs(30)).await?;
     Ok((server, port))
 }
 
@@ -177,14 +165,8 @@ async fn list_tools(port: u16) -> anyhow::Result<Vec<String>> {
     ];
     let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"pgmcp-demo","version":"1"}}}"#;
     let (_, head, _) = http::request(port, "POST", "/mcp", &headers, init).await?;
-    let session = head
-        .lines()
-        .find_map(|l| {
-            l.split_once(':')
-                .filter(|(k, _)| k.eq_ignore_ascii_case("mcp-session-id"))
-                .map(|(_, v)| v.trim().to_owned())
-        })
-        .context("the server sent no Mcp-Session-Id")?;
+    let session =
+        http::header(&head, "mcp-session-id").context("the server sent no Mcp-Session-Id")?;
     let with_session = [
         headers[0],
         headers[1],
@@ -207,12 +189,7 @@ async fn list_tools(port: u16) -> anyhow::Result<Vec<String>> {
         r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#,
     )
     .await?;
-    let message: serde_json::Value = body
-        .lines()
-        .filter_map(|l| l.strip_prefix("data:"))
-        .find_map(|d| serde_json::from_str(d.trim()).ok())
-        .or_else(|| serde_json::from_str(body.trim()).ok())
-        .context("tools/list gave no JSON-RPC answer")?;
+    let message = http::jsonrpc_message(&body).context("tools/list gave no JSON-RPC answer")?;
     Ok(message["result"]["tools"]
         .as_array()
         .context("tools/list gave no tools")?
