@@ -21,6 +21,9 @@ pub struct ServerConfig {
     /// The HTTP listener.
     #[serde(default)]
     pub http: HttpConfig,
+    /// How callers authenticate.
+    #[serde(default)]
+    pub auth: AuthConfig,
 }
 
 /// Connection settings of the server's own (read-only) role.
@@ -42,6 +45,11 @@ pub struct DatabaseConfig {
     /// Environment variable holding the password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_env: Option<String>,
+    /// The password is a Microsoft Entra access token for Azure Database for PostgreSQL,
+    /// obtained with Azure workload identity (`AZURE_CLIENT_ID`, `AZURE_TENANT_ID`,
+    /// `AZURE_FEDERATED_TOKEN_FILE`, `AZURE_AUTHORITY_HOST`, injected by the webhook).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub workload_identity: bool,
     /// Largest number of pooled connections.
     pub pool_size: usize,
 }
@@ -57,6 +65,7 @@ impl Default for DatabaseConfig {
             ssl_root_cert: None,
             password_file: None,
             password_env: None,
+            workload_identity: false,
             pool_size: 8,
         }
     }
@@ -110,6 +119,10 @@ pub struct HttpConfig {
     /// Accepted browser `Origin`s (`scheme://host[:port]`); requests without Origin pass.
     #[serde(default)]
     pub allowed_origins: Vec<String>,
+    /// The URL callers use to reach `/mcp` from outside (the resource named in OAuth protected
+    /// resource metadata). Defaults to the URL of the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
 }
 
 impl Default for HttpConfig {
@@ -118,6 +131,45 @@ impl Default for HttpConfig {
             listen: "127.0.0.1:8080".to_owned(),
             allowed_hosts: Vec::new(),
             allowed_origins: Vec::new(),
+            public_url: None,
         }
     }
+}
+
+/// Caller authentication. A listener on a non-loopback address needs `entra` or an explicit
+/// `insecureAllowUnauthenticated`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Require Microsoft Entra ID access tokens (`Authorization: Bearer`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entra: Option<EntraAuthConfig>,
+    /// Serve without caller authentication on a non-loopback address (development only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_allow_unauthenticated: bool,
+}
+
+/// Validation of Entra ID access tokens.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EntraAuthConfig {
+    /// Tenant that issues the callers' tokens.
+    pub tenant_id: String,
+    /// Client id of the server's app registration (or its `api://` application id URI).
+    pub audience: String,
+    /// App roles a token must carry, any one of them.
+    pub required_roles: Vec<String>,
+    /// When non-empty, only these caller object ids (`oid`) are accepted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_caller_object_ids: Vec<String>,
+    /// Entra authority host (sovereign clouds).
+    #[serde(default = "default_authority_host")]
+    pub authority_host: String,
+}
+
+/// The public-cloud Entra authority.
+pub const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";
+
+fn default_authority_host() -> String {
+    DEFAULT_AUTHORITY_HOST.to_owned()
 }

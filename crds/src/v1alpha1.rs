@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
@@ -36,7 +37,11 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Endpoint","type":"string","jsonPath":".status.endpoint"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    // Children are named <binding>-mcp, and a Service name must be a DNS-1035 label. No
+    // fieldPath: the apiserver accepts only paths inside the schema, and metadata has none.
+    validation = Rule::new("self.metadata.name.size() <= 59 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')")
+        .message("metadata.name must be at most 59 lower-case letters, digits or '-', starting with a letter: it names the MCP server's Service (<name>-mcp)")
 )]
 #[x_kube(
     validation = Rule::new("!has(self.identity.entra) || has(self.postgres.admin.entra)")
@@ -387,6 +392,21 @@ pub struct ServerSpec {
     /// Extra annotations on the server pods (for example for a service mesh).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_annotations: Option<BTreeMap<String, String>>,
+    /// When set, a NetworkPolicy admits traffic to the server pods on the MCP port only, from
+    /// the listed peers. Omit it to create no NetworkPolicy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<NetworkPolicySpec>,
+}
+
+/// Ingress allowed to the MCP server pods.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    /// Who may connect to the MCP port (pod selectors, namespace selectors or IP blocks, as in
+    /// a NetworkPolicy ingress rule). Empty: any source, but still only the MCP port.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub from: Vec<NetworkPolicyPeer>,
 }
 
 fn default_replicas() -> i32 {

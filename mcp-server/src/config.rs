@@ -268,7 +268,8 @@ impl Settings {
             listen,
             stdio: args.stdio,
             allow_unsafe_role: args.allow_unsafe_role,
-            insecure_allow_unauthenticated: args.insecure_allow_unauthenticated,
+            insecure_allow_unauthenticated: args.insecure_allow_unauthenticated
+                || file.auth.insecure_allow_unauthenticated,
             file,
         })
     }
