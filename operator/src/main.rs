@@ -1,30 +1,202 @@
-//! pgmcp-operator: reconciles PostgresMcpBinding objects.
-//!
-//! This release ships the API (the CRD) and its validation only; the controller follows. The
-//! binary already checks what every later version needs first: that the CRD is installed.
+//! pgmcp-operator: flags → logging → client → CRD check → HTTP endpoints → leader election →
+//! controller, until SIGTERM.
+
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::{Api, Client};
-
-/// Kubernetes operator for PostgresMcpBinding.
-#[derive(Parser, Debug)]
-#[command(version, about)]
-struct Args {}
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+use kube_lease_manager::LeaseManagerBuilder;
+use pgmcp_operator::controller::{self, Options};
+use pgmcp_operator::http;
+use pgmcp_operator::metrics::Metrics;
+use pgmcp_operator::settings::Args;
+use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let _args = Args::parse();
-    let client = Client::try_default()
+    let args = Args::parse();
+    init_logging(&args.log_format);
+    let client = client(&args).await?;
+    check_crd(&client).await?;
+
+    let metrics = Arc::new(Metrics::default());
+    let shutdown = CancellationToken::new();
+    let serve = http::bind(args.metrics_listen, metrics.clone(), shutdown.clone())
         .await
-        .context("failed to create a Kubernetes client (in-cluster config or KUBECONFIG)")?;
-    let crds = Api::<CustomResourceDefinition>::all(client);
-    if crds.get_opt(pgmcp_crds::CRD_NAME).await?.is_none() {
+        .with_context(|| format!("failed to listen on {}", args.metrics_listen))?;
+    let server = tokio::spawn(serve);
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        stop.cancel();
+    });
+
+    let identity = args.identity.clone().unwrap_or_else(default_identity);
+    let options = Options {
+        namespaces: args.namespaces.clone(),
+        defaults: args.defaults(),
+        resync: args.resync,
+        concurrency: args.concurrency.max(1),
+        identity: identity.clone(),
+    };
+    tracing::info!(
+        namespaces = ?options.namespaces,
+        server_image = %options.defaults.server_image,
+        resync_s = options.resync.as_secs(),
+        %identity,
+        "starting"
+    );
+    let result = if args.leader_election {
+        run_as_leader(&client, &args, identity, options, metrics, shutdown.clone()).await
+    } else {
+        controller::run(client, options, metrics, shutdown.clone()).await;
+        Ok(())
+    };
+    shutdown.cancel();
+    let _ = server.await;
+    result
+}
+
+/// Waits for the Lease, runs the controller while holding it, releases it on shutdown. Losing
+/// the Lease ends the process: a restart begins from a clean state, as controller-runtime does.
+async fn run_as_leader(
+    client: &Client,
+    args: &Args,
+    identity: String,
+    options: Options,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let namespace = args
+        .lease_namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_owned());
+    let duration = args.lease_duration.as_secs().max(2);
+    let manager = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+        .with_namespace(&namespace)
+        .with_identity(&identity)
+        .with_duration(duration)
+        .with_grace((duration / 3).max(1))
+        .build()
+        .await
+        .with_context(|| {
+            format!(
+                "failed to set up leader election with Lease {namespace}/{}",
+                args.lease_name
+            )
+        })?;
+    let (mut leader, lease_task) = manager.watch().await;
+    tracing::info!(lease = %format!("{namespace}/{}", args.lease_name), "waiting for the leader Lease");
+    let became_leader = loop {
+        if *leader.borrow_and_update() {
+            break true;
+        }
+        tokio::select! {
+            changed = leader.changed() => if changed.is_err() { break false },
+            () = shutdown.cancelled() => break false,
+        }
+    };
+    let mut lost = false;
+    if became_leader {
+        metrics.set_leader(true);
+        tracing::info!("acquired the leader Lease; reconciling");
+        let lost_lease = async {
+            while leader.changed().await.is_ok() {
+                if !*leader.borrow_and_update() {
+                    break;
+                }
+            }
+        };
+        tokio::select! {
+            () = controller::run(client.clone(), options, metrics.clone(), shutdown.clone()) => {}
+            () = lost_lease => lost = true,
+        }
+        metrics.set_leader(false);
+    }
+    // Closing the channel makes the lease task release the Lease, so a standby takes over
+    // without waiting for it to expire.
+    drop(leader);
+    match lease_task.await {
+        Ok(Ok(_)) => tracing::info!("released the leader Lease"),
+        Ok(Err(err)) => tracing::warn!(error = %err, "failed to release the leader Lease"),
+        Err(err) => tracing::warn!(error = %err, "leader election task failed"),
+    }
+    if lost {
         anyhow::bail!(
-            "CustomResourceDefinition {} is not installed: kubectl apply -f crds/pgmcp.dev_postgresmcpbindings.yaml",
-            pgmcp_crds::CRD_NAME
+            "lost the leader Lease to another replica; exiting so a restart begins from a clean state"
         );
     }
-    anyhow::bail!("the controller is not part of this release yet: only the CRD is");
+    Ok(())
+}
+
+async fn client(args: &Args) -> anyhow::Result<Client> {
+    let Some(path) = &args.kubeconfig else {
+        return Client::try_default().await.context(
+            "failed to create a Kubernetes client from the in-cluster config or ~/.kube/config",
+        );
+    };
+    let kubeconfig = Kubeconfig::read_from(path)
+        .with_context(|| format!("failed to read kubeconfig {}", path.display()))?;
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .with_context(|| format!("failed to load kubeconfig {}", path.display()))?;
+    Client::try_from(config).context("failed to create a Kubernetes client")
+}
+
+async fn check_crd(client: &Client) -> anyhow::Result<()> {
+    let crds = Api::<CustomResourceDefinition>::all(client.clone());
+    match crds.get_opt(pgmcp_crds::CRD_NAME).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => anyhow::bail!(
+            "CustomResourceDefinition {} is not installed: kubectl apply -f crds/pgmcp.dev_postgresmcpbindings.yaml \
+             (or install the Helm chart, which includes it)",
+            pgmcp_crds::CRD_NAME
+        ),
+        Err(err) => Err(err).with_context(|| {
+            format!(
+                "failed to read CustomResourceDefinition {}",
+                pgmcp_crds::CRD_NAME
+            )
+        }),
+    }
+}
+
+fn default_identity() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "pgmcp-operator".to_owned());
+    format!("{host}-{}", std::process::id())
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if format == "text" {
+        builder.init();
+    } else {
+        builder.json().flatten_event(true).init();
+    }
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
 }

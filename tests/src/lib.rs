@@ -12,12 +12,46 @@
 pub mod controlplane;
 pub mod daemon;
 pub mod http;
+pub mod operator;
 pub mod paths;
 pub mod pki;
 pub mod postgres;
 
 pub use controlplane::{TestEnv, TestNamespace};
 pub use postgres::{Postgres, TestDatabase};
+
+/// Polls `check` every 200 ms until it returns `Some`, and returns that; panics naming `what`
+/// after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: std::time::Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// [`wait_for`] a condition that becomes true.
+pub async fn eventually<F, Fut>(what: &str, timeout: std::time::Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    wait_for(what, timeout, || {
+        let fut = check();
+        async move { fut.await.then_some(()) }
+    })
+    .await;
+}
 
 /// `test` as an identifier: lower-case ASCII letters and digits, other characters as `sep`,
 /// at most `max` characters, no leading or trailing `sep`.

@@ -2,31 +2,15 @@
 //! ServiceAccounts, ReplicaSets and Pods and garbage-collects owned objects, and the apiserver
 //! issues ServiceAccount tokens for the workload-identity audience and publishes their keys.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, ServiceAccount};
 use kube::api::{DeleteParams, ListParams, PostParams};
-use pgmcp_tests::TestEnv;
+use pgmcp_tests::{TestEnv, eventually};
 use serde_json::{Value, json};
-
-/// Polls `check` every 200 ms until it returns true or `timeout` passes.
-async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !check().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 #[tokio::test]
 async fn new_namespaces_get_a_default_service_account_and_the_root_ca() {

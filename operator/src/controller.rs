@@ -1,0 +1,544 @@
+//! The PostgresMcpBinding controller. One reconcile, top to bottom:
+//!
+//! ```text
+//! fetch     read the Secret the binding names                          (reads only)
+//! validate  check references and parse limits                          (pure)
+//! build     desired ServiceAccount, ConfigMap, Deployment, Service,
+//!           PodDisruptionBudget, NetworkPolicy                          (pure)
+//! apply     server-side apply of what differs, delete what is unwanted  (writes)
+//! status    kstatus conditions, written only when they change          (one write at most)
+//! ```
+//!
+//! A finalizer guards state outside the cluster ([`cleanup`]); children inside it carry a
+//! controller owner reference and are garbage-collected by Kubernetes. Children are watched
+//! (label `app.kubernetes.io/managed-by=pgmcp-operator`), so an edited or deleted child is
+//! repaired within seconds; the watch caches double as the "live" side of apply's comparison.
+
+pub mod apply;
+pub mod build;
+pub mod cleanup;
+pub mod fetch;
+pub mod status;
+pub mod validate;
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt as _};
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::Api;
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::{Client, Resource, ResourceExt as _};
+use pgmcp_crds::v1alpha1::PostgresMcpBinding;
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::settings::Defaults;
+use status::Outcome;
+
+/// Label selector of every child the operator creates (and watches).
+pub const CHILD_SELECTOR: &str = "app.kubernetes.io/managed-by=pgmcp-operator";
+/// How often a binding waiting for a Secret is re-checked.
+const WAITING_RECHECK: Duration = Duration::from_secs(10);
+/// Longest retry delay after repeated failures.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// Watch caches of the children, for comparing desired against live without a GET.
+#[derive(Clone)]
+pub struct Stores {
+    pub service_accounts: Store<ServiceAccount>,
+    pub config_maps: Store<ConfigMap>,
+    pub services: Store<Service>,
+    pub deployments: Store<Deployment>,
+    pub pod_disruption_budgets: Store<PodDisruptionBudget>,
+    pub network_policies: Store<NetworkPolicy>,
+}
+
+impl Debug for Stores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stores").finish_non_exhaustive()
+    }
+}
+
+impl Stores {
+    async fn wait_until_ready(&self) {
+        let _ = futures::join!(
+            self.service_accounts.wait_until_ready(),
+            self.config_maps.wait_until_ready(),
+            self.services.wait_until_ready(),
+            self.deployments.wait_until_ready(),
+            self.pod_disruption_budgets.wait_until_ready(),
+            self.network_policies.wait_until_ready(),
+        );
+    }
+
+    fn report(&self, metrics: &Metrics) {
+        metrics.set_managed("ServiceAccount", self.service_accounts.state().len());
+        metrics.set_managed("ConfigMap", self.config_maps.state().len());
+        metrics.set_managed("Service", self.services.state().len());
+        metrics.set_managed("Deployment", self.deployments.state().len());
+        metrics.set_managed(
+            "PodDisruptionBudget",
+            self.pod_disruption_budgets.state().len(),
+        );
+        metrics.set_managed("NetworkPolicy", self.network_policies.state().len());
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub defaults: Defaults,
+    pub stores: Stores,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    pub resync: Duration,
+    /// Consecutive failures per binding (`namespace/name`), for the retry delay.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("defaults", &self.defaults)
+            .field("resync", &self.resync)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    /// Publishes an Event on the binding; a failure to publish is logged, never fatal.
+    /// `related` names the child concerned; Events about different children stay apart.
+    async fn event(
+        &self,
+        binding: &PostgresMcpBinding,
+        type_: EventType,
+        reason: &str,
+        note: String,
+        related: Option<ObjectReference>,
+    ) {
+        let event = KubeEvent {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: "Reconcile".to_owned(),
+            secondary: related,
+        };
+        let result = self
+            .recorder
+            .publish(&event, &binding.object_ref(&()))
+            .await;
+        self.metrics.write("Event", "create", result.is_ok());
+        if let Err(err) = result {
+            tracing::warn!(binding = %key(binding), error = %err, "failed to publish an event");
+        }
+    }
+}
+
+/// Why a reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Fetch(#[from] fetch::Error),
+    #[error(transparent)]
+    Apply(#[from] apply::Error),
+    #[error(transparent)]
+    Cleanup(#[from] cleanup::Error),
+    #[error("failed to write the status of binding {binding}: {source}")]
+    Status {
+        binding: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("{0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+impl Error {
+    /// Bounded error category for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        use kube::runtime::finalizer::Error as F;
+        match self {
+            Error::Fetch(_) => "fetch",
+            Error::Apply(e) if e.needs_user() => "apply_refused",
+            Error::Apply(_) => "apply",
+            Error::Cleanup(_) => "cleanup",
+            Error::Status { .. } => "status",
+            Error::Finalizer(inner) => match inner.as_ref() {
+                F::ApplyFailed(e) | F::CleanupFailed(e) => e.metric_label(),
+                F::AddFinalizer(_) | F::RemoveFinalizer(_) => "finalizer",
+                F::UnnamedObject | F::InvalidFinalizer => "internal",
+            },
+        }
+    }
+}
+
+fn key(binding: &PostgresMcpBinding) -> String {
+    format!(
+        "{}/{}",
+        binding.namespace().unwrap_or_default(),
+        binding.name_any()
+    )
+}
+
+/// Entry point of every reconcile: the finalizer dispatches to [`reconcile_binding`] or
+/// [`cleanup_binding`].
+pub async fn reconcile(
+    binding: Arc<PostgresMcpBinding>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let started = Instant::now();
+    ctx.stores.wait_until_ready().await;
+    let api: Api<PostgresMcpBinding> =
+        Api::namespaced(ctx.client.clone(), &binding.namespace().unwrap_or_default());
+    let result = finalizer(
+        &api,
+        pgmcp_crds::FINALIZER,
+        binding.clone(),
+        |event| async {
+            match event {
+                Finalizer::Apply(binding) => reconcile_binding(&binding, &ctx).await,
+                Finalizer::Cleanup(binding) => cleanup_binding(&binding, &ctx).await,
+            }
+        },
+    )
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics.reconciled(
+        started.elapsed(),
+        result.as_ref().err().map(Error::metric_label),
+    );
+    ctx.stores.report(&ctx.metrics);
+    if result.is_ok()
+        && let Ok(mut failures) = ctx.failures.lock()
+    {
+        failures.remove(&key(&binding));
+    }
+    result
+}
+
+async fn reconcile_binding(binding: &PostgresMcpBinding, ctx: &Context) -> Result<Action, Error> {
+    let inputs = fetch::fetch(&ctx.client, binding).await?;
+    let valid = match validate::validate(binding, &inputs) {
+        Ok(valid) => valid,
+        Err(invalid) => {
+            let outcome = Outcome::Stalled {
+                reason: invalid.reason(),
+                message: invalid.to_string(),
+            };
+            if write_status(ctx, binding, &outcome).await? {
+                ctx.event(
+                    binding,
+                    EventType::Warning,
+                    invalid.reason(),
+                    invalid.to_string(),
+                    None,
+                )
+                .await;
+            }
+            return Ok(if invalid.waits_for_other_object() {
+                Action::requeue(WAITING_RECHECK)
+            } else {
+                Action::await_change()
+            });
+        }
+    };
+    let desired = build::build(&valid, &ctx.defaults);
+    let applied = match apply::apply(ctx, binding, &desired).await {
+        Ok(applied) => applied,
+        Err(err) => {
+            let outcome = if err.needs_user() {
+                Outcome::Stalled {
+                    reason: err.reason(),
+                    message: err.to_string(),
+                }
+            } else {
+                Outcome::Failed {
+                    reason: err.reason(),
+                    message: err.to_string(),
+                }
+            };
+            if write_status(ctx, binding, &outcome).await? {
+                ctx.event(
+                    binding,
+                    EventType::Warning,
+                    err.reason(),
+                    err.to_string(),
+                    None,
+                )
+                .await;
+            }
+            return Err(err.into());
+        }
+    };
+    for (change, object) in &applied.changes {
+        let reason = match change {
+            apply::Change::Created => "Created",
+            apply::Change::Updated => "Updated",
+            apply::Change::Deleted => "Deleted",
+        };
+        let note = format!("{} {}", change.verb(), apply::describe(object));
+        ctx.event(
+            binding,
+            EventType::Normal,
+            reason,
+            note,
+            Some(object.clone()),
+        )
+        .await;
+    }
+    let outcome = Outcome::Applied {
+        valid: &valid,
+        desired: &desired,
+        deployment: applied.deployment.as_ref(),
+    };
+    write_status(ctx, binding, &outcome).await?;
+    Ok(Action::requeue(ctx.resync))
+}
+
+async fn cleanup_binding(binding: &PostgresMcpBinding, ctx: &Context) -> Result<Action, Error> {
+    if let Err(err) = cleanup::cleanup(binding).await {
+        let outcome = Outcome::Failed {
+            reason: "CleanupFailed",
+            message: err.to_string(),
+        };
+        if write_status(ctx, binding, &outcome).await? {
+            ctx.event(
+                binding,
+                EventType::Warning,
+                "CleanupFailed",
+                err.to_string(),
+                None,
+            )
+            .await;
+        }
+        return Err(err.into());
+    }
+    Ok(Action::await_change())
+}
+
+async fn write_status(
+    ctx: &Context,
+    binding: &PostgresMcpBinding,
+    outcome: &Outcome<'_>,
+) -> Result<bool, Error> {
+    status::update(ctx, binding, outcome)
+        .await
+        .map_err(|source| Error::Status {
+            binding: key(binding),
+            source,
+        })
+}
+
+/// Retry delay after a failed reconcile: exponential from 1s to 5 minutes, with ±20% jitter so
+/// bindings that failed together do not retry together.
+pub fn error_policy(binding: Arc<PostgresMcpBinding>, error: &Error, ctx: Arc<Context>) -> Action {
+    let failures = ctx
+        .failures
+        .lock()
+        .map(|mut failures| {
+            let count = failures.entry(key(&binding)).or_insert(0);
+            *count = count.saturating_add(1);
+            *count
+        })
+        .unwrap_or(1);
+    let delay = backoff(failures, jitter_source());
+    tracing::warn!(
+        binding = %key(&binding),
+        error = %error,
+        category = error.metric_label(),
+        retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+        "reconcile failed"
+    );
+    Action::requeue(delay)
+}
+
+/// `failures` ≥ 1; `jitter` in 0..1000 picks a point in ±20%.
+pub fn backoff(failures: u32, jitter: u32) -> Duration {
+    let base = Duration::from_secs(1)
+        .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(16)))
+        .min(MAX_BACKOFF);
+    let permille = 800 + (jitter % 1000) * 400 / 1000;
+    base * permille / 1000
+}
+
+fn jitter_source() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_micros())
+        .unwrap_or(0)
+}
+
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// A watch of one child kind (our label only), feeding a cache and the controller.
+fn watch_children<K>(
+    client: &Client,
+    namespace: Option<&str>,
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Debug
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let stream = watcher(
+        scoped::<K>(client, namespace),
+        watcher::Config::default().labels(CHILD_SELECTOR),
+    )
+    .default_backoff()
+    .reflect(writer)
+    .touched_objects();
+    (store, stream)
+}
+
+/// How the controller runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Namespaces to watch; empty means all.
+    pub namespaces: Vec<String>,
+    pub defaults: Defaults,
+    pub resync: Duration,
+    pub concurrency: u16,
+    /// Reporting instance in Events (the pod name).
+    pub identity: String,
+}
+
+/// Runs the controller (one per watched namespace, or one for all) until `shutdown`.
+pub async fn run(
+    client: Client,
+    options: Options,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let scopes: Vec<Option<String>> = if options.namespaces.is_empty() {
+        vec![None]
+    } else {
+        options.namespaces.iter().cloned().map(Some).collect()
+    };
+    let runs = scopes.into_iter().map(|namespace| {
+        run_scope(
+            client.clone(),
+            namespace,
+            options.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        )
+    });
+    futures::future::join_all(runs).await;
+}
+
+async fn run_scope(
+    client: Client,
+    namespace: Option<String>,
+    options: Options,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let ns = namespace.as_deref();
+    let (service_accounts, sa_events) = watch_children::<ServiceAccount>(&client, ns);
+    let (config_maps, cm_events) = watch_children::<ConfigMap>(&client, ns);
+    let (services, svc_events) = watch_children::<Service>(&client, ns);
+    let (deployments, deploy_events) = watch_children::<Deployment>(&client, ns);
+    let (pod_disruption_budgets, pdb_events) = watch_children::<PodDisruptionBudget>(&client, ns);
+    let (network_policies, np_events) = watch_children::<NetworkPolicy>(&client, ns);
+    let reporter = Reporter {
+        controller: pgmcp_crds::FIELD_MANAGER.to_owned(),
+        instance: Some(options.identity.clone()),
+    };
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client: client.clone(),
+        defaults: options.defaults.clone(),
+        stores: Stores {
+            service_accounts,
+            config_maps,
+            services,
+            deployments,
+            pod_disruption_budgets,
+            network_policies,
+        },
+        metrics,
+        resync: options.resync,
+        failures: Mutex::default(),
+    });
+    tracing::info!(namespace = ns.unwrap_or("<all>"), "controller started");
+    Controller::new(
+        scoped::<PostgresMcpBinding>(&client, ns),
+        watcher::Config::default().any_semantic(),
+    )
+    .owns_stream(sa_events)
+    .owns_stream(cm_events)
+    .owns_stream(svc_events)
+    .owns_stream(deploy_events)
+    .owns_stream(pdb_events)
+    .owns_stream(np_events)
+    .with_config(ControllerConfig::default().concurrency(options.concurrency))
+    .graceful_shutdown_on(async move { shutdown.cancelled().await })
+    .run(reconcile, error_policy, ctx)
+    .for_each(|result| async move {
+        // Reconcile errors are logged by error_policy; what arrives here are scheduler
+        // messages (an object vanished before its reconcile, a watch error).
+        if let Err(err) = result {
+            tracing::debug!(error = %err, "controller event");
+        }
+    })
+    .await;
+    tracing::info!(namespace = ns.unwrap_or("<all>"), "controller stopped");
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use pgmcp_crds::v1alpha1::PostgresMcpBinding;
+
+    use super::*;
+
+    /// An example from manifests/examples/, as the apiserver would hand it to us.
+    pub fn binding(file: &str) -> PostgresMcpBinding {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../manifests/examples")
+            .join(file);
+        let text = std::fs::read_to_string(path).unwrap();
+        let mut binding: PostgresMcpBinding = serde_saphyr::from_str(&text).unwrap();
+        binding.metadata.namespace = Some("agents".to_owned());
+        binding.metadata.uid = Some("0f7c1a9e-0000-4000-8000-000000000001".to_owned());
+        binding.metadata.generation = Some(1);
+        binding
+    }
+
+    #[test]
+    fn backoff_doubles_to_five_minutes_with_bounded_jitter() {
+        assert_eq!(backoff(1, 500), Duration::from_secs(1));
+        assert_eq!(backoff(2, 500), Duration::from_secs(2));
+        assert_eq!(backoff(4, 500), Duration::from_secs(8));
+        assert_eq!(backoff(30, 500), MAX_BACKOFF);
+        assert_eq!(backoff(3, 0), Duration::from_millis(3200));
+        assert_eq!(backoff(3, 999), Duration::from_millis(4796));
+    }
+}

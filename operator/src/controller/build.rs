@@ -1,0 +1,821 @@
+//! Build: the desired Kubernetes objects of one binding. Pure: no client, no clock, no
+//! randomness, so the same binding always builds the same objects and tests compare them whole.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    HTTPGetAction, KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Service,
+    ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPort, NetworkPolicySpec,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use pgmcp_crds::config::{
+    AuthConfig, DatabaseConfig, EntraAuthConfig, HttpConfig, ScopeConfig, ScopeGrant, ServerConfig,
+};
+use pgmcp_crds::v1alpha1::SslMode;
+use pgmcp_crds::{labels, workload_identity};
+use sha2::{Digest as _, Sha256};
+
+use super::validate::{Identity, Valid};
+use crate::settings::Defaults;
+
+/// Port of the MCP server in the pod and on the Service.
+pub const PORT: i32 = 8080;
+/// Name of that port.
+pub const PORT_NAME: &str = "http";
+/// Pod-template annotation holding the hash of the server config, so a config change rolls
+/// the pods.
+pub const CONFIG_HASH_ANNOTATION: &str = "pgmcp.dev/config-hash";
+/// Key of the server config in its ConfigMap.
+pub const CONFIG_KEY: &str = "config.json";
+/// Where the config is mounted.
+pub const CONFIG_DIR: &str = "/etc/pgmcp";
+/// Where the password Secret is mounted (password mode).
+pub const PASSWORD_DIR: &str = "/var/run/secrets/pgmcp/postgres";
+/// Key of the password in the binding's password Secret.
+pub const PASSWORD_KEY: &str = "password";
+/// Name of the server container.
+pub const CONTAINER: &str = "mcp-server";
+/// The unprivileged user and group the server runs as (distroless `nonroot`).
+const NON_ROOT: i64 = 65532;
+
+/// Everything the binding should have in the cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Desired {
+    pub service_account: ServiceAccount,
+    pub config_map: ConfigMap,
+    pub deployment: Deployment,
+    pub service: Service,
+    /// Only with more than one replica.
+    pub pod_disruption_budget: Option<PodDisruptionBudget>,
+    /// Only when spec.server.networkPolicy is set.
+    pub network_policy: Option<NetworkPolicy>,
+    /// In-cluster URL of the MCP endpoint.
+    pub endpoint: String,
+}
+
+/// Name of every child object of a binding.
+pub fn child_name(binding: &str) -> String {
+    format!("{binding}-mcp")
+}
+
+pub fn build(valid: &Valid, defaults: &Defaults) -> Desired {
+    let name = child_name(&valid.name);
+    let config = server_config(valid);
+    let config_json = serde_json::to_string_pretty(&config).unwrap_or_default();
+    let config_hash = hex_prefix(&Sha256::digest(config_json.as_bytes()), 16);
+    let service = service(valid, &name);
+    Desired {
+        service_account: service_account(valid, &name),
+        config_map: ConfigMap {
+            metadata: meta(valid, &name),
+            data: Some(BTreeMap::from([(CONFIG_KEY.to_owned(), config_json)])),
+            ..Default::default()
+        },
+        deployment: deployment(valid, defaults, &name, &config_hash),
+        pod_disruption_budget: (valid.spec.server.replicas > 1).then(|| PodDisruptionBudget {
+            metadata: meta(valid, &name),
+            spec: Some(PodDisruptionBudgetSpec {
+                max_unavailable: Some(IntOrString::Int(1)),
+                selector: Some(selector(valid)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        network_policy: valid
+            .spec
+            .server
+            .network_policy
+            .as_ref()
+            .map(|policy| network_policy(valid, &name, policy)),
+        endpoint: format!("http://{name}.{}.svc:{PORT}/mcp", valid.namespace),
+        service,
+    }
+}
+
+/// The `pgmcp-server --config` file.
+pub fn server_config(valid: &Valid) -> ServerConfig {
+    let spec = &valid.spec;
+    let name = child_name(&valid.name);
+    let ns = &valid.namespace;
+    let mut allowed_hosts = vec![
+        name.clone(),
+        format!("{name}.{ns}"),
+        format!("{name}.{ns}.svc"),
+        format!("{name}.{ns}.svc.cluster.local"),
+    ];
+    if let Some(host) = spec.server.public_url.as_deref().and_then(url_host) {
+        allowed_hosts.push(host.to_owned());
+    }
+    let (password_file, workload_identity) = match &valid.identity {
+        Identity::Entra { .. } => (None, true),
+        Identity::Password { .. } => (Some(format!("{PASSWORD_DIR}/{PASSWORD_KEY}")), false),
+    };
+    ServerConfig {
+        database: DatabaseConfig {
+            host: spec.postgres.host.clone(),
+            port: u16::try_from(spec.postgres.port).unwrap_or(5432),
+            dbname: spec.postgres.database.clone(),
+            user: valid.identity.role().to_owned(),
+            ssl_mode: ssl_mode(spec.postgres.ssl_mode).to_owned(),
+            password_file,
+            workload_identity,
+            ..DatabaseConfig::default()
+        },
+        scope: ScopeConfig {
+            grants: spec
+                .access
+                .grants
+                .iter()
+                .map(|g| ScopeGrant {
+                    schema: g.schema.clone(),
+                    tables: g.tables.clone(),
+                })
+                .collect(),
+        },
+        limits: valid.limits.clone(),
+        http: HttpConfig {
+            listen: format!("0.0.0.0:{PORT}"),
+            allowed_hosts,
+            allowed_origins: Vec::new(),
+            public_url: spec.server.public_url.clone(),
+        },
+        auth: AuthConfig {
+            entra: spec.server.auth.entra.as_ref().map(|e| EntraAuthConfig {
+                tenant_id: e.tenant_id.clone(),
+                audience: e.audience.clone(),
+                required_roles: e.required_roles.clone(),
+                allowed_caller_object_ids: e.allowed_caller_object_ids.clone().unwrap_or_default(),
+                authority_host: e
+                    .authority_host
+                    .clone()
+                    .unwrap_or_else(|| pgmcp_crds::config::DEFAULT_AUTHORITY_HOST.to_owned()),
+            }),
+            insecure_allow_unauthenticated: spec.server.auth.none.is_some(),
+        },
+    }
+}
+
+fn ssl_mode(mode: SslMode) -> &'static str {
+    match mode {
+        SslMode::Disable => "disable",
+        SslMode::Prefer => "prefer",
+        SslMode::Require => "require",
+        SslMode::VerifyFull => "verify-full",
+    }
+}
+
+/// The host of an absolute URL (`https://host[:port]/path`).
+fn url_host(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host = match authority.rsplit_once(':') {
+        Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host,
+        _ => authority,
+    };
+    (!host.is_empty()).then_some(host)
+}
+
+fn hex_prefix(bytes: &[u8], len: usize) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()
+        .chars()
+        .take(len)
+        .collect()
+}
+
+/// The labels selecting a binding's pods.
+fn selector_labels(valid: &Valid) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (labels::NAME.to_owned(), "pgmcp-server".to_owned()),
+        (labels::INSTANCE.to_owned(), valid.name.clone()),
+    ])
+}
+
+/// Labels on every object of a binding.
+pub fn common_labels(valid: &Valid) -> BTreeMap<String, String> {
+    let mut all = selector_labels(valid);
+    all.insert(labels::COMPONENT.to_owned(), "mcp-server".to_owned());
+    all.insert(
+        labels::MANAGED_BY.to_owned(),
+        pgmcp_crds::FIELD_MANAGER.to_owned(),
+    );
+    all.insert(labels::PART_OF.to_owned(), "pgmcp".to_owned());
+    all
+}
+
+fn selector(valid: &Valid) -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(selector_labels(valid)),
+        ..Default::default()
+    }
+}
+
+fn meta(valid: &Valid, name: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: Some(valid.namespace.clone()),
+        labels: Some(common_labels(valid)),
+        owner_references: Some(vec![valid.owner.clone()]),
+        ..Default::default()
+    }
+}
+
+fn service_account(valid: &Valid, name: &str) -> ServiceAccount {
+    let mut metadata = meta(valid, name);
+    if let Identity::Entra {
+        client_id,
+        tenant_id,
+        ..
+    } = &valid.identity
+    {
+        metadata.annotations = Some(BTreeMap::from([
+            (
+                workload_identity::CLIENT_ID_ANNOTATION.to_owned(),
+                client_id.clone(),
+            ),
+            (
+                workload_identity::TENANT_ID_ANNOTATION.to_owned(),
+                tenant_id.clone(),
+            ),
+        ]));
+    }
+    ServiceAccount {
+        metadata,
+        // The server never calls the Kubernetes API; the workload-identity webhook mounts
+        // its own projected token.
+        automount_service_account_token: Some(false),
+        ..Default::default()
+    }
+}
+
+fn service(valid: &Valid, name: &str) -> Service {
+    Service {
+        metadata: meta(valid, name),
+        spec: Some(ServiceSpec {
+            selector: Some(selector_labels(valid)),
+            ports: Some(vec![ServicePort {
+                name: Some(PORT_NAME.to_owned()),
+                port: PORT,
+                target_port: Some(IntOrString::String(PORT_NAME.to_owned())),
+                protocol: Some("TCP".to_owned()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String(PORT_NAME.to_owned()),
+            scheme: Some("HTTP".to_owned()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(3),
+        ..Default::default()
+    }
+}
+
+/// Requests and limits when the binding sets none: the server is small (see BENCHMARKS.md).
+fn default_resources() -> ResourceRequirements {
+    let q = |s: &str| Quantity(s.to_owned());
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_owned(), q("50m")),
+            ("memory".to_owned(), q("64Mi")),
+        ])),
+        limits: Some(BTreeMap::from([("memory".to_owned(), q("256Mi"))])),
+        ..Default::default()
+    }
+}
+
+fn deployment(valid: &Valid, defaults: &Defaults, name: &str, config_hash: &str) -> Deployment {
+    let server = &valid.spec.server;
+    let mut pod_labels = common_labels(valid);
+    if matches!(valid.identity, Identity::Entra { .. }) {
+        pod_labels.insert(workload_identity::USE_LABEL.to_owned(), "true".to_owned());
+    }
+    let mut annotations = server.pod_annotations.clone().unwrap_or_default();
+    annotations.insert(CONFIG_HASH_ANNOTATION.to_owned(), config_hash.to_owned());
+
+    let mut volumes = vec![
+        Volume {
+            name: "config".to_owned(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: name.to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        Volume {
+            name: "tmp".to_owned(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: Some(Quantity("16Mi".to_owned())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ];
+    let mut mounts = vec![
+        VolumeMount {
+            name: "config".to_owned(),
+            mount_path: CONFIG_DIR.to_owned(),
+            read_only: Some(true),
+            ..Default::default()
+        },
+        VolumeMount {
+            name: "tmp".to_owned(),
+            mount_path: "/tmp".to_owned(),
+            ..Default::default()
+        },
+    ];
+    if let Identity::Password { secret_name, .. } = &valid.identity {
+        volumes.push(Volume {
+            name: "postgres-password".to_owned(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret_name.clone()),
+                items: Some(vec![KeyToPath {
+                    key: PASSWORD_KEY.to_owned(),
+                    path: PASSWORD_KEY.to_owned(),
+                    ..Default::default()
+                }]),
+                default_mode: Some(0o440),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name: "postgres-password".to_owned(),
+            mount_path: PASSWORD_DIR.to_owned(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
+
+    let container = Container {
+        name: CONTAINER.to_owned(),
+        image: Some(
+            server
+                .image
+                .clone()
+                .unwrap_or_else(|| defaults.server_image.clone()),
+        ),
+        args: Some(vec![
+            "--config".to_owned(),
+            format!("{CONFIG_DIR}/{CONFIG_KEY}"),
+        ]),
+        ports: Some(vec![ContainerPort {
+            name: Some(PORT_NAME.to_owned()),
+            container_port: PORT,
+            protocol: Some("TCP".to_owned()),
+            ..Default::default()
+        }]),
+        // The server waits up to a minute for the database before it listens.
+        startup_probe: Some(http_probe("/healthz", 2, 45)),
+        liveness_probe: Some(http_probe("/healthz", 10, 3)),
+        readiness_probe: Some(http_probe("/readyz", 5, 2)),
+        resources: Some(server.resources.clone().unwrap_or_else(default_resources)),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_owned()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        volume_mounts: Some(mounts),
+        ..Default::default()
+    };
+
+    Deployment {
+        metadata: meta(valid, name),
+        spec: Some(DeploymentSpec {
+            replicas: Some(server.replicas),
+            revision_history_limit: Some(3),
+            selector: selector(valid),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(annotations),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(name.to_owned()),
+                    automount_service_account_token: Some(false),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(NON_ROOT),
+                        run_as_group: Some(NON_ROOT),
+                        fs_group: Some(NON_ROOT),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".to_owned(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    node_selector: server.node_selector.clone(),
+                    tolerations: server.tolerations.clone(),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn network_policy(
+    valid: &Valid,
+    name: &str,
+    policy: &pgmcp_crds::v1alpha1::NetworkPolicySpec,
+) -> NetworkPolicy {
+    NetworkPolicy {
+        metadata: meta(valid, name),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(selector(valid)),
+            policy_types: Some(vec!["Ingress".to_owned()]),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                from: (!policy.from.is_empty()).then(|| policy.from.clone()),
+                ports: Some(vec![NetworkPolicyPort {
+                    port: Some(IntOrString::Int(PORT)),
+                    protocol: Some("TCP".to_owned()),
+                    ..Default::default()
+                }]),
+            }]),
+            ..Default::default()
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::controller::fetch::Inputs;
+    use crate::controller::tests::binding;
+    use crate::controller::validate::validate;
+
+    fn defaults() -> Defaults {
+        Defaults {
+            server_image: "ghcr.io/pgmcp/pgmcp-server:test".to_owned(),
+            oidc_issuer: None,
+        }
+    }
+
+    fn desired(
+        file: &str,
+        edit: impl FnOnce(&mut pgmcp_crds::v1alpha1::PostgresMcpBinding),
+    ) -> Desired {
+        let mut b = binding(file);
+        edit(&mut b);
+        let inputs = Inputs {
+            admin_secret: Some(k8s_openapi::api::core::v1::Secret {
+                string_data: Some(BTreeMap::from([
+                    ("username".to_owned(), "postgres".to_owned()),
+                    ("password".to_owned(), "x".to_owned()),
+                ])),
+                ..Default::default()
+            }),
+        };
+        build(&validate(&b, &inputs).unwrap(), &defaults())
+    }
+
+    fn to_json<T: serde::Serialize>(value: &T) -> Value {
+        serde_json::to_value(value).unwrap()
+    }
+
+    fn labels() -> Value {
+        json!({
+            "app.kubernetes.io/component": "mcp-server",
+            "app.kubernetes.io/instance": "shop",
+            "app.kubernetes.io/managed-by": "pgmcp-operator",
+            "app.kubernetes.io/name": "pgmcp-server",
+            "app.kubernetes.io/part-of": "pgmcp"
+        })
+    }
+
+    fn metadata() -> Value {
+        json!({
+            "labels": labels(),
+            "name": "shop-mcp",
+            "namespace": "agents",
+            "ownerReferences": [{
+                "apiVersion": "pgmcp.dev/v1alpha1",
+                "controller": true,
+                "kind": "PostgresMcpBinding",
+                "name": "shop",
+                "uid": "0f7c1a9e-0000-4000-8000-000000000001"
+            }]
+        })
+    }
+
+    fn probe(path: &str, period: i32, failures: i32) -> Value {
+        json!({
+            "failureThreshold": failures,
+            "httpGet": {"path": path, "port": "http", "scheme": "HTTP"},
+            "periodSeconds": period,
+            "timeoutSeconds": 3
+        })
+    }
+
+    #[test]
+    fn password_mode_deployment_is_hardened_and_mounts_config_and_password() {
+        let d = desired("password.yaml", |_| {});
+        let hash = d
+            .deployment
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref()
+            .unwrap()[CONFIG_HASH_ANNOTATION]
+            .clone();
+        assert_eq!(hash.len(), 16);
+        assert_eq!(
+            to_json(&d.deployment),
+            json!({
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": metadata(),
+                "spec": {
+                    "replicas": 1,
+                    "revisionHistoryLimit": 3,
+                    "selector": {"matchLabels": {
+                        "app.kubernetes.io/instance": "shop",
+                        "app.kubernetes.io/name": "pgmcp-server"
+                    }},
+                    "template": {
+                        "metadata": {
+                            "annotations": {"pgmcp.dev/config-hash": hash},
+                            "labels": labels()
+                        },
+                        "spec": {
+                            "automountServiceAccountToken": false,
+                            "containers": [{
+                                "args": ["--config", "/etc/pgmcp/config.json"],
+                                "image": "ghcr.io/pgmcp/pgmcp-server:test",
+                                "livenessProbe": probe("/healthz", 10, 3),
+                                "name": "mcp-server",
+                                "ports": [{"containerPort": 8080, "name": "http", "protocol": "TCP"}],
+                                "readinessProbe": probe("/readyz", 5, 2),
+                                "resources": {
+                                    "limits": {"memory": "256Mi"},
+                                    "requests": {"cpu": "50m", "memory": "64Mi"}
+                                },
+                                "securityContext": {
+                                    "allowPrivilegeEscalation": false,
+                                    "capabilities": {"drop": ["ALL"]},
+                                    "readOnlyRootFilesystem": true,
+                                    "runAsNonRoot": true
+                                },
+                                "startupProbe": probe("/healthz", 2, 45),
+                                "volumeMounts": [
+                                    {"mountPath": "/etc/pgmcp", "name": "config", "readOnly": true},
+                                    {"mountPath": "/tmp", "name": "tmp"},
+                                    {"mountPath": "/var/run/secrets/pgmcp/postgres", "name": "postgres-password", "readOnly": true}
+                                ]
+                            }],
+                            "securityContext": {
+                                "fsGroup": 65532,
+                                "runAsGroup": 65532,
+                                "runAsNonRoot": true,
+                                "runAsUser": 65532,
+                                "seccompProfile": {"type": "RuntimeDefault"}
+                            },
+                            "serviceAccountName": "shop-mcp",
+                            "volumes": [
+                                {"configMap": {"name": "shop-mcp"}, "name": "config"},
+                                {"emptyDir": {"sizeLimit": "16Mi"}, "name": "tmp"},
+                                {"name": "postgres-password", "secret": {
+                                    "defaultMode": 0o440,
+                                    "items": [{"key": "password", "path": "password"}],
+                                    "secretName": "shop-postgres"
+                                }}
+                            ]
+                        }
+                    }
+                }
+            })
+        );
+    }
+
+    #[test]
+    fn password_mode_config_names_the_role_the_password_file_and_the_grants() {
+        let d = desired("password.yaml", |_| {});
+        let config: Value =
+            serde_json::from_str(&d.config_map.data.as_ref().unwrap()[CONFIG_KEY]).unwrap();
+        assert_eq!(
+            config,
+            json!({
+                "database": {
+                    "host": "postgres.databases.svc.cluster.local",
+                    "port": 5432,
+                    "dbname": "shop",
+                    "user": "shop_mcp",
+                    "sslMode": "prefer",
+                    "passwordFile": "/var/run/secrets/pgmcp/postgres/password",
+                    "poolSize": 8
+                },
+                "scope": {"grants": [{"schema": "public", "tables": ["*"]}]},
+                "limits": {"maxRows": 1000, "maxBytes": 1048576, "statementTimeoutMs": 15000},
+                "http": {
+                    "listen": "0.0.0.0:8080",
+                    "allowedHosts": ["shop-mcp", "shop-mcp.agents", "shop-mcp.agents.svc", "shop-mcp.agents.svc.cluster.local"],
+                    "allowedOrigins": []
+                },
+                "auth": {"insecureAllowUnauthenticated": true}
+            })
+        );
+        // The server parses what the operator writes.
+        let _: pgmcp_crds::config::ServerConfig =
+            serde_json::from_value(config).expect("the server accepts the config");
+        assert_eq!(to_json(&d.config_map)["metadata"], metadata());
+        assert_eq!(d.endpoint, "http://shop-mcp.agents.svc:8080/mcp");
+        assert!(
+            d.pod_disruption_budget.is_none(),
+            "one replica needs no PDB"
+        );
+        assert!(d.network_policy.is_none());
+    }
+
+    #[test]
+    fn entra_mode_wires_workload_identity_into_the_service_account_pods_and_config() {
+        let d = desired("azure-entra-foundry.yaml", |_| {});
+        let sa = to_json(&d.service_account);
+        assert_eq!(
+            sa["metadata"]["annotations"],
+            json!({
+                "azure.workload.identity/client-id": "11111111-1111-1111-1111-111111111111",
+                "azure.workload.identity/tenant-id": "22222222-2222-2222-2222-222222222222"
+            })
+        );
+        assert_eq!(sa["automountServiceAccountToken"], json!(false));
+        let pod = to_json(&d.deployment)["spec"]["template"].clone();
+        assert_eq!(
+            pod["metadata"]["labels"]["azure.workload.identity/use"],
+            json!("true")
+        );
+        let volumes = pod["spec"]["volumes"].as_array().unwrap();
+        assert!(
+            volumes.iter().all(|v| v.get("secret").is_none()),
+            "no secret in Entra mode: {volumes:?}"
+        );
+        let config: Value =
+            serde_json::from_str(&d.config_map.data.as_ref().unwrap()[CONFIG_KEY]).unwrap();
+        assert_eq!(
+            config["database"],
+            json!({
+                "host": "contoso.postgres.database.azure.com",
+                "port": 5432,
+                "dbname": "sales",
+                "user": "sales-mcp",
+                "sslMode": "verify-full",
+                "workloadIdentity": true,
+                "poolSize": 8
+            })
+        );
+        assert_eq!(
+            config["auth"],
+            json!({"entra": {
+                "tenantId": "22222222-2222-2222-2222-222222222222",
+                "audience": "44444444-4444-4444-4444-444444444444",
+                "requiredRoles": ["MCP.Read"],
+                "authorityHost": "https://login.microsoftonline.com"
+            }})
+        );
+        assert_eq!(config["http"]["allowedHosts"][4], json!("mcp.contoso.com"));
+        assert_eq!(
+            config["http"]["publicUrl"],
+            json!("https://mcp.contoso.com/agents/sales/mcp")
+        );
+    }
+
+    #[test]
+    fn more_than_one_replica_gets_a_disruption_budget() {
+        let d = desired("azure-entra-foundry.yaml", |_| {});
+        let pdb = to_json(d.pod_disruption_budget.as_ref().unwrap());
+        assert_eq!(
+            pdb["spec"],
+            json!({
+                "maxUnavailable": 1,
+                "selector": {"matchLabels": {
+                    "app.kubernetes.io/instance": "sales",
+                    "app.kubernetes.io/name": "pgmcp-server"
+                }}
+            })
+        );
+    }
+
+    #[test]
+    fn service_exposes_the_mcp_port_by_name() {
+        let d = desired("password.yaml", |_| {});
+        assert_eq!(
+            to_json(&d.service),
+            json!({
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": metadata(),
+                "spec": {
+                    "ports": [{"name": "http", "port": 8080, "protocol": "TCP", "targetPort": "http"}],
+                    "selector": {
+                        "app.kubernetes.io/instance": "shop",
+                        "app.kubernetes.io/name": "pgmcp-server"
+                    }
+                }
+            })
+        );
+    }
+
+    #[test]
+    fn network_policy_admits_only_the_mcp_port_from_the_listed_peers() {
+        let d = desired("password.yaml", |b| {
+            b.spec.server.network_policy = Some(
+                serde_json::from_value(json!({
+                    "from": [{"namespaceSelector": {"matchLabels": {"team": "agents"}}}]
+                }))
+                .unwrap(),
+            );
+        });
+        assert_eq!(
+            to_json(d.network_policy.as_ref().unwrap())["spec"],
+            json!({
+                "ingress": [{
+                    "from": [{"namespaceSelector": {"matchLabels": {"team": "agents"}}}],
+                    "ports": [{"port": 8080, "protocol": "TCP"}]
+                }],
+                "podSelector": {"matchLabels": {
+                    "app.kubernetes.io/instance": "shop",
+                    "app.kubernetes.io/name": "pgmcp-server"
+                }},
+                "policyTypes": ["Ingress"]
+            })
+        );
+    }
+
+    #[test]
+    fn a_config_change_changes_the_pod_template_hash_and_nothing_else_does() {
+        let hash = |d: &Desired| {
+            d.deployment
+                .spec
+                .as_ref()
+                .unwrap()
+                .template
+                .metadata
+                .as_ref()
+                .unwrap()
+                .annotations
+                .as_ref()
+                .unwrap()[CONFIG_HASH_ANNOTATION]
+                .clone()
+        };
+        let base = desired("password.yaml", |_| {});
+        assert_eq!(
+            hash(&base),
+            hash(&desired("password.yaml", |_| {})),
+            "stable"
+        );
+        let more_rows = desired("password.yaml", |b| b.spec.server.limits.max_rows = 50);
+        assert_ne!(hash(&base), hash(&more_rows));
+        let other_schema = desired("password.yaml", |b| {
+            b.spec.access.grants[0].schema = "sales".to_owned()
+        });
+        assert_ne!(hash(&base), hash(&other_schema));
+        let scaled = desired("password.yaml", |b| b.spec.server.replicas = 3);
+        assert_eq!(hash(&base), hash(&scaled), "replicas are not config");
+    }
+
+    #[test]
+    fn url_hosts_drop_scheme_port_and_path() {
+        assert_eq!(
+            url_host("https://mcp.contoso.com/agents/mcp"),
+            Some("mcp.contoso.com")
+        );
+        assert_eq!(url_host("http://mcp.local:8443"), Some("mcp.local"));
+        assert_eq!(url_host("mcp.contoso.com"), None);
+    }
+}

@@ -1,0 +1,326 @@
+//! Status: turns the outcome of one reconcile into `status` (kstatus `Ready` / `Reconciling` /
+//! `Stalled` plus one condition per step) and writes it only when it changed.
+//!
+//! [`compute`] is pure; [`update`] is the only write, and it is skipped when the computed status
+//! equals the stored one (transition times are carried over while a condition keeps its status).
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::ResourceExt as _;
+use kube::api::{Api, Patch, PatchParams};
+use pgmcp_crds::conditions as ty;
+use pgmcp_crds::v1alpha1::{
+    PostgresMcpBinding, PostgresMcpBindingStatus, PrincipalKind, PrincipalStatus,
+};
+use serde_json::json;
+
+use super::Context;
+use super::build::{Desired, child_name};
+use super::validate::{Identity, Valid};
+
+/// What one reconcile found.
+#[derive(Debug)]
+pub enum Outcome<'a> {
+    /// Children applied; the Deployment as last seen.
+    Applied {
+        valid: &'a Valid,
+        desired: &'a Desired,
+        deployment: Option<&'a Deployment>,
+    },
+    /// The binding needs a change from the user (or an object it names).
+    Stalled {
+        reason: &'static str,
+        message: String,
+    },
+    /// A transient failure; retried with backoff.
+    Failed {
+        reason: &'static str,
+        message: String,
+    },
+}
+
+/// One condition before timestamps, and whether `Ready` waits for it.
+#[derive(Debug, Clone, PartialEq)]
+struct Step {
+    type_: &'static str,
+    status: &'static str,
+    reason: &'static str,
+    message: String,
+    /// False for steps this operator version reports but does not yet manage: they inform, and
+    /// the server's own availability shows whether the manual step was done.
+    blocking: bool,
+}
+
+impl Step {
+    fn new(
+        type_: &'static str,
+        status: &'static str,
+        reason: &'static str,
+        message: String,
+    ) -> Self {
+        Step {
+            type_,
+            status,
+            reason,
+            message,
+            blocking: true,
+        }
+    }
+
+    fn informative(mut self) -> Self {
+        self.blocking = false;
+        self
+    }
+}
+
+fn steps(valid: &Valid, desired: &Desired, deployment: Option<&Deployment>) -> Vec<Step> {
+    let ns = &valid.namespace;
+    let sa = child_name(&valid.name);
+    let subject = format!("system:serviceaccount:{ns}:{sa}");
+    let mut steps = Vec::new();
+
+    steps.push(match &valid.identity {
+        Identity::Password { secret_name, .. } => Step::new(
+            ty::IDENTITY_READY,
+            "True",
+            "ServiceAccountReady",
+            format!("ServiceAccount {ns}/{sa} is in place; the server signs in with the password in Secret {ns}/{secret_name}"),
+        ),
+        Identity::Entra { client_id, .. } => match &valid.spec.identity.entra.as_ref().and_then(|e| e.federated_credential.as_ref()) {
+            None => Step::new(
+                ty::IDENTITY_READY,
+                "True",
+                "WorkloadIdentityConfigured",
+                format!("ServiceAccount {ns}/{sa} carries managed identity {client_id}; it needs a federated credential for subject {subject}"),
+            ),
+            Some(fic) => Step::new(
+                ty::IDENTITY_READY,
+                "Unknown",
+                "FederatedCredentialNotManaged",
+                format!(
+                    "this operator version does not create federated identity credentials yet: create one on {} for subject {subject} with audience {}",
+                    fic.identity_resource_id,
+                    pgmcp_crds::workload_identity::TOKEN_AUDIENCE
+                ),
+            )
+            .informative(),
+        },
+    });
+
+    let role = valid.identity.role();
+    steps.push(
+        Step::new(
+            ty::DATABASE_READY,
+            "Unknown",
+            "NotManaged",
+            format!(
+                "this operator version does not create the principal or its grants yet: create role {role} in database {} and grant it SELECT on the granted tables",
+                valid.spec.postgres.database
+            ),
+        )
+        .informative(),
+    );
+    steps.push(
+        Step::new(
+            ty::READ_ONLY_VERIFIED,
+            "Unknown",
+            "NotManaged",
+            format!("not probed by this operator version; the MCP server itself refuses to start when role {role} can write"),
+        )
+        .informative(),
+    );
+    steps.push(server_available(valid, desired, deployment));
+    if let Some(foundry) = &valid.spec.foundry {
+        steps.push(Step::new(
+            ty::FOUNDRY_CONNECTION_READY,
+            "Unknown",
+            "NotManaged",
+            format!(
+                "this operator version does not create Azure AI Foundry connections yet: connection {} in project {} was not created",
+                foundry.connection_name, foundry.project_resource_id
+            ),
+        ));
+    }
+    steps
+}
+
+fn server_available(valid: &Valid, desired: &Desired, deployment: Option<&Deployment>) -> Step {
+    let name = format!("{}/{}", valid.namespace, child_name(&valid.name));
+    let step =
+        |status, reason, message: String| Step::new(ty::SERVER_AVAILABLE, status, reason, message);
+    let wanted = valid.spec.server.replicas;
+    if wanted == 0 {
+        return step(
+            "False",
+            "ScaledToZero",
+            format!("Deployment {name} has spec.server.replicas: 0"),
+        );
+    }
+    let Some(deployment) = deployment else {
+        return step(
+            "False",
+            "DeploymentMissing",
+            format!("Deployment {name} does not exist yet"),
+        );
+    };
+    let generation = deployment.metadata.generation;
+    let status = deployment.status.clone().unwrap_or_default();
+    if status.observed_generation < generation {
+        return step(
+            "False",
+            "RolloutPending",
+            format!("Deployment {name} has not yet seen its latest spec"),
+        );
+    }
+    let available = status.available_replicas.unwrap_or(0);
+    let condition = status
+        .conditions
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.type_ == "Available");
+    match condition {
+        Some(c) if c.status == "True" && available > 0 => step(
+            "True",
+            "Available",
+            format!(
+                "{available}/{wanted} replicas of Deployment {name} are available at {}",
+                desired.endpoint
+            ),
+        ),
+        _ => step(
+            "False",
+            "WaitingForPods",
+            format!(
+                "{available}/{wanted} replicas of Deployment {name} are available; see kubectl describe pods -n {} -l app.kubernetes.io/instance={}",
+                valid.namespace, valid.name
+            ),
+        ),
+    }
+}
+
+/// The status this reconcile should leave, from the stored one and the outcome.
+pub fn compute(
+    binding: &PostgresMcpBinding,
+    outcome: &Outcome<'_>,
+    now: &Time,
+) -> PostgresMcpBindingStatus {
+    let old = binding.status.clone().unwrap_or_default();
+    let mut status = old.clone();
+    status.observed_generation = binding.metadata.generation;
+    let mut conditions: Vec<Step> = Vec::new();
+    match outcome {
+        Outcome::Applied {
+            valid,
+            desired,
+            deployment,
+        } => {
+            let steps = steps(valid, desired, *deployment);
+            let blocker = steps
+                .iter()
+                .find(|s| s.blocking && s.status != "True")
+                .cloned();
+            match &blocker {
+                None => {
+                    conditions.push(Step::new(
+                        ty::READY,
+                        "True",
+                        "Ready",
+                        format!("the MCP server answers at {}", desired.endpoint),
+                    ));
+                    conditions.push(Step::new(ty::RECONCILING, "False", "Ready", String::new()));
+                }
+                Some(b) => {
+                    conditions.push(Step::new(ty::READY, "False", b.reason, b.message.clone()));
+                    conditions.push(Step::new(
+                        ty::RECONCILING,
+                        "True",
+                        b.reason,
+                        b.message.clone(),
+                    ));
+                }
+            }
+            conditions.push(Step::new(ty::STALLED, "False", "NotStalled", String::new()));
+            conditions.extend(steps);
+            status.endpoint = Some(desired.endpoint.clone());
+            status.principal = Some(PrincipalStatus {
+                name: valid.identity.role().to_owned(),
+                kind: match valid.identity {
+                    Identity::Entra { .. } => PrincipalKind::Entra,
+                    Identity::Password { .. } => PrincipalKind::Password,
+                },
+            });
+        }
+        Outcome::Stalled { reason, message } => {
+            conditions.push(Step::new(ty::READY, "False", reason, message.clone()));
+            conditions.push(Step::new(ty::RECONCILING, "False", reason, String::new()));
+            conditions.push(Step::new(ty::STALLED, "True", reason, message.clone()));
+        }
+        Outcome::Failed { reason, message } => {
+            conditions.push(Step::new(ty::READY, "False", reason, message.clone()));
+            conditions.push(Step::new(ty::RECONCILING, "True", reason, message.clone()));
+            conditions.push(Step::new(ty::STALLED, "False", "NotStalled", String::new()));
+        }
+    }
+    // Step conditions not recomputed this time (a stalled or failed reconcile) keep their
+    // last known value.
+    let mut merged: Vec<Condition> = conditions
+        .iter()
+        .map(|step| condition(step, &old.conditions, binding.metadata.generation, now))
+        .collect();
+    for previous in &old.conditions {
+        if !merged.iter().any(|c| c.type_ == previous.type_)
+            && !matches!(outcome, Outcome::Applied { .. })
+        {
+            merged.push(previous.clone());
+        }
+    }
+    status.conditions = merged;
+    status
+}
+
+fn condition(step: &Step, old: &[Condition], generation: Option<i64>, now: &Time) -> Condition {
+    let previous = old.iter().find(|c| c.type_ == step.type_);
+    let last_transition_time = match previous {
+        Some(p) if p.status == step.status => p.last_transition_time.clone(),
+        _ => now.clone(),
+    };
+    Condition {
+        type_: step.type_.to_owned(),
+        status: step.status.to_owned(),
+        reason: step.reason.to_owned(),
+        message: step.message.clone(),
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+/// Writes `status` when it differs from the stored one. Returns whether it wrote.
+pub async fn update(
+    ctx: &Context,
+    binding: &PostgresMcpBinding,
+    outcome: &Outcome<'_>,
+) -> Result<bool, kube::Error> {
+    let now =
+        Time(jiff::Timestamp::from_second(jiff::Timestamp::now().as_second()).unwrap_or_default());
+    let status = compute(binding, outcome, &now);
+    if binding.status.as_ref() == Some(&status) {
+        return Ok(false);
+    }
+    let api: Api<PostgresMcpBinding> =
+        Api::namespaced(ctx.client.clone(), &binding.namespace().unwrap_or_default());
+    let patch = json!({
+        "apiVersion": format!("{}/{}", pgmcp_crds::GROUP, pgmcp_crds::VERSION),
+        "kind": pgmcp_crds::KIND,
+        "status": status,
+    });
+    let result = api
+        .patch_status(
+            &binding.name_any(),
+            &PatchParams::apply(pgmcp_crds::FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await;
+    ctx.metrics
+        .write(pgmcp_crds::KIND, "status", result.is_ok());
+    result.map(|_| true)
+}

@@ -1,0 +1,140 @@
+//! Command-line flags (each with an environment variable) and the defaults the build step uses.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Image of the MCP server used when a binding does not name one.
+pub const DEFAULT_SERVER_IMAGE: &str =
+    concat!("ghcr.io/pgmcp/pgmcp-server:", env!("CARGO_PKG_VERSION"));
+
+/// Kubernetes operator for PostgresMcpBinding.
+#[derive(Parser, Debug, Clone)]
+#[command(version, about)]
+pub struct Args {
+    /// Kubeconfig to use outside a cluster (default: in-cluster config, else ~/.kube/config).
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Namespaces to watch (repeatable or comma-separated). Empty: every namespace, which needs
+    /// cluster-wide RBAC; with a list, a Role per namespace is enough.
+    #[arg(
+        long = "namespace",
+        env = "PGMCP_WATCH_NAMESPACES",
+        value_delimiter = ','
+    )]
+    pub namespaces: Vec<String>,
+    /// MCP server image for bindings that do not set spec.server.image.
+    #[arg(long, env = "PGMCP_SERVER_IMAGE", default_value = DEFAULT_SERVER_IMAGE)]
+    pub server_image: String,
+    /// OIDC issuer URL of this cluster (AKS: `az aks show --query oidcIssuerProfile.issuerUrl`),
+    /// the default issuer of federated identity credentials.
+    #[arg(long, env = "PGMCP_OIDC_ISSUER")]
+    pub oidc_issuer: Option<String>,
+    /// Azure Resource Manager endpoint (sovereign clouds differ).
+    #[arg(
+        long,
+        env = "PGMCP_ARM_ENDPOINT",
+        default_value = "https://management.azure.com"
+    )]
+    pub arm_endpoint: String,
+    /// Microsoft Entra authority host (sovereign clouds differ).
+    #[arg(long, env = "AZURE_AUTHORITY_HOST", default_value = pgmcp_crds::config::DEFAULT_AUTHORITY_HOST)]
+    pub authority_host: String,
+    /// Address of the health and metrics listener (/healthz, /readyz, /metrics).
+    #[arg(long, env = "PGMCP_METRICS_LISTEN", default_value = "0.0.0.0:8081")]
+    pub metrics_listen: SocketAddr,
+    /// Every binding is re-checked this often even without a change (drift repair).
+    #[arg(long, env = "PGMCP_RESYNC", default_value = "5m", value_parser = parse_duration)]
+    pub resync: Duration,
+    /// Bindings reconciled at the same time.
+    #[arg(long, env = "PGMCP_CONCURRENCY", default_value_t = 4)]
+    pub concurrency: u16,
+    /// Run the controller only while holding a Lease, so several replicas can run.
+    #[arg(long, env = "PGMCP_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    /// Namespace of the leader-election Lease (default: the pod's namespace).
+    #[arg(long, env = "PGMCP_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "PGMCP_LEASE_NAME", default_value = "pgmcp-operator")]
+    pub lease_name: String,
+    /// How long a Lease stays valid without renewal; a standby takes over after this when the
+    /// leader dies without releasing it.
+    #[arg(long, env = "PGMCP_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+    /// Identity in the Lease and in Events (default: the pod name, else the host name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Log format: json (default) or text.
+    #[arg(long, env = "PGMCP_LOG_FORMAT", default_value = "json")]
+    pub log_format: String,
+}
+
+/// What the pure build step needs from the flags.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Defaults {
+    pub server_image: String,
+    pub oidc_issuer: Option<String>,
+}
+
+impl Args {
+    pub fn defaults(&self) -> Defaults {
+        Defaults {
+            server_image: self.server_image.clone(),
+            oidc_issuer: self.oidc_issuer.clone(),
+        }
+    }
+}
+
+/// Parses `90s`, `5m`, `1h30m`, `500ms`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let mut total = Duration::ZERO;
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err("empty duration".to_owned());
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let value: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("{text}: expected a duration such as 30s, 5m or 1h30m"))?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(1),
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            other => {
+                return Err(format!(
+                    "{text}: unknown unit {other:?} (use ms, s, m or h)"
+                ));
+            }
+        };
+        total += unit * u32::try_from(value).map_err(|_| format!("{text}: too large"))?;
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_like_kubernetes_writes_them() {
+        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert!(parse_duration("15").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

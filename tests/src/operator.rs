@@ -1,0 +1,111 @@
+//! The `pgmcp-operator` binary as a process against the test control plane, scoped to one
+//! namespace (its bindings and its leader Lease), so tests running in parallel never see each
+//! other's operator.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::daemon::{Daemon, Spec};
+use crate::{TestEnv, paths};
+
+/// A running operator; stopped with SIGTERM (releasing its Lease) when dropped.
+#[derive(Debug)]
+pub struct Operator {
+    pub identity: String,
+    pub metrics_port: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+    daemon: Daemon,
+}
+
+impl Operator {
+    /// Starts the operator watching `namespace`, with the Lease in that namespace, and waits
+    /// for its /healthz. `extra` flags come last and win.
+    pub async fn start(
+        env: &TestEnv,
+        namespace: &str,
+        identity: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        let bin = paths::operator_bin();
+        paths::require(&bin, "build it with `cargo build -p pgmcp-operator`")?;
+        let dir = tempfile::Builder::new()
+            .prefix("pgmcp-operator-")
+            .tempdir()?;
+        let metrics_port = paths::free_port()?;
+        let log = dir.path().join("operator.log");
+        let mut args: Vec<String> = vec![
+            format!("--kubeconfig={}", env.kubeconfig().display()),
+            format!("--namespace={namespace}"),
+            format!("--lease-namespace={namespace}"),
+            format!("--identity={identity}"),
+            format!("--metrics-listen=127.0.0.1:{metrics_port}"),
+            "--server-image=pgmcp-server:test".to_owned(),
+            "--log-format=text".to_owned(),
+        ];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let mut daemon = Daemon::spawn(Spec::new("pgmcp-operator", &bin, &log).args(args))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok((200, _, _)) =
+                crate::http::request(metrics_port, "GET", "/healthz", &[], "").await
+            {
+                break;
+            }
+            anyhow::ensure!(
+                !daemon.exited() && Instant::now() < deadline,
+                "pgmcp-operator did not start:\n{}",
+                daemon.log_tail(30)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(Self {
+            identity: identity.to_owned(),
+            metrics_port,
+            log,
+            _dir: dir,
+            daemon,
+        })
+    }
+
+    /// The operator's `/metrics` text.
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        let (status, _, body) =
+            crate::http::request(self.metrics_port, "GET", "/metrics", &[], "").await?;
+        anyhow::ensure!(status == 200, "GET /metrics answered {status}");
+        Ok(body)
+    }
+
+    /// Sum of every sample of metric `name` (all label sets); 0 when absent.
+    pub async fn metric(&self, name: &str) -> anyhow::Result<f64> {
+        Ok(sum_samples(&self.metrics().await?, name))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether the process has exited.
+    pub fn exited(&mut self) -> bool {
+        self.daemon.exited()
+    }
+
+    /// SIGTERM, then waits for the process to exit.
+    pub fn stop(&mut self) {
+        self.daemon.stop();
+    }
+}
+
+/// Sum of the samples named exactly `name` (with or without labels) in a text exposition.
+pub fn sum_samples(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let metric = series.split('{').next()?;
+            (metric == name)
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}

@@ -1,0 +1,674 @@
+//! The operator against the real control plane (apiserver + controller-manager): an example
+//! binding becomes a ServiceAccount, ConfigMap, Service and Deployment with owner references;
+//! Ready follows the Deployment's availability; edits roll the pods; deleted or edited children
+//! are repaired; deletion runs the finalizer and garbage collection; a missing Secret stalls the
+//! binding until it appears; a steady state makes no write calls; and of two replicas only the
+//! Lease holder reconciles.
+//!
+//! There is no kubelet: pods stay Pending until a test marks them Ready through the pod status
+//! subresource, exactly the write a kubelet makes; the controller-manager then turns that into
+//! ReplicaSet and Deployment availability.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Client, ResourceExt as _};
+use pgmcp_crds::v1alpha1::PostgresMcpBinding;
+use pgmcp_tests::operator::Operator;
+use pgmcp_tests::{TestEnv, TestNamespace, eventually, paths, wait_for};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(45);
+const NAME: &str = "shop";
+const CHILD: &str = "shop-mcp";
+
+fn kubectl_ok(mut command: std::process::Command) -> String {
+    let out = command.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "kubectl failed: {text}");
+    text
+}
+
+/// What a user does first: the admin Secret, then `kubectl apply -f` of the example.
+fn apply_password_example(ns: &TestNamespace) {
+    let mut secret = ns.kubectl();
+    secret.args([
+        "create",
+        "secret",
+        "generic",
+        "pg-admin",
+        "--from-literal=username=postgres",
+        "--from-literal=password=not-used-yet",
+    ]);
+    kubectl_ok(secret);
+    let mut apply = ns.kubectl();
+    apply
+        .arg("apply")
+        .arg("-f")
+        .arg(paths::examples_dir().join("password.yaml"));
+    kubectl_ok(apply);
+}
+
+fn condition(binding: &PostgresMcpBinding, type_: &str) -> Option<Condition> {
+    binding
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .cloned()
+}
+
+/// Waits until condition `type_` of the binding has `status` (and, if given, `reason`).
+async fn wait_condition(
+    api: &Api<PostgresMcpBinding>,
+    type_: &str,
+    status: &str,
+    reason: Option<&str>,
+) -> PostgresMcpBinding {
+    wait_for(
+        &format!("{type_}={status} {reason:?} on binding {NAME}"),
+        WAIT,
+        || async {
+            let binding = api.get(NAME).await.ok()?;
+            let c = condition(&binding, type_)?;
+            (c.status == status
+                && reason.is_none_or(|r| c.reason == r)
+                && binding.status.as_ref()?.observed_generation == binding.metadata.generation)
+                .then_some(binding)
+        },
+    )
+    .await
+}
+
+/// Marks every pod of the binding Running and Ready, as the kubelet would.
+async fn make_pods_ready(client: &Client, namespace: &str) -> usize {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let selector = ListParams::default().labels(&format!("app.kubernetes.io/instance={NAME}"));
+    let list = wait_for("pods of the Deployment", WAIT, || async {
+        let list = pods.list(&selector).await.ok()?;
+        (!list.items.is_empty()).then_some(list)
+    })
+    .await;
+    let now = jiff::Timestamp::now().to_string();
+    for pod in &list.items {
+        let conditions: Vec<_> = ["PodScheduled", "Initialized", "ContainersReady", "Ready"]
+            .iter()
+            .map(|t| json!({"type": t, "status": "True", "lastTransitionTime": now}))
+            .collect();
+        pods.patch_status(
+            &pod.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"status": {"phase": "Running", "conditions": conditions, "startTime": now}}),
+            ),
+        )
+        .await
+        .unwrap();
+    }
+    list.items.len()
+}
+
+fn owned_by(object: &impl kube::Resource, binding: &PostgresMcpBinding) -> bool {
+    object.owner_references().iter().any(|o| {
+        o.controller == Some(true)
+            && o.kind == "PostgresMcpBinding"
+            && Some(&o.uid) == binding.metadata.uid.as_ref()
+    })
+}
+
+#[tokio::test]
+async fn example_binding_gets_its_children_and_is_ready_when_its_pods_are() {
+    let env = TestEnv::shared();
+    let ns = env.namespace("operator-ready").await.unwrap();
+    let _operator = Operator::start(env, &ns.name, "op-ready", &[])
+        .await
+        .unwrap();
+    apply_password_example(&ns);
+    let bindings: Api<PostgresMcpBinding> = ns.api();
+
+    let binding = wait_condition(
+        &bindings,
+        "ServerAvailable",
+        "False",
+        Some("WaitingForPods"),
+    )
+    .await;
+    assert_eq!(binding.finalizers(), [pgmcp_crds::FINALIZER.to_owned()]);
+    let ready = condition(&binding, "Ready").unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "WaitingForPods")
+    );
+    assert_eq!(condition(&binding, "Reconciling").unwrap().status, "True");
+    assert_eq!(condition(&binding, "Stalled").unwrap().status, "False");
+    assert_eq!(
+        binding.status.as_ref().unwrap().endpoint.clone().unwrap(),
+        format!("http://{CHILD}.{}.svc:8080/mcp", ns.name)
+    );
+
+    // Every child exists, is owned by the binding and carries our labels.
+    let sa: ServiceAccount = ns.api().get(CHILD).await.unwrap();
+    let cm: ConfigMap = ns.api().get(CHILD).await.unwrap();
+    let svc: Service = ns.api().get(CHILD).await.unwrap();
+    let deploy: Deployment = ns.api().get(CHILD).await.unwrap();
+    for (kind, meta) in [
+        ("ServiceAccount", &sa.metadata),
+        ("ConfigMap", &cm.metadata),
+        ("Service", &svc.metadata),
+        ("Deployment", &deploy.metadata),
+    ] {
+        let labels = meta.labels.clone().unwrap_or_default();
+        assert_eq!(
+            labels
+                .get("app.kubernetes.io/managed-by")
+                .map(String::as_str),
+            Some("pgmcp-operator"),
+            "{kind}"
+        );
+        assert_eq!(
+            labels.get("app.kubernetes.io/instance").map(String::as_str),
+            Some(NAME),
+            "{kind}"
+        );
+        let owners = meta.owner_references.clone().unwrap_or_default();
+        assert!(
+            owners.iter().any(
+                |o| o.controller == Some(true) && Some(&o.uid) == binding.metadata.uid.as_ref()
+            ),
+            "{kind} is controlled by the binding: {owners:?}"
+        );
+    }
+    let config: serde_json::Value =
+        serde_json::from_str(&cm.data.as_ref().unwrap()["config.json"]).unwrap();
+    assert_eq!(config["database"]["user"], "shop_mcp");
+    let pod = deploy
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap();
+    assert_eq!(pod.service_account_name.as_deref(), Some(CHILD));
+    assert_eq!(
+        pod.containers[0].image.as_deref(),
+        Some("pgmcp-server:test")
+    );
+
+    // The controller-manager did its part: a ReplicaSet and Pending pods.
+    let replica_sets: Api<ReplicaSet> = ns.api();
+    wait_for("a ReplicaSet of the Deployment", WAIT, || async {
+        let list = replica_sets.list(&ListParams::default()).await.ok()?;
+        list.items
+            .into_iter()
+            .find(|rs| owned_by_deployment(rs, &deploy))
+    })
+    .await;
+    assert_eq!(make_pods_ready(&ns.client, &ns.name).await, 1);
+
+    let binding = wait_condition(&bindings, "Ready", "True", Some("Ready")).await;
+    assert_eq!(
+        condition(&binding, "ServerAvailable").unwrap().reason,
+        "Available"
+    );
+    assert_eq!(condition(&binding, "Reconciling").unwrap().status, "False");
+    assert_eq!(
+        condition(&binding, "DatabaseReady").unwrap().reason,
+        "NotManaged"
+    );
+
+    // What the user sees.
+    let mut get = ns.kubectl();
+    get.args(["get", "pgmcp", NAME]);
+    let table = kubectl_ok(get);
+    assert!(
+        table.contains("READY") && table.contains("ENDPOINT"),
+        "{table}"
+    );
+    let row = table.lines().nth(1).unwrap();
+    assert!(
+        row.starts_with("shop ") && row.contains(" True ") && row.contains(" Ready "),
+        "{table}"
+    );
+    assert!(
+        row.contains(&format!("http://{CHILD}.{}.svc:8080/mcp", ns.name)),
+        "{table}"
+    );
+}
+
+fn owned_by_deployment(rs: &ReplicaSet, deploy: &Deployment) -> bool {
+    rs.owner_references()
+        .iter()
+        .any(|o| Some(&o.uid) == deploy.metadata.uid.as_ref())
+}
+
+#[tokio::test]
+async fn edits_roll_the_pods_and_deleted_or_edited_children_are_repaired() {
+    let env = TestEnv::shared();
+    let ns = env.namespace("operator-repair").await.unwrap();
+    let _operator = Operator::start(env, &ns.name, "op-repair", &[])
+        .await
+        .unwrap();
+    apply_password_example(&ns);
+    let bindings: Api<PostgresMcpBinding> = ns.api();
+    let deployments: Api<Deployment> = ns.api();
+    let binding = wait_condition(&bindings, "ServerAvailable", "False", None).await;
+    let hash = |d: &Deployment| {
+        d.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref()
+            .unwrap()["pgmcp.dev/config-hash"]
+            .clone()
+    };
+    let before = hash(&deployments.get(CHILD).await.unwrap());
+
+    // A config change reaches the ConfigMap and rolls the pods (a new ReplicaSet).
+    bindings
+        .patch(
+            NAME,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"server": {"limits": {"maxRows": 25}}}})),
+        )
+        .await
+        .unwrap();
+    let configs: Api<ConfigMap> = ns.api();
+    wait_for("maxRows 25 in the ConfigMap", WAIT, || async {
+        let cm = configs.get(CHILD).await.ok()?;
+        cm.data?
+            .get("config.json")?
+            .contains("\"maxRows\": 25")
+            .then_some(())
+    })
+    .await;
+    let after = wait_for("a new config hash on the pod template", WAIT, || async {
+        let h = hash(&deployments.get(CHILD).await.ok()?);
+        (h != before).then_some(h)
+    })
+    .await;
+    assert_ne!(before, after);
+    let replica_sets: Api<ReplicaSet> = ns.api();
+    eventually("a second ReplicaSet (rollout)", WAIT, || async {
+        replica_sets
+            .list(&ListParams::default())
+            .await
+            .is_ok_and(|l| l.items.len() >= 2)
+    })
+    .await;
+
+    // A deleted child comes back.
+    let services: Api<Service> = ns.api();
+    let old_uid = services.get(CHILD).await.unwrap().metadata.uid;
+    services
+        .delete(CHILD, &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the Service recreated", WAIT, || async {
+        services
+            .get_opt(CHILD)
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|s| s.metadata.uid != old_uid && owned_by(&s, &binding))
+    })
+    .await;
+
+    // A hand edit of a field the operator owns is reverted.
+    let mut scale = ns.kubectl();
+    scale.args(["scale", "deployment", CHILD, "--replicas=4"]);
+    kubectl_ok(scale);
+    eventually("replicas back to 1", WAIT, || async {
+        deployments
+            .get(CHILD)
+            .await
+            .is_ok_and(|d| d.spec.unwrap().replicas == Some(1))
+    })
+    .await;
+
+    // Two replicas get a PodDisruptionBudget; back to one removes it.
+    let pdbs: Api<PodDisruptionBudget> = ns.api();
+    bindings
+        .patch(
+            NAME,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"server": {"replicas": 2}}})),
+        )
+        .await
+        .unwrap();
+    eventually("a PodDisruptionBudget", WAIT, || async {
+        pdbs.get_opt(CHILD).await.ok().flatten().is_some()
+    })
+    .await;
+    bindings
+        .patch(
+            NAME,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"server": {"replicas": 1}}})),
+        )
+        .await
+        .unwrap();
+    eventually("the PodDisruptionBudget removed", WAIT, || async {
+        pdbs.get_opt(CHILD).await.ok().flatten().is_none()
+    })
+    .await;
+
+    // Each change was announced.
+    let mut events = ns.kubectl();
+    events.args([
+        "get",
+        "events",
+        "--field-selector",
+        &format!("involvedObject.name={NAME}"),
+    ]);
+    let events = kubectl_ok(events);
+    for expected in [
+        "created Deployment",
+        "updated ConfigMap",
+        "created Service",
+        "deleted PodDisruptionBudget",
+    ] {
+        assert!(
+            events.contains(expected),
+            "no event {expected:?}:\n{events}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn deleting_the_binding_runs_the_finalizer_and_collects_the_children() {
+    let env = TestEnv::shared();
+    let ns = env.namespace("operator-delete").await.unwrap();
+    let operator = Operator::start(env, &ns.name, "op-delete", &[])
+        .await
+        .unwrap();
+    apply_password_example(&ns);
+    let bindings: Api<PostgresMcpBinding> = ns.api();
+    wait_condition(&bindings, "ServerAvailable", "False", None).await;
+    let deployments: Api<Deployment> = ns.api();
+    assert!(deployments.get_opt(CHILD).await.unwrap().is_some());
+
+    bindings
+        .delete(NAME, &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the binding gone (finalizer removed)", WAIT, || async {
+        bindings.get_opt(NAME).await.ok().flatten().is_none()
+    })
+    .await;
+    let sas: Api<ServiceAccount> = ns.api();
+    let configs: Api<ConfigMap> = ns.api();
+    eventually("children garbage-collected", WAIT, || async {
+        deployments.get_opt(CHILD).await.ok().flatten().is_none()
+            && sas.get_opt(CHILD).await.ok().flatten().is_none()
+            && configs.get_opt(CHILD).await.ok().flatten().is_none()
+    })
+    .await;
+    assert!(
+        operator.log().contains("cleanup step done"),
+        "{}",
+        operator.log()
+    );
+}
+
+#[tokio::test]
+async fn a_missing_admin_secret_stalls_the_binding_naming_it_until_it_appears() {
+    let env = TestEnv::shared();
+    let ns = env.namespace("operator-stalled").await.unwrap();
+    let _operator = Operator::start(env, &ns.name, "op-stalled", &[])
+        .await
+        .unwrap();
+    let mut apply = ns.kubectl();
+    apply
+        .arg("apply")
+        .arg("-f")
+        .arg(paths::examples_dir().join("password.yaml"));
+    kubectl_ok(apply);
+    let bindings: Api<PostgresMcpBinding> = ns.api();
+    let binding = wait_condition(&bindings, "Stalled", "True", Some("SecretNotFound")).await;
+    let stalled = condition(&binding, "Stalled").unwrap();
+    assert!(
+        stalled
+            .message
+            .contains(&format!("secret {}/pg-admin", ns.name))
+            && stalled
+                .message
+                .contains("spec.postgres.admin.passwordSecretRef"),
+        "{}",
+        stalled.message
+    );
+    assert_eq!(
+        condition(&binding, "Ready").unwrap().reason,
+        "SecretNotFound"
+    );
+    let deployments: Api<Deployment> = ns.api();
+    assert!(
+        deployments.get_opt(CHILD).await.unwrap().is_none(),
+        "nothing deployed while stalled"
+    );
+
+    apply_secret_only(&ns);
+    let binding = wait_condition(
+        &bindings,
+        "ServerAvailable",
+        "False",
+        Some("WaitingForPods"),
+    )
+    .await;
+    assert_eq!(condition(&binding, "Stalled").unwrap().status, "False");
+    assert!(deployments.get_opt(CHILD).await.unwrap().is_some());
+}
+
+fn apply_secret_only(ns: &TestNamespace) {
+    let mut secret = ns.kubectl();
+    secret.args([
+        "create",
+        "secret",
+        "generic",
+        "pg-admin",
+        "--from-literal=username=postgres",
+        "--from-literal=password=not-used-yet",
+    ]);
+    kubectl_ok(secret);
+}
+
+/// Write requests the apiserver served for the kinds the operator writes, from its own
+/// `apiserver_request_total` (the controller-manager's Deployment status updates excluded).
+async fn operator_kind_writes(client: &Client) -> f64 {
+    let text = client
+        .request_text(http::Request::get("/metrics").body(Vec::new()).unwrap())
+        .await
+        .unwrap();
+    const KINDS: [&str; 8] = [
+        "postgresmcpbindings",
+        "serviceaccounts",
+        "configmaps",
+        "services",
+        "deployments",
+        "poddisruptionbudgets",
+        "networkpolicies",
+        "events",
+    ];
+    text.lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+        .filter(|l| {
+            [
+                "\"POST\"",
+                "\"PUT\"",
+                "\"PATCH\"",
+                "\"APPLY\"",
+                "\"DELETE\"",
+            ]
+            .iter()
+            .any(|v| l.contains(&format!("verb={v}")))
+        })
+        .filter(|l| {
+            KINDS
+                .iter()
+                .any(|k| l.contains(&format!("resource=\"{k}\"")))
+        })
+        .filter(|l| {
+            !(l.contains("resource=\"deployments\"") && l.contains("subresource=\"status\""))
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_steady_state_resync_makes_no_write_calls() {
+    // A control plane of its own: the apiserver's request counters then count only this test.
+    let env = TestEnv::start().await.unwrap();
+    let env: &'static TestEnv = Box::leak(Box::new(env));
+    let ns = env.namespace("operator-noop").await.unwrap();
+    let operator = Operator::start(env, &ns.name, "op-noop", &["--resync=1s"])
+        .await
+        .unwrap();
+    apply_password_example(&ns);
+    let bindings: Api<PostgresMcpBinding> = ns.api();
+    wait_condition(
+        &bindings,
+        "ServerAvailable",
+        "False",
+        Some("WaitingForPods"),
+    )
+    .await;
+    make_pods_ready(&ns.client, &ns.name).await;
+    wait_condition(&bindings, "Ready", "True", None).await;
+    // Let the controller-manager's own follow-up settle.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let writes_before = operator_kind_writes(&ns.client).await;
+    let own_before = operator
+        .metric("pgmcp_operator_writes_total")
+        .await
+        .unwrap();
+    let reconciles_before = operator
+        .metric("pgmcp_operator_reconciles_total")
+        .await
+        .unwrap();
+    let rv_before = bindings.get(NAME).await.unwrap().resource_version();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let reconciles = operator
+        .metric("pgmcp_operator_reconciles_total")
+        .await
+        .unwrap()
+        - reconciles_before;
+    assert!(
+        reconciles >= 3.0,
+        "resyncs ran: {reconciles} reconciles in 6s"
+    );
+    assert_eq!(
+        operator_kind_writes(&ns.client).await - writes_before,
+        0.0,
+        "apiserver saw writes"
+    );
+    assert_eq!(
+        operator
+            .metric("pgmcp_operator_writes_total")
+            .await
+            .unwrap()
+            - own_before,
+        0.0,
+        "the operator counted writes:\n{}",
+        operator.metrics().await.unwrap()
+    );
+    assert_eq!(
+        bindings.get(NAME).await.unwrap().resource_version(),
+        rv_before
+    );
+    drop(ns);
+    // The leaked control plane's processes stop with the test binary (lifelines).
+}
+
+async fn lease_holder(client: &Client, namespace: &str) -> Option<String> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), namespace);
+    leases
+        .get_opt("pgmcp-operator")
+        .await
+        .ok()??
+        .spec?
+        .holder_identity
+}
+
+#[tokio::test]
+async fn only_the_lease_holder_reconciles_and_a_standby_takes_over() {
+    let env = TestEnv::shared();
+    let ns = env.namespace("operator-leader").await.unwrap();
+    let lease = ["--lease-duration=4s"];
+    let mut first = Operator::start(env, &ns.name, "op-first", &lease)
+        .await
+        .unwrap();
+    wait_for("op-first to hold the Lease", WAIT, || async {
+        (lease_holder(&ns.client, &ns.name).await.as_deref() == Some("op-first")).then_some(())
+    })
+    .await;
+    let second = Operator::start(env, &ns.name, "op-second", &lease)
+        .await
+        .unwrap();
+    apply_password_example(&ns);
+    let bindings: Api<PostgresMcpBinding> = ns.api();
+    wait_condition(&bindings, "ServerAvailable", "False", None).await;
+    assert!(
+        first
+            .metric("pgmcp_operator_reconciles_total")
+            .await
+            .unwrap()
+            >= 1.0
+    );
+    assert_eq!(first.metric("pgmcp_operator_leader").await.unwrap(), 1.0);
+    assert_eq!(
+        second
+            .metric("pgmcp_operator_reconciles_total")
+            .await
+            .unwrap(),
+        0.0,
+        "the standby reconciled"
+    );
+    assert_eq!(second.metric("pgmcp_operator_leader").await.unwrap(), 0.0);
+
+    // The leader stops (SIGTERM releases the Lease); the standby takes over and reconciles.
+    first.stop();
+    assert!(first.exited());
+    assert!(
+        first.log().contains("released the leader Lease"),
+        "{}",
+        first.log()
+    );
+    wait_for("op-second to hold the Lease", WAIT, || async {
+        (lease_holder(&ns.client, &ns.name).await.as_deref() == Some("op-second")).then_some(())
+    })
+    .await;
+    bindings
+        .patch(
+            NAME,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"server": {"limits": {"maxRows": 10}}}})),
+        )
+        .await
+        .unwrap();
+    let binding = wait_condition(&bindings, "ServerAvailable", "False", None).await;
+    assert_eq!(binding.status.unwrap().observed_generation, Some(2));
+    assert!(
+        second
+            .metric("pgmcp_operator_reconciles_total")
+            .await
+            .unwrap()
+            >= 1.0
+    );
+}
