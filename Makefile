@@ -17,11 +17,16 @@ CRDGEN := $(CARGO) run $(CARGO_FLAGS) --quiet -p pgmcp-crds --bin crdgen --
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  make %-16s %s\n", $$1, $$2 }'
 
+# The binaries the harness runs as processes (the operator, and the server in the pod runner).
+BIN_ENV := PGMCP_OPERATOR_BIN=target/debug/pgmcp-operator PGMCP_SERVER_BIN=target/debug/pgmcp-server
+
+.PHONY: bins
+bins: ## Build the operator and server binaries the tests and the demo run
+	$(CARGO) build $(CARGO_FLAGS) --quiet -p pgmcp-operator -p pgmcp-server
+
 .PHONY: demo
-demo: deps controlplane tools mcp-clients ## Local control plane + PostgreSQL with sample data + an example binding + the MCP server
-	$(CARGO) build $(CARGO_FLAGS) --quiet -p pgmcp-server
-	PGMCP_SERVER_BIN=target/debug/pgmcp-server \
-	  $(CARGO) run $(CARGO_FLAGS) --quiet -p pgmcp-tests --bin pgmcp-testenv -- $(DEMO_ARGS)
+demo: deps controlplane tools mcp-clients bins ## Local control plane + PostgreSQL with sample data + operator + an example binding + the MCP server it deploys
+	$(BIN_ENV) $(CARGO) run $(CARGO_FLAGS) --quiet -p pgmcp-tests --bin pgmcp-testenv -- $(DEMO_ARGS)
 
 .PHONY: test
 test: deps fmt-check lint check-generated unit integration demo-smoke ## Everything CI runs
@@ -68,8 +73,8 @@ unit: ## Pure, fast unit tests (no control plane, no PostgreSQL)
 	$(CARGO) test $(CARGO_FLAGS) --workspace --lib --bins
 
 .PHONY: integration
-integration: deps controlplane tools mcp-clients ## Tests against the real control plane, PostgreSQL 15 and MCP clients
-	$(CARGO) test $(CARGO_FLAGS) -p pgmcp-tests -p pgmcp-server --tests
+integration: deps controlplane tools mcp-clients bins ## Tests against the real control plane, PostgreSQL 15 and MCP clients
+	$(BIN_ENV) $(CARGO) test $(CARGO_FLAGS) -p pgmcp-tests -p pgmcp-server --tests
 
 .PHONY: demo-smoke
 demo-smoke: ## Run `make demo` once and stop (checks the README's first command)

@@ -48,6 +48,8 @@ pub struct Spec {
     pub run_as: Option<String>,
     /// File of process ids to wait for before stopping; see [`Daemon::stop_before`].
     pub stop_after: Option<PathBuf>,
+    /// Extra environment variables of the process.
+    pub env: Vec<(String, String)>,
 }
 
 impl Spec {
@@ -61,6 +63,7 @@ impl Spec {
             cleanup_dir: None,
             run_as: None,
             stop_after: None,
+            env: Vec::new(),
         }
     }
 
@@ -112,7 +115,8 @@ impl Daemon {
             .args(&spec.args)
             .stdin(Stdio::piped())
             .stdout(log.try_clone()?)
-            .stderr(log);
+            .stderr(log)
+            .envs(spec.env.iter().map(|(k, v)| (k, v)));
         let mut wrapper = command
             .spawn()
             .map_err(|e| anyhow::anyhow!("failed to start {}: {e}", spec.name))?;

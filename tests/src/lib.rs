@@ -12,9 +12,11 @@
 pub mod controlplane;
 pub mod daemon;
 pub mod http;
+pub mod mcp;
 pub mod operator;
 pub mod paths;
 pub mod pki;
+pub mod podrunner;
 pub mod postgres;
 
 pub use controlplane::{TestEnv, TestNamespace};

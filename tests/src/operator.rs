@@ -85,6 +85,10 @@ impl Operator {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    pub fn log_path(&self) -> PathBuf {
+        self.log.clone()
+    }
+
     /// Whether the process has exited.
     pub fn exited(&mut self) -> bool {
         self.daemon.exited()

@@ -59,6 +59,18 @@ pub fn postgres_bindir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
 }
 
+/// The MCP server binary (`$PGMCP_SERVER_BIN`, else the workspace's debug build).
+pub fn server_bin() -> PathBuf {
+    std::env::var_os("PGMCP_SERVER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            workspace_root()
+                .join("target")
+                .join("debug")
+                .join("pgmcp-server")
+        })
+}
+
 /// The operator binary (`$PGMCP_OPERATOR_BIN`, else the workspace's debug build).
 pub fn operator_bin() -> PathBuf {
     std::env::var_os("PGMCP_OPERATOR_BIN")

@@ -22,6 +22,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt as _};
 use pgmcp_crds::v1alpha1::PostgresMcpBinding;
 use pgmcp_tests::operator::Operator;
+use pgmcp_tests::podrunner;
 use pgmcp_tests::{TestEnv, TestNamespace, eventually, paths, wait_for};
 use serde_json::json;
 
@@ -101,21 +102,10 @@ async fn make_pods_ready(client: &Client, namespace: &str) -> usize {
         (!list.items.is_empty()).then_some(list)
     })
     .await;
-    let now = jiff::Timestamp::now().to_string();
     for pod in &list.items {
-        let conditions: Vec<_> = ["PodScheduled", "Initialized", "ContainersReady", "Ready"]
-            .iter()
-            .map(|t| json!({"type": t, "status": "True", "lastTransitionTime": now}))
-            .collect();
-        pods.patch_status(
-            &pod.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(
-                json!({"status": {"phase": "Running", "conditions": conditions, "startTime": now}}),
-            ),
-        )
-        .await
-        .unwrap();
+        podrunner::mark_ready(client, namespace, &pod.name_any())
+            .await
+            .unwrap();
     }
     list.items.len()
 }

@@ -1,20 +1,24 @@
 //! `pgmcp-testenv`: the local environment behind `make demo`.
 //!
 //! Starts the test control plane and PostgreSQL 15 with the sample shop database, creates the
-//! `agents` namespace with the admin Secret, applies the password-mode example binding pointed
-//! at that database, creates the read-only role the binding names (what the operator will do),
-//! starts the MCP server on it, checks that it answers, prints how to connect a client, and
-//! keeps everything running until Ctrl-C (or stops at once with `--exit`). Everything it
-//! started is stopped when it ends.
+//! `agents` namespace with the admin Secret, creates the read-only role the binding names and
+//! its password Secret (what the operator's database step will do), starts the operator, applies
+//! the password-mode example binding pointed at that database, runs the MCP server pod the
+//! operator rendered (pod runner: no kubelet here), waits for the binding to be Ready, checks
+//! that the server answers, prints how to connect a client, and keeps everything running until
+//! Ctrl-C (or stops at once with `--exit`). Everything it started is stopped when it ends.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use pgmcp_tests::daemon::{Daemon, Spec};
-use pgmcp_tests::{Postgres, TestEnv, http, paths};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::Api;
+use pgmcp_crds::v1alpha1::PostgresMcpBinding;
+use pgmcp_tests::operator::Operator;
+use pgmcp_tests::{Postgres, TestEnv, mcp, paths, podrunner, wait_for};
 
 /// Local control plane + PostgreSQL + sample binding for trying pgmcp.
 #[derive(Parser, Debug)]
@@ -72,18 +76,6 @@ async fn main() -> anyhow::Result<()> {
     );
     let binding_file = env.kubeconfig().with_file_name("shop-binding.yaml");
     std::fs::write(&binding_file, binding)?;
-    kubectl(
-        &env,
-        &[
-            "apply",
-            "-n",
-            NAMESPACE,
-            "-f",
-            &binding_file.display().to_string(),
-        ],
-    )?;
-    kubectl(&env, &["get", "postgresmcpbindings", "-n", NAMESPACE])?;
-
     let role_password = pgmcp_tests::postgres::random_password()?;
     {
         let shop = pg.connect(DATABASE).await?;
@@ -95,15 +87,80 @@ async fn main() -> anyhow::Result<()> {
         ))
         .await?;
     }
-    println!("created the read-only role {ROLE} (SELECT on schema public) as the binding asks");
-    let dir = env
-        .kubeconfig()
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    let (server, port) = start_server(&dir, &pg, &role_password).await?;
-    let url = format!("http://127.0.0.1:{port}/mcp");
-    let tools = list_tools(port).await?;
+    kubectl(
+        &env,
+        &[
+            "create",
+            "secret",
+            "generic",
+            "shop-postgres",
+            "-n",
+            NAMESPACE,
+            &format!("--from-literal=password={role_password}"),
+        ],
+    )?;
+    println!(
+        "created the read-only role {ROLE} (SELECT on schema public) and its Secret shop-postgres, \
+         as the binding asks (the operator's database step is not part of this release yet)"
+    );
+
+    let operator = Operator::start(&env, NAMESPACE, "pgmcp-demo", &[]).await?;
+    println!(
+        "started pgmcp-operator (watching namespace {NAMESPACE}; metrics at http://127.0.0.1:{}/metrics)",
+        operator.metrics_port
+    );
+    kubectl(
+        &env,
+        &[
+            "apply",
+            "-n",
+            NAMESPACE,
+            "-f",
+            &binding_file.display().to_string(),
+        ],
+    )?;
+    let client = env.client().await?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
+    wait_for(
+        "the operator to create Deployment shop-mcp",
+        Duration::from_secs(60),
+        || async { deployments.get_opt("shop-mcp").await.ok().flatten() },
+    )
+    .await;
+    println!("the operator created ServiceAccount, ConfigMap, Service and Deployment shop-mcp");
+    let pod = podrunner::run_deployment_pod(
+        &client,
+        NAMESPACE,
+        "shop-mcp",
+        &paths::server_bin(),
+        Duration::from_secs(60),
+    )
+    .await
+    .context(
+        "failed to run the MCP server pod the operator rendered (make demo builds pgmcp-server)",
+    )?;
+    println!(
+        "running pod {} as a local process (no kubelet here), published on 127.0.0.1:{}",
+        pod.pod, pod.port
+    );
+    let bindings: Api<PostgresMcpBinding> = Api::namespaced(client, NAMESPACE);
+    wait_for(
+        "binding shop to be Ready",
+        Duration::from_secs(60),
+        || async {
+            let binding = bindings.get("shop").await.ok()?;
+            let status = binding.status?;
+            status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+                .then_some(())
+        },
+    )
+    .await;
+    kubectl(&env, &["get", "postgresmcpbindings", "-n", NAMESPACE])?;
+    let url = pod.url();
+    let tools = mcp::Session::open(pod.port).await?.tool_names().await?;
     println!("the MCP server at {url} offers: {}", tools.join(", "));
 
     print_summary(
@@ -111,7 +168,8 @@ async fn main() -> anyhow::Result<()> {
         &pg,
         &binding_file,
         &url,
-        &dir.join("pgmcp-server.log"),
+        &pod.root.path().join("container.log"),
+        &operator.log_path(),
     );
     if args.exit {
         println!("--exit given: stopping everything");
@@ -120,82 +178,11 @@ async fn main() -> anyhow::Result<()> {
         tokio::signal::ctrl_c().await?;
         println!("stopping");
     }
-    drop(server);
+    drop(pod);
+    drop(operator);
     drop(env);
     drop(pg);
     Ok(())
-}
-
-/// Starts pgmcp-server as the binding's role, on a free port, and waits until it is ready.
-async fn start_server(dir: &Path, pg: &Postgres, password: &str) -> anyhow::Result<(Daemon, u16)> {
-    let bin = std::env::var_os("PGMCP_SERVER_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| paths::workspace_root().join("target/debug/pgmcp-server"));
-    paths::require(
-        &bin,
-        "build it with `cargo build -p pgmcp-server` (make demo does)",
-    )?;
-    let password_file = dir.join(format!("{ROLE}.password"));
-    std::fs::write(&password_file, password)?;
-    let port = paths::free_port()?;
-    let spec = Spec::new("pgmcp-server", bin, dir.join("pgmcp-server.log")).args([
-        "--database-url".to_owned(),
-        format!(
-            "postgres://{ROLE}@{}:{}/{DATABASE}?sslmode=disable",
-            pg.host(),
-            pg.port()
-        ),
-        "--password-file".to_owned(),
-        password_file.display().to_string(),
-        "--grant".to_owned(),
-        "public".to_owned(),
-        "--listen".to_owned(),
-        format!("127.0.0.1:{port}"),
-    ]);
-    let mut server = Daemon::spawn(spec)?;
-    http::wait_ready(port, &mut server, Duration::from_secs(30)).await?;
-    Ok((server, port))
-}
-
-/// Asks the server for its tools the way any MCP client does: initialize, then tools/list.
-async fn list_tools(port: u16) -> anyhow::Result<Vec<String>> {
-    let headers = [
-        ("Content-Type", "application/json"),
-        ("Accept", "application/json, text/event-stream"),
-    ];
-    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"pgmcp-demo","version":"1"}}}"#;
-    let (_, head, _) = http::request(port, "POST", "/mcp", &headers, init).await?;
-    let session =
-        http::header(&head, "mcp-session-id").context("the server sent no Mcp-Session-Id")?;
-    let with_session = [
-        headers[0],
-        headers[1],
-        ("Mcp-Session-Id", session.as_str()),
-        ("MCP-Protocol-Version", "2025-11-25"),
-    ];
-    http::request(
-        port,
-        "POST",
-        "/mcp",
-        &with_session,
-        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
-    )
-    .await?;
-    let (_, _, body) = http::request(
-        port,
-        "POST",
-        "/mcp",
-        &with_session,
-        r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#,
-    )
-    .await?;
-    let message = http::jsonrpc_message(&body).context("tools/list gave no JSON-RPC answer")?;
-    Ok(message["result"]["tools"]
-        .as_array()
-        .context("tools/list gave no tools")?
-        .iter()
-        .filter_map(|t| t["name"].as_str().map(str::to_owned))
-        .collect())
 }
 
 fn kubectl(env: &TestEnv, args: &[&str]) -> anyhow::Result<()> {
@@ -220,7 +207,14 @@ fn kubectl(env: &TestEnv, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_summary(kubeconfig: &Path, pg: &Postgres, binding: &Path, url: &str, log: &Path) {
+fn print_summary(
+    kubeconfig: &Path,
+    pg: &Postgres,
+    binding: &Path,
+    url: &str,
+    log: &Path,
+    operator_log: &Path,
+) {
     let kubectl = paths::kubectl();
     let cache = paths::cache_dir();
     println!(
@@ -230,7 +224,10 @@ pgmcp demo is up.
   MCP server:        {url}   (read-only, tables of schema public; log: {log})
   Kubernetes {version}: export KUBECONFIG={kubeconfig}
                      alias kubectl={kubectl}
-  The binding:       kubectl get pgmcp -n {NAMESPACE}; kubectl explain postgresmcpbinding.spec
+  The binding:       kubectl get pgmcp -n {NAMESPACE}; kubectl describe pgmcp shop -n {NAMESPACE}
+                     kubectl explain postgresmcpbinding.spec
+  What it created:   kubectl get deploy,svc,cm,sa -n {NAMESPACE} -l app.kubernetes.io/instance=shop
+  Operator log:      {operator_log}
   Its manifest:      {binding}
   PostgreSQL 15:     PGPASSWORD={password} psql -h {host} -p {port} -U postgres {DATABASE}
 
@@ -242,8 +239,9 @@ Connect a client:
                                  | {python} {client} --url {url}
 
 Then ask: \"which tables hold customer information?\", \"top 5 products by quantity\".
-The operator is not part of this release yet: here the demo created the role and started the
-server the way the binding describes.
+Edit the binding (kubectl edit pgmcp shop -n {NAMESPACE}) and watch the operator update the
+ConfigMap and roll the Deployment (kubectl get rs). There is no kubelet here: the demo ran the
+rendered pod once as a local process, which keeps the configuration it started with.
 ",
         version = paths::KUBERNETES_VERSION,
         kubeconfig = kubeconfig.display(),
@@ -253,6 +251,7 @@ server the way the binding describes.
         host = pg.host(),
         port = pg.port(),
         log = log.display(),
+        operator_log = operator_log.display(),
         inspector = cache.join("node/node_modules/.bin/mcp-inspector").display(),
         python = cache.join("venv/mcp/bin/python").display(),
         client = paths::workspace_root().join("tests/interop/mcp_client.py").display(),

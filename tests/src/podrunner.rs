@@ -1,0 +1,361 @@
+//! A kubelet stand-in for one container: reads the Deployment the operator rendered, takes one
+//! of its Pending pods, and runs the container's binary as that pod would run it — same
+//! command and args, environment (`value` and `valueFrom` Secret/ConfigMap keys), and its
+//! ConfigMap, Secret and emptyDir volumes materialised on disk. When the readiness probe
+//! answers, it marks the pod Ready through the status subresource, as a kubelet does, so the
+//! controller-manager and the operator see an available Deployment.
+//!
+//! Translations a real node makes implicitly, done explicitly here and nowhere else: each
+//! mountPath becomes a directory of its own (the path is rewritten in the args and in the
+//! mounted files that mention it), and the container port is published on a free loopback port
+//! (`--listen`). Images are not pulled: the binary is given.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, PodSpec, Secret};
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::{Client, ResourceExt as _};
+
+use crate::daemon::{Daemon, Spec};
+use crate::paths;
+
+/// One pod of a Deployment, running as a local process.
+#[derive(Debug)]
+pub struct RunningPod {
+    pub pod: String,
+    /// Loopback port the container port is published on.
+    pub port: u16,
+    pub root: tempfile::TempDir,
+    daemon: Daemon,
+}
+
+impl RunningPod {
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/mcp", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.root.path().join("container.log")).unwrap_or_default()
+    }
+
+    pub fn stop(&mut self) {
+        self.daemon.stop();
+    }
+}
+
+/// Runs a pod of Deployment `namespace/name` with `binary` as its only container.
+pub async fn run_deployment_pod(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    binary: &Path,
+    timeout: Duration,
+) -> anyhow::Result<RunningPod> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let deployment = deployments
+        .get(name)
+        .await
+        .with_context(|| format!("failed to read Deployment {namespace}/{name}"))?;
+    let pod = pending_pod(client, namespace, &deployment, timeout).await?;
+    let spec = pod.spec.clone().context("pod has no spec")?;
+    let container = spec
+        .containers
+        .first()
+        .cloned()
+        .context("pod has no container")?;
+
+    let root = tempfile::Builder::new()
+        .prefix("pgmcp-pod-")
+        .disable_cleanup(std::env::var_os("PGMCP_KEEP_TEST_DIRS").is_some())
+        .tempdir()?;
+    let mounts = materialise_volumes(client, namespace, &spec, &container, root.path()).await?;
+    let env = container_env(client, namespace, &container).await?;
+    let port = paths::free_port()?;
+    let mut args: Vec<String> = container
+        .args
+        .clone()
+        .unwrap_or_default()
+        .iter()
+        .map(|a| rewrite(a, &mounts))
+        .collect();
+    args.push(format!("--listen=127.0.0.1:{port}"));
+
+    let log = root.path().join("container.log");
+    let mut process = Spec::new(&format!("pod {}", pod.name_any()), binary, &log).args(args);
+    process.env = env;
+    let mut daemon = Daemon::spawn(process)?;
+
+    let probe = container
+        .readiness_probe
+        .as_ref()
+        .and_then(|p| p.http_get.as_ref())
+        .and_then(|h| h.path.clone())
+        .unwrap_or_else(|| "/".to_owned());
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok((200, _, _)) = crate::http::request(port, "GET", &probe, &[], "").await {
+            break;
+        }
+        anyhow::ensure!(
+            !daemon.exited() && Instant::now() < deadline,
+            "pod {} did not become ready (readiness probe {probe} on port {port}; files in {}):\n{}",
+            pod.name_any(),
+            root.path().display(),
+            daemon.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    mark_ready(client, namespace, &pod.name_any()).await?;
+    Ok(RunningPod {
+        pod: pod.name_any(),
+        port,
+        root,
+        daemon,
+    })
+}
+
+/// A pod of the Deployment's current template that nobody runs yet.
+async fn pending_pod(
+    client: &Client,
+    namespace: &str,
+    deployment: &Deployment,
+    timeout: Duration,
+) -> anyhow::Result<Pod> {
+    let labels = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.match_labels.clone())
+        .unwrap_or_default();
+    let selector = labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let list = pods.list(&ListParams::default().labels(&selector)).await?;
+        if let Some(pod) = list.items.into_iter().find(|p| {
+            p.metadata.deletion_timestamp.is_none()
+                && p.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Running")
+        }) {
+            return Ok(pod);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no Pending pod of Deployment {namespace}/{} appeared",
+            deployment.name_any()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Writes every mounted volume under `root`; returns mountPath → local directory.
+async fn materialise_volumes(
+    client: &Client,
+    namespace: &str,
+    spec: &PodSpec,
+    container: &Container,
+    root: &Path,
+) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let mut mounts = Vec::new();
+    for (i, mount) in container
+        .volume_mounts
+        .clone()
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        let volume = spec
+            .volumes
+            .as_ref()
+            .and_then(|v| v.iter().find(|v| v.name == mount.name))
+            .with_context(|| format!("volumeMount {} names no volume", mount.name))?;
+        let dir = root.join(format!("mount-{i}-{}", mount.name));
+        std::fs::create_dir_all(&dir)?;
+        let files: BTreeMap<String, Vec<u8>> = if let Some(source) = &volume.config_map {
+            let cm: ConfigMap = Api::namespaced(client.clone(), namespace)
+                .get(&source.name)
+                .await
+                .with_context(|| format!("failed to read ConfigMap {namespace}/{}", source.name))?;
+            let data: BTreeMap<String, Vec<u8>> = cm
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.into_bytes()))
+                .collect();
+            select_items(data, source.items.as_deref())
+        } else if let Some(source) = &volume.secret {
+            let name = source.secret_name.clone().unwrap_or_default();
+            let secret: Secret = Api::namespaced(client.clone(), namespace)
+                .get(&name)
+                .await
+                .with_context(|| format!("failed to read Secret {namespace}/{name}"))?;
+            let data: BTreeMap<String, Vec<u8>> = secret
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0))
+                .collect();
+            select_items(data, source.items.as_deref())
+        } else if volume.empty_dir.is_some() {
+            BTreeMap::new()
+        } else {
+            anyhow::bail!(
+                "volume {} has a type the pod runner does not support",
+                volume.name
+            );
+        };
+        for (path, bytes) in files {
+            std::fs::write(dir.join(path), bytes)?;
+        }
+        mounts.push((mount.mount_path.clone(), dir));
+    }
+    // Mounted files may name other mount paths (a config naming a password file).
+    for (_, dir) in &mounts {
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                let rewritten = rewrite(&text, &mounts);
+                if rewritten != text {
+                    std::fs::write(&path, rewritten)?;
+                }
+            }
+        }
+    }
+    Ok(mounts)
+}
+
+fn select_items(
+    data: BTreeMap<String, Vec<u8>>,
+    items: Option<&[k8s_openapi::api::core::v1::KeyToPath]>,
+) -> BTreeMap<String, Vec<u8>> {
+    match items {
+        None => data,
+        Some(items) => items
+            .iter()
+            .filter_map(|item| Some((item.path.clone(), data.get(&item.key)?.clone())))
+            .collect(),
+    }
+}
+
+/// Replaces each mount path where it starts a path in `text` (one pass, longest mount first,
+/// so a directory the runner created is never rewritten again).
+fn rewrite(text: &str, mounts: &[(String, PathBuf)]) -> String {
+    let path_char = |c: char| c.is_alphanumeric() || "/-_.".contains(c);
+    let mut sorted: Vec<&(String, PathBuf)> = mounts.iter().collect();
+    sorted.sort_by_key(|(mount, _)| std::cmp::Reverse(mount.len()));
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let mut previous: Option<char> = None;
+    'scan: while let Some(c) = rest.chars().next() {
+        if !previous.is_some_and(path_char) {
+            for (mount, dir) in &sorted {
+                let after = rest.strip_prefix(mount.as_str());
+                if let Some(after) = after
+                    && after
+                        .chars()
+                        .next()
+                        .is_none_or(|n| n == '/' || !path_char(n))
+                {
+                    out.push_str(&dir.display().to_string());
+                    previous = mount.chars().last();
+                    rest = after;
+                    continue 'scan;
+                }
+            }
+        }
+        out.push(c);
+        previous = Some(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
+async fn container_env(
+    client: &Client,
+    namespace: &str,
+    container: &Container,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let mut env = Vec::new();
+    for var in container.env.clone().unwrap_or_default() {
+        let value = if let Some(value) = var.value {
+            value
+        } else if let Some(from) = var.value_from {
+            if let Some(key) = from.secret_key_ref {
+                let secret: Secret = Api::namespaced(client.clone(), namespace)
+                    .get(&key.name)
+                    .await?;
+                let bytes = secret
+                    .data
+                    .and_then(|d| d.get(&key.key).cloned())
+                    .with_context(|| format!("Secret {} has no key {}", key.name, key.key))?;
+                String::from_utf8(bytes.0)?
+            } else if let Some(key) = from.config_map_key_ref {
+                let cm: ConfigMap = Api::namespaced(client.clone(), namespace)
+                    .get(&key.name)
+                    .await?;
+                cm.data
+                    .and_then(|d| d.get(&key.key).cloned())
+                    .with_context(|| format!("ConfigMap {} has no key {}", key.name, key.key))?
+            } else {
+                anyhow::bail!(
+                    "env {} uses a valueFrom the pod runner does not support",
+                    var.name
+                );
+            }
+        } else {
+            String::new()
+        };
+        env.push((var.name, value));
+    }
+    Ok(env)
+}
+
+/// The status write a kubelet makes when the readiness probe passes.
+pub async fn mark_ready(client: &Client, namespace: &str, pod: &str) -> anyhow::Result<()> {
+    let now = jiff::Timestamp::now().to_string();
+    let conditions: Vec<_> = ["PodScheduled", "Initialized", "ContainersReady", "Ready"]
+        .iter()
+        .map(|t| serde_json::json!({"type": t, "status": "True", "lastTransitionTime": now}))
+        .collect();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    pods.patch_status(
+        pod,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({
+            "status": {"phase": "Running", "conditions": conditions, "startTime": now}
+        })),
+    )
+    .await
+    .with_context(|| format!("failed to mark pod {namespace}/{pod} Ready"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_paths_are_rewritten_once_and_only_where_a_path_starts() {
+        let mounts = vec![
+            ("/tmp".to_owned(), PathBuf::from("/tmp/pod/mount-1-tmp")),
+            (
+                "/etc/pgmcp".to_owned(),
+                PathBuf::from("/tmp/pod/mount-0-config"),
+            ),
+        ];
+        assert_eq!(
+            rewrite("--config=/etc/pgmcp/config.json", &mounts),
+            "--config=/tmp/pod/mount-0-config/config.json"
+        );
+        assert_eq!(
+            rewrite("\"/tmp\" /var/tmp /tmpfoo", &mounts),
+            "\"/tmp/pod/mount-1-tmp\" /var/tmp /tmpfoo"
+        );
+    }
+}
