@@ -662,3 +662,22 @@ async fn only_the_lease_holder_reconciles_and_a_standby_takes_over() {
             >= 1.0
     );
 }
+
+#[tokio::test]
+async fn an_operator_scoped_to_a_namespace_leaves_other_namespaces_alone() {
+    let env = TestEnv::shared();
+    let watched = env.namespace("operator-scope-in").await.unwrap();
+    let other = env.namespace("operator-scope-out").await.unwrap();
+    let _operator = Operator::start(env, &watched.name, "op-scope", &[])
+        .await
+        .unwrap();
+    apply_password_example(&other);
+    apply_password_example(&watched);
+    wait_condition(&watched.api(), "ServerAvailable", "False", None).await;
+    // The watched binding is done; the other one was never touched.
+    let untouched: PostgresMcpBinding = other.api().get(NAME).await.unwrap();
+    assert!(untouched.status.is_none(), "{:?}", untouched.status);
+    assert!(untouched.finalizers().is_empty());
+    let deployments: Api<Deployment> = other.api();
+    assert!(deployments.get_opt(CHILD).await.unwrap().is_none());
+}

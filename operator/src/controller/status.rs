@@ -324,3 +324,224 @@ pub async fn update(
         .write(pgmcp_crds::KIND, "status", result.is_ok());
     result.map(|_| true)
 }
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use super::*;
+    use crate::controller::build::build;
+    use crate::controller::fetch::Inputs;
+    use crate::controller::tests::binding;
+    use crate::controller::validate::validate;
+    use crate::settings::Defaults;
+
+    fn at(second: i64) -> Time {
+        Time(jiff::Timestamp::from_second(second).unwrap())
+    }
+
+    fn deployment(available: i32, condition: &str) -> Deployment {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"generation": 1},
+            "status": {
+                "observedGeneration": 1,
+                "availableReplicas": available,
+                "conditions": [{"type": "Available", "status": condition}]
+            }
+        }))
+        .unwrap()
+    }
+
+    fn entra() -> (PostgresMcpBinding, Valid, Desired) {
+        let mut b = binding("azure-entra.yaml");
+        b.spec.server.replicas = 2;
+        let valid = validate(&b, &Inputs::default()).unwrap();
+        let desired = build(
+            &valid,
+            &Defaults {
+                server_image: "img".to_owned(),
+                oidc_issuer: None,
+            },
+        );
+        (b, valid, desired)
+    }
+
+    fn get<'a>(status: &'a PostgresMcpBindingStatus, type_: &str) -> &'a Condition {
+        status.conditions.iter().find(|c| c.type_ == type_).unwrap()
+    }
+
+    #[test]
+    fn ready_follows_server_availability() {
+        let (b, valid, desired) = entra();
+        let waiting = deployment(0, "False");
+        let status = compute(
+            &b,
+            &Outcome::Applied {
+                valid: &valid,
+                desired: &desired,
+                deployment: Some(&waiting),
+            },
+            &at(100),
+        );
+        assert_eq!(get(&status, "Ready").status, "False");
+        assert_eq!(get(&status, "Ready").reason, "WaitingForPods");
+        assert_eq!(get(&status, "Reconciling").status, "True");
+        assert_eq!(get(&status, "Stalled").status, "False");
+        assert_eq!(status.observed_generation, Some(1));
+        assert_eq!(
+            status.endpoint.as_deref(),
+            Some("http://inventory-mcp.agents.svc:8080/mcp")
+        );
+
+        let available = deployment(2, "True");
+        let b = PostgresMcpBinding {
+            status: Some(status),
+            ..b
+        };
+        let status = compute(
+            &b,
+            &Outcome::Applied {
+                valid: &valid,
+                desired: &desired,
+                deployment: Some(&available),
+            },
+            &at(200),
+        );
+        let ready = get(&status, "Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("True", "Ready")
+        );
+        assert_eq!(ready.last_transition_time, at(200));
+        assert_eq!(
+            get(&status, "ServerAvailable").message,
+            "2/2 replicas of Deployment agents/inventory-mcp are available at http://inventory-mcp.agents.svc:8080/mcp"
+        );
+        assert_eq!(get(&status, "Reconciling").status, "False");
+        // Steps this version does not manage inform without blocking Ready.
+        assert_eq!(get(&status, "DatabaseReady").status, "Unknown");
+        assert_eq!(
+            get(&status, "IdentityReady").reason,
+            "WorkloadIdentityConfigured"
+        );
+    }
+
+    #[test]
+    fn an_unchanged_outcome_computes_the_stored_status_so_nothing_is_written() {
+        let (b, valid, desired) = entra();
+        let available = deployment(2, "True");
+        let outcome = Outcome::Applied {
+            valid: &valid,
+            desired: &desired,
+            deployment: Some(&available),
+        };
+        let first = compute(&b, &outcome, &at(100));
+        let b = PostgresMcpBinding {
+            status: Some(first.clone()),
+            ..b
+        };
+        // Later, nothing changed: the very same status, old transition times included.
+        assert_eq!(compute(&b, &outcome, &at(500)), first);
+    }
+
+    #[test]
+    fn a_stalled_binding_keeps_its_step_conditions_and_names_the_problem() {
+        let (b, valid, desired) = entra();
+        let available = deployment(2, "True");
+        let ok = compute(
+            &b,
+            &Outcome::Applied {
+                valid: &valid,
+                desired: &desired,
+                deployment: Some(&available),
+            },
+            &at(100),
+        );
+        let b = PostgresMcpBinding {
+            status: Some(ok),
+            metadata: ObjectMeta {
+                generation: Some(2),
+                ..b.metadata.clone()
+            },
+            ..b
+        };
+        let status = compute(
+            &b,
+            &Outcome::Stalled {
+                reason: "SecretNotFound",
+                message: "secret agents/pg-admin … does not exist".to_owned(),
+            },
+            &at(300),
+        );
+        let stalled = get(&status, "Stalled");
+        assert_eq!(
+            (stalled.status.as_str(), stalled.reason.as_str()),
+            ("True", "SecretNotFound")
+        );
+        assert_eq!(stalled.last_transition_time, at(300));
+        assert_eq!(get(&status, "Ready").reason, "SecretNotFound");
+        assert_eq!(get(&status, "Reconciling").status, "False");
+        assert_eq!(
+            get(&status, "ServerAvailable").status,
+            "True",
+            "kept from before"
+        );
+        assert_eq!(status.observed_generation, Some(2));
+    }
+
+    #[test]
+    fn a_requested_foundry_connection_blocks_ready_until_it_is_managed() {
+        let mut b = binding("azure-entra-foundry.yaml");
+        b.spec.server.replicas = 1;
+        let valid = validate(&b, &Inputs::default()).unwrap();
+        let desired = build(
+            &valid,
+            &Defaults {
+                server_image: "img".to_owned(),
+                oidc_issuer: None,
+            },
+        );
+        let available = deployment(1, "True");
+        let status = compute(
+            &b,
+            &Outcome::Applied {
+                valid: &valid,
+                desired: &desired,
+                deployment: Some(&available),
+            },
+            &at(100),
+        );
+        assert_eq!(get(&status, "Ready").status, "False");
+        assert_eq!(get(&status, "FoundryConnectionReady").reason, "NotManaged");
+        assert_eq!(
+            get(&status, "IdentityReady").reason,
+            "FederatedCredentialNotManaged"
+        );
+    }
+
+    #[test]
+    fn zero_replicas_is_reported_as_such() {
+        let (mut b, _, _) = entra();
+        b.spec.server.replicas = 0;
+        let valid = validate(&b, &Inputs::default()).unwrap();
+        let desired = build(
+            &valid,
+            &Defaults {
+                server_image: "img".to_owned(),
+                oidc_issuer: None,
+            },
+        );
+        let scaled = deployment(0, "True");
+        let status = compute(
+            &b,
+            &Outcome::Applied {
+                valid: &valid,
+                desired: &desired,
+                deployment: Some(&scaled),
+            },
+            &at(100),
+        );
+        assert_eq!(get(&status, "ServerAvailable").reason, "ScaledToZero");
+        assert_eq!(get(&status, "Ready").reason, "ScaledToZero");
+    }
+}
