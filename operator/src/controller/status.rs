@@ -108,14 +108,22 @@ fn steps(valid: &Valid, desired: &Desired, deployment: Option<&Deployment>) -> V
     });
 
     let role = valid.identity.role();
+    let database = &valid.spec.postgres.database;
+    let todo = match &valid.identity {
+        Identity::Password { secret_name, .. } => format!(
+            "create LOGIN role {role} in database {database} with the password stored in Secret {ns}/{secret_name} (key password), and grant it SELECT on the granted tables"
+        ),
+        Identity::Entra { .. } => format!(
+            "create the Entra principal {role} (pgaadauth_create_principal) and grant it SELECT on the granted tables of database {database}"
+        ),
+    };
     steps.push(
         Step::new(
             ty::DATABASE_READY,
             "Unknown",
             "NotManaged",
             format!(
-                "this operator version does not create the principal or its grants yet: create role {role} in database {} and grant it SELECT on the granted tables",
-                valid.spec.postgres.database
+                "this operator version does not create the principal or its grants yet: {todo}"
             ),
         )
         .informative(),
