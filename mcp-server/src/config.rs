@@ -1,13 +1,15 @@
 //! Command line and configuration: the shared [`ServerConfig`] file (written by the operator)
 //! overridden by flags and environment, resolved into what the server runs with. The password
-//! is read from a file or the environment and never logged or echoed in errors.
+//! is read from a file or the environment and never logged or echoed in errors; with workload
+//! identity there is no password at all, only the webhook's `AZURE_*` variables.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use pgmcp_crds::config::{ScopeGrant, ServerConfig};
+use pgmcp_crds::config::{DEFAULT_AUTHORITY_HOST, EntraAuthConfig, ScopeGrant, ServerConfig};
+use pgmcp_identity::{POSTGRES_SCOPE, TokenProvider, WorkloadIdentity};
 
 use crate::db::ConnectOptions;
 
@@ -56,6 +58,28 @@ pub struct Args {
     /// Serve without caller authentication on a non-loopback address (development only).
     #[arg(long)]
     pub insecure_allow_unauthenticated: bool,
+    /// Require Microsoft Entra ID access tokens issued by this tenant (id or domain).
+    #[arg(long)]
+    pub entra_tenant_id: Option<String>,
+    /// Client id of the server's Entra app registration (tokens for it or its api:// URI pass).
+    #[arg(long)]
+    pub entra_audience: Option<String>,
+    /// App role a caller's token must carry (any one of them). Repeatable.
+    #[arg(long = "entra-required-role")]
+    pub entra_required_roles: Vec<String>,
+    /// Only accept callers with this object id (oid). Repeatable.
+    #[arg(long = "entra-allowed-caller")]
+    pub entra_allowed_callers: Vec<String>,
+    /// Entra authority for caller tokens (sovereign clouds), default https://login.microsoftonline.com.
+    #[arg(long)]
+    pub entra_authority_host: Option<String>,
+    /// The URL callers use for /mcp (named in the OAuth protected resource metadata).
+    #[arg(long)]
+    pub public_url: Option<String>,
+    /// Connect to PostgreSQL with an Entra token from AKS workload identity as the password
+    /// (AZURE_CLIENT_ID, AZURE_TENANT_ID, AZURE_FEDERATED_TOKEN_FILE, AZURE_AUTHORITY_HOST).
+    #[arg(long)]
+    pub workload_identity: bool,
     /// Log format: json (default) or text.
     #[arg(long, default_value = "json")]
     pub log_format: String,
@@ -70,6 +94,8 @@ pub struct Settings {
     pub stdio: bool,
     pub allow_unsafe_role: bool,
     pub insecure_allow_unauthenticated: bool,
+    /// Caller authentication, when configured.
+    pub entra: Option<EntraAuthConfig>,
 }
 
 /// A configuration problem, naming the flag, variable or file at fault.
@@ -219,29 +245,69 @@ impl Settings {
             return Err(err("max rows and statement timeout must be greater than 0"));
         }
 
+        if let Some(url) = &args.public_url {
+            file.http.public_url = Some(url.clone());
+        }
+        if let Some(url) = &file.http.public_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return Err(err(format!(
+                "public URL {url} is not an http(s) URL: use e.g. https://mcp.example.com/mcp"
+            )));
+        }
+        let entra = resolve_entra(args, file.auth.entra.clone())?;
+        file.auth.entra = entra.clone();
+
+        file.database.workload_identity |= args.workload_identity;
         let password_file = args
             .password_file
             .clone()
             .or_else(|| file.database.password_file.as_ref().map(PathBuf::from));
-        let password = match password_file {
-            Some(path) => Some(
-                std::fs::read_to_string(&path)
-                    .map_err(|e| {
-                        err(format!(
-                            "failed to read the password file {}: {e}",
-                            path.display()
-                        ))
-                    })?
-                    .trim_end_matches(['\r', '\n'])
-                    .to_owned(),
-            ),
-            None => {
-                let var = file
-                    .database
-                    .password_env
-                    .clone()
-                    .unwrap_or_else(|| "PGMCP_DATABASE_PASSWORD".to_owned());
-                env(&var).or(url_password)
+        let token = if file.database.workload_identity {
+            if password_file.is_some() || file.database.password_env.is_some() {
+                return Err(err(
+                    "workload identity and a password (--password-file, passwordFile, passwordEnv) \
+                     are exclusive: with workload identity the password is an Entra token",
+                ));
+            }
+            if !matches!(file.database.ssl_mode.as_str(), "require" | "verify-full") {
+                return Err(err(format!(
+                    "sslmode {} would send the Entra token unencrypted or unchecked: workload \
+                     identity needs sslmode=require or verify-full",
+                    file.database.ssl_mode
+                )));
+            }
+            let identity = WorkloadIdentity::from_env(&env).map_err(|e| err(e.to_string()))?;
+            Some(TokenProvider::new(
+                std::sync::Arc::new(identity),
+                POSTGRES_SCOPE,
+            ))
+        } else {
+            None
+        };
+        let password = if token.is_some() {
+            None
+        } else {
+            match password_file {
+                Some(path) => Some(
+                    std::fs::read_to_string(&path)
+                        .map_err(|e| {
+                            err(format!(
+                                "failed to read the password file {}: {e}",
+                                path.display()
+                            ))
+                        })?
+                        .trim_end_matches(['\r', '\n'])
+                        .to_owned(),
+                ),
+                None => {
+                    let var = file
+                        .database
+                        .password_env
+                        .clone()
+                        .unwrap_or_else(|| "PGMCP_DATABASE_PASSWORD".to_owned());
+                    env(&var).or(url_password)
+                }
             }
         };
 
@@ -257,6 +323,7 @@ impl Settings {
             dbname: file.database.dbname.clone(),
             user: file.database.user.clone(),
             password,
+            token,
             ssl_mode: file.database.ssl_mode.clone(),
             ssl_root_cert: file.database.ssl_root_cert.as_ref().map(PathBuf::from),
             pool_size: file.database.pool_size,
@@ -270,9 +337,80 @@ impl Settings {
             allow_unsafe_role: args.allow_unsafe_role,
             insecure_allow_unauthenticated: args.insecure_allow_unauthenticated
                 || file.auth.insecure_allow_unauthenticated,
+            entra,
             file,
         })
     }
+}
+
+/// The `--entra-*` flags over the file's `auth.entra`; `None` when neither configures it.
+fn resolve_entra(
+    args: &Args,
+    from_file: Option<EntraAuthConfig>,
+) -> Result<Option<EntraAuthConfig>, ConfigError> {
+    let flagged = args.entra_tenant_id.is_some()
+        || args.entra_audience.is_some()
+        || !args.entra_required_roles.is_empty()
+        || !args.entra_allowed_callers.is_empty()
+        || args.entra_authority_host.is_some();
+    if !flagged && from_file.is_none() {
+        return Ok(None);
+    }
+    let mut entra = from_file.unwrap_or_else(|| EntraAuthConfig {
+        tenant_id: String::new(),
+        audience: String::new(),
+        required_roles: Vec::new(),
+        allowed_caller_object_ids: Vec::new(),
+        authority_host: DEFAULT_AUTHORITY_HOST.to_owned(),
+    });
+    if let Some(tenant) = &args.entra_tenant_id {
+        entra.tenant_id = tenant.clone();
+    }
+    if let Some(audience) = &args.entra_audience {
+        entra.audience = audience.clone();
+    }
+    if !args.entra_required_roles.is_empty() {
+        entra.required_roles = args.entra_required_roles.clone();
+    }
+    if !args.entra_allowed_callers.is_empty() {
+        entra.allowed_caller_object_ids = args.entra_allowed_callers.clone();
+    }
+    if let Some(host) = &args.entra_authority_host {
+        entra.authority_host = host.clone();
+    }
+    let is_name = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+    };
+    if !is_name(&entra.tenant_id) {
+        return Err(err(format!(
+            "Entra tenant id {:?} is not a tenant id or domain: set --entra-tenant-id or auth.entra.tenantId",
+            entra.tenant_id
+        )));
+    }
+    if entra.audience.trim().is_empty() {
+        return Err(err(
+            "Entra audience is empty: set --entra-audience or auth.entra.audience to the client id \
+             of the server's app registration",
+        ));
+    }
+    if !entra.authority_host.starts_with("https://") {
+        return Err(err(format!(
+            "Entra authority host {} is not an https:// URL",
+            entra.authority_host
+        )));
+    }
+    if entra.required_roles.is_empty() && entra.allowed_caller_object_ids.is_empty() {
+        return Err(err(format!(
+            "Entra auth without required roles would accept any application of tenant {} that \
+             can get a token for {}: set --entra-required-role (auth.entra.requiredRoles) to an \
+             app role of the server's app registration, or list the callers with \
+             --entra-allowed-caller",
+            entra.tenant_id, entra.audience
+        )));
+    }
+    Ok(Some(entra))
 }
 
 #[cfg(test)]
@@ -417,5 +555,129 @@ mod tests {
         assert!(e.to_string().contains("listen address"), "{e}");
         let e = Settings::resolve(&args(&["--config", "/nonexistent.json"]), |_| None).unwrap_err();
         assert!(e.to_string().contains("--config /nonexistent.json"), "{e}");
+    }
+
+    #[test]
+    fn entra_flags_configure_caller_authentication_and_refuse_half_configurations() {
+        let s = Settings::resolve(
+            &args(&[
+                "--entra-tenant-id",
+                "22222222-2222-2222-2222-222222222222",
+                "--entra-audience",
+                "44444444-4444-4444-4444-444444444444",
+                "--entra-required-role",
+                "MCP.Read",
+                "--public-url",
+                "https://mcp.contoso.com/agents/sales/mcp",
+            ]),
+            |_| None,
+        )
+        .unwrap();
+        let entra = s.entra.unwrap();
+        assert_eq!(entra.required_roles, ["MCP.Read"]);
+        assert_eq!(entra.authority_host, "https://login.microsoftonline.com");
+        assert_eq!(
+            s.file.http.public_url.as_deref(),
+            Some("https://mcp.contoso.com/agents/sales/mcp")
+        );
+        assert!(
+            Settings::resolve(&args(&[]), |_| None)
+                .unwrap()
+                .entra
+                .is_none()
+        );
+
+        let e = Settings::resolve(&args(&["--entra-audience", "x"]), |_| None).unwrap_err();
+        assert!(e.to_string().contains("--entra-tenant-id"), "{e}");
+        let e = Settings::resolve(
+            &args(&["--entra-tenant-id", "t", "--entra-audience", "a"]),
+            |_| None,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("without required roles would accept any application"),
+            "{e}"
+        );
+        let e = Settings::resolve(
+            &args(&[
+                "--entra-tenant-id",
+                "t",
+                "--entra-audience",
+                "a",
+                "--entra-allowed-caller",
+                "oid",
+                "--entra-authority-host",
+                "http://login.example",
+            ]),
+            |_| None,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("not an https:// URL"), "{e}");
+    }
+
+    #[test]
+    fn workload_identity_needs_the_webhook_variables_and_tls_and_no_password() {
+        let webhook = |var: &str| {
+            match var {
+                "AZURE_CLIENT_ID" => Some("11111111-1111-1111-1111-111111111111"),
+                "AZURE_TENANT_ID" => Some("22222222-2222-2222-2222-222222222222"),
+                "AZURE_FEDERATED_TOKEN_FILE" => {
+                    Some("/var/run/secrets/azure/tokens/azure-identity-token")
+                }
+                "PGMCP_DATABASE_PASSWORD" => Some("ignored"),
+                _ => None,
+            }
+            .map(str::to_owned)
+        };
+        let url = "postgres://sales-mcp@contoso.postgres.database.azure.com/sales?sslmode=require";
+        let s = Settings::resolve(
+            &args(&["--database-url", url, "--workload-identity"]),
+            webhook,
+        )
+        .unwrap();
+        assert!(
+            s.connect.password.is_none(),
+            "no password: the token is the password"
+        );
+        let token = s.connect.token.as_ref().unwrap();
+        assert_eq!(
+            token.scope(),
+            "https://ossrdbms-aad.database.windows.net/.default"
+        );
+        assert!(
+            token.identity().contains("client id 11111111"),
+            "{}",
+            token.identity()
+        );
+
+        let e = Settings::resolve(
+            &args(&["--database-url", url, "--workload-identity"]),
+            |_| None,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("AZURE_CLIENT_ID is not set"), "{e}");
+        let plain = "postgres://sales-mcp@db/sales?sslmode=prefer";
+        let e = Settings::resolve(
+            &args(&["--database-url", plain, "--workload-identity"]),
+            webhook,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("sslmode=require or verify-full"),
+            "{e}"
+        );
+        let e = Settings::resolve(
+            &args(&[
+                "--database-url",
+                url,
+                "--workload-identity",
+                "--password-file",
+                "/p",
+            ]),
+            webhook,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("exclusive"), "{e}");
     }
 }

@@ -7,22 +7,88 @@
 //! them), and every statement runs inside `BEGIN READ ONLY` through the
 //! extended protocol, which carries exactly one statement. Rows are fetched through a portal
 //! limited to `max_rows + 1`, so a huge result is never read past the cap.
+//!
+//! With workload identity every new connection gets a current Entra token as its password
+//! ([`Connector`]); an open connection stays open past its token's expiry (Azure only checks the
+//! token at login), and a failed token exchange fails only the connection attempt, so the pool
+//! recovers on its own once Entra answers again.
 
 use std::time::{Duration, Instant};
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
+use deadpool_postgres::ClientWrapper;
 use futures::{StreamExt as _, pin_mut};
+use pgmcp_identity::TokenProvider;
 use serde::Serialize;
 use serde_json::Value;
 use tokio_postgres::error::SqlState;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::pgvalue::{Cell, Param, ParamError};
+
+type Pool = managed::Pool<Connector>;
 
 /// The pool plus the caps every statement runs under.
 #[derive(Clone, Debug)]
 pub struct Database {
     pool: Pool,
     statement_timeout: Duration,
+}
+
+/// Opens pooled connections. With a token provider, the password of each new connection is the
+/// provider's current token (fetched or refreshed as needed).
+pub struct Connector {
+    pg: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
+    token: Option<TokenProvider>,
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector")
+            .field("token", &self.token.as_ref().map(TokenProvider::scope))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a new connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(transparent)]
+    Token(#[from] pgmcp_identity::Error),
+    #[error(transparent)]
+    Postgres(#[from] tokio_postgres::Error),
+}
+
+impl managed::Manager for Connector {
+    type Type = ClientWrapper;
+    type Error = ConnectError;
+
+    async fn create(&self) -> Result<ClientWrapper, ConnectError> {
+        let mut pg = self.pg.clone();
+        if let Some(provider) = &self.token {
+            let token = provider.token().await?;
+            pg.password(token.secret().as_bytes());
+        }
+        let (client, connection) = pg.connect(self.tls.clone()).await?;
+        let task = tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(error = %err, "database connection ended");
+            }
+        });
+        Ok(ClientWrapper::new(client, task))
+    }
+
+    async fn recycle(
+        &self,
+        client: &mut ClientWrapper,
+        _: &Metrics,
+    ) -> RecycleResult<ConnectError> {
+        if client.is_closed() {
+            return Err(RecycleError::message("the connection is closed"));
+        }
+        Ok(())
+    }
 }
 
 /// Connection settings, resolved (password included) from the configuration.
@@ -33,6 +99,8 @@ pub struct ConnectOptions {
     pub dbname: String,
     pub user: String,
     pub password: Option<String>,
+    /// Entra tokens used as the password of each new connection (workload identity).
+    pub token: Option<TokenProvider>,
     pub ssl_mode: String,
     /// PEM file of the CAs trusted for `verify-full` (default: the Mozilla roots).
     pub ssl_root_cert: Option<std::path::PathBuf>,
@@ -50,6 +118,7 @@ impl std::fmt::Debug for ConnectOptions {
             .field("dbname", &self.dbname)
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("token", &self.token.as_ref().map(|t| t.identity()))
             .finish_non_exhaustive()
     }
 }
@@ -161,14 +230,17 @@ fn with_causes(err: &dyn std::error::Error) -> String {
     text
 }
 
-impl From<deadpool_postgres::PoolError> for DbError {
-    fn from(err: deadpool_postgres::PoolError) -> Self {
+impl From<managed::PoolError<ConnectError>> for DbError {
+    fn from(err: managed::PoolError<ConnectError>) -> Self {
         match err {
-            deadpool_postgres::PoolError::Backend(e) => {
+            managed::PoolError::Backend(ConnectError::Postgres(e)) => {
                 DbError::Unavailable(match e.as_db_error() {
                     Some(db) => format!("{}: {}", db.code().code(), db.message()),
                     None => with_causes(&e),
                 })
+            }
+            managed::PoolError::Backend(ConnectError::Token(e)) => {
+                DbError::Unavailable(e.to_string())
             }
             other => DbError::Unavailable(with_causes(&other)),
         }
@@ -249,18 +321,16 @@ impl Database {
             timeout_ms * 2 + 1000,
             escape_option(&search_path)
         ));
-        let manager = Manager::from_config(
+        let manager = Connector {
             pg,
             tls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+            token: options.token.clone(),
+        };
         let pool = Pool::builder(manager)
             .max_size(options.pool_size.max(1))
             .wait_timeout(Some(Duration::from_secs(10)))
             .create_timeout(Some(Duration::from_secs(10)))
-            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .runtime(deadpool::Runtime::Tokio1)
             .build()
             .map_err(|e| format!("failed to create the connection pool: {e}"))?;
         Ok(Self {
@@ -280,7 +350,7 @@ impl Database {
     }
 
     /// Pool size and idle connections, for metrics.
-    pub fn pool_status(&self) -> deadpool_postgres::Status {
+    pub fn pool_status(&self) -> deadpool::Status {
         self.pool.status()
     }
 

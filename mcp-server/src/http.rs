@@ -1,4 +1,6 @@
-//! The HTTP application: Streamable HTTP MCP at `/mcp`, `/healthz`, `/readyz`, `/metrics`.
+//! The HTTP application: Streamable HTTP MCP at `/mcp` (behind caller authentication, see
+//! [`crate::auth`]), `/healthz`, `/readyz`, `/metrics`, and the OAuth protected resource
+//! metadata at `/.well-known/oauth-protected-resource`.
 //!
 //! Sessions are issued (2025-11-25 clients expect them) but any replica accepts any session id
 //! (see [`crate::sessions`]), so several replicas behind one Service need no session affinity.
@@ -16,6 +18,7 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::{self, Auth};
 use crate::metrics::Metrics;
 use crate::server::PgMcpServer;
 use crate::sessions::ReplicaSessions;
@@ -29,9 +32,10 @@ pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 pub struct AppState {
     pub tools: Arc<Tools>,
     pub metrics: Arc<Metrics>,
+    pub auth: Arc<Auth>,
 }
 
-const LOOPBACK_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+pub(crate) const LOOPBACK_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 const LOOPBACK_ORIGINS: [&str; 3] = ["http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*"];
 
 /// Builds the application. `shutdown` ends open MCP streams on SIGTERM.
@@ -60,8 +64,20 @@ pub fn router(state: AppState, http: &HttpConfig, shutdown: CancellationToken) -
         Arc::default(),
         config,
     );
+    let mcp =
+        axum::Router::new()
+            .nest_service("/mcp", mcp)
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                auth::require_token,
+            ));
     axum::Router::new()
-        .nest_service("/mcp", mcp)
+        .merge(mcp)
+        .route(auth::prm::WELL_KNOWN, get(auth::prm::metadata))
+        .route(
+            &format!("{}/{{*resource}}", auth::prm::WELL_KNOWN),
+            get(auth::prm::metadata),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
@@ -70,6 +86,11 @@ pub fn router(state: AppState, http: &HttpConfig, shutdown: CancellationToken) -
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     match state.tools.db.ping().await {
+        Ok(()) if state.auth.validator.is_none() => (
+            StatusCode::OK,
+            "ok\nWARNING: caller authentication is disabled: anyone who can reach /mcp can read the granted tables\n"
+                .to_owned(),
+        ),
         Ok(()) => (StatusCode::OK, "ok".to_owned()),
         Err(err) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {err}")),
     }

@@ -1,8 +1,10 @@
 //! pgmcp-server: a read-only PostgreSQL MCP server.
 //!
-//! `router()` builds the HTTP application (`/mcp`, `/healthz`, `/readyz`, `/metrics`);
+//! `router()` builds the HTTP application (`/mcp`, `/healthz`, `/readyz`, `/metrics`,
+//! `/.well-known/oauth-protected-resource`);
 //! `main.rs` only parses arguments and serves it (or stdio).
 
+pub mod auth;
 pub mod config;
 pub mod db;
 pub mod http;

@@ -1,10 +1,13 @@
-//! pgmcp-server: parse arguments, check the database role, serve MCP over HTTP or stdio.
+//! pgmcp-server: parse arguments, get the first database token (workload identity), check the
+//! database role, serve MCP over HTTP (with caller authentication) or stdio.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
+use pgmcp_server::auth::Auth;
+use pgmcp_server::auth::jwt::EntraValidator;
 use pgmcp_server::config::{Args, Settings};
 use pgmcp_server::db::Database;
 use pgmcp_server::metrics::Metrics;
@@ -22,6 +25,9 @@ async fn main() -> anyhow::Result<()> {
     let db = Database::new(&settings.connect).map_err(anyhow::Error::msg)?;
     let scope = Scope::new(settings.file.scope.grants.clone());
     let tools = Arc::new(Tools::new(db, scope, settings.file.limits.clone()));
+    if let Some(provider) = &settings.connect.token {
+        first_token(provider).await?;
+    }
     check_role(&tools, &settings).await?;
     let metrics = Arc::new(Metrics::default());
 
@@ -35,19 +41,47 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
 
-    if !settings.listen.ip().is_loopback() && !settings.insecure_allow_unauthenticated {
-        anyhow::bail!(
-            "refusing to serve without caller authentication on {}: listen on 127.0.0.1, or pass \
-             --insecure-allow-unauthenticated (development only)",
-            settings.listen
-        );
-    }
-    if settings.insecure_allow_unauthenticated {
-        tracing::warn!(listen = %settings.listen, "serving WITHOUT caller authentication: anyone who can reach this address can read the granted tables");
-    }
+    let validator = match &settings.entra {
+        Some(entra) => {
+            let validator = EntraValidator::new(entra.clone()).map_err(anyhow::Error::msg)?;
+            tracing::info!(
+                tenant = %entra.tenant_id,
+                audience = %entra.audience,
+                required_roles = ?entra.required_roles,
+                allowed_callers = entra.allowed_caller_object_ids.len(),
+                "callers must present Microsoft Entra ID access tokens"
+            );
+            // Warm the key cache; a failure here is retried on the first request.
+            if let Err(err) = validator.prefetch().await {
+                tracing::warn!(error = %err, "failed to fetch the tenant's signing keys; retrying on the first request");
+            }
+            Some(Arc::new(validator))
+        }
+        None => {
+            if !settings.listen.ip().is_loopback() && !settings.insecure_allow_unauthenticated {
+                anyhow::bail!(
+                    "refusing to serve without caller authentication on {}: configure Entra ID \
+                     (--entra-tenant-id, --entra-audience, --entra-required-role), listen on \
+                     127.0.0.1, or pass --insecure-allow-unauthenticated (development only)",
+                    settings.listen
+                );
+            }
+            tracing::warn!(listen = %settings.listen, "serving WITHOUT caller authentication: anyone who can reach this address can read the granted tables");
+            None
+        }
+    };
+    let auth = Arc::new(Auth {
+        validator,
+        public_url: settings.file.http.public_url.clone(),
+        allowed_hosts: settings.file.http.allowed_hosts.clone(),
+    });
     let shutdown = CancellationToken::new();
     let app = router(
-        AppState { tools, metrics },
+        AppState {
+            tools,
+            metrics,
+            auth,
+        },
         &settings.file.http,
         shutdown.clone(),
     );
@@ -65,6 +99,30 @@ async fn main() -> anyhow::Result<()> {
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await?;
     Ok(())
+}
+
+/// Gets the first database token. Entra refusing the exchange (no matching federated credential,
+/// unknown client, …) stops the start at once with its reason; an unreachable authority is
+/// retried for a minute.
+async fn first_token(provider: &pgmcp_identity::TokenProvider) -> anyhow::Result<()> {
+    let mut delay = Duration::from_millis(500);
+    let started = std::time::Instant::now();
+    loop {
+        match provider.token().await {
+            Ok(_) => {
+                tracing::info!(identity = %provider.identity(), "the database password is an Entra token (workload identity)");
+                return Ok(());
+            }
+            Err(err) if err.is_rejected() || started.elapsed() > Duration::from_secs(60) => {
+                anyhow::bail!("refusing to start: {err}")
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "Entra token not available yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
 }
 
 /// Retries while the database is unreachable (it may start after us), then checks the role.

@@ -20,6 +20,11 @@ pub struct ToolLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthLabels {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolLabels {
     pub state: &'static str,
 }
@@ -32,6 +37,7 @@ pub struct Metrics {
     pub tool_duration: Family<ToolLabels, Histogram>,
     pub rows_returned: Family<ToolLabels, Counter>,
     pub pool_connections: Family<PoolLabels, Gauge>,
+    pub auth_requests: Family<AuthLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -63,8 +69,15 @@ impl Default for Metrics {
             "Database pool connections: size (open), available (idle), max",
             pool_connections.clone(),
         );
+        let auth_requests = Family::<AuthLabels, Counter>::default();
+        registry.register(
+            "auth_requests",
+            "Requests to /mcp by caller authentication outcome",
+            auth_requests.clone(),
+        );
         Self {
             registry,
+            auth_requests,
             tool_calls,
             tool_duration,
             rows_returned,
@@ -75,7 +88,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// The text exposition format, with the pool gauges read now.
-    pub fn render(&self, pool: deadpool_postgres::Status) -> String {
+    pub fn render(&self, pool: deadpool::Status) -> String {
         for (state, value) in [
             ("size", pool.size),
             ("available", pool.available),

@@ -1,7 +1,7 @@
 //! The MCP tool router: every tool the server offers, as thin wrappers over `tools/`.
 //!
-//! Each wrapper times the call, writes one audit line, updates the metrics, and turns the
-//! result into MCP: structured JSON on success, a tool error (`isError: true`) with a sentence
+//! Each wrapper times the call, writes one audit line (with the caller's Entra identity when the
+//! request was authenticated), updates the metrics, and turns the result into MCP: structured JSON on success, a tool error (`isError: true`) with a sentence
 //! the model can act on otherwise. Unknown tools and malformed arguments are protocol errors,
 //! answered by rmcp itself.
 
@@ -11,10 +11,13 @@ use std::time::Instant;
 
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
-use rmcp::model::{CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig};
+use rmcp::model::{
+    CallToolResult, ContentBlock, Extensions, Implementation, ServerCapabilities, ServerConfig,
+};
 use rmcp::{ErrorData, ServerHandler, tool, tool_handler, tool_router};
 use serde::Serialize;
 
+use crate::auth::Caller;
 use crate::metrics::{CallLabels, Metrics, ToolLabels};
 use crate::sql_guard;
 use crate::tools::catalog::{
@@ -78,6 +81,7 @@ impl PgMcpServer {
 
     async fn run<T, F>(
         &self,
+        extensions: &Extensions,
         tool: &'static str,
         statement: Option<&str>,
         call: F,
@@ -106,9 +110,15 @@ impl PgMcpServer {
             .rows_returned
             .get_or_create(&ToolLabels { tool })
             .inc_by(rows as u64);
+        let caller = Caller::of(extensions);
+        let field = |f: fn(&Caller) -> Option<&String>| {
+            caller.as_ref().and_then(f).cloned().unwrap_or_default()
+        };
         tracing::info!(
             target: "audit",
-            caller = "anonymous",
+            caller = crate::auth::audit_caller(caller.as_ref()),
+            caller_app_id = field(|c| c.app_id.as_ref()),
+            caller_name = field(|c| c.name.as_ref()),
             tool,
             statement = fingerprint.as_deref().unwrap_or(""),
             rows,
@@ -144,8 +154,10 @@ impl PgMcpServer {
     async fn list_databases(
         &self,
         Parameters(args): Parameters<ListDatabasesArgs>,
+        extensions: Extensions,
     ) -> Result<CallToolResult, ErrorData> {
         self.run(
+            &extensions,
             "list_databases",
             None,
             catalog::list_databases(&self.tools, args),
@@ -160,8 +172,10 @@ impl PgMcpServer {
     async fn list_schemas(
         &self,
         Parameters(args): Parameters<ListSchemasArgs>,
+        extensions: Extensions,
     ) -> Result<CallToolResult, ErrorData> {
         self.run(
+            &extensions,
             "list_schemas",
             None,
             catalog::list_schemas(&self.tools, args),
@@ -176,9 +190,15 @@ impl PgMcpServer {
     async fn list_tables(
         &self,
         Parameters(args): Parameters<ListTablesArgs>,
+        extensions: Extensions,
     ) -> Result<CallToolResult, ErrorData> {
-        self.run("list_tables", None, catalog::list_tables(&self.tools, args))
-            .await
+        self.run(
+            &extensions,
+            "list_tables",
+            None,
+            catalog::list_tables(&self.tools, args),
+        )
+        .await
     }
 
     #[tool(
@@ -192,8 +212,10 @@ impl PgMcpServer {
     async fn describe_table(
         &self,
         Parameters(args): Parameters<DescribeTableArgs>,
+        extensions: Extensions,
     ) -> Result<CallToolResult, ErrorData> {
         self.run(
+            &extensions,
             "describe_table",
             None,
             catalog::describe_table(&self.tools, args),
@@ -212,8 +234,10 @@ impl PgMcpServer {
     async fn list_relationships(
         &self,
         Parameters(args): Parameters<ListRelationshipsArgs>,
+        extensions: Extensions,
     ) -> Result<CallToolResult, ErrorData> {
         self.run(
+            &extensions,
             "list_relationships",
             None,
             catalog::list_relationships(&self.tools, args),
@@ -232,8 +256,10 @@ impl PgMcpServer {
     async fn search_objects(
         &self,
         Parameters(args): Parameters<SearchObjectsArgs>,
+        extensions: Extensions,
     ) -> Result<CallToolResult, ErrorData> {
         self.run(
+            &extensions,
             "search_objects",
             None,
             catalog::search_objects(&self.tools, args),
@@ -252,10 +278,16 @@ impl PgMcpServer {
     async fn query(
         &self,
         Parameters(args): Parameters<QueryArgs>,
+        extensions: Extensions,
     ) -> Result<CallToolResult, ErrorData> {
         let statement = args.sql.clone();
-        self.run("query", Some(&statement), sql::query(&self.tools, args))
-            .await
+        self.run(
+            &extensions,
+            "query",
+            Some(&statement),
+            sql::query(&self.tools, args),
+        )
+        .await
     }
 
     #[tool(
@@ -269,10 +301,16 @@ impl PgMcpServer {
     async fn explain(
         &self,
         Parameters(args): Parameters<ExplainArgs>,
+        extensions: Extensions,
     ) -> Result<CallToolResult, ErrorData> {
         let statement = args.sql.clone();
-        self.run("explain", Some(&statement), sql::explain(&self.tools, args))
-            .await
+        self.run(
+            &extensions,
+            "explain",
+            Some(&statement),
+            sql::explain(&self.tools, args),
+        )
+        .await
     }
 
     #[tool(
@@ -286,9 +324,15 @@ impl PgMcpServer {
     async fn server_info(
         &self,
         Parameters(args): Parameters<ServerInfoArgs>,
+        extensions: Extensions,
     ) -> Result<CallToolResult, ErrorData> {
-        self.run("server_info", None, catalog::server_info(&self.tools, args))
-            .await
+        self.run(
+            &extensions,
+            "server_info",
+            None,
+            catalog::server_info(&self.tools, args),
+        )
+        .await
     }
 }
 

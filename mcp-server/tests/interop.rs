@@ -5,11 +5,11 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::server::{BIN, ServerProcess, clients, shop_args};
+use common::server::{BIN, ServerProcess, clients, run_python_client, shop_args};
 use common::shop;
 use serde_json::{Value, json};
 
@@ -43,22 +43,7 @@ fn every_tool_script() -> Value {
 
 /// Runs the Python SDK client with `args`, feeding `script`; returns its JSON document.
 fn python_client(args: &[String], script: &Value, env: &[(&str, &str)]) -> Value {
-    let c = clients();
-    let mut child = Command::new(&c.python)
-        .arg(&c.client)
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python client");
-    std::io::Write::write_all(
-        &mut child.stdin.take().unwrap(),
-        script.to_string().as_bytes(),
-    )
-    .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = run_python_client(args, script, env);
     assert!(
         out.status.success(),
         "mcp_client.py {args:?} failed: {}",

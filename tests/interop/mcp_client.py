@@ -5,7 +5,7 @@ Drives a server through the SDK's own transports, so the pgmcp tests check
 that a third-party client (not our code) can talk to our server.
 
 Usage:
-    mcp_client.py --url http://127.0.0.1:PORT/mcp [--header 'Authorization: Bearer x'] [--sessions N]
+    mcp_client.py --url http://127.0.0.1:PORT/mcp [--bearer TOKEN] [--header 'Name: value'] [--sessions N]
     mcp_client.py --stdio -- COMMAND [ARGS...]
 
 Reads a JSON script on stdin (empty stdin = no calls):
@@ -104,6 +104,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="'Name: value'",
         help="extra HTTP header for every request (repeatable; HTTP only)",
     )
+    p.add_argument(
+        "--bearer",
+        metavar="TOKEN",
+        help="send 'Authorization: Bearer TOKEN' with every request (HTTP only), e.g. an Entra ID access token",
+    )
     p.add_argument("--sessions", type=int, default=1, metavar="N", help="open N sessions in sequence (HTTP only)")
     p.add_argument(
         "--no-keepalive",
@@ -126,14 +131,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error("a server command is only allowed with --stdio")
     if args.sessions < 1:
         p.error("--sessions must be >= 1")
-    if args.stdio and (args.header or args.sessions != 1):
-        p.error("--header and --sessions apply to --url only")
+    if args.stdio and (args.header or args.bearer or args.sessions != 1):
+        p.error("--header, --bearer and --sessions apply to --url only")
     headers: dict[str, str] = {}
     for h in args.header:
         name, sep, value = h.partition(":")
         if not sep or not name.strip():
             p.error(f"bad --header {h!r}: use 'Name: value'")
         headers[name.strip()] = value.strip()
+    if args.bearer:
+        headers["Authorization"] = f"Bearer {args.bearer}"
     args.headers = headers
     return args
 

@@ -11,6 +11,7 @@
 
 pub mod controlplane;
 pub mod daemon;
+pub mod entra;
 pub mod http;
 pub mod mcp;
 pub mod operator;

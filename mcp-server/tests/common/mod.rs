@@ -80,6 +80,7 @@ impl Shop {
             dbname: self.db.name.clone(),
             user: self.role.clone(),
             password: Some(READER_PASSWORD.to_owned()),
+            token: None,
             ssl_mode: "disable".into(),
             ssl_root_cert: None,
             pool_size: 4,

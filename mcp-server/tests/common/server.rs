@@ -52,13 +52,28 @@ impl ServerProcess {
     /// Like [`ServerProcess::start`], with `query` as the database URL's query string.
     pub async fn start_with_url(shop: &Shop, query: &str, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = pgmcp_tests::paths::free_port().expect("port");
         let mut args = shop_args_with(shop, dir.path(), query);
-        args.extend(["--listen".into(), format!("127.0.0.1:{port}")]);
         args.extend(extra.iter().map(|s| (*s).to_owned()));
-        let daemon =
-            Daemon::spawn(Spec::new("pgmcp-server", BIN, dir.path().join("server.log")).args(args))
-                .expect("start pgmcp-server");
+        Self::start_args(dir, args, &[]).await
+    }
+
+    /// Starts `pgmcp-server ARGS --listen 127.0.0.1:<free port>` with `env` added to its
+    /// environment (through env(1): the test process's own environment is left alone), and
+    /// waits for /readyz.
+    pub async fn start_args(
+        dir: tempfile::TempDir,
+        args: Vec<String>,
+        env: &[(String, String)],
+    ) -> Self {
+        let port = pgmcp_tests::paths::free_port().expect("port");
+        let mut command: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        command.push(BIN.to_owned());
+        command.extend(args);
+        command.extend(["--listen".into(), format!("127.0.0.1:{port}")]);
+        let daemon = Daemon::spawn(
+            Spec::new("pgmcp-server", "env", dir.path().join("server.log")).args(command),
+        )
+        .expect("start pgmcp-server");
         let mut server = Self { port, dir, daemon };
         if let Err(err) =
             pgmcp_tests::http::wait_ready(port, &mut server.daemon, Duration::from_secs(30)).await
@@ -88,6 +103,56 @@ impl ServerProcess {
 }
 
 pub use pgmcp_tests::http::request as http;
+
+/// Opens a 2025-11-25 session with `extra` headers on every request (e.g. `Authorization`) and
+/// calls `tool`: the `tools/call` result, or the status and head of the first refused request.
+pub async fn call_tool(
+    port: u16,
+    extra: &[(&str, &str)],
+    tool: &str,
+    arguments: serde_json::Value,
+) -> Result<serde_json::Value, (u16, String)> {
+    let mut headers: Vec<(String, String)> = MCP_HEADERS
+        .iter()
+        .chain(extra)
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let post = |headers: Vec<(String, String)>, body: String| async move {
+        let refs: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        http(port, "POST", "/mcp", &refs, &body)
+            .await
+            .expect("request")
+    };
+    let initialize = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw-test","version":"1"}}}"#;
+    let (status, head, _) = post(headers.clone(), initialize.to_owned()).await;
+    if status != 200 {
+        return Err((status, head));
+    }
+    let session = pgmcp_tests::http::header(&head, "mcp-session-id").expect("Mcp-Session-Id");
+    headers.push(("Mcp-Session-Id".into(), session));
+    headers.push(("MCP-Protocol-Version".into(), "2025-11-25".into()));
+    let (status, head, _) = post(
+        headers.clone(),
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#.to_owned(),
+    )
+    .await;
+    if status != 202 {
+        return Err((status, head));
+    }
+    let call = serde_json::json!({
+        "jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": tool, "arguments": arguments},
+    });
+    let (status, head, body) = post(headers, call.to_string()).await;
+    if status != 200 {
+        return Err((status, head));
+    }
+    let message = pgmcp_tests::http::jsonrpc_message(&body).expect("a JSON-RPC answer");
+    Ok(message["result"].clone())
+}
 
 /// JSON-RPC POST headers of a 2025-11-25 client.
 pub const MCP_HEADERS: [(&str, &str); 2] = [
@@ -120,4 +185,27 @@ pub fn clients() -> Clients {
         );
     }
     clients
+}
+
+/// Runs tests/interop/mcp_client.py (the official MCP Python SDK) with `args`, feeding `script`
+/// on stdin, with `env` added to its environment.
+pub fn run_python_client(
+    args: &[String],
+    script: &serde_json::Value,
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    let c = clients();
+    let mut child = std::process::Command::new(&c.python)
+        .arg(&c.client)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python client");
+    if let Some(mut stdin) = child.stdin.take() {
+        std::io::Write::write_all(&mut stdin, script.to_string().as_bytes()).expect("script");
+    }
+    child.wait_with_output().expect("python client output")
 }

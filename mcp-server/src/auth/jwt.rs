@@ -1,0 +1,423 @@
+//! Validation of Microsoft Entra ID access tokens, as Entra issues them: RS256 only, issuer v2
+//! (`{authority}/{tenant}/v2.0`) or v1 (`https://sts.windows.net/{tenant}/` in the public
+//! cloud) as the tenant's OIDC discovery documents name them, audience the app's client id or
+//! its `api://` URI, `exp`/`nbf` with a minute of skew, a signature by a key of the tenant's
+//! JWKS, an app role from the required ones, and optionally an allowed caller object id.
+//!
+//! Keys come from OIDC discovery (v2 and v1 documents) and are cached; an unknown `kid` fetches
+//! them again, at most once per [`MIN_KEY_REFRESH_INTERVAL`], so forged tokens cannot make the
+//! server hammer Entra. Crypto is jsonwebtoken's (aws-lc-rs); nothing here is hand-written.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use pgmcp_crds::config::EntraAuthConfig;
+use serde::Deserialize;
+
+use super::Caller;
+
+/// Smallest time between two key fetches caused by unknown `kid`s.
+pub const MIN_KEY_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
+/// Keys older than this are fetched again on the next request.
+const MAX_KEY_AGE: Duration = Duration::from_secs(6 * 3600);
+/// Clock skew tolerated on `exp` and `nbf`.
+const LEEWAY_SECONDS: u64 = 60;
+/// Largest discovery or JWKS document read.
+const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
+
+/// Why a request was not let through.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// No usable token: 401 with the challenge and no error code (RFC 6750 §3.1).
+    #[error("no bearer token in the Authorization header")]
+    Missing,
+    /// A token that is not valid here: 401 `invalid_token`.
+    #[error("{0}")]
+    Invalid(String),
+    /// A valid token without the rights: 403 `insufficient_scope`.
+    #[error("{reason}")]
+    Forbidden { reason: String, label: &'static str },
+    /// The tenant's keys cannot be fetched: 503.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl Rejection {
+    /// Bounded label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Rejection::Missing => "missing_token",
+            Rejection::Invalid(_) => "invalid_token",
+            Rejection::Forbidden { label, .. } => label,
+            Rejection::Unavailable(_) => "keys_unavailable",
+        }
+    }
+}
+
+fn invalid(reason: impl Into<String>) -> Rejection {
+    Rejection::Invalid(reason.into())
+}
+
+/// The claims read from a validated token.
+#[derive(Debug, Deserialize)]
+struct Claims {
+    #[serde(default)]
+    roles: Vec<String>,
+    #[serde(default)]
+    oid: Option<String>,
+    /// v1 tokens: the calling application.
+    #[serde(default)]
+    appid: Option<String>,
+    /// v2 tokens: the calling application.
+    #[serde(default)]
+    azp: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Discovery {
+    issuer: String,
+    jwks_uri: String,
+}
+
+/// The tenant's issuers and signing keys, as last fetched.
+struct KeySet {
+    issuers: Vec<String>,
+    keys: HashMap<String, DecodingKey>,
+    fetched: Instant,
+}
+
+/// Validates caller tokens for one tenant and audience.
+pub struct EntraValidator {
+    config: EntraAuthConfig,
+    audiences: Vec<String>,
+    http: reqwest::Client,
+    keys: tokio::sync::RwLock<Option<KeySet>>,
+    /// When keys were last requested (successfully or not); serialises refreshes.
+    last_fetch: tokio::sync::Mutex<Option<Instant>>,
+}
+
+impl std::fmt::Debug for EntraValidator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EntraValidator")
+            .field("tenant_id", &self.config.tenant_id)
+            .field("audiences", &self.audiences)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The audiences a token may carry: the client id and its `api://` URI, whichever was given.
+pub fn audiences(audience: &str) -> Vec<String> {
+    let audience = audience.trim();
+    match audience.strip_prefix("api://") {
+        Some(id) => vec![audience.to_owned(), id.to_owned()],
+        None => vec![audience.to_owned(), format!("api://{audience}")],
+    }
+}
+
+impl EntraValidator {
+    pub fn new(config: EntraAuthConfig) -> Result<Self, String> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| format!("failed to set up the HTTP client for Entra discovery: {e}"))?;
+        Ok(Self {
+            audiences: audiences(&config.audience),
+            config,
+            http,
+            keys: tokio::sync::RwLock::new(None),
+            last_fetch: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    pub fn config(&self) -> &EntraAuthConfig {
+        &self.config
+    }
+
+    fn authority(&self) -> String {
+        format!(
+            "{}/{}",
+            self.config.authority_host.trim_end_matches('/'),
+            self.config.tenant_id
+        )
+    }
+
+    /// The v2 issuer (`{authority}/{tenant}/v2.0`), named as the authorization server.
+    pub fn authorization_server(&self) -> String {
+        format!("{}/v2.0", self.authority())
+    }
+
+    /// Fetches discovery documents and keys now (start-up warm-up; errors are also returned).
+    pub async fn prefetch(&self) -> Result<(), String> {
+        let mut last = self.last_fetch.lock().await;
+        *last = Some(Instant::now());
+        let set = self.fetch().await?;
+        *self.keys.write().await = Some(set);
+        Ok(())
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, String> {
+        let response = self
+            .http
+            .get(url)
+            .header("accept", "application/json")
+            .send()
+            .await
+            .map_err(|e| format!("failed to fetch {url}: {}", with_causes(&e)))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(format!("failed to fetch {url}: HTTP {status}"));
+        }
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| format!("failed to read {url}: {e}"))?;
+        if body.len() > MAX_DOCUMENT_BYTES {
+            return Err(format!("{url} is larger than {MAX_DOCUMENT_BYTES} bytes"));
+        }
+        serde_json::from_slice(&body).map_err(|e| format!("failed to parse {url}: {e}"))
+    }
+
+    /// Both discovery documents, then every distinct JWKS they name.
+    async fn fetch(&self) -> Result<KeySet, String> {
+        let authority = self.authority();
+        let v2: Discovery = self
+            .get_json(&format!(
+                "{authority}/v2.0/.well-known/openid-configuration"
+            ))
+            .await?;
+        let mut issuers = vec![v2.issuer.clone()];
+        let mut jwks_uris = vec![v2.jwks_uri.clone()];
+        match self
+            .get_json::<Discovery>(&format!("{authority}/.well-known/openid-configuration"))
+            .await
+        {
+            Ok(v1) => {
+                if !issuers.contains(&v1.issuer) {
+                    issuers.push(v1.issuer);
+                }
+                if !jwks_uris.contains(&v1.jwks_uri) {
+                    jwks_uris.push(v1.jwks_uri);
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "v1 OIDC discovery failed; only v2 tokens are accepted")
+            }
+        }
+        let mut keys = HashMap::new();
+        for uri in &jwks_uris {
+            let set: JwkSet = self.get_json(uri).await?;
+            for jwk in &set.keys {
+                let Some(kid) = jwk.common.key_id.clone() else {
+                    continue;
+                };
+                // Keys this library cannot use (other key types) are skipped, not fatal.
+                if let Ok(key) = DecodingKey::from_jwk(jwk) {
+                    keys.insert(kid, key);
+                }
+            }
+        }
+        if keys.is_empty() {
+            return Err(format!(
+                "{} publishes no usable signing key",
+                jwks_uris.join(", ")
+            ));
+        }
+        tracing::info!(tenant = %self.config.tenant_id, keys = keys.len(), issuers = ?issuers, "fetched Entra signing keys");
+        Ok(KeySet {
+            issuers,
+            keys,
+            fetched: Instant::now(),
+        })
+    }
+
+    /// The key for `kid` with the accepted issuers, fetching keys when the cache lacks `kid`
+    /// (rate-limited) or is old.
+    async fn key(&self, kid: &str) -> Result<(DecodingKey, Vec<String>), Rejection> {
+        {
+            let keys = self.keys.read().await;
+            if let Some(set) = keys.as_ref()
+                && set.fetched.elapsed() < MAX_KEY_AGE
+                && let Some(key) = set.keys.get(kid)
+            {
+                return Ok((key.clone(), set.issuers.clone()));
+            }
+        }
+        let mut last = self.last_fetch.lock().await;
+        // Another request may have refreshed while this one waited.
+        let have_keys = {
+            let keys = self.keys.read().await;
+            if let Some(set) = keys.as_ref()
+                && let Some(key) = set.keys.get(kid)
+                && set.fetched.elapsed() < MAX_KEY_AGE
+            {
+                return Ok((key.clone(), set.issuers.clone()));
+            }
+            keys.is_some()
+        };
+        let may_fetch = last.is_none_or(|at| at.elapsed() >= MIN_KEY_REFRESH_INTERVAL);
+        if may_fetch {
+            *last = Some(Instant::now());
+            match self.fetch().await {
+                Ok(set) => *self.keys.write().await = Some(set),
+                Err(err) => {
+                    tracing::warn!(error = %err, "failed to fetch Entra signing keys");
+                    if !have_keys {
+                        return Err(Rejection::Unavailable(format!(
+                            "the signing keys of tenant {} cannot be fetched; try again shortly",
+                            self.config.tenant_id
+                        )));
+                    }
+                }
+            }
+        } else if !have_keys {
+            return Err(Rejection::Unavailable(format!(
+                "the signing keys of tenant {} cannot be fetched; try again shortly",
+                self.config.tenant_id
+            )));
+        }
+        let keys = self.keys.read().await;
+        match keys.as_ref() {
+            Some(set) => match set.keys.get(kid) {
+                Some(key) => Ok((key.clone(), set.issuers.clone())),
+                None => Err(invalid(format!(
+                    "the token is signed with key {} which tenant {} does not publish",
+                    printable(kid),
+                    self.config.tenant_id
+                ))),
+            },
+            None => Err(Rejection::Unavailable(format!(
+                "the signing keys of tenant {} cannot be fetched; try again shortly",
+                self.config.tenant_id
+            ))),
+        }
+    }
+
+    /// Checks a bearer token and returns who the caller is.
+    pub async fn validate(&self, token: &str) -> Result<Caller, Rejection> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| invalid("the token is not a signed JWT (Entra ID issues RS256 JWTs)"))?;
+        if header.alg != Algorithm::RS256 {
+            return Err(invalid(format!(
+                "tokens signed with {:?} are not accepted: Entra ID signs with RS256",
+                header.alg
+            )));
+        }
+        let kid = header
+            .kid
+            .ok_or_else(|| invalid("the token names no signing key (kid)"))?;
+        let (key, issuers) = self.key(&kid).await?;
+
+        let mut validation = Validation::new(Algorithm::RS256);
+        validation.leeway = LEEWAY_SECONDS;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        validation.set_issuer(&issuers);
+        validation.set_audience(&self.audiences);
+        let data = jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            invalid(match e.kind() {
+                ErrorKind::ExpiredSignature => "the token has expired".to_owned(),
+                ErrorKind::ImmatureSignature => "the token is not valid yet (nbf)".to_owned(),
+                ErrorKind::InvalidIssuer => format!(
+                    "the token was not issued by tenant {} (accepted issuers: {})",
+                    self.config.tenant_id,
+                    issuers.join(", ")
+                ),
+                ErrorKind::InvalidAudience => format!(
+                    "the token is not for this server (accepted audiences: {})",
+                    self.audiences.join(", ")
+                ),
+                ErrorKind::InvalidSignature => "the token's signature does not verify".to_owned(),
+                ErrorKind::MissingRequiredClaim(claim) => {
+                    format!("the token has no {} claim", printable(claim))
+                }
+                _ => "the token is malformed".to_owned(),
+            })
+        })?;
+        let claims = data.claims;
+        let required = &self.config.required_roles;
+        if !required.is_empty() && !claims.roles.iter().any(|r| required.contains(r)) {
+            return Err(Rejection::Forbidden {
+                reason: format!(
+                    "the token carries none of the app roles this server requires ({}); assign \
+                     one to the calling identity",
+                    required.join(", ")
+                ),
+                label: "missing_role",
+            });
+        }
+        let allowed = &self.config.allowed_caller_object_ids;
+        if !allowed.is_empty() {
+            let oid = claims.oid.as_deref().unwrap_or("");
+            if !allowed.iter().any(|a| a.eq_ignore_ascii_case(oid)) {
+                return Err(Rejection::Forbidden {
+                    reason: format!(
+                        "caller {} is not among the allowed callers of this server",
+                        printable(oid)
+                    ),
+                    label: "caller_not_allowed",
+                });
+            }
+        }
+        Ok(Caller {
+            oid: claims.oid,
+            app_id: claims.azp.or(claims.appid),
+            name: claims.name,
+        })
+    }
+}
+
+/// At most 64 characters of `value` that are safe inside a quoted header parameter.
+pub fn printable(value: &str) -> String {
+    value
+        .chars()
+        .filter(|c| c.is_ascii_graphic() && *c != '"' && *c != '\\')
+        .take(64)
+        .collect()
+}
+
+fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_id_and_its_api_uri_are_both_accepted_audiences() {
+        assert_eq!(
+            audiences("44444444-0000-0000-0000-000000000000"),
+            [
+                "44444444-0000-0000-0000-000000000000",
+                "api://44444444-0000-0000-0000-000000000000"
+            ]
+        );
+        assert_eq!(
+            audiences("api://sales-mcp"),
+            ["api://sales-mcp", "sales-mcp"]
+        );
+    }
+
+    #[test]
+    fn reasons_quoted_in_headers_are_made_safe() {
+        assert_eq!(printable("ab\"c\\d e\r\n"), "abcde");
+        assert_eq!(printable(&"x".repeat(100)).len(), 64);
+    }
+}

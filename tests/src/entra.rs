@@ -1,0 +1,955 @@
+//! A Microsoft Entra ID stand-in for tests, over HTTPS with a test CA, behaving like Entra for
+//! the flows pgmcp uses:
+//!
+//! - OIDC discovery (v2 `/{tenant}/v2.0/.well-known/openid-configuration`, v1
+//!   `/{tenant}/.well-known/openid-configuration`) and JWKS (`/{tenant}/discovery/v2.0/keys`,
+//!   `/{tenant}/discovery/keys`) per tenant, each tenant with its own RSA signing keys.
+//! - The token endpoint `/{tenant}/oauth2/v2.0/token`, `grant_type=client_credentials`, with a
+//!   client secret or with a client assertion
+//!   (`urn:ietf:params:oauth:client-assertion-type:jwt-bearer`) — workload identity federation:
+//!   the assertion is accepted only when a federated credential registered for the client id
+//!   matches its `iss`, `sub` and `aud`, and its signature verifies against the JWKS of its
+//!   issuer, fetched by OIDC discovery from the real test apiserver. Refusals use Entra's JSON
+//!   error format and AADSTS codes (AADSTS70021 when no federated credential matches).
+//! - Access tokens like Entra's: RS256 JWTs, v1 (`https://sts.windows.net/{tenant}/`, the
+//!   default for app registrations, `appid`) or v2 (`{authority}/{tenant}/v2.0`, `azp`), with the
+//!   app roles assigned to the caller. It also signs arbitrary caller tokens for inbound tests.
+//!
+//! Clients trust it the standard way: point `SSL_CERT_FILE` at [`EntraFake::ca_cert`] and
+//! `AZURE_AUTHORITY_HOST` (or the server's authority host) at [`EntraFake::url`].
+//!
+//! The fake runs on the tokio runtime of the test that started it; use a multi-threaded runtime
+//! when the test blocks a thread (a child process waited for synchronously).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::extract::{Form, Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde_json::{Value, json};
+
+/// Audience of ServiceAccount tokens exchanged through workload identity federation.
+pub const TOKEN_EXCHANGE_AUDIENCE: &str = "api://AzureADTokenExchange";
+/// Azure Database for PostgreSQL, a first-party resource every tenant knows.
+pub const POSTGRES_RESOURCE: &str = "https://ossrdbms-aad.database.windows.net";
+/// Azure Resource Manager.
+pub const ARM_RESOURCE: &str = "https://management.azure.com";
+const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// A federated identity credential of an app (or user-assigned managed identity).
+#[derive(Clone, Debug)]
+pub struct FederatedCredential {
+    pub issuer: String,
+    pub subject: String,
+    pub audiences: Vec<String>,
+}
+
+/// An app registration or managed identity in a tenant.
+#[derive(Clone, Debug, Default)]
+pub struct App {
+    pub client_id: String,
+    /// Object id of its service principal (the `oid` of the tokens it gets).
+    pub object_id: String,
+    pub display_name: String,
+    /// Accepted client secret, if any.
+    pub secret: Option<String>,
+    /// Version of the access tokens issued *for* this app as a resource (Entra's
+    /// `accessTokenAcceptedVersion`; 1 unless the manifest says 2).
+    pub access_token_version: u8,
+    pub federated_credentials: Vec<FederatedCredential>,
+}
+
+/// One access token the fake issued.
+#[derive(Clone, Debug)]
+pub struct Issued {
+    pub tenant: String,
+    pub client_id: String,
+    /// The resource (`aud`), e.g. [`POSTGRES_RESOURCE`].
+    pub resource: String,
+    pub access_token: String,
+    pub expires_at: SystemTime,
+    /// The client assertion it was exchanged for (workload identity), verbatim.
+    pub assertion: Option<String>,
+}
+
+/// Called for every issued token before the response is sent: what a resource server (Azure
+/// Database for PostgreSQL) learns about tokens it will be shown.
+pub type IssueHook =
+    Arc<dyn Fn(Issued) -> futures::future::BoxFuture<'static, ()> + Send + Sync + 'static>;
+
+struct SigningKey {
+    kid: String,
+    public_pem: String,
+    encoding: EncodingKey,
+    jwk: Jwk,
+    published: bool,
+}
+
+#[derive(Default)]
+struct Tenant {
+    keys: Vec<SigningKey>,
+    /// The kid new tokens are signed with.
+    current: String,
+    apps: HashMap<String, App>,
+    /// (resource client id, principal client id) -> app roles.
+    role_assignments: HashMap<(String, String), Vec<String>>,
+    key_fetches: usize,
+}
+
+struct Inner {
+    url: String,
+    tenants: HashMap<String, Tenant>,
+    /// OIDC issuers whose JWKS the fake may fetch, with the client that reaches them.
+    issuers: HashMap<String, kube::Client>,
+    token_lifetime: Duration,
+    outage: bool,
+    issued: Vec<Issued>,
+    hook: Option<IssueHook>,
+}
+
+type Shared = Arc<Mutex<Inner>>;
+
+fn lock(shared: &Shared) -> MutexGuard<'_, Inner> {
+    shared
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A running fake Entra. Dropping it stops the server.
+pub struct EntraFake {
+    url: String,
+    ca_cert: PathBuf,
+    inner: Shared,
+    server: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for EntraFake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EntraFake")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for EntraFake {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl EntraFake {
+    /// Starts the fake on a free loopback port with a new test CA.
+    pub async fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("pgmcp-entra-").tempdir()?;
+        let tls = crate::pki::ServerTls::write(dir.path(), "pgmcp-test-entra")?;
+        let acceptor = acceptor(&tls.cert, &tls.key)?;
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = tcp.local_addr()?.port();
+        let url = format!("https://127.0.0.1:{port}");
+        let inner: Shared = Arc::new(Mutex::new(Inner {
+            url: url.clone(),
+            tenants: HashMap::new(),
+            issuers: HashMap::new(),
+            token_lifetime: Duration::from_secs(3599),
+            outage: false,
+            issued: Vec::new(),
+            hook: None,
+        }));
+        let app = Router::new()
+            .route(
+                "/{tenant}/v2.0/.well-known/openid-configuration",
+                get(discovery_v2),
+            )
+            .route(
+                "/{tenant}/.well-known/openid-configuration",
+                get(discovery_v1),
+            )
+            .route("/{tenant}/discovery/v2.0/keys", get(keys))
+            .route("/{tenant}/discovery/keys", get(keys))
+            .route("/{tenant}/oauth2/v2.0/token", post(token))
+            .with_state(inner.clone());
+        let listener = TlsListener::spawn(tcp, acceptor);
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self {
+            url,
+            ca_cert: tls.ca_cert,
+            inner,
+            server,
+            _dir: dir,
+        })
+    }
+
+    /// The authority host: `https://127.0.0.1:<port>`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// PEM of the CA that signed the fake's certificate (for `SSL_CERT_FILE`).
+    pub fn ca_cert(&self) -> &Path {
+        &self.ca_cert
+    }
+
+    /// The v2 issuer of `tenant`.
+    pub fn issuer_v2(&self, tenant: &str) -> String {
+        format!("{}/{tenant}/v2.0", self.url)
+    }
+
+    /// The v1 issuer of `tenant`, as Entra names it.
+    pub fn issuer_v1(tenant: &str) -> String {
+        format!("https://sts.windows.net/{tenant}/")
+    }
+
+    /// Creates `tenant` with one published signing key.
+    pub fn add_tenant(&self, tenant: &str) -> anyhow::Result<()> {
+        let key = signing_key()?;
+        let mut inner = lock(&self.inner);
+        let t = inner.tenants.entry(tenant.to_owned()).or_default();
+        t.current = key.kid.clone();
+        t.keys.push(key);
+        Ok(())
+    }
+
+    /// Registers an app (or managed identity) in `tenant`.
+    pub fn register_app(&self, tenant: &str, app: App) -> anyhow::Result<()> {
+        let mut inner = lock(&self.inner);
+        let t = inner
+            .tenants
+            .get_mut(tenant)
+            .with_context(|| format!("no tenant {tenant}"))?;
+        t.apps.insert(app.client_id.clone(), app);
+        Ok(())
+    }
+
+    /// Adds a federated identity credential to app `client_id`.
+    pub fn add_federated_credential(
+        &self,
+        tenant: &str,
+        client_id: &str,
+        credential: FederatedCredential,
+    ) -> anyhow::Result<()> {
+        let mut inner = lock(&self.inner);
+        let app = inner
+            .tenants
+            .get_mut(tenant)
+            .and_then(|t| t.apps.get_mut(client_id))
+            .with_context(|| format!("no app {client_id} in tenant {tenant}"))?;
+        app.federated_credentials.push(credential);
+        Ok(())
+    }
+
+    /// Assigns app role `role` of app `resource` to the service principal of app `principal`.
+    pub fn assign_app_role(&self, tenant: &str, resource: &str, principal: &str, role: &str) {
+        let mut inner = lock(&self.inner);
+        if let Some(t) = inner.tenants.get_mut(tenant) {
+            t.role_assignments
+                .entry((resource.to_owned(), principal.to_owned()))
+                .or_default()
+                .push(role.to_owned());
+        }
+    }
+
+    /// Trusts `issuer` (an OIDC issuer such as the test apiserver) for client assertions;
+    /// its discovery document and JWKS are fetched through `client`, as Entra fetches them.
+    pub fn trust_issuer(&self, issuer: &str, client: kube::Client) {
+        lock(&self.inner).issuers.insert(issuer.to_owned(), client);
+    }
+
+    /// Lifetime of the access tokens issued from now on (default 3599 s, as Entra).
+    pub fn set_token_lifetime(&self, lifetime: Duration) {
+        lock(&self.inner).token_lifetime = lifetime;
+    }
+
+    /// While on, every token request fails with 503 `temporarily_unavailable`.
+    pub fn set_outage(&self, on: bool) {
+        lock(&self.inner).outage = on;
+    }
+
+    /// Runs `hook` for every issued token before the client gets it.
+    pub fn on_token_issued(&self, hook: IssueHook) {
+        lock(&self.inner).hook = Some(hook);
+    }
+
+    /// Every token issued so far.
+    pub fn issued(&self) -> Vec<Issued> {
+        lock(&self.inner).issued.clone()
+    }
+
+    /// How often the JWKS of `tenant` was fetched.
+    pub fn key_fetches(&self, tenant: &str) -> usize {
+        lock(&self.inner)
+            .tenants
+            .get(tenant)
+            .map_or(0, |t| t.key_fetches)
+    }
+
+    /// A new signing key for `tenant`, not published yet (a rotation in preparation). Returns
+    /// its kid.
+    pub fn new_unpublished_key(&self, tenant: &str) -> anyhow::Result<String> {
+        let mut key = signing_key()?;
+        key.published = false;
+        let kid = key.kid.clone();
+        let mut inner = lock(&self.inner);
+        inner
+            .tenants
+            .get_mut(tenant)
+            .with_context(|| format!("no tenant {tenant}"))?
+            .keys
+            .push(key);
+        Ok(kid)
+    }
+
+    /// Publishes key `kid` in the tenant's JWKS and signs new tokens with it (key rotation).
+    pub fn rotate_to(&self, tenant: &str, kid: &str) -> anyhow::Result<()> {
+        let mut inner = lock(&self.inner);
+        let t = inner
+            .tenants
+            .get_mut(tenant)
+            .with_context(|| format!("no tenant {tenant}"))?;
+        let key = t
+            .keys
+            .iter_mut()
+            .find(|k| k.kid == kid)
+            .with_context(|| format!("no key {kid}"))?;
+        key.published = true;
+        t.current = kid.to_owned();
+        Ok(())
+    }
+
+    /// Signs `claims` with the tenant's current key (RS256, with its kid).
+    pub fn sign(&self, tenant: &str, claims: &Value) -> anyhow::Result<String> {
+        let kid = lock(&self.inner)
+            .tenants
+            .get(tenant)
+            .map(|t| t.current.clone())
+            .with_context(|| format!("no tenant {tenant}"))?;
+        self.sign_with(tenant, &kid, claims)
+    }
+
+    /// Signs `claims` with key `kid` of `tenant`, published or not.
+    pub fn sign_with(&self, tenant: &str, kid: &str, claims: &Value) -> anyhow::Result<String> {
+        let inner = lock(&self.inner);
+        let key = inner
+            .tenants
+            .get(tenant)
+            .and_then(|t| t.keys.iter().find(|k| k.kid == kid))
+            .with_context(|| format!("no key {kid} in tenant {tenant}"))?;
+        sign(key, claims)
+    }
+
+    /// The current public key of `tenant` as PEM, which anyone can know: the secret of the
+    /// "HS256 with the public key as secret" algorithm-confusion attack.
+    pub fn public_key_pem(&self, tenant: &str) -> anyhow::Result<String> {
+        let inner = lock(&self.inner);
+        let t = inner
+            .tenants
+            .get(tenant)
+            .with_context(|| format!("no tenant {tenant}"))?;
+        let key = t
+            .keys
+            .iter()
+            .find(|k| k.kid == t.current)
+            .context("no current key")?;
+        Ok(key.public_pem.clone())
+    }
+
+    /// Claims of an app-only access token as Entra issues it for `audience`: v1 (issuer
+    /// `https://sts.windows.net/{tenant}/`, `appid`) or v2 (`{authority}/{tenant}/v2.0`, `azp`),
+    /// valid for an hour.
+    pub fn app_token_claims(
+        &self,
+        tenant: &str,
+        version: u8,
+        audience: &str,
+        roles: &[&str],
+        caller_oid: &str,
+        caller_app_id: &str,
+    ) -> Value {
+        let now = unix_now();
+        let mut claims = json!({
+            "aud": audience,
+            "iat": now,
+            "nbf": now,
+            "exp": now + 3600,
+            "oid": caller_oid,
+            "sub": caller_oid,
+            "tid": tenant,
+            "roles": roles,
+            "idtyp": "app",
+        });
+        if version == 2 {
+            claims["iss"] = json!(self.issuer_v2(tenant));
+            claims["azp"] = json!(caller_app_id);
+            claims["azpacr"] = json!("1");
+            claims["ver"] = json!("2.0");
+        } else {
+            claims["iss"] = json!(Self::issuer_v1(tenant));
+            claims["appid"] = json!(caller_app_id);
+            claims["appidacr"] = json!("1");
+            claims["ver"] = json!("1.0");
+        }
+        claims
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn signing_key() -> anyhow::Result<SigningKey> {
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256)?;
+    let encoding = EncodingKey::from_rsa_pem(pair.serialize_pem().as_bytes())?;
+    let mut jwk = Jwk::from_encoding_key(&encoding, Algorithm::RS256)?;
+    let kid = {
+        let AlgorithmParameters::RSA(rsa) = &jwk.algorithm else {
+            anyhow::bail!("not an RSA key");
+        };
+        // Like Entra: the kid is a short base64url fingerprint.
+        let n = rsa.n.as_bytes();
+        let mut digest = 0u64;
+        for (i, b) in n.iter().enumerate() {
+            digest = digest.rotate_left(5) ^ u64::from(*b) ^ (i as u64);
+        }
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.to_be_bytes())
+    };
+    jwk.common.key_id = Some(kid.clone());
+    jwk.common.public_key_use = Some(PublicKeyUse::Signature);
+    jwk.common.key_algorithm = Some(KeyAlgorithm::RS256);
+    Ok(SigningKey {
+        kid,
+        public_pem: pair.public_key_pem(),
+        encoding,
+        jwk,
+        published: true,
+    })
+}
+
+fn sign(key: &SigningKey, claims: &Value) -> anyhow::Result<String> {
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some(key.kid.clone());
+    header.typ = Some("JWT".to_owned());
+    Ok(jsonwebtoken::encode(&header, claims, &key.encoding)?)
+}
+
+/// An Entra-style error: `AADSTSnnnn: message` plus trace ids, as JSON.
+fn aad_error(status: StatusCode, error: &str, code: u32, message: &str) -> Response {
+    let trace = random_id();
+    let correlation = random_id();
+    let timestamp = jiff::Timestamp::now()
+        .strftime("%Y-%m-%d %H:%M:%SZ")
+        .to_string();
+    // Entra separated these with CR LF until about 2024 and uses spaces now. (azure_identity 1.0
+    // reads error_description as a borrowed string, so it cannot parse the escaped older form.)
+    let description = if code == 0 {
+        format!("{message} Trace ID: {trace} Correlation ID: {correlation} Timestamp: {timestamp}")
+    } else {
+        format!(
+            "AADSTS{code}: {message} Trace ID: {trace} Correlation ID: {correlation} Timestamp: {timestamp}"
+        )
+    };
+    let codes: Vec<u32> = if code == 0 { Vec::new() } else { vec![code] };
+    (
+        status,
+        axum::Json(json!({
+            "error": error,
+            "error_description": description,
+            "error_codes": codes,
+            "timestamp": timestamp,
+            "trace_id": trace,
+            "correlation_id": correlation,
+            "error_uri": format!("https://login.microsoftonline.com/error?code={code}"),
+        })),
+    )
+        .into_response()
+}
+
+fn random_id() -> String {
+    let hex = crate::postgres::random_password().unwrap_or_else(|_| "0".repeat(36));
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+fn tenant_not_found(tenant: &str) -> Response {
+    aad_error(
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        90002,
+        &format!(
+            "Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."
+        ),
+    )
+}
+
+async fn discovery_v2(State(inner): State<Shared>, UrlPath(tenant): UrlPath<String>) -> Response {
+    let inner = lock(&inner);
+    if !inner.tenants.contains_key(&tenant) {
+        return tenant_not_found(&tenant);
+    }
+    let base = format!("{}/{tenant}", inner.url);
+    axum::Json(json!({
+        "issuer": format!("{base}/v2.0"),
+        "jwks_uri": format!("{base}/discovery/v2.0/keys"),
+        "token_endpoint": format!("{base}/oauth2/v2.0/token"),
+        "authorization_endpoint": format!("{base}/oauth2/v2.0/authorize"),
+        "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
+        "subject_types_supported": ["pairwise"],
+        "scopes_supported": ["openid", "profile", "email", "offline_access"],
+    }))
+    .into_response()
+}
+
+async fn discovery_v1(State(inner): State<Shared>, UrlPath(tenant): UrlPath<String>) -> Response {
+    let inner = lock(&inner);
+    if !inner.tenants.contains_key(&tenant) {
+        return tenant_not_found(&tenant);
+    }
+    let base = format!("{}/{tenant}", inner.url);
+    axum::Json(json!({
+        "issuer": EntraFake::issuer_v1(&tenant),
+        "jwks_uri": format!("{base}/discovery/keys"),
+        "token_endpoint": format!("{base}/oauth2/token"),
+        "authorization_endpoint": format!("{base}/oauth2/authorize"),
+        "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "response_types_supported": ["code", "id_token", "code id_token", "token id_token", "token"],
+        "subject_types_supported": ["pairwise"],
+    }))
+    .into_response()
+}
+
+async fn keys(State(inner): State<Shared>, UrlPath(tenant): UrlPath<String>) -> Response {
+    let mut inner = lock(&inner);
+    let Some(t) = inner.tenants.get_mut(&tenant) else {
+        return tenant_not_found(&tenant);
+    };
+    t.key_fetches += 1;
+    let keys: Vec<Jwk> = t
+        .keys
+        .iter()
+        .filter(|k| k.published)
+        .map(|k| k.jwk.clone())
+        .collect();
+    axum::Json(JwkSet { keys }).into_response()
+}
+
+/// The claims of a client assertion the fake reads before checking anything.
+#[derive(serde::Deserialize)]
+struct AssertionClaims {
+    iss: String,
+    sub: String,
+    #[serde(deserialize_with = "one_or_many")]
+    aud: Vec<String>,
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match serde::Deserialize::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+/// The JWKS of OIDC issuer `issuer`, by discovery through `client`.
+async fn issuer_keys(client: &kube::Client, issuer: &str) -> anyhow::Result<JwkSet> {
+    let discovery = client
+        .request_text(http::Request::get("/.well-known/openid-configuration").body(Vec::new())?)
+        .await
+        .context("OIDC discovery")?;
+    let discovery: Value = serde_json::from_str(&discovery)?;
+    anyhow::ensure!(
+        discovery["issuer"] == json!(issuer),
+        "the discovery document names issuer {}",
+        discovery["issuer"]
+    );
+    let jwks_uri = discovery["jwks_uri"]
+        .as_str()
+        .context("no jwks_uri in the discovery document")?;
+    let path = jwks_uri
+        .find("://")
+        .and_then(|i| jwks_uri[i + 3..].find('/').map(|j| &jwks_uri[i + 3 + j..]))
+        .context("jwks_uri has no path")?;
+    let jwks = client
+        .request_text(http::Request::get(path).body(Vec::new())?)
+        .await
+        .context("JWKS")?;
+    Ok(serde_json::from_str(&jwks)?)
+}
+
+async fn token(
+    State(shared): State<Shared>,
+    UrlPath(tenant): UrlPath<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    match exchange(&shared, &tenant, &form).await {
+        Ok(issued) => {
+            let hook = lock(&shared).hook.clone();
+            if let Some(hook) = hook {
+                hook(issued.clone()).await;
+            }
+            let expires_in = issued
+                .expires_at
+                .duration_since(SystemTime::now())
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+                + 1;
+            let body = json!({
+                "token_type": "Bearer",
+                "expires_in": expires_in,
+                "ext_expires_in": expires_in,
+                "access_token": issued.access_token,
+            });
+            lock(&shared).issued.push(issued);
+            axum::Json(body).into_response()
+        }
+        Err(response) => response,
+    }
+}
+
+/// The client-credentials grant: authenticates the client and issues a token.
+async fn exchange(
+    shared: &Shared,
+    tenant: &str,
+    form: &HashMap<String, String>,
+) -> Result<Issued, Response> {
+    let field = |name: &str| form.get(name).map(String::as_str).unwrap_or("");
+    let (app, lifetime, issuer_client) = {
+        let inner = lock(shared);
+        if inner.outage {
+            return Err(aad_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                0,
+                "The service is temporarily unavailable (outage injected by the test).",
+            ));
+        }
+        let Some(t) = inner.tenants.get(tenant) else {
+            return Err(tenant_not_found(tenant));
+        };
+        if field("grant_type") != "client_credentials" {
+            return Err(aad_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                70003,
+                &format!(
+                    "The app requested an unsupported grant type '{}'.",
+                    field("grant_type")
+                ),
+            ));
+        }
+        let client_id = field("client_id");
+        if client_id.is_empty() {
+            return Err(aad_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                900144,
+                "The request body must contain the following parameter: 'client_id'.",
+            ));
+        }
+        let Some(app) = t.apps.get(client_id) else {
+            return Err(aad_error(
+                StatusCode::BAD_REQUEST,
+                "unauthorized_client",
+                700016,
+                &format!(
+                    "Application with identifier '{client_id}' was not found in the directory '{tenant}'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant."
+                ),
+            ));
+        };
+        let issuer_client = form.get("client_assertion").and_then(|a| {
+            jsonwebtoken::dangerous::insecure_decode::<AssertionClaims>(a)
+                .ok()
+                .and_then(|d| inner.issuers.get(&d.claims.iss).cloned())
+        });
+        (app.clone(), inner.token_lifetime, issuer_client)
+    };
+
+    let assertion = if let Some(secret) = form.get("client_secret") {
+        if app.secret.as_deref() != Some(secret.as_str()) {
+            return Err(aad_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                7000215,
+                "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app.",
+            ));
+        }
+        None
+    } else {
+        let Some(assertion) = form.get("client_assertion") else {
+            return Err(aad_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_client",
+                7000218,
+                "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
+            ));
+        };
+        if field("client_assertion_type") != ASSERTION_TYPE {
+            return Err(aad_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                50027,
+                "The client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer.",
+            ));
+        }
+        verify_assertion(&app, assertion, issuer_client).await?;
+        Some(assertion.clone())
+    };
+
+    let scope = field("scope");
+    let Some(resource) = scope.strip_suffix("/.default") else {
+        return Err(aad_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            1002012,
+            &format!(
+                "The provided value for scope {scope} is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI)."
+            ),
+        ));
+    };
+    let inner = lock(shared);
+    let t = inner
+        .tenants
+        .get(tenant)
+        .ok_or_else(|| tenant_not_found(tenant))?;
+    let resource_app = t.apps.values().find(|a| {
+        a.client_id == resource || resource.strip_prefix("api://") == Some(a.client_id.as_str())
+    });
+    if resource_app.is_none() && resource != POSTGRES_RESOURCE && resource != ARM_RESOURCE {
+        return Err(aad_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_resource",
+            500011,
+            &format!(
+                "The resource principal named {resource} was not found in the tenant named {tenant}. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant."
+            ),
+        ));
+    }
+    let now = unix_now();
+    let life = i64::try_from(lifetime.as_secs()).unwrap_or(3599);
+    let version = resource_app.map_or(1, |a| a.access_token_version);
+    let roles: Vec<String> = resource_app
+        .and_then(|r| {
+            t.role_assignments
+                .get(&(r.client_id.clone(), app.client_id.clone()))
+                .cloned()
+        })
+        .unwrap_or_default();
+    let mut claims = json!({
+        "aud": if version == 2 { resource_app.map_or(resource.to_owned(), |a| a.client_id.clone()) } else { resource.to_owned() },
+        "iat": now,
+        "nbf": now,
+        "exp": now + life,
+        "oid": app.object_id,
+        "sub": app.object_id,
+        "tid": tenant,
+        "idtyp": "app",
+    });
+    if !roles.is_empty() {
+        claims["roles"] = json!(roles);
+    }
+    if version == 2 {
+        claims["iss"] = json!(format!("{}/{tenant}/v2.0", inner.url));
+        claims["azp"] = json!(app.client_id);
+        claims["ver"] = json!("2.0");
+    } else {
+        claims["iss"] = json!(EntraFake::issuer_v1(tenant));
+        claims["appid"] = json!(app.client_id);
+        claims["ver"] = json!("1.0");
+    }
+    let key = t.keys.iter().find(|k| k.kid == t.current).ok_or_else(|| {
+        aad_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            0,
+            "no signing key",
+        )
+    })?;
+    let access_token = sign(key, &claims).map_err(|e| {
+        aad_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            0,
+            &format!("signing failed: {e}"),
+        )
+    })?;
+    Ok(Issued {
+        tenant: tenant.to_owned(),
+        client_id: app.client_id.clone(),
+        resource: resource.to_owned(),
+        access_token,
+        expires_at: SystemTime::now() + lifetime,
+        assertion,
+    })
+}
+
+/// Workload identity federation: a matching federated credential, then the issuer's signature.
+async fn verify_assertion(
+    app: &App,
+    assertion: &str,
+    issuer_client: Option<kube::Client>,
+) -> Result<(), Response> {
+    let Ok(unverified) = jsonwebtoken::dangerous::insecure_decode::<AssertionClaims>(assertion)
+    else {
+        return Err(aad_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            50027,
+            "JWT token is invalid or malformed.",
+        ));
+    };
+    let claims = unverified.claims;
+    let audience = claims.aud.first().cloned().unwrap_or_default();
+    let Some(credential) = app.federated_credentials.iter().find(|f| {
+        f.issuer == claims.iss
+            && f.subject == claims.sub
+            && claims.aud.iter().any(|a| f.audiences.contains(a))
+    }) else {
+        return Err(aad_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            70021,
+            &format!(
+                "No matching federated identity record found for presented assertion. Assertion Issuer: '{}'. Assertion Subject: '{}'. Assertion Audience: '{audience}'. https://docs.microsoft.com/en-us/azure/active-directory/develop/workload-identity-federation",
+                claims.iss, claims.sub
+            ),
+        ));
+    };
+    let Some(client) = issuer_client else {
+        return Err(aad_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            50166,
+            &format!(
+                "Request to External OIDC endpoint failed. Issuer: '{}'.",
+                claims.iss
+            ),
+        ));
+    };
+    let jwks = issuer_keys(&client, &claims.iss).await.map_err(|e| {
+        aad_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            50166,
+            &format!("Request to External OIDC endpoint failed: {e:#}"),
+        )
+    })?;
+    let signature_error = || {
+        aad_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            700027,
+            "Client assertion failed signature validation.",
+        )
+    };
+    let header = jsonwebtoken::decode_header(assertion).map_err(|_| signature_error())?;
+    let jwk = header
+        .kid
+        .as_deref()
+        .and_then(|kid| jwks.find(kid))
+        .ok_or_else(signature_error)?;
+    let key = DecodingKey::from_jwk(jwk).map_err(|_| signature_error())?;
+    let mut validation = Validation::new(Algorithm::RS256);
+    validation.set_issuer(&[&credential.issuer]);
+    validation.set_audience(&credential.audiences);
+    validation.leeway = 0;
+    jsonwebtoken::decode::<Value>(assertion, &key, &validation).map_err(|e| match e.kind() {
+        jsonwebtoken::errors::ErrorKind::ExpiredSignature
+        | jsonwebtoken::errors::ErrorKind::ImmatureSignature => aad_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_client",
+            700024,
+            "Client assertion is not within its valid time range.",
+        ),
+        _ => signature_error(),
+    })?;
+    Ok(())
+}
+
+fn acceptor(cert: &Path, key: &Path) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(key)?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// TLS connections for `axum::serve`: handshakes run on their own tasks, so one slow or failing
+/// client (an untrusting one hangs up mid-handshake) does not hold up the others.
+struct TlsListener {
+    local: std::net::SocketAddr,
+    ready: tokio::sync::mpsc::Receiver<(
+        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        std::net::SocketAddr,
+    )>,
+}
+
+impl TlsListener {
+    fn spawn(tcp: tokio::net::TcpListener, acceptor: tokio_rustls::TlsAcceptor) -> Self {
+        let local = tcp
+            .local_addr()
+            .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        let (tx, ready) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            while let Ok((stream, peer)) = tcp.accept().await {
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let handshake =
+                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
+                    if let Ok(Ok(tls)) = handshake.await {
+                        let _ = tx.send((tls, peer)).await;
+                    }
+                });
+            }
+        });
+        Self { local, ready }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(connection) => connection,
+            // The accept loop ended: nothing will ever come.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
