@@ -1,11 +1,12 @@
 //! The PostgresMcpBinding controller. One reconcile, top to bottom:
 //!
 //! ```text
-//! fetch     read the Secret the binding names                          (reads only)
+//! fetch     read the Secrets the binding names or owns                 (reads only)
 //! validate  check references and parse limits                          (pure)
 //! build     desired ServiceAccount, ConfigMap, Deployment, Service,
 //!           PodDisruptionBudget, NetworkPolicy                          (pure)
 //! apply     server-side apply of what differs, delete what is unwanted  (writes)
+//! database  principal, grants equal to the spec, read-only probe       (crate::database)
 //! status    kstatus conditions, written only when they change          (one write at most)
 //! ```
 //!
@@ -104,6 +105,9 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     pub resync: Duration,
+    /// The operator's own Entra token for PostgreSQL (`postgres.admin.entra`), when it runs
+    /// with a workload identity.
+    pub postgres_token: Option<pgmcp_identity::TokenProvider>,
     /// Consecutive failures per binding (`namespace/name`), for the retry delay.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -155,6 +159,8 @@ pub enum Error {
     Apply(#[from] apply::Error),
     #[error(transparent)]
     Cleanup(#[from] cleanup::Error),
+    #[error(transparent)]
+    Database(#[from] crate::database::Error),
     #[error("failed to write the status of binding {binding}: {source}")]
     Status {
         binding: String,
@@ -174,6 +180,8 @@ impl Error {
             Error::Apply(e) if e.needs_user() => "apply_refused",
             Error::Apply(_) => "apply",
             Error::Cleanup(_) => "cleanup",
+            Error::Database(e) if e.needs_user() => "database_refused",
+            Error::Database(_) => "database",
             Error::Status { .. } => "status",
             Error::Finalizer(inner) => match inner.as_ref() {
                 F::ApplyFailed(e) | F::CleanupFailed(e) => e.metric_label(),
@@ -289,26 +297,57 @@ async fn reconcile_binding(binding: &PostgresMcpBinding, ctx: &Context) -> Resul
             apply::Change::Deleted => "Deleted",
         };
         let note = format!("{} {}", change.verb(), apply::describe(object));
-        ctx.event(
-            binding,
-            EventType::Normal,
-            reason,
-            note,
-            Some(object.clone()),
-        )
-        .await;
+        ctx.event(binding, EventType::Normal, reason, note, Some(object.clone()))
+            .await;
+    }
+    let database = crate::database::reconcile(
+        ctx,
+        binding,
+        &valid,
+        inputs.admin_secret.as_ref(),
+        inputs.password_secret.as_ref(),
+    )
+    .await;
+    if let Ok(report) = &database
+        && let Some(plan) = &report.changed
+    {
+        let reason = if report.repaired { "GrantsRepaired" } else { "Granted" };
+        ctx.event(binding, EventType::Normal, reason, truncate(&plan.to_string(), 1000), None)
+            .await;
     }
     let outcome = Outcome::Applied {
         valid: &valid,
         desired: &desired,
         deployment: applied.deployment.as_ref(),
+        database: &database,
     };
-    write_status(ctx, binding, &outcome).await?;
-    Ok(Action::requeue(ctx.resync))
+    let wrote = write_status(ctx, binding, &outcome).await?;
+    match database {
+        Ok(_) => Ok(Action::requeue(ctx.resync)),
+        Err(err) => {
+            if wrote {
+                ctx.event(binding, EventType::Warning, err.reason(), err.to_string(), None)
+                    .await;
+            }
+            Err(err.into())
+        }
+    }
+}
+
+/// At most `max` bytes of `text`, cut at a character boundary.
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
 }
 
 async fn cleanup_binding(binding: &PostgresMcpBinding, ctx: &Context) -> Result<Action, Error> {
-    if let Err(err) = cleanup::cleanup(binding).await {
+    if let Err(err) = cleanup::cleanup(ctx, binding).await {
         let outcome = Outcome::Failed {
             reason: "CleanupFailed",
             message: err.to_string(),
@@ -428,6 +467,8 @@ pub struct Options {
     pub concurrency: u16,
     /// Reporting instance in Events (the pod name).
     pub identity: String,
+    /// See [`Context::postgres_token`].
+    pub postgres_token: Option<pgmcp_identity::TokenProvider>,
 }
 
 /// Runs the controller (one per watched namespace, or one for all) until `shutdown`.
@@ -486,6 +527,7 @@ async fn run_scope(
         },
         metrics,
         resync: options.resync,
+        postgres_token: options.postgres_token.clone(),
         failures: Mutex::default(),
     });
     tracing::info!(namespace = ns.unwrap_or("<all>"), "controller started");

@@ -3,6 +3,7 @@
 //! [`controller`] holds the reconcile pipeline.
 
 pub mod controller;
+pub mod database;
 pub mod http;
 pub mod metrics;
 pub mod settings;

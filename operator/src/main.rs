@@ -42,6 +42,7 @@ async fn main() -> anyhow::Result<()> {
         resync: args.resync,
         concurrency: args.concurrency.max(1),
         identity: identity.clone(),
+        postgres_token: postgres_token(),
     };
     tracing::info!(
         namespaces = ?options.namespaces,
@@ -162,6 +163,22 @@ async fn check_crd(client: &Client) -> anyhow::Result<()> {
                 pgmcp_crds::CRD_NAME
             )
         }),
+    }
+}
+
+/// The operator's own Entra token for PostgreSQL, when the workload-identity webhook gave it
+/// an identity (for bindings with `postgres.admin.entra`).
+fn postgres_token() -> Option<pgmcp_identity::TokenProvider> {
+    match pgmcp_identity::WorkloadIdentity::from_env(|var| std::env::var(var).ok()) {
+        Ok(identity) => {
+            let identity = Arc::new(identity);
+            tracing::info!(identity = %pgmcp_identity::TokenSource::identity(identity.as_ref()), "workload identity found: Entra admin connections enabled");
+            Some(pgmcp_identity::TokenProvider::new(identity, pgmcp_identity::POSTGRES_SCOPE))
+        }
+        Err(err) => {
+            tracing::info!(reason = %err, "no workload identity: bindings with postgres.admin.entra will report NoWorkloadIdentity");
+            None
+        }
     }
 }
 

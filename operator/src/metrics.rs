@@ -39,6 +39,8 @@ pub struct Metrics {
     writes: Family<WriteLabels, Counter>,
     managed: Family<KindLabels, Gauge>,
     leader: Gauge,
+    sql: Family<CategoryLabels, Counter>,
+    repairs: Counter,
 }
 
 impl Default for Metrics {
@@ -50,6 +52,18 @@ impl Default for Metrics {
         let writes = Family::<WriteLabels, Counter>::default();
         let managed = Family::<KindLabels, Gauge>::default();
         let leader = Gauge::default();
+        let sql = Family::<CategoryLabels, Counter>::default();
+        let repairs = Counter::default();
+        registry.register(
+            "sql_statements",
+            "SQL statements that change the database (grant, revoke, role), by kind",
+            sql.clone(),
+        );
+        registry.register(
+            "grant_repairs",
+            "Reconciles that found a binding's grants drifted from its spec and repaired them",
+            repairs.clone(),
+        );
         registry.register("reconciles", "Reconciliations run", reconciles.clone());
         registry.register(
             "reconcile_errors",
@@ -84,6 +98,8 @@ impl Default for Metrics {
             writes,
             managed,
             leader,
+            sql,
+            repairs,
         }
     }
 }
@@ -113,6 +129,16 @@ impl Metrics {
         self.managed
             .get_or_create(&KindLabels { kind })
             .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    pub fn sql_statements(&self, kind: &'static str, count: usize) {
+        self.sql
+            .get_or_create(&CategoryLabels { category: kind })
+            .inc_by(u64::try_from(count).unwrap_or(u64::MAX));
+    }
+
+    pub fn grant_repair(&self) {
+        self.repairs.inc();
     }
 
     pub fn set_leader(&self, leader: bool) {

@@ -9,6 +9,7 @@
 //! isolation comes from namespaces and databases. Every process is started under a lifeline
 //! ([`daemon`]) so it stops when the test binary exits, also on panic or SIGKILL.
 
+pub mod bindings;
 pub mod controlplane;
 pub mod daemon;
 pub mod entra;
@@ -25,7 +26,19 @@ pub use postgres::{Postgres, TestDatabase};
 
 /// Polls `check` every 200 ms until it returns `Some`, and returns that; panics naming `what`
 /// after `timeout`.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: std::time::Duration, mut check: F) -> T
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: std::time::Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    match wait_for_opt(timeout, check).await {
+        Some(value) => value,
+        None => panic!("timed out after {timeout:?} waiting for {what}"),
+    }
+}
+
+/// Polls `check` every 200 ms until it returns `Some` or `timeout` passes.
+pub async fn wait_for_opt<T, F, Fut>(timeout: std::time::Duration, mut check: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -33,12 +46,11 @@ where
     let deadline = std::time::Instant::now() + timeout;
     loop {
         if let Some(value) = check().await {
-            return value;
+            return Some(value);
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }

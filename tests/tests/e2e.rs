@@ -1,31 +1,22 @@
 //! End to end: what the operator renders runs. A real PostgreSQL with the sample shop data, the
-//! operator against the real control plane, the password-mode example applied with kubectl,
-//! the pod runner starting the MCP server exactly as the rendered Deployment describes
-//! (ConfigMap config, Secret password file, args), and an MCP client reading through it. The
-//! binding then reports Ready from the Deployment's real availability.
+//! operator against the real control plane, the password-mode example applied with kubectl; the
+//! operator creates the role, its password Secret and the grants, the pod runner starts the MCP
+//! server exactly as the rendered Deployment describes (ConfigMap config, Secret password file,
+//! args), and an MCP client reads through it. The binding then reports Ready from the
+//! Deployment's real availability.
 
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::Api;
 use pgmcp_crds::v1alpha1::PostgresMcpBinding;
+use pgmcp_tests::bindings::{create_admin_secret, kubectl_apply, password_example, wait_condition};
 use pgmcp_tests::operator::Operator;
-use pgmcp_tests::{Postgres, TestEnv, mcp, paths, podrunner, wait_for};
+use pgmcp_tests::{Postgres, TestEnv, mcp, paths, podrunner};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn kubectl_ok(mut command: std::process::Command) {
-    let out = command.output().unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 #[tokio::test]
 async fn the_deployment_the_operator_renders_serves_the_granted_tables() {
@@ -33,68 +24,24 @@ async fn the_deployment_the_operator_renders_serves_the_granted_tables() {
     let pg = Postgres::shared();
     let db = pg.create_database("e2e_shop").await.unwrap();
     let role = format!("{}_mcp", db.name);
-    let role_password = pgmcp_tests::postgres::random_password().unwrap();
-    {
-        let admin = db.connect().await.unwrap();
-        admin
-            .batch_execute(
-                &std::fs::read_to_string(paths::workspace_root().join("tests/fixtures/shop.sql"))
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-        // The principal and grants the database step will create (stand-in until it exists).
-        admin
-            .batch_execute(&format!(
-                "CREATE ROLE \"{role}\" LOGIN PASSWORD '{role_password}';
-                 GRANT CONNECT ON DATABASE \"{db}\" TO \"{role}\";
-                 GRANT USAGE ON SCHEMA public TO \"{role}\";
-                 GRANT SELECT ON ALL TABLES IN SCHEMA public TO \"{role}\";",
-                db = db.name
-            ))
-            .await
-            .unwrap();
-    }
+    let shop = std::fs::read_to_string(paths::workspace_root().join("tests/fixtures/shop.sql"));
+    db.connect()
+        .await
+        .unwrap()
+        .batch_execute(&shop.unwrap())
+        .await
+        .unwrap();
 
     let ns = env.namespace("e2e").await.unwrap();
-    for (secret, pairs) in [
-        (
-            "pg-admin",
-            vec![
-                ("username", "postgres".to_owned()),
-                ("password", pg.password().to_owned()),
-            ],
-        ),
-        ("shop-postgres", vec![("password", role_password.clone())]),
-    ] {
-        let mut create = ns.kubectl();
-        create.args(["create", "secret", "generic", secret]);
-        for (k, v) in pairs {
-            create.arg(format!("--from-literal={k}={v}"));
-        }
-        kubectl_ok(create);
-    }
-    let example = std::fs::read_to_string(paths::examples_dir().join("password.yaml"))
-        .unwrap()
-        .replace(
-            "host: postgres.databases.svc.cluster.local",
-            &format!("host: {}\n    port: {}", pg.host(), pg.port()),
-        )
-        .replace("database: shop", &format!("database: {}", db.name))
-        .replace("roleName: shop_mcp", &format!("roleName: {role}"))
+    create_admin_secret(&ns, pg);
+    let example = password_example(pg.host(), pg.port(), &db.name, &role)
         .replace("  server:\n", "  server:\n    limits:\n      maxRows: 7\n");
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), example).unwrap();
     let _operator = Operator::start(env, &ns.name, "op-e2e", &[]).await.unwrap();
-    let mut apply = ns.kubectl();
-    apply.arg("apply").arg("-f").arg(file.path());
-    kubectl_ok(apply);
+    kubectl_apply(&ns, &example);
 
-    let deployments: Api<Deployment> = ns.api();
-    wait_for("the Deployment shop-mcp", WAIT, || async {
-        deployments.get_opt("shop-mcp").await.ok().flatten()
-    })
-    .await;
+    // The operator creates the role, its password Secret and the grants; then the pod can run.
+    let bindings: Api<PostgresMcpBinding> = ns.api();
+    wait_condition(&bindings, "shop", "DatabaseReady", "True", None, WAIT).await;
     let pod =
         podrunner::run_deployment_pod(&ns.client, &ns.name, "shop-mcp", &paths::server_bin(), WAIT)
             .await
@@ -131,18 +78,8 @@ async fn the_deployment_the_operator_renders_serves_the_granted_tables() {
         "{result}"
     );
 
-    let bindings: Api<PostgresMcpBinding> = ns.api();
-    wait_for("the binding Ready", WAIT, || async {
-        let b = bindings.get("shop").await.ok()?;
-        let ready = b
-            .status
-            .as_ref()?
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Ready")?
-            .clone();
-        (ready.status == "True").then_some(())
-    })
-    .await;
+    let binding = wait_condition(&bindings, "shop", "Ready", "True", None, WAIT).await;
+    let status = binding.status.unwrap();
+    assert_eq!(status.principal.unwrap().name, role);
     drop(pod);
 }

@@ -17,58 +17,35 @@ use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt as _};
 use pgmcp_crds::v1alpha1::PostgresMcpBinding;
+use pgmcp_tests::bindings::{
+    self, condition, create_admin_secret, kubectl_apply, kubectl_ok, password_example,
+};
 use pgmcp_tests::operator::Operator;
 use pgmcp_tests::podrunner;
-use pgmcp_tests::{TestEnv, TestNamespace, eventually, paths, wait_for};
+use pgmcp_tests::{Postgres, TestDatabase, TestEnv, TestNamespace, eventually, wait_for};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(45);
 const NAME: &str = "shop";
 const CHILD: &str = "shop-mcp";
 
-fn kubectl_ok(mut command: std::process::Command) -> String {
-    let out = command.output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "kubectl failed: {text}");
-    text
+/// What a user does first: the admin Secret, then `kubectl apply -f` of the example, pointed at
+/// a fresh database of the test PostgreSQL. Returns the database.
+async fn apply_password_example(ns: &TestNamespace) -> TestDatabase {
+    let pg = Postgres::shared();
+    let db = pg.create_database(&ns.name).await.unwrap();
+    create_admin_secret(ns, pg);
+    kubectl_apply(ns, &example(&db));
+    db
 }
 
-/// What a user does first: the admin Secret, then `kubectl apply -f` of the example.
-fn apply_password_example(ns: &TestNamespace) {
-    let mut secret = ns.kubectl();
-    secret.args([
-        "create",
-        "secret",
-        "generic",
-        "pg-admin",
-        "--from-literal=username=postgres",
-        "--from-literal=password=not-used-yet",
-    ]);
-    kubectl_ok(secret);
-    let mut apply = ns.kubectl();
-    apply
-        .arg("apply")
-        .arg("-f")
-        .arg(paths::examples_dir().join("password.yaml"));
-    kubectl_ok(apply);
-}
-
-fn condition(binding: &PostgresMcpBinding, type_: &str) -> Option<Condition> {
-    binding
-        .status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .cloned()
+/// The password example for `db`, with a role of its own (roles are server-wide).
+fn example(db: &TestDatabase) -> String {
+    let pg = db.server();
+    password_example(pg.host(), pg.port(), &db.name, &format!("{}_r", db.name))
 }
 
 /// Waits until condition `type_` of the binding has `status` (and, if given, `reason`).
@@ -78,19 +55,7 @@ async fn wait_condition(
     status: &str,
     reason: Option<&str>,
 ) -> PostgresMcpBinding {
-    wait_for(
-        &format!("{type_}={status} {reason:?} on binding {NAME}"),
-        WAIT,
-        || async {
-            let binding = api.get(NAME).await.ok()?;
-            let c = condition(&binding, type_)?;
-            (c.status == status
-                && reason.is_none_or(|r| c.reason == r)
-                && binding.status.as_ref()?.observed_generation == binding.metadata.generation)
-                .then_some(binding)
-        },
-    )
-    .await
+    bindings::wait_condition(api, NAME, type_, status, reason, WAIT).await
 }
 
 /// Marks every pod of the binding Running and Ready, as the kubelet would.
@@ -125,7 +90,7 @@ async fn example_binding_gets_its_children_and_is_ready_when_its_pods_are() {
     let _operator = Operator::start(env, &ns.name, "op-ready", &[])
         .await
         .unwrap();
-    apply_password_example(&ns);
+    let db = apply_password_example(&ns).await;
     let bindings: Api<PostgresMcpBinding> = ns.api();
 
     let binding = wait_condition(
@@ -182,7 +147,7 @@ async fn example_binding_gets_its_children_and_is_ready_when_its_pods_are() {
     }
     let config: serde_json::Value =
         serde_json::from_str(&cm.data.as_ref().unwrap()["config.json"]).unwrap();
-    assert_eq!(config["database"]["user"], "shop_mcp");
+    assert_eq!(config["database"]["user"], format!("{}_r", db.name));
     let pod = deploy
         .spec
         .as_ref()
@@ -216,7 +181,11 @@ async fn example_binding_gets_its_children_and_is_ready_when_its_pods_are() {
     assert_eq!(condition(&binding, "Reconciling").unwrap().status, "False");
     assert_eq!(
         condition(&binding, "DatabaseReady").unwrap().reason,
-        "NotManaged"
+        "GrantsMatch"
+    );
+    assert_eq!(
+        condition(&binding, "ReadOnlyVerified").unwrap().reason,
+        "ReadOnly"
     );
 
     // What the user sees.
@@ -251,7 +220,7 @@ async fn edits_roll_the_pods_and_deleted_or_edited_children_are_repaired() {
     let _operator = Operator::start(env, &ns.name, "op-repair", &[])
         .await
         .unwrap();
-    apply_password_example(&ns);
+    apply_password_example(&ns).await;
     let bindings: Api<PostgresMcpBinding> = ns.api();
     let deployments: Api<Deployment> = ns.api();
     let binding = wait_condition(&bindings, "ServerAvailable", "False", None).await;
@@ -388,7 +357,7 @@ async fn deleting_the_binding_runs_the_finalizer_and_collects_the_children() {
     let operator = Operator::start(env, &ns.name, "op-delete", &[])
         .await
         .unwrap();
-    apply_password_example(&ns);
+    apply_password_example(&ns).await;
     let bindings: Api<PostgresMcpBinding> = ns.api();
     wait_condition(&bindings, "ServerAvailable", "False", None).await;
     let deployments: Api<Deployment> = ns.api();
@@ -424,12 +393,9 @@ async fn a_missing_admin_secret_stalls_the_binding_naming_it_until_it_appears() 
     let _operator = Operator::start(env, &ns.name, "op-stalled", &[])
         .await
         .unwrap();
-    let mut apply = ns.kubectl();
-    apply
-        .arg("apply")
-        .arg("-f")
-        .arg(paths::examples_dir().join("password.yaml"));
-    kubectl_ok(apply);
+    let pg = Postgres::shared();
+    let db = pg.create_database(&ns.name).await.unwrap();
+    kubectl_apply(&ns, &example(&db));
     let bindings: Api<PostgresMcpBinding> = ns.api();
     let binding = wait_condition(&bindings, "Stalled", "True", Some("SecretNotFound")).await;
     let stalled = condition(&binding, "Stalled").unwrap();
@@ -453,7 +419,7 @@ async fn a_missing_admin_secret_stalls_the_binding_naming_it_until_it_appears() 
         "nothing deployed while stalled"
     );
 
-    apply_secret_only(&ns);
+    create_admin_secret(&ns, pg);
     let binding = wait_condition(
         &bindings,
         "ServerAvailable",
@@ -463,19 +429,6 @@ async fn a_missing_admin_secret_stalls_the_binding_naming_it_until_it_appears() 
     .await;
     assert_eq!(condition(&binding, "Stalled").unwrap().status, "False");
     assert!(deployments.get_opt(CHILD).await.unwrap().is_some());
-}
-
-fn apply_secret_only(ns: &TestNamespace) {
-    let mut secret = ns.kubectl();
-    secret.args([
-        "create",
-        "secret",
-        "generic",
-        "pg-admin",
-        "--from-literal=username=postgres",
-        "--from-literal=password=not-used-yet",
-    ]);
-    kubectl_ok(secret);
 }
 
 /// Write requests the apiserver served for the kinds the operator writes, from its own
@@ -529,7 +482,7 @@ async fn a_steady_state_resync_makes_no_write_calls() {
     let operator = Operator::start(env, &ns.name, "op-noop", &["--resync=1s"])
         .await
         .unwrap();
-    apply_password_example(&ns);
+    apply_password_example(&ns).await;
     let bindings: Api<PostgresMcpBinding> = ns.api();
     wait_condition(
         &bindings,
@@ -611,7 +564,7 @@ async fn only_the_lease_holder_reconciles_and_a_standby_takes_over() {
     let second = Operator::start(env, &ns.name, "op-second", &lease)
         .await
         .unwrap();
-    apply_password_example(&ns);
+    apply_password_example(&ns).await;
     let bindings: Api<PostgresMcpBinding> = ns.api();
     wait_condition(&bindings, "ServerAvailable", "False", None).await;
     assert!(
@@ -671,8 +624,8 @@ async fn an_operator_scoped_to_a_namespace_leaves_other_namespaces_alone() {
     let _operator = Operator::start(env, &watched.name, "op-scope", &[])
         .await
         .unwrap();
-    apply_password_example(&other);
-    apply_password_example(&watched);
+    apply_password_example(&other).await;
+    apply_password_example(&watched).await;
     wait_condition(&watched.api(), "ServerAvailable", "False", None).await;
     // The watched binding is done; the other one was never touched.
     let untouched: PostgresMcpBinding = other.api().get(NAME).await.unwrap();

@@ -497,6 +497,7 @@ mod tests {
                 ])),
                 ..Default::default()
             }),
+            ..Default::default()
         };
         build(&validate(&b, &inputs).unwrap(), &defaults())
     }

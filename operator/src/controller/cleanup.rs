@@ -7,7 +7,9 @@
 //! conditions and retried with backoff; the binding stays until cleanup succeeds.
 
 use kube::ResourceExt as _;
-use pgmcp_crds::v1alpha1::PostgresMcpBinding;
+use pgmcp_crds::v1alpha1::{DeletionPolicy, PostgresMcpBinding};
+
+use super::{Context, fetch, validate};
 
 /// External state a binding can own, in the order it is removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +38,10 @@ pub struct Error {
 /// What a step did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Removal {
+    /// Removed (or found already gone).
+    Removed,
+    /// Left in place: the binding's deletionPolicy is Orphan.
+    Orphaned,
     /// The binding never had this state (not requested, or not managed by this version).
     NothingManaged,
 }
@@ -55,22 +61,52 @@ impl External {
         }
     }
 
-    async fn remove(self, binding: &PostgresMcpBinding) -> Result<Removal, Error> {
-        // This operator version creates none of this state, so there is nothing to remove;
-        // the database and Azure steps fill these in.
-        let _ = binding;
-        Ok(Removal::NothingManaged)
+    async fn remove(self, ctx: &Context, binding: &PostgresMcpBinding) -> Result<Removal, Error> {
+        let fail = |message: String| Error {
+            step: self,
+            binding: format!(
+                "{}/{}",
+                binding.namespace().unwrap_or_default(),
+                binding.name_any()
+            ),
+            message,
+        };
+        match self {
+            External::Database => {
+                if binding.spec.access.deletion_policy == DeletionPolicy::Orphan {
+                    return Ok(Removal::Orphaned);
+                }
+                let inputs = fetch::fetch(&ctx.client, binding)
+                    .await
+                    .map_err(|e| fail(e.to_string()))?;
+                let valid = validate::validate(binding, &inputs).map_err(|e| {
+                    fail(format!(
+                        "{e}; restore it, or set spec.access.deletionPolicy: Orphan to keep the role"
+                    ))
+                })?;
+                crate::database::remove(ctx, &valid, inputs.admin_secret.as_ref())
+                    .await
+                    .map_err(|e| fail(e.to_string()))?;
+                Ok(Removal::Removed)
+            }
+            // Created by the Azure steps, which this version does not run yet.
+            External::FoundryConnection | External::FederatedCredential => {
+                Ok(Removal::NothingManaged)
+            }
+        }
     }
 }
 
 /// Runs every step in [`ORDER`]; stops at the first failure.
-pub async fn cleanup(binding: &PostgresMcpBinding) -> Result<(), Error> {
+pub async fn cleanup(ctx: &Context, binding: &PostgresMcpBinding) -> Result<(), Error> {
     for step in ORDER {
-        let removal = step.remove(binding).await?;
+        if !step.requested(binding) {
+            continue;
+        }
+        let removal = step.remove(ctx, binding).await?;
         tracing::info!(
             binding = %format!("{}/{}", binding.namespace().unwrap_or_default(), binding.name_any()),
             step = ?step,
-            requested = step.requested(binding),
             removal = ?removal,
             "cleanup step done"
         );

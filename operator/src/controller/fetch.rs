@@ -10,6 +10,8 @@ use pgmcp_crds::v1alpha1::PostgresMcpBinding;
 pub struct Inputs {
     /// The administrator's Secret (`spec.postgres.admin.passwordSecretRef`), if it exists.
     pub admin_secret: Option<Secret>,
+    /// The generated password Secret the binding owns (password mode), if it exists yet.
+    pub password_secret: Option<Secret>,
 }
 
 /// Reading from the apiserver failed (transient: retried with backoff).
@@ -24,17 +26,28 @@ pub struct Error {
 
 pub async fn fetch(client: &Client, binding: &PostgresMcpBinding) -> Result<Inputs, Error> {
     let namespace = binding.metadata.namespace.clone().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let get = |name: String| {
+        let secrets = secrets.clone();
+        let namespace = namespace.clone();
+        async move {
+            secrets.get_opt(&name).await.map_err(|source| Error {
+                namespace,
+                name,
+                source,
+            })
+        }
+    };
     let mut inputs = Inputs::default();
     if let Some(reference) = &binding.spec.postgres.admin.password_secret_ref {
-        let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
-        inputs.admin_secret = secrets
-            .get_opt(&reference.name)
-            .await
-            .map_err(|source| Error {
-                namespace: namespace.clone(),
-                name: reference.name.clone(),
-                source,
-            })?;
+        inputs.admin_secret = get(reference.name.clone()).await?;
+    }
+    if let Some(password) = &binding.spec.identity.password {
+        let name = password
+            .secret_name
+            .clone()
+            .unwrap_or_else(|| format!("{}-postgres", binding.metadata.name.clone().unwrap_or_default()));
+        inputs.password_secret = get(name).await?;
     }
     Ok(inputs)
 }

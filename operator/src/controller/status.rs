@@ -17,6 +17,7 @@ use serde_json::json;
 use super::Context;
 use super::build::{Desired, child_name};
 use super::validate::{Identity, Valid};
+use crate::database;
 
 /// What one reconcile found.
 #[derive(Debug)]
@@ -26,6 +27,7 @@ pub enum Outcome<'a> {
         valid: &'a Valid,
         desired: &'a Desired,
         deployment: Option<&'a Deployment>,
+        database: &'a Result<database::Report, database::Error>,
     },
     /// The binding needs a change from the user (or an object it names).
     Stalled {
@@ -73,7 +75,73 @@ impl Step {
     }
 }
 
-fn steps(valid: &Valid, desired: &Desired, deployment: Option<&Deployment>) -> Vec<Step> {
+fn database_steps(
+    valid: &Valid,
+    database: &Result<database::Report, database::Error>,
+) -> [Step; 2] {
+    let role = valid.identity.role();
+    let db = &valid.spec.postgres.database;
+    match database {
+        Err(err) => [
+            Step::new(ty::DATABASE_READY, "False", err.reason(), err.to_string()),
+            Step::new(
+                ty::READ_ONLY_VERIFIED,
+                "Unknown",
+                "NotProbed",
+                format!("role {role} could not be probed: {}", err.reason()),
+            ),
+        ],
+        Ok(report) => {
+            let ready = if report.missing.is_empty() {
+                Step::new(
+                    ty::DATABASE_READY,
+                    "True",
+                    "GrantsMatch",
+                    format!(
+                        "role {role} can read {} tables in database {db}; its privileges match the spec",
+                        report.grants.tables
+                    ),
+                )
+            } else {
+                Step::new(
+                    ty::DATABASE_READY,
+                    "False",
+                    "NotFound",
+                    format!(
+                        "database {db} has no {}: the rest is granted, and these will be once they exist",
+                        report.missing.join(", ")
+                    ),
+                )
+            };
+            let read_only = if report.write_capabilities.is_empty() {
+                Step::new(
+                    ty::READ_ONLY_VERIFIED,
+                    "True",
+                    "ReadOnly",
+                    format!("role {role} can only read: no write privilege, no CREATE, no privileged attribute or membership"),
+                )
+            } else {
+                Step::new(
+                    ty::READ_ONLY_VERIFIED,
+                    "False",
+                    "CanWrite",
+                    format!(
+                        "role {role} {} (through PUBLIC, a role membership or a role attribute the operator does not manage): remove it",
+                        report.write_capabilities.join("; ")
+                    ),
+                )
+            };
+            [ready, read_only]
+        }
+    }
+}
+
+fn steps(
+    valid: &Valid,
+    desired: &Desired,
+    deployment: Option<&Deployment>,
+    database: &Result<database::Report, database::Error>,
+) -> Vec<Step> {
     let ns = &valid.namespace;
     let sa = child_name(&valid.name);
     let subject = format!("system:serviceaccount:{ns}:{sa}");
@@ -107,36 +175,7 @@ fn steps(valid: &Valid, desired: &Desired, deployment: Option<&Deployment>) -> V
         },
     });
 
-    let role = valid.identity.role();
-    let database = &valid.spec.postgres.database;
-    let todo = match &valid.identity {
-        Identity::Password { secret_name, .. } => format!(
-            "create LOGIN role {role} in database {database} with the password stored in Secret {ns}/{secret_name} (key password), and grant it SELECT on the granted tables"
-        ),
-        Identity::Entra { .. } => format!(
-            "create the Entra principal {role} (pgaadauth_create_principal) and grant it SELECT on the granted tables of database {database}"
-        ),
-    };
-    steps.push(
-        Step::new(
-            ty::DATABASE_READY,
-            "Unknown",
-            "NotManaged",
-            format!(
-                "this operator version does not create the principal or its grants yet: {todo}"
-            ),
-        )
-        .informative(),
-    );
-    steps.push(
-        Step::new(
-            ty::READ_ONLY_VERIFIED,
-            "Unknown",
-            "NotManaged",
-            format!("not probed by this operator version; the MCP server itself refuses to start when role {role} can write"),
-        )
-        .informative(),
-    );
+    steps.extend(database_steps(valid, database));
     steps.push(server_available(valid, desired, deployment));
     if let Some(foundry) = &valid.spec.foundry {
         steps.push(Step::new(
@@ -221,12 +260,21 @@ pub fn compute(
             valid,
             desired,
             deployment,
+            database,
         } => {
-            let steps = steps(valid, desired, *deployment);
+            let steps = steps(valid, desired, *deployment, database);
             let blocker = steps
                 .iter()
                 .find(|s| s.blocking && s.status != "True")
                 .cloned();
+            // A database refusal only the user can fix (a role someone else owns, no workload
+            // identity) stalls the binding; the other steps still report.
+            let stalled = match database {
+                Err(err) if err.needs_user() => {
+                    Some(Step::new(ty::STALLED, "True", err.reason(), err.to_string()))
+                }
+                _ => None,
+            };
             match &blocker {
                 None => {
                     conditions.push(Step::new(
@@ -239,15 +287,17 @@ pub fn compute(
                 }
                 Some(b) => {
                     conditions.push(Step::new(ty::READY, "False", b.reason, b.message.clone()));
-                    conditions.push(Step::new(
-                        ty::RECONCILING,
-                        "True",
-                        b.reason,
-                        b.message.clone(),
-                    ));
+                    // kstatus: a stalled object is not reconciling.
+                    let (status, message) = match stalled {
+                        Some(_) => ("False", String::new()),
+                        None => ("True", b.message.clone()),
+                    };
+                    conditions.push(Step::new(ty::RECONCILING, status, b.reason, message));
                 }
             }
-            conditions.push(Step::new(ty::STALLED, "False", "NotStalled", String::new()));
+            conditions.push(stalled.unwrap_or_else(|| {
+                Step::new(ty::STALLED, "False", "NotStalled", String::new())
+            }));
             conditions.extend(steps);
             status.endpoint = Some(desired.endpoint.clone());
             status.principal = Some(PrincipalStatus {
@@ -257,6 +307,9 @@ pub fn compute(
                     Identity::Password { .. } => PrincipalKind::Password,
                 },
             });
+            if let Ok(report) = database {
+                status.grants = Some(report.grants.clone());
+            }
         }
         Outcome::Stalled { reason, message } => {
             conditions.push(Step::new(ty::READY, "False", reason, message.clone()));
@@ -374,6 +427,25 @@ mod tests {
         (b, valid, desired)
     }
 
+    fn granted() -> Result<database::Report, database::Error> {
+        Ok(database::Report {
+            principal: PrincipalStatus {
+                name: "inventory-mcp".to_owned(),
+                kind: PrincipalKind::Entra,
+            },
+            grants: pgmcp_crds::v1alpha1::GrantsStatus {
+                tables: 3,
+                fingerprint: "f".to_owned(),
+                last_repair_time: None,
+                repairs: 0,
+            },
+            missing: Vec::new(),
+            write_capabilities: Vec::new(),
+            changed: None,
+            repaired: false,
+        })
+    }
+
     fn get<'a>(status: &'a PostgresMcpBindingStatus, type_: &str) -> &'a Condition {
         status.conditions.iter().find(|c| c.type_ == type_).unwrap()
     }
@@ -387,7 +459,7 @@ mod tests {
             &Outcome::Applied {
                 valid: &valid,
                 desired: &desired,
-                deployment: Some(&waiting),
+                deployment: Some(&waiting), database: &granted()
             },
             &at(100),
         );
@@ -411,7 +483,7 @@ mod tests {
             &Outcome::Applied {
                 valid: &valid,
                 desired: &desired,
-                deployment: Some(&available),
+                deployment: Some(&available), database: &granted()
             },
             &at(200),
         );
@@ -426,8 +498,9 @@ mod tests {
             "2/2 replicas of Deployment agents/inventory-mcp are available at http://inventory-mcp.agents.svc:8080/mcp"
         );
         assert_eq!(get(&status, "Reconciling").status, "False");
-        // Steps this version does not manage inform without blocking Ready.
-        assert_eq!(get(&status, "DatabaseReady").status, "Unknown");
+        assert_eq!(get(&status, "DatabaseReady").reason, "GrantsMatch");
+        assert_eq!(get(&status, "ReadOnlyVerified").status, "True");
+        assert_eq!(status.grants.as_ref().unwrap().tables, 3);
         assert_eq!(
             get(&status, "IdentityReady").reason,
             "WorkloadIdentityConfigured"
@@ -441,7 +514,7 @@ mod tests {
         let outcome = Outcome::Applied {
             valid: &valid,
             desired: &desired,
-            deployment: Some(&available),
+            deployment: Some(&available), database: &granted()
         };
         let first = compute(&b, &outcome, &at(100));
         let b = PostgresMcpBinding {
@@ -461,7 +534,7 @@ mod tests {
             &Outcome::Applied {
                 valid: &valid,
                 desired: &desired,
-                deployment: Some(&available),
+                deployment: Some(&available), database: &granted()
             },
             &at(100),
         );
@@ -515,7 +588,7 @@ mod tests {
             &Outcome::Applied {
                 valid: &valid,
                 desired: &desired,
-                deployment: Some(&available),
+                deployment: Some(&available), database: &granted()
             },
             &at(100),
         );
@@ -545,7 +618,7 @@ mod tests {
             &Outcome::Applied {
                 valid: &valid,
                 desired: &desired,
-                deployment: Some(&scaled),
+                deployment: Some(&scaled), database: &granted()
             },
             &at(100),
         );

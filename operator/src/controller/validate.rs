@@ -282,6 +282,7 @@ mod tests {
             &binding("password.yaml"),
             &Inputs {
                 admin_secret: Some(secret(&["username", "password"])),
+                ..Default::default()
             },
         )
         .unwrap();
@@ -321,6 +322,7 @@ mod tests {
             &binding("password.yaml"),
             &Inputs {
                 admin_secret: Some(secret(&["username"])),
+                ..Default::default()
             },
         )
         .unwrap_err();

@@ -1,10 +1,9 @@
 //! `pgmcp-testenv`: the local environment behind `make demo`.
 //!
 //! Starts the test control plane and PostgreSQL 15 with the sample shop database, creates the
-//! `agents` namespace with the admin Secret, creates the read-only role the binding names and
-//! its password Secret (what the operator's database step will do), starts the operator, applies
-//! the password-mode example binding pointed at that database, runs the MCP server pod the
-//! operator rendered (pod runner: no kubelet here), waits for the binding to be Ready, checks
+//! `agents` namespace with the admin Secret, starts the operator, applies the password-mode
+//! example binding pointed at that database (the operator creates the read-only role, its
+//! password Secret and the grants), runs the MCP server pod the operator rendered (pod runner: no kubelet here), waits for the binding to be Ready, checks
 //! that the server answers, prints how to connect a client, and keeps everything running until
 //! Ctrl-C (or stops at once with `--exit`). Everything it started is stopped when it ends.
 
@@ -18,7 +17,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
 use pgmcp_crds::v1alpha1::PostgresMcpBinding;
 use pgmcp_tests::operator::Operator;
-use pgmcp_tests::{Postgres, TestEnv, mcp, paths, podrunner, wait_for};
+use pgmcp_tests::{Postgres, TestEnv, bindings, mcp, paths, podrunner, wait_for};
 
 /// Local control plane + PostgreSQL + sample binding for trying pgmcp.
 #[derive(Parser, Debug)]
@@ -69,41 +68,9 @@ async fn main() -> anyhow::Result<()> {
             &format!("--from-literal=password={}", pg.password()),
         ],
     )?;
-    let example = paths::examples_dir().join("password.yaml");
-    let binding = std::fs::read_to_string(&example)?.replace(
-        "host: postgres.databases.svc.cluster.local",
-        &format!("host: {}\n    port: {}", pg.host(), pg.port()),
-    );
+    let binding = bindings::password_example(pg.host(), pg.port(), DATABASE, ROLE);
     let binding_file = env.kubeconfig().with_file_name("shop-binding.yaml");
     std::fs::write(&binding_file, binding)?;
-    let role_password = pgmcp_tests::postgres::random_password()?;
-    {
-        let shop = pg.connect(DATABASE).await?;
-        shop.batch_execute(&format!(
-            "CREATE ROLE {ROLE} LOGIN PASSWORD '{role_password}';
-             GRANT CONNECT ON DATABASE {DATABASE} TO {ROLE};
-             GRANT USAGE ON SCHEMA public TO {ROLE};
-             GRANT SELECT ON ALL TABLES IN SCHEMA public TO {ROLE};"
-        ))
-        .await?;
-    }
-    kubectl(
-        &env,
-        &[
-            "create",
-            "secret",
-            "generic",
-            "shop-postgres",
-            "-n",
-            NAMESPACE,
-            &format!("--from-literal=password={role_password}"),
-        ],
-    )?;
-    println!(
-        "created the read-only role {ROLE} (SELECT on schema public) and its Secret shop-postgres, \
-         as the binding asks (the operator's database step is not part of this release yet)"
-    );
-
     let operator = Operator::start(&env, NAMESPACE, "pgmcp-demo", &[]).await?;
     println!(
         "started pgmcp-operator (watching namespace {NAMESPACE}; metrics at http://127.0.0.1:{}/metrics)",
@@ -120,6 +87,24 @@ async fn main() -> anyhow::Result<()> {
         ],
     )?;
     let client = env.client().await?;
+    let bindings: Api<PostgresMcpBinding> = Api::namespaced(client.clone(), NAMESPACE);
+    let database_ready = |binding: PostgresMcpBinding| {
+        binding
+            .status?
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "DatabaseReady" && c.status == "True")
+            .then_some(())
+    };
+    wait_for(
+        "the operator to create role shop_mcp and its grants",
+        Duration::from_secs(60),
+        || async { database_ready(bindings.get("shop").await.ok()?) },
+    )
+    .await;
+    println!(
+        "the operator created role {ROLE} (SELECT on the tables of schema public) and Secret shop-postgres with its password"
+    );
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
     wait_for(
         "the operator to create Deployment shop-mcp",

@@ -1,0 +1,94 @@
+//! Reading bindings the way a user does (`kubectl get`, conditions), for the operator tests.
+
+use std::process::Command;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::Api;
+use pgmcp_crds::v1alpha1::PostgresMcpBinding;
+
+/// Runs a kubectl command and returns its output; panics with the output when it fails.
+pub fn kubectl_ok(mut command: Command) -> String {
+    let out = command.output().expect("kubectl runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "kubectl failed: {text}");
+    text
+}
+
+/// Condition `type_` of a binding, if reported.
+pub fn condition(binding: &PostgresMcpBinding, type_: &str) -> Option<Condition> {
+    binding
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .cloned()
+}
+
+/// Waits until condition `type_` of binding `name` has `status` (and `reason`, if given) for
+/// the binding's current generation; returns the binding.
+pub async fn wait_condition(
+    api: &Api<PostgresMcpBinding>,
+    name: &str,
+    type_: &str,
+    status: &str,
+    reason: Option<&str>,
+    timeout: Duration,
+) -> PostgresMcpBinding {
+    let last = std::cell::RefCell::new(None);
+    let found = crate::wait_for_opt(timeout, || async {
+        let binding = api.get(name).await.ok()?;
+        let c = condition(&binding, type_);
+        last.replace(c.clone());
+        let c = c?;
+        (c.status == status
+            && reason.is_none_or(|r| c.reason == r)
+            && binding.status.as_ref()?.observed_generation == binding.metadata.generation)
+            .then_some(binding)
+    })
+    .await;
+    match found {
+        Some(binding) => binding,
+        None => panic!(
+            "timed out after {timeout:?} waiting for {type_}={status} {reason:?} on binding {name}; last {type_}: {:?}",
+            last.borrow()
+        ),
+    }
+}
+
+/// `manifests/examples/password.yaml` pointed at a real server: host, port, database and the
+/// role to create replaced, everything else as users read it.
+pub fn password_example(host: &str, port: u16, database: &str, role: &str) -> String {
+    let path = crate::paths::examples_dir().join("password.yaml");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("failed to read {}: {e}", path.display()))
+        .replace(
+            "host: postgres.databases.svc.cluster.local",
+            &format!("host: {host}\n    port: {port}"),
+        )
+        .replace("database: shop", &format!("database: {database}"))
+        .replace("roleName: shop_mcp", &format!("roleName: {role}"))
+}
+
+/// `kubectl apply -f` of `yaml` in the test's namespace.
+pub fn kubectl_apply(ns: &crate::TestNamespace, yaml: &str) -> String {
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), yaml).expect("write manifest");
+    let mut apply = ns.kubectl();
+    apply.arg("apply").arg("-f").arg(file.path());
+    kubectl_ok(apply)
+}
+
+/// The admin Secret the examples name (`pg-admin`), holding the test server's superuser.
+pub fn create_admin_secret(ns: &crate::TestNamespace, pg: &crate::Postgres) -> String {
+    let mut create = ns.kubectl();
+    create.args(["create", "secret", "generic", "pg-admin"]);
+    create.arg("--from-literal=username=postgres");
+    create.arg(format!("--from-literal=password={}", pg.password()));
+    kubectl_ok(create)
+}

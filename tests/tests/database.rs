@@ -1,0 +1,531 @@
+//! The database step against real PostgreSQL 15, through the operator on the real control plane:
+//! the role it creates can read exactly what the binding grants and nothing else, drift made by
+//! hand is repaired (and a steady state issues no SQL), hostile names stay names, write access
+//! given by hand fails the read-only probe, a role someone else made is never taken over, the
+//! password rotates on request, and deletion removes the role (or keeps it with Orphan).
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt as _;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use pgmcp_crds::v1alpha1::PostgresMcpBinding;
+use pgmcp_tests::bindings::{
+    condition, create_admin_secret, kubectl_apply, kubectl_ok, password_example, wait_condition,
+};
+use pgmcp_tests::operator::Operator;
+use pgmcp_tests::{Postgres, TestDatabase, TestEnv, TestNamespace, eventually, wait_for};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(45);
+const NAME: &str = "shop";
+
+/// A namespace, a database with the shop data plus a schema the binding does not grant, and an
+/// operator watching the namespace.
+struct Fixture {
+    ns: TestNamespace,
+    db: TestDatabase,
+    role: String,
+    operator: Operator,
+}
+
+impl Fixture {
+    async fn start(test: &str, operator_args: &[&str]) -> Self {
+        let env = TestEnv::shared();
+        let pg = Postgres::shared();
+        let ns = env.namespace(test).await.unwrap();
+        let db = pg.create_database(test).await.unwrap();
+        let shop = std::fs::read_to_string(
+            pgmcp_tests::paths::workspace_root().join("tests/fixtures/shop.sql"),
+        )
+        .unwrap();
+        let admin = db.connect().await.unwrap();
+        admin.batch_execute(&shop).await.unwrap();
+        admin
+            .batch_execute(
+                "CREATE SCHEMA hr; CREATE TABLE hr.salaries (id int, amount numeric);
+                 INSERT INTO hr.salaries VALUES (1, 100);",
+            )
+            .await
+            .unwrap();
+        create_admin_secret(&ns, pg);
+        let operator = Operator::start(env, &ns.name, test, operator_args)
+            .await
+            .unwrap();
+        let role = format!("{}_r", db.name);
+        Fixture {
+            ns,
+            db,
+            role,
+            operator,
+        }
+    }
+
+    fn example(&self) -> String {
+        let pg = self.db.server();
+        password_example(pg.host(), pg.port(), &self.db.name, &self.role)
+    }
+
+    fn bindings(&self) -> Api<PostgresMcpBinding> {
+        self.ns.api()
+    }
+
+    async fn wait(&self, type_: &str, status: &str, reason: Option<&str>) -> PostgresMcpBinding {
+        wait_condition(&self.bindings(), NAME, type_, status, reason, WAIT).await
+    }
+
+    /// The generated password, from the Secret the binding owns.
+    async fn password(&self) -> String {
+        let secrets: Api<Secret> = self.ns.api();
+        let secret = secrets.get("shop-postgres").await.unwrap();
+        String::from_utf8(secret.data.unwrap()["password"].0.clone()).unwrap()
+    }
+
+    async fn as_role(&self) -> tokio_postgres::Client {
+        self.db
+            .connect_as(&self.role, &self.password().await)
+            .await
+            .unwrap()
+    }
+
+    async fn admin(&self) -> tokio_postgres::Client {
+        self.db.connect().await.unwrap()
+    }
+
+    async fn has(&self, privilege: &str, table: &str) -> bool {
+        self.admin()
+            .await
+            .query_one(
+                "SELECT has_table_privilege(to_regrole($1), $2::text::regclass, $3)",
+                &[&quote(&self.role), &table, &privilege],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+}
+
+fn quote(identifier: &str) -> String {
+    format!("\"{}\"", identifier.replace('"', "\"\""))
+}
+
+/// The SQLSTATE of a failed statement.
+fn sqlstate(result: Result<u64, tokio_postgres::Error>) -> String {
+    match result {
+        Ok(_) => "ok".to_owned(),
+        Err(e) => e.code().map(|c| c.code().to_owned()).unwrap_or_default(),
+    }
+}
+
+#[tokio::test]
+async fn the_role_reads_exactly_what_the_binding_grants() {
+    let f = Fixture::start("db-grants", &[]).await;
+    kubectl_apply(&f.ns, &f.example());
+    let binding = f.wait("DatabaseReady", "True", Some("GrantsMatch")).await;
+    f.wait("ReadOnlyVerified", "True", Some("ReadOnly")).await;
+
+    // The password lives in a Secret the binding owns.
+    let secrets: Api<Secret> = f.ns.api();
+    let secret = secrets.get("shop-postgres").await.unwrap();
+    assert!(
+        secret
+            .owner_references()
+            .iter()
+            .any(|o| Some(&o.uid) == binding.metadata.uid.as_ref()),
+        "the Secret is owned by the binding"
+    );
+    assert_eq!(f.password().await.len(), 64);
+
+    let role = f.as_role().await;
+    let customers: i64 = role
+        .query_one("SELECT count(*) FROM public.customers", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(customers > 0);
+    // Not granted, not writable, nothing to create.
+    assert_eq!(
+        sqlstate(role.execute("SELECT * FROM hr.salaries", &[]).await),
+        "42501"
+    );
+    assert_eq!(
+        sqlstate(
+            role.execute(
+                "INSERT INTO public.customers (name, email) VALUES ('x', 'y')",
+                &[]
+            )
+            .await
+        ),
+        "42501"
+    );
+    assert_eq!(
+        sqlstate(role.execute("CREATE TABLE public.mine (a int)", &[]).await),
+        "42501"
+    );
+
+    // What the status says matches the catalog.
+    let status = binding.status.unwrap();
+    let tables: i64 = f
+        .admin()
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = 'public' AND c.relkind IN ('r', 'v', 'm', 'f', 'p')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(i64::from(status.grants.as_ref().unwrap().tables), tables);
+    assert_eq!(status.principal.unwrap().name, f.role);
+
+    // Tables created later are readable: default privileges for the admin and for other owners.
+    let owner = format!("{}_owner", f.db.name);
+    let admin = f.admin().await;
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {o}; GRANT CREATE, USAGE ON SCHEMA public TO {o};
+             CREATE TABLE public.owned_by_other (a int); ALTER TABLE public.owned_by_other OWNER TO {o};",
+            o = quote(&owner)
+        ))
+        .await
+        .unwrap();
+    // The operator notices the new owner on its next pass (the binding changes, or resync).
+    f.bindings()
+        .patch(
+            NAME,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"touch": "1"}}})),
+        )
+        .await
+        .unwrap();
+    eventually("SELECT on the table of the other owner", WAIT, || async {
+        f.has("SELECT", "public.owned_by_other").await
+    })
+    .await;
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE public.later_by_admin (a int);
+             SET ROLE {o}; CREATE TABLE public.later_by_other (a int); RESET ROLE;",
+            o = quote(&owner)
+        ))
+        .await
+        .unwrap();
+    for table in ["public.later_by_admin", "public.later_by_other"] {
+        assert!(
+            f.has("SELECT", table).await,
+            "{table} is readable at once through default privileges"
+        );
+    }
+}
+
+#[tokio::test]
+async fn drift_made_by_hand_is_repaired_and_a_steady_state_issues_no_sql() {
+    let f = Fixture::start("db-drift", &["--resync=1s"]).await;
+    kubectl_apply(&f.ns, &f.example());
+    f.wait("DatabaseReady", "True", None).await;
+    let admin = f.admin().await;
+    let role = quote(&f.role);
+
+    // Steady state: reconciles run, no SQL is issued.
+    let sql = f
+        .operator
+        .metric("pgmcp_operator_sql_statements_total")
+        .await
+        .unwrap();
+    let reconciles = f
+        .operator
+        .metric("pgmcp_operator_reconciles_total")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        f.operator
+            .metric("pgmcp_operator_reconciles_total")
+            .await
+            .unwrap()
+            >= reconciles + 2.0
+    );
+    assert_eq!(
+        f.operator
+            .metric("pgmcp_operator_sql_statements_total")
+            .await
+            .unwrap(),
+        sql,
+        "equal state issued SQL"
+    );
+
+    // A hand-made INSERT grant is revoked; a hand-made revoke is undone.
+    admin
+        .batch_execute(&format!(
+            "GRANT INSERT ON public.customers TO {role}; REVOKE SELECT ON public.orders FROM {role};"
+        ))
+        .await
+        .unwrap();
+    eventually("INSERT revoked and SELECT restored", WAIT, || async {
+        !f.has("INSERT", "public.customers").await && f.has("SELECT", "public.orders").await
+    })
+    .await;
+    let binding = wait_for("a repair counted in status", WAIT, || async {
+        let b = f.bindings().get(NAME).await.ok()?;
+        (b.status.as_ref()?.grants.as_ref()?.repairs >= 1).then_some(b)
+    })
+    .await;
+    assert!(
+        binding
+            .status
+            .unwrap()
+            .grants
+            .unwrap()
+            .last_repair_time
+            .is_some()
+    );
+    let mut events = f.ns.kubectl();
+    events.args(["get", "events", "--field-selector", "reason=GrantsRepaired"]);
+    let events = kubectl_ok(events);
+    assert!(
+        events.contains("revoked INSERT on table public.customers")
+            && events.contains("granted SELECT on table public.orders"),
+        "{events}"
+    );
+    assert!(
+        f.operator
+            .metric("pgmcp_operator_grant_repairs_total")
+            .await
+            .unwrap()
+            >= 1.0
+    );
+
+    // Shrinking the table list revokes what was removed, default privileges included.
+    f.bindings()
+        .patch(
+            NAME,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"access": {"grants": [{"schema": "public", "tables": ["customers"]}]}}})),
+        )
+        .await
+        .unwrap();
+    f.wait("DatabaseReady", "True", None).await;
+    assert!(f.has("SELECT", "public.customers").await);
+    assert!(!f.has("SELECT", "public.orders").await);
+    let defaults: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_default_acl d, aclexplode(d.defaclacl) a WHERE a.grantee = to_regrole($1)",
+            &[&role],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        defaults, 0,
+        "an explicit table list has no default privileges"
+    );
+}
+
+#[tokio::test]
+async fn hostile_names_are_taken_literally() {
+    let f = Fixture::start("db-hostile", &[]).await;
+    let schema = "we\"ird schema";
+    let table = "Straße; DROP TABLE customers; --";
+    let admin = f.admin().await;
+    admin
+        .batch_execute(&format!(
+            "CREATE SCHEMA {s}; CREATE TABLE {s}.{t} (a int); INSERT INTO {s}.{t} VALUES (7);",
+            s = quote(schema),
+            t = quote(table)
+        ))
+        .await
+        .unwrap();
+    let hostile_role = format!("{}\"; DROP ROLE postgres; --", f.db.name);
+    let pg = f.db.server();
+    let mut binding: serde_json::Value = serde_saphyr::from_str(&password_example(
+        pg.host(),
+        pg.port(),
+        &f.db.name,
+        &hostile_role,
+    ))
+    .unwrap();
+    binding["spec"]["access"]["grants"] = json!([{"schema": schema, "tables": [table]}]);
+    kubectl_apply(&f.ns, &serde_json::to_string(&binding).unwrap());
+    f.wait("DatabaseReady", "True", None).await;
+
+    let password = f.password().await;
+    let role = f.db.connect_as(&hostile_role, &password).await.unwrap();
+    let value: i32 = role
+        .query_one(
+            &format!("SELECT a FROM {}.{}", quote(schema), quote(table)),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(value, 7);
+    // Nothing was executed as SQL.
+    assert!(
+        admin
+            .query_opt("SELECT 1 FROM public.customers LIMIT 1", &[])
+            .await
+            .is_ok()
+    );
+    let postgres: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_roles WHERE rolname = 'postgres'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(postgres, 1);
+}
+
+#[tokio::test]
+async fn write_access_given_by_hand_fails_the_read_only_probe_until_removed() {
+    let f = Fixture::start("db-probe", &["--resync=1s"]).await;
+    kubectl_apply(&f.ns, &f.example());
+    f.wait("ReadOnlyVerified", "True", None).await;
+    let admin = f.admin().await;
+    admin
+        .batch_execute(&format!("GRANT pg_write_all_data TO {}", quote(&f.role)))
+        .await
+        .unwrap();
+    let binding = f.wait("ReadOnlyVerified", "False", Some("CanWrite")).await;
+    let probe = condition(&binding, "ReadOnlyVerified").unwrap();
+    assert!(
+        probe.message.contains("is a member of pg_write_all_data"),
+        "{}",
+        probe.message
+    );
+    assert_eq!(condition(&binding, "Ready").unwrap().status, "False");
+    admin
+        .batch_execute(&format!("REVOKE pg_write_all_data FROM {}", quote(&f.role)))
+        .await
+        .unwrap();
+    f.wait("ReadOnlyVerified", "True", Some("ReadOnly")).await;
+}
+
+#[tokio::test]
+async fn a_role_someone_else_made_is_never_taken_over() {
+    let f = Fixture::start("db-conflict", &[]).await;
+    f.admin()
+        .await
+        .batch_execute(&format!("CREATE ROLE {} LOGIN", quote(&f.role)))
+        .await
+        .unwrap();
+    kubectl_apply(&f.ns, &f.example());
+    let binding = f.wait("Stalled", "True", Some("RoleConflict")).await;
+    let stalled = condition(&binding, "Stalled").unwrap();
+    assert!(
+        stalled
+            .message
+            .contains(&format!("role {} already exists", f.role))
+            && stalled.message.contains("not managed by binding"),
+        "{}",
+        stalled.message
+    );
+    assert_eq!(
+        condition(&binding, "DatabaseReady").unwrap().reason,
+        "RoleConflict"
+    );
+    // The role was left as it was: no grants.
+    assert!(!f.has("SELECT", "public.customers").await);
+}
+
+#[tokio::test]
+async fn the_password_rotates_on_request() {
+    let f = Fixture::start("db-rotate", &[]).await;
+    kubectl_apply(&f.ns, &f.example());
+    f.wait("DatabaseReady", "True", None).await;
+    let old = f.password().await;
+    f.bindings()
+        .patch(
+            NAME,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {"pgmcp.dev/rotate-password": "2026-11-24"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let new = wait_for("a new password in the Secret", WAIT, || async {
+        let secrets: Api<Secret> = f.ns.api();
+        let secret = secrets.get("shop-postgres").await.ok()?;
+        let applied = secret
+            .annotations()
+            .contains_key("pgmcp.dev/password-applied");
+        let password = String::from_utf8(secret.data?["password"].0.clone()).ok()?;
+        (password != old && applied).then_some(password)
+    })
+    .await;
+    assert!(
+        f.db.connect_as(&f.role, &new).await.is_ok(),
+        "the new password works"
+    );
+    assert!(
+        f.db.connect_as(&f.role, &old).await.is_err(),
+        "the old one does not"
+    );
+}
+
+#[tokio::test]
+async fn deletion_removes_the_role_and_orphan_keeps_it() {
+    let f = Fixture::start("db-delete", &[]).await;
+    // Two bindings on the same database: one deleted with the default policy, one with Orphan.
+    kubectl_apply(&f.ns, &f.example());
+    let pg = f.db.server();
+    let kept_role = format!("{}_kept", f.db.name);
+    let kept = password_example(pg.host(), pg.port(), &f.db.name, &kept_role)
+        .replace("name: shop", "name: kept")
+        .replace(
+            "        tables: [\"*\"]",
+            "        tables: [\"*\"]\n    deletionPolicy: Orphan",
+        );
+    kubectl_apply(&f.ns, &kept);
+    f.wait("DatabaseReady", "True", None).await;
+    wait_condition(&f.bindings(), "kept", "DatabaseReady", "True", None, WAIT).await;
+
+    for name in [NAME, "kept"] {
+        f.bindings()
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    eventually("both bindings gone", WAIT, || async {
+        f.bindings()
+            .list(&Default::default())
+            .await
+            .is_ok_and(|l| l.items.is_empty())
+    })
+    .await;
+    let admin = f.admin().await;
+    let exists = |role: String| {
+        let admin = &admin;
+        async move {
+            admin
+                .query_one("SELECT count(*) FROM pg_roles WHERE rolname = $1", &[&role])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+                == 1
+        }
+    };
+    assert!(
+        !exists(f.role.clone()).await,
+        "Delete policy dropped the role"
+    );
+    assert!(
+        exists(kept_role.clone()).await,
+        "Orphan policy kept the role"
+    );
+    let kept_select: bool = admin
+        .query_one(
+            "SELECT has_table_privilege(to_regrole($1), 'public.customers', 'SELECT')",
+            &[&quote(&kept_role)],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(kept_select, "and its grants");
+    assert!(f.operator.log().contains("Removed"), "{}", f.operator.log());
+}
