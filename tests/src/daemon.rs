@@ -33,7 +33,7 @@ if [ -n "$cleanup" ] && [ -z "$PGMCP_KEEP_TEST_DIRS" ]; then rm -rf "$cleanup"; 
 "#;
 
 /// How a daemon should be started.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Spec {
     pub name: String,
     pub program: PathBuf,

@@ -24,7 +24,26 @@ pub struct Postgres {
     password: String,
     version: String,
     ca_cert: std::path::PathBuf,
-    _daemon: Daemon,
+    daemon: std::sync::Mutex<Option<Daemon>>,
+    /// How to start the server again after [`Postgres::stop`].
+    spec: Spec,
+    /// Removed on drop when the daemon does not remove it itself (restartable servers).
+    own_dir: Option<std::path::PathBuf>,
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if let Ok(mut daemon) = self.daemon.lock()
+            && let Some(mut daemon) = daemon.take()
+        {
+            daemon.stop();
+        }
+        if let Some(dir) = &self.own_dir
+            && std::env::var_os("PGMCP_KEEP_TEST_DIRS").is_none()
+        {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 impl Postgres {
@@ -43,6 +62,39 @@ impl Postgres {
 
     /// Initialises and starts a new server.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(false).await
+    }
+
+    /// A server of its own that a test may [`stop`](Postgres::stop) and
+    /// [`restart`](Postgres::restart) (its data survives until it is dropped).
+    pub async fn start_restartable() -> anyhow::Result<Self> {
+        Self::start_with(true).await
+    }
+
+    /// Stops the server (fast shutdown: clients are disconnected).
+    pub fn stop(&self) {
+        if let Ok(mut daemon) = self.daemon.lock()
+            && let Some(mut daemon) = daemon.take()
+        {
+            daemon.stop();
+        }
+    }
+
+    /// Starts a stopped server again on the same port with the same data.
+    pub async fn restart(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.own_dir.is_some(),
+            "only servers from Postgres::start_restartable can restart"
+        );
+        let mut daemon = Daemon::spawn(self.spec.clone())?;
+        wait_accepting(self.port, &self.password, &mut daemon, Instant::now()).await?;
+        if let Ok(mut slot) = self.daemon.lock() {
+            *slot = Some(daemon);
+        }
+        Ok(())
+    }
+
+    async fn start_with(restartable: bool) -> anyhow::Result<Self> {
         let started = Instant::now();
         let bindir = paths::postgres_bindir();
         let postgres_bin = bindir.join("postgres");
@@ -128,36 +180,22 @@ impl Postgres {
             format!("ssl_key_file={}", tls.key.display()),
         ]);
         spec.stop_signal = "INT"; // fast shutdown: do not wait for clients
-        spec.cleanup_dir = Some(dir.clone());
+        if !restartable {
+            spec.cleanup_dir = Some(dir.clone());
+        }
         spec.run_as = run_as;
         // The log lives in the directory, created by us; make it writable for the server too.
-        let mut daemon = Daemon::spawn(spec)?;
-
-        let pg = loop {
-            let config = connect_config("127.0.0.1", port, SUPERUSER, &password, "postgres");
-            match config.connect(tokio_postgres::NoTls).await {
-                Ok((client, connection)) => {
-                    drop(client);
-                    drop(connection);
-                    break Postgres {
-                        host: "127.0.0.1".to_owned(),
-                        port,
-                        password,
-                        version: version.trim().to_owned(),
-                        ca_cert: tls.ca_cert.clone(),
-                        _daemon: daemon,
-                    };
-                }
-                Err(err) => {
-                    if daemon.exited() || started.elapsed() > Duration::from_secs(60) {
-                        anyhow::bail!(
-                            "PostgreSQL did not accept connections ({err}):\n{}",
-                            daemon.log_tail(30)
-                        );
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
+        let mut daemon = Daemon::spawn(spec.clone())?;
+        wait_accepting(port, &password, &mut daemon, started).await?;
+        let pg = Postgres {
+            host: "127.0.0.1".to_owned(),
+            port,
+            password,
+            version: version.trim().to_owned(),
+            ca_cert: tls.ca_cert.clone(),
+            daemon: std::sync::Mutex::new(Some(daemon)),
+            spec,
+            own_dir: restartable.then(|| dir.clone()),
         };
         eprintln!(
             "test PostgreSQL ({}) ready on 127.0.0.1:{port} in {:.1}s",
@@ -247,6 +285,30 @@ impl TestDatabase {
             &self.name,
         ))
         .await
+    }
+}
+
+/// Waits until the server accepts a superuser connection (up to a minute from `started`).
+async fn wait_accepting(
+    port: u16,
+    password: &str,
+    daemon: &mut Daemon,
+    started: Instant,
+) -> anyhow::Result<()> {
+    loop {
+        let config = connect_config("127.0.0.1", port, SUPERUSER, password, "postgres");
+        match config.connect(tokio_postgres::NoTls).await {
+            Ok(_) => return Ok(()),
+            Err(err) => {
+                if daemon.exited() || started.elapsed() > Duration::from_secs(60) {
+                    anyhow::bail!(
+                        "PostgreSQL did not accept connections ({err}):\n{}",
+                        daemon.log_tail(30)
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
     }
 }
 

@@ -529,3 +529,71 @@ async fn deletion_removes_the_role_and_orphan_keeps_it() {
     assert!(kept_select, "and its grants");
     assert!(f.operator.log().contains("Removed"), "{}", f.operator.log());
 }
+
+#[tokio::test]
+async fn deleting_while_the_database_is_down_waits_and_completes_when_it_returns() {
+    let env = TestEnv::shared();
+    let pg = Postgres::start_restartable().await.unwrap();
+    pg.connect("postgres")
+        .await
+        .unwrap()
+        .batch_execute("CREATE DATABASE shop")
+        .await
+        .unwrap();
+    pg.connect("shop")
+        .await
+        .unwrap()
+        .batch_execute("CREATE TABLE customers (id int)")
+        .await
+        .unwrap();
+    let ns = env.namespace("db-down").await.unwrap();
+    create_admin_secret(&ns, &pg);
+    let _operator = Operator::start(env, &ns.name, "db-down", &[])
+        .await
+        .unwrap();
+    kubectl_apply(
+        &ns,
+        &password_example(pg.host(), pg.port(), "shop", "shop_mcp"),
+    );
+    let bindings: Api<PostgresMcpBinding> = ns.api();
+    wait_condition(&bindings, NAME, "DatabaseReady", "True", None, WAIT).await;
+
+    pg.stop();
+    bindings
+        .delete(NAME, &DeleteParams::default())
+        .await
+        .unwrap();
+    let waiting = wait_for("the failed cleanup reported", WAIT, || async {
+        let b = bindings.get(NAME).await.ok()?;
+        let ready = condition(&b, "Ready")?;
+        (ready.reason == "CleanupFailed").then_some(b)
+    })
+    .await;
+    assert!(waiting.metadata.deletion_timestamp.is_some());
+    assert_eq!(waiting.finalizers(), [pgmcp_crds::FINALIZER.to_owned()]);
+    let message = condition(&waiting, "Ready").unwrap().message;
+    assert!(
+        message.contains("failed to connect to PostgreSQL") && message.contains("as postgres"),
+        "{message}"
+    );
+
+    pg.restart().await.unwrap();
+    eventually(
+        "the binding gone once the database is back",
+        WAIT,
+        || async { bindings.get_opt(NAME).await.is_ok_and(|b| b.is_none()) },
+    )
+    .await;
+    let roles: i64 = pg
+        .connect("postgres")
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT count(*) FROM pg_roles WHERE rolname = 'shop_mcp'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(roles, 0, "the role was dropped after all");
+}
