@@ -1,0 +1,269 @@
+//! Entra mode through the operator, without Azure: the operator signs in to PostgreSQL as an
+//! Entra administrator with its own workload identity (a real ServiceAccount token from the test
+//! apiserver, exchanged at the Entra fake against a federated credential), and creates the
+//! binding's principal with `pgaadauth_create_principal_with_oid`. PostgreSQL 15 has no
+//! `pgaadauth_*` functions: the fixture installs functions with Azure's names and signatures
+//! that create the role and record what they were given, so the operator's Azure path runs
+//! for real against a real server.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::api::{Api, PostParams};
+use pgmcp_crds::v1alpha1::PostgresMcpBinding;
+use pgmcp_tests::bindings::{condition, kubectl_apply, wait_condition};
+use pgmcp_tests::entra::{
+    App, EntraFake, FederatedCredential, Issued, POSTGRES_RESOURCE, TOKEN_EXCHANGE_AUDIENCE,
+};
+use pgmcp_tests::operator::Operator;
+use pgmcp_tests::{Postgres, TestEnv};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(60);
+const TENANT: &str = "22222222-2222-4222-8222-222222222222";
+/// The operator's own managed identity, an Entra administrator of the server.
+const OPERATOR_CLIENT_ID: &str = "55555555-5555-4555-8555-555555555555";
+/// The binding's managed identity.
+const MI_CLIENT_ID: &str = "11111111-1111-4111-8111-111111111111";
+const MI_OBJECT_ID: &str = "33333333-3333-4333-8333-333333333333";
+
+/// Azure's principal functions, as far as the operator can tell: same names, same signatures.
+const PGAADAUTH: &str = r#"
+CREATE SCHEMA fixture;
+CREATE TABLE fixture.pgaadauth_principals (rolname text PRIMARY KEY, object_id text, object_type text);
+CREATE FUNCTION pgaadauth_create_principal(rolename text, isadmin boolean, ismfa boolean)
+RETURNS text LANGUAGE plpgsql SECURITY DEFINER AS $$
+BEGIN
+  EXECUTE format('CREATE ROLE %I LOGIN', rolename);
+  INSERT INTO fixture.pgaadauth_principals VALUES (rolename, NULL, 'user');
+  RETURN format('Created role for "%s"', rolename);
+END $$;
+CREATE FUNCTION pgaadauth_create_principal_with_oid(rolename text, objectid text, objecttype text, isadmin boolean, ismfa boolean)
+RETURNS text LANGUAGE plpgsql SECURITY DEFINER AS $$
+BEGIN
+  EXECUTE format('CREATE ROLE %I LOGIN', rolename);
+  INSERT INTO fixture.pgaadauth_principals VALUES (rolename, objectid, objecttype);
+  RETURN format('Created role for "%s"', rolename);
+END $$;
+"#;
+
+#[tokio::test]
+async fn entra_binding_gets_its_principal_through_the_operators_workload_identity() {
+    let env = TestEnv::shared();
+    let pg = Postgres::shared();
+    let ns = env.namespace("entra-db").await.unwrap();
+    let db = pg.create_database("entra_db").await.unwrap();
+    let entra_admin = format!("{}_aad_admin", db.name);
+    let principal = format!("{}_mi", db.name);
+    let admin = Arc::new(db.connect().await.unwrap());
+    admin.batch_execute(PGAADAUTH).await.unwrap();
+    // The Entra administrator (CREATEROLE, like azure_pg_admin members) owns the data.
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE \"{entra_admin}\" LOGIN CREATEROLE;
+             GRANT CREATE ON SCHEMA public TO \"{entra_admin}\";
+             SET ROLE \"{entra_admin}\";
+             CREATE TABLE public.sales (id int, amount numeric);
+             INSERT INTO public.sales VALUES (1, 9.5);
+             RESET ROLE;"
+        ))
+        .await
+        .unwrap();
+
+    // The operator's ServiceAccount, a token for it, and Entra trusting it.
+    let accounts: Api<ServiceAccount> = ns.api();
+    accounts
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "pgmcp-operator"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let token = accounts
+        .create_token_request(
+            "pgmcp-operator",
+            &PostParams::default(),
+            &TokenRequest {
+                spec: TokenRequestSpec {
+                    audiences: vec![TOKEN_EXCHANGE_AUDIENCE.to_owned()],
+                    expiration_seconds: Some(3600),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("azure-identity-token");
+    std::fs::write(&token_file, token).unwrap();
+    let fake = EntraFake::start().await.unwrap();
+    fake.add_tenant(TENANT).unwrap();
+    fake.register_app(
+        TENANT,
+        App {
+            client_id: OPERATOR_CLIENT_ID.into(),
+            object_id: "66666666-6666-4666-8666-666666666666".into(),
+            display_name: entra_admin.clone(),
+            access_token_version: 1,
+            ..App::default()
+        },
+    )
+    .unwrap();
+    fake.add_federated_credential(
+        TENANT,
+        OPERATOR_CLIENT_ID,
+        FederatedCredential {
+            issuer: env.server().to_owned(),
+            subject: format!("system:serviceaccount:{}:pgmcp-operator", ns.name),
+            audiences: vec![TOKEN_EXCHANGE_AUDIENCE.to_owned()],
+        },
+    )
+    .unwrap();
+    fake.trust_issuer(env.server(), env.client().await.unwrap());
+    // Azure accepts any unexpired token of the administrator: model it by making each issued
+    // PostgreSQL token the administrator's password until it expires.
+    let hook_admin = admin.clone();
+    let hook_role = entra_admin.clone();
+    fake.on_token_issued(Arc::new(move |issued: Issued| {
+        let (admin, role) = (hook_admin.clone(), hook_role.clone());
+        Box::pin(async move {
+            if issued.resource != POSTGRES_RESOURCE || issued.client_id != OPERATOR_CLIENT_ID {
+                return;
+            }
+            let until = jiff::Timestamp::try_from(issued.expires_at).unwrap();
+            admin
+                .batch_execute(&format!(
+                    "ALTER ROLE \"{role}\" PASSWORD '{}' VALID UNTIL '{until}'",
+                    issued.access_token.replace('\'', "''")
+                ))
+                .await
+                .unwrap();
+        })
+    }));
+    let vars: Vec<(String, String)> = [
+        ("AZURE_CLIENT_ID", OPERATOR_CLIENT_ID.to_owned()),
+        ("AZURE_TENANT_ID", TENANT.to_owned()),
+        (
+            "AZURE_FEDERATED_TOKEN_FILE",
+            token_file.display().to_string(),
+        ),
+        ("AZURE_AUTHORITY_HOST", fake.url().to_owned()),
+        ("SSL_CERT_FILE", fake.ca_cert().display().to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let operator = Operator::start_with_env(env, &ns.name, "op-entra", &[], &vars)
+        .await
+        .unwrap();
+
+    let binding = json!({
+        "apiVersion": "pgmcp.dev/v1alpha1",
+        "kind": "PostgresMcpBinding",
+        "metadata": {"name": "sales"},
+        "spec": {
+            "postgres": {
+                "host": pg.host(), "port": pg.port(), "database": db.name, "sslMode": "require",
+                "admin": {"entra": {"user": entra_admin}, "database": db.name}
+            },
+            "identity": {"entra": {
+                "clientId": MI_CLIENT_ID, "tenantId": TENANT,
+                "principalName": principal, "objectId": MI_OBJECT_ID
+            }},
+            "access": {"grants": [{"schema": "public", "tables": ["*"]}]},
+            "server": {"auth": {"none": {"acknowledgeInsecure": true}}}
+        }
+    });
+    kubectl_apply(&ns, &binding.to_string());
+    let bindings: Api<PostgresMcpBinding> = ns.api();
+    let binding = wait_condition(&bindings, "sales", "DatabaseReady", "True", None, WAIT).await;
+    assert_eq!(
+        condition(&binding, "ReadOnlyVerified").unwrap().reason,
+        "ReadOnly"
+    );
+
+    // The principal was made by Azure's function, with the managed identity's object id.
+    let row = admin
+        .query_one(
+            "SELECT object_id, object_type FROM fixture.pgaadauth_principals WHERE rolname = $1",
+            &[&principal],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, String>(0), row.get::<_, String>(1)),
+        (MI_OBJECT_ID.to_owned(), "service".to_owned())
+    );
+    let can_read: bool = admin
+        .query_one(
+            "SELECT has_table_privilege(to_regrole($1), 'public.sales', 'SELECT')",
+            &[&format!("\"{principal}\"")],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(can_read);
+    // The operator signed in with a token for the PostgreSQL scope, from its own identity.
+    assert!(
+        fake.issued()
+            .iter()
+            .any(|i| i.client_id == OPERATOR_CLIENT_ID && i.resource == POSTGRES_RESOURCE)
+    );
+    assert!(
+        operator.log().contains("workload identity found"),
+        "{}",
+        operator.log()
+    );
+}
+
+#[tokio::test]
+async fn without_a_workload_identity_an_entra_admin_binding_stalls_saying_what_to_do() {
+    let env = TestEnv::shared();
+    let pg = Postgres::shared();
+    let ns = env.namespace("entra-none").await.unwrap();
+    let _operator = Operator::start(env, &ns.name, "op-no-identity", &[])
+        .await
+        .unwrap();
+    let binding = json!({
+        "apiVersion": "pgmcp.dev/v1alpha1",
+        "kind": "PostgresMcpBinding",
+        "metadata": {"name": "sales"},
+        "spec": {
+            "postgres": {
+                "host": pg.host(), "port": pg.port(), "database": "sales", "sslMode": "require",
+                "admin": {"entra": {"user": "pgmcp-operator"}}
+            },
+            "identity": {"entra": {
+                "clientId": MI_CLIENT_ID, "tenantId": TENANT, "principalName": "sales-mcp"
+            }},
+            "access": {"grants": [{"schema": "public", "tables": ["*"]}]},
+            "server": {"auth": {"none": {"acknowledgeInsecure": true}}}
+        }
+    });
+    kubectl_apply(&ns, &binding.to_string());
+    let bindings: Api<PostgresMcpBinding> = ns.api();
+    let binding = wait_condition(
+        &bindings,
+        "sales",
+        "Stalled",
+        "True",
+        Some("NoWorkloadIdentity"),
+        WAIT,
+    )
+    .await;
+    let message = condition(&binding, "Stalled").unwrap().message;
+    assert!(
+        message.contains("AZURE_CLIENT_ID") && message.contains("Entra administrator"),
+        "{message}"
+    );
+    // The Kubernetes side is still deployed and reported.
+    assert!(condition(&binding, "ServerAvailable").is_some());
+}
