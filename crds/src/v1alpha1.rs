@@ -122,6 +122,18 @@ pub enum SslMode {
     VerifyFull,
 }
 
+impl SslMode {
+    /// The value as libpq spells it (`verify-full`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
 /// Credentials of the operator's administrative connection.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(validation = crate::rules::exactly_one(

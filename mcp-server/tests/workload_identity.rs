@@ -14,9 +14,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::server::{BIN, ServerProcess, call_tool};
 use common::{Shop, shop};
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::ServiceAccount;
-use kube::api::PostParams;
 use pgmcp_tests::entra::{
     App, EntraFake, FederatedCredential, Issued, POSTGRES_RESOURCE, TOKEN_EXCHANGE_AUDIENCE,
 };
@@ -28,32 +25,10 @@ const TENANT: &str = "22222222-2222-4222-8222-222222222222";
 const IDENTITY_CLIENT_ID: &str = "11111111-1111-4111-8111-111111111111";
 const IDENTITY_OBJECT_ID: &str = "33333333-3333-4333-8333-333333333333";
 
-/// A ServiceAccount and a token for it with the workload identity audience.
 async fn service_account_token(ns: &TestNamespace, name: &str) -> String {
-    let accounts = ns.api::<ServiceAccount>();
-    if accounts.get_opt(name).await.unwrap().is_none() {
-        let account: ServiceAccount =
-            serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-        accounts
-            .create(&PostParams::default(), &account)
-            .await
-            .unwrap();
-    }
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            audiences: vec![TOKEN_EXCHANGE_AUDIENCE.to_owned()],
-            expiration_seconds: Some(3600),
-            ..TokenRequestSpec::default()
-        },
-        ..TokenRequest::default()
-    };
-    accounts
-        .create_token_request(name, &PostParams::default(), &request)
+    pgmcp_tests::entra::service_account_token(ns, name)
         .await
         .unwrap()
-        .status
-        .unwrap()
-        .token
 }
 
 /// The Entra fake with the managed identity, a federated credential for
@@ -86,28 +61,9 @@ async fn entra(env: &TestEnv, ns: &TestNamespace) -> EntraFake {
     fake
 }
 
-/// Makes every PostgreSQL token the fake issues the password of the shop's role, valid until
-/// the token expires (`VALID UNTIL`): PostgreSQL then accepts exactly the current token, as Azure
-/// accepts any unexpired Entra token of the identity.
 async fn postgres_accepts_issued_tokens(fake: &EntraFake, shop: &Shop) {
     let admin = Arc::new(shop.db.connect().await.unwrap());
-    let role = shop.role.clone();
-    fake.on_token_issued(Arc::new(move |issued: Issued| {
-        let (admin, role) = (admin.clone(), role.clone());
-        Box::pin(async move {
-            if issued.resource != POSTGRES_RESOURCE {
-                return;
-            }
-            let until = jiff::Timestamp::try_from(issued.expires_at).unwrap();
-            admin
-                .batch_execute(&format!(
-                    "ALTER ROLE \"{role}\" PASSWORD '{}' VALID UNTIL '{until}'",
-                    issued.access_token.replace('\'', "''")
-                ))
-                .await
-                .unwrap();
-        })
-    }));
+    fake.accept_postgres_tokens_as_password(admin, &shop.role, IDENTITY_CLIENT_ID);
 }
 
 /// Flags and the four webhook variables (plus `SSL_CERT_FILE` trusting the fake).

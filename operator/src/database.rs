@@ -26,7 +26,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use pgmcp_crds::v1alpha1::{
-    DeletionPolicy, GrantsStatus, PostgresMcpBinding, PrincipalKind, PrincipalStatus, SslMode,
+    DeletionPolicy, GrantsStatus, PostgresMcpBinding, PrincipalKind, PrincipalStatus,
 };
 use postgres_protocol::escape::{escape_identifier as quote, escape_literal as literal};
 use serde_json::json;
@@ -166,7 +166,7 @@ impl Admin<'_> {
             user: self.user.clone(),
             message,
         };
-        let (mode, tls) = pgmcp_pgconn::connector(ssl_mode(pg.ssl_mode), None).map_err(fail)?;
+        let (mode, tls) = pgmcp_pgconn::connector(pg.ssl_mode.as_str(), None).map_err(fail)?;
         let mut config = tokio_postgres::Config::new();
         config
             .host(&pg.host)
@@ -195,15 +195,6 @@ impl Admin<'_> {
             database: database.clone(),
             message: describe(&e),
         }
-    }
-}
-
-fn ssl_mode(mode: SslMode) -> &'static str {
-    match mode {
-        SslMode::Disable => "disable",
-        SslMode::Prefer => "prefer",
-        SslMode::Require => "require",
-        SslMode::VerifyFull => "verify-full",
     }
 }
 

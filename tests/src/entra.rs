@@ -277,6 +277,37 @@ impl EntraFake {
     }
 
     /// Runs `hook` for every issued token before the client gets it.
+    /// Makes every PostgreSQL token the fake issues to `client_id` the password of `role`, valid
+    /// until the token expires (`VALID UNTIL`): PostgreSQL then accepts exactly the current
+    /// token, as Azure Database for PostgreSQL accepts any unexpired Entra token of the identity.
+    pub fn accept_postgres_tokens_as_password(
+        &self,
+        admin: Arc<tokio_postgres::Client>,
+        role: &str,
+        client_id: &str,
+    ) {
+        let (role, client_id) = (role.to_owned(), client_id.to_owned());
+        self.on_token_issued(Arc::new(move |issued: Issued| {
+            let (admin, role, client_id) = (admin.clone(), role.clone(), client_id.clone());
+            Box::pin(async move {
+                if issued.resource != POSTGRES_RESOURCE || issued.client_id != client_id {
+                    return;
+                }
+                let Ok(until) = jiff::Timestamp::try_from(issued.expires_at) else {
+                    return;
+                };
+                let statement = format!(
+                    "ALTER ROLE {} PASSWORD {} VALID UNTIL '{until}'",
+                    postgres_protocol::escape::escape_identifier(&role),
+                    postgres_protocol::escape::escape_literal(&issued.access_token)
+                );
+                if let Err(err) = admin.batch_execute(&statement).await {
+                    eprintln!("the Entra fake could not set the password of {role}: {err}");
+                }
+            })
+        }));
+    }
+
     pub fn on_token_issued(&self, hook: IssueHook) {
         lock(&self.inner).hook = Some(hook);
     }
@@ -952,4 +983,35 @@ impl axum::serve::Listener for TlsListener {
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         Ok(self.local)
     }
+}
+
+/// A ServiceAccount `name` in the test's namespace (created if missing) and a token for it with
+/// the workload-identity audience, as the kubelet projects it.
+pub async fn service_account_token(
+    ns: &crate::TestNamespace,
+    name: &str,
+) -> anyhow::Result<String> {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use kube::api::PostParams;
+    let accounts = ns.api::<ServiceAccount>();
+    if accounts.get_opt(name).await?.is_none() {
+        let account: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": name}}))?;
+        accounts.create(&PostParams::default(), &account).await?;
+    }
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec![TOKEN_EXCHANGE_AUDIENCE.to_owned()],
+            expiration_seconds: Some(3600),
+            ..TokenRequestSpec::default()
+        },
+        ..TokenRequest::default()
+    };
+    let issued = accounts
+        .create_token_request(name, &PostParams::default(), &request)
+        .await?;
+    issued
+        .status
+        .map(|s| s.token)
+        .context("TokenRequest returned no token")
 }

@@ -27,6 +27,55 @@ impl Operator {
         identity: &str,
         extra: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::start_with_env(env, namespace, identity, extra, &[]).await
+    }
+
+    /// [`Operator::start`] with extra environment variables (e.g. the workload-identity ones).
+    pub async fn start_with_env(
+        env: &TestEnv,
+        namespace: &str,
+        identity: &str,
+        extra: &[&str],
+        vars: &[(String, String)],
+    ) -> anyhow::Result<Self> {
+        let mut args: Vec<String> = vec![
+            format!("--kubeconfig={}", env.kubeconfig().display()),
+            format!("--namespace={namespace}"),
+            format!("--lease-namespace={namespace}"),
+            "--server-image=pgmcp-server:test".to_owned(),
+            "--log-format=text".to_owned(),
+        ];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        Self::launch(identity, args, vars).await
+    }
+
+    /// Starts the operator with the credentials in `kubeconfig` (e.g. a ServiceAccount token,
+    /// to prove its RBAC suffices) and exactly the flags in `args`, as a Deployment would pass
+    /// them: no namespace, Lease or image flags are added. Only `--kubeconfig`, `--identity` and
+    /// a free loopback `--metrics-listen` come first; a `--metrics-listen` in `args` is dropped.
+    /// Waits for its /healthz.
+    pub async fn start_with_kubeconfig(
+        kubeconfig: &std::path::Path,
+        identity: &str,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
+        let args = std::iter::once(format!("--kubeconfig={}", kubeconfig.display()))
+            .chain(
+                args.iter()
+                    .filter(|a| !a.starts_with("--metrics-listen"))
+                    .map(|s| (*s).to_owned()),
+            )
+            .collect();
+        Self::launch(identity, args, &[]).await
+    }
+
+    /// Runs the binary with `--identity`, a free `--metrics-listen`, then `args`; waits for
+    /// /healthz.
+    async fn launch(
+        identity: &str,
+        args: Vec<String>,
+        vars: &[(String, String)],
+    ) -> anyhow::Result<Self> {
         let bin = paths::operator_bin();
         paths::require(&bin, "build it with `cargo build -p pgmcp-operator`")?;
         let dir = tempfile::Builder::new()
@@ -34,17 +83,16 @@ impl Operator {
             .tempdir()?;
         let metrics_port = paths::free_port()?;
         let log = dir.path().join("operator.log");
-        let mut args: Vec<String> = vec![
-            format!("--kubeconfig={}", env.kubeconfig().display()),
-            format!("--namespace={namespace}"),
-            format!("--lease-namespace={namespace}"),
+        let all: Vec<String> = [
             format!("--identity={identity}"),
             format!("--metrics-listen=127.0.0.1:{metrics_port}"),
-            "--server-image=pgmcp-server:test".to_owned(),
-            "--log-format=text".to_owned(),
-        ];
-        args.extend(extra.iter().map(|s| (*s).to_owned()));
-        let mut daemon = Daemon::spawn(Spec::new("pgmcp-operator", &bin, &log).args(args))?;
+        ]
+        .into_iter()
+        .chain(args)
+        .collect();
+        let mut spec = Spec::new("pgmcp-operator", &bin, &log).args(all);
+        spec.env = vars.to_vec();
+        let mut daemon = Daemon::spawn(spec)?;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok((200, _, _)) =

@@ -11,13 +11,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::ServiceAccount;
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use pgmcp_crds::v1alpha1::PostgresMcpBinding;
 use pgmcp_tests::bindings::{condition, kubectl_apply, wait_condition};
 use pgmcp_tests::entra::{
-    App, EntraFake, FederatedCredential, Issued, POSTGRES_RESOURCE, TOKEN_EXCHANGE_AUDIENCE,
+    App, EntraFake, FederatedCredential, POSTGRES_RESOURCE, TOKEN_EXCHANGE_AUDIENCE,
+    service_account_token,
 };
 use pgmcp_tests::operator::Operator;
 use pgmcp_tests::{Postgres, TestEnv};
@@ -51,6 +50,27 @@ BEGIN
 END $$;
 "#;
 
+/// A binding in Entra mode: the operator signs in as Entra administrator `admin`, the server as
+/// the managed identity's principal.
+fn entra_binding(pg: &Postgres, database: &str, admin: &str, principal: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "pgmcp.dev/v1alpha1",
+        "kind": "PostgresMcpBinding",
+        "metadata": {"name": "sales"},
+        "spec": {
+            "postgres": {
+                "host": pg.host(), "port": pg.port(), "database": database, "sslMode": "require",
+                "admin": {"entra": {"user": admin}}
+            },
+            "identity": {"entra": {
+                "clientId": MI_CLIENT_ID, "tenantId": TENANT, "principalName": principal
+            }},
+            "access": {"grants": [{"schema": "public", "tables": ["*"]}]},
+            "server": {"auth": {"none": {"acknowledgeInsecure": true}}}
+        }
+    })
+}
+
 #[tokio::test]
 async fn entra_binding_gets_its_principal_through_the_operators_workload_identity() {
     let env = TestEnv::shared();
@@ -75,32 +95,7 @@ async fn entra_binding_gets_its_principal_through_the_operators_workload_identit
         .unwrap();
 
     // The operator's ServiceAccount, a token for it, and Entra trusting it.
-    let accounts: Api<ServiceAccount> = ns.api();
-    accounts
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "pgmcp-operator"}})).unwrap(),
-        )
-        .await
-        .unwrap();
-    let token = accounts
-        .create_token_request(
-            "pgmcp-operator",
-            &PostParams::default(),
-            &TokenRequest {
-                spec: TokenRequestSpec {
-                    audiences: vec![TOKEN_EXCHANGE_AUDIENCE.to_owned()],
-                    expiration_seconds: Some(3600),
-                    ..Default::default()
-                },
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .token;
+    let token = service_account_token(&ns, "pgmcp-operator").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("azure-identity-token");
     std::fs::write(&token_file, token).unwrap();
@@ -128,26 +123,8 @@ async fn entra_binding_gets_its_principal_through_the_operators_workload_identit
     )
     .unwrap();
     fake.trust_issuer(env.server(), env.client().await.unwrap());
-    // Azure accepts any unexpired token of the administrator: model it by making each issued
-    // PostgreSQL token the administrator's password until it expires.
-    let hook_admin = admin.clone();
-    let hook_role = entra_admin.clone();
-    fake.on_token_issued(Arc::new(move |issued: Issued| {
-        let (admin, role) = (hook_admin.clone(), hook_role.clone());
-        Box::pin(async move {
-            if issued.resource != POSTGRES_RESOURCE || issued.client_id != OPERATOR_CLIENT_ID {
-                return;
-            }
-            let until = jiff::Timestamp::try_from(issued.expires_at).unwrap();
-            admin
-                .batch_execute(&format!(
-                    "ALTER ROLE \"{role}\" PASSWORD '{}' VALID UNTIL '{until}'",
-                    issued.access_token.replace('\'', "''")
-                ))
-                .await
-                .unwrap();
-        })
-    }));
+    // Azure accepts any unexpired token of the administrator.
+    fake.accept_postgres_tokens_as_password(admin.clone(), &entra_admin, OPERATOR_CLIENT_ID);
     let vars: Vec<(String, String)> = [
         ("AZURE_CLIENT_ID", OPERATOR_CLIENT_ID.to_owned()),
         ("AZURE_TENANT_ID", TENANT.to_owned()),
@@ -165,23 +142,9 @@ async fn entra_binding_gets_its_principal_through_the_operators_workload_identit
         .await
         .unwrap();
 
-    let binding = json!({
-        "apiVersion": "pgmcp.dev/v1alpha1",
-        "kind": "PostgresMcpBinding",
-        "metadata": {"name": "sales"},
-        "spec": {
-            "postgres": {
-                "host": pg.host(), "port": pg.port(), "database": db.name, "sslMode": "require",
-                "admin": {"entra": {"user": entra_admin}, "database": db.name}
-            },
-            "identity": {"entra": {
-                "clientId": MI_CLIENT_ID, "tenantId": TENANT,
-                "principalName": principal, "objectId": MI_OBJECT_ID
-            }},
-            "access": {"grants": [{"schema": "public", "tables": ["*"]}]},
-            "server": {"auth": {"none": {"acknowledgeInsecure": true}}}
-        }
-    });
+    let mut binding = entra_binding(pg, &db.name, &entra_admin, &principal);
+    binding["spec"]["postgres"]["admin"]["database"] = json!(db.name);
+    binding["spec"]["identity"]["entra"]["objectId"] = json!(MI_OBJECT_ID);
     kubectl_apply(&ns, &binding.to_string());
     let bindings: Api<PostgresMcpBinding> = ns.api();
     let binding = wait_condition(&bindings, "sales", "DatabaseReady", "True", None, WAIT).await;
@@ -232,22 +195,7 @@ async fn without_a_workload_identity_an_entra_admin_binding_stalls_saying_what_t
     let _operator = Operator::start(env, &ns.name, "op-no-identity", &[])
         .await
         .unwrap();
-    let binding = json!({
-        "apiVersion": "pgmcp.dev/v1alpha1",
-        "kind": "PostgresMcpBinding",
-        "metadata": {"name": "sales"},
-        "spec": {
-            "postgres": {
-                "host": pg.host(), "port": pg.port(), "database": "sales", "sslMode": "require",
-                "admin": {"entra": {"user": "pgmcp-operator"}}
-            },
-            "identity": {"entra": {
-                "clientId": MI_CLIENT_ID, "tenantId": TENANT, "principalName": "sales-mcp"
-            }},
-            "access": {"grants": [{"schema": "public", "tables": ["*"]}]},
-            "server": {"auth": {"none": {"acknowledgeInsecure": true}}}
-        }
-    });
+    let binding = entra_binding(pg, "sales", "pgmcp-operator", "sales-mcp");
     kubectl_apply(&ns, &binding.to_string());
     let bindings: Api<PostgresMcpBinding> = ns.api();
     let binding = wait_condition(

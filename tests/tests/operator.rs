@@ -75,6 +75,14 @@ async fn make_pods_ready(client: &Client, namespace: &str) -> usize {
     list.items.len()
 }
 
+/// A merge patch of the binding, as `kubectl patch --type merge` makes it.
+async fn patch_spec(bindings: &Api<PostgresMcpBinding>, patch: serde_json::Value) {
+    bindings
+        .patch(NAME, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap();
+}
+
 fn owned_by(object: &impl kube::Resource, binding: &PostgresMcpBinding) -> bool {
     object.owner_references().iter().any(|o| {
         o.controller == Some(true)
@@ -240,14 +248,11 @@ async fn edits_roll_the_pods_and_deleted_or_edited_children_are_repaired() {
     let before = hash(&deployments.get(CHILD).await.unwrap());
 
     // A config change reaches the ConfigMap and rolls the pods (a new ReplicaSet).
-    bindings
-        .patch(
-            NAME,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"server": {"limits": {"maxRows": 25}}}})),
-        )
-        .await
-        .unwrap();
+    patch_spec(
+        &bindings,
+        json!({"spec": {"server": {"limits": {"maxRows": 25}}}}),
+    )
+    .await;
     let configs: Api<ConfigMap> = ns.api();
     wait_for("maxRows 25 in the ConfigMap", WAIT, || async {
         let cm = configs.get(CHILD).await.ok()?;
@@ -303,26 +308,12 @@ async fn edits_roll_the_pods_and_deleted_or_edited_children_are_repaired() {
 
     // Two replicas get a PodDisruptionBudget; back to one removes it.
     let pdbs: Api<PodDisruptionBudget> = ns.api();
-    bindings
-        .patch(
-            NAME,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"server": {"replicas": 2}}})),
-        )
-        .await
-        .unwrap();
+    patch_spec(&bindings, json!({"spec": {"server": {"replicas": 2}}})).await;
     eventually("a PodDisruptionBudget", WAIT, || async {
         pdbs.get_opt(CHILD).await.ok().flatten().is_some()
     })
     .await;
-    bindings
-        .patch(
-            NAME,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"server": {"replicas": 1}}})),
-        )
-        .await
-        .unwrap();
+    patch_spec(&bindings, json!({"spec": {"server": {"replicas": 1}}})).await;
     eventually("the PodDisruptionBudget removed", WAIT, || async {
         pdbs.get_opt(CHILD).await.ok().flatten().is_none()
     })
@@ -597,14 +588,11 @@ async fn only_the_lease_holder_reconciles_and_a_standby_takes_over() {
         (lease_holder(&ns.client, &ns.name).await.as_deref() == Some("op-second")).then_some(())
     })
     .await;
-    bindings
-        .patch(
-            NAME,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"server": {"limits": {"maxRows": 10}}}})),
-        )
-        .await
-        .unwrap();
+    patch_spec(
+        &bindings,
+        json!({"spec": {"server": {"limits": {"maxRows": 10}}}}),
+    )
+    .await;
     let binding = wait_condition(&bindings, "ServerAvailable", "False", None).await;
     assert_eq!(binding.status.unwrap().observed_generation, Some(2));
     assert!(

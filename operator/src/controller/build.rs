@@ -20,7 +20,6 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use pgmcp_crds::config::{
     AuthConfig, DatabaseConfig, EntraAuthConfig, HttpConfig, ScopeConfig, ScopeGrant, ServerConfig,
 };
-use pgmcp_crds::v1alpha1::SslMode;
 use pgmcp_crds::{labels, workload_identity};
 use sha2::{Digest as _, Sha256};
 
@@ -125,7 +124,7 @@ pub fn server_config(valid: &Valid) -> ServerConfig {
             port: u16::try_from(spec.postgres.port).unwrap_or(5432),
             dbname: spec.postgres.database.clone(),
             user: valid.identity.role().to_owned(),
-            ssl_mode: ssl_mode(spec.postgres.ssl_mode).to_owned(),
+            ssl_mode: spec.postgres.ssl_mode.as_str().to_owned(),
             password_file,
             workload_identity,
             ..DatabaseConfig::default()
@@ -161,15 +160,6 @@ pub fn server_config(valid: &Valid) -> ServerConfig {
             }),
             insecure_allow_unauthenticated: spec.server.auth.none.is_some(),
         },
-    }
-}
-
-fn ssl_mode(mode: SslMode) -> &'static str {
-    match mode {
-        SslMode::Disable => "disable",
-        SslMode::Prefer => "prefer",
-        SslMode::Require => "require",
-        SslMode::VerifyFull => "verify-full",
     }
 }
 

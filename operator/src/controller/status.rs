@@ -118,7 +118,9 @@ fn database_steps(
                     ty::READ_ONLY_VERIFIED,
                     "True",
                     "ReadOnly",
-                    format!("role {role} can only read: no write privilege, no CREATE, no privileged attribute or membership"),
+                    format!(
+                        "role {role} can only read: no write privilege, no CREATE, no privileged attribute or membership"
+                    ),
                 )
             } else {
                 Step::new(
@@ -270,9 +272,12 @@ pub fn compute(
             // A database refusal only the user can fix (a role someone else owns, no workload
             // identity) stalls the binding; the other steps still report.
             let stalled = match database {
-                Err(err) if err.needs_user() => {
-                    Some(Step::new(ty::STALLED, "True", err.reason(), err.to_string()))
-                }
+                Err(err) if err.needs_user() => Some(Step::new(
+                    ty::STALLED,
+                    "True",
+                    err.reason(),
+                    err.to_string(),
+                )),
                 _ => None,
             };
             match &blocker {
@@ -295,9 +300,11 @@ pub fn compute(
                     conditions.push(Step::new(ty::RECONCILING, status, b.reason, message));
                 }
             }
-            conditions.push(stalled.unwrap_or_else(|| {
-                Step::new(ty::STALLED, "False", "NotStalled", String::new())
-            }));
+            conditions.push(
+                stalled.unwrap_or_else(|| {
+                    Step::new(ty::STALLED, "False", "NotStalled", String::new())
+                }),
+            );
             conditions.extend(steps);
             status.endpoint = Some(desired.endpoint.clone());
             status.principal = Some(PrincipalStatus {
@@ -413,20 +420,6 @@ mod tests {
         .unwrap()
     }
 
-    fn entra() -> (PostgresMcpBinding, Valid, Desired) {
-        let mut b = binding("azure-entra.yaml");
-        b.spec.server.replicas = 2;
-        let valid = validate(&b, &Inputs::default()).unwrap();
-        let desired = build(
-            &valid,
-            &Defaults {
-                server_image: "img".to_owned(),
-                oidc_issuer: None,
-            },
-        );
-        (b, valid, desired)
-    }
-
     fn granted() -> Result<database::Report, database::Error> {
         Ok(database::Report {
             principal: PrincipalStatus {
@@ -446,23 +439,43 @@ mod tests {
         })
     }
 
+    /// The Entra example without Foundry, with two replicas.
+    fn entra() -> PostgresMcpBinding {
+        let mut b = binding("azure-entra.yaml");
+        b.spec.server.replicas = 2;
+        b
+    }
+
+    /// The status after a reconcile that applied `b` and saw `deployment`, at `second`.
+    fn applied(
+        b: &PostgresMcpBinding,
+        deployment: &Deployment,
+        database: &Result<database::Report, database::Error>,
+        second: i64,
+    ) -> PostgresMcpBindingStatus {
+        let valid = validate(b, &Inputs::default()).unwrap();
+        let defaults = Defaults {
+            server_image: "img".to_owned(),
+            oidc_issuer: None,
+        };
+        let desired = build(&valid, &defaults);
+        let outcome = Outcome::Applied {
+            valid: &valid,
+            desired: &desired,
+            deployment: Some(deployment),
+            database,
+        };
+        compute(b, &outcome, &at(second))
+    }
+
     fn get<'a>(status: &'a PostgresMcpBindingStatus, type_: &str) -> &'a Condition {
         status.conditions.iter().find(|c| c.type_ == type_).unwrap()
     }
 
     #[test]
     fn ready_follows_server_availability() {
-        let (b, valid, desired) = entra();
-        let waiting = deployment(0, "False");
-        let status = compute(
-            &b,
-            &Outcome::Applied {
-                valid: &valid,
-                desired: &desired,
-                deployment: Some(&waiting), database: &granted()
-            },
-            &at(100),
-        );
+        let b = entra();
+        let status = applied(&b, &deployment(0, "False"), &granted(), 100);
         assert_eq!(get(&status, "Ready").status, "False");
         assert_eq!(get(&status, "Ready").reason, "WaitingForPods");
         assert_eq!(get(&status, "Reconciling").status, "True");
@@ -473,20 +486,11 @@ mod tests {
             Some("http://inventory-mcp.agents.svc:8080/mcp")
         );
 
-        let available = deployment(2, "True");
         let b = PostgresMcpBinding {
             status: Some(status),
             ..b
         };
-        let status = compute(
-            &b,
-            &Outcome::Applied {
-                valid: &valid,
-                desired: &desired,
-                deployment: Some(&available), database: &granted()
-            },
-            &at(200),
-        );
+        let status = applied(&b, &deployment(2, "True"), &granted(), 200);
         let ready = get(&status, "Ready");
         assert_eq!(
             (ready.status.as_str(), ready.reason.as_str()),
@@ -509,35 +513,20 @@ mod tests {
 
     #[test]
     fn an_unchanged_outcome_computes_the_stored_status_so_nothing_is_written() {
-        let (b, valid, desired) = entra();
-        let available = deployment(2, "True");
-        let outcome = Outcome::Applied {
-            valid: &valid,
-            desired: &desired,
-            deployment: Some(&available), database: &granted()
-        };
-        let first = compute(&b, &outcome, &at(100));
+        let b = entra();
+        let first = applied(&b, &deployment(2, "True"), &granted(), 100);
         let b = PostgresMcpBinding {
             status: Some(first.clone()),
             ..b
         };
         // Later, nothing changed: the very same status, old transition times included.
-        assert_eq!(compute(&b, &outcome, &at(500)), first);
+        assert_eq!(applied(&b, &deployment(2, "True"), &granted(), 500), first);
     }
 
     #[test]
     fn a_stalled_binding_keeps_its_step_conditions_and_names_the_problem() {
-        let (b, valid, desired) = entra();
-        let available = deployment(2, "True");
-        let ok = compute(
-            &b,
-            &Outcome::Applied {
-                valid: &valid,
-                desired: &desired,
-                deployment: Some(&available), database: &granted()
-            },
-            &at(100),
-        );
+        let b = entra();
+        let ok = applied(&b, &deployment(2, "True"), &granted(), 100);
         let b = PostgresMcpBinding {
             status: Some(ok),
             metadata: ObjectMeta {
@@ -571,27 +560,24 @@ mod tests {
     }
 
     #[test]
+    fn a_role_conflict_stalls_and_is_not_reconciling() {
+        let conflict = Err(database::Error::RoleConflict {
+            role: "inventory-mcp".to_owned(),
+            server: "db:5432".to_owned(),
+            binding: "agents/inventory".to_owned(),
+        });
+        let status = applied(&entra(), &deployment(2, "True"), &conflict, 100);
+        assert_eq!(get(&status, "Stalled").reason, "RoleConflict");
+        assert_eq!(get(&status, "Reconciling").status, "False");
+        assert_eq!(get(&status, "Ready").reason, "RoleConflict");
+        assert_eq!(get(&status, "ReadOnlyVerified").status, "Unknown");
+    }
+
+    #[test]
     fn a_requested_foundry_connection_blocks_ready_until_it_is_managed() {
         let mut b = binding("azure-entra-foundry.yaml");
         b.spec.server.replicas = 1;
-        let valid = validate(&b, &Inputs::default()).unwrap();
-        let desired = build(
-            &valid,
-            &Defaults {
-                server_image: "img".to_owned(),
-                oidc_issuer: None,
-            },
-        );
-        let available = deployment(1, "True");
-        let status = compute(
-            &b,
-            &Outcome::Applied {
-                valid: &valid,
-                desired: &desired,
-                deployment: Some(&available), database: &granted()
-            },
-            &at(100),
-        );
+        let status = applied(&b, &deployment(1, "True"), &granted(), 100);
         assert_eq!(get(&status, "Ready").status, "False");
         assert_eq!(get(&status, "FoundryConnectionReady").reason, "NotManaged");
         assert_eq!(
@@ -602,26 +588,9 @@ mod tests {
 
     #[test]
     fn zero_replicas_is_reported_as_such() {
-        let (mut b, _, _) = entra();
+        let mut b = entra();
         b.spec.server.replicas = 0;
-        let valid = validate(&b, &Inputs::default()).unwrap();
-        let desired = build(
-            &valid,
-            &Defaults {
-                server_image: "img".to_owned(),
-                oidc_issuer: None,
-            },
-        );
-        let scaled = deployment(0, "True");
-        let status = compute(
-            &b,
-            &Outcome::Applied {
-                valid: &valid,
-                desired: &desired,
-                deployment: Some(&scaled), database: &granted()
-            },
-            &at(100),
-        );
+        let status = applied(&b, &deployment(0, "True"), &granted(), 100);
         assert_eq!(get(&status, "ServerAvailable").reason, "ScaledToZero");
         assert_eq!(get(&status, "Ready").reason, "ScaledToZero");
     }
