@@ -41,6 +41,13 @@ pub struct Metrics {
     leader: Gauge,
     sql: Family<CategoryLabels, Counter>,
     repairs: Counter,
+    arm: Family<ArmLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ArmLabels {
+    operation: &'static str,
+    class: &'static str,
 }
 
 impl Default for Metrics {
@@ -54,6 +61,12 @@ impl Default for Metrics {
         let leader = Gauge::default();
         let sql = Family::<CategoryLabels, Counter>::default();
         let repairs = Counter::default();
+        let arm = Family::<ArmLabels, Counter>::default();
+        registry.register(
+            "arm_requests",
+            "Azure Resource Manager requests by operation and status class (2xx, 4xx, 5xx, error)",
+            arm.clone(),
+        );
         registry.register(
             "sql_statements",
             "SQL statements that change the database (grant, revoke, role), by kind",
@@ -100,6 +113,7 @@ impl Default for Metrics {
             leader,
             sql,
             repairs,
+            arm,
         }
     }
 }
@@ -135,6 +149,19 @@ impl Metrics {
         self.sql
             .get_or_create(&CategoryLabels { category: kind })
             .inc_by(u64::try_from(count).unwrap_or(u64::MAX));
+    }
+
+    /// One ARM request: `operation` such as `fic_get` or `connection_put`; `status` the HTTP
+    /// status, or `None` when no response came.
+    pub fn arm_request(&self, operation: &'static str, status: Option<u16>) {
+        let class = match status {
+            Some(200..=299) => "2xx",
+            Some(400..=499) => "4xx",
+            Some(500..=599) => "5xx",
+            Some(_) => "other",
+            None => "error",
+        };
+        self.arm.get_or_create(&ArmLabels { operation, class }).inc();
     }
 
     pub fn grant_repair(&self) {
