@@ -63,7 +63,7 @@ async fn entra(env: &TestEnv, ns: &TestNamespace) -> EntraFake {
 
 async fn postgres_accepts_issued_tokens(fake: &EntraFake, shop: &Shop) {
     let admin = Arc::new(shop.db.connect().await.unwrap());
-    fake.accept_postgres_tokens_as_password(admin, &shop.role, IDENTITY_CLIENT_ID);
+    fake.accept_postgres_tokens_as_password(admin, &[(IDENTITY_CLIENT_ID, &shop.role)]);
 }
 
 /// Flags and the four webhook variables (plus `SSL_CERT_FILE` trusting the fake).

@@ -7,6 +7,7 @@
 //!           PodDisruptionBudget, NetworkPolicy                          (pure)
 //! apply     server-side apply of what differs, delete what is unwanted  (writes)
 //! database  principal, grants equal to the spec, read-only probe       (crate::database)
+//! external  federated credential, Foundry connection through ARM       (GET-compare-PUT)
 //! status    kstatus conditions, written only when they change          (one write at most)
 //! ```
 //!
@@ -18,6 +19,7 @@
 pub mod apply;
 pub mod build;
 pub mod cleanup;
+pub mod external;
 pub mod fetch;
 pub mod status;
 pub mod validate;
@@ -108,6 +110,8 @@ pub struct Context {
     /// The operator's own Entra token for PostgreSQL (`postgres.admin.entra`), when it runs
     /// with a workload identity.
     pub postgres_token: Option<pgmcp_identity::TokenProvider>,
+    /// Azure Resource Manager with the operator's own workload identity, when it has one.
+    pub arm: Option<crate::azure::arm::ArmClient>,
     /// Consecutive failures per binding (`namespace/name`), for the retry delay.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -161,6 +165,8 @@ pub enum Error {
     Cleanup(#[from] cleanup::Error),
     #[error(transparent)]
     Database(#[from] crate::database::Error),
+    #[error(transparent)]
+    Azure(#[from] external::Error),
     #[error("failed to write the status of binding {binding}: {source}")]
     Status {
         binding: String,
@@ -182,6 +188,8 @@ impl Error {
             Error::Cleanup(_) => "cleanup",
             Error::Database(e) if e.needs_user() => "database_refused",
             Error::Database(_) => "database",
+            Error::Azure(e) if e.needs_user() => "azure_refused",
+            Error::Azure(_) => "azure",
             Error::Status { .. } => "status",
             Error::Finalizer(inner) => match inner.as_ref() {
                 F::ApplyFailed(e) | F::CleanupFailed(e) => e.metric_label(),
@@ -297,8 +305,14 @@ async fn reconcile_binding(binding: &PostgresMcpBinding, ctx: &Context) -> Resul
             apply::Change::Deleted => "Deleted",
         };
         let note = format!("{} {}", change.verb(), apply::describe(object));
-        ctx.event(binding, EventType::Normal, reason, note, Some(object.clone()))
-            .await;
+        ctx.event(
+            binding,
+            EventType::Normal,
+            reason,
+            note,
+            Some(object.clone()),
+        )
+        .await;
     }
     let database = crate::database::reconcile(
         ctx,
@@ -311,27 +325,66 @@ async fn reconcile_binding(binding: &PostgresMcpBinding, ctx: &Context) -> Resul
     if let Ok(report) = &database
         && let Some(plan) = &report.changed
     {
-        let reason = if report.repaired { "GrantsRepaired" } else { "Granted" };
-        ctx.event(binding, EventType::Normal, reason, truncate(&plan.to_string(), 1000), None)
-            .await;
+        let reason = if report.repaired {
+            "GrantsRepaired"
+        } else {
+            "Granted"
+        };
+        ctx.event(
+            binding,
+            EventType::Normal,
+            reason,
+            truncate(&plan.to_string(), 1000),
+            None,
+        )
+        .await;
+    }
+    let azure = external::reconcile(ctx, binding, &valid).await;
+    for (kind, result) in [
+        ("federated identity credential", &azure.federated_credential),
+        ("Azure AI Foundry connection", &azure.foundry),
+    ] {
+        if let Some(Ok(ensured)) = result {
+            let verb = match ensured.change {
+                crate::azure::Change::Unchanged => continue,
+                crate::azure::Change::Created => "Created",
+                crate::azure::Change::Updated => "Updated",
+            };
+            let note = format!("{} {kind} {}", verb.to_lowercase(), ensured.id);
+            ctx.event(binding, EventType::Normal, verb, note, None)
+                .await;
+        }
     }
     let outcome = Outcome::Applied {
         valid: &valid,
         desired: &desired,
         deployment: applied.deployment.as_ref(),
         database: &database,
+        azure: &azure,
     };
     let wrote = write_status(ctx, binding, &outcome).await?;
-    match database {
-        Ok(_) => Ok(Action::requeue(ctx.resync)),
-        Err(err) => {
-            if wrote {
-                ctx.event(binding, EventType::Warning, err.reason(), err.to_string(), None)
-                    .await;
-            }
-            Err(err.into())
+    if wrote {
+        let failures = database
+            .as_ref()
+            .err()
+            .map(|e| (e.reason(), e.to_string()))
+            .into_iter()
+            .chain(azure.errors().map(|e| (e.reason(), e.to_string())));
+        for (reason, message) in failures {
+            ctx.event(binding, EventType::Warning, reason, message, None)
+                .await;
         }
     }
+    if let Err(err) = database {
+        return Err(err.into());
+    }
+    for result in [azure.federated_credential, azure.foundry]
+        .into_iter()
+        .flatten()
+    {
+        result?;
+    }
+    Ok(Action::requeue(ctx.resync))
 }
 
 /// At most `max` bytes of `text`, cut at a character boundary.
@@ -469,6 +522,8 @@ pub struct Options {
     pub identity: String,
     /// See [`Context::postgres_token`].
     pub postgres_token: Option<pgmcp_identity::TokenProvider>,
+    /// See [`Context::arm`].
+    pub arm: Option<crate::azure::arm::ArmClient>,
 }
 
 /// Runs the controller (one per watched namespace, or one for all) until `shutdown`.
@@ -528,6 +583,7 @@ async fn run_scope(
         metrics,
         resync: options.resync,
         postgres_token: options.postgres_token.clone(),
+        arm: options.arm.clone(),
         failures: Mutex::default(),
     });
     tracing::info!(namespace = ns.unwrap_or("<all>"), "controller started");

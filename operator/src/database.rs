@@ -77,17 +77,23 @@ pub enum Error {
         database: String,
         message: String,
     },
-    #[error("role {role} already exists on {server} and is not managed by binding {binding}: use another name, or drop the role")]
+    #[error(
+        "role {role} already exists on {server} and is not managed by binding {binding}: use another name, or drop the role"
+    )]
     RoleConflict {
         role: String,
         server: String,
         binding: String,
     },
-    #[error("postgres.admin.entra needs the operator's own workload identity, but AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_FEDERATED_TOKEN_FILE are not set: give the operator's ServiceAccount a managed identity (azure.workload.identity/use) and add it as a Microsoft Entra administrator of the server")]
+    #[error(
+        "postgres.admin.entra needs the operator's own workload identity, but AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_FEDERATED_TOKEN_FILE are not set: give the operator's ServiceAccount a managed identity (azure.workload.identity/use) and add it as a Microsoft Entra administrator of the server"
+    )]
     NoWorkloadIdentity,
     #[error("failed to get a Microsoft Entra token for PostgreSQL as {identity}: {message}")]
     Token { identity: String, message: String },
-    #[error("role {role} owns objects in database {database} ({objects}): reassign or drop them, or set spec.access.deletionPolicy: Orphan to keep the role")]
+    #[error(
+        "role {role} owns objects in database {database} ({objects}): reassign or drop them, or set spec.access.deletionPolicy: Orphan to keep the role"
+    )]
     OwnsObjects {
         role: String,
         database: String,
@@ -186,7 +192,11 @@ impl Admin<'_> {
         Ok(client)
     }
 
-    fn sql(&self, database: &str, action: impl Into<String>) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
+    fn sql(
+        &self,
+        database: &str,
+        action: impl Into<String>,
+    ) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
         let action = action.into();
         let database = database.to_owned();
         move |e| Error::Sql {
@@ -206,7 +216,10 @@ async fn admin<'a>(
 ) -> Result<Admin<'a>, Error> {
     let spec = &valid.spec.postgres.admin;
     if let Some(entra) = &spec.entra {
-        let provider = ctx.postgres_token.as_ref().ok_or(Error::NoWorkloadIdentity)?;
+        let provider = ctx
+            .postgres_token
+            .as_ref()
+            .ok_or(Error::NoWorkloadIdentity)?;
         let token = provider.token().await.map_err(|e| Error::Token {
             identity: provider.identity(),
             message: e.to_string(),
@@ -233,7 +246,10 @@ async fn admin<'a>(
 
 /// `COMMENT ON ROLE` text marking a role as this binding's.
 fn ownership(valid: &Valid) -> String {
-    format!("managed by pgmcp binding {}/{}", valid.namespace, valid.name)
+    format!(
+        "managed by pgmcp binding {}/{}",
+        valid.namespace, valid.name
+    )
 }
 
 /// Runs the step for a binding that passed validation.
@@ -289,7 +305,9 @@ pub async fn reconcile(
         .transaction()
         .await
         .map_err(sql("begin a transaction"))?;
-    let catalog = catalog::read(&tx, &role).await.map_err(sql("read the catalog"))?;
+    let catalog = catalog::read(&tx, &role)
+        .await
+        .map_err(sql("read the catalog"))?;
     let desired = plan::desired(&request, &catalog);
     let plan = Plan::between(&desired.privileges, &catalog.held);
     for statement in plan.statements(&role) {
@@ -328,7 +346,11 @@ pub async fn reconcile(
         grants: GrantsStatus {
             tables: i32::try_from(tables).unwrap_or(i32::MAX),
             fingerprint: plan::fingerprint(&desired.privileges),
-            last_repair_time: if repaired { Some(now()) } else { previous.last_repair_time },
+            last_repair_time: if repaired {
+                Some(now())
+            } else {
+                previous.last_repair_time
+            },
             repairs: previous.repairs + i64::from(repaired),
         },
         missing: desired.missing,
@@ -417,7 +439,11 @@ async fn ensure_principal(
         }
     }
     client
-        .batch_execute(&format!("COMMENT ON ROLE {} IS {}", quote(role), literal(&marker)))
+        .batch_execute(&format!(
+            "COMMENT ON ROLE {} IS {}",
+            quote(role),
+            literal(&marker)
+        ))
         .await
         .map_err(sql(&format!("mark role {role} as managed")))?;
     ctx.metrics.sql_statements("role", 2);
@@ -495,7 +521,9 @@ async fn ensure_password_secret(
                 "metadata": {"annotations": {ROTATED_FOR_ANNOTATION: rotation, APPLIED_ANNOTATION: null}},
                 "data": {PASSWORD_KEY: ByteString(password.clone().into_bytes())},
             });
-            let result = api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await;
+            let result = api
+                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await;
             ctx.metrics.write("Secret", "patch", result.is_ok());
             result.map_err(fail("rotate the password in"))?;
             Ok(Password {
@@ -518,7 +546,9 @@ async fn ensure_password_secret(
 async fn mark_password_applied(ctx: &Context, valid: &Valid, name: &str) -> Result<(), Error> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &valid.namespace);
     let patch = json!({"metadata": {"annotations": {APPLIED_ANNOTATION: "true"}}});
-    let result = api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await;
+    let result = api
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await;
     ctx.metrics.write("Secret", "patch", result.is_ok());
     result.map_err(|source| Error::Secret {
         action: "mark the password applied in",
@@ -565,7 +595,10 @@ pub async fn remove(
     let database = valid.spec.postgres.database.clone();
     let mut client = admin.connect(&database).await?;
     let sql = |action: &str| admin.sql(&database, action.to_owned());
-    let tx = client.transaction().await.map_err(sql("begin a transaction"))?;
+    let tx = client
+        .transaction()
+        .await
+        .map_err(sql("begin a transaction"))?;
     let owned: Vec<String> = tx
         .query(
             "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -584,7 +617,9 @@ pub async fn remove(
             objects: owned.join(", "),
         });
     }
-    let held = catalog::held(&tx, role).await.map_err(sql("read the role's privileges"))?;
+    let held = catalog::held(&tx, role)
+        .await
+        .map_err(sql("read the role's privileges"))?;
     let plan = Plan::between(&Default::default(), &held);
     for statement in plan.statements(role) {
         tx.batch_execute(&statement)

@@ -2,6 +2,7 @@
 //! server. `main.rs` wires flags, logging, leader election and the HTTP endpoints;
 //! [`controller`] holds the reconcile pipeline.
 
+pub mod azure;
 pub mod controller;
 pub mod database;
 pub mod http;

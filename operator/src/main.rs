@@ -36,14 +36,31 @@ async fn main() -> anyhow::Result<()> {
     });
 
     let identity = args.identity.clone().unwrap_or_else(default_identity);
-    let options = Options {
+    let mut options = Options {
         namespaces: args.namespaces.clone(),
         defaults: args.defaults(),
         resync: args.resync,
         concurrency: args.concurrency.max(1),
         identity: identity.clone(),
-        postgres_token: postgres_token(),
+        postgres_token: None,
+        arm: None,
     };
+    if let Some(identity) = workload_identity() {
+        options.postgres_token = Some(pgmcp_identity::TokenProvider::new(
+            identity.clone(),
+            pgmcp_identity::POSTGRES_SCOPE,
+        ));
+        let settings = pgmcp_operator::azure::AzureSettings {
+            arm_endpoint: args.arm_endpoint.clone(),
+            fic_api_version: args.fic_api_version.clone(),
+            foundry_api_version: args.foundry_api_version.clone(),
+        };
+        let token = pgmcp_identity::TokenProvider::new(identity, pgmcp_identity::ARM_SCOPE);
+        options.arm = Some(
+            pgmcp_operator::azure::arm::ArmClient::new(settings, token, metrics.clone())
+                .context("failed to set up the Azure Resource Manager client")?,
+        );
+    }
     tracing::info!(
         namespaces = ?options.namespaces,
         server_image = %options.defaults.server_image,
@@ -166,17 +183,16 @@ async fn check_crd(client: &Client) -> anyhow::Result<()> {
     }
 }
 
-/// The operator's own Entra token for PostgreSQL, when the workload-identity webhook gave it
-/// an identity (for bindings with `postgres.admin.entra`).
-fn postgres_token() -> Option<pgmcp_identity::TokenProvider> {
+/// The operator's own workload identity, when the webhook gave it one: it signs in to
+/// PostgreSQL as an Entra administrator (`postgres.admin.entra`) and to Azure Resource Manager.
+fn workload_identity() -> Option<Arc<dyn pgmcp_identity::TokenSource>> {
     match pgmcp_identity::WorkloadIdentity::from_env(|var| std::env::var(var).ok()) {
         Ok(identity) => {
-            let identity = Arc::new(identity);
-            tracing::info!(identity = %pgmcp_identity::TokenSource::identity(identity.as_ref()), "workload identity found: Entra admin connections enabled");
-            Some(pgmcp_identity::TokenProvider::new(identity, pgmcp_identity::POSTGRES_SCOPE))
+            tracing::info!(identity = %pgmcp_identity::TokenSource::identity(&identity), "workload identity found: Entra admin connections and ARM enabled");
+            Some(Arc::new(identity))
         }
         Err(err) => {
-            tracing::info!(reason = %err, "no workload identity: bindings with postgres.admin.entra will report NoWorkloadIdentity");
+            tracing::info!(reason = %err, "no workload identity: bindings with postgres.admin.entra, a federated credential or a Foundry connection will report NoWorkloadIdentity");
             None
         }
     }

@@ -161,7 +161,9 @@ impl Metrics {
             Some(_) => "other",
             None => "error",
         };
-        self.arm.get_or_create(&ArmLabels { operation, class }).inc();
+        self.arm
+            .get_or_create(&ArmLabels { operation, class })
+            .inc();
     }
 
     pub fn grant_repair(&self) {

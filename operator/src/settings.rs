@@ -39,6 +39,16 @@ pub struct Args {
         default_value = "https://management.azure.com"
     )]
     pub arm_endpoint: String,
+    /// api-version of Microsoft.ManagedIdentity federatedIdentityCredentials.
+    #[arg(long, env = "PGMCP_FIC_API_VERSION", default_value = "2023-01-31")]
+    pub fic_api_version: String,
+    /// api-version of Microsoft.CognitiveServices project connections (Azure AI Foundry).
+    #[arg(
+        long,
+        env = "PGMCP_FOUNDRY_API_VERSION",
+        default_value = "2025-04-01-preview"
+    )]
+    pub foundry_api_version: String,
     /// Microsoft Entra authority host (sovereign clouds differ).
     #[arg(long, env = "AZURE_AUTHORITY_HOST", default_value = pgmcp_crds::config::DEFAULT_AUTHORITY_HOST)]
     pub authority_host: String,

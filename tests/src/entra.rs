@@ -277,22 +277,26 @@ impl EntraFake {
     }
 
     /// Runs `hook` for every issued token before the client gets it.
-    /// Makes every PostgreSQL token the fake issues to `client_id` the password of `role`, valid
-    /// until the token expires (`VALID UNTIL`): PostgreSQL then accepts exactly the current
-    /// token, as Azure Database for PostgreSQL accepts any unexpired Entra token of the identity.
+    /// Makes every PostgreSQL token the fake issues to one of the `(client id, role)` pairs the
+    /// password of that role, valid until the token expires (`VALID UNTIL`): PostgreSQL then
+    /// accepts exactly the current token, as Azure Database for PostgreSQL accepts any unexpired
+    /// Entra token of the identity.
     pub fn accept_postgres_tokens_as_password(
         &self,
         admin: Arc<tokio_postgres::Client>,
-        role: &str,
-        client_id: &str,
+        identities: &[(&str, &str)],
     ) {
-        let (role, client_id) = (role.to_owned(), client_id.to_owned());
+        let identities: HashMap<String, String> = identities
+            .iter()
+            .map(|(client, role)| ((*client).to_owned(), (*role).to_owned()))
+            .collect();
         self.on_token_issued(Arc::new(move |issued: Issued| {
-            let (admin, role, client_id) = (admin.clone(), role.clone(), client_id.clone());
+            let admin = admin.clone();
+            let role = identities.get(&issued.client_id).cloned();
             Box::pin(async move {
-                if issued.resource != POSTGRES_RESOURCE || issued.client_id != client_id {
+                let Some(role) = role.filter(|_| issued.resource == POSTGRES_RESOURCE) else {
                     return;
-                }
+                };
                 let Ok(until) = jiff::Timestamp::try_from(issued.expires_at) else {
                     return;
                 };

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, PodSpec, Secret};
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt as _};
 
 use crate::daemon::{Daemon, Spec};
@@ -47,6 +47,15 @@ impl RunningPod {
     }
 }
 
+/// What the azure-workload-identity webhook is configured with in this "cluster".
+#[derive(Debug, Clone, Default)]
+pub struct Webhook {
+    /// `AZURE_AUTHORITY_HOST` it injects (the Entra fake's URL in tests).
+    pub authority_host: String,
+    /// Extra environment a node would provide, such as `SSL_CERT_FILE` trusting the fake.
+    pub env: Vec<(String, String)>,
+}
+
 /// Runs a pod of Deployment `namespace/name` with `binary` as its only container.
 pub async fn run_deployment_pod(
     client: &Client,
@@ -54,6 +63,21 @@ pub async fn run_deployment_pod(
     name: &str,
     binary: &Path,
     timeout: Duration,
+) -> anyhow::Result<RunningPod> {
+    run_deployment_pod_with(client, namespace, name, binary, timeout, None).await
+}
+
+/// [`run_deployment_pod`], with the workload-identity webhook's injection when the pod carries
+/// `azure.workload.identity/use: "true"`: `AZURE_CLIENT_ID` and `AZURE_TENANT_ID` from its
+/// ServiceAccount's annotations, `AZURE_AUTHORITY_HOST`, and `AZURE_FEDERATED_TOKEN_FILE` holding
+/// a token for that ServiceAccount with audience `api://AzureADTokenExchange` (TokenRequest).
+pub async fn run_deployment_pod_with(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    binary: &Path,
+    timeout: Duration,
+    webhook: Option<&Webhook>,
 ) -> anyhow::Result<RunningPod> {
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
     let deployment = deployments
@@ -73,7 +97,19 @@ pub async fn run_deployment_pod(
         .disable_cleanup(std::env::var_os("PGMCP_KEEP_TEST_DIRS").is_some())
         .tempdir()?;
     let mounts = materialise_volumes(client, namespace, &spec, &container, root.path()).await?;
-    let env = container_env(client, namespace, &container).await?;
+    let mut env = container_env(client, namespace, &container).await?;
+    let uses_workload_identity = pod
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(pgmcp_crds::workload_identity::USE_LABEL))
+        .is_some_and(|v| v == "true");
+    if uses_workload_identity {
+        let webhook = webhook.context(
+            "the pod uses workload identity but the runner was given no webhook configuration",
+        )?;
+        env.extend(workload_identity_env(client, namespace, &spec, webhook, root.path()).await?);
+    }
     let port = paths::free_port()?;
     let mut args: Vec<String> = container
         .args
@@ -116,6 +152,77 @@ pub async fn run_deployment_pod(
         root,
         daemon,
     })
+}
+
+/// The environment the azure-workload-identity webhook injects, and the projected token file.
+async fn workload_identity_env(
+    client: &Client,
+    namespace: &str,
+    spec: &PodSpec,
+    webhook: &Webhook,
+    root: &Path,
+) -> anyhow::Result<Vec<(String, String)>> {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use pgmcp_crds::workload_identity as wi;
+    let account_name = spec
+        .service_account_name
+        .clone()
+        .unwrap_or_else(|| "default".to_owned());
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    let account = accounts
+        .get(&account_name)
+        .await
+        .with_context(|| format!("failed to read ServiceAccount {namespace}/{account_name}"))?;
+    let annotation = |key: &str| {
+        account
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(key))
+            .cloned()
+            .with_context(|| {
+                format!("ServiceAccount {namespace}/{account_name} has no annotation {key}")
+            })
+    };
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec![wi::TOKEN_AUDIENCE.to_owned()],
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let token = accounts
+        .create_token_request(&account_name, &PostParams::default(), &request)
+        .await?
+        .status
+        .context("TokenRequest returned no token")?
+        .token;
+    let dir = root.join("azure-identity-token");
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("azure-identity-token");
+    std::fs::write(&file, token)?;
+    let mut env = vec![
+        (
+            "AZURE_CLIENT_ID".to_owned(),
+            annotation(wi::CLIENT_ID_ANNOTATION)?,
+        ),
+        (
+            "AZURE_TENANT_ID".to_owned(),
+            annotation(wi::TENANT_ID_ANNOTATION)?,
+        ),
+        (
+            "AZURE_FEDERATED_TOKEN_FILE".to_owned(),
+            file.display().to_string(),
+        ),
+        (
+            "AZURE_AUTHORITY_HOST".to_owned(),
+            webhook.authority_host.clone(),
+        ),
+    ];
+    env.extend(webhook.env.iter().cloned());
+    Ok(env)
 }
 
 /// A pod of the Deployment's current template that nobody runs yet.

@@ -13,6 +13,28 @@ use anyhow::Context as _;
 use crate::daemon::{Daemon, Spec};
 use crate::paths;
 
+/// Azure Database for PostgreSQL's principal functions, as far as the operator can tell: same
+/// names, same signatures; they create the role and record what they were given in
+/// `fixture.pgaadauth_principals`. Install it in the database the operator calls them in.
+pub const PGAADAUTH_FIXTURE: &str = r#"
+CREATE SCHEMA fixture;
+CREATE TABLE fixture.pgaadauth_principals (rolname text PRIMARY KEY, object_id text, object_type text);
+CREATE FUNCTION pgaadauth_create_principal(rolename text, isadmin boolean, ismfa boolean)
+RETURNS text LANGUAGE plpgsql SECURITY DEFINER AS $$
+BEGIN
+  EXECUTE format('CREATE ROLE %I LOGIN', rolename);
+  INSERT INTO fixture.pgaadauth_principals VALUES (rolename, NULL, 'user');
+  RETURN format('Created role for "%s"', rolename);
+END $$;
+CREATE FUNCTION pgaadauth_create_principal_with_oid(rolename text, objectid text, objecttype text, isadmin boolean, ismfa boolean)
+RETURNS text LANGUAGE plpgsql SECURITY DEFINER AS $$
+BEGIN
+  EXECUTE format('CREATE ROLE %I LOGIN', rolename);
+  INSERT INTO fixture.pgaadauth_principals VALUES (rolename, objectid, objecttype);
+  RETURN format('Created role for "%s"', rolename);
+END $$;
+"#;
+
 /// Name of the superuser created by initdb.
 pub const SUPERUSER: &str = "postgres";
 

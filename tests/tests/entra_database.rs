@@ -19,6 +19,7 @@ use pgmcp_tests::entra::{
     service_account_token,
 };
 use pgmcp_tests::operator::Operator;
+use pgmcp_tests::postgres::PGAADAUTH_FIXTURE;
 use pgmcp_tests::{Postgres, TestEnv};
 use serde_json::json;
 
@@ -30,25 +31,6 @@ const OPERATOR_CLIENT_ID: &str = "55555555-5555-4555-8555-555555555555";
 const MI_CLIENT_ID: &str = "11111111-1111-4111-8111-111111111111";
 const MI_OBJECT_ID: &str = "33333333-3333-4333-8333-333333333333";
 
-/// Azure's principal functions, as far as the operator can tell: same names, same signatures.
-const PGAADAUTH: &str = r#"
-CREATE SCHEMA fixture;
-CREATE TABLE fixture.pgaadauth_principals (rolname text PRIMARY KEY, object_id text, object_type text);
-CREATE FUNCTION pgaadauth_create_principal(rolename text, isadmin boolean, ismfa boolean)
-RETURNS text LANGUAGE plpgsql SECURITY DEFINER AS $$
-BEGIN
-  EXECUTE format('CREATE ROLE %I LOGIN', rolename);
-  INSERT INTO fixture.pgaadauth_principals VALUES (rolename, NULL, 'user');
-  RETURN format('Created role for "%s"', rolename);
-END $$;
-CREATE FUNCTION pgaadauth_create_principal_with_oid(rolename text, objectid text, objecttype text, isadmin boolean, ismfa boolean)
-RETURNS text LANGUAGE plpgsql SECURITY DEFINER AS $$
-BEGIN
-  EXECUTE format('CREATE ROLE %I LOGIN', rolename);
-  INSERT INTO fixture.pgaadauth_principals VALUES (rolename, objectid, objecttype);
-  RETURN format('Created role for "%s"', rolename);
-END $$;
-"#;
 
 /// A binding in Entra mode: the operator signs in as Entra administrator `admin`, the server as
 /// the managed identity's principal.
@@ -80,7 +62,7 @@ async fn entra_binding_gets_its_principal_through_the_operators_workload_identit
     let entra_admin = format!("{}_aad_admin", db.name);
     let principal = format!("{}_mi", db.name);
     let admin = Arc::new(db.connect().await.unwrap());
-    admin.batch_execute(PGAADAUTH).await.unwrap();
+    admin.batch_execute(PGAADAUTH_FIXTURE).await.unwrap();
     // The Entra administrator (CREATEROLE, like azure_pg_admin members) owns the data.
     admin
         .batch_execute(&format!(
@@ -124,7 +106,7 @@ async fn entra_binding_gets_its_principal_through_the_operators_workload_identit
     .unwrap();
     fake.trust_issuer(env.server(), env.client().await.unwrap());
     // Azure accepts any unexpired token of the administrator.
-    fake.accept_postgres_tokens_as_password(admin.clone(), &entra_admin, OPERATOR_CLIENT_ID);
+    fake.accept_postgres_tokens_as_password(admin.clone(), &[(OPERATOR_CLIENT_ID, &entra_admin)]);
     let vars: Vec<(String, String)> = [
         ("AZURE_CLIENT_ID", OPERATOR_CLIENT_ID.to_owned()),
         ("AZURE_TENANT_ID", TENANT.to_owned()),

@@ -42,8 +42,6 @@ pub enum Removal {
     Removed,
     /// Left in place: the binding's deletionPolicy is Orphan.
     Orphaned,
-    /// The binding never had this state (not requested, or not managed by this version).
-    NothingManaged,
 }
 
 impl External {
@@ -89,9 +87,19 @@ impl External {
                     .map_err(|e| fail(e.to_string()))?;
                 Ok(Removal::Removed)
             }
-            // Created by the Azure steps, which this version does not run yet.
-            External::FoundryConnection | External::FederatedCredential => {
-                Ok(Removal::NothingManaged)
+            External::FoundryConnection => {
+                match super::external::remove_foundry(ctx, binding).await {
+                    Ok(true) => Ok(Removal::Removed),
+                    Ok(false) => Ok(Removal::Orphaned),
+                    Err(e) => Err(fail(e.to_string())),
+                }
+            }
+            External::FederatedCredential => {
+                match super::external::remove_federated_credential(ctx, binding).await {
+                    Ok(true) => Ok(Removal::Removed),
+                    Ok(false) => Ok(Removal::Orphaned),
+                    Err(e) => Err(fail(e.to_string())),
+                }
             }
         }
     }

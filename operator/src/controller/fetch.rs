@@ -43,10 +43,12 @@ pub async fn fetch(client: &Client, binding: &PostgresMcpBinding) -> Result<Inpu
         inputs.admin_secret = get(reference.name.clone()).await?;
     }
     if let Some(password) = &binding.spec.identity.password {
-        let name = password
-            .secret_name
-            .clone()
-            .unwrap_or_else(|| format!("{}-postgres", binding.metadata.name.clone().unwrap_or_default()));
+        let name = password.secret_name.clone().unwrap_or_else(|| {
+            format!(
+                "{}-postgres",
+                binding.metadata.name.clone().unwrap_or_default()
+            )
+        });
         inputs.password_secret = get(name).await?;
     }
     Ok(inputs)

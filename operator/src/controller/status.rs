@@ -16,6 +16,7 @@ use serde_json::json;
 
 use super::Context;
 use super::build::{Desired, child_name};
+use super::external;
 use super::validate::{Identity, Valid};
 use crate::database;
 
@@ -28,6 +29,7 @@ pub enum Outcome<'a> {
         desired: &'a Desired,
         deployment: Option<&'a Deployment>,
         database: &'a Result<database::Report, database::Error>,
+        azure: &'a external::Report,
     },
     /// The binding needs a change from the user (or an object it names).
     Stalled {
@@ -41,16 +43,13 @@ pub enum Outcome<'a> {
     },
 }
 
-/// One condition before timestamps, and whether `Ready` waits for it.
+/// One condition before timestamps.
 #[derive(Debug, Clone, PartialEq)]
 struct Step {
     type_: &'static str,
     status: &'static str,
     reason: &'static str,
     message: String,
-    /// False for steps this operator version reports but does not yet manage: they inform, and
-    /// the server's own availability shows whether the manual step was done.
-    blocking: bool,
 }
 
 impl Step {
@@ -65,13 +64,7 @@ impl Step {
             status,
             reason,
             message,
-            blocking: true,
         }
-    }
-
-    fn informative(mut self) -> Self {
-        self.blocking = false;
-        self
     }
 }
 
@@ -143,6 +136,7 @@ fn steps(
     desired: &Desired,
     deployment: Option<&Deployment>,
     database: &Result<database::Report, database::Error>,
+    azure: &external::Report,
 ) -> Vec<Step> {
     let ns = &valid.namespace;
     let sa = child_name(&valid.name);
@@ -156,39 +150,56 @@ fn steps(
             "ServiceAccountReady",
             format!("ServiceAccount {ns}/{sa} is in place; the server signs in with the password in Secret {ns}/{secret_name}"),
         ),
-        Identity::Entra { client_id, .. } => match &valid.spec.identity.entra.as_ref().and_then(|e| e.federated_credential.as_ref()) {
+        Identity::Entra { client_id, .. } => match &azure.federated_credential {
             None => Step::new(
                 ty::IDENTITY_READY,
                 "True",
                 "WorkloadIdentityConfigured",
                 format!("ServiceAccount {ns}/{sa} carries managed identity {client_id}; it needs a federated credential for subject {subject}"),
             ),
-            Some(fic) => Step::new(
+            Some(Err(err)) => Step::new(ty::IDENTITY_READY, "False", err.reason(), err.to_string()),
+            Some(Ok(ensured)) if server_available(valid, desired, deployment).status == "True" => {
+                Step::new(
+                    ty::IDENTITY_READY,
+                    "True",
+                    "FederatedCredentialReady",
+                    format!("federated credential {} trusts {subject}, and the server signs in with it", ensured.id),
+                )
+            }
+            Some(Ok(ensured)) => Step::new(
                 ty::IDENTITY_READY,
-                "Unknown",
-                "FederatedCredentialNotManaged",
+                "False",
+                "FederatedCredentialPropagating",
                 format!(
-                    "this operator version does not create federated identity credentials yet: create one on {} for subject {subject} with audience {}",
-                    fic.identity_resource_id,
-                    pgmcp_crds::workload_identity::TOKEN_AUDIENCE
+                    "federated credential {} trusts {subject}; Microsoft Entra ID can take a few minutes to accept it, and this turns True once the server signs in with it",
+                    ensured.id
                 ),
-            )
-            .informative(),
+            ),
         },
     });
 
     steps.extend(database_steps(valid, database));
     steps.push(server_available(valid, desired, deployment));
-    if let Some(foundry) = &valid.spec.foundry {
-        steps.push(Step::new(
-            ty::FOUNDRY_CONNECTION_READY,
-            "Unknown",
-            "NotManaged",
-            format!(
-                "this operator version does not create Azure AI Foundry connections yet: connection {} in project {} was not created",
-                foundry.connection_name, foundry.project_resource_id
+    if let (Some(spec), Some(result)) = (&valid.spec.foundry, &azure.foundry) {
+        steps.push(match result {
+            Ok(ensured) => Step::new(
+                ty::FOUNDRY_CONNECTION_READY,
+                "True",
+                "Connected",
+                format!(
+                    "connection {} of project {} calls {}",
+                    spec.connection_name,
+                    spec.project_resource_id,
+                    valid.spec.server.public_url.as_deref().unwrap_or_default()
+                ) + &format!(" ({})", ensured.id),
             ),
-        ));
+            Err(err) => Step::new(
+                ty::FOUNDRY_CONNECTION_READY,
+                "False",
+                err.reason(),
+                err.to_string(),
+            ),
+        });
     }
     steps
 }
@@ -263,23 +274,24 @@ pub fn compute(
             desired,
             deployment,
             database,
+            azure,
         } => {
-            let steps = steps(valid, desired, *deployment, database);
-            let blocker = steps
-                .iter()
-                .find(|s| s.blocking && s.status != "True")
-                .cloned();
+            let steps = steps(valid, desired, *deployment, database, azure);
+            let blocker = steps.iter().find(|s| s.status != "True").cloned();
             // A database refusal only the user can fix (a role someone else owns, no workload
             // identity) stalls the binding; the other steps still report.
-            let stalled = match database {
-                Err(err) if err.needs_user() => Some(Step::new(
-                    ty::STALLED,
-                    "True",
-                    err.reason(),
-                    err.to_string(),
-                )),
-                _ => None,
-            };
+            let stalled = database
+                .as_ref()
+                .err()
+                .filter(|e| e.needs_user())
+                .map(|e| (e.reason(), e.to_string()))
+                .or_else(|| {
+                    azure
+                        .errors()
+                        .find(|e| e.needs_user())
+                        .map(|e| (e.reason(), e.to_string()))
+                })
+                .map(|(reason, message)| Step::new(ty::STALLED, "True", reason, message));
             match &blocker {
                 None => {
                     conditions.push(Step::new(
@@ -316,6 +328,18 @@ pub fn compute(
             });
             if let Ok(report) = database {
                 status.grants = Some(report.grants.clone());
+            }
+            if let Some(Ok(ensured)) = &azure.federated_credential {
+                status.federated_credential =
+                    Some(pgmcp_crds::v1alpha1::FederatedCredentialStatus {
+                        id: ensured.id.clone(),
+                        subject: external::subject(valid),
+                    });
+            }
+            if let Some(Ok(ensured)) = &azure.foundry {
+                status.foundry = Some(pgmcp_crds::v1alpha1::FoundryStatus {
+                    connection_id: ensured.id.clone(),
+                });
             }
         }
         Outcome::Stalled { reason, message } => {
@@ -464,6 +488,7 @@ mod tests {
             desired: &desired,
             deployment: Some(deployment),
             database,
+            azure: &external::Report::default(),
         };
         compute(b, &outcome, &at(second))
     }
@@ -574,15 +599,61 @@ mod tests {
     }
 
     #[test]
-    fn a_requested_foundry_connection_blocks_ready_until_it_is_managed() {
+    fn azure_steps_report_propagation_and_refusals() {
         let mut b = binding("azure-entra-foundry.yaml");
         b.spec.server.replicas = 1;
-        let status = applied(&b, &deployment(1, "True"), &granted(), 100);
-        assert_eq!(get(&status, "Ready").status, "False");
-        assert_eq!(get(&status, "FoundryConnectionReady").reason, "NotManaged");
+        let valid = validate(&b, &Inputs::default()).unwrap();
+        let defaults = Defaults {
+            server_image: "img".to_owned(),
+            oidc_issuer: None,
+        };
+        let desired = build(&valid, &defaults);
+        let azure = external::Report {
+            federated_credential: Some(Ok(external::Ensured {
+                id: "/subscriptions/s/…/federatedIdentityCredentials/agents-sales".to_owned(),
+                change: crate::azure::Change::Created,
+            })),
+            foundry: Some(Err(external::Error::NoWorkloadIdentity {
+                resource: "/subscriptions/s/…/projects/p".to_owned(),
+            })),
+        };
+        let waiting = deployment(0, "False");
+        let outcome = Outcome::Applied {
+            valid: &valid,
+            desired: &desired,
+            deployment: Some(&waiting),
+            database: &granted(),
+            azure: &azure,
+        };
+        let status = compute(&b, &outcome, &at(100));
         assert_eq!(
             get(&status, "IdentityReady").reason,
-            "FederatedCredentialNotManaged"
+            "FederatedCredentialPropagating"
+        );
+        assert_eq!(
+            get(&status, "FoundryConnectionReady").reason,
+            "NoWorkloadIdentity"
+        );
+        assert_eq!(get(&status, "Stalled").reason, "NoWorkloadIdentity");
+        assert_eq!(
+            status.federated_credential.unwrap().subject,
+            "system:serviceaccount:agents:sales-mcp"
+        );
+        assert!(status.foundry.is_none());
+
+        // Once the server signs in, the credential is proven.
+        let available = deployment(1, "True");
+        let outcome = Outcome::Applied {
+            valid: &valid,
+            desired: &desired,
+            deployment: Some(&available),
+            database: &granted(),
+            azure: &azure,
+        };
+        let status = compute(&b, &outcome, &at(200));
+        assert_eq!(
+            get(&status, "IdentityReady").reason,
+            "FederatedCredentialReady"
         );
     }
 

@@ -13,10 +13,16 @@ use super::plan::{Catalog, Object, Privilege, Relation, keyword};
 /// System schemas: never granted, never inspected.
 const SYSTEM_SCHEMAS: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'";
 
-pub async fn read(client: &impl GenericClient, role: &str) -> Result<Catalog, tokio_postgres::Error> {
+pub async fn read(
+    client: &impl GenericClient,
+    role: &str,
+) -> Result<Catalog, tokio_postgres::Error> {
     let mut catalog = Catalog::default();
     for row in client
-        .query(&format!("SELECT n.nspname FROM pg_namespace n WHERE {SYSTEM_SCHEMAS}"), &[])
+        .query(
+            &format!("SELECT n.nspname FROM pg_namespace n WHERE {SYSTEM_SCHEMAS}"),
+            &[],
+        )
         .await?
     {
         catalog.schemas.insert(row.get(0));
@@ -46,7 +52,10 @@ pub async fn read(client: &impl GenericClient, role: &str) -> Result<Catalog, to
 
 /// Every privilege granted to `role` itself in the current database (empty when the role does
 /// not exist).
-pub async fn held(client: &impl GenericClient, role: &str) -> Result<BTreeSet<Privilege>, tokio_postgres::Error> {
+pub async fn held(
+    client: &impl GenericClient,
+    role: &str,
+) -> Result<BTreeSet<Privilege>, tokio_postgres::Error> {
     let mut held = BTreeSet::new();
     let mut add = |object: Object, privilege: &str| {
         if let Some(keyword) = keyword(privilege) {

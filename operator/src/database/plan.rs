@@ -13,11 +13,24 @@ pub enum Object {
     Database(String),
     Schema(String),
     /// A table, view, materialized view, foreign or partitioned table.
-    Table { schema: String, name: String },
-    Sequence { schema: String, name: String },
-    Column { schema: String, table: String, column: String },
+    Table {
+        schema: String,
+        name: String,
+    },
+    Sequence {
+        schema: String,
+        name: String,
+    },
+    Column {
+        schema: String,
+        table: String,
+        column: String,
+    },
     /// `ALTER DEFAULT PRIVILEGES FOR ROLE owner [IN SCHEMA schema] … ON TABLES`.
-    DefaultTables { owner: String, schema: Option<String> },
+    DefaultTables {
+        owner: String,
+        schema: Option<String>,
+    },
 }
 
 /// One privilege of the binding's role.
@@ -103,7 +116,8 @@ pub fn desired(request: &Request, catalog: &Catalog) -> Desired {
             out.missing.push(format!("schema {schema}"));
             continue;
         }
-        out.privileges.insert(p(Object::Schema(schema.clone()), "USAGE"));
+        out.privileges
+            .insert(p(Object::Schema(schema.clone()), "USAGE"));
         let relations = catalog.relations.get(schema).cloned().unwrap_or_default();
         match &grant.tables {
             None => {
@@ -237,10 +251,16 @@ pub fn statement(privilege: &Privilege, role: &str, verb: Verb) -> String {
     let role = quote(role);
     match &privilege.object {
         Object::Database(name) => {
-            format!("{verb} {keyword} ON DATABASE {} {direction} {role}", quote(name))
+            format!(
+                "{verb} {keyword} ON DATABASE {} {direction} {role}",
+                quote(name)
+            )
         }
         Object::Schema(name) => {
-            format!("{verb} {keyword} ON SCHEMA {} {direction} {role}", quote(name))
+            format!(
+                "{verb} {keyword} ON SCHEMA {} {direction} {role}",
+                quote(name)
+            )
         }
         Object::Table { schema, name } => format!(
             "{verb} {keyword} ON TABLE {}.{} {direction} {role}",
@@ -314,7 +334,10 @@ mod tests {
                     "public".to_owned(),
                     vec![rel("customers", "app"), rel("orders", "etl")],
                 ),
-                ("sales".to_owned(), vec![rel("monthly", "app"), rel("raw", "app")]),
+                (
+                    "sales".to_owned(),
+                    vec![rel("monthly", "app"), rel("raw", "app")],
+                ),
                 ("hr".to_owned(), vec![rel("salaries", "app")]),
             ]),
             held: BTreeSet::new(),

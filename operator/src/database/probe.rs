@@ -19,9 +19,15 @@ pub async fn write_capabilities(
         )
         .await?
     {
-        for (i, attribute) in ["SUPERUSER", "CREATEROLE", "CREATEDB", "REPLICATION", "BYPASSRLS"]
-            .iter()
-            .enumerate()
+        for (i, attribute) in [
+            "SUPERUSER",
+            "CREATEROLE",
+            "CREATEDB",
+            "REPLICATION",
+            "BYPASSRLS",
+        ]
+        .iter()
+        .enumerate()
         {
             if row.get::<_, bool>(i) {
                 found.push(format!("has the {attribute} attribute"));

@@ -1,0 +1,52 @@
+//! The Azure resources a binding asks for, kept through Azure Resource Manager (DESIGN §6):
+//! the federated identity credential that lets the server's ServiceAccount act as its managed
+//! identity ([`fic`]) and the Azure AI Foundry project connection that points agents at the
+//! server ([`foundry`]). [`arm`] is the client both use: the operator's own workload-identity
+//! token, retries, long-running operations, ARM's error bodies, metrics.
+//!
+//! Each resource is kept with GET → compare → PUT only when it differs, so a steady state costs
+//! reads only; deletes treat "already gone" as done. Nothing here knows about Kubernetes objects:
+//! the controller builds the `Desired` values and turns errors into conditions.
+
+pub mod arm;
+pub mod fic;
+pub mod foundry;
+
+/// The public cloud's Resource Manager.
+pub const DEFAULT_ARM_ENDPOINT: &str = "https://management.azure.com";
+/// `Microsoft.ManagedIdentity` api-version for federated identity credentials.
+pub const DEFAULT_FIC_API_VERSION: &str = "2023-01-31";
+/// `Microsoft.CognitiveServices` api-version for Foundry project connections (the first that
+/// knows the `RemoteTool` category and `ProjectManagedIdentity` auth type).
+pub const DEFAULT_FOUNDRY_API_VERSION: &str = "2025-04-01-preview";
+
+/// Where ARM is and which api-versions to speak.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AzureSettings {
+    /// `https://management.azure.com`, or a sovereign cloud's (`https://management.usgovcloudapi.net`,
+    /// `https://management.chinacloudapi.cn`); tests point it at the ARM fake.
+    pub arm_endpoint: String,
+    /// api-version of `…/federatedIdentityCredentials/{name}`.
+    pub fic_api_version: String,
+    /// api-version of `…/projects/{project}/connections/{name}`.
+    pub foundry_api_version: String,
+}
+
+impl Default for AzureSettings {
+    fn default() -> Self {
+        Self {
+            arm_endpoint: DEFAULT_ARM_ENDPOINT.to_owned(),
+            fic_api_version: DEFAULT_FIC_API_VERSION.to_owned(),
+            foundry_api_version: DEFAULT_FOUNDRY_API_VERSION.to_owned(),
+        }
+    }
+}
+
+/// What an `ensure` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// ARM already held the desired state: nothing was written.
+    Unchanged,
+    Created,
+    Updated,
+}

@@ -1,0 +1,195 @@
+//! The Azure steps of one reconcile, through ARM with the operator's own workload identity: the
+//! federated identity credential that lets the server's ServiceAccount use its managed identity
+//! (`IdentityReady`), and the Azure AI Foundry project connection (`FoundryConnectionReady`).
+//! Each is GET-compare-PUT, so an unchanged binding issues no PUT.
+
+use pgmcp_crds::v1alpha1::{DeletionPolicy, PostgresMcpBinding};
+
+use super::Context;
+use super::build::child_name;
+use super::validate::Valid;
+use crate::azure::{Change, arm, fic, foundry};
+
+/// A resource the step made sure of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ensured {
+    /// ARM id.
+    pub id: String,
+    pub change: Change,
+}
+
+/// What the Azure steps found; `None` where the binding asks for nothing.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub federated_credential: Option<Result<Ensured, Error>>,
+    pub foundry: Option<Result<Ensured, Error>>,
+}
+
+impl Report {
+    pub fn errors(&self) -> impl Iterator<Item = &Error> {
+        [&self.federated_credential, &self.foundry]
+            .into_iter()
+            .filter_map(|r| r.as_ref()?.as_ref().err())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "creating Azure resources needs the operator's own workload identity, but AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_FEDERATED_TOKEN_FILE are not set: give the operator's ServiceAccount a managed identity with rights on {resource}"
+    )]
+    NoWorkloadIdentity { resource: String },
+    #[error(
+        "spec.identity.entra.federatedCredential.issuer is not set and the operator has no --oidc-issuer: set either to the cluster's OIDC issuer URL (az aks show --query oidcIssuerProfile.issuerUrl)"
+    )]
+    NoOidcIssuer,
+    #[error(transparent)]
+    Arm(#[from] arm::Error),
+}
+
+impl Error {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::NoWorkloadIdentity { .. } => "NoWorkloadIdentity",
+            Error::NoOidcIssuer => "NoOidcIssuer",
+            Error::Arm(e) => e.reason(),
+        }
+    }
+
+    pub fn needs_user(&self) -> bool {
+        match self {
+            Error::NoWorkloadIdentity { .. } | Error::NoOidcIssuer => true,
+            Error::Arm(e) => e.needs_user(),
+        }
+    }
+}
+
+/// The subject the server's ServiceAccount tokens carry.
+pub fn subject(valid: &Valid) -> String {
+    format!(
+        "system:serviceaccount:{}:{}",
+        valid.namespace,
+        child_name(&valid.name)
+    )
+}
+
+fn arm_client<'a>(ctx: &'a Context, resource: &str) -> Result<&'a arm::ArmClient, Error> {
+    ctx.arm.as_ref().ok_or_else(|| Error::NoWorkloadIdentity {
+        resource: resource.to_owned(),
+    })
+}
+
+fn fic_desired(
+    ctx: &Context,
+    binding: &PostgresMcpBinding,
+    valid: &Valid,
+) -> Option<Result<fic::Desired, Error>> {
+    let spec = binding
+        .spec
+        .identity
+        .entra
+        .as_ref()?
+        .federated_credential
+        .as_ref()?;
+    let issuer = spec
+        .issuer
+        .clone()
+        .or_else(|| ctx.defaults.oidc_issuer.clone());
+    Some(issuer.ok_or(Error::NoOidcIssuer).map(|issuer| {
+        fic::Desired {
+            identity_resource_id: spec.identity_resource_id.clone(),
+            name: spec
+                .name
+                .clone()
+                .unwrap_or_else(|| fic::name_for(&valid.namespace, &valid.name)),
+            issuer,
+            subject: subject(valid),
+        }
+    }))
+}
+
+fn foundry_desired(valid: &Valid) -> Option<foundry::Desired> {
+    let spec = valid.spec.foundry.as_ref()?;
+    Some(foundry::Desired {
+        project_resource_id: spec.project_resource_id.clone(),
+        connection_name: spec.connection_name.clone(),
+        // CEL guarantees server.auth.entra and an https publicUrl when foundry is set.
+        audience: valid
+            .spec
+            .server
+            .auth
+            .entra
+            .as_ref()
+            .map(|e| e.audience.clone())
+            .unwrap_or_default(),
+        target: valid.spec.server.public_url.clone().unwrap_or_default(),
+    })
+}
+
+pub async fn reconcile(ctx: &Context, binding: &PostgresMcpBinding, valid: &Valid) -> Report {
+    let mut report = Report::default();
+    if let Some(desired) = fic_desired(ctx, binding, valid) {
+        report.federated_credential = Some(match desired {
+            Err(err) => Err(err),
+            Ok(desired) => match arm_client(ctx, &desired.identity_resource_id) {
+                Err(err) => Err(err),
+                Ok(arm) => fic::ensure(arm, &desired)
+                    .await
+                    .map(|(id, change)| Ensured { id, change })
+                    .map_err(Error::from),
+            },
+        });
+    }
+    if let Some(desired) = foundry_desired(valid) {
+        report.foundry = Some(match arm_client(ctx, &desired.project_resource_id) {
+            Err(err) => Err(err),
+            Ok(arm) => foundry::ensure(arm, &desired)
+                .await
+                .map(|(id, change)| Ensured { id, change })
+                .map_err(Error::from),
+        });
+    }
+    report
+}
+
+/// Deletes the Foundry connection (policy Delete). Gone already is fine.
+pub async fn remove_foundry(ctx: &Context, binding: &PostgresMcpBinding) -> Result<bool, Error> {
+    let Some(spec) = &binding.spec.foundry else {
+        return Ok(false);
+    };
+    if spec.deletion_policy == DeletionPolicy::Orphan {
+        return Ok(false);
+    }
+    let arm = arm_client(ctx, &spec.project_resource_id)?;
+    foundry::delete(arm, &spec.project_resource_id, &spec.connection_name).await?;
+    Ok(true)
+}
+
+/// Deletes the federated credential (unless access.deletionPolicy is Orphan). Gone already is
+/// fine.
+pub async fn remove_federated_credential(
+    ctx: &Context,
+    binding: &PostgresMcpBinding,
+) -> Result<bool, Error> {
+    let Some(spec) = binding
+        .spec
+        .identity
+        .entra
+        .as_ref()
+        .and_then(|e| e.federated_credential.as_ref())
+    else {
+        return Ok(false);
+    };
+    if binding.spec.access.deletion_policy == DeletionPolicy::Orphan {
+        return Ok(false);
+    }
+    let name = spec.name.clone().unwrap_or_else(|| {
+        fic::name_for(
+            &binding.metadata.namespace.clone().unwrap_or_default(),
+            &binding.metadata.name.clone().unwrap_or_default(),
+        )
+    });
+    let arm = arm_client(ctx, &spec.identity_resource_id)?;
+    fic::delete(arm, &spec.identity_resource_id, &name).await?;
+    Ok(true)
+}

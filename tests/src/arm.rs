@@ -1,0 +1,1797 @@
+//! An Azure Resource Manager stand-in for tests, over HTTPS with a test CA, behaving like ARM
+//! for the resources pgmcp manages:
+//!
+//! - **Authentication** as ARM does it: a bearer token the Entra fake issued for ARM, its RS256
+//!   signature checked against the Entra fake's JWKS (fetched over HTTPS, refreshed on an
+//!   unknown kid), audience `https://management.azure.com` (or ARM's other accepted forms),
+//!   issuer and tenant of the fake's directory, expiry. Refusals are ARM's 401 bodies
+//!   (`AuthenticationFailed`, `InvalidAuthenticationToken`, `InvalidAuthenticationTokenAudience`,
+//!   `InvalidAuthenticationTokenTenant`, `ExpiredAuthenticationToken`) with `WWW-Authenticate`.
+//! - **Authorization** from a role assignment table (principal object id, scope, [`Role`]);
+//!   otherwise 403 `AuthorizationFailed` naming the action and scope, checked before existence
+//!   as ARM does.
+//! - **Resources**: user-assigned identities (created by the test with [`ArmFake::add_identity`],
+//!   which also registers them in the Entra fake), their federated identity credentials
+//!   (`Microsoft.ManagedIdentity`, GET/PUT/DELETE, list), Foundry projects
+//!   ([`ArmFake::add_project`]) and their connections (`Microsoft.CognitiveServices`). Every
+//!   change to an identity's credentials is pushed to the Entra fake, so token exchanges start
+//!   and stop working exactly when ARM says the credential exists.
+//! - **Validation** like the resource providers: names, required properties, audiences, enum
+//!   values, duplicate issuer/subject, api-versions; 400 with `error.code`/`error.message`;
+//!   404 `ResourceNotFound`, `ParentResourceNotFound`, `ResourceGroupNotFound`.
+//! - **Faults**: queued 429 (with `Retry-After`), 500 and 503 answers, a fixed latency, and
+//!   long-running writes (201 + `Azure-AsyncOperation`, or 202 + `Location`) that take effect
+//!   only when the operation completes.
+//! - **Observation**: every request is recorded (method, path, status) so tests can assert
+//!   "no PUT when unchanged".
+//!
+//! The fake runs on the tokio runtime of the test that started it.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{Value, json};
+
+use crate::entra::{App, EntraFake, FederatedCredential, TOKEN_EXCHANGE_AUDIENCE};
+
+/// The audiences ARM accepts in a token.
+pub const ARM_AUDIENCES: [&str; 4] = [
+    "https://management.core.windows.net/",
+    "https://management.core.windows.net",
+    "https://management.azure.com/",
+    "https://management.azure.com",
+];
+/// api-versions the fake's `Microsoft.ManagedIdentity` knows for federated credentials.
+pub const FIC_API_VERSIONS: [&str; 5] = [
+    "2022-01-31-preview",
+    "2023-01-31",
+    "2023-07-31-preview",
+    "2024-11-30",
+    "2025-01-31-preview",
+];
+/// api-versions the fake's `Microsoft.CognitiveServices` knows for project connections.
+pub const CONNECTION_API_VERSIONS: [&str; 3] =
+    ["2025-04-01-preview", "2025-06-01", "2025-07-01-preview"];
+/// Connection categories (azure-mgmt-cognitiveservices `ConnectionCategory`, plus `RemoteTool`).
+const CATEGORIES: &[&str] = &[
+    "ADLSGen2",
+    "AIServices",
+    "AmazonMws",
+    "AmazonRdsForOracle",
+    "AmazonRdsForSqlServer",
+    "AmazonRedshift",
+    "AmazonS3Compatible",
+    "ApiKey",
+    "AzureBlob",
+    "AzureDataExplorer",
+    "AzureDatabricksDeltaLake",
+    "AzureMariaDb",
+    "AzureMySqlDb",
+    "AzureOneLake",
+    "AzureOpenAI",
+    "AzurePostgresDb",
+    "AzureSqlDb",
+    "AzureSqlMi",
+    "AzureSynapseAnalytics",
+    "AzureTableStorage",
+    "BingLLMSearch",
+    "Cassandra",
+    "CognitiveSearch",
+    "CognitiveService",
+    "Concur",
+    "ContainerRegistry",
+    "CosmosDb",
+    "CosmosDbMongoDbApi",
+    "Couchbase",
+    "CustomKeys",
+    "Db2",
+    "Drill",
+    "Dynamics",
+    "DynamicsAx",
+    "DynamicsCrm",
+    "Elasticsearch",
+    "Eloqua",
+    "FileServer",
+    "FtpServer",
+    "GenericContainerRegistry",
+    "GenericHttp",
+    "GenericRest",
+    "Git",
+    "GoogleAdWords",
+    "GoogleBigQuery",
+    "GoogleCloudStorage",
+    "Greenplum",
+    "Hbase",
+    "Hdfs",
+    "Hive",
+    "Hubspot",
+    "Impala",
+    "Informix",
+    "Jira",
+    "Magento",
+    "ManagedOnlineEndpoint",
+    "MariaDb",
+    "Marketo",
+    "MicrosoftAccess",
+    "MongoDbAtlas",
+    "MongoDbV2",
+    "MySql",
+    "Netezza",
+    "ODataRest",
+    "Odbc",
+    "Office365",
+    "OpenAI",
+    "Oracle",
+    "OracleCloudStorage",
+    "OracleServiceCloud",
+    "PayPal",
+    "Phoenix",
+    "Pinecone",
+    "PostgreSql",
+    "Presto",
+    "PythonFeed",
+    "QuickBooks",
+    "Redis",
+    "RemoteTool",
+    "Responsys",
+    "S3",
+    "Salesforce",
+    "SalesforceMarketingCloud",
+    "SalesforceServiceCloud",
+    "SapBw",
+    "SapCloudForCustomer",
+    "SapEcc",
+    "SapHana",
+    "SapOpenHub",
+    "SapTable",
+    "Serp",
+    "Serverless",
+    "ServiceNow",
+    "Sftp",
+    "SharePointOnlineList",
+    "Shopify",
+    "Snowflake",
+    "Spark",
+    "SqlServer",
+    "Square",
+    "Sybase",
+    "Teradata",
+    "Vertica",
+    "WebTable",
+    "Xero",
+    "Zoho",
+];
+/// Connection auth types (`ConnectionAuthType`).
+const AUTH_TYPES: &[&str] = &[
+    "AAD",
+    "AccessKey",
+    "AccountKey",
+    "AgenticIdentity",
+    "ApiKey",
+    "CustomKeys",
+    "ManagedIdentity",
+    "None",
+    "OAuth2",
+    "PAT",
+    "ProjectManagedIdentity",
+    "SAS",
+    "ServicePrincipal",
+    "UserEntraToken",
+    "UsernamePassword",
+];
+/// Federated identity credentials one identity may have.
+const MAX_FICS_PER_IDENTITY: usize = 20;
+const LOCATION: &str = "westeurope";
+
+/// What a role assignment allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// `*/read`.
+    Reader,
+    /// Everything.
+    Contributor,
+}
+
+/// A fault answered instead of the real response.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// 429 `TooManyRequests` with `Retry-After: <seconds>`.
+    Throttle { retry_after_secs: u64 },
+    /// 500 `InternalServerError`.
+    ServerError,
+    /// 503 `ServiceUnavailable`, with `Retry-After` when given.
+    Unavailable { retry_after_secs: Option<u64> },
+}
+
+/// How long-running writes are announced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LroStyle {
+    /// PUT: 201 + `Azure-AsyncOperation`; DELETE: 202 + `Azure-AsyncOperation` + `Location`.
+    AsyncOperation,
+    /// PUT and DELETE: 202 + `Location`.
+    Location,
+}
+
+/// Long-running writes: every PUT/DELETE of a credential or connection becomes an operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LongRunning {
+    pub style: LroStyle,
+    /// Polls answered "in progress" before the operation ends.
+    pub polls: u32,
+    /// `Retry-After` on the write and on each in-progress poll.
+    pub retry_after_secs: u64,
+    /// End the operation `Failed` with this code and message instead of applying the write.
+    pub fail: Option<(String, String)>,
+}
+
+/// One request the fake answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+}
+
+struct Identity {
+    id: String,
+    client_id: String,
+    principal_id: String,
+}
+
+/// A write that takes effect now, or when its operation completes.
+#[derive(Clone)]
+enum Commit {
+    PutFic {
+        identity: String,
+        key: String,
+        resource: Value,
+    },
+    DeleteFic {
+        identity: String,
+        key: String,
+    },
+    PutConnection {
+        key: String,
+        resource: Value,
+    },
+    DeleteConnection {
+        key: String,
+    },
+}
+
+struct Operation {
+    polls_left: u32,
+    retry_after_secs: u64,
+    fail: Option<(String, String)>,
+    commit: Option<Commit>,
+    done: Option<Result<(), (String, String)>>,
+}
+
+struct Inner {
+    url: String,
+    tenant: String,
+    entra: Arc<EntraFake>,
+    roles: Vec<(String, String, Role)>,
+    resource_groups: Vec<String>,
+    /// Keys are lower-case resource ids (ARM ids are case-insensitive).
+    identities: BTreeMap<String, Identity>,
+    fics: BTreeMap<String, Value>,
+    accounts: Vec<String>,
+    projects: BTreeMap<String, String>,
+    connections: BTreeMap<String, Value>,
+    faults: VecDeque<(Option<Method>, Fault)>,
+    latency: Duration,
+    long_running: Option<LongRunning>,
+    operations: HashMap<String, Operation>,
+    next_id: u64,
+    requests: Vec<Request>,
+    jwks: HashMap<String, JwkSet>,
+}
+
+type Shared = Arc<Mutex<Inner>>;
+
+fn lock(shared: &Shared) -> MutexGuard<'_, Inner> {
+    shared
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[derive(Clone)]
+struct AppState {
+    shared: Shared,
+    /// Reaches the Entra fake (trusting its CA) for the JWKS.
+    http: reqwest::Client,
+    entra_url: String,
+}
+
+/// A running ARM fake. Dropping it stops the server.
+pub struct ArmFake {
+    url: String,
+    ca_cert: PathBuf,
+    inner: Shared,
+    server: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for ArmFake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArmFake")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for ArmFake {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl ArmFake {
+    /// Starts the fake on a free loopback port with a new test CA. Every subscription belongs to
+    /// `tenant` of `entra`, which issues the tokens the fake accepts and learns the federated
+    /// credentials the fake stores.
+    pub async fn start(entra: Arc<EntraFake>, tenant: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("pgmcp-arm-").tempdir()?;
+        let tls = crate::pki::ServerTls::write(dir.path(), "pgmcp-test-arm")?;
+        let acceptor = acceptor(&tls.cert, &tls.key)?;
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("https://127.0.0.1:{}", tcp.local_addr()?.port());
+        let entra_ca = std::fs::read(entra.ca_cert())?;
+        let http = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&entra_ca)?)
+            .timeout(Duration::from_secs(10))
+            .build()?;
+        let entra_url = entra.url().to_owned();
+        let inner: Shared = Arc::new(Mutex::new(Inner {
+            url: url.clone(),
+            tenant: tenant.to_owned(),
+            entra,
+            roles: Vec::new(),
+            resource_groups: Vec::new(),
+            identities: BTreeMap::new(),
+            fics: BTreeMap::new(),
+            accounts: Vec::new(),
+            projects: BTreeMap::new(),
+            connections: BTreeMap::new(),
+            faults: VecDeque::new(),
+            latency: Duration::ZERO,
+            long_running: None,
+            operations: HashMap::new(),
+            next_id: 0,
+            requests: Vec::new(),
+            jwks: HashMap::new(),
+        }));
+        let state = AppState {
+            shared: inner.clone(),
+            http,
+            entra_url,
+        };
+        let app = Router::new().fallback(handle).with_state(state);
+        let listener = TlsListener::spawn(tcp, acceptor);
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self {
+            url,
+            ca_cert: tls.ca_cert,
+            inner,
+            server,
+            _dir: dir,
+        })
+    }
+
+    /// The ARM endpoint: `https://127.0.0.1:<port>`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// PEM of the CA that signed the fake's certificate.
+    pub fn ca_cert(&self) -> &Path {
+        &self.ca_cert
+    }
+
+    /// Grants `role` at `scope` (a resource id or prefix: subscription, resource group,
+    /// resource) to the principal with object id `principal` (the `oid` of its tokens).
+    pub fn assign_role(&self, principal: &str, scope: &str, role: Role) {
+        lock(&self.inner).roles.push((
+            principal.to_owned(),
+            scope.trim_end_matches('/').to_ascii_lowercase(),
+            role,
+        ));
+    }
+
+    /// Creates a user-assigned managed identity (and its resource group) and registers it in
+    /// the Entra fake's tenant (which must exist) as app `client_id` with object id
+    /// `principal_id`. From now on the fake owns that app's federated credentials.
+    pub fn add_identity(
+        &self,
+        resource_id: &str,
+        client_id: &str,
+        principal_id: &str,
+    ) -> anyhow::Result<()> {
+        let parsed = parse(resource_id);
+        anyhow::ensure!(
+            parsed.len() == 8
+                && parsed[6].eq_ignore_ascii_case("userAssignedIdentities")
+                && parsed[5].eq_ignore_ascii_case("Microsoft.ManagedIdentity"),
+            "{resource_id} is not a user-assigned identity id"
+        );
+        let mut inner = lock(&self.inner);
+        let rg = resource_group_key(&parsed);
+        if !inner.resource_groups.contains(&rg) {
+            inner.resource_groups.push(rg);
+        }
+        inner.identities.insert(
+            resource_id.to_ascii_lowercase(),
+            Identity {
+                id: resource_id.to_owned(),
+                client_id: client_id.to_owned(),
+                principal_id: principal_id.to_owned(),
+            },
+        );
+        sync_entra(&inner, &resource_id.to_ascii_lowercase())
+    }
+
+    /// Creates a Foundry project (with its account and resource group):
+    /// `/subscriptions/…/providers/Microsoft.CognitiveServices/accounts/<a>/projects/<p>`.
+    pub fn add_project(&self, resource_id: &str) -> anyhow::Result<()> {
+        let parsed = parse(resource_id);
+        anyhow::ensure!(
+            parsed.len() == 10
+                && parsed[5].eq_ignore_ascii_case("Microsoft.CognitiveServices")
+                && parsed[6].eq_ignore_ascii_case("accounts")
+                && parsed[8].eq_ignore_ascii_case("projects"),
+            "{resource_id} is not a Foundry project id"
+        );
+        let mut inner = lock(&self.inner);
+        let rg = resource_group_key(&parsed);
+        if !inner.resource_groups.contains(&rg) {
+            inner.resource_groups.push(rg);
+        }
+        let account = format!("/{}", parsed[..8].join("/")).to_ascii_lowercase();
+        if !inner.accounts.contains(&account) {
+            inner.accounts.push(account);
+        }
+        inner
+            .projects
+            .insert(resource_id.to_ascii_lowercase(), resource_id.to_owned());
+        Ok(())
+    }
+
+    /// A stored federated credential or connection, as GET would return it.
+    pub fn resource(&self, resource_id: &str) -> Option<Value> {
+        let inner = lock(&self.inner);
+        let key = resource_id.to_ascii_lowercase();
+        inner
+            .fics
+            .get(&key)
+            .or_else(|| inner.connections.get(&key))
+            .cloned()
+    }
+
+    /// Answers the next `times` requests (of `method`, or of any method) with `fault`.
+    pub fn inject(&self, method: Option<Method>, fault: Fault, times: usize) {
+        let mut inner = lock(&self.inner);
+        for _ in 0..times {
+            inner.faults.push_back((method.clone(), fault.clone()));
+        }
+    }
+
+    /// Delays every answer by `latency`.
+    pub fn set_latency(&self, latency: Duration) {
+        lock(&self.inner).latency = latency;
+    }
+
+    /// Makes PUT and DELETE of credentials and connections long-running (or not, with `None`).
+    pub fn set_long_running(&self, long_running: Option<LongRunning>) {
+        lock(&self.inner).long_running = long_running;
+    }
+
+    /// Every request answered so far.
+    pub fn requests(&self) -> Vec<Request> {
+        lock(&self.inner).requests.clone()
+    }
+
+    /// How many `method` requests went to `path` (case-insensitive, without the query).
+    pub fn count(&self, method: &str, path: &str) -> usize {
+        lock(&self.inner)
+            .requests
+            .iter()
+            .filter(|r| r.method.eq_ignore_ascii_case(method) && r.path.eq_ignore_ascii_case(path))
+            .count()
+    }
+
+    /// How many requests had a path containing `fragment` (case-insensitive).
+    pub fn count_matching(&self, method: &str, fragment: &str) -> usize {
+        let fragment = fragment.to_ascii_lowercase();
+        lock(&self.inner)
+            .requests
+            .iter()
+            .filter(|r| {
+                r.method.eq_ignore_ascii_case(method)
+                    && r.path.to_ascii_lowercase().contains(&fragment)
+            })
+            .count()
+    }
+
+    /// Forgets the requests recorded so far.
+    pub fn clear_requests(&self) {
+        lock(&self.inner).requests.clear();
+    }
+}
+
+/// Path segments of a resource id or request path, without empty ones at the ends.
+fn parse(path: &str) -> Vec<&str> {
+    path.trim_matches('/').split('/').collect()
+}
+
+/// `/subscriptions/<s>/resourcegroups/<rg>` in lower case.
+fn resource_group_key(segments: &[&str]) -> String {
+    format!("/{}", segments[..4.min(segments.len())].join("/")).to_ascii_lowercase()
+}
+
+/// Pushes identity `key`'s credentials to the Entra fake.
+fn sync_entra(inner: &Inner, key: &str) -> anyhow::Result<()> {
+    let identity = inner
+        .identities
+        .get(key)
+        .with_context(|| format!("no identity {key}"))?;
+    let prefix = format!("{key}/federatedidentitycredentials/");
+    let federated_credentials = inner
+        .fics
+        .iter()
+        .filter(|(k, _)| k.starts_with(&prefix))
+        .map(|(_, fic)| FederatedCredential {
+            issuer: fic["properties"]["issuer"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            subject: fic["properties"]["subject"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            audiences: fic["properties"]["audiences"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+        .collect();
+    inner.entra.register_app(
+        &inner.tenant,
+        App {
+            client_id: identity.client_id.clone(),
+            object_id: identity.principal_id.clone(),
+            display_name: identity
+                .id
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+            access_token_version: 1,
+            federated_credentials,
+            ..App::default()
+        },
+    )
+}
+
+fn apply(inner: &mut Inner, commit: Commit) {
+    let identity = match commit {
+        Commit::PutFic {
+            identity,
+            key,
+            resource,
+        } => {
+            inner.fics.insert(key, resource);
+            Some(identity)
+        }
+        Commit::DeleteFic { identity, key } => {
+            inner.fics.remove(&key);
+            Some(identity)
+        }
+        Commit::PutConnection { key, resource } => {
+            inner.connections.insert(key, resource);
+            None
+        }
+        Commit::DeleteConnection { key } => {
+            inner.connections.remove(&key);
+            None
+        }
+    };
+    if let Some(identity) = identity
+        && let Err(err) = sync_entra(inner, &identity)
+    {
+        eprintln!("the ARM fake could not update the Entra fake: {err:#}");
+    }
+}
+
+fn arm_error(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        axum::Json(json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response()
+}
+
+fn bad_request(code: &str, message: &str) -> Response {
+    arm_error(StatusCode::BAD_REQUEST, code, message)
+}
+
+/// Who called, from a verified token.
+struct Caller {
+    object_id: String,
+    app_id: String,
+}
+
+async fn handle(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let latency = lock(&state.shared).latency;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let mut response = answer(&state, &method, &uri, &headers, &body).await;
+    let mut inner = lock(&state.shared);
+    inner.next_id += 1;
+    let request_id = format!("00000000-0000-4000-8000-{:012x}", inner.next_id);
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response
+            .headers_mut()
+            .insert("x-ms-request-id", value.clone());
+        response
+            .headers_mut()
+            .insert("x-ms-correlation-request-id", value);
+    }
+    inner.requests.push(Request {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+        status: response.status().as_u16(),
+    });
+    response
+}
+
+async fn answer(
+    state: &AppState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Response {
+    let caller = match authenticate(state, headers).await {
+        Ok(caller) => caller,
+        Err(response) => return response,
+    };
+    let api_version = uri.query().and_then(|q| {
+        q.split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .find(|(k, _)| k.eq_ignore_ascii_case("api-version"))
+            .map(|(_, v)| v.to_owned())
+    });
+    let Some(api_version) = api_version else {
+        return bad_request(
+            "MissingApiVersionParameter",
+            "The api-version query parameter (?api-version=) is required for all requests.",
+        );
+    };
+    let mut inner = lock(&state.shared);
+    let fault = inner
+        .faults
+        .iter()
+        .position(|(m, _)| m.as_ref().is_none_or(|m| m == method))
+        .and_then(|i| inner.faults.remove(i))
+        .map(|(_, fault)| fault);
+    if let Some(fault) = fault {
+        return fault_response(&fault);
+    }
+    let segments = parse(uri.path());
+    let lower: Vec<String> = segments.iter().map(|s| s.to_ascii_lowercase()).collect();
+    let l: Vec<&str> = lower.iter().map(String::as_str).collect();
+    match l.as_slice() {
+        ["subscriptions", _, "providers", _, "locations", _, kind, _]
+            if *kind == "operationstatuses" || *kind == "operationresults" =>
+        {
+            poll(&mut inner, segments[7], *kind == "operationresults")
+        }
+        [
+            "subscriptions",
+            _,
+            "resourcegroups",
+            _,
+            "providers",
+            "microsoft.managedidentity",
+            "userassignedidentities",
+            ..,
+        ] => managed_identity(&mut inner, &caller, method, &segments, &api_version, body),
+        [
+            "subscriptions",
+            _,
+            "resourcegroups",
+            _,
+            "providers",
+            "microsoft.cognitiveservices",
+            "accounts",
+            _,
+            "projects",
+            ..,
+        ] => cognitive_services(&mut inner, &caller, method, &segments, &api_version, body),
+        _ => arm_error(
+            StatusCode::NOT_FOUND,
+            "InvalidResourceType",
+            &format!(
+                "The resource type could not be found for the path '{}' and api version '{api_version}'.",
+                uri.path()
+            ),
+        ),
+    }
+}
+
+fn fault_response(fault: &Fault) -> Response {
+    match fault {
+        Fault::Throttle { retry_after_secs } => {
+            let mut response = arm_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyRequests",
+                "The request is being throttled as the limit has been reached for operation type - Write_ObservationWindow_00:01:00. For more information, see - https://aka.ms/srpthrottlinglimits",
+            );
+            response
+                .headers_mut()
+                .insert("retry-after", HeaderValue::from(*retry_after_secs));
+            response
+        }
+        Fault::ServerError => arm_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalServerError",
+            "Encountered internal server error. Diagnostic information: fault injected by the test.",
+        ),
+        Fault::Unavailable { retry_after_secs } => {
+            let mut response = arm_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "The service is temporarily unavailable. Please try again later.",
+            );
+            if let Some(secs) = retry_after_secs {
+                response
+                    .headers_mut()
+                    .insert("retry-after", HeaderValue::from(*secs));
+            }
+            response
+        }
+    }
+}
+
+/// ARM's 401, with `WWW-Authenticate` as ARM sends it.
+fn unauthorized(state: &AppState, tenant: &str, code: &str, message: &str) -> Response {
+    let mut response = arm_error(StatusCode::UNAUTHORIZED, code, message);
+    let challenge = format!(
+        "Bearer authorization_uri=\"{}/{tenant}\", error=\"invalid_token\", error_description=\"{}\"",
+        state.entra_url,
+        message.replace('"', "'")
+    );
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        response.headers_mut().insert("www-authenticate", value);
+    }
+    response
+}
+
+async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, Response> {
+    let tenant = lock(&state.shared).tenant.clone();
+    let Some(header) = headers.get("authorization") else {
+        return Err(unauthorized(
+            state,
+            &tenant,
+            "AuthenticationFailed",
+            "Authentication failed. The 'Authorization' header is missing.",
+        ));
+    };
+    let token = header
+        .to_str()
+        .ok()
+        .and_then(|h| h.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim().to_owned());
+    let Some(token) = token else {
+        return Err(unauthorized(
+            state,
+            &tenant,
+            "AuthenticationFailed",
+            "Authentication failed. The 'Authorization' header is provided in an invalid format.",
+        ));
+    };
+    let invalid = || {
+        unauthorized(
+            state,
+            &tenant,
+            "InvalidAuthenticationToken",
+            "The access token is invalid.",
+        )
+    };
+    let header = jsonwebtoken::decode_header(&token).map_err(|_| invalid())?;
+    let unverified = jsonwebtoken::dangerous::insecure_decode::<Value>(&token)
+        .map_err(|_| invalid())?
+        .claims;
+    let issuer = unverified["iss"].as_str().unwrap_or_default().to_owned();
+    if unverified["tid"].as_str() != Some(tenant.as_str()) {
+        return Err(unauthorized(
+            state,
+            &tenant,
+            "InvalidAuthenticationTokenTenant",
+            &format!(
+                "The access token is from the wrong issuer '{issuer}'. It must match the tenant 'https://sts.windows.net/{tenant}/' associated with this subscription. Please use the authority (URL) 'https://login.windows.net/{tenant}' to get the token."
+            ),
+        ));
+    }
+    let kid = header.kid.clone().unwrap_or_default();
+    let jwk = match jwks(state, &tenant, &kid, false).await {
+        Some(jwk) => Some(jwk),
+        None => jwks(state, &tenant, &kid, true).await,
+    };
+    let signature = || {
+        unauthorized(
+            state,
+            &tenant,
+            "InvalidAuthenticationToken",
+            "The access token has an invalid signature.",
+        )
+    };
+    let jwk = jwk.ok_or_else(signature)?;
+    let key = DecodingKey::from_jwk(&jwk).map_err(|_| signature())?;
+    let mut validation = Validation::new(Algorithm::RS256);
+    validation.set_audience(&ARM_AUDIENCES);
+    validation.set_issuer(&[
+        EntraFake::issuer_v1(&tenant),
+        format!("{}/{tenant}/v2.0", state.entra_url),
+    ]);
+    validation.leeway = 300;
+    let claims = match jsonwebtoken::decode::<Value>(&token, &key, &validation) {
+        Ok(data) => data.claims,
+        Err(err) => {
+            use jsonwebtoken::errors::ErrorKind;
+            return Err(match err.kind() {
+                ErrorKind::InvalidAudience => unauthorized(
+                    state,
+                    &tenant,
+                    "InvalidAuthenticationTokenAudience",
+                    &format!(
+                        "The access token has been obtained for wrong audience or resource '{}'. It should exactly match with one of the allowed audiences '{}'.",
+                        unverified["aud"].as_str().unwrap_or_default(),
+                        ARM_AUDIENCES.join("','")
+                    ),
+                ),
+                ErrorKind::ExpiredSignature => unauthorized(
+                    state,
+                    &tenant,
+                    "ExpiredAuthenticationToken",
+                    "The access token expiry UTC time is earlier than current UTC time.",
+                ),
+                ErrorKind::InvalidSignature => signature(),
+                _ => invalid(),
+            });
+        }
+    };
+    let text = |name: &str| claims[name].as_str().unwrap_or_default().to_owned();
+    Ok(Caller {
+        object_id: text("oid"),
+        app_id: if claims["appid"].is_string() {
+            text("appid")
+        } else {
+            text("azp")
+        },
+    })
+}
+
+/// The JWK `kid` of `tenant`, from the cache or (with `refresh`) fetched again.
+async fn jwks(
+    state: &AppState,
+    tenant: &str,
+    kid: &str,
+    refresh: bool,
+) -> Option<jsonwebtoken::jwk::Jwk> {
+    if !refresh {
+        return lock(&state.shared)
+            .jwks
+            .get(tenant)
+            .and_then(|set| set.find(kid).cloned());
+    }
+    let url = format!("{}/{tenant}/discovery/keys", state.entra_url);
+    let set: JwkSet = state
+        .http
+        .get(url)
+        .send()
+        .await
+        .ok()?
+        .error_for_status()
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    let jwk = set.find(kid).cloned();
+    lock(&state.shared).jwks.insert(tenant.to_owned(), set);
+    jwk
+}
+
+/// 403 unless a role assignment of the caller covers `resource_id` for `action`.
+fn authorize(inner: &Inner, caller: &Caller, resource_id: &str, action: &str) -> Option<Response> {
+    let target = resource_id.to_ascii_lowercase();
+    let write = !action.ends_with("/read");
+    let allowed = inner.roles.iter().any(|(principal, scope, role)| {
+        principal == &caller.object_id
+            && (target == *scope || target.starts_with(&format!("{scope}/")))
+            && (*role == Role::Contributor || !write)
+    });
+    (!allowed).then(|| {
+        arm_error(
+            StatusCode::FORBIDDEN,
+            "AuthorizationFailed",
+            &format!(
+                "The client '{}' with object id '{}' does not have authorization to perform action '{action}' over scope '{resource_id}' or the scope is invalid. If access was recently granted, please refresh your credentials.",
+                caller.app_id, caller.object_id
+            ),
+        )
+    })
+}
+
+fn unsupported_api_version(api_version: &str, kind: &str, supported: &[&str]) -> Response {
+    bad_request(
+        "NoRegisteredProviderFound",
+        &format!(
+            "No registered resource provider found for location '{LOCATION}' and API version '{api_version}' for type '{kind}'. The supported api-versions are '{}'. The supported locations are '{LOCATION}'.",
+            supported.join(", ")
+        ),
+    )
+}
+
+fn not_found(type_path: &str, resource_group: &str) -> Response {
+    arm_error(
+        StatusCode::NOT_FOUND,
+        "ResourceNotFound",
+        &format!(
+            "The Resource '{type_path}' under resource group '{resource_group}' was not found. For more details please go to https://aka.ms/ARMResourceNotFoundFix"
+        ),
+    )
+}
+
+fn parent_not_found(parent: &str) -> Response {
+    arm_error(
+        StatusCode::NOT_FOUND,
+        "ParentResourceNotFound",
+        &format!(
+            "Can not perform requested operation on nested resource. Parent resource '{parent}' not found."
+        ),
+    )
+}
+
+fn resource_group_not_found(segments: &[&str]) -> Response {
+    arm_error(
+        StatusCode::NOT_FOUND,
+        "ResourceGroupNotFound",
+        &format!("Resource group '{}' could not be found.", segments[3]),
+    )
+}
+
+/// The JSON object in a PUT body, or ARM's 400.
+// A handler helper's natural error is the response to send.
+#[allow(clippy::result_large_err)]
+fn json_body(body: &Bytes) -> Result<serde_json::Map<String, Value>, Response> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(object)) => Ok(object),
+        Ok(_) => Err(bad_request(
+            "InvalidRequestContent",
+            "The request content was invalid and could not be deserialized: the body must be a JSON object.",
+        )),
+        Err(err) => Err(bad_request(
+            "InvalidRequestContent",
+            &format!("The request content was invalid and could not be deserialized: '{err}'."),
+        )),
+    }
+}
+
+fn managed_identity(
+    inner: &mut Inner,
+    caller: &Caller,
+    method: &Method,
+    segments: &[&str],
+    api_version: &str,
+    body: &Bytes,
+) -> Response {
+    let id = format!("/{}", segments.join("/"));
+    let key = id.to_ascii_lowercase();
+    let identity_key =
+        format!("/{}", segments[..8.min(segments.len())].join("/")).to_ascii_lowercase();
+    match segments.len() {
+        // The identity itself (read only here).
+        8 => {
+            if let Some(denied) = authorize(
+                inner,
+                caller,
+                &id,
+                "Microsoft.ManagedIdentity/userAssignedIdentities/read",
+            ) {
+                return denied;
+            }
+            if method != Method::GET {
+                return arm_error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "MethodNotAllowed",
+                    "The fake manages identities through ArmFake::add_identity.",
+                );
+            }
+            match inner.identities.get(&key) {
+                Some(identity) => axum::Json(json!({
+                    "id": identity.id,
+                    "name": segments[7],
+                    "type": "Microsoft.ManagedIdentity/userAssignedIdentities",
+                    "location": LOCATION,
+                    "properties": {
+                        "tenantId": inner.tenant,
+                        "principalId": identity.principal_id,
+                        "clientId": identity.client_id,
+                    }
+                }))
+                .into_response(),
+                None if !inner
+                    .resource_groups
+                    .contains(&resource_group_key(segments)) =>
+                {
+                    resource_group_not_found(segments)
+                }
+                None => not_found(
+                    &format!(
+                        "Microsoft.ManagedIdentity/userAssignedIdentities/{}",
+                        segments[7]
+                    ),
+                    segments[3],
+                ),
+            }
+        }
+        9 | 10 if segments[8].eq_ignore_ascii_case("federatedIdentityCredentials") => {
+            let action = match *method {
+                Method::GET => "read",
+                Method::PUT => "write",
+                Method::DELETE => "delete",
+                _ => {
+                    return arm_error(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "MethodNotAllowed",
+                        "The requested method is not allowed.",
+                    );
+                }
+            };
+            if let Some(denied) = authorize(
+                inner,
+                caller,
+                &id,
+                &format!(
+                    "Microsoft.ManagedIdentity/userAssignedIdentities/federatedIdentityCredentials/{action}"
+                ),
+            ) {
+                return denied;
+            }
+            if !FIC_API_VERSIONS.contains(&api_version) {
+                return unsupported_api_version(
+                    api_version,
+                    "userAssignedIdentities/federatedIdentityCredentials",
+                    &FIC_API_VERSIONS,
+                );
+            }
+            if !inner
+                .resource_groups
+                .contains(&resource_group_key(segments))
+            {
+                return resource_group_not_found(segments);
+            }
+            if !inner.identities.contains_key(&identity_key) {
+                return parent_not_found(segments[7]);
+            }
+            if segments.len() == 9 {
+                if *method != Method::GET {
+                    return arm_error(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "MethodNotAllowed",
+                        "The requested method is not allowed.",
+                    );
+                }
+                let prefix = format!("{identity_key}/federatedidentitycredentials/");
+                let value: Vec<Value> = inner
+                    .fics
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(&prefix))
+                    .map(|(_, v)| v.clone())
+                    .collect();
+                return axum::Json(json!({"value": value})).into_response();
+            }
+            let name = segments[9];
+            let type_path = format!(
+                "Microsoft.ManagedIdentity/userAssignedIdentities/{}/federatedIdentityCredentials/{name}",
+                segments[7]
+            );
+            match *method {
+                Method::GET => match inner.fics.get(&key) {
+                    Some(fic) => axum::Json(fic.clone()).into_response(),
+                    None => not_found(&type_path, segments[3]),
+                },
+                Method::DELETE => {
+                    if !inner.fics.contains_key(&key) {
+                        return not_found(&type_path, segments[3]);
+                    }
+                    write(
+                        inner,
+                        segments,
+                        "Microsoft.ManagedIdentity",
+                        api_version,
+                        Commit::DeleteFic {
+                            identity: identity_key,
+                            key,
+                        },
+                        Value::Null,
+                        false,
+                    )
+                }
+                _ => {
+                    let resource = match validate_fic(inner, &identity_key, &key, &id, name, body) {
+                        Ok(resource) => resource,
+                        Err(response) => return response,
+                    };
+                    let existed = inner.fics.contains_key(&key);
+                    write(
+                        inner,
+                        segments,
+                        "Microsoft.ManagedIdentity",
+                        api_version,
+                        Commit::PutFic {
+                            identity: identity_key,
+                            key,
+                            resource: resource.clone(),
+                        },
+                        resource,
+                        existed,
+                    )
+                }
+            }
+        }
+        _ => arm_error(
+            StatusCode::NOT_FOUND,
+            "InvalidResourceType",
+            &format!(
+                "The resource type '{}' could not be found in the namespace 'Microsoft.ManagedIdentity' for api version '{api_version}'.",
+                segments.get(8).unwrap_or(&"")
+            ),
+        ),
+    }
+}
+
+/// The federated credential a PUT asks for, validated like `Microsoft.ManagedIdentity`.
+// A handler helper's natural error is the response to send.
+#[allow(clippy::result_large_err)]
+fn validate_fic(
+    inner: &Inner,
+    identity_key: &str,
+    key: &str,
+    id: &str,
+    name: &str,
+    body: &Bytes,
+) -> Result<Value, Response> {
+    let valid_name = (3..=120).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !valid_name {
+        return Err(bad_request(
+            "BadRequest",
+            &format!(
+                "Invalid federated identity credential name '{name}'. The name must be 3 to 120 characters long, start with a letter or number, and contain only letters, numbers, hyphens and underscores."
+            ),
+        ));
+    }
+    let object = json_body(body)?;
+    let Some(Value::Object(properties)) = object.get("properties") else {
+        return Err(bad_request(
+            "BadRequest",
+            "The request body must contain 'properties' with 'issuer', 'subject' and 'audiences'.",
+        ));
+    };
+    let text = |field: &str| properties.get(field).and_then(Value::as_str).unwrap_or("");
+    let issuer = text("issuer");
+    if issuer.is_empty() {
+        return Err(bad_request(
+            "BadRequest",
+            "The 'issuer' property of the federated identity credential is required.",
+        ));
+    }
+    if !issuer.starts_with("https://") {
+        return Err(bad_request(
+            "BadRequest",
+            &format!("The issuer '{issuer}' is not a valid URL: it must start with https://."),
+        ));
+    }
+    let subject = text("subject");
+    if subject.is_empty() {
+        return Err(bad_request(
+            "BadRequest",
+            "The 'subject' property of the federated identity credential is required.",
+        ));
+    }
+    let audiences: Vec<&str> = properties
+        .get("audiences")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if audiences != [TOKEN_EXCHANGE_AUDIENCE] {
+        return Err(bad_request(
+            "BadRequest",
+            &format!(
+                "Invalid audiences {audiences:?}: a federated identity credential of a managed identity must have exactly one audience, '{TOKEN_EXCHANGE_AUDIENCE}'."
+            ),
+        ));
+    }
+    let prefix = format!("{identity_key}/federatedidentitycredentials/");
+    let siblings: Vec<(&String, &Value)> = inner
+        .fics
+        .iter()
+        .filter(|(k, _)| k.starts_with(&prefix) && k.as_str() != key)
+        .collect();
+    if let Some((_, other)) = siblings.iter().find(|(_, v)| {
+        v["properties"]["issuer"] == json!(issuer) && v["properties"]["subject"] == json!(subject)
+    }) {
+        return Err(bad_request(
+            "BadRequest",
+            &format!(
+                "A federated identity credential with issuer '{issuer}' and subject '{subject}' already exists on this identity: '{}'.",
+                other["name"].as_str().unwrap_or_default()
+            ),
+        ));
+    }
+    if !inner.fics.contains_key(key) && siblings.len() >= MAX_FICS_PER_IDENTITY {
+        return Err(bad_request(
+            "BadRequest",
+            &format!(
+                "A managed identity can have at most {MAX_FICS_PER_IDENTITY} federated identity credentials."
+            ),
+        ));
+    }
+    Ok(json!({
+        "id": id,
+        "name": name,
+        "type": "Microsoft.ManagedIdentity/userAssignedIdentities/federatedIdentityCredentials",
+        "properties": {
+            "issuer": issuer,
+            "subject": subject,
+            "audiences": audiences,
+        },
+        "systemData": {"lastModifiedAt": jiff::Timestamp::now().to_string()},
+    }))
+}
+
+fn cognitive_services(
+    inner: &mut Inner,
+    caller: &Caller,
+    method: &Method,
+    segments: &[&str],
+    api_version: &str,
+    body: &Bytes,
+) -> Response {
+    let id = format!("/{}", segments.join("/"));
+    let key = id.to_ascii_lowercase();
+    let project_key =
+        format!("/{}", segments[..10.min(segments.len())].join("/")).to_ascii_lowercase();
+    let account_key = format!("/{}", segments[..8].join("/")).to_ascii_lowercase();
+    match segments.len() {
+        10 => {
+            if let Some(denied) = authorize(
+                inner,
+                caller,
+                &id,
+                "Microsoft.CognitiveServices/accounts/projects/read",
+            ) {
+                return denied;
+            }
+            match inner.projects.get(&key) {
+                Some(project) if *method == Method::GET => axum::Json(json!({
+                    "id": project,
+                    "name": segments[9],
+                    "type": "Microsoft.CognitiveServices/accounts/projects",
+                    "location": LOCATION,
+                    "properties": {"provisioningState": "Succeeded"},
+                }))
+                .into_response(),
+                Some(_) => arm_error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "MethodNotAllowed",
+                    "The fake manages projects through ArmFake::add_project.",
+                ),
+                None => not_found(
+                    &format!(
+                        "Microsoft.CognitiveServices/accounts/{}/projects/{}",
+                        segments[7], segments[9]
+                    ),
+                    segments[3],
+                ),
+            }
+        }
+        12 if segments[10].eq_ignore_ascii_case("connections") => {
+            let action = match *method {
+                Method::GET => "read",
+                Method::PUT => "write",
+                Method::DELETE => "delete",
+                _ => {
+                    return arm_error(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "MethodNotAllowed",
+                        "The requested method is not allowed.",
+                    );
+                }
+            };
+            if let Some(denied) = authorize(
+                inner,
+                caller,
+                &id,
+                &format!("Microsoft.CognitiveServices/accounts/projects/connections/{action}"),
+            ) {
+                return denied;
+            }
+            if !CONNECTION_API_VERSIONS.contains(&api_version) {
+                return unsupported_api_version(
+                    api_version,
+                    "accounts/projects/connections",
+                    &CONNECTION_API_VERSIONS,
+                );
+            }
+            if !inner
+                .resource_groups
+                .contains(&resource_group_key(segments))
+            {
+                return resource_group_not_found(segments);
+            }
+            if !inner.accounts.contains(&account_key) {
+                return parent_not_found(segments[7]);
+            }
+            if !inner.projects.contains_key(&project_key) {
+                return parent_not_found(&format!("{}/{}", segments[7], segments[9]));
+            }
+            let name = segments[11];
+            let type_path = format!(
+                "Microsoft.CognitiveServices/accounts/{}/projects/{}/connections/{name}",
+                segments[7], segments[9]
+            );
+            match *method {
+                Method::GET => match inner.connections.get(&key) {
+                    Some(connection) => axum::Json(connection.clone()).into_response(),
+                    None => not_found(&type_path, segments[3]),
+                },
+                Method::DELETE => {
+                    if !inner.connections.contains_key(&key) {
+                        return not_found(&type_path, segments[3]);
+                    }
+                    write(
+                        inner,
+                        segments,
+                        "Microsoft.CognitiveServices",
+                        api_version,
+                        Commit::DeleteConnection { key },
+                        Value::Null,
+                        false,
+                    )
+                }
+                _ => {
+                    let project_id = inner
+                        .projects
+                        .get(&project_key)
+                        .cloned()
+                        .unwrap_or_default();
+                    let resource = match validate_connection(&id, name, &project_id, body) {
+                        Ok(resource) => resource,
+                        Err(response) => return response,
+                    };
+                    let existed = inner.connections.contains_key(&key);
+                    write(
+                        inner,
+                        segments,
+                        "Microsoft.CognitiveServices",
+                        api_version,
+                        Commit::PutConnection {
+                            key,
+                            resource: resource.clone(),
+                        },
+                        resource,
+                        existed,
+                    )
+                }
+            }
+        }
+        _ => arm_error(
+            StatusCode::NOT_FOUND,
+            "InvalidResourceType",
+            &format!(
+                "The resource type could not be found in the namespace 'Microsoft.CognitiveServices' for api version '{api_version}'."
+            ),
+        ),
+    }
+}
+
+/// The connection a PUT asks for, validated like `Microsoft.CognitiveServices`.
+// A handler helper's natural error is the response to send.
+#[allow(clippy::result_large_err)]
+fn validate_connection(
+    id: &str,
+    name: &str,
+    project_id: &str,
+    body: &Bytes,
+) -> Result<Value, Response> {
+    let invalid = |message: String| bad_request("ValidationError", &message);
+    let valid_name = (3..=33).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !valid_name {
+        return Err(invalid(format!(
+            "The connection name '{name}' is invalid: it must match ^[a-zA-Z0-9][a-zA-Z0-9_-]{{2,32}}$."
+        )));
+    }
+    let object = json_body(body)?;
+    let Some(Value::Object(properties)) = object.get("properties") else {
+        return Err(invalid("The field 'properties' is required.".to_owned()));
+    };
+    let mut properties = properties.clone();
+    let text = |field: &str| {
+        properties
+            .get(field)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    let Some(category) = text("category") else {
+        return Err(invalid("The field 'category' is required.".to_owned()));
+    };
+    let Some(category) = CATEGORIES
+        .iter()
+        .find(|c| c.eq_ignore_ascii_case(&category))
+    else {
+        return Err(invalid(format!(
+            "The value '{category}' of field 'category' is not a known connection category."
+        )));
+    };
+    let Some(auth_type) = text("authType") else {
+        return Err(invalid("The field 'authType' is required.".to_owned()));
+    };
+    let Some(auth_type) = AUTH_TYPES
+        .iter()
+        .find(|a| a.eq_ignore_ascii_case(&auth_type))
+    else {
+        return Err(invalid(format!(
+            "The value '{auth_type}' of field 'authType' is not a known authentication type."
+        )));
+    };
+    if text("target").is_none_or(|t| t.is_empty()) {
+        return Err(invalid("The field 'target' is required.".to_owned()));
+    }
+    if *auth_type == "ProjectManagedIdentity" && text("audience").is_none_or(|a| a.is_empty()) {
+        return Err(invalid(
+            "The field 'audience' is required for authType 'ProjectManagedIdentity'.".to_owned(),
+        ));
+    }
+    for flag in ["isSharedToAll", "useWorkspaceManagedIdentity"] {
+        if properties.get(flag).is_some_and(|v| !v.is_boolean()) {
+            return Err(invalid(format!("The field '{flag}' must be a boolean.")));
+        }
+    }
+    if properties
+        .get("sharedUserList")
+        .is_some_and(|v| !v.as_array().is_some_and(|a| a.iter().all(Value::is_string)))
+    {
+        return Err(invalid(
+            "The field 'sharedUserList' must be a list of strings.".to_owned(),
+        ));
+    }
+    if properties.get("metadata").is_some_and(|v| {
+        !v.as_object()
+            .is_some_and(|m| m.values().all(Value::is_string))
+    }) {
+        return Err(invalid(
+            "The field 'metadata' must be an object of strings.".to_owned(),
+        ));
+    }
+    // What the resource provider adds or derives; secrets are never returned.
+    let group = match *category {
+        "RemoteTool" | "GenericHttp" | "GenericRest" | "ApiKey" | "CustomKeys" => "GenericProtocol",
+        "AzureOpenAI" | "AIServices" | "CognitiveSearch" | "CognitiveService" => "AzureAI",
+        "PostgreSql" | "AzurePostgresDb" | "AzureSqlDb" | "MySql" => "Database",
+        _ => "ServicesAndApps",
+    };
+    properties.insert("category".to_owned(), json!(category));
+    properties.insert("authType".to_owned(), json!(auth_type));
+    properties.insert("group".to_owned(), json!(group));
+    properties.insert("createdByWorkspaceArmId".to_owned(), json!(project_id));
+    properties.insert("peRequirement".to_owned(), json!("NotRequired"));
+    properties.insert("peStatus".to_owned(), json!("NotApplicable"));
+    properties.remove("credentials");
+    Ok(json!({
+        "id": id,
+        "name": name,
+        "type": "Microsoft.CognitiveServices/accounts/projects/connections",
+        "properties": properties,
+    }))
+}
+
+/// Applies a validated write now, or starts a long-running operation that applies it.
+fn write(
+    inner: &mut Inner,
+    segments: &[&str],
+    namespace: &str,
+    api_version: &str,
+    commit: Commit,
+    resource: Value,
+    existed: bool,
+) -> Response {
+    let delete = matches!(
+        commit,
+        Commit::DeleteFic { .. } | Commit::DeleteConnection { .. }
+    );
+    let Some(lro) = inner.long_running.clone() else {
+        apply(inner, commit);
+        return match (delete, existed) {
+            (true, _) => StatusCode::OK.into_response(),
+            (false, true) => axum::Json(resource).into_response(),
+            (false, false) => (StatusCode::CREATED, axum::Json(resource)).into_response(),
+        };
+    };
+    inner.next_id += 1;
+    let operation = format!(
+        "{:08x}-0000-4000-8000-{:012x}",
+        inner.next_id, inner.next_id
+    );
+    let base = format!(
+        "{}/subscriptions/{}/providers/{namespace}/locations/{LOCATION}",
+        inner.url, segments[1]
+    );
+    let status_url = format!("{base}/operationStatuses/{operation}?api-version={api_version}");
+    let result_url = format!("{base}/operationResults/{operation}?api-version={api_version}");
+    inner.operations.insert(
+        operation,
+        Operation {
+            polls_left: lro.polls,
+            retry_after_secs: lro.retry_after_secs,
+            fail: lro.fail.clone(),
+            commit: Some(commit),
+            done: None,
+        },
+    );
+    let mut response = match (lro.style, delete) {
+        (LroStyle::AsyncOperation, false) => {
+            let mut body = resource;
+            body["properties"]["provisioningState"] = json!("Accepted");
+            (StatusCode::CREATED, axum::Json(body)).into_response()
+        }
+        _ => StatusCode::ACCEPTED.into_response(),
+    };
+    let headers = response.headers_mut();
+    if lro.style == LroStyle::AsyncOperation
+        && let Ok(value) = HeaderValue::from_str(&status_url)
+    {
+        headers.insert("azure-asyncoperation", value);
+    }
+    if (lro.style == LroStyle::Location || delete)
+        && let Ok(value) = HeaderValue::from_str(&result_url)
+    {
+        headers.insert("location", value);
+    }
+    headers.insert("retry-after", HeaderValue::from(lro.retry_after_secs));
+    response
+}
+
+/// A poll of an operation: in progress while polls remain, then the write is applied (or the
+/// operation fails).
+fn poll(inner: &mut Inner, operation: &str, location: bool) -> Response {
+    let Some(op) = inner.operations.get_mut(operation) else {
+        return arm_error(
+            StatusCode::NOT_FOUND,
+            "OperationNotFound",
+            &format!("The operation '{operation}' could not be found."),
+        );
+    };
+    let retry_after = op.retry_after_secs;
+    if op.done.is_none() {
+        if op.polls_left > 0 {
+            op.polls_left -= 1;
+            let mut response = if location {
+                StatusCode::ACCEPTED.into_response()
+            } else {
+                axum::Json(json!({"name": operation, "status": "InProgress"})).into_response()
+            };
+            response
+                .headers_mut()
+                .insert("retry-after", HeaderValue::from(retry_after));
+            return response;
+        }
+        let commit = op.commit.take();
+        op.done = Some(match op.fail.clone() {
+            Some(failure) => Err(failure),
+            None => Ok(()),
+        });
+        if op.fail.is_none()
+            && let Some(commit) = commit
+        {
+            apply(inner, commit);
+        }
+    }
+    let Some(op) = inner.operations.get(operation) else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    match (&op.done, location) {
+        (Some(Ok(())), false) => {
+            axum::Json(json!({"name": operation, "status": "Succeeded"})).into_response()
+        }
+        (Some(Ok(())), true) => StatusCode::NO_CONTENT.into_response(),
+        (Some(Err((code, message))), false) => axum::Json(json!({
+            "name": operation,
+            "status": "Failed",
+            "error": {"code": code, "message": message},
+        }))
+        .into_response(),
+        (Some(Err((code, message))), true) => bad_request(code, message),
+        (None, _) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// An ARM token for tests, from the Entra fake with a client secret (client credentials), so
+/// tests of the ARM client need no ServiceAccount token.
+#[derive(Debug)]
+pub struct ClientSecretSource {
+    http: reqwest::Client,
+    authority: String,
+    tenant: String,
+    client_id: String,
+    secret: String,
+}
+
+impl ClientSecretSource {
+    pub fn new(
+        entra: &EntraFake,
+        tenant: &str,
+        client_id: &str,
+        secret: &str,
+    ) -> anyhow::Result<Self> {
+        let ca = std::fs::read(entra.ca_cert())?;
+        Ok(Self {
+            http: reqwest::Client::builder()
+                .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
+                .build()?,
+            authority: entra.url().to_owned(),
+            tenant: tenant.to_owned(),
+            client_id: client_id.to_owned(),
+            secret: secret.to_owned(),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl pgmcp_identity::TokenSource for ClientSecretSource {
+    async fn fetch(&self, scope: &str) -> pgmcp_identity::Result<pgmcp_identity::AccessToken> {
+        let fail = |reason: String, rejected: bool| pgmcp_identity::Error::Token {
+            scope: scope.to_owned(),
+            identity: self.identity(),
+            reason,
+            rejected,
+        };
+        let response = self
+            .http
+            .post(format!(
+                "{}/{}/oauth2/v2.0/token",
+                self.authority, self.tenant
+            ))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", self.client_id.as_str()),
+                ("client_secret", self.secret.as_str()),
+                ("scope", scope),
+            ])
+            .send()
+            .await
+            .map_err(|e| fail(e.to_string(), false))?;
+        let status = response.status();
+        let body: Value = response
+            .json()
+            .await
+            .map_err(|e| fail(e.to_string(), false))?;
+        if !status.is_success() {
+            return Err(fail(
+                body["error_description"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                status.is_client_error(),
+            ));
+        }
+        let token = body["access_token"].as_str().unwrap_or_default();
+        let expires_in = body["expires_in"].as_u64().unwrap_or(0);
+        Ok(pgmcp_identity::AccessToken::new(
+            token,
+            SystemTime::now() + Duration::from_secs(expires_in),
+        ))
+    }
+
+    fn identity(&self) -> String {
+        format!(
+            "client id {} in tenant {} (client secret)",
+            self.client_id, self.tenant
+        )
+    }
+}
+
+fn acceptor(cert: &Path, key: &Path) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(key)?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// TLS connections for `axum::serve` (as in the Entra fake): handshakes on their own tasks.
+struct TlsListener {
+    local: std::net::SocketAddr,
+    ready: tokio::sync::mpsc::Receiver<(
+        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        std::net::SocketAddr,
+    )>,
+}
+
+impl TlsListener {
+    fn spawn(tcp: tokio::net::TcpListener, acceptor: tokio_rustls::TlsAcceptor) -> Self {
+        let local = tcp
+            .local_addr()
+            .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        let (tx, ready) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            while let Ok((stream, peer)) = tcp.accept().await {
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let handshake =
+                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
+                    if let Ok(Ok(tls)) = handshake.await {
+                        let _ = tx.send((tls, peer)).await;
+                    }
+                });
+            }
+        });
+        Self { local, ready }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(connection) => connection,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
