@@ -27,6 +27,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
+
+use crate::tls_listener::{TlsListener, acceptor};
 use axum::Router;
 use axum::extract::{Form, Path as UrlPath, State};
 use axum::http::StatusCode;
@@ -924,69 +926,6 @@ async fn verify_assertion(
         _ => signature_error(),
     })?;
     Ok(())
-}
-
-fn acceptor(cert: &Path, key: &Path) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
-    use rustls::pki_types::pem::PemObject as _;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?;
-    let key = PrivateKeyDer::from_pem_file(key)?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)?;
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
-}
-
-/// TLS connections for `axum::serve`: handshakes run on their own tasks, so one slow or failing
-/// client (an untrusting one hangs up mid-handshake) does not hold up the others.
-struct TlsListener {
-    local: std::net::SocketAddr,
-    ready: tokio::sync::mpsc::Receiver<(
-        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
-        std::net::SocketAddr,
-    )>,
-}
-
-impl TlsListener {
-    fn spawn(tcp: tokio::net::TcpListener, acceptor: tokio_rustls::TlsAcceptor) -> Self {
-        let local = tcp
-            .local_addr()
-            .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
-        let (tx, ready) = tokio::sync::mpsc::channel(64);
-        tokio::spawn(async move {
-            while let Ok((stream, peer)) = tcp.accept().await {
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
-                tokio::spawn(async move {
-                    let handshake =
-                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
-                    if let Ok(Ok(tls)) = handshake.await {
-                        let _ = tx.send((tls, peer)).await;
-                    }
-                });
-            }
-        });
-        Self { local, ready }
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(connection) => connection,
-            // The accept loop ended: nothing will ever come.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
-    }
 }
 
 /// A ServiceAccount `name` in the test's namespace (created if missing) and a token for it with

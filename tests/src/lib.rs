@@ -21,6 +21,7 @@ pub mod paths;
 pub mod pki;
 pub mod podrunner;
 pub mod postgres;
+mod tls_listener;
 
 pub use controlplane::{TestEnv, TestNamespace};
 pub use postgres::{Postgres, TestDatabase};

@@ -31,7 +31,6 @@ const OPERATOR_CLIENT_ID: &str = "55555555-5555-4555-8555-555555555555";
 const MI_CLIENT_ID: &str = "11111111-1111-4111-8111-111111111111";
 const MI_OBJECT_ID: &str = "33333333-3333-4333-8333-333333333333";
 
-
 /// A binding in Entra mode: the operator signs in as Entra administrator `admin`, the server as
 /// the managed identity's principal.
 fn entra_binding(pg: &Postgres, database: &str, admin: &str, principal: &str) -> serde_json::Value {
