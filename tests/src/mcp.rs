@@ -92,3 +92,32 @@ impl Session {
             .collect())
     }
 }
+
+/// Runs tests/interop/mcp_client.py (the official MCP Python SDK, from `make mcp-clients`) with
+/// `args`, feeding `script` on stdin, with `env` added to its environment.
+pub fn run_python_client(
+    args: &[String],
+    script: &Value,
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    let python = crate::paths::cache_dir().join("venv/mcp/bin/python");
+    assert!(
+        python.exists(),
+        "{} missing: run `make mcp-clients` (tests/scripts/install-mcp-clients.sh)",
+        python.display()
+    );
+    let client = crate::paths::workspace_root().join("tests/interop/mcp_client.py");
+    let mut child = std::process::Command::new(&python)
+        .arg(&client)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python client");
+    if let Some(mut stdin) = child.stdin.take() {
+        std::io::Write::write_all(&mut stdin, script.to_string().as_bytes()).expect("script");
+    }
+    child.wait_with_output().expect("python client output")
+}

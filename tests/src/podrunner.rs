@@ -45,6 +45,33 @@ impl RunningPod {
     pub fn stop(&mut self) {
         self.daemon.stop();
     }
+
+    /// Whether the process still runs.
+    pub fn running(&mut self) -> bool {
+        !self.daemon.exited()
+    }
+
+    /// What a kubelet does when its pod is deleted (garbage collection after the binding, a
+    /// rollout): waits until the pod object is gone, then stops the process.
+    pub async fn stop_when_deleted(
+        &mut self,
+        client: &Client,
+        namespace: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+        let deadline = Instant::now() + timeout;
+        while pods.get_opt(&self.pod).await?.is_some() {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "pod {namespace}/{} still exists after {timeout:?}",
+                self.pod
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        self.stop();
+        Ok(())
+    }
 }
 
 /// What the azure-workload-identity webhook is configured with in this "cluster".

@@ -2,8 +2,9 @@
 //! operator against the real control plane, the password-mode example applied with kubectl; the
 //! operator creates the role, its password Secret and the grants, the pod runner starts the MCP
 //! server exactly as the rendered Deployment describes (ConfigMap config, Secret password file,
-//! args), and an MCP client reads through it. The binding then reports Ready from the
-//! Deployment's real availability.
+//! args), and the official MCP Python SDK reads through it. The binding then reports Ready
+//! from the Deployment's real availability; deleting it removes the role, its grants and the
+//! server.
 
 #![allow(clippy::unwrap_used)]
 
@@ -47,17 +48,25 @@ async fn the_deployment_the_operator_renders_serves_the_granted_tables() {
             .await
             .unwrap();
 
-    let mut session = mcp::Session::open(pod.port).await.unwrap();
-    let tools = session.tool_names().await.unwrap();
-    assert!(tools.contains(&"query".to_owned()), "{tools:?}");
-    let result = session
-        .request(
-            "tools/call",
-            json!({"name": "query", "arguments": {"sql": "SELECT count(*) AS n FROM customers"}}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(result["isError"], json!(false), "{result}");
+    // The official MCP Python SDK, through the endpoint the pod serves.
+    let script = json!({"calls": [
+        {"tool": "list_tables", "arguments": {}},
+        {"tool": "query", "arguments": {"sql": "SELECT count(*) AS n FROM customers"}},
+        {"tool": "query", "arguments": {"sql": "DELETE FROM customers"}},
+    ]});
+    let out = mcp::run_python_client(&["--url".to_owned(), pod.url()], &script, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let results = doc["results"].as_array().unwrap();
+    let tables = results[0]["text"].as_str().unwrap();
+    assert!(
+        tables.contains("customers") && tables.contains("orders"),
+        "{tables}"
+    );
     let expected: i64 = db
         .connect()
         .await
@@ -66,20 +75,46 @@ async fn the_deployment_the_operator_renders_serves_the_granted_tables() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(
-        result["structuredContent"]["rows"][0][0],
-        json!(expected),
-        "{result}"
-    );
+    let count = &results[1]["structuredContent"];
+    assert_eq!(count["rows"][0][0], json!(expected), "{count}");
     // The binding's limits (maxRows: 7) reached the server through the ConfigMap.
+    assert_eq!(count["limits"]["max_rows"], json!(7), "{count}");
     assert_eq!(
-        result["structuredContent"]["limits"]["max_rows"],
-        json!(7),
-        "{result}"
+        results[2]["isError"],
+        json!(true),
+        "writes are refused: {}",
+        results[2]
     );
 
     let binding = wait_condition(&bindings, "shop", "Ready", "True", None, WAIT).await;
     let status = binding.status.unwrap();
     assert_eq!(status.principal.unwrap().name, role);
-    drop(pod);
+
+    // Deleting the binding removes the role and its grants, and the server's pod.
+    let mut pod = pod;
+    bindings
+        .delete("shop", &kube::api::DeleteParams::default())
+        .await
+        .unwrap();
+    pod.stop_when_deleted(&ns.client, &ns.name, WAIT)
+        .await
+        .unwrap();
+    assert!(!pod.running(), "the server stopped with its pod");
+    let admin = db.connect().await.unwrap();
+    let remaining: i64 = admin
+        .query_one("SELECT count(*) FROM pg_roles WHERE rolname = $1", &[&role])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(remaining, 0, "the role is gone");
+    let acl: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_class c, aclexplode(c.relacl) a
+             WHERE a.grantee NOT IN (SELECT oid FROM pg_roles) AND a.grantee <> 0",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(acl, 0, "no grants left to a dropped role");
 }

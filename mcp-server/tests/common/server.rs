@@ -187,25 +187,4 @@ pub fn clients() -> Clients {
     clients
 }
 
-/// Runs tests/interop/mcp_client.py (the official MCP Python SDK) with `args`, feeding `script`
-/// on stdin, with `env` added to its environment.
-pub fn run_python_client(
-    args: &[String],
-    script: &serde_json::Value,
-    env: &[(&str, &str)],
-) -> std::process::Output {
-    let c = clients();
-    let mut child = std::process::Command::new(&c.python)
-        .arg(&c.client)
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("python client");
-    if let Some(mut stdin) = child.stdin.take() {
-        std::io::Write::write_all(&mut stdin, script.to_string().as_bytes()).expect("script");
-    }
-    child.wait_with_output().expect("python client output")
-}
+pub use pgmcp_tests::mcp::run_python_client;
