@@ -10,9 +10,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::server::{ServerProcess, call_tool, http, run_python_client, shop_args};
+use common::server::{ServerProcess, call_tool, http, shop_args};
 use common::shop;
 use pgmcp_tests::entra::{App, EntraFake};
+use pgmcp_tests::mcp::run_python_client;
 use serde_json::{Value, json};
 
 const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";

@@ -9,8 +9,9 @@ use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::server::{BIN, ServerProcess, clients, run_python_client, shop_args};
+use common::server::{BIN, ServerProcess, clients, shop_args};
 use common::shop;
+use pgmcp_tests::mcp::run_python_client;
 use serde_json::{Value, json};
 
 const TOOLS: [&str; 9] = [

@@ -186,5 +186,3 @@ pub fn clients() -> Clients {
     }
     clients
 }
-
-pub use pgmcp_tests::mcp::run_python_client;
