@@ -552,6 +552,14 @@ pub struct FoundrySpec {
     /// What happens to the connection when the binding or this section is deleted.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+    /// Also give the project's system-assigned managed identity the server app's role (the
+    /// first of server.auth.entra.requiredRoles) through Microsoft Graph (appRoleAssignedTo),
+    /// so Foundry's tokens for the server carry it. Off by default: the operator's identity
+    /// then needs the Microsoft Graph application permissions AppRoleAssignment.ReadWrite.All
+    /// and Application.Read.All (what Graph documents for appRoleAssignedTo). The assignment
+    /// is removed with the connection (deletionPolicy).
+    #[serde(default)]
+    pub assign_app_role: bool,
 }
 
 /// Observed state, written by the operator only.

@@ -4,13 +4,19 @@
 //! server ([`foundry`]). [`arm`] is the client both use: the operator's own workload-identity
 //! token, retries, long-running operations, ARM's error bodies, metrics.
 //!
+//! Optionally (`foundry.assignAppRole`), the Foundry project's managed identity is given the
+//! server app's role through Microsoft Graph ([`app_role`] over the [`graph`] client, which
+//! shares [`arm`]'s retry policy); that needs Graph application permissions for the operator.
+//!
 //! Each resource is kept with GET → compare → PUT only when it differs, so a steady state costs
 //! reads only; deletes treat "already gone" as done. Nothing here knows about Kubernetes objects:
 //! the controller builds the `Desired` values and turns errors into conditions.
 
+pub mod app_role;
 pub mod arm;
 pub mod fic;
 pub mod foundry;
+pub mod graph;
 
 /// The public cloud's Resource Manager.
 pub const DEFAULT_ARM_ENDPOINT: &str = "https://management.azure.com";

@@ -55,10 +55,19 @@ async fn main() -> anyhow::Result<()> {
             fic_api_version: args.fic_api_version.clone(),
             foundry_api_version: args.foundry_api_version.clone(),
         };
-        let token = pgmcp_identity::TokenProvider::new(identity, pgmcp_identity::ARM_SCOPE);
+        let token = pgmcp_identity::TokenProvider::new(identity.clone(), pgmcp_identity::ARM_SCOPE);
+        let graph_token =
+            pgmcp_identity::TokenProvider::new(identity, pgmcp_operator::azure::graph::GRAPH_SCOPE);
+        let graph = pgmcp_operator::azure::graph::GraphClient::new(
+            &args.graph_endpoint,
+            graph_token,
+            metrics.clone(),
+        )
+        .context("failed to set up the Microsoft Graph client")?;
         options.arm = Some(
             pgmcp_operator::azure::arm::ArmClient::new(settings, token, metrics.clone())
-                .context("failed to set up the Azure Resource Manager client")?,
+                .context("failed to set up the Azure Resource Manager client")?
+                .with_graph(graph),
         );
     }
     tracing::info!(

@@ -39,6 +39,14 @@ pub struct Args {
         default_value = "https://management.azure.com"
     )]
     pub arm_endpoint: String,
+    /// Microsoft Graph endpoint (sovereign clouds differ); used only for bindings with
+    /// foundry.assignAppRole, which needs Graph application permissions for the operator.
+    #[arg(
+        long,
+        env = "PGMCP_GRAPH_ENDPOINT",
+        default_value = "https://graph.microsoft.com"
+    )]
+    pub graph_endpoint: String,
     /// api-version of Microsoft.ManagedIdentity federatedIdentityCredentials.
     #[arg(long, env = "PGMCP_FIC_API_VERSION", default_value = "2023-01-31")]
     pub fic_api_version: String,

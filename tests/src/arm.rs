@@ -289,7 +289,8 @@ struct Inner {
     identities: BTreeMap<String, Identity>,
     fics: BTreeMap<String, Value>,
     accounts: Vec<String>,
-    projects: BTreeMap<String, String>,
+    /// Lower-case id -> (id, principal id of its system-assigned identity).
+    projects: BTreeMap<String, (String, String)>,
     connections: BTreeMap<String, Value>,
     faults: VecDeque<(Option<Method>, Fault)>,
     latency: Duration,
@@ -446,8 +447,34 @@ impl ArmFake {
     }
 
     /// Creates a Foundry project (with its account and resource group):
-    /// `/subscriptions/…/providers/Microsoft.CognitiveServices/accounts/<a>/projects/<p>`.
+    /// `/subscriptions/…/providers/Microsoft.CognitiveServices/accounts/<a>/projects/<p>`, with a
+    /// system-assigned identity of a generated principal id ([`ArmFake::project_principal_id`]).
     pub fn add_project(&self, resource_id: &str) -> anyhow::Result<()> {
+        let n = resource_id
+            .bytes()
+            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+        let principal_id = format!(
+            "{:08x}-0000-4000-8000-{:012x}",
+            n >> 32,
+            n & 0xffff_ffff_ffff
+        );
+        self.add_project_with_identity(resource_id, &principal_id)
+    }
+
+    /// The principal id of project `resource_id`'s system-assigned identity.
+    pub fn project_principal_id(&self, resource_id: &str) -> Option<String> {
+        lock(&self.inner)
+            .projects
+            .get(&resource_id.to_ascii_lowercase())
+            .map(|(_, principal)| principal.clone())
+    }
+
+    /// [`ArmFake::add_project`] whose system-assigned identity has object id `principal_id`.
+    pub fn add_project_with_identity(
+        &self,
+        resource_id: &str,
+        principal_id: &str,
+    ) -> anyhow::Result<()> {
         let parsed = parse(resource_id);
         anyhow::ensure!(
             parsed.len() == 10
@@ -465,9 +492,10 @@ impl ArmFake {
         if !inner.accounts.contains(&account) {
             inner.accounts.push(account);
         }
-        inner
-            .projects
-            .insert(resource_id.to_ascii_lowercase(), resource_id.to_owned());
+        inner.projects.insert(
+            resource_id.to_ascii_lowercase(),
+            (resource_id.to_owned(), principal_id.to_owned()),
+        );
         Ok(())
     }
 
@@ -1306,8 +1334,13 @@ fn cognitive_services(
                 return denied;
             }
             match inner.projects.get(&key) {
-                Some(project) if *method == Method::GET => axum::Json(json!({
+                Some((project, principal_id)) if *method == Method::GET => axum::Json(json!({
                     "id": project,
+                    "identity": {
+                        "type": "SystemAssigned",
+                        "principalId": principal_id,
+                        "tenantId": inner.tenant,
+                    },
                     "name": segments[9],
                     "type": "Microsoft.CognitiveServices/accounts/projects",
                     "location": LOCATION,
@@ -1396,7 +1429,7 @@ fn cognitive_services(
                     let project_id = inner
                         .projects
                         .get(&project_key)
-                        .cloned()
+                        .map(|(id, _)| id.clone())
                         .unwrap_or_default();
                     let resource = match validate_connection(&id, name, &project_id, body) {
                         Ok(resource) => resource,

@@ -45,6 +45,8 @@ pub const TOKEN_EXCHANGE_AUDIENCE: &str = "api://AzureADTokenExchange";
 pub const POSTGRES_RESOURCE: &str = "https://ossrdbms-aad.database.windows.net";
 /// Azure Resource Manager.
 pub const ARM_RESOURCE: &str = "https://management.azure.com";
+/// Microsoft Graph.
+pub const GRAPH_RESOURCE: &str = "https://graph.microsoft.com";
 const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// A federated identity credential of an app (or user-assigned managed identity).
@@ -260,6 +262,29 @@ impl EntraFake {
                 .or_default()
                 .push(role.to_owned());
         }
+    }
+
+    /// Takes back app role `role` of app `resource` from app `principal`.
+    pub fn unassign_app_role(&self, tenant: &str, resource: &str, principal: &str, role: &str) {
+        let mut inner = lock(&self.inner);
+        if let Some(roles) = inner.tenants.get_mut(tenant).and_then(|t| {
+            t.role_assignments
+                .get_mut(&(resource.to_owned(), principal.to_owned()))
+        }) {
+            roles.retain(|r| r != role);
+        }
+    }
+
+    /// The client id of the app whose service principal has object id `object_id`.
+    pub fn client_id_of(&self, tenant: &str, object_id: &str) -> Option<String> {
+        let inner = lock(&self.inner);
+        inner
+            .tenants
+            .get(tenant)?
+            .apps
+            .values()
+            .find(|a| a.object_id.eq_ignore_ascii_case(object_id))
+            .map(|a| a.client_id.clone())
     }
 
     /// Trusts `issuer` (an OIDC issuer such as the test apiserver) for client assertions;
@@ -777,7 +802,9 @@ async fn exchange(
     let resource_app = t.apps.values().find(|a| {
         a.client_id == resource || resource.strip_prefix("api://") == Some(a.client_id.as_str())
     });
-    if resource_app.is_none() && resource != POSTGRES_RESOURCE && resource != ARM_RESOURCE {
+    if resource_app.is_none()
+        && ![POSTGRES_RESOURCE, ARM_RESOURCE, GRAPH_RESOURCE].contains(&resource)
+    {
         return Err(aad_error(
             StatusCode::BAD_REQUEST,
             "invalid_resource",

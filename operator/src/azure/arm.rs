@@ -32,6 +32,7 @@ use reqwest::{Method, Url};
 use serde_json::Value;
 
 use super::AzureSettings;
+use super::graph::GraphClient;
 use crate::metrics::Metrics;
 
 const ASYNC_OPERATION: &str = "azure-asyncoperation";
@@ -278,6 +279,9 @@ pub struct ArmClient {
     token: TokenProvider,
     metrics: Arc<Metrics>,
     retry: RetryPolicy,
+    /// Microsoft Graph, for the steps that need both (app role assignments). It travels with
+    /// the ARM client because both use the operator's one workload identity.
+    graph: Option<GraphClient>,
 }
 
 impl fmt::Debug for ArmClient {
@@ -287,6 +291,7 @@ impl fmt::Debug for ArmClient {
             .field("settings", &self.settings)
             .field("scope", &self.token.scope())
             .field("retry", &self.retry)
+            .field("graph", &self.graph)
             .finish_non_exhaustive()
     }
 }
@@ -300,22 +305,34 @@ impl ArmClient {
         token: TokenProvider,
         metrics: Arc<Metrics>,
     ) -> Result<Self, Error> {
-        let endpoint = parse_endpoint(&settings.arm_endpoint)?;
+        let endpoint = parse_endpoint("ARM", &settings.arm_endpoint).map_err(Error::Config)?;
         Ok(Self {
-            http: http_client(&[])?,
+            http: http_client("ARM", &[]).map_err(Error::Config)?,
             endpoint,
             settings,
             token,
             metrics,
             retry: RetryPolicy::default(),
+            graph: None,
         })
+    }
+
+    /// Also talks to Microsoft Graph through `graph`.
+    pub fn with_graph(mut self, graph: GraphClient) -> Self {
+        self.graph = Some(graph);
+        self
+    }
+
+    /// The Microsoft Graph client, when the operator was given one.
+    pub fn graph(&self) -> Option<&GraphClient> {
+        self.graph.as_ref()
     }
 
     /// Also trusts the CA certificates in `pem` (a private cloud's, or a test's).
     pub fn with_root_certificates(mut self, pem: &[u8]) -> Result<Self, Error> {
         let certs = reqwest::Certificate::from_pem_bundle(pem)
             .map_err(|e| Error::Config(format!("failed to read CA certificates: {e}")))?;
-        self.http = http_client(&certs)?;
+        self.http = http_client("ARM", &certs).map_err(Error::Config)?;
         Ok(self)
     }
 
@@ -424,8 +441,8 @@ impl ArmClient {
         Ok(url)
     }
 
-    /// One request with retries: backoff with jitter, `Retry-After` honoured, bounded by the
-    /// policy. With `not_found_ok`, 404 is an answer rather than an error.
+    /// One request with retries ([`with_retries`]). With `not_found_ok`, 404 is an answer rather
+    /// than an error.
     async fn send(
         &self,
         call: Call<'_>,
@@ -434,32 +451,10 @@ impl ArmClient {
         body: Option<&Value>,
         not_found_ok: bool,
     ) -> Result<Reply, Error> {
-        let policy = self.retry;
-        let started = Instant::now();
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(policy.min_delay)
-            .with_max_delay(policy.max_delay)
-            .with_max_times(policy.max_attempts.saturating_sub(1))
-            .with_jitter();
-        (|| self.attempt(call, &method, url, body, not_found_ok))
-            .retry(backoff)
-            .when(Error::is_transient)
-            .adjust(|err, next| {
-                // ARM's Retry-After wins over the computed wait; the attempt budget still counts.
-                let wait = err.retry_after().or(next).filter(|_| next.is_some())?;
-                (started.elapsed() + wait <= policy.max_elapsed).then_some(wait)
-            })
-            .notify(|err, wait| {
-                tracing::info!(
-                    operation = call.op,
-                    resource = call.resource,
-                    reason = err.reason(),
-                    error = %err,
-                    wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-                    "ARM request failed; retrying"
-                );
-            })
-            .await
+        with_retries(self.retry, "ARM", call.op, call.resource, || {
+            self.attempt(call, &method, url, body, not_found_ok)
+        })
+        .await
     }
 
     /// One HTTP request: token, send, read the answer, count it.
@@ -627,38 +622,107 @@ impl ArmClient {
     }
 }
 
-fn parse_endpoint(endpoint: &str) -> Result<Url, Error> {
+/// What the retry loop needs from an error (ARM's and Microsoft Graph's).
+pub(super) trait Retry: fmt::Display {
+    fn is_transient(&self) -> bool;
+    /// The wait the service asked for (`Retry-After`).
+    fn retry_after(&self) -> Option<Duration>;
+    fn reason(&self) -> &'static str;
+}
+
+impl Retry for Error {
+    fn is_transient(&self) -> bool {
+        Error::is_transient(self)
+    }
+    fn retry_after(&self) -> Option<Duration> {
+        Error::retry_after(self)
+    }
+    fn reason(&self) -> &'static str {
+        Error::reason(self)
+    }
+}
+
+/// Runs `attempt` until it succeeds, fails for good, or the policy is spent: exponential backoff
+/// with jitter, the service's `Retry-After` replacing the computed wait, the total wait bounded
+/// by [`RetryPolicy::max_elapsed`]. `service` and `op` name the request in log lines.
+pub(super) async fn with_retries<T, E, F, Fut>(
+    policy: RetryPolicy,
+    service: &'static str,
+    op: &'static str,
+    resource: &str,
+    attempt: F,
+) -> Result<T, E>
+where
+    E: Retry,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let started = Instant::now();
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(policy.min_delay)
+        .with_max_delay(policy.max_delay)
+        .with_max_times(policy.max_attempts.saturating_sub(1))
+        .with_jitter();
+    attempt
+        .retry(backoff)
+        .when(|err: &E| err.is_transient())
+        .adjust(|err: &E, next| {
+            // The service's Retry-After wins over the computed wait; the attempt budget still
+            // counts.
+            let wait = err.retry_after().or(next).filter(|_| next.is_some())?;
+            (started.elapsed() + wait <= policy.max_elapsed).then_some(wait)
+        })
+        .notify(|err: &E, wait| {
+            tracing::info!(
+                service,
+                operation = op,
+                resource,
+                reason = err.reason(),
+                error = %err,
+                wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                "request failed; retrying"
+            );
+        })
+        .await
+}
+
+/// `endpoint` as an `https://` URL without query or fragment; `service` names it in messages.
+pub(super) fn parse_endpoint(service: &str, endpoint: &str) -> Result<Url, String> {
     let url = Url::parse(endpoint.trim())
-        .map_err(|e| Error::Config(format!("ARM endpoint {endpoint:?} is not a URL: {e}")))?;
+        .map_err(|e| format!("{service} endpoint {endpoint:?} is not a URL: {e}"))?;
     if url.scheme() != "https" {
-        return Err(Error::Config(format!(
-            "ARM endpoint {endpoint} is not an https:// URL (the bearer token must not travel in clear text)"
-        )));
+        return Err(format!(
+            "{service} endpoint {endpoint} is not an https:// URL (the bearer token must not travel in clear text)"
+        ));
     }
     if url.query().is_some() || url.fragment().is_some() {
-        return Err(Error::Config(format!(
-            "ARM endpoint {endpoint} must not carry a query or fragment"
-        )));
+        return Err(format!(
+            "{service} endpoint {endpoint} must not carry a query or fragment"
+        ));
     }
     Ok(url)
 }
 
-fn http_client(roots: &[reqwest::Certificate]) -> Result<reqwest::Client, Error> {
+/// The HTTP client of a bearer-token API: https only, no redirects (following one would carry
+/// the token along), bounded timeouts, `roots` trusted besides the platform's.
+pub(super) fn http_client(
+    service: &str,
+    roots: &[reqwest::Certificate],
+) -> Result<reqwest::Client, String> {
     let mut builder = reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(REQUEST_TIMEOUT)
         .https_only(true)
-        // ARM does not redirect resource calls; following one would carry the token along.
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("pgmcp-operator/", env!("CARGO_PKG_VERSION")));
     for cert in roots {
         builder = builder.add_root_certificate(cert.clone());
     }
     builder.build().map_err(|e| {
-        Error::Config(format!(
-            "failed to set up the HTTP client for ARM: {}",
+        format!(
+            "failed to set up the HTTP client for {service}: {}",
             describe(&e)
-        ))
+        )
     })
 }
 
@@ -688,7 +752,7 @@ fn check_resource_id(id: &str) -> Result<(), String> {
 
 /// ARM's `{"error":{"code","message"}}` (some resource providers leave out the `error`
 /// wrapper), else the start of the body, else the HTTP reason.
-fn arm_error(body: &Value, text: &str, status: u16) -> (String, String) {
+pub(super) fn arm_error(body: &Value, text: &str, status: u16) -> (String, String) {
     let error = if body["error"].is_object() {
         &body["error"]
     } else {
@@ -707,7 +771,7 @@ fn arm_error(body: &Value, text: &str, status: u16) -> (String, String) {
     (code, message)
 }
 
-fn clip(text: &str) -> String {
+pub(super) fn clip(text: &str) -> String {
     let one_line = text.replace(['\r', '\n'], " ");
     match one_line.char_indices().nth(MAX_MESSAGE_CHARS) {
         Some((at, _)) => format!("{}…", &one_line[..at]),
@@ -717,7 +781,7 @@ fn clip(text: &str) -> String {
 
 /// The wait a response asks for: `retry-after-ms`/`x-ms-retry-after-ms`, else `Retry-After` in
 /// seconds or as an HTTP date.
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+pub(super) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let text = |name: &str| {
         headers
             .get(name)
@@ -739,7 +803,7 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 }
 
 /// An error with its causes, e.g. "error sending request for url (…): connection refused".
-fn describe(err: &dyn std::error::Error) -> String {
+pub(super) fn describe(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
@@ -836,11 +900,11 @@ mod tests {
 
     #[test]
     fn endpoints_must_be_https_without_query() {
-        assert!(parse_endpoint("https://management.azure.com").is_ok());
-        assert!(parse_endpoint("https://127.0.0.1:8443/").is_ok());
-        assert!(parse_endpoint("http://management.azure.com").is_err());
-        assert!(parse_endpoint("https://x/?a=b").is_err());
-        assert!(parse_endpoint("management.azure.com").is_err());
+        assert!(parse_endpoint("ARM", "https://management.azure.com").is_ok());
+        assert!(parse_endpoint("ARM", "https://127.0.0.1:8443/").is_ok());
+        assert!(parse_endpoint("ARM", "http://management.azure.com").is_err());
+        assert!(parse_endpoint("ARM", "https://x/?a=b").is_err());
+        assert!(parse_endpoint("ARM", "management.azure.com").is_err());
     }
 
     fn arm(status: u16, code: &str) -> Error {

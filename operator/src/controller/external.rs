@@ -1,14 +1,17 @@
 //! The Azure steps of one reconcile, through ARM with the operator's own workload identity: the
 //! federated identity credential that lets the server's ServiceAccount use its managed identity
-//! (`IdentityReady`), and the Azure AI Foundry project connection (`FoundryConnectionReady`).
-//! Each is GET-compare-PUT, so an unchanged binding issues no PUT.
+//! (`IdentityReady`), the Azure AI Foundry project connection (`FoundryConnectionReady`) and,
+//! with `foundry.assignAppRole`, the project identity's app role on the server's Entra app
+//! through Microsoft Graph (also `FoundryConnectionReady`). Each is read-compare-write, so an
+//! unchanged binding issues no write.
 
+use kube::runtime::events::EventType;
 use pgmcp_crds::v1alpha1::{DeletionPolicy, PostgresMcpBinding};
 
 use super::Context;
 use super::build::child_name;
 use super::validate::Valid;
-use crate::azure::{Change, arm, fic, foundry};
+use crate::azure::{Change, app_role, arm, fic, foundry};
 
 /// A resource the step made sure of.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,11 +26,14 @@ pub struct Ensured {
 pub struct Report {
     pub federated_credential: Option<Result<Ensured, Error>>,
     pub foundry: Option<Result<Ensured, Error>>,
+    /// `foundry.assignAppRole`: the app role assignment (`id` is Graph's assignment id); run
+    /// only once the connection is in place.
+    pub app_role: Option<Result<Ensured, Error>>,
 }
 
 impl Report {
     pub fn errors(&self) -> impl Iterator<Item = &Error> {
-        [&self.federated_credential, &self.foundry]
+        [&self.federated_credential, &self.foundry, &self.app_role]
             .into_iter()
             .filter_map(|r| r.as_ref()?.as_ref().err())
     }
@@ -45,6 +51,8 @@ pub enum Error {
     NoOidcIssuer,
     #[error(transparent)]
     Arm(#[from] arm::Error),
+    #[error(transparent)]
+    AppRole(#[from] app_role::Error),
 }
 
 impl Error {
@@ -53,6 +61,7 @@ impl Error {
             Error::NoWorkloadIdentity { .. } => "NoWorkloadIdentity",
             Error::NoOidcIssuer => "NoOidcIssuer",
             Error::Arm(e) => e.reason(),
+            Error::AppRole(e) => e.reason(),
         }
     }
 
@@ -60,6 +69,7 @@ impl Error {
         match self {
             Error::NoWorkloadIdentity { .. } | Error::NoOidcIssuer => true,
             Error::Arm(e) => e.needs_user(),
+            Error::AppRole(e) => e.needs_user(),
         }
     }
 }
@@ -126,6 +136,33 @@ fn foundry_desired(valid: &Valid) -> Option<foundry::Desired> {
     })
 }
 
+/// `foundry.assignAppRole`: which role of which app the project's identity must hold.
+fn app_role_desired(
+    spec: &pgmcp_crds::v1alpha1::PostgresMcpBindingSpec,
+) -> Option<Result<app_role::Desired, Error>> {
+    let foundry = spec.foundry.as_ref().filter(|f| f.assign_app_role)?;
+    let entra = spec.server.auth.entra.as_ref();
+    let role = entra.and_then(|e| e.required_roles.first());
+    Some(match (entra, role) {
+        (Some(entra), Some(role)) => Ok(app_role::Desired {
+            project_resource_id: foundry.project_resource_id.clone(),
+            audience: entra.audience.clone(),
+            role: role.clone(),
+        }),
+        _ => Err(app_role::Error::NoRequiredRole.into()),
+    })
+}
+
+/// The ARM client and the Graph client it carries.
+fn graph_clients<'a>(
+    ctx: &'a Context,
+    resource: &str,
+) -> Result<(&'a arm::ArmClient, &'a crate::azure::graph::GraphClient), Error> {
+    let arm = arm_client(ctx, resource)?;
+    let graph = arm.graph().ok_or(app_role::Error::NoGraphClient)?;
+    Ok((arm, graph))
+}
+
 pub async fn reconcile(ctx: &Context, binding: &PostgresMcpBinding, valid: &Valid) -> Report {
     let mut report = Report::default();
     if let Some(desired) = fic_desired(ctx, binding, valid) {
@@ -149,6 +186,33 @@ pub async fn reconcile(ctx: &Context, binding: &PostgresMcpBinding, valid: &Vali
                 .map_err(Error::from),
         });
     }
+    if matches!(report.foundry, Some(Ok(_)))
+        && let Some(desired) = app_role_desired(&valid.spec)
+    {
+        let result = match desired {
+            Err(err) => Err(err),
+            Ok(desired) => match graph_clients(ctx, &desired.project_resource_id) {
+                Err(err) => Err(err),
+                Ok((arm, graph)) => app_role::ensure(arm, graph, &desired)
+                    .await
+                    .map(|(id, change)| Ensured { id, change })
+                    .map_err(Error::from),
+            },
+        };
+        // The controller publishes Events for the ARM steps; this one is published here.
+        if let Ok(ensured) = &result
+            && ensured.change != Change::Unchanged
+            && let Some(Ok(desired)) = app_role_desired(&valid.spec)
+        {
+            let note = format!(
+                "assigned app role {} of {} to the managed identity of Foundry project {} (assignment {})",
+                desired.role, desired.audience, desired.project_resource_id, ensured.id
+            );
+            ctx.event(binding, EventType::Normal, "Created", note, None)
+                .await;
+        }
+        report.app_role = Some(result);
+    }
     report
 }
 
@@ -159,6 +223,12 @@ pub async fn remove_foundry(ctx: &Context, binding: &PostgresMcpBinding) -> Resu
     };
     if spec.deletion_policy == DeletionPolicy::Orphan {
         return Ok(false);
+    }
+    // The role first: agents lose access before their connection disappears. Without a
+    // required role nothing was ever assigned.
+    if let Some(Ok(desired)) = app_role_desired(&binding.spec) {
+        let (arm, graph) = graph_clients(ctx, &desired.project_resource_id)?;
+        app_role::delete(arm, graph, &desired).await?;
     }
     let arm = arm_client(ctx, &spec.project_resource_id)?;
     foundry::delete(arm, &spec.project_resource_id, &spec.connection_name).await?;

@@ -181,8 +181,24 @@ fn steps(
     steps.extend(database_steps(valid, database));
     steps.push(server_available(valid, desired, deployment));
     if let (Some(spec), Some(result)) = (&valid.spec.foundry, &azure.foundry) {
-        steps.push(match result {
-            Ok(ensured) => Step::new(
+        // With assignAppRole, the connection is ready only once its identity holds the role.
+        let role = match &azure.app_role {
+            Some(Err(err)) => Err(err),
+            Some(Ok(_)) => Ok(valid
+                .spec
+                .server
+                .auth
+                .entra
+                .as_ref()
+                .and_then(|e| e.required_roles.first().map(|r| (r, &e.audience)))
+                .map(|(role, app)| {
+                    format!("; the project's managed identity holds app role {role} of {app}")
+                })
+                .unwrap_or_default()),
+            None => Ok(String::new()),
+        };
+        steps.push(match (result, role) {
+            (Ok(ensured), Ok(role)) => Step::new(
                 ty::FOUNDRY_CONNECTION_READY,
                 "True",
                 "Connected",
@@ -191,9 +207,10 @@ fn steps(
                     spec.connection_name,
                     spec.project_resource_id,
                     valid.spec.server.public_url.as_deref().unwrap_or_default()
-                ) + &format!(" ({})", ensured.id),
+                ) + &format!(" ({})", ensured.id)
+                    + &role,
             ),
-            Err(err) => Step::new(
+            (Ok(_), Err(err)) | (Err(err), _) => Step::new(
                 ty::FOUNDRY_CONNECTION_READY,
                 "False",
                 err.reason(),
@@ -616,6 +633,7 @@ mod tests {
             foundry: Some(Err(external::Error::NoWorkloadIdentity {
                 resource: "/subscriptions/s/…/projects/p".to_owned(),
             })),
+            app_role: None,
         };
         let waiting = deployment(0, "False");
         let outcome = Outcome::Applied {
@@ -654,6 +672,84 @@ mod tests {
         assert_eq!(
             get(&status, "IdentityReady").reason,
             "FederatedCredentialReady"
+        );
+    }
+
+    #[test]
+    fn a_refused_app_role_assignment_makes_the_connection_not_ready_and_stalls() {
+        let mut b = binding("azure-entra-foundry.yaml");
+        b.spec.server.replicas = 1;
+        let valid = validate(&b, &Inputs::default()).unwrap();
+        let defaults = Defaults {
+            server_image: "img".to_owned(),
+            oidc_issuer: None,
+        };
+        let desired = build(&valid, &defaults);
+        let available = deployment(1, "True");
+        let connected = || {
+            Some(Ok(external::Ensured {
+                id: "/subscriptions/s/…/connections/c".to_owned(),
+                change: crate::azure::Change::Unchanged,
+            }))
+        };
+        let refused = external::Report {
+            federated_credential: None,
+            foundry: connected(),
+            app_role: Some(Err(crate::azure::app_role::Error::Graph(
+                crate::azure::graph::Error::Graph {
+                    action: crate::azure::arm::Action::CreateOrUpdate,
+                    what: "app role assignment".to_owned(),
+                    status: 403,
+                    code: "Authorization_RequestDenied".to_owned(),
+                    message: "Insufficient privileges to complete the operation.".to_owned(),
+                    retry_after: None,
+                },
+            )
+            .into())),
+        };
+        let outcome = Outcome::Applied {
+            valid: &valid,
+            desired: &desired,
+            deployment: Some(&available),
+            database: &granted(),
+            azure: &refused,
+        };
+        let status = compute(&b, &outcome, &at(100));
+        let foundry = get(&status, "FoundryConnectionReady");
+        assert_eq!(foundry.status, "False");
+        assert_eq!(foundry.reason, "GraphAuthorizationRequestDenied");
+        assert!(
+            foundry.message.contains("Authorization_RequestDenied"),
+            "{}",
+            foundry.message
+        );
+        assert_eq!(
+            get(&status, "Stalled").reason,
+            "GraphAuthorizationRequestDenied"
+        );
+
+        let assigned = external::Report {
+            federated_credential: None,
+            foundry: connected(),
+            app_role: Some(Ok(external::Ensured {
+                id: "assignment".to_owned(),
+                change: crate::azure::Change::Created,
+            })),
+        };
+        let outcome = Outcome::Applied {
+            valid: &valid,
+            desired: &desired,
+            deployment: Some(&available),
+            database: &granted(),
+            azure: &assigned,
+        };
+        let status = compute(&b, &outcome, &at(200));
+        let foundry = get(&status, "FoundryConnectionReady");
+        assert_eq!(foundry.status, "True");
+        assert!(
+            foundry.message.contains("holds app role MCP.Read"),
+            "{}",
+            foundry.message
         );
     }
 

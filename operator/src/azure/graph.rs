@@ -1,0 +1,377 @@
+//! The Microsoft Graph client: GET, POST and DELETE of `/v1.0/…` paths with the operator's own
+//! workload-identity token for `https://graph.microsoft.com/.default`, the same retry policy as
+//! ARM ([`super::arm::with_retries`]), Graph's error bodies in errors, every request counted in
+//! metrics (`pgmcp_operator_arm_requests_total{operation="graph_…"}`).
+//!
+//! Graph is used for one optional thing only (`foundry.assignAppRole`, [`super::app_role`]); the
+//! operator's identity then needs Graph application permissions, which is why it is off by
+//! default. The token goes to the configured endpoint only (no redirects) and never appears in
+//! an error or a log line. No Kubernetes here.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pgmcp_identity::TokenProvider;
+use reqwest::header::HeaderMap;
+use reqwest::{Method, Url};
+use serde_json::Value;
+
+use super::arm::{self, Action, RetryPolicy};
+use crate::metrics::Metrics;
+
+/// The public cloud's Microsoft Graph.
+pub const DEFAULT_GRAPH_ENDPOINT: &str = "https://graph.microsoft.com";
+/// The token scope for Graph. Sovereign clouds have their own Graph host; like
+/// [`pgmcp_identity::ARM_SCOPE`], the scope names the public cloud's resource, which Entra
+/// maps for the national clouds' Graph as well.
+pub const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
+
+/// Why a Graph call failed. Messages name the object and Graph's code and message; never a
+/// token.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("failed to {action} {what}: no Microsoft Graph token: {source}")]
+    Token {
+        action: Action,
+        what: String,
+        #[source]
+        source: Box<pgmcp_identity::Error>,
+    },
+    #[error("failed to {action} {what}: Microsoft Graph answered HTTP {status} {code}: {message}")]
+    Graph {
+        action: Action,
+        what: String,
+        status: u16,
+        /// Graph's `error.code` (`Authorization_RequestDenied`, `Request_ResourceNotFound`, …),
+        /// or "" if none.
+        code: String,
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("failed to {action} {what}: Microsoft Graph could not be reached: {message}")]
+    Transport {
+        action: Action,
+        what: String,
+        message: String,
+    },
+    #[error("failed to {action} {what}: unexpected answer from Microsoft Graph: {message}")]
+    InvalidResponse {
+        action: Action,
+        what: String,
+        message: String,
+    },
+    #[error("invalid Microsoft Graph client setting: {0}")]
+    Config(String),
+}
+
+impl Error {
+    /// Condition reason (bounded, CamelCase).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Token { .. } => "GraphTokenUnavailable",
+            Error::Graph { status, .. } => match status {
+                400 => "GraphBadRequest",
+                401 => "GraphAuthenticationFailed",
+                403 => "GraphAuthorizationRequestDenied",
+                404 => "GraphNotFound",
+                409 => "GraphConflict",
+                429 => "GraphThrottled",
+                500..=599 => "GraphUnavailable",
+                _ => "GraphRequestFailed",
+            },
+            Error::Transport { .. } => "GraphUnavailable",
+            Error::InvalidResponse { .. } => "GraphInvalidResponse",
+            Error::Config(_) => "GraphConfigInvalid",
+        }
+    }
+
+    /// True when retrying cannot help until someone changes something: an invalid request
+    /// (400), a refused token (401, or Entra refused to issue one), a missing Graph permission
+    /// (403), a missing object (404), or a malformed setting.
+    pub fn needs_user(&self) -> bool {
+        match self {
+            Error::Graph { status, .. } => matches!(status, 400 | 401 | 403 | 404),
+            Error::Token { source, .. } => source.is_rejected(),
+            Error::Config(_) => true,
+            Error::Transport { .. } | Error::InvalidResponse { .. } => false,
+        }
+    }
+
+    /// Graph's `error.code`, if it sent one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Error::Graph { code, .. } if !code.is_empty() => Some(code),
+            _ => None,
+        }
+    }
+
+    /// Whether the same request may succeed when sent again: throttling, 5xx, no connection.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Transport { .. } => true,
+            Error::Graph { status, .. } => matches!(status, 408 | 429 | 500 | 502 | 503 | 504),
+            _ => false,
+        }
+    }
+}
+
+impl arm::Retry for Error {
+    fn is_transient(&self) -> bool {
+        Error::is_transient(self)
+    }
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::Graph { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+    fn reason(&self) -> &'static str {
+        Error::reason(self)
+    }
+}
+
+/// What a request is about, for errors and metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    pub action: Action,
+    /// Metric operation label: `graph_sp_get`, `graph_assignment_post`, …
+    pub op: &'static str,
+    /// For messages: "service principal of app 4444…".
+    pub what: &'a str,
+}
+
+/// The Graph client. Clones share the HTTP connection pool and the token cache.
+#[derive(Clone)]
+pub struct GraphClient {
+    http: reqwest::Client,
+    endpoint: Url,
+    token: TokenProvider,
+    metrics: Arc<Metrics>,
+    retry: RetryPolicy,
+}
+
+impl fmt::Debug for GraphClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GraphClient")
+            .field("endpoint", &self.endpoint.as_str())
+            .field("scope", &self.token.scope())
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GraphClient {
+    /// A client for `endpoint` (an `https://` URL such as [`DEFAULT_GRAPH_ENDPOINT`]),
+    /// authenticating with `token` (a provider for [`GRAPH_SCOPE`]).
+    pub fn new(endpoint: &str, token: TokenProvider, metrics: Arc<Metrics>) -> Result<Self, Error> {
+        Ok(Self {
+            http: arm::http_client("Microsoft Graph", &[]).map_err(Error::Config)?,
+            endpoint: arm::parse_endpoint("Microsoft Graph", endpoint).map_err(Error::Config)?,
+            token,
+            metrics,
+            retry: RetryPolicy::default(),
+        })
+    }
+
+    /// Also trusts the CA certificates in `pem`.
+    pub fn with_root_certificates(mut self, pem: &[u8]) -> Result<Self, Error> {
+        let certs = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| Error::Config(format!("failed to read CA certificates: {e}")))?;
+        self.http = arm::http_client("Microsoft Graph", &certs).map_err(Error::Config)?;
+        Ok(self)
+    }
+
+    /// Replaces the retry bounds.
+    pub fn with_retry_policy(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// `{endpoint}/v1.0/{path}` with `query` ([`url`]).
+    pub fn url(&self, path: &str, query: &[(&str, &str)]) -> Url {
+        url(&self.endpoint, path, query)
+    }
+
+    /// The object, or `None` when Graph answers 404.
+    pub async fn get(&self, call: Call<'_>, url: &Url) -> Result<Option<Value>, Error> {
+        let (status, body) = self.send(call, Method::GET, url, None, true).await?;
+        Ok((status != 404).then_some(body))
+    }
+
+    /// Creates an object; returns what Graph stored.
+    pub async fn post(&self, call: Call<'_>, url: &Url, body: &Value) -> Result<Value, Error> {
+        let (_, body) = self
+            .send(call, Method::POST, url, Some(body), false)
+            .await?;
+        Ok(body)
+    }
+
+    /// Deletes an object: `Ok(false)` when it was already gone (404).
+    pub async fn delete(&self, call: Call<'_>, url: &Url) -> Result<bool, Error> {
+        let (status, _) = self.send(call, Method::DELETE, url, None, true).await?;
+        Ok(status != 404)
+    }
+
+    async fn send(
+        &self,
+        call: Call<'_>,
+        method: Method,
+        url: &Url,
+        body: Option<&Value>,
+        not_found_ok: bool,
+    ) -> Result<(u16, Value), Error> {
+        arm::with_retries(self.retry, "Microsoft Graph", call.op, call.what, || {
+            self.attempt(call, &method, url, body, not_found_ok)
+        })
+        .await
+    }
+
+    /// One HTTP request: token, send, read the answer, count it.
+    async fn attempt(
+        &self,
+        call: Call<'_>,
+        method: &Method,
+        url: &Url,
+        body: Option<&Value>,
+        not_found_ok: bool,
+    ) -> Result<(u16, Value), Error> {
+        let token = self.token.token().await.map_err(|source| Error::Token {
+            action: call.action,
+            what: call.what.to_owned(),
+            source: Box::new(source),
+        })?;
+        let mut request = self
+            .http
+            .request(method.clone(), url.clone())
+            .bearer_auth(token.secret());
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let transport = |message: String| Error::Transport {
+            action: call.action,
+            what: call.what.to_owned(),
+            message,
+        };
+        let started = Instant::now();
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(err) => {
+                self.metrics.arm_request(call.op, None);
+                return Err(transport(arm::describe(&err)));
+            }
+        };
+        let status = response.status().as_u16();
+        self.metrics.arm_request(call.op, Some(status));
+        let headers: HeaderMap = response.headers().clone();
+        let text = response
+            .text()
+            .await
+            .map_err(|e| transport(arm::describe(&e)))?;
+        tracing::debug!(
+            operation = call.op,
+            method = %method,
+            object = call.what,
+            status,
+            elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "Microsoft Graph request"
+        );
+        let body: Value = if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::Null)
+        };
+        if (200..300).contains(&status) || (status == 404 && not_found_ok) {
+            return Ok((status, body));
+        }
+        // Graph's error body has ARM's shape: {"error":{"code","message"}}.
+        let (code, message) = arm::arm_error(&body, &text, status);
+        Err(Error::Graph {
+            action: call.action,
+            what: call.what.to_owned(),
+            status,
+            code,
+            message,
+            retry_after: arm::retry_after(&headers),
+        })
+    }
+}
+
+/// `{endpoint}/v1.0/{path}` with `query`. `path` is built by the caller from checked pieces
+/// (GUIDs); `query` values are encoded here.
+fn url(endpoint: &Url, path: &str, query: &[(&str, &str)]) -> Url {
+    let mut url = endpoint.clone();
+    url.set_path(&format!(
+        "{}/v1.0/{}",
+        endpoint.path().trim_end_matches('/'),
+        path.trim_start_matches('/')
+    ));
+    url.set_query(None);
+    if !query.is_empty() {
+        let mut pairs = url.query_pairs_mut();
+        for (name, value) in query {
+            pairs.append_pair(name, value);
+        }
+    }
+    url
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn graph(status: u16, code: &str) -> Error {
+        Error::Graph {
+            action: Action::CreateOrUpdate,
+            what: "app role assignment of MCP.Read to 5555".to_owned(),
+            status,
+            code: code.to_owned(),
+            message: "Insufficient privileges to complete the operation.".to_owned(),
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn reasons_and_who_can_fix_it() {
+        for (status, reason, needs_user, transient) in [
+            (400, "GraphBadRequest", true, false),
+            (401, "GraphAuthenticationFailed", true, false),
+            (403, "GraphAuthorizationRequestDenied", true, false),
+            (404, "GraphNotFound", true, false),
+            (409, "GraphConflict", false, false),
+            (429, "GraphThrottled", false, true),
+            (503, "GraphUnavailable", false, true),
+        ] {
+            let err = graph(status, "x");
+            assert_eq!(err.reason(), reason, "{status}");
+            assert_eq!(err.needs_user(), needs_user, "{status}");
+            assert_eq!(err.is_transient(), transient, "{status}");
+        }
+        assert_eq!(
+            graph(403, "Authorization_RequestDenied").to_string(),
+            "failed to create or update app role assignment of MCP.Read to 5555: Microsoft Graph answered HTTP 403 Authorization_RequestDenied: Insufficient privileges to complete the operation."
+        );
+    }
+
+    #[test]
+    fn urls_keep_graph_key_syntax_and_encode_queries() {
+        let endpoint =
+            arm::parse_endpoint("Microsoft Graph", "https://graph.microsoft.com/").unwrap();
+        assert_eq!(
+            url(
+                &endpoint,
+                "servicePrincipals(appId='44444444-4444-4444-8444-444444444444')",
+                &[("$select", "id,appRoles")]
+            )
+            .as_str(),
+            "https://graph.microsoft.com/v1.0/servicePrincipals(appId='44444444-4444-4444-8444-444444444444')?%24select=id%2CappRoles"
+        );
+        assert_eq!(
+            url(&endpoint, "servicePrincipals/abc/appRoleAssignedTo", &[]).as_str(),
+            "https://graph.microsoft.com/v1.0/servicePrincipals/abc/appRoleAssignedTo"
+        );
+        assert!(arm::parse_endpoint("Microsoft Graph", "http://graph.microsoft.com").is_err());
+    }
+}

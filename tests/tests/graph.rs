@@ -1,0 +1,312 @@
+//! `foundry.assignAppRole` through the operator, without Azure: the operator (with its own
+//! workload identity, exchanged at the Entra fake) finds the Foundry project's managed identity
+//! through the ARM fake and gives it the server app's role through the Graph fake. Without the
+//! Graph permission the binding says so and stalls; with it, exactly one assignment is made,
+//! tokens Entra issues to the project identity for the server carry the role, a steady state
+//! writes nothing, and deleting the binding takes the assignment back.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use pgmcp_crds::v1alpha1::PostgresMcpBinding;
+use pgmcp_tests::arm::{ArmFake, Role};
+use pgmcp_tests::bindings::{condition, create_admin_secret, kubectl_apply, wait_condition};
+use pgmcp_tests::entra::{
+    App, EntraFake, FederatedCredential, TOKEN_EXCHANGE_AUDIENCE, service_account_token,
+};
+use pgmcp_tests::graph::{
+    APP_ROLE_ASSIGNMENT_READ_WRITE_ALL, APPLICATION_READ_ALL, AppRole, Assignment, GraphFake,
+};
+use pgmcp_tests::operator::Operator;
+use pgmcp_tests::{Postgres, TestEnv, eventually};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(60);
+const TENANT: &str = "22222222-2222-4222-8222-222222222222";
+const SUBSCRIPTION: &str = "/subscriptions/55555555-5555-4555-8555-555555555555";
+const OPERATOR_CLIENT_ID: &str = "66666666-6666-4666-8666-666666666666";
+const OPERATOR_OBJECT_ID: &str = "77777777-7777-4777-8777-777777777777";
+/// The MCP server's app registration and its service principal.
+const SERVER_APP_ID: &str = "44444444-4444-4444-8444-444444444444";
+const SERVER_SP_ID: &str = "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa";
+const MCP_READ_ID: &str = "bbbbbbbb-bbbb-4bbb-8bbb-bbbbbbbbbbbb";
+/// The Foundry project's system-assigned identity.
+const PROJECT_CLIENT_ID: &str = "88888888-8888-4888-8888-888888888888";
+const PROJECT_OBJECT_ID: &str = "99999999-9999-4999-8999-999999999999";
+const PROJECT_SECRET: &str = "project-identity-secret";
+
+/// The `roles` claim of a token Entra issues to the project identity for the server app.
+async fn project_token_roles(entra: &EntraFake) -> Value {
+    let ca = std::fs::read(entra.ca_cert()).unwrap();
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .build()
+        .unwrap();
+    let answer: Value = http
+        .post(format!("{}/{TENANT}/oauth2/v2.0/token", entra.url()))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", PROJECT_CLIENT_ID),
+            ("client_secret", PROJECT_SECRET),
+            ("scope", &format!("api://{SERVER_APP_ID}/.default")),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = answer["access_token"].as_str().unwrap();
+    let claims = jsonwebtoken::dangerous::insecure_decode::<Value>(token)
+        .unwrap()
+        .claims;
+    claims["roles"].clone()
+}
+
+async fn touch(bindings: &Api<PostgresMcpBinding>, value: &str) {
+    bindings
+        .patch(
+            "sales",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"touch": value}}})),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assign_app_role_gives_the_project_identity_the_server_role_and_takes_it_back() {
+    let env = TestEnv::shared();
+    let pg = Postgres::shared();
+    let ns = env.namespace("graph").await.unwrap();
+    let db = pg.create_database("graph").await.unwrap();
+    create_admin_secret(&ns, pg);
+
+    let entra = Arc::new(EntraFake::start().await.unwrap());
+    entra.add_tenant(TENANT).unwrap();
+    entra
+        .register_app(
+            TENANT,
+            App {
+                client_id: OPERATOR_CLIENT_ID.into(),
+                object_id: OPERATOR_OBJECT_ID.into(),
+                display_name: "pgmcp-operator".into(),
+                access_token_version: 1,
+                federated_credentials: vec![FederatedCredential {
+                    issuer: env.server().to_owned(),
+                    subject: format!("system:serviceaccount:{}:pgmcp-operator", ns.name),
+                    audiences: vec![TOKEN_EXCHANGE_AUDIENCE.to_owned()],
+                }],
+                ..App::default()
+            },
+        )
+        .unwrap();
+    for (client_id, object_id, secret) in [
+        (SERVER_APP_ID, SERVER_SP_ID, None),
+        (
+            PROJECT_CLIENT_ID,
+            PROJECT_OBJECT_ID,
+            Some(PROJECT_SECRET.to_owned()),
+        ),
+    ] {
+        entra
+            .register_app(
+                TENANT,
+                App {
+                    client_id: client_id.into(),
+                    object_id: object_id.into(),
+                    display_name: client_id.into(),
+                    secret,
+                    access_token_version: 1,
+                    ..App::default()
+                },
+            )
+            .unwrap();
+    }
+    entra.trust_issuer(env.server(), env.client().await.unwrap());
+    assert_eq!(
+        project_token_roles(&entra).await,
+        Value::Null,
+        "no role yet"
+    );
+
+    let arm = ArmFake::start(entra.clone(), TENANT).await.unwrap();
+    let project_id = format!(
+        "{SUBSCRIPTION}/resourceGroups/rg-agents/providers/Microsoft.CognitiveServices/accounts/contoso-ai/projects/sales-agents"
+    );
+    arm.add_project_with_identity(&project_id, PROJECT_OBJECT_ID)
+        .unwrap();
+    arm.assign_role(OPERATOR_OBJECT_ID, SUBSCRIPTION, Role::Contributor);
+
+    let graph = GraphFake::start(entra.clone(), TENANT).await.unwrap();
+    graph.add_service_principal(
+        SERVER_APP_ID,
+        SERVER_SP_ID,
+        &[AppRole {
+            id: MCP_READ_ID.into(),
+            value: "MCP.Read".into(),
+        }],
+    );
+    graph.add_service_principal(PROJECT_CLIENT_ID, PROJECT_OBJECT_ID, &[]);
+    // Reading is allowed, assigning is not (yet).
+    graph.grant(OPERATOR_OBJECT_ID, APPLICATION_READ_ALL);
+
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("ca-bundle.pem");
+    let mut pem = String::new();
+    for ca in [entra.ca_cert(), arm.ca_cert(), graph.ca_cert()] {
+        pem.push_str(&std::fs::read_to_string(ca).unwrap());
+    }
+    std::fs::write(&bundle, pem).unwrap();
+    let token_file = dir.path().join("operator-token");
+    std::fs::write(
+        &token_file,
+        service_account_token(&ns, "pgmcp-operator").await.unwrap(),
+    )
+    .unwrap();
+    let vars = vec![
+        ("AZURE_CLIENT_ID".to_owned(), OPERATOR_CLIENT_ID.to_owned()),
+        ("AZURE_TENANT_ID".to_owned(), TENANT.to_owned()),
+        (
+            "AZURE_FEDERATED_TOKEN_FILE".to_owned(),
+            token_file.display().to_string(),
+        ),
+        ("AZURE_AUTHORITY_HOST".to_owned(), entra.url().to_owned()),
+        ("SSL_CERT_FILE".to_owned(), bundle.display().to_string()),
+    ];
+    let arm_flag = format!("--arm-endpoint={}", arm.url());
+    let graph_flag = format!("--graph-endpoint={}", graph.url());
+    let _operator =
+        Operator::start_with_env(env, &ns.name, "op-graph", &[&arm_flag, &graph_flag], &vars)
+            .await
+            .unwrap();
+
+    let binding = json!({
+        "apiVersion": "pgmcp.dev/v1alpha1",
+        "kind": "PostgresMcpBinding",
+        "metadata": {"name": "sales"},
+        "spec": {
+            "postgres": {
+                "host": pg.host(), "port": pg.port(), "database": db.name, "sslMode": "prefer",
+                "admin": {"passwordSecretRef": {"name": "pg-admin"}}
+            },
+            "identity": {"password": {"roleName": format!("{}_mcp", db.name)}},
+            "access": {"grants": [{"schema": "public", "tables": ["*"]}]},
+            "server": {
+                "auth": {"entra": {
+                    "tenantId": TENANT, "audience": SERVER_APP_ID, "requiredRoles": ["MCP.Read"],
+                    "authorityHost": entra.url()
+                }},
+                "publicUrl": "https://mcp.contoso.test/agents/sales/mcp"
+            },
+            "foundry": {
+                "projectResourceId": project_id, "connectionName": "sales-postgres",
+                "assignAppRole": true
+            }
+        }
+    });
+    kubectl_apply(&ns, &binding.to_string());
+    let bindings: Api<PostgresMcpBinding> = ns.api();
+
+    // Without AppRoleAssignment.ReadWrite.All: Graph's refusal, named, and the binding stalls.
+    let refused = wait_condition(
+        &bindings,
+        "sales",
+        "FoundryConnectionReady",
+        "False",
+        Some("GraphAuthorizationRequestDenied"),
+        WAIT,
+    )
+    .await;
+    let message = condition(&refused, "FoundryConnectionReady")
+        .unwrap()
+        .message;
+    assert!(
+        message.contains("Authorization_RequestDenied") && message.contains("MCP.Read"),
+        "{message}"
+    );
+    let stalled = condition(&refused, "Stalled").unwrap();
+    assert_eq!(
+        (stalled.status.as_str(), stalled.reason.as_str()),
+        ("True", "GraphAuthorizationRequestDenied")
+    );
+    assert!(graph.assignments().is_empty());
+    assert!(
+        arm.resource(&format!("{project_id}/connections/sales-postgres"))
+            .is_some()
+    );
+
+    // With it, the next reconcile assigns the role once.
+    graph.grant(OPERATOR_OBJECT_ID, APP_ROLE_ASSIGNMENT_READ_WRITE_ALL);
+    touch(&bindings, "1").await;
+    let ready = wait_condition(
+        &bindings,
+        "sales",
+        "FoundryConnectionReady",
+        "True",
+        None,
+        WAIT,
+    )
+    .await;
+    let message = condition(&ready, "FoundryConnectionReady").unwrap().message;
+    assert!(message.contains("holds app role MCP.Read"), "{message}");
+    let assignments = graph.assignments();
+    assert_eq!(assignments.len(), 1, "{assignments:?}");
+    let Assignment {
+        principal_id,
+        resource_id,
+        app_role_id,
+        ..
+    } = assignments[0].clone();
+    assert_eq!(
+        (
+            principal_id.as_str(),
+            resource_id.as_str(),
+            app_role_id.as_str()
+        ),
+        (PROJECT_OBJECT_ID, SERVER_SP_ID, MCP_READ_ID)
+    );
+    // One refused POST before the permission, one accepted after it.
+    let created = |graph: &GraphFake| {
+        graph
+            .requests()
+            .iter()
+            .filter(|r| r.method == "POST" && r.status == 201)
+            .count()
+    };
+    assert_eq!(created(&graph), 1);
+    let posts = graph.count("POST", "/");
+    assert_eq!(project_token_roles(&entra).await, json!(["MCP.Read"]));
+
+    // A steady state reads only.
+    touch(&bindings, "2").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        graph.count("POST", "/"),
+        posts,
+        "unchanged state wrote to Graph: {:?}",
+        graph.requests()
+    );
+
+    // Deleting the binding takes the role back (and the connection).
+    bindings
+        .delete("sales", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the binding gone", WAIT, || async {
+        bindings.get_opt("sales").await.is_ok_and(|b| b.is_none())
+    })
+    .await;
+    assert!(graph.assignments().is_empty(), "assignment deleted");
+    assert_eq!(graph.count("DELETE", "/appRoleAssignedTo/"), 1);
+    assert_eq!(project_token_roles(&entra).await, Value::Null);
+    assert!(
+        arm.resource(&format!("{project_id}/connections/sales-postgres"))
+            .is_none()
+    );
+}
