@@ -18,7 +18,7 @@ help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  make %-16s %s\n", $$1, $$2 }'
 
 # The binaries the harness runs as processes (the operator, and the server in the pod runner).
-BIN_ENV := PGMCP_OPERATOR_BIN=target/debug/pgmcp-operator PGMCP_SERVER_BIN=target/debug/pgmcp-server
+BIN_ENV := PGMCP_OPERATOR_BIN=$(CURDIR)/target/debug/pgmcp-operator PGMCP_SERVER_BIN=$(CURDIR)/target/debug/pgmcp-server
 
 .PHONY: bins
 bins: ## Build the operator and server binaries the tests and the demo run

@@ -378,7 +378,7 @@ async fn reconcile_binding(binding: &PostgresMcpBinding, ctx: &Context) -> Resul
     if let Err(err) = database {
         return Err(err.into());
     }
-    for result in [azure.federated_credential, azure.foundry]
+    for result in [azure.federated_credential, azure.foundry, azure.app_role]
         .into_iter()
         .flatten()
     {

@@ -92,3 +92,20 @@ pub fn create_admin_secret(ns: &crate::TestNamespace, pg: &crate::Postgres) -> S
     create.arg(format!("--from-literal=password={}", pg.password()));
     kubectl_ok(create)
 }
+
+/// What a user does first: the admin Secret, then `kubectl apply -f` of the password example,
+/// pointed at a fresh database of the shared test PostgreSQL, with a role of its own
+/// (`<database>_r`: roles are server-wide). Returns the database.
+pub async fn apply_password_example(ns: &crate::TestNamespace) -> crate::TestDatabase {
+    let pg = crate::Postgres::shared();
+    let db = pg
+        .create_database(&ns.name)
+        .await
+        .expect("create the test database");
+    create_admin_secret(ns, pg);
+    kubectl_apply(
+        ns,
+        &password_example(pg.host(), pg.port(), &db.name, &format!("{}_r", db.name)),
+    );
+    db
+}

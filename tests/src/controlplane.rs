@@ -30,6 +30,8 @@ const HARNESS_MANAGER: &str = "pgmcp-tests";
 pub struct TestEnv {
     kubeconfig: PathBuf,
     server: String,
+    /// The CA of the apiserver's serving certificate.
+    ca_cert: PathBuf,
     // Stopped in reverse order of start: controller-manager, apiserver, etcd.
     daemons: Vec<Daemon>,
 }
@@ -97,6 +99,7 @@ impl TestEnv {
         let mut env = TestEnv {
             kubeconfig,
             server: server.clone(),
+            ca_cert: pki.ca_cert.clone(),
             daemons: Vec::new(),
         };
 
@@ -235,6 +238,62 @@ impl TestEnv {
         let config =
             Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
         Ok(Client::try_from(config)?)
+    }
+
+    /// A kubeconfig holding a token of ServiceAccount `namespace/name` (TokenRequest, one hour):
+    /// what a pod of that ServiceAccount would use. Written into `dir`.
+    pub fn service_account_kubeconfig(
+        &self,
+        namespace: &str,
+        name: &str,
+        dir: &Path,
+    ) -> anyhow::Result<PathBuf> {
+        let out = self
+            .kubectl()
+            .args([
+                "create",
+                "token",
+                name,
+                "--namespace",
+                namespace,
+                "--duration=1h",
+            ])
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "kubectl create token {namespace}/{name} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let token = String::from_utf8(out.stdout)?;
+        let path = dir.join(format!("{namespace}-{name}.kubeconfig"));
+        let ca = &self.ca_cert;
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1
+kind: Config
+clusters:
+- name: test
+  cluster:
+    server: {server}
+    certificate-authority: {ca}
+users:
+- name: {name}
+  user:
+    token: {token}
+contexts:
+- name: test
+  context:
+    cluster: test
+    user: {name}
+current-context: test
+",
+                server = self.server,
+                ca = ca.display(),
+                token = token.trim(),
+            ),
+        )?;
+        Ok(path)
     }
 
     /// `kubectl` pointed at this control plane.

@@ -252,6 +252,24 @@ async fn workload_identity_env(
     Ok(env)
 }
 
+/// The first container's arguments of Deployment `namespace/name`, as its pods would run.
+pub async fn container_args(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> anyhow::Result<Vec<String>> {
+    let deployment = Api::<Deployment>::namespaced(client.clone(), namespace)
+        .get(name)
+        .await
+        .with_context(|| format!("failed to read Deployment {namespace}/{name}"))?;
+    Ok(deployment
+        .spec
+        .and_then(|s| s.template.spec)
+        .and_then(|s| s.containers.into_iter().next())
+        .and_then(|c| c.args)
+        .unwrap_or_default())
+}
+
 /// A pod of the Deployment's current template that nobody runs yet.
 async fn pending_pod(
     client: &Client,

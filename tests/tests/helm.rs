@@ -22,11 +22,10 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, Role};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
 use kube::api::{Api, DeleteParams};
-use kube::config::Kubeconfig;
 use pgmcp_crds::v1alpha1::PostgresMcpBinding;
-use pgmcp_tests::bindings::{condition, create_admin_secret, kubectl_apply, password_example};
+use pgmcp_tests::bindings::{apply_password_example, condition};
 use pgmcp_tests::operator::Operator;
-use pgmcp_tests::{Postgres, TestDatabase, TestEnv, TestNamespace, eventually, paths};
+use pgmcp_tests::{TestEnv, TestNamespace, eventually, paths};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(45);
@@ -224,53 +223,9 @@ fn ensure_namespace(env: &TestEnv, name: &str) {
     assert!(ok || text.contains("AlreadyExists"), "{text}");
 }
 
-/// A kubeconfig with a token of ServiceAccount `namespace/name` from the TokenRequest API: what
-/// the pod would find in its projected token volume.
 fn service_account_kubeconfig(env: &TestEnv, namespace: &str, name: &str, dir: &Path) -> PathBuf {
-    let token = run_ok(env.kubectl().args([
-        "create",
-        "token",
-        name,
-        "--namespace",
-        namespace,
-        "--duration=1h",
-    ]));
-    let admin = Kubeconfig::read_from(env.kubeconfig()).unwrap();
-    let ca = admin.clusters[0]
-        .cluster
-        .as_ref()
+    env.service_account_kubeconfig(namespace, name, dir)
         .unwrap()
-        .certificate_authority
-        .clone()
-        .unwrap();
-    let path = dir.join(format!("{namespace}-{name}.kubeconfig"));
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1
-kind: Config
-clusters:
-- name: test
-  cluster:
-    server: {server}
-    certificate-authority: {ca}
-users:
-- name: {name}
-  user:
-    token: {token}
-contexts:
-- name: test
-  context:
-    cluster: test
-    user: {name}
-current-context: test
-",
-            server = env.server(),
-            token = token.trim(),
-        ),
-    )
-    .unwrap();
-    path
 }
 
 /// `kubectl auth can-i` as ServiceAccount `sa_namespace/sa`: `namespace` None means
@@ -301,27 +256,9 @@ fn can_i(
 
 /// The operator's container arguments from the Deployment the chart installed.
 async fn deployment_args(client: &Client, namespace: &str, name: &str) -> Vec<String> {
-    let deployment = Api::<Deployment>::namespaced(client.clone(), namespace)
-        .get(name)
+    pgmcp_tests::podrunner::container_args(client, namespace, name)
         .await
-        .unwrap();
-    deployment.spec.unwrap().template.spec.unwrap().containers[0]
-        .args
-        .clone()
         .unwrap()
-}
-
-/// What a user does first: the admin Secret, then `kubectl apply -f` of the password example,
-/// pointed at a fresh database of the test PostgreSQL.
-async fn apply_password_example(ns: &TestNamespace) -> TestDatabase {
-    let pg = Postgres::shared();
-    let db = pg.create_database(&ns.name).await.unwrap();
-    create_admin_secret(ns, pg);
-    kubectl_apply(
-        ns,
-        &password_example(pg.host(), pg.port(), &db.name, &format!("{}_r", db.name)),
-    );
-    db
 }
 
 /// Waits until the binding has its database principal (`DatabaseReady=True`) and its server

@@ -21,26 +21,17 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt as _};
 use pgmcp_crds::v1alpha1::PostgresMcpBinding;
 use pgmcp_tests::bindings::{
-    self, condition, create_admin_secret, kubectl_apply, kubectl_ok, password_example,
+    self, apply_password_example, condition, create_admin_secret, kubectl_apply, kubectl_ok,
+    password_example,
 };
 use pgmcp_tests::operator::Operator;
 use pgmcp_tests::podrunner;
-use pgmcp_tests::{Postgres, TestDatabase, TestEnv, TestNamespace, eventually, wait_for};
+use pgmcp_tests::{Postgres, TestDatabase, TestEnv, eventually, wait_for};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(45);
 const NAME: &str = "shop";
 const CHILD: &str = "shop-mcp";
-
-/// What a user does first: the admin Secret, then `kubectl apply -f` of the example, pointed at
-/// a fresh database of the test PostgreSQL. Returns the database.
-async fn apply_password_example(ns: &TestNamespace) -> TestDatabase {
-    let pg = Postgres::shared();
-    let db = pg.create_database(&ns.name).await.unwrap();
-    create_admin_secret(ns, pg);
-    kubectl_apply(ns, &example(&db));
-    db
-}
 
 /// The password example for `db`, with a role of its own (roles are server-wide).
 fn example(db: &TestDatabase) -> String {

@@ -1,11 +1,13 @@
 //! `pgmcp-testenv`: the local environment behind `make demo`.
 //!
 //! Starts the test control plane and PostgreSQL 15 with the sample shop database, creates the
-//! `agents` namespace with the admin Secret, starts the operator, applies the password-mode
-//! example binding pointed at that database (the operator creates the read-only role, its
-//! password Secret and the grants), runs the MCP server pod the operator rendered (pod runner: no kubelet here), waits for the binding to be Ready, checks
-//! that the server answers, prints how to connect a client, and keeps everything running until
-//! Ctrl-C (or stops at once with `--exit`). Everything it started is stopped when it ends.
+//! `agents` namespace with the admin Secret, installs the Helm chart and runs the operator with
+//! the chart's ServiceAccount and arguments, applies the password-mode example binding pointed at
+//! that database (the operator creates the read-only role, its password Secret and the grants),
+//! runs the MCP server pod the operator rendered (pod runner: no kubelet here), waits for the
+//! binding to be Ready, checks that the server answers, prints how to connect a client, and
+//! keeps everything running until Ctrl-C (or stops at once with `--exit`). Everything it
+//! started is stopped when it ends.
 
 use std::path::Path;
 use std::process::Command;
@@ -71,9 +73,34 @@ async fn main() -> anyhow::Result<()> {
     let binding = bindings::password_example(pg.host(), pg.port(), DATABASE, ROLE);
     let binding_file = env.kubeconfig().with_file_name("shop-binding.yaml");
     std::fs::write(&binding_file, binding)?;
-    let operator = Operator::start(&env, NAMESPACE, "pgmcp-demo", &[]).await?;
+    // What a user installs: the chart (its CRD is already there, so Helm keeps it), then the
+    // operator runs with nothing but the chart's ServiceAccount and the Deployment's arguments.
+    let chart = paths::workspace_root().join("charts/pgmcp");
+    run(Command::new(paths::helm())
+        .arg("--kubeconfig")
+        .arg(env.kubeconfig())
+        .args(["install", "pgmcp"])
+        .arg(&chart)
+        .args(["--namespace", "pgmcp-system", "--create-namespace"]))?;
     println!(
-        "started pgmcp-operator (watching namespace {NAMESPACE}; metrics at http://127.0.0.1:{}/metrics)",
+        "installed the Helm chart {} into namespace pgmcp-system",
+        chart.display()
+    );
+    let client = env.client().await?;
+    let operator_args =
+        podrunner::container_args(&client, "pgmcp-system", "pgmcp-operator").await?;
+    let dir = env
+        .kubeconfig()
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let sa_kubeconfig = env.service_account_kubeconfig("pgmcp-system", "pgmcp-operator", &dir)?;
+    let operator_args: Vec<&str> = operator_args.iter().map(String::as_str).collect();
+    let operator =
+        Operator::start_with_kubeconfig(&sa_kubeconfig, "pgmcp-demo", &operator_args).await?;
+    println!(
+        "started pgmcp-operator as ServiceAccount pgmcp-system/pgmcp-operator with the chart's \
+         arguments (no kubelet here; metrics at http://127.0.0.1:{}/metrics)",
         operator.metrics_port
     );
     kubectl(
@@ -86,7 +113,6 @@ async fn main() -> anyhow::Result<()> {
             &binding_file.display().to_string(),
         ],
     )?;
-    let client = env.client().await?;
     let bindings: Api<PostgresMcpBinding> = Api::namespaced(client.clone(), NAMESPACE);
     let database_ready = |binding: PostgresMcpBinding| {
         binding
@@ -167,6 +193,21 @@ async fn main() -> anyhow::Result<()> {
     drop(operator);
     drop(env);
     drop(pg);
+    Ok(())
+}
+
+/// Runs a command, failing with its output.
+fn run(command: &mut Command) -> anyhow::Result<()> {
+    let out = command
+        .output()
+        .context("failed to run helm (make tools)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{:?} failed: {}{}",
+        command,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(())
 }
 
