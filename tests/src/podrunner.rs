@@ -124,7 +124,7 @@ pub async fn run_deployment_pod_with(
         .disable_cleanup(std::env::var_os("PGMCP_KEEP_TEST_DIRS").is_some())
         .tempdir()?;
     let mounts = materialise_volumes(client, namespace, &spec, &container, root.path()).await?;
-    let mut env = container_env(client, namespace, &container).await?;
+    let mut env = container_env(client, namespace, &pod, &container).await?;
     let uses_workload_identity = pod
         .metadata
         .labels
@@ -431,6 +431,7 @@ fn rewrite(text: &str, mounts: &[(String, PathBuf)]) -> String {
 async fn container_env(
     client: &Client,
     namespace: &str,
+    pod: &Pod,
     container: &Container,
 ) -> anyhow::Result<Vec<(String, String)>> {
     let mut env = Vec::new();
@@ -454,6 +455,24 @@ async fn container_env(
                 cm.data
                     .and_then(|d| d.get(&key.key).cloned())
                     .with_context(|| format!("ConfigMap {} has no key {}", key.name, key.key))?
+            } else if let Some(field) = from.field_ref {
+                // The downward API, with this process standing in for the pod.
+                match field.field_path.as_str() {
+                    "metadata.name" => pod.metadata.name.clone().unwrap_or_default(),
+                    "metadata.namespace" => namespace.to_owned(),
+                    "metadata.uid" => pod.metadata.uid.clone().unwrap_or_default(),
+                    "spec.serviceAccountName" => pod
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.service_account_name.clone())
+                        .unwrap_or_default(),
+                    "spec.nodeName" => "pod-runner".to_owned(),
+                    "status.podIP" | "status.hostIP" => "127.0.0.1".to_owned(),
+                    other => anyhow::bail!(
+                        "env {} uses fieldRef {other}, which the pod runner does not support",
+                        var.name
+                    ),
+                }
             } else {
                 anyhow::bail!(
                     "env {} uses a valueFrom the pod runner does not support",
@@ -491,6 +510,42 @@ pub async fn mark_ready(client: &Client, namespace: &str, pod: &str) -> anyhow::
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_downward_api_names_the_pod_this_process_stands_in_for() {
+        // Never contacted: these variables need no API call.
+        let client = Client::try_from(kube::Config::new(
+            "http://127.0.0.1:1".parse().expect("url"),
+        ))
+        .expect("client");
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "op-7d9-x2", "uid": "u-1"},
+            "spec": {"serviceAccountName": "pgmcp-operator", "containers": []}
+        }))
+        .expect("pod");
+        let container: Container = serde_json::from_value(serde_json::json!({
+            "name": "operator",
+            "env": [
+                {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                {"name": "SA", "valueFrom": {"fieldRef": {"fieldPath": "spec.serviceAccountName"}}},
+                {"name": "PLAIN", "value": "x"}
+            ]
+        }))
+        .expect("container");
+        let env = container_env(&client, "pgmcp-system", &pod, &container)
+            .await
+            .expect("env");
+        assert_eq!(
+            env,
+            [
+                ("POD_NAME".to_owned(), "op-7d9-x2".to_owned()),
+                ("POD_NAMESPACE".to_owned(), "pgmcp-system".to_owned()),
+                ("SA".to_owned(), "pgmcp-operator".to_owned()),
+                ("PLAIN".to_owned(), "x".to_owned()),
+            ]
+        );
+    }
 
     #[test]
     fn mount_paths_are_rewritten_once_and_only_where_a_path_starts() {

@@ -260,6 +260,8 @@ pgmcp demo is up.
 Connect a client:
   VS Code (.vscode/mcp.json):  {{ \"servers\": {{ \"shop\": {{ \"type\": \"http\", \"url\": \"{url}\" }} }} }}
   Claude Code:                 claude mcp add --transport http shop {url}
+  Claude Desktop (claude_desktop_config.json, through the mcp-remote bridge):
+                               {{ \"mcpServers\": {{ \"shop\": {{ \"command\": \"npx\", \"args\": [\"-y\", \"mcp-remote\", \"{url}\"] }} }} }}
   MCP Inspector (installed):   {inspector} --cli {url} --transport http --method tools/list
   Python MCP SDK (installed):  echo '{{\"calls\":[{{\"tool\":\"search_objects\",\"arguments\":{{\"pattern\":\"customer\"}}}}]}}' \\
                                  | {python} {client} --url {url}
