@@ -201,10 +201,24 @@ async fn the_role_reads_exactly_what_the_binding_grants() {
         )
         .await
         .unwrap();
-    eventually("SELECT on the table of the other owner", WAIT, || async {
-        f.has("SELECT", "public.owned_by_other").await
+    // (The table itself is readable at once: the admin created it, and its default privileges
+    // apply; what must appear is the default privilege for the new owner.)
+    eventually("default privileges for the other owner", WAIT, || async {
+        f.admin()
+            .await
+            .query_one(
+                "SELECT count(*) FROM pg_default_acl d, aclexplode(d.defaclacl) a
+                 WHERE d.defaclrole = to_regrole($1) AND a.grantee = to_regrole($2)
+                   AND a.privilege_type = 'SELECT'",
+                &[&quote(&owner), &quote(&f.role)],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+            == 1
     })
     .await;
+    assert!(f.has("SELECT", "public.owned_by_other").await);
     admin
         .batch_execute(&format!(
             "CREATE TABLE public.later_by_admin (a int);
