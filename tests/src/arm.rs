@@ -28,13 +28,13 @@
 //! The fake runs on the tokio runtime of the test that started it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 
-use crate::tls_listener::{TlsListener, acceptor};
+use crate::tls_listener::HttpsServer;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -319,24 +319,15 @@ struct AppState {
 
 /// A running ARM fake. Dropping it stops the server.
 pub struct ArmFake {
-    url: String,
-    ca_cert: PathBuf,
+    server: HttpsServer,
     inner: Shared,
-    server: tokio::task::JoinHandle<()>,
-    _dir: tempfile::TempDir,
 }
 
 impl std::fmt::Debug for ArmFake {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ArmFake")
-            .field("url", &self.url)
+            .field("url", &self.server.url)
             .finish_non_exhaustive()
-    }
-}
-
-impl Drop for ArmFake {
-    fn drop(&mut self) {
-        self.server.abort();
     }
 }
 
@@ -345,11 +336,8 @@ impl ArmFake {
     /// `tenant` of `entra`, which issues the tokens the fake accepts and learns the federated
     /// credentials the fake stores.
     pub async fn start(entra: Arc<EntraFake>, tenant: &str) -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new().prefix("pgmcp-arm-").tempdir()?;
-        let tls = crate::pki::ServerTls::write(dir.path(), "pgmcp-test-arm")?;
-        let acceptor = acceptor(&tls.cert, &tls.key)?;
-        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("https://127.0.0.1:{}", tcp.local_addr()?.port());
+        let bound = HttpsServer::bind("arm").await?;
+        let url = bound.url.clone();
         let entra_ca = std::fs::read(entra.ca_cert())?;
         let http = reqwest::Client::builder()
             .add_root_certificate(reqwest::Certificate::from_pem(&entra_ca)?)
@@ -381,27 +369,20 @@ impl ArmFake {
             entra_url,
         };
         let app = Router::new().fallback(handle).with_state(state);
-        let listener = TlsListener::spawn(tcp, acceptor);
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
         Ok(Self {
-            url,
-            ca_cert: tls.ca_cert,
+            server: bound.serve(app)?,
             inner,
-            server,
-            _dir: dir,
         })
     }
 
     /// The ARM endpoint: `https://127.0.0.1:<port>`.
     pub fn url(&self) -> &str {
-        &self.url
+        &self.server.url
     }
 
     /// PEM of the CA that signed the fake's certificate.
     pub fn ca_cert(&self) -> &Path {
-        &self.ca_cert
+        &self.server.ca_cert
     }
 
     /// Grants `role` at `scope` (a resource id or prefix: subscription, resource group,

@@ -22,13 +22,13 @@
 //! when the test blocks a thread (a child process waited for synchronously).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 
-use crate::tls_listener::{TlsListener, acceptor};
+use crate::tls_listener::HttpsServer;
 use axum::Router;
 use axum::extract::{Form, Path as UrlPath, State};
 use axum::http::StatusCode;
@@ -130,36 +130,23 @@ fn lock(shared: &Shared) -> MutexGuard<'_, Inner> {
 
 /// A running fake Entra. Dropping it stops the server.
 pub struct EntraFake {
-    url: String,
-    ca_cert: PathBuf,
+    server: HttpsServer,
     inner: Shared,
-    server: tokio::task::JoinHandle<()>,
-    _dir: tempfile::TempDir,
 }
 
 impl std::fmt::Debug for EntraFake {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EntraFake")
-            .field("url", &self.url)
+            .field("url", &self.server.url)
             .finish_non_exhaustive()
-    }
-}
-
-impl Drop for EntraFake {
-    fn drop(&mut self) {
-        self.server.abort();
     }
 }
 
 impl EntraFake {
     /// Starts the fake on a free loopback port with a new test CA.
     pub async fn start() -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new().prefix("pgmcp-entra-").tempdir()?;
-        let tls = crate::pki::ServerTls::write(dir.path(), "pgmcp-test-entra")?;
-        let acceptor = acceptor(&tls.cert, &tls.key)?;
-        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let port = tcp.local_addr()?.port();
-        let url = format!("https://127.0.0.1:{port}");
+        let bound = HttpsServer::bind("entra").await?;
+        let url = bound.url.clone();
         let inner: Shared = Arc::new(Mutex::new(Inner {
             url: url.clone(),
             tenants: HashMap::new(),
@@ -182,32 +169,25 @@ impl EntraFake {
             .route("/{tenant}/discovery/keys", get(keys))
             .route("/{tenant}/oauth2/v2.0/token", post(token))
             .with_state(inner.clone());
-        let listener = TlsListener::spawn(tcp, acceptor);
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
         Ok(Self {
-            url,
-            ca_cert: tls.ca_cert,
+            server: bound.serve(app)?,
             inner,
-            server,
-            _dir: dir,
         })
     }
 
     /// The authority host: `https://127.0.0.1:<port>`.
     pub fn url(&self) -> &str {
-        &self.url
+        &self.server.url
     }
 
     /// PEM of the CA that signed the fake's certificate (for `SSL_CERT_FILE`).
     pub fn ca_cert(&self) -> &Path {
-        &self.ca_cert
+        &self.server.ca_cert
     }
 
     /// The v2 issuer of `tenant`.
     pub fn issuer_v2(&self, tenant: &str) -> String {
-        format!("{}/{tenant}/v2.0", self.url)
+        format!("{}/{tenant}/v2.0", self.server.url)
     }
 
     /// The v1 issuer of `tenant`, as Entra names it.

@@ -16,7 +16,7 @@
 //!   exactly while Graph holds the assignment.
 //! - **Observation**: every request is recorded ([`GraphFake::count`]).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::Router;
@@ -29,7 +29,7 @@ use serde_json::{Value, json};
 
 use crate::arm::Request;
 use crate::entra::{EntraFake, GRAPH_RESOURCE};
-use crate::tls_listener::{TlsListener, acceptor};
+use crate::tls_listener::HttpsServer;
 
 /// Microsoft Graph's application id, also accepted as a token audience.
 pub const GRAPH_APP_ID: &str = "00000003-0000-0000-c000-000000000000";
@@ -81,24 +81,15 @@ fn lock(shared: &Shared) -> MutexGuard<'_, Inner> {
 
 /// A running Graph fake. Dropping it stops the server.
 pub struct GraphFake {
-    url: String,
-    ca_cert: PathBuf,
+    server: HttpsServer,
     inner: Shared,
-    server: tokio::task::JoinHandle<()>,
-    _dir: tempfile::TempDir,
 }
 
 impl std::fmt::Debug for GraphFake {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GraphFake")
-            .field("url", &self.url)
+            .field("url", &self.server.url)
             .finish_non_exhaustive()
-    }
-}
-
-impl Drop for GraphFake {
-    fn drop(&mut self) {
-        self.server.abort();
     }
 }
 
@@ -106,11 +97,7 @@ impl GraphFake {
     /// Starts the fake on a free loopback port with a new test CA, for directory `tenant` of
     /// `entra`.
     pub async fn start(entra: Arc<EntraFake>, tenant: &str) -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new().prefix("pgmcp-graph-").tempdir()?;
-        let tls = crate::pki::ServerTls::write(dir.path(), "pgmcp-test-graph")?;
-        let acceptor = acceptor(&tls.cert, &tls.key)?;
-        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("https://127.0.0.1:{}", tcp.local_addr()?.port());
+        let bound = HttpsServer::bind("graph").await?;
         let inner: Shared = Arc::new(Mutex::new(Inner {
             tenant: tenant.to_owned(),
             entra,
@@ -121,27 +108,20 @@ impl GraphFake {
             next_id: 0,
         }));
         let app = Router::new().fallback(handle).with_state(inner.clone());
-        let listener = TlsListener::spawn(tcp, acceptor);
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
         Ok(Self {
-            url,
-            ca_cert: tls.ca_cert,
+            server: bound.serve(app)?,
             inner,
-            server,
-            _dir: dir,
         })
     }
 
     /// The Graph endpoint: `https://127.0.0.1:<port>`.
     pub fn url(&self) -> &str {
-        &self.url
+        &self.server.url
     }
 
     /// PEM of the CA that signed the fake's certificate.
     pub fn ca_cert(&self) -> &Path {
-        &self.ca_cert
+        &self.server.ca_cert
     }
 
     /// Adds the service principal (object id `object_id`) of app `app_id`, known also by

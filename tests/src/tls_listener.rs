@@ -1,5 +1,6 @@
-//! A TLS listener for the fakes' axum servers (Entra, ARM): handshakes run on their own
-//! tasks, so one slow or failing client does not hold up the others.
+//! HTTPS for the fakes (Entra, ARM, Graph): a loopback server with a certificate from a test CA
+//! of its own, whose TLS handshakes run on their own tasks, so one slow or failing client does
+//! not hold up the others.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -66,5 +67,57 @@ impl axum::serve::Listener for TlsListener {
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         Ok(self.local)
+    }
+}
+
+/// A fake's HTTPS server: a free loopback port, a test CA, a task serving an axum router. It
+/// stops when dropped.
+pub(crate) struct HttpsServer {
+    pub(crate) url: String,
+    pub(crate) ca_cert: std::path::PathBuf,
+    task: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+/// A bound port and its certificate, before the router (which may need the URL) exists.
+pub(crate) struct Bound {
+    pub(crate) url: String,
+    tcp: tokio::net::TcpListener,
+    tls: crate::pki::ServerTls,
+    dir: tempfile::TempDir,
+}
+
+impl HttpsServer {
+    /// Binds a free loopback port and writes a CA and a certificate for it (`name` names both).
+    pub(crate) async fn bind(name: &str) -> anyhow::Result<Bound> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("pgmcp-{name}-"))
+            .tempdir()?;
+        let tls = crate::pki::ServerTls::write(dir.path(), &format!("pgmcp-test-{name}"))?;
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("https://127.0.0.1:{}", tcp.local_addr()?.port());
+        Ok(Bound { url, tcp, tls, dir })
+    }
+}
+
+impl Bound {
+    /// Serves `app` over TLS until the returned server is dropped.
+    pub(crate) fn serve(self, app: axum::Router) -> anyhow::Result<HttpsServer> {
+        let listener = TlsListener::spawn(self.tcp, acceptor(&self.tls.cert, &self.tls.key)?);
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(HttpsServer {
+            url: self.url,
+            ca_cert: self.tls.ca_cert,
+            task,
+            _dir: self.dir,
+        })
+    }
+}
+
+impl Drop for HttpsServer {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
