@@ -87,15 +87,12 @@ impl Stores {
     }
 
     fn report(&self, metrics: &Metrics) {
-        metrics.set_managed("ServiceAccount", self.service_accounts.state().len());
-        metrics.set_managed("ConfigMap", self.config_maps.state().len());
-        metrics.set_managed("Service", self.services.state().len());
-        metrics.set_managed("Deployment", self.deployments.state().len());
-        metrics.set_managed(
-            "PodDisruptionBudget",
-            self.pod_disruption_budgets.state().len(),
-        );
-        metrics.set_managed("NetworkPolicy", self.network_policies.state().len());
+        metrics.set_managed("ServiceAccount", self.service_accounts.len());
+        metrics.set_managed("ConfigMap", self.config_maps.len());
+        metrics.set_managed("Service", self.services.len());
+        metrics.set_managed("Deployment", self.deployments.len());
+        metrics.set_managed("PodDisruptionBudget", self.pod_disruption_budgets.len());
+        metrics.set_managed("NetworkPolicy", self.network_policies.len());
     }
 }
 

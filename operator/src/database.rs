@@ -272,19 +272,31 @@ pub async fn reconcile(
 
     // The principal, in the admin database.
     let admin_db = valid.spec.postgres.admin.database.clone();
-    {
-        let client = admin.connect(&admin_db).await?;
-        ensure_principal(ctx, &admin, &client, &admin_db, valid, password.as_ref()).await?;
-    }
+    let admin_client = admin.connect(&admin_db).await?;
+    ensure_principal(
+        ctx,
+        &admin,
+        &admin_client,
+        &admin_db,
+        valid,
+        password.as_ref(),
+    )
+    .await?;
     if let (Some(password), Identity::Password { secret_name, .. }) = (&password, &valid.identity)
         && !password.applied
     {
         mark_password_applied(ctx, valid, secret_name).await?;
     }
 
-    // Grants, in the target database, in one transaction.
+    // Grants, in the target database, in one transaction (on the same connection when the
+    // admin database is the target).
     let database = valid.spec.postgres.database.clone();
-    let mut client = admin.connect(&database).await?;
+    let mut client = if database == admin_db {
+        admin_client
+    } else {
+        drop(admin_client);
+        admin.connect(&database).await?
+    };
     let request = Request {
         database: database.clone(),
         grants: valid

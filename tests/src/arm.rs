@@ -412,10 +412,7 @@ impl ArmFake {
             "{resource_id} is not a user-assigned identity id"
         );
         let mut inner = lock(&self.inner);
-        let rg = resource_group_key(&parsed);
-        if !inner.resource_groups.contains(&rg) {
-            inner.resource_groups.push(rg);
-        }
+        inner.add_resource_group(&parsed);
         inner.identities.insert(
             resource_id.to_ascii_lowercase(),
             Identity {
@@ -465,10 +462,7 @@ impl ArmFake {
             "{resource_id} is not a Foundry project id"
         );
         let mut inner = lock(&self.inner);
-        let rg = resource_group_key(&parsed);
-        if !inner.resource_groups.contains(&rg) {
-            inner.resource_groups.push(rg);
-        }
+        inner.add_resource_group(&parsed);
         let account = format!("/{}", parsed[..8].join("/")).to_ascii_lowercase();
         if !inner.accounts.contains(&account) {
             inner.accounts.push(account);
@@ -552,6 +546,16 @@ fn resource_group_key(segments: &[&str]) -> String {
     format!("/{}", segments[..4.min(segments.len())].join("/")).to_ascii_lowercase()
 }
 
+impl Inner {
+    /// Creates the resource group of a resource id's segments, if it is new.
+    fn add_resource_group(&mut self, segments: &[&str]) {
+        let rg = resource_group_key(segments);
+        if !self.resource_groups.contains(&rg) {
+            self.resource_groups.push(rg);
+        }
+    }
+}
+
 /// Pushes identity `key`'s credentials to the Entra fake.
 fn sync_entra(inner: &Inner, key: &str) -> anyhow::Result<()> {
     let identity = inner
@@ -628,6 +632,24 @@ fn apply(inner: &mut Inner, commit: Commit) {
     {
         eprintln!("the ARM fake could not update the Entra fake: {err:#}");
     }
+}
+
+/// The RBAC action verb of a request on a child resource: read, write or delete.
+fn rbac_action(method: &Method) -> Option<&'static str> {
+    match *method {
+        Method::GET => Some("read"),
+        Method::PUT => Some("write"),
+        Method::DELETE => Some("delete"),
+        _ => None,
+    }
+}
+
+fn method_not_allowed() -> Response {
+    arm_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "MethodNotAllowed",
+        "The requested method is not allowed.",
+    )
 }
 
 fn arm_error(status: StatusCode, code: &str, message: &str) -> Response {
@@ -1073,17 +1095,8 @@ fn managed_identity(
             }
         }
         9 | 10 if segments[8].eq_ignore_ascii_case("federatedIdentityCredentials") => {
-            let action = match *method {
-                Method::GET => "read",
-                Method::PUT => "write",
-                Method::DELETE => "delete",
-                _ => {
-                    return arm_error(
-                        StatusCode::METHOD_NOT_ALLOWED,
-                        "MethodNotAllowed",
-                        "The requested method is not allowed.",
-                    );
-                }
+            let Some(action) = rbac_action(method) else {
+                return method_not_allowed();
             };
             if let Some(denied) = authorize(
                 inner,
@@ -1343,17 +1356,8 @@ fn cognitive_services(
             }
         }
         12 if segments[10].eq_ignore_ascii_case("connections") => {
-            let action = match *method {
-                Method::GET => "read",
-                Method::PUT => "write",
-                Method::DELETE => "delete",
-                _ => {
-                    return arm_error(
-                        StatusCode::METHOD_NOT_ALLOWED,
-                        "MethodNotAllowed",
-                        "The requested method is not allowed.",
-                    );
-                }
+            let Some(action) = rbac_action(method) else {
+                return method_not_allowed();
             };
             if let Some(denied) = authorize(
                 inner,

@@ -2,11 +2,26 @@
 //! namespace (its bindings and its leader Lease), so tests running in parallel never see each
 //! other's operator.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::daemon::{Daemon, Spec};
-use crate::{TestEnv, paths};
+use crate::entra::{App, EntraFake, FederatedCredential, TOKEN_EXCHANGE_AUDIENCE};
+use crate::{TestEnv, TestNamespace, paths};
+
+/// ServiceAccount the operator runs as in [`Operator::start_with_workload_identity`].
+pub const SERVICE_ACCOUNT: &str = "pgmcp-operator";
+
+/// The operator's own managed identity, in the Entra fake.
+#[derive(Debug)]
+pub struct WorkloadIdentity<'a> {
+    pub entra: &'a EntraFake,
+    pub tenant: &'a str,
+    pub client_id: &'a str,
+    pub object_id: &'a str,
+    /// CAs the process trusts through `SSL_CERT_FILE`: the fakes it calls.
+    pub trust: &'a [&'a Path],
+}
 
 /// A running operator; stopped with SIGTERM (releasing its Lease) when dropped.
 #[derive(Debug)]
@@ -16,6 +31,8 @@ pub struct Operator {
     log: PathBuf,
     _dir: tempfile::TempDir,
     daemon: Daemon,
+    /// The projected token and CA bundle of a workload identity, kept while it runs.
+    identity_files: Option<(tempfile::TempDir, PathBuf)>,
 }
 
 impl Operator {
@@ -47,6 +64,71 @@ impl Operator {
         ];
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         Self::launch(identity, args, vars).await
+    }
+
+    /// [`Operator::start`] as the workload-identity webhook would run it: ServiceAccount
+    /// [`SERVICE_ACCOUNT`] in `ns` federated (in the Entra fake) with app `identity.client_id`, a
+    /// TokenRequest token in a file, the four `AZURE_*` variables and `SSL_CERT_FILE`.
+    pub async fn start_with_workload_identity(
+        env: &TestEnv,
+        ns: &TestNamespace,
+        name: &str,
+        identity: &WorkloadIdentity<'_>,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        identity.entra.register_app(
+            identity.tenant,
+            App {
+                client_id: identity.client_id.to_owned(),
+                object_id: identity.object_id.to_owned(),
+                display_name: SERVICE_ACCOUNT.to_owned(),
+                access_token_version: 1,
+                federated_credentials: vec![FederatedCredential {
+                    issuer: env.server().to_owned(),
+                    subject: format!("system:serviceaccount:{}:{SERVICE_ACCOUNT}", ns.name),
+                    audiences: vec![TOKEN_EXCHANGE_AUDIENCE.to_owned()],
+                }],
+                ..App::default()
+            },
+        )?;
+        identity
+            .entra
+            .trust_issuer(env.server(), env.client().await?);
+        let files = tempfile::Builder::new()
+            .prefix("pgmcp-operator-identity-")
+            .tempdir()?;
+        let token_file = files.path().join("azure-identity-token");
+        std::fs::write(
+            &token_file,
+            crate::entra::service_account_token(ns, SERVICE_ACCOUNT).await?,
+        )?;
+        let bundle = files.path().join("ca-bundle.pem");
+        let mut pem = String::new();
+        for ca in identity.trust {
+            pem.push_str(&std::fs::read_to_string(ca)?);
+        }
+        std::fs::write(&bundle, pem)?;
+        let vars = [
+            ("AZURE_CLIENT_ID", identity.client_id.to_owned()),
+            ("AZURE_TENANT_ID", identity.tenant.to_owned()),
+            (
+                "AZURE_FEDERATED_TOKEN_FILE",
+                token_file.display().to_string(),
+            ),
+            ("AZURE_AUTHORITY_HOST", identity.entra.url().to_owned()),
+            ("SSL_CERT_FILE", bundle.display().to_string()),
+        ]
+        .map(|(k, v)| (k.to_owned(), v));
+        let mut operator = Self::start_with_env(env, &ns.name, name, extra, &vars).await?;
+        operator.identity_files = Some((files, bundle));
+        Ok(operator)
+    }
+
+    /// The CA bundle a workload identity was started with (trusting the fakes).
+    pub fn trust_file(&self) -> Option<&Path> {
+        self.identity_files
+            .as_ref()
+            .map(|(_, bundle)| bundle.as_path())
     }
 
     /// Starts the operator with the credentials in `kubeconfig` (e.g. a ServiceAccount token,
@@ -113,6 +195,7 @@ impl Operator {
             log,
             _dir: dir,
             daemon,
+            identity_files: None,
         })
     }
 

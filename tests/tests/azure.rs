@@ -15,10 +15,8 @@ use kube::api::{Api, DeleteParams};
 use pgmcp_crds::v1alpha1::PostgresMcpBinding;
 use pgmcp_tests::arm::{ArmFake, Role};
 use pgmcp_tests::bindings::{condition, kubectl_apply, wait_condition};
-use pgmcp_tests::entra::{
-    App, EntraFake, FederatedCredential, TOKEN_EXCHANGE_AUDIENCE, service_account_token,
-};
-use pgmcp_tests::operator::Operator;
+use pgmcp_tests::entra::{EntraFake, TOKEN_EXCHANGE_AUDIENCE};
+use pgmcp_tests::operator::{Operator, WorkloadIdentity};
 use pgmcp_tests::podrunner::{Webhook, run_deployment_pod_with};
 use pgmcp_tests::postgres::PGAADAUTH_FIXTURE;
 use pgmcp_tests::{Postgres, TestEnv, eventually, paths};
@@ -60,23 +58,6 @@ async fn a_foundry_binding_gets_its_credential_connection_and_principal_and_lose
     // identity has no credential yet: the operator creates it through ARM.
     let fake = Arc::new(EntraFake::start().await.unwrap());
     fake.add_tenant(TENANT).unwrap();
-    fake.register_app(
-        TENANT,
-        App {
-            client_id: OPERATOR_CLIENT_ID.into(),
-            object_id: OPERATOR_OBJECT_ID.into(),
-            display_name: entra_admin.clone(),
-            access_token_version: 1,
-            federated_credentials: vec![FederatedCredential {
-                issuer: env.server().to_owned(),
-                subject: format!("system:serviceaccount:{}:pgmcp-operator", ns.name),
-                audiences: vec![TOKEN_EXCHANGE_AUDIENCE.to_owned()],
-            }],
-            ..App::default()
-        },
-    )
-    .unwrap();
-    fake.trust_issuer(env.server(), env.client().await.unwrap());
     fake.accept_postgres_tokens_as_password(
         admin.clone(),
         &[
@@ -97,32 +78,22 @@ async fn a_foundry_binding_gets_its_credential_connection_and_principal_and_lose
     arm.assign_role(OPERATOR_OBJECT_ID, SUBSCRIPTION, Role::Contributor);
 
     // One trust file for both fakes, as a node's CA bundle would hold.
-    let dir = tempfile::tempdir().unwrap();
-    let bundle = dir.path().join("ca-bundle.pem");
-    let mut pem = std::fs::read_to_string(fake.ca_cert()).unwrap();
-    pem.push_str(&std::fs::read_to_string(arm.ca_cert()).unwrap());
-    std::fs::write(&bundle, pem).unwrap();
-    let token_file = dir.path().join("operator-token");
-    std::fs::write(
-        &token_file,
-        service_account_token(&ns, "pgmcp-operator").await.unwrap(),
-    )
-    .unwrap();
-    let ssl = ("SSL_CERT_FILE".to_owned(), bundle.display().to_string());
-    let vars = vec![
-        ("AZURE_CLIENT_ID".to_owned(), OPERATOR_CLIENT_ID.to_owned()),
-        ("AZURE_TENANT_ID".to_owned(), TENANT.to_owned()),
-        (
-            "AZURE_FEDERATED_TOKEN_FILE".to_owned(),
-            token_file.display().to_string(),
-        ),
-        ("AZURE_AUTHORITY_HOST".to_owned(), fake.url().to_owned()),
-        ssl.clone(),
-    ];
     let arm_flag = format!("--arm-endpoint={}", arm.url());
-    let operator = Operator::start_with_env(env, &ns.name, "op-azure", &[&arm_flag], &vars)
-        .await
-        .unwrap();
+    let identity = WorkloadIdentity {
+        entra: &fake,
+        tenant: TENANT,
+        client_id: OPERATOR_CLIENT_ID,
+        object_id: OPERATOR_OBJECT_ID,
+        trust: &[fake.ca_cert(), arm.ca_cert()],
+    };
+    let operator =
+        Operator::start_with_workload_identity(env, &ns, "op-azure", &identity, &[&arm_flag])
+            .await
+            .unwrap();
+    let ssl = (
+        "SSL_CERT_FILE".to_owned(),
+        operator.trust_file().unwrap().display().to_string(),
+    );
 
     let public_url = "https://mcp.contoso.test/agents/sales/mcp";
     let binding = json!({

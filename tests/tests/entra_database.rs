@@ -14,11 +14,8 @@ use std::time::Duration;
 use kube::api::Api;
 use pgmcp_crds::v1alpha1::PostgresMcpBinding;
 use pgmcp_tests::bindings::{condition, kubectl_apply, wait_condition};
-use pgmcp_tests::entra::{
-    App, EntraFake, FederatedCredential, POSTGRES_RESOURCE, TOKEN_EXCHANGE_AUDIENCE,
-    service_account_token,
-};
-use pgmcp_tests::operator::Operator;
+use pgmcp_tests::entra::{EntraFake, POSTGRES_RESOURCE};
+use pgmcp_tests::operator::{Operator, WorkloadIdentity};
 use pgmcp_tests::postgres::PGAADAUTH_FIXTURE;
 use pgmcp_tests::{Postgres, TestEnv};
 use serde_json::json;
@@ -75,51 +72,19 @@ async fn entra_binding_gets_its_principal_through_the_operators_workload_identit
         .await
         .unwrap();
 
-    // The operator's ServiceAccount, a token for it, and Entra trusting it.
-    let token = service_account_token(&ns, "pgmcp-operator").await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("azure-identity-token");
-    std::fs::write(&token_file, token).unwrap();
+    // The operator's own identity, federated with its ServiceAccount.
     let fake = EntraFake::start().await.unwrap();
     fake.add_tenant(TENANT).unwrap();
-    fake.register_app(
-        TENANT,
-        App {
-            client_id: OPERATOR_CLIENT_ID.into(),
-            object_id: "66666666-6666-4666-8666-666666666666".into(),
-            display_name: entra_admin.clone(),
-            access_token_version: 1,
-            ..App::default()
-        },
-    )
-    .unwrap();
-    fake.add_federated_credential(
-        TENANT,
-        OPERATOR_CLIENT_ID,
-        FederatedCredential {
-            issuer: env.server().to_owned(),
-            subject: format!("system:serviceaccount:{}:pgmcp-operator", ns.name),
-            audiences: vec![TOKEN_EXCHANGE_AUDIENCE.to_owned()],
-        },
-    )
-    .unwrap();
-    fake.trust_issuer(env.server(), env.client().await.unwrap());
     // Azure accepts any unexpired token of the administrator.
     fake.accept_postgres_tokens_as_password(admin.clone(), &[(OPERATOR_CLIENT_ID, &entra_admin)]);
-    let vars: Vec<(String, String)> = [
-        ("AZURE_CLIENT_ID", OPERATOR_CLIENT_ID.to_owned()),
-        ("AZURE_TENANT_ID", TENANT.to_owned()),
-        (
-            "AZURE_FEDERATED_TOKEN_FILE",
-            token_file.display().to_string(),
-        ),
-        ("AZURE_AUTHORITY_HOST", fake.url().to_owned()),
-        ("SSL_CERT_FILE", fake.ca_cert().display().to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    let operator = Operator::start_with_env(env, &ns.name, "op-entra", &[], &vars)
+    let identity = WorkloadIdentity {
+        entra: &fake,
+        tenant: TENANT,
+        client_id: OPERATOR_CLIENT_ID,
+        object_id: "66666666-6666-4666-8666-666666666666",
+        trust: &[fake.ca_cert()],
+    };
+    let operator = Operator::start_with_workload_identity(env, &ns, "op-entra", &identity, &[])
         .await
         .unwrap();
 

@@ -14,13 +14,11 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use pgmcp_crds::v1alpha1::PostgresMcpBinding;
 use pgmcp_tests::arm::{ArmFake, Role};
 use pgmcp_tests::bindings::{condition, create_admin_secret, kubectl_apply, wait_condition};
-use pgmcp_tests::entra::{
-    App, EntraFake, FederatedCredential, TOKEN_EXCHANGE_AUDIENCE, service_account_token,
-};
+use pgmcp_tests::entra::{App, EntraFake};
 use pgmcp_tests::graph::{
     APP_ROLE_ASSIGNMENT_READ_WRITE_ALL, APPLICATION_READ_ALL, AppRole, Assignment, GraphFake,
 };
-use pgmcp_tests::operator::Operator;
+use pgmcp_tests::operator::{Operator, WorkloadIdentity};
 use pgmcp_tests::{Postgres, TestEnv, eventually};
 use serde_json::{Value, json};
 
@@ -89,23 +87,6 @@ async fn assign_app_role_gives_the_project_identity_the_server_role_and_takes_it
 
     let entra = Arc::new(EntraFake::start().await.unwrap());
     entra.add_tenant(TENANT).unwrap();
-    entra
-        .register_app(
-            TENANT,
-            App {
-                client_id: OPERATOR_CLIENT_ID.into(),
-                object_id: OPERATOR_OBJECT_ID.into(),
-                display_name: "pgmcp-operator".into(),
-                access_token_version: 1,
-                federated_credentials: vec![FederatedCredential {
-                    issuer: env.server().to_owned(),
-                    subject: format!("system:serviceaccount:{}:pgmcp-operator", ns.name),
-                    audiences: vec![TOKEN_EXCHANGE_AUDIENCE.to_owned()],
-                }],
-                ..App::default()
-            },
-        )
-        .unwrap();
     for (client_id, object_id, secret) in [
         (SERVER_APP_ID, SERVER_SP_ID, None),
         (
@@ -128,7 +109,6 @@ async fn assign_app_role_gives_the_project_identity_the_server_role_and_takes_it
             )
             .unwrap();
     }
-    entra.trust_issuer(env.server(), env.client().await.unwrap());
     assert_eq!(
         project_token_roles(&entra).await,
         Value::Null,
@@ -156,35 +136,24 @@ async fn assign_app_role_gives_the_project_identity_the_server_role_and_takes_it
     // Reading is allowed, assigning is not (yet).
     graph.grant(OPERATOR_OBJECT_ID, APPLICATION_READ_ALL);
 
-    let dir = tempfile::tempdir().unwrap();
-    let bundle = dir.path().join("ca-bundle.pem");
-    let mut pem = String::new();
-    for ca in [entra.ca_cert(), arm.ca_cert(), graph.ca_cert()] {
-        pem.push_str(&std::fs::read_to_string(ca).unwrap());
-    }
-    std::fs::write(&bundle, pem).unwrap();
-    let token_file = dir.path().join("operator-token");
-    std::fs::write(
-        &token_file,
-        service_account_token(&ns, "pgmcp-operator").await.unwrap(),
-    )
-    .unwrap();
-    let vars = vec![
-        ("AZURE_CLIENT_ID".to_owned(), OPERATOR_CLIENT_ID.to_owned()),
-        ("AZURE_TENANT_ID".to_owned(), TENANT.to_owned()),
-        (
-            "AZURE_FEDERATED_TOKEN_FILE".to_owned(),
-            token_file.display().to_string(),
-        ),
-        ("AZURE_AUTHORITY_HOST".to_owned(), entra.url().to_owned()),
-        ("SSL_CERT_FILE".to_owned(), bundle.display().to_string()),
-    ];
     let arm_flag = format!("--arm-endpoint={}", arm.url());
     let graph_flag = format!("--graph-endpoint={}", graph.url());
-    let _operator =
-        Operator::start_with_env(env, &ns.name, "op-graph", &[&arm_flag, &graph_flag], &vars)
-            .await
-            .unwrap();
+    let identity = WorkloadIdentity {
+        entra: &entra,
+        tenant: TENANT,
+        client_id: OPERATOR_CLIENT_ID,
+        object_id: OPERATOR_OBJECT_ID,
+        trust: &[entra.ca_cert(), arm.ca_cert(), graph.ca_cert()],
+    };
+    let _operator = Operator::start_with_workload_identity(
+        env,
+        &ns,
+        "op-graph",
+        &identity,
+        &[&arm_flag, &graph_flag],
+    )
+    .await
+    .unwrap();
 
     let binding = json!({
         "apiVersion": "pgmcp.dev/v1alpha1",

@@ -494,6 +494,23 @@ mod tests {
         database: &Result<database::Report, database::Error>,
         second: i64,
     ) -> PostgresMcpBindingStatus {
+        applied_with(
+            b,
+            deployment,
+            database,
+            &external::Report::default(),
+            second,
+        )
+    }
+
+    /// [`applied`] with what the Azure steps reported.
+    fn applied_with(
+        b: &PostgresMcpBinding,
+        deployment: &Deployment,
+        database: &Result<database::Report, database::Error>,
+        azure: &external::Report,
+        second: i64,
+    ) -> PostgresMcpBindingStatus {
         let valid = validate(b, &Inputs::default()).unwrap();
         let defaults = Defaults {
             server_image: "img".to_owned(),
@@ -505,7 +522,7 @@ mod tests {
             desired: &desired,
             deployment: Some(deployment),
             database,
-            azure: &external::Report::default(),
+            azure,
         };
         compute(b, &outcome, &at(second))
     }
@@ -619,12 +636,6 @@ mod tests {
     fn azure_steps_report_propagation_and_refusals() {
         let mut b = binding("azure-entra-foundry.yaml");
         b.spec.server.replicas = 1;
-        let valid = validate(&b, &Inputs::default()).unwrap();
-        let defaults = Defaults {
-            server_image: "img".to_owned(),
-            oidc_issuer: None,
-        };
-        let desired = build(&valid, &defaults);
         let azure = external::Report {
             federated_credential: Some(Ok(external::Ensured {
                 id: "/subscriptions/s/…/federatedIdentityCredentials/agents-sales".to_owned(),
@@ -636,14 +647,7 @@ mod tests {
             app_role: None,
         };
         let waiting = deployment(0, "False");
-        let outcome = Outcome::Applied {
-            valid: &valid,
-            desired: &desired,
-            deployment: Some(&waiting),
-            database: &granted(),
-            azure: &azure,
-        };
-        let status = compute(&b, &outcome, &at(100));
+        let status = applied_with(&b, &waiting, &granted(), &azure, 100);
         assert_eq!(
             get(&status, "IdentityReady").reason,
             "FederatedCredentialPropagating"
@@ -661,14 +665,7 @@ mod tests {
 
         // Once the server signs in, the credential is proven.
         let available = deployment(1, "True");
-        let outcome = Outcome::Applied {
-            valid: &valid,
-            desired: &desired,
-            deployment: Some(&available),
-            database: &granted(),
-            azure: &azure,
-        };
-        let status = compute(&b, &outcome, &at(200));
+        let status = applied_with(&b, &available, &granted(), &azure, 200);
         assert_eq!(
             get(&status, "IdentityReady").reason,
             "FederatedCredentialReady"
@@ -679,12 +676,6 @@ mod tests {
     fn a_refused_app_role_assignment_makes_the_connection_not_ready_and_stalls() {
         let mut b = binding("azure-entra-foundry.yaml");
         b.spec.server.replicas = 1;
-        let valid = validate(&b, &Inputs::default()).unwrap();
-        let defaults = Defaults {
-            server_image: "img".to_owned(),
-            oidc_issuer: None,
-        };
-        let desired = build(&valid, &defaults);
         let available = deployment(1, "True");
         let connected = || {
             Some(Ok(external::Ensured {
@@ -707,14 +698,7 @@ mod tests {
             )
             .into())),
         };
-        let outcome = Outcome::Applied {
-            valid: &valid,
-            desired: &desired,
-            deployment: Some(&available),
-            database: &granted(),
-            azure: &refused,
-        };
-        let status = compute(&b, &outcome, &at(100));
+        let status = applied_with(&b, &available, &granted(), &refused, 100);
         let foundry = get(&status, "FoundryConnectionReady");
         assert_eq!(foundry.status, "False");
         assert_eq!(foundry.reason, "GraphAuthorizationRequestDenied");
@@ -736,14 +720,7 @@ mod tests {
                 change: crate::azure::Change::Created,
             })),
         };
-        let outcome = Outcome::Applied {
-            valid: &valid,
-            desired: &desired,
-            deployment: Some(&available),
-            database: &granted(),
-            azure: &assigned,
-        };
-        let status = compute(&b, &outcome, &at(200));
+        let status = applied_with(&b, &available, &granted(), &assigned, 200);
         let foundry = get(&status, "FoundryConnectionReady");
         assert_eq!(foundry.status, "True");
         assert!(
