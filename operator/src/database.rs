@@ -77,13 +77,13 @@ pub enum Error {
         database: String,
         message: String,
     },
-    #[error(
-        "role {role} already exists on {server} and is not managed by binding {binding}: use another name, or drop the role"
-    )]
+    #[error("{}", role_conflict(.role, .server, .binding, .owner.as_deref()))]
     RoleConflict {
         role: String,
         server: String,
         binding: String,
+        /// The other binding (`namespace/name`) whose role it is, when pgmcp made it.
+        owner: Option<String>,
     },
     #[error(
         "postgres.admin.entra needs the operator's own workload identity, but AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_FEDERATED_TOKEN_FILE are not set: give the operator's ServiceAccount a managed identity (azure.workload.identity/use) and add it as a Microsoft Entra administrator of the server"
@@ -244,12 +244,22 @@ async fn admin<'a>(
     })
 }
 
+const OWNERSHIP_PREFIX: &str = "managed by pgmcp binding ";
+
 /// `COMMENT ON ROLE` text marking a role as this binding's.
 fn ownership(valid: &Valid) -> String {
-    format!(
-        "managed by pgmcp binding {}/{}",
-        valid.namespace, valid.name
-    )
+    format!("{OWNERSHIP_PREFIX}{}/{}", valid.namespace, valid.name)
+}
+
+fn role_conflict(role: &str, server: &str, binding: &str, owner: Option<&str>) -> String {
+    match owner {
+        Some(owner) => format!(
+            "role {role} on {server} belongs to binding {owner}; two bindings cannot share a role: give binding {binding} another roleName (or principalName)"
+        ),
+        None => format!(
+            "role {role} already exists on {server} and is not managed by binding {binding}: use another name, or drop the role"
+        ),
+    }
 }
 
 /// Runs the step for a binding that passed validation.
@@ -397,10 +407,12 @@ async fn ensure_principal(
     let marker = ownership(valid);
     match existing {
         Some(row) if row.get::<_, String>(0) != marker => {
+            let comment: String = row.get(0);
             return Err(Error::RoleConflict {
                 role: role.to_owned(),
                 server: admin.server(),
                 binding: format!("{}/{}", valid.namespace, valid.name),
+                owner: comment.strip_prefix(OWNERSHIP_PREFIX).map(str::to_owned),
             });
         }
         Some(_) => {

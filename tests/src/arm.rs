@@ -213,6 +213,8 @@ pub enum Fault {
     ServerError,
     /// 503 `ServiceUnavailable`, with `Retry-After` when given.
     Unavailable { retry_after_secs: Option<u64> },
+    /// No answer at all (until the client gives up): a request timeout.
+    Hang,
 }
 
 /// How long-running writes are announced.
@@ -293,6 +295,10 @@ struct Inner {
     projects: BTreeMap<String, (String, String)>,
     connections: BTreeMap<String, Value>,
     faults: VecDeque<(Option<Method>, Fault)>,
+    /// Answered to every request until cleared (an outage, unlike the counted `faults`).
+    outage: Option<Fault>,
+    /// PUTs whose path contains this (lower case) are applied but not answered until released.
+    hold: Option<String>,
     latency: Duration,
     long_running: Option<LongRunning>,
     operations: HashMap<String, Operation>,
@@ -312,6 +318,8 @@ fn lock(shared: &Shared) -> MutexGuard<'_, Inner> {
 #[derive(Clone)]
 struct AppState {
     shared: Shared,
+    /// Held PUTs wait until this turns false.
+    holding: tokio::sync::watch::Receiver<bool>,
     /// Reaches the Entra fake (trusting its CA) for the JWKS.
     http: reqwest::Client,
     entra_url: String,
@@ -321,6 +329,7 @@ struct AppState {
 pub struct ArmFake {
     server: HttpsServer,
     inner: Shared,
+    holding: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for ArmFake {
@@ -356,6 +365,8 @@ impl ArmFake {
             projects: BTreeMap::new(),
             connections: BTreeMap::new(),
             faults: VecDeque::new(),
+            outage: None,
+            hold: None,
             latency: Duration::ZERO,
             long_running: None,
             operations: HashMap::new(),
@@ -363,8 +374,10 @@ impl ArmFake {
             requests: Vec::new(),
             jwks: HashMap::new(),
         }));
+        let (holding, holding_rx) = tokio::sync::watch::channel(false);
         let state = AppState {
             shared: inner.clone(),
+            holding: holding_rx,
             http,
             entra_url,
         };
@@ -372,6 +385,7 @@ impl ArmFake {
         Ok(Self {
             server: bound.serve(app)?,
             inner,
+            holding,
         })
     }
 
@@ -485,12 +499,45 @@ impl ArmFake {
             .cloned()
     }
 
+    /// Ids of the credentials and connections under `parent` (an identity or a project).
+    pub fn resources_under(&self, parent: &str) -> Vec<String> {
+        let prefix = format!("{}/", parent.to_ascii_lowercase());
+        let inner = lock(&self.inner);
+        inner
+            .fics
+            .keys()
+            .chain(inner.connections.keys())
+            .filter(|key| key.starts_with(&prefix))
+            .cloned()
+            .collect()
+    }
+
     /// Answers the next `times` requests (of `method`, or of any method) with `fault`.
     pub fn inject(&self, method: Option<Method>, fault: Fault, times: usize) {
         let mut inner = lock(&self.inner);
         for _ in 0..times {
             inner.faults.push_back((method.clone(), fault.clone()));
         }
+    }
+
+    /// Answers every request with `fault` until called again with `None`: ARM throttling,
+    /// failing or not answering for a while.
+    pub fn set_outage(&self, fault: Option<Fault>) {
+        lock(&self.inner).outage = fault;
+    }
+
+    /// The next successful PUT whose path contains `fragment` (case-insensitive) takes effect
+    /// but is not answered until [`ArmFake::release`]: the caller can be stopped between ARM's
+    /// write and its own bookkeeping.
+    pub fn hold_put(&self, fragment: &str) {
+        lock(&self.inner).hold = Some(fragment.to_ascii_lowercase());
+        self.holding.send_replace(true);
+    }
+
+    /// Answers the held PUT (if any) and holds no more.
+    pub fn release(&self) {
+        lock(&self.inner).hold = None;
+        self.holding.send_replace(false);
     }
 
     /// Delays every answer by `latency`.
@@ -682,22 +729,34 @@ async fn handle(
         tokio::time::sleep(latency).await;
     }
     let mut response = answer(&state, &method, &uri, &headers, &body).await;
-    let mut inner = lock(&state.shared);
-    inner.next_id += 1;
-    let request_id = format!("00000000-0000-4000-8000-{:012x}", inner.next_id);
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
-        response
-            .headers_mut()
-            .insert("x-ms-request-id", value.clone());
-        response
-            .headers_mut()
-            .insert("x-ms-correlation-request-id", value);
+    let held = {
+        let mut inner = lock(&state.shared);
+        inner.next_id += 1;
+        let request_id = format!("00000000-0000-4000-8000-{:012x}", inner.next_id);
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            response
+                .headers_mut()
+                .insert("x-ms-request-id", value.clone());
+            response
+                .headers_mut()
+                .insert("x-ms-correlation-request-id", value);
+        }
+        inner.requests.push(Request {
+            method: method.to_string(),
+            path: uri.path().to_owned(),
+            status: response.status().as_u16(),
+        });
+        method == Method::PUT
+            && response.status().is_success()
+            && inner
+                .hold
+                .as_ref()
+                .is_some_and(|f| uri.path().to_ascii_lowercase().contains(f.as_str()))
+    };
+    if held {
+        let mut holding = state.holding.clone();
+        let _ = holding.wait_for(|holding| !holding).await;
     }
-    inner.requests.push(Request {
-        method: method.to_string(),
-        path: uri.path().to_owned(),
-        status: response.status().as_u16(),
-    });
     response
 }
 
@@ -724,16 +783,30 @@ async fn answer(
             "The api-version query parameter (?api-version=) is required for all requests.",
         );
     };
-    let mut inner = lock(&state.shared);
-    let fault = inner
-        .faults
-        .iter()
-        .position(|(m, _)| m.as_ref().is_none_or(|m| m == method))
-        .and_then(|i| inner.faults.remove(i))
-        .map(|(_, fault)| fault);
+    let fault = {
+        let mut inner = lock(&state.shared);
+        let fault = inner.outage.clone().or_else(|| {
+            inner
+                .faults
+                .iter()
+                .position(|(m, _)| m.as_ref().is_none_or(|m| m == method))
+                .and_then(|i| inner.faults.remove(i))
+                .map(|(_, fault)| fault)
+        });
+        if fault == Some(Fault::Hang) {
+            // Recorded now: the client gives up before there is an answer.
+            inner.requests.push(Request {
+                method: method.to_string(),
+                path: uri.path().to_owned(),
+                status: 0,
+            });
+        }
+        fault
+    };
     if let Some(fault) = fault {
-        return fault_response(&fault);
+        return fault_response(&fault).await;
     }
+    let mut inner = lock(&state.shared);
     let segments = parse(uri.path());
     let lower: Vec<String> = segments.iter().map(|s| s.to_ascii_lowercase()).collect();
     let l: Vec<&str> = lower.iter().map(String::as_str).collect();
@@ -776,8 +849,18 @@ async fn answer(
     }
 }
 
-fn fault_response(fault: &Fault) -> Response {
+async fn fault_response(fault: &Fault) -> Response {
     match fault {
+        Fault::Hang => {
+            // Answered only after any client has given up (and dropped the connection, which
+            // cancels this handler).
+            tokio::time::sleep(Duration::from_secs(600)).await;
+            arm_error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "GatewayTimeout",
+                "The gateway did not receive a response within the specified time period.",
+            )
+        }
         Fault::Throttle { retry_after_secs } => {
             let mut response = arm_error(
                 StatusCode::TOO_MANY_REQUESTS,

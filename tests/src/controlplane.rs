@@ -33,12 +33,24 @@ pub struct TestEnv {
     /// The CA of the apiserver's serving certificate.
     ca_cert: PathBuf,
     // Stopped in reverse order of start: controller-manager, apiserver, etcd.
-    daemons: Vec<Daemon>,
+    daemons: std::sync::Mutex<Vec<Daemon>>,
+    dir: PathBuf,
+    pki: Pki,
+    etcd_client: String,
 }
+
+/// Position of each component in [`TestEnv::daemons`].
+const ETCD: usize = 0;
+const APISERVER: usize = 1;
+const CONTROLLER_MANAGER: usize = 2;
 
 impl Drop for TestEnv {
     fn drop(&mut self) {
-        while let Some(mut daemon) = self.daemons.pop() {
+        let daemons = self
+            .daemons
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        while let Some(mut daemon) = daemons.pop() {
             daemon.stop();
         }
     }
@@ -96,13 +108,6 @@ impl TestEnv {
             &pki.controller_manager_key,
         )?;
 
-        let mut env = TestEnv {
-            kubeconfig,
-            server: server.clone(),
-            ca_cert: pki.ca_cert.clone(),
-            daemons: Vec::new(),
-        };
-
         let etcd_client = format!("http://127.0.0.1:{etcd_port}");
         let etcd_peer = format!("http://127.0.0.1:{etcd_peer_port}");
         let mut etcd = Spec::new("etcd", etcd_bin, dir.join("etcd.log")).args([
@@ -119,41 +124,24 @@ impl TestEnv {
         // etcd is stopped last, so its wrapper removes the whole directory.
         etcd.cleanup_dir = Some(dir.clone());
         etcd.stop_after = Some(dir.join("etcd.stop-after"));
-        env.daemons.push(Daemon::spawn(etcd)?);
+        let env = TestEnv {
+            kubeconfig,
+            server: server.clone(),
+            ca_cert: pki.ca_cert.clone(),
+            daemons: std::sync::Mutex::new(vec![Daemon::spawn(etcd)?]),
+            dir: dir.clone(),
+            pki: pki.clone(),
+            etcd_client,
+        };
 
-        let p = |path: &Path| path.display().to_string();
-        let mut apiserver = Spec::new(
-            "kube-apiserver",
-            apiserver_bin,
-            dir.join("kube-apiserver.log"),
-        )
-        .args([
-            format!("--etcd-servers={etcd_client}"),
-            "--bind-address=127.0.0.1".to_owned(),
-            "--advertise-address=127.0.0.1".to_owned(),
-            format!("--secure-port={api_port}"),
-            format!("--cert-dir={}", dir.join("apiserver-certs").display()),
-            format!("--tls-cert-file={}", p(&pki.serving_cert)),
-            format!("--tls-private-key-file={}", p(&pki.serving_key)),
-            format!("--client-ca-file={}", p(&pki.ca_cert)),
-            "--authorization-mode=RBAC".to_owned(),
-            format!("--service-account-issuer={server}"),
-            format!("--service-account-key-file={}", p(&pki.service_account_pub)),
-            format!(
-                "--service-account-signing-key-file={}",
-                p(&pki.service_account_key)
-            ),
-            "--service-cluster-ip-range=10.0.0.0/24".to_owned(),
-            "--allow-privileged=true".to_owned(),
-        ]);
-        apiserver.stop_after = Some(dir.join("kube-apiserver.stop-after"));
-        let apiserver = Daemon::spawn(apiserver)?;
-        env.daemons[0].stop_before(&apiserver)?;
-        env.daemons.push(apiserver);
+        let apiserver = Daemon::spawn(env.apiserver_spec("kube-apiserver", api_port))?;
+        env.daemons()[ETCD].stop_before(&apiserver)?;
+        env.daemons().push(apiserver);
 
         let client = env.client().await?;
         env.wait_ready(&client, Duration::from_secs(90)).await?;
 
+        let p = |path: &Path| path.display().to_string();
         let kcm = Spec::new(
             "kube-controller-manager",
             kcm_bin,
@@ -174,8 +162,8 @@ impl TestEnv {
             format!("--cluster-signing-key-file={}", p(&pki.ca_key)),
         ]);
         let kcm = Daemon::spawn(kcm)?;
-        env.daemons[1].stop_before(&kcm)?;
-        env.daemons.push(kcm);
+        env.daemons()[APISERVER].stop_before(&kcm)?;
+        env.daemons().push(kcm);
 
         install_crd(&client).await?;
         eprintln!(
@@ -187,27 +175,109 @@ impl TestEnv {
         Ok(env)
     }
 
-    async fn wait_ready(&mut self, client: &Client, timeout: Duration) -> anyhow::Result<()> {
+    /// A kube-apiserver on `port` serving this control plane's etcd, as [`TestEnv::start`]
+    /// runs it (`name` names its log and certificate directory).
+    fn apiserver_spec(&self, name: &str, port: u16) -> Spec {
+        let p = |path: &Path| path.display().to_string();
+        let (dir, pki) = (&self.dir, &self.pki);
+        let mut spec = Spec::new(
+            name,
+            paths::controlplane_bin("kube-apiserver"),
+            dir.join(format!("{name}.log")),
+        )
+        .args([
+            format!("--etcd-servers={}", self.etcd_client),
+            "--bind-address=127.0.0.1".to_owned(),
+            "--advertise-address=127.0.0.1".to_owned(),
+            format!("--secure-port={port}"),
+            format!("--cert-dir={}", dir.join(format!("{name}-certs")).display()),
+            format!("--tls-cert-file={}", p(&pki.serving_cert)),
+            format!("--tls-private-key-file={}", p(&pki.serving_key)),
+            format!("--client-ca-file={}", p(&pki.ca_cert)),
+            "--authorization-mode=RBAC".to_owned(),
+            // The first apiserver's URL, so every apiserver issues and accepts the same tokens.
+            format!("--service-account-issuer={}", self.server),
+            format!("--service-account-key-file={}", p(&pki.service_account_pub)),
+            format!(
+                "--service-account-signing-key-file={}",
+                p(&pki.service_account_key)
+            ),
+            "--service-cluster-ip-range=10.0.0.0/24".to_owned(),
+            "--allow-privileged=true".to_owned(),
+        ]);
+        spec.stop_after = Some(dir.join(format!("{name}.stop-after")));
+        spec
+    }
+
+    /// Stops kube-apiserver, as an upgrade or a crash of the control plane would; etcd and the
+    /// controller-manager keep running. [`TestEnv::start_apiserver`] brings it back.
+    pub fn stop_apiserver(&self) {
+        // On a full shutdown the apiserver outlives the controller-manager; not this time.
+        let _ = std::fs::write(self.dir.join("kube-apiserver.stop-after"), "");
+        self.daemons()[APISERVER].stop();
+    }
+
+    /// Starts kube-apiserver again on the same port and waits until it is ready.
+    pub async fn start_apiserver(&self) -> anyhow::Result<()> {
+        let port = self.server.rsplit(':').next().unwrap_or_default().parse()?;
+        let apiserver = Daemon::spawn(self.apiserver_spec("kube-apiserver", port))?;
+        {
+            let mut daemons = self.daemons();
+            daemons[ETCD].stop_before(&apiserver)?;
+            apiserver.stop_before(&daemons[CONTROLLER_MANAGER])?;
+            daemons[APISERVER] = apiserver;
+        }
+        let client = self.client().await?;
+        self.wait_ready(&client, Duration::from_secs(90)).await
+    }
+
+    /// A second kube-apiserver on the same etcd and a port of its own, as in a highly
+    /// available control plane, with an admin kubeconfig for it. Stopped when dropped.
+    pub async fn second_apiserver(&self) -> anyhow::Result<(Daemon, PathBuf)> {
+        let port = paths::free_port()?;
+        let apiserver = Daemon::spawn(self.apiserver_spec("kube-apiserver-2", port))?;
+        self.daemons()[ETCD].stop_before(&apiserver)?;
+        let kubeconfig = self.dir.join("kubeconfig-2");
+        write_kubeconfig(
+            &kubeconfig,
+            &format!("https://127.0.0.1:{port}"),
+            &self.pki.ca_cert,
+            &self.pki.admin_cert,
+            &self.pki.admin_key,
+        )?;
+        let config = Config::from_custom_kubeconfig(
+            Kubeconfig::read_from(&kubeconfig)?,
+            &KubeConfigOptions::default(),
+        )
+        .await?;
+        let client = Client::try_from(config)?;
+        self.wait_ready(&client, Duration::from_secs(90)).await?;
+        Ok((apiserver, kubeconfig))
+    }
+
+    fn daemons(&self) -> std::sync::MutexGuard<'_, Vec<Daemon>> {
+        self.daemons
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    async fn wait_ready(&self, client: &Client, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             let request = http::Request::get("/readyz").body(Vec::new())?;
             match client.request_text(request).await {
                 Ok(body) if body.trim() == "ok" => return Ok(()),
                 result => {
-                    if let Some(daemon) = self
-                        .daemons
-                        .iter_mut()
-                        .find_map(|d| d.exited().then_some(d))
-                    {
-                        anyhow::bail!(
-                            "{} exited during start-up:\n{}",
-                            daemon.name(),
-                            daemon.log_tail(40)
-                        );
+                    let exited = self.daemons().iter_mut().find_map(|d| {
+                        d.exited()
+                            .then(|| format!("{} exited:\n{}", d.name(), d.log_tail(40)))
+                    });
+                    if let Some(exited) = exited {
+                        anyhow::bail!("{exited}");
                     }
                     if Instant::now() > deadline {
                         let logs: Vec<String> = self
-                            .daemons
+                            .daemons()
                             .iter()
                             .map(|d| format!("--- {}\n{}", d.name(), d.log_tail(20)))
                             .collect();

@@ -155,6 +155,20 @@ impl Daemon {
         log_tail(&self.log, lines)
     }
 
+    /// Kills the daemon with SIGKILL, as a node failure or the OOM killer would: no clean
+    /// shutdown, nothing released. Then waits for its wrapper to clean up.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        let wrapper = self.wrapper.id();
+        // The wrapper's only child is the daemon (or setpriv, which execs it).
+        let children = std::fs::read_to_string(format!("/proc/{wrapper}/task/{wrapper}/children"))?;
+        for pid in children.split_whitespace() {
+            let status = Command::new("kill").args(["-KILL", pid]).status()?;
+            anyhow::ensure!(status.success(), "kill -KILL {pid} failed");
+        }
+        self.stop();
+        Ok(())
+    }
+
     /// Stops the daemon and waits up to 30 s for it and its clean-up.
     pub fn stop(&mut self) {
         self.lifeline.take();

@@ -14,6 +14,7 @@ pub mod bindings;
 pub mod controlplane;
 pub mod daemon;
 pub mod entra;
+pub mod foundry;
 pub mod graph;
 pub mod http;
 pub mod mcp;

@@ -229,6 +229,11 @@ impl Operator {
     pub fn stop(&mut self) {
         self.daemon.stop();
     }
+
+    /// SIGKILL: the process ends wherever it is, its Lease is not released.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        self.daemon.kill()
+    }
 }
 
 /// Sum of the samples named exactly `name` (with or without labels) in a text exposition.

@@ -8,29 +8,18 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use kube::api::{Api, DeleteParams};
 use pgmcp_crds::v1alpha1::PostgresMcpBinding;
-use pgmcp_tests::arm::{ArmFake, Role};
 use pgmcp_tests::bindings::{condition, kubectl_apply, wait_condition};
-use pgmcp_tests::entra::{EntraFake, TOKEN_EXCHANGE_AUDIENCE};
-use pgmcp_tests::operator::{Operator, WorkloadIdentity};
+use pgmcp_tests::entra::TOKEN_EXCHANGE_AUDIENCE;
+use pgmcp_tests::foundry::{Foundry, MI_CLIENT_ID, PUBLIC_URL, SERVER_APP_ID, Target};
 use pgmcp_tests::podrunner::{Webhook, run_deployment_pod_with};
-use pgmcp_tests::postgres::PGAADAUTH_FIXTURE;
 use pgmcp_tests::{Postgres, TestEnv, eventually, paths};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
-const TENANT: &str = "22222222-2222-4222-8222-222222222222";
-const SUBSCRIPTION: &str = "/subscriptions/55555555-5555-4555-8555-555555555555";
-const OPERATOR_CLIENT_ID: &str = "66666666-6666-4666-8666-666666666666";
-const OPERATOR_OBJECT_ID: &str = "77777777-7777-4777-8777-777777777777";
-const MI_CLIENT_ID: &str = "11111111-1111-4111-8111-111111111111";
-const MI_OBJECT_ID: &str = "33333333-3333-4333-8333-333333333333";
-/// The MCP server's app registration, the audience of callers' tokens and of Foundry's.
-const SERVER_APP_ID: &str = "44444444-4444-4444-8444-444444444444";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_foundry_binding_gets_its_credential_connection_and_principal_and_loses_them_on_delete() {
@@ -38,90 +27,25 @@ async fn a_foundry_binding_gets_its_credential_connection_and_principal_and_lose
     let pg = Postgres::shared();
     let ns = env.namespace("azure").await.unwrap();
     let db = pg.create_database("azure").await.unwrap();
-    let entra_admin = format!("{}_aad_admin", db.name);
-    let principal = format!("{}_mi", db.name);
-    let admin = Arc::new(db.connect().await.unwrap());
-    admin.batch_execute(PGAADAUTH_FIXTURE).await.unwrap();
-    admin
-        .batch_execute(&format!(
-            "CREATE ROLE \"{entra_admin}\" LOGIN CREATEROLE;
-             GRANT CREATE ON SCHEMA public TO \"{entra_admin}\";
-             SET ROLE \"{entra_admin}\";
-             CREATE TABLE public.sales (id int, amount numeric);
-             INSERT INTO public.sales VALUES (1, 9.5), (2, 12);
-             RESET ROLE;"
-        ))
+    let target = Target {
+        host: pg.host().to_owned(),
+        port: pg.port(),
+        database: db.name.clone(),
+    };
+    let azure = Foundry::start(target, db.connect().await.unwrap())
         .await
         .unwrap();
-
-    // Entra: the operator's identity federated with its ServiceAccount; the binding's managed
-    // identity has no credential yet: the operator creates it through ARM.
-    let fake = Arc::new(EntraFake::start().await.unwrap());
-    fake.add_tenant(TENANT).unwrap();
-    fake.accept_postgres_tokens_as_password(
-        admin.clone(),
-        &[
-            (OPERATOR_CLIENT_ID, &entra_admin),
-            (MI_CLIENT_ID, &principal),
-        ],
-    );
-    let arm = ArmFake::start(fake.clone(), TENANT).await.unwrap();
-    let identity_id = format!(
-        "{SUBSCRIPTION}/resourceGroups/rg-agents/providers/Microsoft.ManagedIdentity/userAssignedIdentities/sales-mcp"
-    );
-    let project_id = format!(
-        "{SUBSCRIPTION}/resourceGroups/rg-agents/providers/Microsoft.CognitiveServices/accounts/contoso-ai/projects/sales-agents"
-    );
-    arm.add_identity(&identity_id, MI_CLIENT_ID, MI_OBJECT_ID)
+    let (fake, arm, admin) = (&azure.entra, &azure.arm, &azure.admin);
+    let principal = azure.principal.clone();
+    let operator = azure
+        .start_operator(env, &ns, "op-azure", &[])
+        .await
         .unwrap();
-    arm.add_project(&project_id).unwrap();
-    arm.assign_role(OPERATOR_OBJECT_ID, SUBSCRIPTION, Role::Contributor);
-
-    // One trust file for both fakes, as a node's CA bundle would hold.
-    let arm_flag = format!("--arm-endpoint={}", arm.url());
-    let identity = WorkloadIdentity {
-        entra: &fake,
-        tenant: TENANT,
-        client_id: OPERATOR_CLIENT_ID,
-        object_id: OPERATOR_OBJECT_ID,
-        trust: &[fake.ca_cert(), arm.ca_cert()],
-    };
-    let operator =
-        Operator::start_with_workload_identity(env, &ns, "op-azure", &identity, &[&arm_flag])
-            .await
-            .unwrap();
     let ssl = (
         "SSL_CERT_FILE".to_owned(),
         operator.trust_file().unwrap().display().to_string(),
     );
-
-    let public_url = "https://mcp.contoso.test/agents/sales/mcp";
-    let binding = json!({
-        "apiVersion": "pgmcp.dev/v1alpha1",
-        "kind": "PostgresMcpBinding",
-        "metadata": {"name": "sales"},
-        "spec": {
-            "postgres": {
-                "host": pg.host(), "port": pg.port(), "database": db.name, "sslMode": "require",
-                "admin": {"entra": {"user": entra_admin}, "database": db.name}
-            },
-            "identity": {"entra": {
-                "clientId": MI_CLIENT_ID, "tenantId": TENANT, "principalName": principal,
-                "objectId": MI_OBJECT_ID,
-                "federatedCredential": {"identityResourceId": identity_id, "issuer": env.server()}
-            }},
-            "access": {"grants": [{"schema": "public", "tables": ["*"]}]},
-            "server": {
-                "auth": {"entra": {
-                    "tenantId": TENANT, "audience": SERVER_APP_ID, "requiredRoles": ["MCP.Read"],
-                    "authorityHost": fake.url()
-                }},
-                "publicUrl": public_url
-            },
-            "foundry": {"projectResourceId": project_id, "connectionName": "sales-postgres"}
-        }
-    });
-    kubectl_apply(&ns, &binding.to_string());
+    kubectl_apply(&ns, &azure.binding("sales", env.server()).to_string());
     let bindings: Api<PostgresMcpBinding> = ns.api();
     let binding = wait_condition(
         &bindings,
@@ -159,7 +83,7 @@ async fn a_foundry_binding_gets_its_credential_connection_and_principal_and_lose
         ("category", json!("RemoteTool")),
         ("authType", json!("ProjectManagedIdentity")),
         ("audience", json!(SERVER_APP_ID)),
-        ("target", json!(public_url)),
+        ("target", json!(PUBLIC_URL)),
     ] {
         assert_eq!(
             connection["properties"][field], value,

@@ -624,6 +624,7 @@ mod tests {
             role: "inventory-mcp".to_owned(),
             server: "db:5432".to_owned(),
             binding: "agents/inventory".to_owned(),
+            owner: Some("agents/stock".to_owned()),
         });
         let status = applied(&entra(), &deployment(2, "True"), &conflict, 100);
         assert_eq!(get(&status, "Stalled").reason, "RoleConflict");

@@ -1,0 +1,171 @@
+//! A binding in Entra mode with a federated credential and a Foundry connection, and everything
+//! around it: the Entra and ARM fakes, the managed identity and project in ARM, the principal's
+//! admin (with the `pgaadauth` fixture) in the target database, and the operator running with
+//! its own workload identity. Shared by the Azure flow test and the fault tests.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use crate::arm::{ArmFake, Role};
+use crate::entra::EntraFake;
+use crate::operator::{Operator, WorkloadIdentity};
+use crate::postgres::PGAADAUTH_FIXTURE;
+use crate::{TestEnv, TestNamespace};
+
+pub const TENANT: &str = "22222222-2222-4222-8222-222222222222";
+pub const SUBSCRIPTION: &str = "/subscriptions/55555555-5555-4555-8555-555555555555";
+pub const OPERATOR_CLIENT_ID: &str = "66666666-6666-4666-8666-666666666666";
+pub const OPERATOR_OBJECT_ID: &str = "77777777-7777-4777-8777-777777777777";
+/// The binding's user-assigned managed identity.
+pub const MI_CLIENT_ID: &str = "11111111-1111-4111-8111-111111111111";
+pub const MI_OBJECT_ID: &str = "33333333-3333-4333-8333-333333333333";
+/// The MCP server's app registration, the audience of callers' tokens and of Foundry's.
+pub const SERVER_APP_ID: &str = "44444444-4444-4444-8444-444444444444";
+/// `spec.server.publicUrl` of [`Foundry::binding`].
+pub const PUBLIC_URL: &str = "https://mcp.contoso.test/agents/sales/mcp";
+
+/// Where the binding's database is.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+}
+
+/// The fakes and identities of one Foundry binding. The operator is started separately
+/// ([`Foundry::start_operator`]) so a test can kill and start it again.
+#[derive(Debug)]
+pub struct Foundry {
+    pub entra: Arc<EntraFake>,
+    pub arm: ArmFake,
+    pub target: Target,
+    /// The Entra admin the operator signs in as (its tokens are this role's password).
+    pub entra_admin: String,
+    /// The role `pgaadauth_create_principal_with_oid` makes for the managed identity.
+    pub principal: String,
+    pub identity_id: String,
+    pub project_id: String,
+    /// A superuser connection to the target database.
+    pub admin: Arc<tokio_postgres::Client>,
+}
+
+impl Foundry {
+    /// Prepares `target` (pgaadauth fixture, the Entra admin, a `public.sales` table it owns)
+    /// through `admin`, a superuser connection to it, and starts the fakes: the operator's
+    /// identity is a Contributor on the subscription, the managed identity and the project
+    /// exist in ARM.
+    pub async fn start(target: Target, admin: tokio_postgres::Client) -> anyhow::Result<Self> {
+        let entra_admin = format!("{}_aad_admin", target.database);
+        let principal = format!("{}_mi", target.database);
+        let admin = Arc::new(admin);
+        admin.batch_execute(PGAADAUTH_FIXTURE).await?;
+        admin
+            .batch_execute(&format!(
+                "CREATE ROLE \"{entra_admin}\" LOGIN CREATEROLE;
+                 GRANT CREATE ON SCHEMA public TO \"{entra_admin}\";
+                 SET ROLE \"{entra_admin}\";
+                 CREATE TABLE public.sales (id int, amount numeric);
+                 INSERT INTO public.sales VALUES (1, 9.5), (2, 12);
+                 RESET ROLE;"
+            ))
+            .await?;
+
+        let entra = Arc::new(EntraFake::start().await?);
+        entra.add_tenant(TENANT)?;
+        entra.accept_postgres_tokens_as_password(
+            admin.clone(),
+            &[
+                (OPERATOR_CLIENT_ID, &entra_admin),
+                (MI_CLIENT_ID, &principal),
+            ],
+        );
+        let arm = ArmFake::start(entra.clone(), TENANT).await?;
+        let identity_id = format!(
+            "{SUBSCRIPTION}/resourceGroups/rg-agents/providers/Microsoft.ManagedIdentity/userAssignedIdentities/sales-mcp"
+        );
+        let project_id = format!(
+            "{SUBSCRIPTION}/resourceGroups/rg-agents/providers/Microsoft.CognitiveServices/accounts/contoso-ai/projects/sales-agents"
+        );
+        arm.add_identity(&identity_id, MI_CLIENT_ID, MI_OBJECT_ID)?;
+        arm.add_project(&project_id)?;
+        arm.assign_role(OPERATOR_OBJECT_ID, SUBSCRIPTION, Role::Contributor);
+        Ok(Self {
+            entra,
+            arm,
+            target,
+            entra_admin,
+            principal,
+            identity_id,
+            project_id,
+            admin,
+        })
+    }
+
+    /// Starts the operator on `ns` with its workload identity (federated in the Entra fake),
+    /// trusting both fakes and calling the ARM fake. `extra` flags come last.
+    pub async fn start_operator(
+        &self,
+        env: &TestEnv,
+        ns: &TestNamespace,
+        name: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Operator> {
+        let arm_flag = format!("--arm-endpoint={}", self.arm.url());
+        let mut flags = vec![arm_flag.as_str()];
+        flags.extend_from_slice(extra);
+        let identity = WorkloadIdentity {
+            entra: &self.entra,
+            tenant: TENANT,
+            client_id: OPERATOR_CLIENT_ID,
+            object_id: OPERATOR_OBJECT_ID,
+            trust: &[self.entra.ca_cert(), self.arm.ca_cert()],
+        };
+        Operator::start_with_workload_identity(env, ns, name, &identity, &flags).await
+    }
+
+    /// The binding `name`: Entra identity with a federated credential issued for `issuer`,
+    /// every table of `public`, Entra auth on the server, and the Foundry connection
+    /// `<name>-postgres`.
+    pub fn binding(&self, name: &str, issuer: &str) -> Value {
+        json!({
+            "apiVersion": "pgmcp.dev/v1alpha1",
+            "kind": "PostgresMcpBinding",
+            "metadata": {"name": name},
+            "spec": {
+                "postgres": {
+                    "host": self.target.host, "port": self.target.port,
+                    "database": self.target.database, "sslMode": "require",
+                    "admin": {"entra": {"user": self.entra_admin}, "database": self.target.database}
+                },
+                "identity": {"entra": {
+                    "clientId": MI_CLIENT_ID, "tenantId": TENANT, "principalName": self.principal,
+                    "objectId": MI_OBJECT_ID,
+                    "federatedCredential": {"identityResourceId": self.identity_id, "issuer": issuer}
+                }},
+                "access": {"grants": [{"schema": "public", "tables": ["*"]}]},
+                "server": {
+                    "auth": {"entra": {
+                        "tenantId": TENANT, "audience": SERVER_APP_ID, "requiredRoles": ["MCP.Read"],
+                        "authorityHost": self.entra.url()
+                    }},
+                    "publicUrl": PUBLIC_URL
+                },
+                "foundry": {"projectResourceId": self.project_id, "connectionName": format!("{name}-postgres")}
+            }
+        })
+    }
+
+    /// How many roles named [`Foundry::principal`] exist (0 or 1), and the oid of the one that
+    /// does, so a test can tell "kept" from "dropped and made again".
+    pub async fn principal_oid(&self) -> anyhow::Result<Option<u32>> {
+        let row = self
+            .admin
+            .query_opt(
+                "SELECT oid FROM pg_roles WHERE rolname = $1",
+                &[&self.principal],
+            )
+            .await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+}

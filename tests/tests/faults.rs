@@ -1,0 +1,491 @@
+//! The operator under faults: the control plane restarting, the operator killed in the middle of
+//! a reconcile, ARM throttling and failing, PostgreSQL and ARM down during a deletion, two
+//! bindings wanting the same role. Each time it must converge to the same end state, without hot
+//! loops, duplicates or anything left behind.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt as _;
+use kube::api::{Api, DeleteParams};
+use pgmcp_crds::v1alpha1::PostgresMcpBinding;
+use pgmcp_tests::arm::Fault;
+use pgmcp_tests::bindings::{
+    condition, create_admin_secret, kubectl_apply, kubectl_ok, password_example, wait_condition,
+};
+use pgmcp_tests::foundry::{Foundry, Target};
+use pgmcp_tests::operator::Operator;
+use pgmcp_tests::{Postgres, TestEnv, TestNamespace, eventually, paths, wait_for};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+/// The password example as binding `name` with role `role`, on database `database` of `pg`.
+fn password_binding(pg: &Postgres, database: &str, name: &str, role: &str) -> String {
+    password_example(pg.host(), pg.port(), database, role)
+        .replace("name: shop", &format!("name: {name}"))
+}
+
+async fn role_comment(pg: &Postgres, role: &str) -> Option<String> {
+    pg.connect("postgres")
+        .await
+        .unwrap()
+        .query_opt(
+            "SELECT coalesce(shobj_description(oid, 'pg_authid'), '') FROM pg_roles WHERE rolname = $1",
+            &[&role],
+        )
+        .await
+        .unwrap()
+        .map(|r| r.get(0))
+}
+
+async fn role_oid(pg: &Postgres, role: &str) -> Option<u32> {
+    pg.connect("postgres")
+        .await
+        .unwrap()
+        .query_opt("SELECT oid FROM pg_roles WHERE rolname = $1", &[&role])
+        .await
+        .unwrap()
+        .map(|r| r.get(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_resume_after_an_apiserver_restart_and_nothing_is_missed_or_redone() {
+    // A control plane of its own, since its apiserver goes away.
+    let env: &'static TestEnv = Box::leak(Box::new(TestEnv::start().await.unwrap()));
+    let pg = Postgres::shared();
+    let ns = env.namespace("apiserver-restart").await.unwrap();
+    let db = pg.create_database("apiserver_restart").await.unwrap();
+    create_admin_secret(&ns, pg);
+    // No periodic resync within the test: only watch events can bring the new binding. The
+    // Lease outlives the outage (a shorter one would end the process, for Kubernetes to restart).
+    let mut operator = Operator::start(
+        env,
+        &ns.name,
+        "op-apiserver",
+        &["--resync=1h", "--lease-duration=120s"],
+    )
+    .await
+    .unwrap();
+    let first_role = format!("{}_first", db.name);
+    kubectl_apply(&ns, &password_binding(pg, &db.name, "first", &first_role));
+    let bindings: Api<PostgresMcpBinding> = ns.api();
+    let before = wait_condition(&bindings, "first", "DatabaseReady", "True", None, WAIT).await;
+    let oid = role_oid(pg, &first_role).await.unwrap();
+    let secrets: Api<Secret> = ns.api();
+    let deployments: Api<Deployment> = ns.api();
+    let secret_version = secrets
+        .get("first-postgres")
+        .await
+        .unwrap()
+        .metadata
+        .resource_version;
+    let deployment_generation = deployments
+        .get("first-mcp")
+        .await
+        .unwrap()
+        .metadata
+        .generation;
+
+    // The apiserver the operator talks to goes away; a second one on the same etcd (as in an
+    // HA control plane) takes a new binding meanwhile.
+    let (second, kubeconfig) = env.second_apiserver().await.unwrap();
+    env.stop_apiserver();
+    let second_role = format!("{}_second", db.name);
+    let manifest = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        manifest.path(),
+        password_binding(pg, &db.name, "second", &second_role),
+    )
+    .unwrap();
+    let mut apply = std::process::Command::new(paths::kubectl());
+    apply
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["--namespace", &ns.name, "apply", "-f"])
+        .arg(manifest.path());
+    kubectl_ok(apply);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    drop(second);
+    env.start_apiserver().await.unwrap();
+
+    // The binding made while the operator could not watch is reconciled.
+    wait_condition(&bindings, "second", "DatabaseReady", "True", None, WAIT).await;
+    assert!(role_oid(pg, &second_role).await.is_some());
+    assert!(!operator.exited(), "the operator survived the outage");
+    // Nothing of the first binding was done again: same role, same password, no rollout, no
+    // new transition.
+    assert_eq!(role_oid(pg, &first_role).await, Some(oid), "role kept");
+    let after = bindings.get("first").await.unwrap();
+    assert_eq!(
+        secrets
+            .get("first-postgres")
+            .await
+            .unwrap()
+            .metadata
+            .resource_version,
+        secret_version,
+        "password untouched"
+    );
+    assert_eq!(
+        deployments
+            .get("first-mcp")
+            .await
+            .unwrap()
+            .metadata
+            .generation,
+        deployment_generation,
+        "no rollout"
+    );
+    assert_eq!(
+        condition(&after, "DatabaseReady")
+            .unwrap()
+            .last_transition_time,
+        condition(&before, "DatabaseReady")
+            .unwrap()
+            .last_transition_time,
+    );
+}
+
+/// A Foundry binding's fakes on a fresh database of the shared server.
+async fn foundry(test: &str) -> Foundry {
+    let pg = Postgres::shared();
+    let db = pg.create_database(test).await.unwrap();
+    let target = Target {
+        host: pg.host().to_owned(),
+        port: pg.port(),
+        database: db.name.clone(),
+    };
+    Foundry::start(target, db.connect().await.unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_killed_between_arm_writes_and_its_status_converges_without_duplicates() {
+    let env = TestEnv::shared();
+    let ns = env.namespace("killed").await.unwrap();
+    let azure = foundry("killed").await;
+    let arm = &azure.arm;
+    let lease = ["--lease-duration=3s"];
+
+    // First crash: the database step is done, ARM has stored the credential, the answer never
+    // reaches the operator and no status was written.
+    arm.hold_put("/federatedidentitycredentials/");
+    let mut first = azure
+        .start_operator(env, &ns, "op-killed-1", &lease)
+        .await
+        .unwrap();
+    kubectl_apply(&ns, &azure.binding("sales", env.server()).to_string());
+    eventually("the credential PUT", WAIT, || async {
+        arm.count_matching("PUT", "/federatedIdentityCredentials/") == 1
+    })
+    .await;
+    let oid = azure
+        .principal_oid()
+        .await
+        .unwrap()
+        .expect("the principal exists");
+    first.kill().unwrap();
+    arm.release();
+    let bindings: Api<PostgresMcpBinding> = ns.api();
+    let binding = bindings.get("sales").await.unwrap();
+    assert!(
+        condition(&binding, "FoundryConnectionReady").is_none_or(|c| c.status != "True"),
+        "killed before the status"
+    );
+
+    // Second crash: the connection is stored, the answer is lost.
+    arm.hold_put("/connections/");
+    let mut second = azure
+        .start_operator(env, &ns, "op-killed-2", &lease)
+        .await
+        .unwrap();
+    eventually("the connection PUT", WAIT, || async {
+        arm.count_matching("PUT", "/connections/") == 1
+    })
+    .await;
+    second.kill().unwrap();
+    arm.release();
+
+    let third = azure
+        .start_operator(env, &ns, "op-killed-3", &lease)
+        .await
+        .unwrap();
+    let binding = wait_condition(
+        &bindings,
+        "sales",
+        "FoundryConnectionReady",
+        "True",
+        None,
+        WAIT,
+    )
+    .await;
+    assert_eq!(condition(&binding, "DatabaseReady").unwrap().status, "True");
+    // The same end state as without crashes, and no write was repeated: the later operators
+    // found what ARM held and left it.
+    assert_eq!(
+        azure.principal_oid().await.unwrap(),
+        Some(oid),
+        "principal kept"
+    );
+    assert_eq!(
+        arm.resources_under(&azure.identity_id).len(),
+        1,
+        "one credential"
+    );
+    assert_eq!(
+        arm.resources_under(&azure.project_id).len(),
+        1,
+        "one connection"
+    );
+    assert_eq!(
+        arm.count_matching("PUT", "/federatedIdentityCredentials/"),
+        1
+    );
+    assert_eq!(arm.count_matching("PUT", "/connections/"), 1);
+    drop(third);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arm_throttling_and_failures_are_waited_out_without_a_hot_loop() {
+    let env = TestEnv::shared();
+    let ns = env.namespace("arm-outage").await.unwrap();
+    let azure = foundry("arm_outage").await;
+    let arm = &azure.arm;
+    arm.set_outage(Some(Fault::Throttle {
+        retry_after_secs: 1,
+    }));
+    let _operator = azure
+        .start_operator(env, &ns, "op-arm-outage", &[])
+        .await
+        .unwrap();
+    kubectl_apply(&ns, &azure.binding("sales", env.server()).to_string());
+    let bindings: Api<PostgresMcpBinding> = ns.api();
+
+    // The database does not wait for ARM; the ARM condition says what is wrong.
+    let binding = wait_condition(&bindings, "sales", "DatabaseReady", "True", None, WAIT).await;
+    let throttled = wait_for("the throttling reported", WAIT, || async {
+        let binding = bindings.get("sales").await.ok()?;
+        let identity = condition(&binding, "IdentityReady")?;
+        (identity.status == "False" && identity.message.contains("TooManyRequests"))
+            .then_some(identity)
+    })
+    .await;
+    assert!(condition(&binding, "Ready").is_some_and(|c| c.status != "True"));
+    assert!(
+        throttled.message.contains("federated identity credential"),
+        "{}",
+        throttled.message
+    );
+
+    // Retries follow Retry-After and the controller backs off between reconciles: a bounded
+    // number of requests, not a hot loop.
+    let window = Duration::from_secs(10);
+    arm.clear_requests();
+    tokio::time::sleep(window).await;
+    let throttled_requests = arm.requests().len();
+    eprintln!("{throttled_requests} ARM requests in {window:?} of throttling");
+    assert!(
+        (2..=25).contains(&throttled_requests),
+        "{throttled_requests} requests in {window:?} of throttling"
+    );
+
+    arm.set_outage(Some(Fault::ServerError));
+    arm.clear_requests();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let failed_requests = arm.requests().len();
+    eprintln!("{failed_requests} ARM requests in 5 s of 500s");
+    assert!(
+        failed_requests <= 15,
+        "{failed_requests} requests in 5 s of 500s"
+    );
+
+    arm.set_outage(None);
+    wait_condition(
+        &bindings,
+        "sales",
+        "FoundryConnectionReady",
+        "True",
+        None,
+        WAIT,
+    )
+    .await;
+    assert_eq!(arm.resources_under(&azure.identity_id).len(), 1);
+    assert_eq!(arm.resources_under(&azure.project_id).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binding_deleted_while_postgres_and_arm_are_down_is_cleaned_up_when_they_return() {
+    let env = TestEnv::shared();
+    let ns = env.namespace("all-down").await.unwrap();
+    let pg = Postgres::start_restartable().await.unwrap();
+    pg.connect("postgres")
+        .await
+        .unwrap()
+        .batch_execute("CREATE DATABASE sales")
+        .await
+        .unwrap();
+    let target = Target {
+        host: pg.host().to_owned(),
+        port: pg.port(),
+        database: "sales".to_owned(),
+    };
+    let azure = Foundry::start(target, pg.connect("sales").await.unwrap())
+        .await
+        .unwrap();
+    let arm = &azure.arm;
+    let _operator = azure
+        .start_operator(env, &ns, "op-all-down", &[])
+        .await
+        .unwrap();
+    kubectl_apply(&ns, &azure.binding("sales", env.server()).to_string());
+    let bindings: Api<PostgresMcpBinding> = ns.api();
+    wait_condition(
+        &bindings,
+        "sales",
+        "FoundryConnectionReady",
+        "True",
+        None,
+        WAIT,
+    )
+    .await;
+
+    pg.stop();
+    arm.set_outage(Some(Fault::Unavailable {
+        retry_after_secs: Some(1),
+    }));
+    bindings
+        .delete("sales", &DeleteParams::default())
+        .await
+        .unwrap();
+    let cleanup_failed = |fragment: &'static str| {
+        let bindings = bindings.clone();
+        async move {
+            wait_for(fragment, WAIT, || async {
+                let binding = bindings.get("sales").await.ok()?;
+                let ready = condition(&binding, "Ready")?;
+                (ready.reason == "CleanupFailed" && ready.message.contains(fragment))
+                    .then_some(binding)
+            })
+            .await
+        }
+    };
+    // The connection goes first; ARM refuses, the binding says so and keeps its finalizer.
+    let waiting = cleanup_failed("ServiceUnavailable").await;
+    assert_eq!(waiting.finalizers(), [pgmcp_crds::FINALIZER.to_owned()]);
+    assert!(arm.resources_under(&azure.project_id).len() == 1);
+
+    // ARM is back: the connection is deleted, then the principal waits for PostgreSQL (the
+    // credential is deleted last, so the principal never outlives it).
+    arm.set_outage(None);
+    let waiting = cleanup_failed("failed to connect to PostgreSQL").await;
+    assert_eq!(waiting.finalizers(), [pgmcp_crds::FINALIZER.to_owned()]);
+    assert!(
+        arm.resources_under(&azure.project_id).is_empty(),
+        "connection deleted"
+    );
+    assert_eq!(
+        arm.resources_under(&azure.identity_id).len(),
+        1,
+        "credential kept"
+    );
+
+    pg.restart().await.unwrap();
+    eventually("the binding gone", WAIT, || async {
+        bindings.get_opt("sales").await.is_ok_and(|b| b.is_none())
+    })
+    .await;
+    // Nothing left: no connection, no credential, no principal.
+    assert!(arm.resources_under(&azure.project_id).is_empty());
+    assert!(arm.resources_under(&azure.identity_id).is_empty());
+    assert_eq!(
+        role_oid(&pg, &azure.principal).await,
+        None,
+        "principal dropped"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_bindings_wanting_one_role_do_not_fight_over_it() {
+    let env = TestEnv::shared();
+    let pg = Postgres::shared();
+    let ns: TestNamespace = env.namespace("role-collision").await.unwrap();
+    let db = pg.create_database("role_collision").await.unwrap();
+    db.connect()
+        .await
+        .unwrap()
+        .batch_execute("CREATE TABLE customers (id int)")
+        .await
+        .unwrap();
+    create_admin_secret(&ns, pg);
+    let operator = Operator::start(env, &ns.name, "op-collision", &["--resync=1s"])
+        .await
+        .unwrap();
+    let role = format!("{}_shared", db.name);
+    kubectl_apply(&ns, &password_binding(pg, &db.name, "first", &role));
+    let bindings: Api<PostgresMcpBinding> = ns.api();
+    let first = wait_condition(&bindings, "first", "DatabaseReady", "True", None, WAIT).await;
+    let marker = role_comment(pg, &role).await.unwrap();
+    assert!(marker.ends_with(&format!("{}/first", ns.name)), "{marker}");
+
+    kubectl_apply(&ns, &password_binding(pg, &db.name, "second", &role));
+    let second = wait_condition(
+        &bindings,
+        "second",
+        "Stalled",
+        "True",
+        Some("RoleConflict"),
+        WAIT,
+    )
+    .await;
+    let message = condition(&second, "Stalled").unwrap().message;
+    assert!(
+        message.contains(&format!("belongs to binding {}/first", ns.name))
+            && message.contains("roleName"),
+        "{message}"
+    );
+
+    // Several resyncs later the role is still the first binding's, untouched.
+    let statements = operator
+        .metric("pgmcp_operator_sql_statements_total")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(role_comment(pg, &role).await.unwrap(), marker);
+    assert_eq!(
+        operator
+            .metric("pgmcp_operator_sql_statements_total")
+            .await
+            .unwrap(),
+        statements,
+        "nobody changed the role"
+    );
+    let first_now = bindings.get("first").await.unwrap();
+    assert_eq!(
+        condition(&first_now, "DatabaseReady")
+            .unwrap()
+            .last_transition_time,
+        condition(&first, "DatabaseReady")
+            .unwrap()
+            .last_transition_time
+    );
+
+    // Deleting the loser leaves the winner's role alone.
+    bindings
+        .delete("second", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the second binding gone", WAIT, || async {
+        bindings.get_opt("second").await.is_ok_and(|b| b.is_none())
+    })
+    .await;
+    assert_eq!(role_comment(pg, &role).await.unwrap(), marker, "role kept");
+    let first_now = bindings.get("first").await.unwrap();
+    assert_eq!(
+        condition(&first_now, "DatabaseReady").unwrap().status,
+        "True"
+    );
+}
