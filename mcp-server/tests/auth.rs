@@ -77,6 +77,7 @@ fn unix_now() -> i64 {
 struct Answer {
     status: u16,
     challenge: Option<String>,
+    retry_after: Option<String>,
     result: Option<Value>,
 }
 
@@ -85,11 +86,13 @@ async fn list_tables(server: &ServerProcess, headers: &[(&str, &str)]) -> Answer
         Ok(result) => Answer {
             status: 200,
             challenge: None,
+            retry_after: None,
             result: Some(result),
         },
         Err((status, head)) => Answer {
             status,
             challenge: pgmcp_tests::http::header(&head, "www-authenticate"),
+            retry_after: pgmcp_tests::http::header(&head, "retry-after"),
             result: None,
         },
     }
@@ -317,6 +320,41 @@ async fn tokens_are_checked_as_entra_issues_them() {
         !log.contains(&sign(&good)[..40]),
         "tokens never reach the log"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_entra_is_down_known_keys_keep_working_and_a_new_replica_asks_callers_to_retry() {
+    let fake = fake().await;
+    let (_shop, running) = server("entra down", &fake, &[]).await;
+    let claims = fake.app_token_claims(TENANT, 2, SERVER_APP, &[ROLE], AGENT_OID, AGENT_APP);
+    assert_ok(
+        &with_token(&running, &fake.sign(TENANT, &claims).unwrap()).await,
+        "before the outage",
+    );
+
+    fake.set_outage(true);
+    // A running server validates with the keys it has.
+    let token = fake.sign(TENANT, &claims).unwrap();
+    assert_ok(&with_token(&running, &token).await, "during the outage");
+    // A replica started during the outage has no keys: 503 with Retry-After, not a 401 that
+    // would make the caller give up or fetch a new token.
+    let (_shop2, fresh) = server("entra down fresh", &fake, &[]).await;
+    let answer = with_token(&fresh, &token).await;
+    assert_eq!(answer.status, 503, "{answer:?}");
+    assert!(answer.retry_after.is_some(), "{answer:?}");
+
+    // Entra returns: the new replica recovers by itself.
+    fake.set_outage(false);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = with_token(&fresh, &token).await;
+        if answer.status == 200 {
+            assert_ok(&answer, "after the outage");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never recovered: {answer:?}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -278,7 +278,8 @@ impl EntraFake {
         lock(&self.inner).token_lifetime = lifetime;
     }
 
-    /// While on, every token request fails with 503 `temporarily_unavailable`.
+    /// While on, Entra is down: token requests fail with 503 `temporarily_unavailable`, and
+    /// OpenID discovery and the signing keys with a bare 503.
     pub fn set_outage(&self, on: bool) {
         lock(&self.inner).outage = on;
     }
@@ -542,8 +543,15 @@ fn tenant_not_found(tenant: &str) -> Response {
     )
 }
 
+fn unavailable() -> Response {
+    (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable").into_response()
+}
+
 async fn discovery_v2(State(inner): State<Shared>, UrlPath(tenant): UrlPath<String>) -> Response {
     let inner = lock(&inner);
+    if inner.outage {
+        return unavailable();
+    }
     if !inner.tenants.contains_key(&tenant) {
         return tenant_not_found(&tenant);
     }
@@ -564,6 +572,9 @@ async fn discovery_v2(State(inner): State<Shared>, UrlPath(tenant): UrlPath<Stri
 
 async fn discovery_v1(State(inner): State<Shared>, UrlPath(tenant): UrlPath<String>) -> Response {
     let inner = lock(&inner);
+    if inner.outage {
+        return unavailable();
+    }
     if !inner.tenants.contains_key(&tenant) {
         return tenant_not_found(&tenant);
     }
@@ -583,10 +594,14 @@ async fn discovery_v1(State(inner): State<Shared>, UrlPath(tenant): UrlPath<Stri
 
 async fn keys(State(inner): State<Shared>, UrlPath(tenant): UrlPath<String>) -> Response {
     let mut inner = lock(&inner);
+    let outage = inner.outage;
     let Some(t) = inner.tenants.get_mut(&tenant) else {
         return tenant_not_found(&tenant);
     };
     t.key_fetches += 1;
+    if outage {
+        return unavailable();
+    }
     let keys: Vec<Jwk> = t
         .keys
         .iter()

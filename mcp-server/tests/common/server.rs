@@ -87,6 +87,11 @@ impl ServerProcess {
         format!("http://127.0.0.1:{}/mcp", self.port)
     }
 
+    /// Whether the process has exited.
+    pub fn exited(&mut self) -> bool {
+        self.daemon.exited()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
