@@ -60,6 +60,7 @@ fn fast() -> RetryPolicy {
         max_elapsed: Duration::from_secs(10),
         poll_interval: Duration::from_millis(100),
         operation_timeout: Duration::from_secs(20),
+        request_timeout: Duration::from_secs(2),
     }
 }
 
@@ -331,6 +332,35 @@ async fn slow_answers_within_the_request_timeout_are_fine() {
     .await
     .unwrap();
     assert_eq!(change, Change::Created);
+}
+
+#[tokio::test]
+async fn requests_arm_never_answers_time_out_and_are_retried_until_it_does() {
+    let az = azure(Some(Role::Contributor)).await;
+    az.arm.set_outage(Some(Fault::Hang));
+    let recovery = async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        az.arm.set_outage(None);
+    };
+    let started = Instant::now();
+    let desired = desired_fic(ISSUER);
+    let (result, ()) = tokio::join!(fic::ensure(&az.client, &desired), recovery);
+    assert_eq!(result.unwrap().1, Change::Created);
+    // Each unanswered attempt ended at the 2 s request timeout and was retried after a backoff.
+    let hung = az.arm.requests().iter().filter(|r| r.status == 0).count();
+    assert!((1..=2).contains(&hung), "{hung} unanswered attempts");
+    assert!(started.elapsed() >= Duration::from_secs(2));
+
+    // With the attempts spent, the timeout is the caller's error, named as such.
+    az.arm.set_outage(Some(Fault::Hang));
+    let err = foundry::ensure(
+        &az.client,
+        &desired_connection("https://mcp.contoso.com/mcp"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.reason(), "ArmUnavailable", "{err}");
+    assert!(err.to_string().contains("timed out"), "{err}");
 }
 
 #[tokio::test]

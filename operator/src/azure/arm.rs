@@ -59,6 +59,9 @@ pub struct RetryPolicy {
     pub poll_interval: Duration,
     /// Longest time a long-running operation is followed before [`Error::OperationTimedOut`].
     pub operation_timeout: Duration,
+    /// Longest wait for one answer; a request that takes longer fails as a transport error
+    /// (and is retried like one).
+    pub request_timeout: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -70,6 +73,7 @@ impl Default for RetryPolicy {
             max_elapsed: Duration::from_secs(30),
             poll_interval: Duration::from_secs(5),
             operation_timeout: Duration::from_secs(60),
+            request_timeout: REQUEST_TIMEOUT,
         }
     }
 }
@@ -475,6 +479,7 @@ impl ArmClient {
         let mut request = self
             .http
             .request(method.clone(), url.clone())
+            .timeout(self.retry.request_timeout)
             .bearer_auth(token.secret());
         if let Some(body) = body {
             request = request.json(body);

@@ -244,6 +244,7 @@ impl GraphClient {
         let mut request = self
             .http
             .request(method.clone(), url.clone())
+            .timeout(self.retry.request_timeout)
             .bearer_auth(token.secret());
         if let Some(body) = body {
             request = request.json(body);
