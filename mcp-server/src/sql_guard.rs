@@ -1593,14 +1593,15 @@ impl<'a> Walker<'a> {
                     },
                 }
             }
+            Expr::CompoundIdentifier(_) => field_notation_call(expr)?,
             Expr::Identifier(_)
-            | Expr::CompoundIdentifier(_)
             | Expr::Value(_)
             | Expr::TypedString(_)
             | Expr::Wildcard(_)
             | Expr::QualifiedWildcard(..)
             | Expr::MatchAgainst { .. } => {}
             Expr::CompoundFieldAccess { root, access_chain } => {
+                field_notation_call(expr)?;
                 self.expr(root);
                 for access in access_chain {
                     match access {
@@ -1764,6 +1765,34 @@ impl<'a> Walker<'a> {
     }
 }
 
+/// PostgreSQL's functional notation: `x.f` and `(expr).f` call `f(x)` when `f` is not a column or
+/// field of `x`, on any argument type (`SELECT (42::bigint).pg_advisory_lock` takes the lock).
+/// So every name after a `.` in a column reference or field access is refused like a called
+/// name; a column that happens to share a denied name can be selected unqualified.
+fn field_notation_call(expr: &Expr) -> Result<(), GuardError> {
+    let refuse = |name: &str| {
+        let lower = name.to_lowercase();
+        match denied_function(&lower) {
+            Some(_) => Err(GuardError::ForbiddenFunction(excerpt(&lower).into_owned())),
+            None => Ok(()),
+        }
+    };
+    match expr {
+        Expr::CompoundIdentifier(parts) => parts.iter().skip(1).try_for_each(|p| refuse(&p.value)),
+        Expr::CompoundFieldAccess {
+            root: _,
+            access_chain,
+        } => access_chain.iter().try_for_each(|access| match access {
+            AccessExpr::Dot(Expr::Identifier(ident)) => refuse(&ident.value),
+            AccessExpr::Dot(Expr::CompoundIdentifier(parts)) => {
+                parts.iter().try_for_each(|p| refuse(&p.value))
+            }
+            AccessExpr::Dot(_) | AccessExpr::Subscript(_) => Ok(()),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// A second, independent pass with sqlparser's derived visitor, which reaches every node by
 /// construction: denied calls, nested non-query statements, locking clauses and `SELECT INTO`
 /// anywhere. The hand-written walk above should already have refused all of these (the tests
@@ -1847,6 +1876,9 @@ impl Visitor for Backstop {
     }
 
     fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<GuardError> {
+        if let Err(error) = field_notation_call(expr) {
+            return ControlFlow::Break(error);
+        }
         match expr {
             Expr::Function(function) => Backstop::name(&function.name),
             Expr::In {
@@ -2440,6 +2472,26 @@ mod tests {
         ),
         ("EXPLAIN SELECT pg_read_file('x')", Function("pg_read_file")),
         ("EXPLAIN TABLE orders FOR UPDATE", Clause("FOR UPDATE")),
+        // functional notation: PostgreSQL reads `x.f` and `(expr).f` as `f(x)` (found by
+        // tests/guard_properties.rs, which took an advisory lock through the first one)
+        (
+            "SELECT 1 WHERE 1 IN (SELECT ((42::bigint).pg_advisory_lock IS NULL)::int)",
+            Function("pg_advisory_lock"),
+        ),
+        (
+            "SELECT (42::bigint).pg_advisory_lock",
+            Function("pg_advisory_lock"),
+        ),
+        ("SELECT ('s'::regclass).nextval", Function("nextval")),
+        ("SELECT (0::oid).\"lo_create\"", Function("lo_create")),
+        (
+            "SELECT x.pg_advisory_lock FROM (SELECT 42::bigint AS x) s",
+            Function("pg_advisory_lock"),
+        ),
+        (
+            "SELECT s.x.set_config FROM (SELECT 1 AS x) s",
+            Function("set_config"),
+        ),
         // empty, malformed, too big
         ("", Label("empty")),
         ("   \n\t", Label("empty")),

@@ -135,7 +135,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
                 ));
             }
         };
-        total += unit * u32::try_from(value).map_err(|_| format!("{text}: too large"))?;
+        total = u32::try_from(value)
+            .ok()
+            .and_then(|value| unit.checked_mul(value))
+            .and_then(|part| total.checked_add(part))
+            .ok_or_else(|| format!("{text}: too large"))?;
         rest = &rest[unit_len..];
     }
     Ok(total)

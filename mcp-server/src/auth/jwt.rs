@@ -98,6 +98,8 @@ pub struct EntraValidator {
     keys: tokio::sync::RwLock<Option<KeySet>>,
     /// When keys were last requested (successfully or not); serialises refreshes.
     last_fetch: tokio::sync::Mutex<Option<Instant>>,
+    /// Keys given at construction ([`EntraValidator::with_keys`]): never fetched nor aged out.
+    fixed_keys: bool,
 }
 
 impl std::fmt::Debug for EntraValidator {
@@ -132,7 +134,36 @@ impl EntraValidator {
             http,
             keys: tokio::sync::RwLock::new(None),
             last_fetch: tokio::sync::Mutex::new(None),
+            fixed_keys: false,
         })
+    }
+
+    /// A validator that never fetches: it accepts the given `issuers` and the keys of `jwks`
+    /// (those with a `kid` this library can use), for tests and fuzzing without network.
+    pub fn with_keys(
+        config: EntraAuthConfig,
+        issuers: Vec<String>,
+        jwks: &JwkSet,
+    ) -> Result<Self, String> {
+        let mut validator = Self::new(config)?;
+        let keys: HashMap<String, DecodingKey> = jwks
+            .keys
+            .iter()
+            .filter_map(|jwk| {
+                let kid = jwk.common.key_id.clone()?;
+                DecodingKey::from_jwk(jwk).ok().map(|key| (kid, key))
+            })
+            .collect();
+        if keys.is_empty() {
+            return Err("the key set has no usable signing key".to_owned());
+        }
+        validator.keys = tokio::sync::RwLock::new(Some(KeySet {
+            issuers,
+            keys,
+            fetched: Instant::now(),
+        }));
+        validator.fixed_keys = true;
+        Ok(validator)
     }
 
     pub fn config(&self) -> &EntraAuthConfig {
@@ -242,10 +273,13 @@ impl EntraValidator {
         {
             let keys = self.keys.read().await;
             if let Some(set) = keys.as_ref()
-                && set.fetched.elapsed() < MAX_KEY_AGE
+                && (self.fixed_keys || set.fetched.elapsed() < MAX_KEY_AGE)
                 && let Some(key) = set.keys.get(kid)
             {
                 return Ok((key.clone(), set.issuers.clone()));
+            }
+            if self.fixed_keys {
+                return Err(self.unknown_kid(kid));
             }
         }
         let mut last = self.last_fetch.lock().await;
@@ -285,17 +319,21 @@ impl EntraValidator {
         match keys.as_ref() {
             Some(set) => match set.keys.get(kid) {
                 Some(key) => Ok((key.clone(), set.issuers.clone())),
-                None => Err(invalid(format!(
-                    "the token is signed with key {} which tenant {} does not publish",
-                    printable(kid),
-                    self.config.tenant_id
-                ))),
+                None => Err(self.unknown_kid(kid)),
             },
             None => Err(Rejection::Unavailable(format!(
                 "the signing keys of tenant {} cannot be fetched; try again shortly",
                 self.config.tenant_id
             ))),
         }
+    }
+
+    fn unknown_kid(&self, kid: &str) -> Rejection {
+        invalid(format!(
+            "the token is signed with key {} which tenant {} does not publish",
+            printable(kid),
+            self.config.tenant_id
+        ))
     }
 
     /// Checks a bearer token and returns who the caller is.
@@ -419,5 +457,252 @@ mod tests {
     fn reasons_quoted_in_headers_are_made_safe() {
         assert_eq!(printable("ab\"c\\d e\r\n"), "abcde");
         assert_eq!(printable(&"x".repeat(100)).len(), 64);
+    }
+}
+
+/// Mutations of a valid token through the real validator with a fixed key set (no network):
+/// every one is rejected, and the unmutated token is accepted.
+#[cfg(test)]
+mod properties {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::LazyLock;
+
+    use base64::Engine as _;
+    use jsonwebtoken::jwk::Jwk;
+    use jsonwebtoken::{EncodingKey, Header};
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+    const AUDIENCE: &str = "44444444-4444-4444-8444-444444444444";
+    const KID: &str = "test-key";
+    const ROLE: &str = "MCP.Read";
+
+    struct Fixture {
+        runtime: tokio::runtime::Runtime,
+        validator: EntraValidator,
+        key: EncodingKey,
+        public_pem: String,
+        issuer: String,
+    }
+
+    static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
+        let key = EncodingKey::from_rsa_pem(pair.serialize_pem().as_bytes()).unwrap();
+        let mut jwk = Jwk::from_encoding_key(&key, Algorithm::RS256).unwrap();
+        jwk.common.key_id = Some(KID.to_owned());
+        let issuer = format!("https://login.microsoftonline.com/{TENANT}/v2.0");
+        let config = EntraAuthConfig {
+            tenant_id: TENANT.to_owned(),
+            audience: AUDIENCE.to_owned(),
+            required_roles: vec![ROLE.to_owned()],
+            allowed_caller_object_ids: Vec::new(),
+            // Never contacted: the keys are fixed.
+            authority_host: "https://login.invalid".to_owned(),
+        };
+        let validator =
+            EntraValidator::with_keys(config, vec![issuer.clone()], &JwkSet { keys: vec![jwk] })
+                .unwrap();
+        Fixture {
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap(),
+            validator,
+            key,
+            public_pem: pair.public_key_pem(),
+            issuer,
+        }
+    });
+
+    fn now() -> i64 {
+        jiff::Timestamp::now().as_second()
+    }
+
+    fn claims() -> Value {
+        json!({
+            "iss": FIXTURE.issuer, "aud": AUDIENCE, "exp": now() + 3600, "nbf": now() - 10,
+            "iat": now() - 10, "roles": [ROLE], "oid": "66666666-6666-4666-8666-666666666666",
+            "azp": "55555555-5555-4555-8555-555555555555", "ver": "2.0",
+        })
+    }
+
+    fn header(alg: Algorithm) -> Header {
+        let mut header = Header::new(alg);
+        header.kid = Some(KID.to_owned());
+        header
+    }
+
+    fn sign(header: &Header, claims: &Value) -> String {
+        jsonwebtoken::encode(header, claims, &FIXTURE.key).unwrap()
+    }
+
+    fn b64(text: &str) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+    }
+
+    fn validate(token: &str) -> Result<Caller, Rejection> {
+        FIXTURE.runtime.block_on(FIXTURE.validator.validate(token))
+    }
+
+    /// A claim set that must be refused although the token is signed with the right key.
+    fn bad_claims() -> impl Strategy<Value = Value> {
+        let wrong = "[a-z:/.0-9-]{0,40}";
+        prop_oneof![
+            wrong.prop_map(|aud| json!({"aud": aud})),
+            Just(json!({"aud": [format!("{AUDIENCE}x")]})),
+            Just(json!({"aud": null})),
+            wrong.prop_map(|iss| json!({"iss": iss})),
+            Just(json!({"iss": "https://sts.windows.net/72f988bf-86f1-41af-91ab-2d7cd011db47/"})),
+            Just(json!({"iss": format!("https://login.microsoftonline.com/{TENANT}/v2.0/")})),
+            (61i64..100_000_000).prop_map(|ago| json!({"exp": now() - ago})),
+            Just(json!({"exp": null})),
+            Just(json!({"exp": "tomorrow"})),
+            (120i64..100_000_000).prop_map(|ahead| json!({"nbf": now() + ahead})),
+            Just(json!({"roles": []})),
+            Just(json!({"roles": ["mcp.read", "MCP.Write"]})),
+            Just(json!({"roles": "MCP.Read"})),
+            Just(json!({"roles": null})),
+            // nested deeper than serde_json follows, where the claim is read
+            Just(json!({"roles": deep(200)})),
+            Just(json!({"aud": deep(200)})),
+        ]
+    }
+
+    fn deep(levels: usize) -> Value {
+        (0..levels).fold(json!(1), |inner, _| json!([inner]))
+    }
+
+    /// A token that must be refused: the valid one damaged, or one signed the wrong way.
+    fn bad_token() -> impl Strategy<Value = String> {
+        let valid = sign(&header(Algorithm::RS256), &claims());
+        let len = valid.len();
+        prop_oneof![
+            // flipped bytes anywhere
+            prop::collection::vec((0..len, 1u8..=255), 1..4).prop_map({
+                let valid = valid.clone();
+                move |edits| {
+                    let mut bytes = valid.clone().into_bytes();
+                    for (at, xor) in edits {
+                        bytes[at] ^= xor;
+                    }
+                    String::from_utf8_lossy(&bytes).into_owned()
+                }
+            }),
+            // segments swapped, dropped, repeated or cut
+            (0usize..3, 0usize..3).prop_filter_map("same segment", {
+                let valid = valid.clone();
+                move |(a, b)| {
+                    let mut parts: Vec<&str> = valid.split('.').collect();
+                    (a != b).then(|| {
+                        parts.swap(a, b);
+                        parts.join(".")
+                    })
+                }
+            }),
+            (1..len).prop_map({
+                let valid = valid.clone();
+                move |n| valid[..n].to_owned()
+            }),
+            Just(format!("{valid}.")),
+            Just(format!("{valid}.{}", b64("x"))),
+            Just(valid.replacen('.', "..", 1)),
+            Just(format!(" {valid}")),
+            // alg none, HS256 keyed with the public key, other algorithms with the key
+            Just(format!(
+                "{}.{}.",
+                b64(&json!({"alg": "none", "kid": KID}).to_string()),
+                b64(&claims().to_string())
+            )),
+            Just(
+                jsonwebtoken::encode(
+                    &header(Algorithm::HS256),
+                    &claims(),
+                    &EncodingKey::from_secret(FIXTURE.public_pem.as_bytes()),
+                )
+                .unwrap()
+            ),
+            prop::sample::select(vec![Algorithm::RS384, Algorithm::RS512, Algorithm::PS256])
+                .prop_map(|alg| sign(&header(alg), &claims())),
+            // unknown or missing key id
+            "[ -~]{0,300}".prop_map(|kid| {
+                let mut header = header(Algorithm::RS256);
+                header.kid = (kid != KID).then_some(kid);
+                sign(&header, &claims())
+            }),
+            // right key, wrong claims
+            bad_claims().prop_map(|changes| {
+                let mut claims = claims();
+                for (name, value) in changes.as_object().unwrap() {
+                    claims[name] = value.clone();
+                }
+                sign(&header(Algorithm::RS256), &claims)
+            }),
+            // arbitrary text
+            "[ -~]{0,200}",
+        ]
+    }
+
+    #[test]
+    fn the_valid_token_is_accepted_and_extra_claims_do_not_matter() {
+        let token = sign(&header(Algorithm::RS256), &claims());
+        let caller = validate(&token).unwrap();
+        assert_eq!(
+            caller.app_id.as_deref(),
+            Some("55555555-5555-4555-8555-555555555555")
+        );
+        let mut big = claims();
+        big["blob"] = json!("x".repeat(100_000));
+        big["nested"] = deep(100);
+        big["aud"] = json!(["other", format!("api://{AUDIENCE}")]);
+        assert!(validate(&sign(&header(Algorithm::RS256), &big)).is_ok());
+    }
+
+    /// Headers and claims are read before and after the signature check; neither may overflow
+    /// a tokio worker's stack, however deep the JSON (written out as text: serde_json's own
+    /// printer would recurse).
+    #[test]
+    fn deeply_nested_json_in_a_token_is_rejected_without_overflowing_the_stack() {
+        let deep = |levels: usize| format!("{}1{}", "[".repeat(levels), "]".repeat(levels));
+        let deep_header = format!(r#"{{"alg":"RS256","kid":"{KID}","x":{}}}"#, deep(100_000));
+        let deep_claims = format!(r#"{{"aud":"{AUDIENCE}","x":{}}}"#, deep(100_000));
+        let signature = b64("not a signature");
+        let tokens = [
+            format!(
+                "{}.{}.{signature}",
+                b64(&deep_header),
+                b64(&claims().to_string())
+            ),
+            format!(
+                "{}.{}.{signature}",
+                b64(&serde_json::to_string(&header(Algorithm::RS256)).unwrap()),
+                b64(&deep_claims)
+            ),
+        ];
+        let _ = &*FIXTURE;
+        std::thread::Builder::new()
+            .stack_size(2 * 1024 * 1024)
+            .spawn(move || {
+                for token in tokens {
+                    assert!(matches!(validate(&token), Err(Rejection::Invalid(_))));
+                }
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn mutated_and_missigned_tokens_are_rejected(token in bad_token()) {
+            match validate(&token) {
+                Err(Rejection::Invalid(_) | Rejection::Forbidden { .. }) => {}
+                other => prop_assert!(false, "{token:?} gave {other:?}"),
+            }
+        }
     }
 }

@@ -20,6 +20,16 @@ fn visible(n: &str, c: &str) -> String {
 const KIND: &str = "CASE c.relkind WHEN 'r' THEN 'table' WHEN 'p' THEN 'table' WHEN 'v' THEN 'view' \
                     WHEN 'm' THEN 'materialized_view' WHEN 'f' THEN 'foreign_table' END";
 
+/// Size in bytes of relation `c` with its indexes and TOAST table: an estimate from the page
+/// counts VACUUM and ANALYZE keep in `pg_class` once they have seen the table, exact before that.
+/// (`pg_total_relation_size` reads the file system for every fork of every index: 0.1-0.6 s on
+/// a 1,000-table schema.)
+const SIZE: &str = "CASE WHEN c.reltuples >= 0 OR c.relpages > 0 THEN (c.relpages::bigint
+         + coalesce((SELECT t.relpages FROM pg_class t WHERE t.oid = c.reltoastrelid), 0)
+         + coalesce((SELECT sum(i.relpages) FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
+                     WHERE x.indrelid = c.oid), 0))::bigint * current_setting('block_size')::bigint
+     ELSE pg_total_relation_size(c.oid) END";
+
 /// User relations (not catalogs, TOAST or partitions).
 const USER_RELATIONS: &str = "c.relkind IN ('r','p','v','m','f') AND NOT c.relispartition \
      AND n.nspname NOT IN ('pg_catalog','information_schema') AND n.nspname NOT LIKE 'pg\\_toast%'";
@@ -33,14 +43,20 @@ fn opt(value: &Option<String>) -> Value {
 
 /// Arguments of `list_databases`.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(remote = "Self")]
+#[schemars(rename = "ListDatabasesArgs")]
 pub struct ListDatabasesArgs {}
 
 /// Arguments of `list_schemas`.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(remote = "Self")]
+#[schemars(rename = "ListSchemasArgs")]
 pub struct ListSchemasArgs {}
 
 /// Arguments of `list_tables`.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(remote = "Self")]
+#[schemars(rename = "ListTablesArgs")]
 pub struct ListTablesArgs {
     #[schemars(description = "Only tables of this schema; omit for every schema you can read")]
     #[serde(default)]
@@ -49,6 +65,8 @@ pub struct ListTablesArgs {
 
 /// Arguments of `describe_table`.
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(remote = "Self")]
+#[schemars(rename = "DescribeTableArgs")]
 pub struct DescribeTableArgs {
     #[schemars(description = "Table or view name, without schema (e.g. customers)")]
     pub table: String,
@@ -59,6 +77,8 @@ pub struct DescribeTableArgs {
 
 /// Arguments of `list_relationships`.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(remote = "Self")]
+#[schemars(rename = "ListRelationshipsArgs")]
 pub struct ListRelationshipsArgs {
     #[schemars(description = "Only foreign keys from or to tables of this schema")]
     #[serde(default)]
@@ -70,6 +90,8 @@ pub struct ListRelationshipsArgs {
 
 /// Arguments of `search_objects`.
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(remote = "Self")]
+#[schemars(rename = "SearchObjectsArgs")]
 pub struct SearchObjectsArgs {
     #[schemars(
         description = "Word to look for in table, view and column names and comments (case-insensitive substring, e.g. customer)"
@@ -79,7 +101,19 @@ pub struct SearchObjectsArgs {
 
 /// Arguments of `server_info`.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(remote = "Self")]
+#[schemars(rename = "ServerInfoArgs")]
 pub struct ServerInfoArgs {}
+
+super::deserialize_naming_the_field!(
+    ListDatabasesArgs,
+    ListSchemasArgs,
+    ListTablesArgs,
+    DescribeTableArgs,
+    ListRelationshipsArgs,
+    SearchObjectsArgs,
+    ServerInfoArgs
+);
 
 pub async fn list_databases(tools: &Tools, _: ListDatabasesArgs) -> Result<RowsResult, ToolError> {
     tools
@@ -127,7 +161,7 @@ pub async fn list_tables(tools: &Tools, args: ListTablesArgs) -> Result<RowsResu
                 "SELECT n.nspname AS schema, c.relname AS name, {KIND} AS kind,
                         CASE WHEN c.relkind IN ('r','p','m') AND c.reltuples >= 0
                              THEN c.reltuples::bigint END AS row_estimate,
-                        pg_total_relation_size(c.oid) AS size_bytes,
+                        {SIZE} AS size_bytes,
                         obj_description(c.oid, 'pg_class') AS comment
                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                  WHERE {USER_RELATIONS} AND {visible} AND ($4::text IS NULL OR n.nspname = $4)
@@ -245,6 +279,12 @@ pub async fn describe_table(
         )));
     };
     let oid = table["oid"].clone();
+    let oid = std::slice::from_ref(&oid);
+    let (from_sql, to_sql) = (
+        foreign_keys_sql("con.conrelid = $4::oid"),
+        foreign_keys_sql("con.confrelid = $4::oid"),
+    );
+    // Independent queries: run them at once, each on its own pooled connection.
     let columns = tools
         .catalog_plain(
             "SELECT a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type,
@@ -253,49 +293,40 @@ pub async fn describe_table(
              FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
              WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped
              ORDER BY a.attnum",
-            std::slice::from_ref(&oid),
-        )
-        .await?;
-    let primary_key = tools
-        .catalog_plain(
-            "SELECT a.attname AS name
+            oid,
+        );
+    let primary_key = tools.catalog_plain(
+        "SELECT a.attname AS name
              FROM pg_constraint con CROSS JOIN unnest(con.conkey) WITH ORDINALITY k(num, ord)
              JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.num
              WHERE con.conrelid = $1::oid AND con.contype = 'p'
              ORDER BY k.ord",
-            std::slice::from_ref(&oid),
-        )
-        .await?;
-    let foreign_keys = tools
-        .catalog(
-            &foreign_keys_sql("con.conrelid = $4::oid"),
-            std::slice::from_ref(&oid),
-        )
-        .await?;
-    let referenced_by = tools
-        .catalog(
-            &foreign_keys_sql("con.confrelid = $4::oid"),
-            std::slice::from_ref(&oid),
-        )
-        .await?;
-    let indexes = tools
-        .catalog_plain(
-            "SELECT i.relname AS name, pg_get_indexdef(ix.indexrelid) AS definition,
+        oid,
+    );
+    let foreign_keys = tools.catalog(&from_sql, oid);
+    let referenced_by = tools.catalog(&to_sql, oid);
+    let indexes = tools.catalog_plain(
+        "SELECT i.relname AS name, pg_get_indexdef(ix.indexrelid) AS definition,
                     ix.indisunique AS unique, ix.indisprimary AS primary
              FROM pg_index ix JOIN pg_class i ON i.oid = ix.indexrelid
              WHERE ix.indrelid = $1::oid
              ORDER BY i.relname",
-            std::slice::from_ref(&oid),
-        )
-        .await?;
-    let checks = tools
-        .catalog_plain(
-            "SELECT conname AS name, pg_get_constraintdef(oid) AS definition
+        oid,
+    );
+    let checks = tools.catalog_plain(
+        "SELECT conname AS name, pg_get_constraintdef(oid) AS definition
              FROM pg_constraint WHERE conrelid = $1::oid AND contype = 'c'
              ORDER BY conname",
-            std::slice::from_ref(&oid),
-        )
-        .await?;
+        oid,
+    );
+    let (columns, primary_key, foreign_keys, referenced_by, indexes, checks) = futures::try_join!(
+        columns,
+        primary_key,
+        foreign_keys,
+        referenced_by,
+        indexes,
+        checks
+    )?;
     let text = |key: &str| table[key].as_str().map(str::to_owned);
     Ok(TableDescription {
         schema: text("schema").unwrap_or_default(),

@@ -14,12 +14,40 @@ use crate::db::{Caps, Database, DbError, Rows};
 use crate::scope::{OutOfScope, Scope};
 use crate::sql_guard::GuardError;
 
+/// Implements `Deserialize` for tool argument structs that derive it with
+/// `#[serde(remote = "Self")]`, so that an error names the field it is about ("max_rows: invalid
+/// value: integer -1, expected u32"): serde's own messages for a wrong type or value do not, and
+/// rmcp answers `tools/call` with that message. The derived `deserialize` does the work through
+/// serde_path_to_error, which records where it failed.
+macro_rules! deserialize_naming_the_field {
+    ($($args:ty),+ $(,)?) => {$(
+        impl<'de> serde::Deserialize<'de> for $args {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let mut track = serde_path_to_error::Track::new();
+                Self::deserialize(serde_path_to_error::Deserializer::new(deserializer, &mut track))
+                    .map_err(|error| $crate::tools::name_the_field(error, &track.path()))
+            }
+        }
+    )+};
+}
+pub(crate) use deserialize_naming_the_field;
+
+/// `error` prefixed with the path of the field it is about, when it has one.
+pub(crate) fn name_the_field<E: serde::de::Error>(error: E, path: &serde_path_to_error::Path) -> E {
+    if path.iter().next().is_none() {
+        return error;
+    }
+    E::custom(format!("{path}: {error}"))
+}
+
 /// What every tool works with.
 #[derive(Debug, Clone)]
 pub struct Tools {
     pub db: Database,
     pub scope: Scope,
     pub limits: LimitsConfig,
+    /// True once the start-up check found the database role safe (see [`Tools::gated`]).
+    role_checked: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Why a tool call failed, phrased for the model (it becomes the text of an MCP tool error).
@@ -68,7 +96,35 @@ pub struct RowsResult {
 
 impl Tools {
     pub fn new(db: Database, scope: Scope, limits: LimitsConfig) -> Self {
-        Self { db, scope, limits }
+        Self {
+            db,
+            scope,
+            limits,
+            role_checked: tokio::sync::watch::channel(true).1,
+        }
+    }
+
+    /// Holds every tool call until `role_checked` turns true, so the HTTP listener can answer
+    /// (tools/list, health) while the start-up role check is still running.
+    pub fn gated(mut self, role_checked: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.role_checked = role_checked;
+        self
+    }
+
+    /// Whether the start-up role check has passed (readiness).
+    pub fn is_role_checked(&self) -> bool {
+        *self.role_checked.borrow()
+    }
+
+    /// Waits for the start-up role check; an error when it failed (the server is exiting).
+    pub async fn role_checked(&self) -> Result<(), ToolError> {
+        let mut checked = self.role_checked.clone();
+        match checked.wait_for(|ok| *ok).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(ToolError::Db(DbError::Unavailable(
+                "the server's database role failed its start-up check".to_owned(),
+            ))),
+        }
     }
 
     /// The configured caps, with `max_rows` lowered to what the caller asked for.
@@ -141,5 +197,164 @@ impl Tools {
             serde_json::json!(star),
             serde_json::json!(explicit),
         ]
+    }
+}
+
+/// Tool arguments as `tools/call` delivers them, through the same function rmcp's
+/// `Parameters<T>` uses: arbitrary JSON never panics, and every error names the field.
+#[cfg(test)]
+mod properties {
+    #![allow(clippy::unwrap_used)]
+
+    use proptest::prelude::*;
+    use rmcp::handler::server::tool::parse_json_object;
+    use rmcp::model::JsonObject;
+    use serde::de::DeserializeOwned;
+    use serde_json::{Value, json};
+
+    use super::catalog::{
+        DescribeTableArgs, ListDatabasesArgs, ListRelationshipsArgs, ListSchemasArgs,
+        ListTablesArgs, SearchObjectsArgs, ServerInfoArgs,
+    };
+    use super::sql::{ExplainArgs, QueryArgs};
+
+    /// Every field of every tool's arguments.
+    const FIELDS: &[&str] = &[
+        "sql", "params", "max_rows", "analyze", "schema", "table", "pattern",
+    ];
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            any::<u64>().prop_map(|n| json!(n)),
+            any::<f64>().prop_map(|f| json!(f)),
+            Just(json!(4_294_967_296u64)),
+            Just(json!(-1)),
+            Just(json!(1.5)),
+            "[a-z;'\"\\\\$ \u{0}\u{ff1b}é]{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map(key(), inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => prop::sample::select(FIELDS).prop_map(str::to_owned),
+            1 => "[a-zA-Z_]{0,8}",
+            1 => Just("SQL".to_owned()),
+        ]
+    }
+
+    fn arguments() -> impl Strategy<Value = JsonObject> {
+        prop::collection::btree_map(key(), json_value(), 0..5).prop_map(|m| m.into_iter().collect())
+    }
+
+    /// Parses like rmcp; an error must name one of `fields`.
+    fn parse<T: DeserializeOwned>(arguments: &JsonObject, fields: &[&str]) -> Option<T> {
+        match parse_json_object::<T>(arguments.clone()) {
+            Ok(args) => Some(args),
+            Err(error) => {
+                let message = error.message.to_string();
+                assert!(
+                    fields
+                        .iter()
+                        .any(|f| message.contains(&format!("parameters: {f}: "))
+                            || message.contains(&format!("field `{f}`"))),
+                    "{message:?} names none of {fields:?} (arguments {arguments:?})"
+                );
+                None
+            }
+        }
+    }
+
+    fn text(arguments: &JsonObject, field: &str) -> Option<String> {
+        arguments
+            .get(field)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn arbitrary_arguments_never_panic_and_errors_name_the_field(arguments in arguments()) {
+            if let Some(args) = parse::<QueryArgs>(&arguments, &["sql", "params", "max_rows"]) {
+                prop_assert_eq!(Some(args.sql), text(&arguments, "sql"));
+                let sent = arguments.get("params").and_then(Value::as_array).map_or(0, Vec::len);
+                prop_assert_eq!(args.params.len(), sent);
+                let sent = arguments.get("max_rows").and_then(Value::as_u64);
+                prop_assert_eq!(args.max_rows.map(u64::from), sent);
+            }
+            if let Some(args) = parse::<ExplainArgs>(&arguments, &["sql", "params", "analyze"]) {
+                prop_assert_eq!(Some(args.sql), text(&arguments, "sql"));
+                let sent = arguments.get("analyze").and_then(Value::as_bool);
+                prop_assert_eq!(args.analyze, sent.unwrap_or(false));
+            }
+            if let Some(args) = parse::<DescribeTableArgs>(&arguments, &["table", "schema"]) {
+                prop_assert_eq!(Some(args.table), text(&arguments, "table"));
+                prop_assert_eq!(args.schema, text(&arguments, "schema"));
+            }
+            if let Some(args) = parse::<ListTablesArgs>(&arguments, &["schema"]) {
+                prop_assert_eq!(args.schema, text(&arguments, "schema"));
+            }
+            if let Some(args) = parse::<ListRelationshipsArgs>(&arguments, &["schema", "table"]) {
+                prop_assert_eq!(args.schema, text(&arguments, "schema"));
+                prop_assert_eq!(args.table, text(&arguments, "table"));
+            }
+            if let Some(args) = parse::<SearchObjectsArgs>(&arguments, &["pattern"]) {
+                prop_assert_eq!(Some(args.pattern), text(&arguments, "pattern"));
+            }
+            prop_assert!(parse::<ListDatabasesArgs>(&arguments, &[]).is_some());
+            prop_assert!(parse::<ListSchemasArgs>(&arguments, &[]).is_some());
+            prop_assert!(parse::<ServerInfoArgs>(&arguments, &[]).is_some());
+        }
+    }
+
+    fn error_of<T: DeserializeOwned + std::fmt::Debug>(arguments: Value) -> String {
+        let Value::Object(arguments) = arguments else {
+            unreachable!()
+        };
+        parse_json_object::<T>(arguments)
+            .unwrap_err()
+            .message
+            .to_string()
+    }
+
+    #[test]
+    fn a_wrong_type_or_value_names_the_field() {
+        assert_eq!(
+            error_of::<QueryArgs>(json!({"sql": 1})),
+            "failed to deserialize parameters: sql: invalid type: integer `1`, expected a string"
+        );
+        assert_eq!(
+            error_of::<QueryArgs>(json!({"sql": "SELECT 1", "max_rows": -1})),
+            "failed to deserialize parameters: max_rows: invalid value: integer `-1`, expected u32"
+        );
+        assert_eq!(
+            error_of::<ExplainArgs>(json!({"sql": "SELECT 1", "analyze": "yes"})),
+            "failed to deserialize parameters: analyze: invalid type: string \"yes\", expected a \
+             boolean"
+        );
+        assert_eq!(
+            error_of::<DescribeTableArgs>(json!({})),
+            "failed to deserialize parameters: missing field `table`"
+        );
+    }
+
+    #[test]
+    fn the_input_schemas_keep_their_names() {
+        let schema = serde_json::to_value(schemars::schema_for!(QueryArgs)).unwrap();
+        assert_eq!(schema["title"], "QueryArgs");
+        assert_eq!(schema["required"], json!(["sql"]));
+        let schema = serde_json::to_value(schemars::schema_for!(ListTablesArgs)).unwrap();
+        assert_eq!(schema["title"], "ListTablesArgs");
     }
 }

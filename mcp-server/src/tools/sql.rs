@@ -20,6 +20,8 @@ pub const MAX_PARAMS: usize = 100;
 
 /// Arguments of `query`.
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(remote = "Self")]
+#[schemars(rename = "QueryArgs")]
 pub struct QueryArgs {
     #[schemars(
         description = "One read-only SQL statement (SELECT, WITH … SELECT, VALUES, TABLE, EXPLAIN or SHOW) in PostgreSQL syntax. Use $1, $2, … for values passed in params."
@@ -37,6 +39,8 @@ pub struct QueryArgs {
 
 /// Arguments of `explain`.
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(remote = "Self")]
+#[schemars(rename = "ExplainArgs")]
 pub struct ExplainArgs {
     #[schemars(
         description = "The read-only statement to explain (SELECT, WITH … SELECT, VALUES or TABLE)"
@@ -51,6 +55,8 @@ pub struct ExplainArgs {
     #[serde(default)]
     pub analyze: bool,
 }
+
+super::deserialize_naming_the_field!(QueryArgs, ExplainArgs);
 
 fn check_size(sql: &str, params: &[Value]) -> Result<(), ToolError> {
     if sql.len() > MAX_SQL_BYTES {
@@ -74,25 +80,28 @@ async fn check_scope(tools: &Tools, statement: &Statement) -> Result<(), ToolErr
     if tools.scope.is_unrestricted() {
         return Ok(());
     }
-    for relation in referenced_relations(statement) {
+    let relations = referenced_relations(statement);
+    // Every unqualified name, resolved in one round trip.
+    let unqualified: Vec<String> = relations
+        .iter()
+        .filter(|r| r.schema.is_none())
+        .map(|r| format!("\"{}\"", r.name.replace('"', "\"\"")))
+        .collect();
+    let mut resolved = if unqualified.is_empty() {
+        Vec::new()
+    } else {
+        tools.db.resolve_relations(&unqualified).await?
+    }
+    .into_iter();
+    for relation in relations {
         let schema = match relation.schema {
             Some(schema) => schema,
-            None => {
-                let quoted = format!("\"{}\"", relation.name.replace('"', "\"\""));
-                let found = tools
-                    .catalog_plain(
-                        "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                         WHERE c.oid = to_regclass($1)",
-                        &[Value::String(quoted)],
-                    )
-                    .await?;
-                match found.rows.rows.first().and_then(|r| r[0].as_str()) {
-                    Some(schema) => schema.to_owned(),
-                    // No such relation (or the name of one of the statement's CTEs): nothing
-                    // to hide, PostgreSQL resolves or reports it.
-                    None => continue,
-                }
-            }
+            None => match resolved.next().flatten() {
+                Some(schema) => schema,
+                // No such relation (or the name of one of the statement's CTEs): nothing
+                // to hide, PostgreSQL resolves or reports it.
+                None => continue,
+            },
         };
         tools.scope.check(&schema, &relation.name)?;
     }

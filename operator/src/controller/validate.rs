@@ -120,7 +120,7 @@ pub fn validate(binding: &PostgresMcpBinding, inputs: &Inputs) -> Result<Valid, 
     }
 
     let identity = match (&spec.identity.entra, &spec.identity.password) {
-        (Some(entra), _) => Identity::Entra {
+        (Some(entra), None) => Identity::Entra {
             client_id: entra.client_id.clone(),
             tenant_id: entra.tenant_id.clone(),
             role: entra.principal_name.clone(),
@@ -132,7 +132,7 @@ pub fn validate(binding: &PostgresMcpBinding, inputs: &Inputs) -> Result<Valid, 
                 .clone()
                 .unwrap_or_else(|| format!("{name}-postgres")),
         },
-        (None, None) => {
+        (None, None) | (Some(_), Some(_)) => {
             return Err(Error::Field {
                 field: "spec.identity",
                 value: String::new(),
@@ -141,26 +141,7 @@ pub fn validate(binding: &PostgresMcpBinding, inputs: &Inputs) -> Result<Valid, 
         }
     };
 
-    let limits = &spec.server.limits;
-    let limits = LimitsConfig {
-        max_rows: u32::try_from(limits.max_rows).map_err(|_| Error::Field {
-            field: "spec.server.limits.maxRows",
-            value: limits.max_rows.to_string(),
-            problem: "must be positive".to_owned(),
-        })?,
-        max_bytes: parse_quantity(&limits.max_bytes).map_err(|problem| Error::Field {
-            field: "spec.server.limits.maxBytes",
-            value: limits.max_bytes.clone(),
-            problem,
-        })?,
-        statement_timeout_ms: crate::settings::parse_duration(&limits.statement_timeout)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .map_err(|problem| Error::Field {
-                field: "spec.server.limits.statementTimeout",
-                value: limits.statement_timeout.clone(),
-                problem,
-            })?,
-    };
+    let limits = check_limits(&spec.server.limits)?;
 
     Ok(Valid {
         name,
@@ -169,6 +150,66 @@ pub fn validate(binding: &PostgresMcpBinding, inputs: &Inputs) -> Result<Valid, 
         spec: spec.clone(),
         identity,
         limits,
+    })
+}
+
+/// Largest and smallest limits, as the CRD's CEL rules on `spec.server.limits` state them. The
+/// apiserver enforces those rules on create and update; they are checked again here because a
+/// binding stored under an older CRD, or applied while the rules were off, must stall with a
+/// reason naming the field rather than reach the server with `maxRows: 0` or
+/// `statementTimeout: 0s` (which it refuses at start, so its pod would crash-loop; to PostgreSQL
+/// a timeout of 0 is none at all) or a quantity that overflowed.
+const MAX_ROWS: std::ops::RangeInclusive<i64> = 1..=100_000;
+const MAX_BYTES: std::ops::RangeInclusive<u64> = 1024..=64 * 1024 * 1024;
+const STATEMENT_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 1..=10 * 60 * 1000;
+
+/// The server's limits from `spec.server.limits`, each within the CRD's bounds.
+fn check_limits(limits: &pgmcp_crds::v1alpha1::ServerLimits) -> Result<LimitsConfig, Error> {
+    let out_of_range = |field: &'static str, value: String, range: &str| Error::Field {
+        field,
+        value,
+        problem: format!("must be between {range}"),
+    };
+    let max_rows = u32::try_from(limits.max_rows)
+        .ok()
+        .filter(|n| MAX_ROWS.contains(&i64::from(*n)))
+        .ok_or_else(|| {
+            out_of_range(
+                "spec.server.limits.maxRows",
+                limits.max_rows.to_string(),
+                "1 and 100000",
+            )
+        })?;
+    let max_bytes = parse_quantity(&limits.max_bytes).map_err(|problem| Error::Field {
+        field: "spec.server.limits.maxBytes",
+        value: limits.max_bytes.clone(),
+        problem,
+    })?;
+    if !MAX_BYTES.contains(&max_bytes) {
+        return Err(out_of_range(
+            "spec.server.limits.maxBytes",
+            limits.max_bytes.clone(),
+            "1Ki and 64Mi",
+        ));
+    }
+    let statement_timeout_ms = crate::settings::parse_duration(&limits.statement_timeout)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .map_err(|problem| Error::Field {
+            field: "spec.server.limits.statementTimeout",
+            value: limits.statement_timeout.clone(),
+            problem,
+        })?;
+    if !STATEMENT_TIMEOUT_MS.contains(&statement_timeout_ms) {
+        return Err(out_of_range(
+            "spec.server.limits.statementTimeout",
+            limits.statement_timeout.clone(),
+            "1ms and 10m",
+        ));
+    }
+    Ok(LimitsConfig {
+        max_rows,
+        max_bytes,
+        statement_timeout_ms,
     })
 }
 
@@ -240,7 +281,12 @@ pub fn parse_quantity(text: &str) -> Result<u64, String> {
         let fraction: u64 = fraction
             .parse()
             .map_err(|_| "expected a number such as 1.5Mi".to_owned())?;
-        bytes += fraction.saturating_mul(factor) / scale;
+        // fraction < scale, so this is below `factor` and fits a u64.
+        let part = u128::from(fraction) * u128::from(factor) / u128::from(scale);
+        bytes = u64::try_from(part)
+            .ok()
+            .and_then(|part| bytes.checked_add(part))
+            .ok_or_else(|| "too large".to_owned())?;
     }
     Ok(bytes)
 }
@@ -334,5 +380,187 @@ mod tests {
     fn entra_mode_needs_no_secret() {
         let valid = validate(&binding("azure-entra-foundry.yaml"), &Inputs::default()).unwrap();
         assert_eq!(valid.identity.role(), "sales-mcp");
+    }
+
+    #[test]
+    fn limits_outside_the_crd_bounds_are_refused_with_the_field() {
+        let with_limits = |rows: i32, bytes: &str, timeout: &str| {
+            let mut binding = binding("azure-entra-foundry.yaml");
+            binding.spec.server.limits.max_rows = rows;
+            binding.spec.server.limits.max_bytes = bytes.to_owned();
+            binding.spec.server.limits.statement_timeout = timeout.to_owned();
+            validate(&binding, &Inputs::default())
+        };
+        for (rows, bytes, timeout, field) in [
+            // The server refuses to start with 0 (its pod would crash-loop).
+            (0, "1Mi", "15s", "spec.server.limits.maxRows"),
+            (100_001, "1Mi", "15s", "spec.server.limits.maxRows"),
+            (-1, "1Mi", "15s", "spec.server.limits.maxRows"),
+            (1000, "0", "15s", "spec.server.limits.maxBytes"),
+            (1000, "1023", "15s", "spec.server.limits.maxBytes"),
+            (1000, "65Mi", "15s", "spec.server.limits.maxBytes"),
+            // Overflowed u64 (a panic in debug builds, a wrapped small value in release).
+            (
+                1000,
+                "18446744073709551.999k",
+                "15s",
+                "spec.server.limits.maxBytes",
+            ),
+            // Refused by the server too; PostgreSQL reads a statement_timeout of 0 as none at all.
+            (1000, "1Mi", "0s", "spec.server.limits.statementTimeout"),
+            (1000, "1Mi", "0ms", "spec.server.limits.statementTimeout"),
+            (1000, "1Mi", "10m1ms", "spec.server.limits.statementTimeout"),
+            (
+                1000,
+                "1Mi",
+                "4294967295h4294967295h",
+                "spec.server.limits.statementTimeout",
+            ),
+        ] {
+            match with_limits(rows, bytes, timeout) {
+                Err(Error::Field { field: got, .. }) => {
+                    assert_eq!(got, field, "{rows} {bytes} {timeout}")
+                }
+                other => panic!("{rows} {bytes} {timeout}: {other:?}"),
+            }
+        }
+        let valid = with_limits(100_000, "64Mi", "10m").unwrap();
+        assert_eq!(
+            valid.limits,
+            LimitsConfig {
+                max_rows: 100_000,
+                max_bytes: 64 << 20,
+                statement_timeout_ms: 600_000
+            }
+        );
+        let valid = with_limits(1, "1Ki", "1ms").unwrap();
+        assert_eq!(valid.limits.statement_timeout_ms, 1);
+    }
+
+    #[test]
+    fn both_identities_are_refused() {
+        let mut binding = binding("azure-entra-foundry.yaml");
+        binding.spec.identity.password = self::binding("password.yaml").spec.identity.password;
+        let err = validate(&binding, &Inputs::default()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Field {
+                    field: "spec.identity",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// `^([0-9]+(ms|s|m|h))+$`, the CRD's pattern for statementTimeout.
+        fn crd_duration(text: &str) -> bool {
+            let mut rest = text;
+            if rest.is_empty() {
+                return false;
+            }
+            while !rest.is_empty() {
+                let digits =
+                    rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+                if digits == 0 {
+                    return false;
+                }
+                rest = &rest[digits..];
+                rest = match ["ms", "s", "m", "h"].iter().find(|u| rest.starts_with(**u)) {
+                    Some(unit) => &rest[unit.len()..],
+                    None => return false,
+                };
+            }
+            true
+        }
+
+        fn quantity() -> impl Strategy<Value = String> {
+            prop_oneof![
+                (
+                    "[0-9]{0,21}",
+                    "(\\.[0-9]{0,21})?",
+                    "(|k|M|G|Ki|Mi|Gi|Ti|m|e3| )"
+                )
+                    .prop_map(|(a, b, c)| format!("{a}{b}{c}")),
+                "[ -~]{0,20}",
+            ]
+        }
+
+        fn duration() -> impl Strategy<Value = String> {
+            prop_oneof![
+                prop::collection::vec(("[0-9]{0,11}", "(ms|s|m|h|us|d|)"), 1..4)
+                    .prop_map(|parts| parts.into_iter().map(|(n, u)| n + &u).collect()),
+                "[ -~]{0,20}",
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn validate_never_panics_names_the_field_and_accepts_only_what_the_crd_allows(
+                example in prop::sample::select(vec!["password.yaml", "azure-entra-foundry.yaml"]),
+                rows in prop_oneof![any::<i32>(), -2i32..100_003],
+                bytes in quantity(),
+                timeout in duration(),
+                identities in 0u8..4,
+                admin_keys in prop::sample::select(vec![None, Some(vec![]), Some(vec!["username"]),
+                    Some(vec!["username", "password"])]),
+            ) {
+                let mut binding = binding(example);
+                let limits = &mut binding.spec.server.limits;
+                limits.max_rows = rows;
+                limits.max_bytes = bytes.clone();
+                limits.statement_timeout = timeout.clone();
+                let other = if example == "password.yaml" { "azure-entra.yaml" } else { "password.yaml" };
+                let other = self::binding(other).spec.identity;
+                match identities {
+                    0 => {}
+                    1 => binding.spec.identity = other,
+                    2 => {
+                        binding.spec.identity.entra = binding.spec.identity.entra.or(other.entra);
+                        binding.spec.identity.password =
+                            binding.spec.identity.password.or(other.password);
+                    }
+                    _ => {
+                        binding.spec.identity.entra = None;
+                        binding.spec.identity.password = None;
+                    }
+                }
+                let inputs = Inputs {
+                    admin_secret: admin_keys.map(|keys| secret(&keys)),
+                    ..Default::default()
+                };
+                match validate(&binding, &inputs) {
+                    Ok(valid) => {
+                        let l = valid.limits;
+                        prop_assert_eq!(i64::from(l.max_rows), i64::from(rows));
+                        prop_assert!((1..=100_000).contains(&l.max_rows));
+                        prop_assert!((1024..=64 << 20).contains(&l.max_bytes), "{bytes:?}: {l:?}");
+                        prop_assert!((1..=600_000).contains(&l.statement_timeout_ms), "{timeout:?}");
+                        prop_assert!(crd_duration(timeout.trim()), "{timeout:?}");
+                        if let Ok(n) = bytes.parse::<u64>() {
+                            prop_assert_eq!(l.max_bytes, n);
+                        }
+                        let identity = &binding.spec.identity;
+                        prop_assert!(identity.entra.is_some() != identity.password.is_some());
+                    }
+                    Err(err @ Error::Field { field, .. }) => {
+                        prop_assert!(field.starts_with("spec."), "{field}");
+                        prop_assert!(err.to_string().starts_with(field), "{err}");
+                    }
+                    Err(err @ (Error::SecretNotFound { .. } | Error::SecretKeyMissing { .. })) => {
+                        prop_assert!(err.to_string().contains("spec.postgres.admin.passwordSecretRef"), "{err}");
+                    }
+                    Err(err @ Error::Metadata(_)) => prop_assert!(false, "{err}"),
+                }
+            }
+        }
     }
 }
