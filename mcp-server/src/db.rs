@@ -13,6 +13,7 @@
 //! token at login), and a failed token exchange fails only the connection attempt, so the pool
 //! recovers on its own once Entra answers again.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
@@ -21,6 +22,7 @@ use futures::{StreamExt as _, pin_mut};
 use pgmcp_identity::TokenProvider;
 use serde::Serialize;
 use serde_json::Value;
+use tokio_postgres::Statement;
 use tokio_postgres::error::SqlState;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -60,11 +62,65 @@ pub enum ConnectError {
     Postgres(#[from] tokio_postgres::Error),
 }
 
+/// Prepared statements kept per connection: the catalog tools' SQL and repeated queries skip
+/// the Parse round trip. Bounded, so a stream of distinct statements cannot grow the server's
+/// (or PostgreSQL's) memory; the least recently used one is closed first.
+const STATEMENT_CACHE_SIZE: usize = 64;
+
+/// PostgreSQL's error when a prepared statement's result columns changed since it was prepared.
+const STALE_PLAN: &str = "cached plan must not change result type";
+
+/// A pooled connection and its prepared statements.
+#[derive(Debug)]
+pub struct Conn {
+    client: ClientWrapper,
+    statements: StatementCache,
+    /// Set while a `BEGIN` may be open without a [`tokio_postgres::Transaction`] guarding it (a
+    /// call cancelled mid-start): such a connection is discarded at recycle, never reused.
+    unsettled: bool,
+}
+
+#[derive(Debug, Default)]
+struct StatementCache {
+    entries: HashMap<Box<str>, (Statement, u64)>,
+    clock: u64,
+}
+
+impl StatementCache {
+    fn get(&mut self, sql: &str) -> Option<Statement> {
+        self.clock += 1;
+        let clock = self.clock;
+        self.entries.get_mut(sql).map(|(statement, used)| {
+            *used = clock;
+            statement.clone()
+        })
+    }
+
+    fn insert(&mut self, sql: &str, statement: Statement) {
+        if self.entries.len() >= STATEMENT_CACHE_SIZE {
+            let oldest = self
+                .entries
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(sql, _)| sql.clone());
+            // Dropping the statement closes it on the server.
+            if let Some(oldest) = oldest {
+                self.entries.remove(&oldest);
+            }
+        }
+        self.entries.insert(sql.into(), (statement, self.clock));
+    }
+
+    fn remove(&mut self, sql: &str) {
+        self.entries.remove(sql);
+    }
+}
+
 impl managed::Manager for Connector {
-    type Type = ClientWrapper;
+    type Type = Conn;
     type Error = ConnectError;
 
-    async fn create(&self) -> Result<ClientWrapper, ConnectError> {
+    async fn create(&self) -> Result<Conn, ConnectError> {
         let mut pg = self.pg.clone();
         if let Some(provider) = &self.token {
             let token = provider.token().await?;
@@ -76,16 +132,21 @@ impl managed::Manager for Connector {
                 tracing::debug!(error = %err, "database connection ended");
             }
         });
-        Ok(ClientWrapper::new(client, task))
+        Ok(Conn {
+            client: ClientWrapper::new(client, task),
+            statements: StatementCache::default(),
+            unsettled: false,
+        })
     }
 
-    async fn recycle(
-        &self,
-        client: &mut ClientWrapper,
-        _: &Metrics,
-    ) -> RecycleResult<ConnectError> {
-        if client.is_closed() {
+    async fn recycle(&self, conn: &mut Conn, _: &Metrics) -> RecycleResult<ConnectError> {
+        if conn.client.is_closed() {
             return Err(RecycleError::message("the connection is closed"));
+        }
+        if conn.unsettled {
+            return Err(RecycleError::message(
+                "a call was cancelled while opening a transaction",
+            ));
         }
         Ok(())
     }
@@ -287,6 +348,25 @@ fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// Length of `value` as compact JSON, without building the text.
+fn json_size<T: Serialize>(value: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    match serde_json::to_writer(&mut count, value) {
+        Ok(()) => count.0,
+        Err(_) => 0,
+    }
+}
+
 impl Database {
     /// Creates the pool. Connections are opened lazily; see [`Database::ping`].
     pub fn new(options: &ConnectOptions) -> Result<Self, String> {
@@ -341,12 +421,59 @@ impl Database {
 
     /// `SELECT 1` on a pooled connection (readiness).
     pub async fn ping(&self) -> Result<(), DbError> {
-        let client = self.pool.get().await?;
-        client
+        let conn = self.pool.get().await?;
+        conn.client
             .simple_query("SELECT 1")
             .await
             .map_err(|e| DbError::from_pg(e, self.statement_timeout))?;
         Ok(())
+    }
+
+    /// The schema each relation name (quoted as needed) resolves to through the session's
+    /// `search_path`, `None` where there is no such relation: the scope check of `query`.
+    ///
+    /// One round trip on a cached statement. It needs no transaction around it: the SQL is the
+    /// server's own, the names are only parameters to `to_regclass`, and the session default
+    /// is read-only anyway.
+    pub async fn resolve_relations(
+        &self,
+        names: &[String],
+    ) -> Result<Vec<Option<String>>, DbError> {
+        const SQL: &str = "SELECT n.nspname::text
+             FROM unnest($1::text[]) WITH ORDINALITY AS r(name, i)
+             LEFT JOIN pg_class c ON c.oid = to_regclass(r.name)
+             LEFT JOIN pg_namespace n ON n.oid = c.relnamespace
+             ORDER BY r.i";
+        let pg = |e| DbError::from_pg(e, self.statement_timeout);
+        let attempts = self.pool.status().max_size + 1;
+        let mut attempt = 1;
+        loop {
+            let once = async {
+                let mut conn = self.pool.get().await?;
+                let Conn {
+                    client, statements, ..
+                } = &mut *conn;
+                let statement = match statements.get(SQL) {
+                    Some(statement) => statement,
+                    None => {
+                        let statement = client.prepare(SQL).await.map_err(pg)?;
+                        statements.insert(SQL, statement.clone());
+                        statement
+                    }
+                };
+                let rows = client.query(&statement, &[&names]).await.map_err(pg)?;
+                rows.iter()
+                    .map(|row| row.try_get::<_, Option<String>>(0).map_err(pg))
+                    .collect::<Result<Vec<_>, DbError>>()
+            };
+            match once.await {
+                Err(DbError::ConnectionLost(reason)) if attempt < attempts => {
+                    tracing::warn!(%reason, attempt, "database connection lost; retrying on another connection");
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
     }
 
     /// Pool size and idle connections, for metrics.
@@ -377,6 +504,15 @@ impl Database {
                     tracing::warn!(%reason, attempt, "database connection lost; retrying on another connection");
                     attempt += 1;
                 }
+                // A cached statement whose result type changed (ALTER TABLE): query_once
+                // dropped it, so the retry prepares it again.
+                Err(DbError::Sql { code, message, .. })
+                    if attempt < attempts
+                        && code == SqlState::FEATURE_NOT_SUPPORTED.code()
+                        && message.starts_with(STALE_PLAN) =>
+                {
+                    attempt += 1;
+                }
                 result => return result,
             }
         }
@@ -392,22 +528,46 @@ impl Database {
         let started = Instant::now();
         let timeout = timeout.map_or(self.statement_timeout, |t| t.min(self.statement_timeout));
         let pg = |e| DbError::from_pg(e, timeout);
-        let mut client = self.pool.get().await?;
+        let mut conn = self.pool.get().await?;
+        let Conn {
+            client,
+            statements,
+            unsettled,
+        } = &mut *conn;
+        // From here until `tx` exists, a cancelled call leaves a transaction open: `unsettled`
+        // makes the pool discard the connection. Once `tx` exists, dropping it rolls back.
+        *unsettled = true;
         let tx = client
             .build_transaction()
             .read_only(true)
             .start()
             .await
             .map_err(pg)?;
-        if timeout != self.statement_timeout {
+        *unsettled = false;
+        let set_timeout = async {
+            if timeout == self.statement_timeout {
+                return Ok(());
+            }
             tx.batch_execute(&format!(
                 "SET LOCAL statement_timeout = {}",
                 timeout.as_millis()
             ))
             .await
-            .map_err(pg)?;
-        }
-        let statement = tx.prepare(sql).await.map_err(pg)?;
+        };
+        // Both go out back to back (one round trip): tokio-postgres sends a request when its
+        // future is first polled and answers them in order.
+        let statement = match statements.get(sql) {
+            Some(statement) => {
+                set_timeout.await.map_err(pg)?;
+                statement
+            }
+            None => {
+                let (statement, ()) =
+                    futures::try_join!(tx.prepare(sql), set_timeout).map_err(pg)?;
+                statements.insert(sql, statement.clone());
+                statement
+            }
+        };
         let types = statement.params();
         if types.len() != params.len() {
             return Err(DbError::ParamCount {
@@ -429,36 +589,54 @@ impl Database {
                 type_name: c.type_().name().to_owned(),
             })
             .collect();
-        let portal = tx.bind_raw(&statement, bound.iter()).await.map_err(pg)?;
+        let portal = match tx.bind_raw(&statement, bound.iter()).await {
+            Ok(portal) => portal,
+            Err(err) => {
+                // The cached plan's result type changed: prepare it again next time.
+                if err
+                    .as_db_error()
+                    .is_some_and(|db| db.message().starts_with(STALE_PLAN))
+                {
+                    statements.remove(sql);
+                }
+                return Err(pg(err));
+            }
+        };
         let limit = i32::try_from(caps.max_rows.saturating_add(1)).unwrap_or(i32::MAX);
         let stream = tx.query_portal_raw(&portal, limit).await.map_err(pg)?;
-        pin_mut!(stream);
-        let mut rows = Vec::new();
-        let mut bytes = 0usize;
-        let mut truncated_by = None;
         let mut undecoded = vec![false; columns.len()];
-        while let Some(row) = stream.next().await {
-            let row = row.map_err(pg)?;
-            if rows.len() == caps.max_rows {
-                truncated_by = Some("max_rows");
-                break;
+        let read = async {
+            pin_mut!(stream);
+            let mut rows = Vec::new();
+            let mut bytes = 0usize;
+            let mut truncated_by = None;
+            while let Some(row) = stream.next().await {
+                let row = row?;
+                if rows.len() == caps.max_rows {
+                    truncated_by = Some("max_rows");
+                    break;
+                }
+                let mut values = Vec::with_capacity(columns.len());
+                for (i, flag) in undecoded.iter_mut().enumerate() {
+                    let cell: Cell = row.try_get(i)?;
+                    *flag |= cell.undecoded;
+                    values.push(cell.value);
+                }
+                let size = json_size(&values);
+                if bytes + size > caps.max_bytes {
+                    truncated_by = Some("max_bytes");
+                    break;
+                }
+                bytes += size;
+                rows.push(values);
             }
-            let mut values = Vec::with_capacity(columns.len());
-            for (i, flag) in undecoded.iter_mut().enumerate() {
-                let cell: Cell = row.try_get(i).map_err(pg)?;
-                *flag |= cell.undecoded;
-                values.push(cell.value);
-            }
-            let size = serde_json::to_vec(&values).map(|v| v.len()).unwrap_or(0);
-            if bytes + size > caps.max_bytes {
-                truncated_by = Some("max_bytes");
-                break;
-            }
-            bytes += size;
-            rows.push(values);
-        }
-        // Read-only: nothing to keep. Rolling back also closes the portal.
-        tx.rollback().await.map_err(pg)?;
+            Ok::<_, tokio_postgres::Error>((rows, truncated_by))
+        };
+        // Read-only: nothing to keep. Rolling back also closes the portal. The ROLLBACK goes
+        // out right behind the Execute (pipelined) and is answered after the rows.
+        let (read, rollback) = futures::join!(read, tx.rollback());
+        let (rows, truncated_by) = read.map_err(pg)?;
+        rollback.map_err(pg)?;
         let undecoded_columns = columns
             .iter()
             .zip(undecoded)

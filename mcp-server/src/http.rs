@@ -52,18 +52,18 @@ pub fn router(state: AppState, http: &HttpConfig, shutdown: CancellationToken) -
         .collect();
     let mut config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(true)
+        // A stateless call answers with one JSON body instead of an SSE stream.
+        .with_json_response(true)
         .with_allowed_hosts(hosts)
         .with_allowed_origins(origins)
         .enforce_origin_validation()
         .with_max_request_body_bytes(MAX_REQUEST_BYTES)
         .with_cancellation_token(shutdown);
     config.session_store = Some(Arc::new(ReplicaSessions));
-    let (tools, metrics) = (state.tools.clone(), state.metrics.clone());
-    let mcp: StreamableHttpService<PgMcpServer, LocalSessionManager> = StreamableHttpService::new(
-        move || Ok(PgMcpServer::new(tools.clone(), metrics.clone())),
-        Arc::default(),
-        config,
-    );
+    // One server, cloned (a few reference counts) for every request and session.
+    let server = PgMcpServer::new(state.tools.clone(), state.metrics.clone());
+    let mcp: StreamableHttpService<PgMcpServer, LocalSessionManager> =
+        StreamableHttpService::new(move || Ok(server.clone()), Arc::default(), config);
     let mcp =
         axum::Router::new()
             .nest_service("/mcp", mcp)
@@ -85,6 +85,12 @@ pub fn router(state: AppState, http: &HttpConfig, shutdown: CancellationToken) -
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    if !state.tools.is_role_checked() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: checking that the database role is read-only".to_owned(),
+        );
+    }
     match state.tools.db.ping().await {
         Ok(()) if state.auth.validator.is_none() => (
             StatusCode::OK,

@@ -1,10 +1,12 @@
 //! pgmcp-server: parse arguments, get the first database token (workload identity), check the
 //! database role, serve MCP over HTTP (with caller authentication) or stdio.
 
+use std::future::IntoFuture as _;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use axum::serve::ListenerExt as _;
 use clap::Parser;
 use pgmcp_server::auth::Auth;
 use pgmcp_server::auth::jwt::EntraValidator;
@@ -24,14 +26,17 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings::resolve(&args, |var| std::env::var(var).ok())?;
     let db = Database::new(&settings.connect).map_err(anyhow::Error::msg)?;
     let scope = Scope::new(settings.file.scope.grants.clone());
-    let tools = Arc::new(Tools::new(db, scope, settings.file.limits.clone()));
+    // Tool calls wait for the role check; over HTTP the listener answers meanwhile.
+    let (role_checked, gate) = tokio::sync::watch::channel(false);
+    let tools = Arc::new(Tools::new(db, scope, settings.file.limits.clone()).gated(gate));
     if let Some(provider) = &settings.connect.token {
         first_token(provider).await?;
     }
-    check_role(&tools, &settings).await?;
     let metrics = Arc::new(Metrics::default());
 
     if settings.stdio {
+        check_role(&tools, settings.allow_unsafe_role).await?;
+        let _ = role_checked.send(true);
         tracing::info!("serving MCP on stdio");
         let service = PgMcpServer::new(tools, metrics)
             .serve(rmcp::transport::stdio())
@@ -51,11 +56,15 @@ async fn main() -> anyhow::Result<()> {
                 allowed_callers = entra.allowed_caller_object_ids.len(),
                 "callers must present Microsoft Entra ID access tokens"
             );
-            // Warm the key cache; a failure here is retried on the first request.
-            if let Err(err) = validator.prefetch().await {
-                tracing::warn!(error = %err, "failed to fetch the tenant's signing keys; retrying on the first request");
-            }
-            Some(Arc::new(validator))
+            let validator = Arc::new(validator);
+            // Warm the key cache in the background; a failure is retried on the first request.
+            let prefetch = validator.clone();
+            tokio::spawn(async move {
+                if let Err(err) = prefetch.prefetch().await {
+                    tracing::warn!(error = %err, "failed to fetch the tenant's signing keys; retrying on the first request");
+                }
+            });
+            Some(validator)
         }
         None => {
             if !settings.listen.ip().is_loopback() && !settings.insecure_allow_unauthenticated {
@@ -76,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
         allowed_hosts: settings.file.http.allowed_hosts.clone(),
     });
     let shutdown = CancellationToken::new();
+    let tools_for_check = tools.clone();
     let app = router(
         AppState {
             tools,
@@ -85,19 +95,46 @@ async fn main() -> anyhow::Result<()> {
         &settings.file.http,
         shutdown.clone(),
     );
-    let listener = tokio::net::TcpListener::bind(settings.listen)
-        .await
-        .with_context(|| format!("failed to listen on {}", settings.listen))?;
+    // The role check runs while the listener starts: readiness waits for no database round
+    // trip, tool calls wait for the check (Tools::role_checked), and a failed check stops the
+    // server with its reason.
+    let mut check = tokio::spawn({
+        let tools = tools_for_check;
+        let allow_unsafe_role = settings.allow_unsafe_role;
+        async move { check_role(&tools, allow_unsafe_role).await }
+    });
+    let listener = match tokio::net::TcpListener::bind(settings.listen).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            // A refused role is the more useful reason.
+            (&mut check).await??;
+            return Err(err).with_context(|| format!("failed to listen on {}", settings.listen));
+        }
+    };
     tracing::info!(listen = %listener.local_addr()?, "serving MCP at /mcp");
+    // Responses go out in more than one write (head, then body): without TCP_NODELAY, Nagle's
+    // algorithm holds the second write until the client's delayed ACK, ~40 ms per call.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %err, "failed to set TCP_NODELAY");
+        }
+    });
     let stop = shutdown.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("shutting down");
         stop.cancel();
     });
-    axum::serve(listener, app)
+    let serve = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await?;
+        .into_future();
+    tokio::pin!(serve);
+    tokio::select! {
+        served = &mut serve => return Ok(served?),
+        checked = &mut check => checked??,
+    }
+    let _ = role_checked.send(true);
+    serve.await?;
     Ok(())
 }
 
@@ -126,7 +163,7 @@ async fn first_token(provider: &pgmcp_identity::TokenProvider) -> anyhow::Result
 }
 
 /// Retries while the database is unreachable (it may start after us), then checks the role.
-async fn check_role(tools: &Tools, settings: &Settings) -> anyhow::Result<()> {
+async fn check_role(tools: &Tools, allow_unsafe_role: bool) -> anyhow::Result<()> {
     let mut delay = Duration::from_millis(200);
     let mut waited = Duration::ZERO;
     let problems = loop {
@@ -145,7 +182,7 @@ async fn check_role(tools: &Tools, settings: &Settings) -> anyhow::Result<()> {
         return Ok(());
     }
     let list = problems.join("; ");
-    if settings.allow_unsafe_role {
+    if allow_unsafe_role {
         tracing::error!(problems = %list, "UNSAFE: serving with a role that is not read-only (--allow-unsafe-role); the SQL guard and read-only transactions are the only protection left");
         Ok(())
     } else {
@@ -158,7 +195,8 @@ async fn check_role(tools: &Tools, settings: &Settings) -> anyhow::Result<()> {
 
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // rmcp logs every stateless request (a service per request) at info.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rmcp=warn"));
     // Logs go to stderr: stdout carries MCP in stdio mode.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

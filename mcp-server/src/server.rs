@@ -38,7 +38,8 @@ session changes are refused.";
 pub struct PgMcpServer {
     tools: Arc<Tools>,
     metrics: Arc<Metrics>,
-    tool_router: ToolRouter<Self>,
+    /// Built once: the HTTP transport clones the server for every request.
+    tool_router: Arc<ToolRouter<Self>>,
 }
 
 /// Rows in a result, for metrics and the audit log.
@@ -75,7 +76,7 @@ impl PgMcpServer {
         Self {
             tools,
             metrics,
-            tool_router: Self::tool_router(),
+            tool_router: Arc::new(Self::tool_router()),
         }
     }
 
@@ -92,7 +93,10 @@ impl PgMcpServer {
     {
         let started = Instant::now();
         let fingerprint = statement.map(sql_guard::fingerprint);
-        let result = call.await;
+        let result = match self.tools.role_checked().await {
+            Ok(()) => call.await,
+            Err(err) => Err(err),
+        };
         let elapsed = started.elapsed();
         let (outcome, rows) = match &result {
             Ok(value) => ("ok", value.row_count()),

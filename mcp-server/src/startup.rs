@@ -7,14 +7,34 @@ use crate::tools::Tools;
 
 /// What makes a role unsafe to serve with, one sentence each; empty when it is safe.
 pub async fn role_problems(tools: &Tools) -> Result<Vec<String>, String> {
-    let role = tools
-        .catalog_plain(
-            "SELECT current_user::text, rolsuper, rolcreaterole, rolcreatedb, rolbypassrls
+    // Three independent queries, run at once: the server answers only after them.
+    let role = tools.catalog_plain(
+        "SELECT current_user::text, rolsuper, rolcreaterole, rolcreatedb, rolbypassrls
              FROM pg_roles WHERE rolname = current_user",
-            &[],
-        )
-        .await
-        .map_err(|e| format!("failed to inspect the database role: {e}"))?;
+        &[],
+    );
+    let writable = tools.catalog(
+        "SELECT n.nspname || '.' || c.relname
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.relkind IN ('r','p','m','f') AND n.nspname NOT IN ('pg_catalog','information_schema')
+               AND n.nspname NOT LIKE 'pg\\_%'
+               AND ($1::bool OR n.nspname = ANY($2::text[]) OR (n.nspname || '.' || c.relname) = ANY($3::text[]))
+               AND (pg_has_role(c.relowner, 'USAGE')
+                    OR has_table_privilege(c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER'))
+             ORDER BY 1 LIMIT 5",
+        &[],
+    );
+    let schemas = serde_json::json!(tools.scope.schemas());
+    let params = [Value::Bool(tools.scope.is_unrestricted()), schemas];
+    let creatable = tools.catalog_plain(
+        "SELECT nspname::text FROM pg_namespace
+             WHERE nspname NOT IN ('pg_catalog','information_schema') AND nspname NOT LIKE 'pg\\_%'
+               AND ($1::bool OR nspname = ANY($2::text[])) AND has_schema_privilege(oid, 'CREATE')
+             ORDER BY 1",
+        &params,
+    );
+    let (role, writable, creatable) = futures::join!(role, writable, creatable);
+    let role = role.map_err(|e| format!("failed to inspect the database role: {e}"))?;
     let mut problems = Vec::new();
     if let Some(row) = role.rows.rows.first() {
         let name = row[0].as_str().unwrap_or("?");
@@ -29,39 +49,14 @@ pub async fn role_problems(tools: &Tools) -> Result<Vec<String>, String> {
             }
         }
     }
-    let writable = tools
-        .catalog(
-            "SELECT n.nspname || '.' || c.relname
-             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE c.relkind IN ('r','p','m','f') AND n.nspname NOT IN ('pg_catalog','information_schema')
-               AND n.nspname NOT LIKE 'pg\\_%'
-               AND ($1::bool OR n.nspname = ANY($2::text[]) OR (n.nspname || '.' || c.relname) = ANY($3::text[]))
-               AND (pg_has_role(c.relowner, 'USAGE')
-                    OR has_table_privilege(c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER'))
-             ORDER BY 1 LIMIT 5",
-            &[],
-        )
-        .await
-        .map_err(|e| format!("failed to inspect table privileges: {e}"))?;
+    let writable = writable.map_err(|e| format!("failed to inspect table privileges: {e}"))?;
     for row in &writable.rows.rows {
         problems.push(format!(
             "the role can write to or owns {}",
             row[0].as_str().unwrap_or("?")
         ));
     }
-    let creatable = tools
-        .catalog_plain(
-            "SELECT nspname::text FROM pg_namespace
-             WHERE nspname NOT IN ('pg_catalog','information_schema') AND nspname NOT LIKE 'pg\\_%'
-               AND ($1::bool OR nspname = ANY($2::text[])) AND has_schema_privilege(oid, 'CREATE')
-             ORDER BY 1",
-            &[
-                Value::Bool(tools.scope.is_unrestricted()),
-                serde_json::json!(tools.scope.schemas()),
-            ],
-        )
-        .await
-        .map_err(|e| format!("failed to inspect schema privileges: {e}"))?;
+    let creatable = creatable.map_err(|e| format!("failed to inspect schema privileges: {e}"))?;
     for row in &creatable.rows.rows {
         problems.push(format!(
             "the role can create objects in schema {}",
