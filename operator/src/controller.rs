@@ -66,6 +66,8 @@ pub struct Stores {
     pub deployments: Store<Deployment>,
     pub pod_disruption_budgets: Store<PodDisruptionBudget>,
     pub network_policies: Store<NetworkPolicy>,
+    /// Set once every store above has listed; see [`Stores::wait_until_ready`].
+    pub ready: Arc<tokio::sync::OnceCell<()>>,
 }
 
 impl Debug for Stores {
@@ -75,15 +77,26 @@ impl Debug for Stores {
 }
 
 impl Stores {
+    /// Waits until every child cache has listed.
+    ///
+    /// Only one task at a time may wait on a `Store` (kube-runtime's `DelayedInit` keeps the waker
+    /// of the last task that polled it): when an operator starts with bindings in place, its first
+    /// `--concurrency` reconciles all waited here, only one was woken, and the others hung forever,
+    /// holding their concurrency slots and blocking shutdown. One task waits; the others wait on
+    /// the cell, which wakes them all.
     async fn wait_until_ready(&self) {
-        let _ = futures::join!(
-            self.service_accounts.wait_until_ready(),
-            self.config_maps.wait_until_ready(),
-            self.services.wait_until_ready(),
-            self.deployments.wait_until_ready(),
-            self.pod_disruption_budgets.wait_until_ready(),
-            self.network_policies.wait_until_ready(),
-        );
+        self.ready
+            .get_or_init(|| async {
+                let _ = futures::join!(
+                    self.service_accounts.wait_until_ready(),
+                    self.config_maps.wait_until_ready(),
+                    self.services.wait_until_ready(),
+                    self.deployments.wait_until_ready(),
+                    self.pod_disruption_budgets.wait_until_ready(),
+                    self.network_policies.wait_until_ready(),
+                );
+            })
+            .await;
     }
 
     fn report(&self, metrics: &Metrics) {
@@ -502,9 +515,16 @@ where
         watcher::Config::default().labels(CHILD_SELECTOR),
     )
     .default_backoff()
+    .modify(drop_managed_fields)
     .reflect(writer)
     .touched_objects();
     (store, stream)
+}
+
+/// Cached objects without `metadata.managedFields`: nothing here reads them, and they are the
+/// larger part of a Deployment (at 1,000 bindings, tens of MB of the operator's memory).
+fn drop_managed_fields<K: Resource>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
 }
 
 /// How the controller runs.
@@ -576,6 +596,7 @@ async fn run_scope(
             deployments,
             pod_disruption_budgets,
             network_policies,
+            ready: Arc::default(),
         },
         metrics,
         resync: options.resync,
@@ -584,27 +605,33 @@ async fn run_scope(
         failures: Mutex::default(),
     });
     tracing::info!(namespace = ns.unwrap_or("<all>"), "controller started");
-    Controller::new(
+    let (bindings, writer) = reflector::store();
+    let binding_events = watcher(
         scoped::<PostgresMcpBinding>(&client, ns),
         watcher::Config::default().any_semantic(),
     )
-    .owns_stream(sa_events)
-    .owns_stream(cm_events)
-    .owns_stream(svc_events)
-    .owns_stream(deploy_events)
-    .owns_stream(pdb_events)
-    .owns_stream(np_events)
-    .with_config(ControllerConfig::default().concurrency(options.concurrency))
-    .graceful_shutdown_on(async move { shutdown.cancelled().await })
-    .run(reconcile, error_policy, ctx)
-    .for_each(|result| async move {
-        // Reconcile errors are logged by error_policy; what arrives here are scheduler
-        // messages (an object vanished before its reconcile, a watch error).
-        if let Err(err) = result {
-            tracing::debug!(error = %err, "controller event");
-        }
-    })
-    .await;
+    .default_backoff()
+    .modify(drop_managed_fields)
+    .reflect(writer)
+    .applied_objects();
+    Controller::for_stream(binding_events, bindings)
+        .owns_stream(sa_events)
+        .owns_stream(cm_events)
+        .owns_stream(svc_events)
+        .owns_stream(deploy_events)
+        .owns_stream(pdb_events)
+        .owns_stream(np_events)
+        .with_config(ControllerConfig::default().concurrency(options.concurrency))
+        .graceful_shutdown_on(async move { shutdown.cancelled().await })
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            // Reconcile errors are logged by error_policy; what arrives here are scheduler
+            // messages (an object vanished before its reconcile, a watch error).
+            if let Err(err) = result {
+                tracing::debug!(error = %err, "controller event");
+            }
+        })
+        .await;
     tracing::info!(namespace = ns.unwrap_or("<all>"), "controller stopped");
 }
 
@@ -625,6 +652,56 @@ pub(crate) mod tests {
         binding.metadata.uid = Some("0f7c1a9e-0000-4000-8000-000000000001".to_owned());
         binding.metadata.generation = Some(1);
         binding
+    }
+
+    #[tokio::test]
+    async fn every_reconcile_waiting_for_the_caches_wakes_when_they_are_ready() {
+        use kube::runtime::reflector::store::Writer;
+        use kube::runtime::watcher::Event;
+
+        fn pair<K>() -> (Writer<K>, Store<K>)
+        where
+            K: kube::Resource<DynamicType = ()> + Clone + 'static,
+        {
+            let writer = Writer::default();
+            let store = writer.as_reader();
+            (writer, store)
+        }
+        let (mut sa, service_accounts) = pair::<ServiceAccount>();
+        let (mut cm, config_maps) = pair::<ConfigMap>();
+        let (mut svc, services) = pair::<Service>();
+        let (mut deploy, deployments) = pair::<Deployment>();
+        let (mut pdb, pod_disruption_budgets) = pair::<PodDisruptionBudget>();
+        let (mut np, network_policies) = pair::<NetworkPolicy>();
+        let stores = Stores {
+            service_accounts,
+            config_maps,
+            services,
+            deployments,
+            pod_disruption_budgets,
+            network_policies,
+            ready: Arc::default(),
+        };
+        // Four reconciles (the default concurrency) wait before any cache has listed.
+        let waiting: Vec<_> = (0..4)
+            .map(|_| {
+                let stores = stores.clone();
+                tokio::spawn(async move { stores.wait_until_ready().await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        sa.apply_watcher_event(&Event::InitDone);
+        cm.apply_watcher_event(&Event::InitDone);
+        svc.apply_watcher_event(&Event::InitDone);
+        deploy.apply_watcher_event(&Event::InitDone);
+        pdb.apply_watcher_event(&Event::InitDone);
+        np.apply_watcher_event(&Event::InitDone);
+        for task in waiting {
+            tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .expect("every waiter wakes")
+                .unwrap();
+        }
     }
 
     #[test]

@@ -10,12 +10,14 @@
 //! probe             what the role can effectively do (PUBLIC and memberships included)
 //! ```
 //!
-//! Connections are short-lived: one to the admin database for the principal, one to the target
-//! database for grants and the probe. Errors name the server, the database and the role, never
-//! a password or token.
+//! Connections: one to the admin database for the principal, one to the target database for
+//! grants and the probe; a connection whose work finished cleanly is kept for the next reconcile
+//! on the same server ([`pool`]). Errors name the server, the database and the role, never a
+//! password or token.
 
 pub mod catalog;
 pub mod plan;
+pub mod pool;
 pub mod probe;
 
 use std::collections::BTreeMap;
@@ -35,7 +37,7 @@ use tokio_postgres::Client;
 use crate::controller::Context;
 use crate::controller::build::{PASSWORD_KEY, common_labels};
 use crate::controller::validate::{Identity, Valid};
-use plan::{Plan, Request, SchemaGrant};
+use plan::{Plan, Privilege, Request, SchemaGrant};
 
 /// Binding annotation: set it to a new value to rotate the generated password.
 pub const ROTATE_ANNOTATION: &str = "pgmcp.dev/rotate-password";
@@ -99,6 +101,25 @@ pub enum Error {
         database: String,
         objects: String,
     },
+    #[error(
+        "{user} cannot grant {privileges} in PostgreSQL {server} database {database} (it neither owns the objects nor holds these privileges WITH GRANT OPTION): grant them to {user} WITH GRANT OPTION, make {user} the owner, or narrow spec.access.grants"
+    )]
+    GrantRefused {
+        user: String,
+        server: String,
+        database: String,
+        privileges: String,
+    },
+    #[error(
+        "{user} cannot revoke {privileges} from role {role} in PostgreSQL {server} database {database}: another role granted them, so only that role (or a superuser) can revoke them; until then the role may be able to write"
+    )]
+    RevokeRefused {
+        user: String,
+        role: String,
+        server: String,
+        database: String,
+        privileges: String,
+    },
     #[error("failed to generate a password: the system random source failed: {0}")]
     Random(String),
     #[error("failed to {action} secret {namespace}/{name}: {source}")]
@@ -121,6 +142,8 @@ impl Error {
             Error::NoWorkloadIdentity => "NoWorkloadIdentity",
             Error::Token { .. } => "TokenUnavailable",
             Error::OwnsObjects { .. } => "RoleOwnsObjects",
+            Error::GrantRefused { .. } => "GrantNotPermitted",
+            Error::RevokeRefused { .. } => "RevokeNotPermitted",
             Error::Secret { .. } => "SecretFailed",
             Error::Random(_) => "RandomSourceFailed",
         }
@@ -130,7 +153,11 @@ impl Error {
     pub fn needs_user(&self) -> bool {
         matches!(
             self,
-            Error::RoleConflict { .. } | Error::NoWorkloadIdentity | Error::OwnsObjects { .. }
+            Error::RoleConflict { .. }
+                | Error::NoWorkloadIdentity
+                | Error::OwnsObjects { .. }
+                | Error::GrantRefused { .. }
+                | Error::RevokeRefused { .. }
         )
     }
 }
@@ -164,7 +191,27 @@ impl Admin<'_> {
         format!("{}:{}", pg.host, pg.port)
     }
 
+    fn pool_key(&self, database: &str) -> pool::Key {
+        let pg = &self.valid.spec.postgres;
+        pool::Key::new(
+            &pg.host,
+            u16::try_from(pg.port).unwrap_or(5432),
+            database,
+            &self.user,
+            &self.password,
+            pg.ssl_mode.as_str(),
+        )
+    }
+
+    /// Keeps a connection whose work finished cleanly for the next reconcile.
+    fn release(&self, database: &str, client: Client) {
+        pool::ADMIN.give(self.pool_key(database), client);
+    }
+
     async fn connect(&self, database: &str) -> Result<Client, Error> {
+        if let Some(client) = pool::ADMIN.take(&self.pool_key(database)) {
+            return Ok(client);
+        }
         let pg = &self.valid.spec.postgres;
         let fail = |message: String| Error::Connect {
             server: self.server(),
@@ -189,6 +236,16 @@ impl Admin<'_> {
                 tracing::debug!(error = %err, "admin connection ended");
             }
         });
+        // The catalog and probe queries are small, but catalogs bloated by grant churn (a wave
+        // of bindings) get parallel plans whose worker start-up cost 10-20 ms of a ~2 ms query.
+        // A plain SET, not a startup option, so poolers such as PgBouncer accept it; failure
+        // only costs time.
+        if let Err(err) = client
+            .batch_execute("SET max_parallel_workers_per_gather = 0")
+            .await
+        {
+            tracing::debug!(error = %err, "could not turn off parallel plans");
+        }
         Ok(client)
     }
 
@@ -304,7 +361,7 @@ pub async fn reconcile(
     let mut client = if database == admin_db {
         admin_client
     } else {
-        drop(admin_client);
+        admin.release(&admin_db, admin_client);
         admin.connect(&database).await?
     };
     let request = Request {
@@ -331,11 +388,63 @@ pub async fn reconcile(
         .await
         .map_err(sql("read the catalog"))?;
     let desired = plan::desired(&request, &catalog);
-    let plan = Plan::between(&desired.privileges, &catalog.held);
+    let mut plan = Plan::between(&desired.privileges, &catalog.held);
+    let mut refused = Vec::new();
+    if !plan.grant.is_empty() {
+        // What the admin may not grant is fine when the role holds it anyway (PUBLIC's CONNECT
+        // on a database someone else owns, say); otherwise the user must step in. Granting it
+        // regardless would change nothing, every time.
+        let mut grant = Vec::new();
+        for privilege in plan.grant {
+            let (may_grant, holds) = probe::grantable(&tx, &role, &privilege)
+                .await
+                .map_err(sql("check what can be granted"))?;
+            match (may_grant, holds) {
+                (true, _) => grant.push(privilege),
+                (false, true) => {}
+                (false, false) => refused.push(privilege),
+            }
+        }
+        plan.grant = grant;
+    }
+    if !refused.is_empty() {
+        return Err(Error::GrantRefused {
+            user: admin.user.clone(),
+            server: admin.server(),
+            database: database.clone(),
+            privileges: list(&refused),
+        });
+    }
+    if !plan.is_empty() {
+        lock_grants(&tx)
+            .await
+            .map_err(sql("wait for other grant changes"))?;
+    }
     for statement in plan.statements(&role) {
         tx.batch_execute(&statement)
             .await
             .map_err(sql(&format!("run {statement}")))?;
+    }
+    if !plan.revoke.is_empty() {
+        // A REVOKE of someone else's grant is a no-op with a warning: check it took.
+        let held = catalog::held(&tx, &role)
+            .await
+            .map_err(sql("read the privileges back"))?;
+        let kept: Vec<Privilege> = plan
+            .revoke
+            .iter()
+            .filter(|p| held.contains(p))
+            .cloned()
+            .collect();
+        if !kept.is_empty() {
+            return Err(Error::RevokeRefused {
+                user: admin.user.clone(),
+                role: role.clone(),
+                server: admin.server(),
+                database: database.clone(),
+                privileges: list(&kept),
+            });
+        }
     }
     tx.commit().await.map_err(sql("commit the grants"))?;
     let kinds = [("revoke", plan.revoke.len()), ("grant", plan.grant.len())];
@@ -345,6 +454,7 @@ pub async fn reconcile(
     let write_capabilities = probe::write_capabilities(&client, &role)
         .await
         .map_err(sql("probe the role's privileges"))?;
+    admin.release(&database, client);
 
     let previous = binding.status.as_ref().and_then(|s| s.grants.clone());
     let repaired = !plan.is_empty() && previous.is_some();
@@ -380,6 +490,29 @@ pub async fn reconcile(
         changed: (!plan.is_empty()).then_some(plan),
         repaired,
     })
+}
+
+/// "SELECT on table public.a, USAGE on schema public".
+fn list(privileges: &[Privilege]) -> String {
+    privileges
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Makes grant changes in the current database take turns until the transaction ends.
+///
+/// GRANT and REVOKE rewrite the ACL of a shared row (the database, a schema, a table, an owner's
+/// default privileges); two transactions changing the same row for different roles fail with
+/// `XX000: tuple concurrently updated`, which concurrent reconciles of bindings on one database
+/// hit at once. The lock is PostgreSQL's, so replicas and other operators take turns too. Only
+/// taken when there is something to change: a steady state sends no statement.
+async fn lock_grants(tx: &tokio_postgres::Transaction<'_>) -> Result<(), tokio_postgres::Error> {
+    tx.batch_execute(
+        "SELECT pg_advisory_xact_lock(hashtext('pgmcp.dev/grants'), hashtext(current_database()))",
+    )
+    .await
 }
 
 fn now() -> Time {
@@ -645,6 +778,11 @@ pub async fn remove(
         .await
         .map_err(sql("read the role's privileges"))?;
     let plan = Plan::between(&Default::default(), &held);
+    if !plan.is_empty() {
+        lock_grants(&tx)
+            .await
+            .map_err(sql("wait for other grant changes"))?;
+    }
     for statement in plan.statements(role) {
         tx.batch_execute(&statement)
             .await

@@ -3,6 +3,8 @@
 
 use tokio_postgres::GenericClient;
 
+use super::plan::{Object, Privilege};
+
 /// Everything that lets the role write, in words naming the privilege and the object. Empty
 /// means read-only.
 pub async fn write_capabilities(
@@ -88,4 +90,74 @@ pub async fn write_capabilities(
         found.push("can CREATE schemas in the database".to_owned());
     }
     Ok(found)
+}
+
+/// Whether the current user (the operator's admin) may grant `privilege` (owner, superuser, or
+/// holder WITH GRANT OPTION; for default privileges, a member of the owner), and whether `role`
+/// already holds it effectively (through PUBLIC or a membership too). Asked of PostgreSQL's own
+/// privilege functions.
+pub async fn grantable(
+    client: &impl GenericClient,
+    role: &str,
+    privilege: &Privilege,
+) -> Result<(bool, bool), tokio_postgres::Error> {
+    let quote = postgres_protocol::escape::escape_identifier;
+    let keyword = privilege.keyword.to_owned();
+    let with_grant = format!("{keyword} WITH GRANT OPTION");
+    let role = role.to_owned();
+    // Parameters: the object as the function reads it, the privilege WITH GRANT OPTION (asked
+    // for the current user), the role, the privilege.
+    let (sql, params): (&str, Vec<String>) = match &privilege.object {
+        Object::Database(name) => (
+            "SELECT has_database_privilege($1::text, $2::text), has_database_privilege($3::name, $1::text, $4::text)",
+            vec![name.clone(), with_grant, role, keyword],
+        ),
+        Object::Schema(name) => (
+            "SELECT has_schema_privilege($1::text, $2::text), has_schema_privilege($3::name, $1::text, $4::text)",
+            vec![name.clone(), with_grant, role, keyword],
+        ),
+        Object::Table { schema, name } => (
+            "SELECT has_table_privilege($1::text, $2::text), has_table_privilege($3::name, $1::text, $4::text)",
+            vec![
+                format!("{}.{}", quote(schema), quote(name)),
+                with_grant,
+                role,
+                keyword,
+            ],
+        ),
+        Object::Sequence { schema, name } => (
+            "SELECT has_sequence_privilege($1::text, $2::text), has_sequence_privilege($3::name, $1::text, $4::text)",
+            vec![
+                format!("{}.{}", quote(schema), quote(name)),
+                with_grant,
+                role,
+                keyword,
+            ],
+        ),
+        Object::Column {
+            schema,
+            table,
+            column,
+        } => (
+            "SELECT has_column_privilege($1::text, $5::text, $2::text), has_column_privilege($3::name, $1::text, $5::text, $4::text)",
+            vec![
+                format!("{}.{}", quote(schema), quote(table)),
+                with_grant,
+                role,
+                keyword,
+                column.clone(),
+            ],
+        ),
+        // ALTER DEFAULT PRIVILEGES FOR ROLE owner needs membership in owner.
+        Object::DefaultTables { owner, .. } => (
+            "SELECT pg_has_role(current_user, $1::text::name, 'MEMBER'), false",
+            vec![owner.clone()],
+        ),
+    };
+    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+        .iter()
+        .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect();
+    let row = client.query_one(sql, &params).await?;
+    Ok((row.get(0), row.get(1)))
 }
