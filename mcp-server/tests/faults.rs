@@ -47,20 +47,19 @@ async fn readyz(server: &ServerProcess) -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_restart_under_load_costs_only_the_calls_made_while_it_is_down() {
     let pg = Postgres::start_restartable().await.unwrap();
-    let admin = pg.connect("postgres").await.unwrap();
-    admin.batch_execute("CREATE DATABASE shop").await.unwrap();
-    pg.connect("shop")
-        .await
-        .unwrap()
-        .batch_execute(&format!(
+    pg.database_with(
+        "shop",
+        &format!(
             "CREATE TABLE orders (id int PRIMARY KEY, total numeric);
              INSERT INTO orders SELECT g, g * 1.5 FROM generate_series(1, 100) g;
              CREATE TABLE audit (id int);
              CREATE ROLE reader LOGIN PASSWORD '{PASSWORD}';
              GRANT SELECT ON orders, audit TO reader;"
-        ))
-        .await
-        .unwrap();
+        ),
+    )
+    .await
+    .unwrap();
+    let admin = pg.connect("postgres").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let password_file = dir.path().join("password");
     std::fs::write(&password_file, PASSWORD).unwrap();
@@ -193,6 +192,10 @@ async fn a_postgres_restart_under_load_costs_only_the_calls_made_while_it_is_dow
         .map(|o| o.at)
         .min()
         .expect("calls succeed again");
+    eprintln!(
+        "service resumed {:?} after the database accepted connections again",
+        first_success - restarted
+    );
     assert!(
         first_success - restarted <= Duration::from_secs(5),
         "service resumed {:?} after the restart",

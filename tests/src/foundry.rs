@@ -168,4 +168,13 @@ impl Foundry {
             .await?;
         Ok(row.map(|r| r.get(0)))
     }
+
+    /// How many federated credentials the managed identity has, and how many connections the
+    /// project has, in ARM.
+    pub fn arm_resources(&self) -> (usize, usize) {
+        (
+            self.arm.resources_under(&self.identity_id).len(),
+            self.arm.resources_under(&self.project_id).len(),
+        )
+    }
 }

@@ -263,6 +263,26 @@ impl Postgres {
     }
 
     /// Creates a new, empty database named after the test.
+    /// Creates database `name` (on a server of the test's own, where names cannot collide), runs
+    /// `setup` in it as the superuser, and returns that connection.
+    pub async fn database_with(
+        &self,
+        name: &str,
+        setup: &str,
+    ) -> anyhow::Result<tokio_postgres::Client> {
+        self.connect("postgres")
+            .await?
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .with_context(|| format!("failed to create database {name}"))?;
+        let client = self.connect(name).await?;
+        client
+            .batch_execute(setup)
+            .await
+            .with_context(|| format!("failed to set up database {name}"))?;
+        Ok(client)
+    }
+
     pub async fn create_database(&'static self, test: &str) -> anyhow::Result<TestDatabase> {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);

@@ -420,6 +420,69 @@ async fn write_access_given_by_hand_fails_the_read_only_probe_until_removed() {
 }
 
 #[tokio::test]
+async fn grants_the_admin_may_not_give_stall_the_binding_naming_them_until_allowed() {
+    let f = Fixture::start("db-limited-admin", &[]).await;
+    // An admin that may create roles but owns no table, as on a managed server where the
+    // tables belong to the application's role.
+    let limited = format!("{}_limited", f.db.name);
+    f.admin()
+        .await
+        .batch_execute(&format!(
+            "CREATE ROLE {} LOGIN CREATEROLE PASSWORD 'limited-pw'",
+            quote(&limited)
+        ))
+        .await
+        .unwrap();
+    let mut secret = f.ns.kubectl();
+    secret.args(["create", "secret", "generic", "pg-limited"]);
+    secret.arg(format!("--from-literal=username={limited}"));
+    secret.arg("--from-literal=password=limited-pw");
+    kubectl_ok(secret);
+    kubectl_apply(
+        &f.ns,
+        &f.example().replace("name: pg-admin", "name: pg-limited"),
+    );
+    let binding = f
+        .wait("DatabaseReady", "False", Some("GrantNotPermitted"))
+        .await;
+    let message = condition(&binding, "DatabaseReady").unwrap().message;
+    assert!(
+        message.starts_with(&format!("{limited} cannot grant "))
+            && message.contains("SELECT on table public.customers")
+            && message.contains("default SELECT on tables of postgres")
+            && message.contains("WITH GRANT OPTION"),
+        "{message}"
+    );
+    // PUBLIC's CONNECT and USAGE on public are enough: they are not among the refusals.
+    assert!(
+        !message.contains("CONNECT") && !message.contains("USAGE"),
+        "{message}"
+    );
+    assert!(!f.has("SELECT", "public.customers").await);
+
+    // The owner lets the admin pass SELECT on; default privileges stay the owner's business.
+    f.admin()
+        .await
+        .batch_execute(&format!(
+            "GRANT SELECT ON ALL TABLES IN SCHEMA public TO {} WITH GRANT OPTION",
+            quote(&limited)
+        ))
+        .await
+        .unwrap();
+    f.bindings()
+        .patch(
+            NAME,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"access": {"defaultPrivileges": false}}})),
+        )
+        .await
+        .unwrap();
+    f.wait("DatabaseReady", "True", Some("GrantsMatch")).await;
+    assert!(f.has("SELECT", "public.customers").await);
+    assert!(!f.has("SELECT", "hr.salaries").await);
+}
+
+#[tokio::test]
 async fn a_role_someone_else_made_is_never_taken_over() {
     let f = Fixture::start("db-conflict", &[]).await;
     f.admin()
@@ -548,16 +611,7 @@ async fn deletion_removes_the_role_and_orphan_keeps_it() {
 async fn deleting_while_the_database_is_down_waits_and_completes_when_it_returns() {
     let env = TestEnv::shared();
     let pg = Postgres::start_restartable().await.unwrap();
-    pg.connect("postgres")
-        .await
-        .unwrap()
-        .batch_execute("CREATE DATABASE shop")
-        .await
-        .unwrap();
-    pg.connect("shop")
-        .await
-        .unwrap()
-        .batch_execute("CREATE TABLE customers (id int)")
+    pg.database_with("shop", "CREATE TABLE customers (id int)")
         .await
         .unwrap();
     let ns = env.namespace("db-down").await.unwrap();

@@ -8,7 +8,6 @@
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt as _;
 use kube::api::{Api, DeleteParams};
 use pgmcp_crds::v1alpha1::PostgresMcpBinding;
@@ -57,31 +56,35 @@ async fn watches_resume_after_an_apiserver_restart_and_nothing_is_missed_or_redo
     let env: &'static TestEnv = Box::leak(Box::new(TestEnv::start().await.unwrap()));
     let pg = Postgres::shared();
     let ns = env.namespace("apiserver-restart").await.unwrap();
-    let db = pg.create_database("apiserver_restart").await.unwrap();
+    let azure = foundry("apiserver_restart").await;
     create_admin_secret(&ns, pg);
     // No periodic resync within the test: only watch events can bring the new binding. The
     // Lease outlives the outage (a shorter one would end the process, for Kubernetes to restart).
-    let mut operator = Operator::start(
-        env,
-        &ns.name,
-        "op-apiserver",
-        &["--resync=1h", "--lease-duration=120s"],
-    )
-    .await
-    .unwrap();
-    let first_role = format!("{}_first", db.name);
-    kubectl_apply(&ns, &password_binding(pg, &db.name, "first", &first_role));
-    let bindings: Api<PostgresMcpBinding> = ns.api();
-    let before = wait_condition(&bindings, "first", "DatabaseReady", "True", None, WAIT).await;
-    let oid = role_oid(pg, &first_role).await.unwrap();
-    let secrets: Api<Secret> = ns.api();
-    let deployments: Api<Deployment> = ns.api();
-    let secret_version = secrets
-        .get("first-postgres")
+    let mut operator = azure
+        .start_operator(
+            env,
+            &ns,
+            "op-apiserver",
+            &["--resync=1h", "--lease-duration=120s"],
+        )
         .await
-        .unwrap()
-        .metadata
-        .resource_version;
+        .unwrap();
+    kubectl_apply(&ns, &azure.binding("first", env.server()).to_string());
+    let bindings: Api<PostgresMcpBinding> = ns.api();
+    let before = wait_condition(
+        &bindings,
+        "first",
+        "FoundryConnectionReady",
+        "True",
+        None,
+        WAIT,
+    )
+    .await;
+    let oid = azure.principal_oid().await.unwrap();
+    let arm_writes =
+        || azure.arm.count_matching("PUT", "/") + azure.arm.count_matching("DELETE", "/");
+    let writes = arm_writes();
+    let deployments: Api<Deployment> = ns.api();
     let deployment_generation = deployments
         .get("first-mcp")
         .await
@@ -93,11 +96,11 @@ async fn watches_resume_after_an_apiserver_restart_and_nothing_is_missed_or_redo
     // HA control plane) takes a new binding meanwhile.
     let (second, kubeconfig) = env.second_apiserver().await.unwrap();
     env.stop_apiserver();
-    let second_role = format!("{}_second", db.name);
+    let second_role = format!("{}_second", azure.target.database);
     let manifest = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(
         manifest.path(),
-        password_binding(pg, &db.name, "second", &second_role),
+        password_binding(pg, &azure.target.database, "second", &second_role),
     )
     .unwrap();
     let mut apply = std::process::Command::new(paths::kubectl());
@@ -115,20 +118,10 @@ async fn watches_resume_after_an_apiserver_restart_and_nothing_is_missed_or_redo
     wait_condition(&bindings, "second", "DatabaseReady", "True", None, WAIT).await;
     assert!(role_oid(pg, &second_role).await.is_some());
     assert!(!operator.exited(), "the operator survived the outage");
-    // Nothing of the first binding was done again: same role, same password, no rollout, no
-    // new transition.
-    assert_eq!(role_oid(pg, &first_role).await, Some(oid), "role kept");
-    let after = bindings.get("first").await.unwrap();
-    assert_eq!(
-        secrets
-            .get("first-postgres")
-            .await
-            .unwrap()
-            .metadata
-            .resource_version,
-        secret_version,
-        "password untouched"
-    );
+    // Nothing of the first binding was done again: no ARM write, same principal, no rollout,
+    // no new transition.
+    assert_eq!(arm_writes(), writes, "no ARM write repeated");
+    assert_eq!(azure.principal_oid().await.unwrap(), oid, "principal kept");
     assert_eq!(
         deployments
             .get("first-mcp")
@@ -139,14 +132,73 @@ async fn watches_resume_after_an_apiserver_restart_and_nothing_is_missed_or_redo
         deployment_generation,
         "no rollout"
     );
-    assert_eq!(
-        condition(&after, "DatabaseReady")
-            .unwrap()
-            .last_transition_time,
-        condition(&before, "DatabaseReady")
-            .unwrap()
-            .last_transition_time,
+    let after = bindings.get("first").await.unwrap();
+    for type_ in ["DatabaseReady", "FoundryConnectionReady"] {
+        assert_eq!(
+            condition(&after, type_).unwrap().last_transition_time,
+            condition(&before, type_).unwrap().last_transition_time,
+            "{type_}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_is_reported_and_the_grants_are_repaired_when_it_ends() {
+    let env = TestEnv::shared();
+    let pg = Postgres::start_restartable().await.unwrap();
+    pg.database_with("shop", "CREATE TABLE customers (id int)")
+        .await
+        .unwrap();
+    let ns = env.namespace("db-outage").await.unwrap();
+    create_admin_secret(&ns, &pg);
+    let _operator = Operator::start(env, &ns.name, "op-db-outage", &["--resync=2s"])
+        .await
+        .unwrap();
+    kubectl_apply(&ns, &password_binding(&pg, "shop", "shop", "shop_outage"));
+    let bindings: Api<PostgresMcpBinding> = ns.api();
+    wait_condition(&bindings, "shop", "DatabaseReady", "True", None, WAIT).await;
+
+    pg.stop();
+    let down = wait_condition(
+        &bindings,
+        "shop",
+        "DatabaseReady",
+        "False",
+        Some("DatabaseUnreachable"),
+        WAIT,
+    )
+    .await;
+    let message = condition(&down, "DatabaseReady").unwrap().message;
+    assert!(
+        message.contains(&format!(
+            "failed to connect to PostgreSQL {}:{}",
+            pg.host(),
+            pg.port()
+        )),
+        "{message}"
     );
+
+    // Back, with drift made while the operator could not look: it is repaired.
+    pg.restart().await.unwrap();
+    pg.connect("shop")
+        .await
+        .unwrap()
+        .batch_execute("REVOKE SELECT ON customers FROM shop_outage")
+        .await
+        .unwrap();
+    wait_condition(&bindings, "shop", "DatabaseReady", "True", None, WAIT).await;
+    let can_read: bool = pg
+        .connect("shop")
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT has_table_privilege('shop_outage', 'customers', 'SELECT')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(can_read, "the revoked grant is back");
 }
 
 /// A Foundry binding's fakes on a fresh database of the shared server.
@@ -232,21 +284,41 @@ async fn an_operator_killed_between_arm_writes_and_its_status_converges_without_
         "principal kept"
     );
     assert_eq!(
-        arm.resources_under(&azure.identity_id).len(),
-        1,
-        "one credential"
-    );
-    assert_eq!(
-        arm.resources_under(&azure.project_id).len(),
-        1,
-        "one connection"
+        azure.arm_resources(),
+        (1, 1),
+        "one credential, one connection"
     );
     assert_eq!(
         arm.count_matching("PUT", "/federatedIdentityCredentials/"),
         1
     );
     assert_eq!(arm.count_matching("PUT", "/connections/"), 1);
-    drop(third);
+
+    // Settled: no statements and no reconcile loop (a status that changed on every reconcile
+    // would wake the controller again at once).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let statements = third
+        .metric("pgmcp_operator_sql_statements_total")
+        .await
+        .unwrap();
+    let reconciles = third
+        .metric("pgmcp_operator_reconciles_total")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        third
+            .metric("pgmcp_operator_sql_statements_total")
+            .await
+            .unwrap(),
+        statements
+    );
+    let more = third
+        .metric("pgmcp_operator_reconciles_total")
+        .await
+        .unwrap()
+        - reconciles;
+    assert!(more <= 2.0, "{more} reconciles in 5 s of nothing to do");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -313,8 +385,7 @@ async fn arm_throttling_and_failures_are_waited_out_without_a_hot_loop() {
         WAIT,
     )
     .await;
-    assert_eq!(arm.resources_under(&azure.identity_id).len(), 1);
-    assert_eq!(arm.resources_under(&azure.project_id).len(), 1);
+    assert_eq!(azure.arm_resources(), (1, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -322,18 +393,12 @@ async fn a_binding_deleted_while_postgres_and_arm_are_down_is_cleaned_up_when_th
     let env = TestEnv::shared();
     let ns = env.namespace("all-down").await.unwrap();
     let pg = Postgres::start_restartable().await.unwrap();
-    pg.connect("postgres")
-        .await
-        .unwrap()
-        .batch_execute("CREATE DATABASE sales")
-        .await
-        .unwrap();
     let target = Target {
         host: pg.host().to_owned(),
         port: pg.port(),
         database: "sales".to_owned(),
     };
-    let azure = Foundry::start(target, pg.connect("sales").await.unwrap())
+    let azure = Foundry::start(target, pg.database_with("sales", "").await.unwrap())
         .await
         .unwrap();
     let arm = &azure.arm;
@@ -376,21 +441,17 @@ async fn a_binding_deleted_while_postgres_and_arm_are_down_is_cleaned_up_when_th
     // The connection goes first; ARM refuses, the binding says so and keeps its finalizer.
     let waiting = cleanup_failed("ServiceUnavailable").await;
     assert_eq!(waiting.finalizers(), [pgmcp_crds::FINALIZER.to_owned()]);
-    assert!(arm.resources_under(&azure.project_id).len() == 1);
+    assert_eq!(azure.arm_resources(), (1, 1));
 
     // ARM is back: the connection is deleted, then the principal waits for PostgreSQL (the
     // credential is deleted last, so the principal never outlives it).
     arm.set_outage(None);
     let waiting = cleanup_failed("failed to connect to PostgreSQL").await;
     assert_eq!(waiting.finalizers(), [pgmcp_crds::FINALIZER.to_owned()]);
-    assert!(
-        arm.resources_under(&azure.project_id).is_empty(),
-        "connection deleted"
-    );
     assert_eq!(
-        arm.resources_under(&azure.identity_id).len(),
-        1,
-        "credential kept"
+        azure.arm_resources(),
+        (1, 0),
+        "connection deleted, credential kept"
     );
 
     pg.restart().await.unwrap();
@@ -399,8 +460,7 @@ async fn a_binding_deleted_while_postgres_and_arm_are_down_is_cleaned_up_when_th
     })
     .await;
     // Nothing left: no connection, no credential, no principal.
-    assert!(arm.resources_under(&azure.project_id).is_empty());
-    assert!(arm.resources_under(&azure.identity_id).is_empty());
+    assert_eq!(azure.arm_resources(), (0, 0));
     assert_eq!(
         role_oid(&pg, &azure.principal).await,
         None,
