@@ -42,7 +42,7 @@ demo: deps controlplane tools mcp-clients bins ## Local control plane + PostgreS
 	$(BIN_ENV) $(CARGO) run $(CARGO_FLAGS) --quiet -p pgmcp-tests --bin pgmcp-testenv -- $(DEMO_ARGS)
 
 .PHONY: test
-test: deps fmt-check lint check-generated helm-lint unit integration demo-smoke ## Everything CI runs
+test: deps fmt-check lint check-generated helm-lint unit integration demo-smoke bench-smoke ## Everything CI runs
 	@echo "make test: all checks passed"
 
 .PHONY: deps
@@ -96,6 +96,63 @@ unit: ## Pure, fast unit tests (no control plane, no PostgreSQL)
 .PHONY: integration
 integration: deps controlplane tools mcp-clients bins ## Tests against the real control plane, PostgreSQL 15 and MCP clients
 	$(BIN_ENV) $(CARGO) test $(CARGO_FLAGS) -p pgmcp-tests -p pgmcp-server --tests
+
+.PHONY: bench
+bench: bench-mcp bench-operator ## Benchmarks: the MCP server against its peers and pgbench, the operator at 1,000 bindings (writes BENCHMARKS.md)
+
+.PHONY: bench-smoke
+bench-smoke: bench-mcp-smoke bench-operator-smoke ## A few seconds of each benchmark, so the benchmark code keeps working (part of make test)
+
+# The operator at 1,000 bindings (issue 9) against its own control plane and PostgreSQL, with the
+# release build of the operator; rewrites the operator section of BENCHMARKS.md. Extra flags:
+# BENCH_OPERATOR_ARGS='--bindings 200 --operator-arg=--concurrency=8'.
+.PHONY: bench-operator
+bench-operator: deps controlplane ## The operator at 1,000 bindings (release build); updates BENCHMARKS.md
+	$(CARGO) build $(CARGO_FLAGS) --release --quiet -p pgmcp-operator
+	$(CARGO) build $(CARGO_FLAGS) --release --quiet -p pgmcp-bench --bin pgmcp-bench-operator
+	PGMCP_OPERATOR_BIN=$(CURDIR)/target/release/pgmcp-operator target/release/pgmcp-bench-operator $(BENCH_OPERATOR_ARGS)
+
+.PHONY: bench-operator-smoke
+bench-operator-smoke: deps controlplane bins ## The operator bench with 10 bindings (all Ready, zero writes at steady state)
+	$(BIN_ENV) $(CARGO) run $(CARGO_FLAGS) --quiet -p pgmcp-bench --bin pgmcp-bench-operator -- --smoke
+
+.PHONY: bench-peers
+bench-peers: ## Install the MCP servers bench-mcp compares with (npm, PyPI; cached in .cache/bench/)
+	@bash bench/scripts/install-peers.sh >/dev/null
+
+# The MCP server (issue 9) against pgbench -S and its peers on a seeded PostgreSQL of its own, with
+# release builds; rewrites the MCP section of BENCHMARKS.md. Extra flags:
+# BENCH_MCP_ARGS='--clients 1,8 --duration 5 --targets pgmcp-http,toolbox-http --soak 0'.
+.PHONY: bench-mcp
+bench-mcp: deps bench-peers ## The MCP server against its peers and pgbench (release builds, ~20 min); updates BENCHMARKS.md
+	$(CARGO) build $(CARGO_FLAGS) --release --quiet -p pgmcp-server
+	$(CARGO) build $(CARGO_FLAGS) --release --quiet -p pgmcp-bench --bin pgmcp-bench-mcp
+	target/release/pgmcp-bench-mcp --server-bin target/release/pgmcp-server $(BENCH_MCP_ARGS)
+
+.PHONY: bench-mcp-smoke
+bench-mcp-smoke: deps bins ## A few seconds of bench-mcp: pgmcp (HTTP, stdio) and pgbench, soak with a restart; checks every tool answered
+	$(BIN_ENV) $(CARGO) run $(CARGO_FLAGS) --quiet -p pgmcp-bench --bin pgmcp-bench-mcp -- --smoke
+
+# Fuzzing and property tests (issue 10). The property tests (`properties` unit tests, and
+# mcp-server/tests/guard_properties.rs against PostgreSQL 15) run in unit/integration too; the
+# cargo-fuzz targets in fuzz/ (own Cargo.lock, not a workspace member) need nightly or
+# RUSTC_BOOTSTRAP=1 and cargo-fuzz: fuzz/run.sh finds or installs them (.cache/cargo-fuzz).
+FUZZ_SECONDS ?= 60
+FUZZ_SMOKE_SECONDS ?= 5
+FUZZ_GUARD_CASES ?= 20000
+FUZZ_PROPERTY_TESTS := $(CARGO) test $(CARGO_FLAGS) -p pgmcp-server --lib properties && \
+	$(CARGO) test $(CARGO_FLAGS) -p pgmcp-operator --lib properties && \
+	$(CARGO) test $(CARGO_FLAGS) -p pgmcp-server --test guard_properties
+
+.PHONY: fuzz-smoke
+fuzz-smoke: deps ## Property tests (SQL guard vs PostgreSQL, tool args, JWT, validate) + FUZZ_SMOKE_SECONDS of each fuzz target
+	$(FUZZ_PROPERTY_TESTS)
+	bash fuzz/run.sh $(FUZZ_SMOKE_SECONDS) --smoke
+
+.PHONY: fuzz
+fuzz: deps ## Property tests (the guard one with FUZZ_GUARD_CASES cases), then each fuzz target for FUZZ_SECONDS (default 60)
+	export PROPTEST_CASES=$(FUZZ_GUARD_CASES); $(FUZZ_PROPERTY_TESTS)
+	bash fuzz/run.sh $(FUZZ_SECONDS)
 
 .PHONY: demo-smoke
 demo-smoke: ## Run `make demo` once and stop (checks the README's first command)

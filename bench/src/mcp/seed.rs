@@ -1,0 +1,136 @@
+//! The benchmark database on a PostgreSQL of its own (the harness's, restartable for the soak):
+//! `pgbench -i` (pgbench_accounts with 100,000 rows per scale unit) plus `tables` wide tables
+//! in schema public with keys, foreign keys, indexes and comments for the discovery tools, and a
+//! LOGIN role with SELECT only that every server under test and pgbench connect as.
+
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use pgmcp_tests::Postgres;
+
+/// Database every server reads.
+pub const DATABASE: &str = "bench";
+/// The read-only role every server (and pgbench) logs in as.
+pub const READER: &str = "bench_reader";
+
+/// What was seeded.
+#[derive(Debug, Clone)]
+pub struct Seeded {
+    pub host: String,
+    pub port: u16,
+    pub reader_password: String,
+    /// Rows in pgbench_accounts (100,000 × scale).
+    pub accounts: u64,
+    /// Number of wide tables (`wide_0001` …).
+    pub tables: u32,
+    pub postgres_version: String,
+}
+
+impl Seeded {
+    /// `postgres://bench_reader:…@host:port/bench?sslmode=disable`.
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://{READER}:{}@{}:{}/{DATABASE}?sslmode=disable",
+            self.reader_password, self.host, self.port
+        )
+    }
+
+    /// The wide table `describe_table` asks about (the middle one).
+    pub fn described_table(&self) -> String {
+        wide_name(self.tables.div_ceil(2))
+    }
+}
+
+pub fn wide_name(i: u32) -> String {
+    format!("wide_{i:04}")
+}
+
+/// Creates the database, runs `pgbench -i -s scale`, creates the wide tables and the reader.
+pub async fn seed(pg: &Postgres, scale: u32, tables: u32) -> anyhow::Result<Seeded> {
+    let started = Instant::now();
+    let admin = pg.connect("postgres").await?;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {DATABASE}"))
+        .await
+        .context("failed to create database bench")?;
+    let out = Command::new(pgbench())
+        .args(["-i", "-q", "-n", "--foreign-keys"])
+        .args(["-s", &scale.to_string()])
+        .args(["-h", pg.host(), "-p", &pg.port().to_string()])
+        .args(["-U", pgmcp_tests::postgres::SUPERUSER, DATABASE])
+        .env("PGPASSWORD", pg.password())
+        .output()
+        .context("failed to run pgbench -i")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "pgbench -i failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let db = pg.connect(DATABASE).await?;
+    let mut ddl = String::from("BEGIN;\n");
+    for i in 1..=tables {
+        let name = wide_name(i);
+        let parent = if i > 1 {
+            format!(" REFERENCES {}(id)", wide_name(i - 1))
+        } else {
+            String::new()
+        };
+        ddl.push_str(&format!(
+            "CREATE TABLE {name} (id bigint PRIMARY KEY, parent_id bigint{parent}, \
+             name text NOT NULL, amount numeric(12,2) CHECK (amount >= 0), \
+             created_at timestamptz NOT NULL DEFAULT now(), tags text[]);\n\
+             CREATE INDEX ON {name} (name);\n\
+             COMMENT ON TABLE {name} IS 'wide table {i} of {tables}, for the discovery benchmark';\n\
+             COMMENT ON COLUMN {name}.amount IS 'an amount in EUR';\n"
+        ));
+    }
+    ddl.push_str("COMMIT;\n");
+    db.batch_execute(&ddl)
+        .await
+        .context("failed to create the wide tables")?;
+    db.batch_execute("ANALYZE")
+        .await
+        .context("ANALYZE failed")?;
+
+    let reader_password = pgmcp_tests::postgres::random_password()?;
+    db.batch_execute(&format!(
+        "CREATE ROLE {READER} LOGIN PASSWORD '{reader_password}';
+         GRANT CONNECT ON DATABASE {DATABASE} TO {READER};
+         GRANT USAGE ON SCHEMA public TO {READER};
+         GRANT SELECT ON ALL TABLES IN SCHEMA public TO {READER};"
+    ))
+    .await
+    .context("failed to create the reader role")?;
+    let row = db
+        .query_one("SELECT count(*) FROM pgbench_accounts", &[])
+        .await?;
+    let accounts: i64 = row.get(0);
+    eprintln!(
+        "seeded: pgbench_accounts {accounts} rows, {tables} wide tables, in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(Seeded {
+        host: pg.host().to_owned(),
+        port: pg.port(),
+        reader_password,
+        accounts: u64::try_from(accounts)?,
+        tables,
+        postgres_version: pg.version().to_owned(),
+    })
+}
+
+/// `$PGMCP_PGBENCH`, else the pgbench next to the harness's PostgreSQL 15 (package
+/// postgresql-15, which `make deps` installs), else pgbench from PATH.
+pub fn pgbench() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("PGMCP_PGBENCH") {
+        return path.into();
+    }
+    let beside = pgmcp_tests::paths::postgres_bindir().join("pgbench");
+    if beside.exists() {
+        beside
+    } else {
+        "pgbench".into()
+    }
+}

@@ -1,0 +1,505 @@
+//! The servers under test: how each is started (HTTP on a free loopback port, or stdio), which
+//! of its tools does what pgmcp's `query`, `list_tables` and `describe_table` do, and the
+//! process whose memory and CPU the benchmark reads. Servers run as our children and are
+//! stopped by us (SIGTERM via kill(1) to the pid we spawned, then SIGKILL).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+use super::client::{HttpSession, Session, StdioConnection};
+use super::seed::Seeded;
+
+/// The tool calls the benchmark makes, the same SQL text for every server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// `SELECT abalance FROM pgbench_accounts WHERE aid = N` (pgbench -S's statement).
+    PkLookup,
+    /// count/sum/avg over 100 consecutive accounts.
+    Aggregate,
+    /// The tables of schema public (1,000 wide tables + pgbench's 4).
+    ListTables,
+    /// One wide table's columns, keys, indexes.
+    DescribeTable,
+}
+
+impl Op {
+    pub const ALL: [Op; 4] = [
+        Op::PkLookup,
+        Op::Aggregate,
+        Op::ListTables,
+        Op::DescribeTable,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Op::PkLookup => "query PK lookup",
+            Op::Aggregate => "query aggregate",
+            Op::ListTables => "list_tables",
+            Op::DescribeTable => "describe_table",
+        }
+    }
+
+    /// The SQL for `query` ops, with `n` (1-based) picking the account.
+    pub fn sql(self, n: u64) -> Option<String> {
+        match self {
+            Op::PkLookup => Some(format!(
+                "SELECT abalance FROM pgbench_accounts WHERE aid = {n}"
+            )),
+            Op::Aggregate => Some(format!(
+                "SELECT count(*) AS accounts, sum(abalance) AS total, avg(abalance) AS mean \
+                 FROM pgbench_accounts WHERE aid BETWEEN {n} AND {}",
+                n + 99
+            )),
+            Op::ListTables | Op::DescribeTable => None,
+        }
+    }
+
+    /// A word every correct answer contains (checked once per server before measuring).
+    pub fn marker(self) -> &'static str {
+        match self {
+            Op::PkLookup => "abalance",
+            Op::Aggregate => "total",
+            Op::ListTables => "wide_",
+            Op::DescribeTable => "parent_id",
+        }
+    }
+}
+
+/// A server implementation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    /// pgmcp-server (this repository).
+    Pgmcp,
+    /// `@toolbox-sdk/server` 1.12.0, `toolbox --prebuilt postgres`.
+    Toolbox,
+    /// `@modelcontextprotocol/server-postgres` 0.6.2 (stdio only).
+    ServerPostgres,
+    /// `postgres-mcp` 0.3.0 from crystaldba, `--access-mode restricted` (stdio).
+    PostgresMcp,
+}
+
+/// How the benchmark talks to a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Streamable HTTP, protocol 2025-11-25 with a session per client.
+    Http,
+    /// Streamable HTTP, the stateless 2026-07-28 revision (pgmcp only).
+    HttpStateless,
+    Stdio,
+}
+
+/// One server in one transport: a row of the report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    pub peer: Peer,
+    pub transport: Transport,
+}
+
+impl Target {
+    pub fn name(self) -> String {
+        let transport = match self.transport {
+            Transport::Http => "HTTP",
+            Transport::HttpStateless => "HTTP, stateless 2026-07-28",
+            Transport::Stdio => "stdio",
+        };
+        format!("{} ({transport})", self.peer.name())
+    }
+
+    /// Key for `--targets`: `pgmcp-http`, `toolbox-stdio`, …
+    pub fn key(self) -> String {
+        let transport = match self.transport {
+            Transport::Http => "http",
+            Transport::HttpStateless => "stateless",
+            Transport::Stdio => "stdio",
+        };
+        format!("{}-{transport}", self.peer.key())
+    }
+
+    pub fn all() -> Vec<Target> {
+        use Peer::*;
+        use Transport::*;
+        [
+            (Pgmcp, Http),
+            (Pgmcp, HttpStateless),
+            (Pgmcp, Stdio),
+            (Toolbox, Http),
+            (Toolbox, Stdio),
+            (ServerPostgres, Stdio),
+            (PostgresMcp, Stdio),
+        ]
+        .into_iter()
+        .map(|(peer, transport)| Target { peer, transport })
+        .collect()
+    }
+
+    pub fn parse(key: &str) -> anyhow::Result<Target> {
+        Target::all()
+            .into_iter()
+            .find(|t| t.key() == key)
+            .ok_or_else(|| {
+                let keys: Vec<String> = Target::all().into_iter().map(Target::key).collect();
+                anyhow::anyhow!("unknown target {key}: expected one of {}", keys.join(", "))
+            })
+    }
+}
+
+impl Peer {
+    pub fn name(self) -> &'static str {
+        match self {
+            Peer::Pgmcp => "pgmcp",
+            Peer::Toolbox => "toolbox 1.12.0",
+            Peer::ServerPostgres => "server-postgres 0.6.2",
+            Peer::PostgresMcp => "postgres-mcp 0.3.0",
+        }
+    }
+
+    pub fn key(self) -> &'static str {
+        match self {
+            Peer::Pgmcp => "pgmcp",
+            Peer::Toolbox => "toolbox",
+            Peer::ServerPostgres => "server-postgres",
+            Peer::PostgresMcp => "postgres-mcp",
+        }
+    }
+
+    /// What this server calls each op (for the report's mapping table).
+    pub fn tool_name(self, op: Op) -> &'static str {
+        match (self, op) {
+            (Peer::Pgmcp, Op::PkLookup | Op::Aggregate) => "query {sql}",
+            (Peer::Pgmcp, Op::ListTables) => "list_tables {schema: public}",
+            (Peer::Pgmcp, Op::DescribeTable) => "describe_table {schema: public, table}",
+            (Peer::Toolbox, Op::PkLookup | Op::Aggregate) => "execute_sql {sql}",
+            (Peer::Toolbox, Op::ListTables) => {
+                "list_tables {table_names: \"\", output_format: simple} (every schema; no schema filter)"
+            }
+            (Peer::Toolbox, Op::DescribeTable) => {
+                "list_tables {table_names: <table>, output_format: detailed}"
+            }
+            (Peer::ServerPostgres, Op::PkLookup | Op::Aggregate) => "query {sql}",
+            (Peer::ServerPostgres, Op::ListTables) => "resources/list (no tool; tables of public)",
+            (Peer::ServerPostgres, Op::DescribeTable) => {
+                "resources/read postgres://…/<table>/schema (columns and types only)"
+            }
+            (Peer::PostgresMcp, Op::PkLookup | Op::Aggregate) => "execute_sql {sql}",
+            (Peer::PostgresMcp, Op::ListTables) => {
+                "list_objects {schema_name: public, object_type: table}"
+            }
+            (Peer::PostgresMcp, Op::DescribeTable) => {
+                "get_object_details {schema_name: public, object_name, object_type: table}"
+            }
+        }
+    }
+
+    /// The JSON-RPC method and params of one call of `op`; `n` picks the account.
+    pub fn call(self, op: Op, n: u64, seeded: &Seeded) -> (&'static str, Value) {
+        let table = seeded.described_table();
+        if let Some(sql) = op.sql(n) {
+            let tool = match self {
+                Peer::Pgmcp | Peer::ServerPostgres => "query",
+                Peer::Toolbox | Peer::PostgresMcp => "execute_sql",
+            };
+            return (
+                "tools/call",
+                json!({"name": tool, "arguments": {"sql": sql}}),
+            );
+        }
+        let tool = |name: &str, arguments: Value| {
+            ("tools/call", json!({"name": name, "arguments": arguments}))
+        };
+        match (self, op) {
+            (Peer::Pgmcp, Op::ListTables) => tool("list_tables", json!({"schema": "public"})),
+            (Peer::Pgmcp, _) => tool(
+                "describe_table",
+                json!({"schema": "public", "table": table}),
+            ),
+            (Peer::Toolbox, Op::ListTables) => tool(
+                "list_tables",
+                json!({"table_names": "", "output_format": "simple"}),
+            ),
+            (Peer::Toolbox, _) => tool(
+                "list_tables",
+                json!({"table_names": table, "output_format": "detailed"}),
+            ),
+            (Peer::ServerPostgres, Op::ListTables) => ("resources/list", json!({})),
+            (Peer::ServerPostgres, _) => (
+                "resources/read",
+                json!({"uri": format!("postgres://{}:{}/{table}/schema", seeded.host, seeded.port)}),
+            ),
+            (Peer::PostgresMcp, Op::ListTables) => tool(
+                "list_objects",
+                json!({"schema_name": "public", "object_type": "table"}),
+            ),
+            (Peer::PostgresMcp, _) => tool(
+                "get_object_details",
+                json!({"schema_name": "public", "object_name": table, "object_type": "table"}),
+            ),
+        }
+    }
+}
+
+/// Where the binaries are.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub pgmcp_server: PathBuf,
+    /// `.cache/bench` as filled by bench/scripts/install-peers.sh.
+    pub peers: PathBuf,
+}
+
+impl Paths {
+    fn toolbox(&self) -> PathBuf {
+        self.peers
+            .join("node/node_modules/@toolbox-sdk/server-linux-x64/bin/toolbox")
+    }
+    fn server_postgres(&self) -> PathBuf {
+        self.peers
+            .join("node/node_modules/@modelcontextprotocol/server-postgres/dist/index.js")
+    }
+    fn postgres_mcp(&self) -> PathBuf {
+        self.peers.join("venv/postgres-mcp/bin/postgres-mcp")
+    }
+    fn postgres_mcp_python(&self) -> PathBuf {
+        self.peers.join("venv/postgres-mcp/bin/python")
+    }
+
+    /// Whether `peer` is installed (peers that are not are skipped).
+    pub fn installed(&self, peer: Peer) -> bool {
+        match peer {
+            Peer::Pgmcp => self.pgmcp_server.exists(),
+            Peer::Toolbox => self.toolbox().exists(),
+            Peer::ServerPostgres => self.server_postgres().exists(),
+            Peer::PostgresMcp => self.postgres_mcp().exists(),
+        }
+    }
+
+    /// The version the server reports or was installed as, for the report.
+    pub fn version(&self, peer: Peer) -> String {
+        let run = |program: &Path, args: &[&str]| {
+            std::process::Command::new(program)
+                .args(args)
+                .output()
+                .ok()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+                .unwrap_or_default()
+        };
+        match peer {
+            Peer::Pgmcp => run(&self.pgmcp_server, &["--version"]),
+            Peer::Toolbox => run(&self.toolbox(), &["--version"]),
+            Peer::ServerPostgres => format!(
+                "@modelcontextprotocol/server-postgres 0.6.2 on node {}",
+                run(Path::new("node"), &["--version"])
+            ),
+            Peer::PostgresMcp => format!(
+                "postgres-mcp 0.3.0 on {}",
+                run(&self.postgres_mcp_python(), &["--version"])
+            ),
+        }
+    }
+}
+
+/// A running server: its process and how to open sessions.
+#[derive(Debug)]
+pub struct Running {
+    pub target: Target,
+    pub pid: u32,
+    child: Child,
+    addr: Option<SocketAddr>,
+    stdio: Option<Arc<StdioConnection>>,
+    /// Process spawn → first answered tools/list.
+    pub start_to_ready: Duration,
+    pub log: PathBuf,
+}
+
+impl Running {
+    /// Starts `target` against `seeded` and waits until it answers tools/list (60 s at most).
+    pub async fn start(
+        target: Target,
+        paths: &Paths,
+        seeded: &Seeded,
+        dir: &Path,
+    ) -> anyhow::Result<Running> {
+        let port = pgmcp_tests::paths::free_port()?;
+        let log = dir.join(format!("{}.log", target.key()));
+        let mut command = command(target, paths, seeded, port, dir)?;
+        command
+            .stderr(std::fs::File::create(&log)?)
+            .kill_on_drop(true);
+        match target.transport {
+            Transport::Http | Transport::HttpStateless => {
+                command.stdin(Stdio::null()).stdout(std::fs::File::create(
+                    dir.join(format!("{}.stdout", target.key())),
+                )?);
+            }
+            Transport::Stdio => {
+                command.stdin(Stdio::piped()).stdout(Stdio::piped());
+            }
+        }
+        let spawned = Instant::now();
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("failed to start {}", target.name()))?;
+        let pid = child.id().context("the server exited at once")?;
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let pipes = child.stdin.take().zip(child.stdout.take());
+        let ready = async move {
+            match target.transport {
+                Transport::Http => {
+                    let mut session = loop {
+                        match HttpSession::open(addr).await {
+                            Ok(session) => break session,
+                            Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+                        }
+                    };
+                    session
+                        .request("tools/list", &json!({}))
+                        .await
+                        .map_err(|e| anyhow::anyhow!("tools/list failed: {e}"))?;
+                    Ok::<_, anyhow::Error>(None)
+                }
+                Transport::HttpStateless => {
+                    let mut session = loop {
+                        match HttpSession::open_stateless(addr).await {
+                            Ok(session) => break session,
+                            Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+                        }
+                    };
+                    session
+                        .request("tools/list", &json!({}))
+                        .await
+                        .map_err(|e| anyhow::anyhow!("tools/list failed: {e}"))?;
+                    Ok(None)
+                }
+                Transport::Stdio => {
+                    let (stdin, stdout) = pipes.context("no stdio pipes")?;
+                    let connection = StdioConnection::new(stdin, stdout);
+                    connection.initialize().await?;
+                    connection
+                        .request("tools/list", &json!({}))
+                        .await
+                        .map_err(|e| anyhow::anyhow!("tools/list failed: {e}"))?;
+                    Ok(Some(connection))
+                }
+            }
+        };
+        let stdio = tokio::select! {
+            ready = tokio::time::timeout(Duration::from_secs(60), ready) => match ready {
+                Ok(Ok(stdio)) => stdio,
+                Ok(Err(err)) => anyhow::bail!("{} did not start: {err:#}\n{}", target.name(), tail(&log)),
+                Err(_) => anyhow::bail!("{} did not answer tools/list within 60s\n{}", target.name(), tail(&log)),
+            },
+            status = child.wait() => anyhow::bail!("{} exited ({:?}) before it was ready:\n{}", target.name(), status, tail(&log)),
+        };
+        let start_to_ready = spawned.elapsed();
+        Ok(Running {
+            target,
+            pid,
+            child,
+            addr: (target.transport != Transport::Stdio).then_some(addr),
+            stdio,
+            start_to_ready,
+            log,
+        })
+    }
+
+    /// A new session: a new connection and MCP session over HTTP, the shared one over stdio.
+    pub async fn session(&self) -> anyhow::Result<Session> {
+        match (&self.stdio, self.addr) {
+            (Some(stdio), _) => Ok(Session::Stdio(stdio.clone())),
+            (None, Some(addr)) if self.target.transport == Transport::HttpStateless => Ok(
+                Session::Http(Box::new(HttpSession::open_stateless(addr).await?)),
+            ),
+            (None, Some(addr)) => Ok(Session::Http(Box::new(HttpSession::open(addr).await?))),
+            (None, None) => anyhow::bail!("no transport"),
+        }
+    }
+
+    /// SIGTERM (through kill(1), to the pid we spawned), up to 5 s, then SIGKILL.
+    pub async fn stop(mut self) {
+        self.stdio.take(); // closes stdin once the writer task sees no more senders
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status()
+            .await;
+        if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+fn tail(log: &Path) -> String {
+    pgmcp_tests::daemon::log_tail(log, 20)
+}
+
+fn command(
+    target: Target,
+    paths: &Paths,
+    seeded: &Seeded,
+    port: u16,
+    dir: &Path,
+) -> anyhow::Result<Command> {
+    let http = target.transport != Transport::Stdio;
+    let command = match target.peer {
+        Peer::Pgmcp => {
+            let password_file = dir.join("reader-password");
+            std::fs::write(&password_file, &seeded.reader_password)?;
+            let mut c = Command::new(&paths.pgmcp_server);
+            c.arg("--database-url")
+                .arg(format!(
+                    "postgres://{}@{}:{}/{}?sslmode=disable",
+                    super::seed::READER,
+                    seeded.host,
+                    seeded.port,
+                    super::seed::DATABASE
+                ))
+                .arg("--password-file")
+                .arg(&password_file)
+                .args(["--grant", "public"]);
+            if http {
+                c.args(["--listen", &format!("127.0.0.1:{port}")]);
+            } else {
+                c.arg("--stdio");
+            }
+            c
+        }
+        Peer::Toolbox => {
+            let mut c = Command::new(paths.toolbox());
+            c.args(["--prebuilt", "postgres", "--disable-version-check"])
+                .args(["--log-level", "WARN"])
+                .env("POSTGRES_HOST", &seeded.host)
+                .env("POSTGRES_PORT", seeded.port.to_string())
+                .env("POSTGRES_DATABASE", super::seed::DATABASE)
+                .env("POSTGRES_USER", super::seed::READER)
+                .env("POSTGRES_PASSWORD", &seeded.reader_password);
+            if http {
+                c.args(["--address", "127.0.0.1", "--port", &port.to_string()]);
+            } else {
+                c.arg("--stdio");
+            }
+            c
+        }
+        Peer::ServerPostgres => {
+            anyhow::ensure!(!http, "server-postgres serves stdio only");
+            let mut c = Command::new("node");
+            c.arg(paths.server_postgres()).arg(seeded.url());
+            c
+        }
+        Peer::PostgresMcp => {
+            anyhow::ensure!(!http, "postgres-mcp is benchmarked over stdio");
+            let mut c = Command::new(paths.postgres_mcp_python());
+            c.arg(paths.postgres_mcp())
+                .args(["--access-mode", "restricted", "--transport", "stdio"])
+                .arg(seeded.url());
+            c
+        }
+    };
+    Ok(command)
+}
