@@ -71,15 +71,7 @@ async fn watches_resume_after_an_apiserver_restart_and_nothing_is_missed_or_redo
         .unwrap();
     kubectl_apply(&ns, &azure.binding("first", env.server()).to_string());
     let bindings: Api<PostgresMcpBinding> = ns.api();
-    let before = wait_condition(
-        &bindings,
-        "first",
-        "FoundryConnectionReady",
-        "True",
-        None,
-        WAIT,
-    )
-    .await;
+    let before = foundry_ready(&bindings, "first").await;
     let oid = azure.principal_oid().await.unwrap();
     let arm_writes =
         || azure.arm.count_matching("PUT", "/") + azure.arm.count_matching("DELETE", "/");
@@ -201,6 +193,11 @@ async fn a_database_outage_is_reported_and_the_grants_are_repaired_when_it_ends(
     assert!(can_read, "the revoked grant is back");
 }
 
+/// Waits until binding `name` has its Foundry connection (the last step of a reconcile).
+async fn foundry_ready(bindings: &Api<PostgresMcpBinding>, name: &str) -> PostgresMcpBinding {
+    wait_condition(bindings, name, "FoundryConnectionReady", "True", None, WAIT).await
+}
+
 /// A Foundry binding's fakes on a fresh database of the shared server.
 async fn foundry(test: &str) -> Foundry {
     let pg = Postgres::shared();
@@ -266,15 +263,7 @@ async fn an_operator_killed_between_arm_writes_and_its_status_converges_without_
         .start_operator(env, &ns, "op-killed-3", &lease)
         .await
         .unwrap();
-    let binding = wait_condition(
-        &bindings,
-        "sales",
-        "FoundryConnectionReady",
-        "True",
-        None,
-        WAIT,
-    )
-    .await;
+    let binding = foundry_ready(&bindings, "sales").await;
     assert_eq!(condition(&binding, "DatabaseReady").unwrap().status, "True");
     // The same end state as without crashes, and no write was repeated: the later operators
     // found what ARM held and left it.
@@ -376,15 +365,7 @@ async fn arm_throttling_and_failures_are_waited_out_without_a_hot_loop() {
     );
 
     arm.set_outage(None);
-    wait_condition(
-        &bindings,
-        "sales",
-        "FoundryConnectionReady",
-        "True",
-        None,
-        WAIT,
-    )
-    .await;
+    foundry_ready(&bindings, "sales").await;
     assert_eq!(azure.arm_resources(), (1, 1));
 }
 
@@ -408,15 +389,7 @@ async fn a_binding_deleted_while_postgres_and_arm_are_down_is_cleaned_up_when_th
         .unwrap();
     kubectl_apply(&ns, &azure.binding("sales", env.server()).to_string());
     let bindings: Api<PostgresMcpBinding> = ns.api();
-    wait_condition(
-        &bindings,
-        "sales",
-        "FoundryConnectionReady",
-        "True",
-        None,
-        WAIT,
-    )
-    .await;
+    foundry_ready(&bindings, "sales").await;
 
     pg.stop();
     arm.set_outage(Some(Fault::Unavailable {
