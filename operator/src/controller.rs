@@ -122,8 +122,9 @@ pub struct Context {
     pub postgres_token: Option<pgmcp_identity::TokenProvider>,
     /// Azure Resource Manager with the operator's own workload identity, when it has one.
     pub arm: Option<crate::azure::arm::ArmClient>,
-    /// Consecutive failures per binding (`namespace/name`), for the retry delay.
-    failures: Mutex<HashMap<String, u32>>,
+    /// Consecutive failures per binding (`namespace/name`) at the same stage, for the retry
+    /// delay.
+    failures: Mutex<HashMap<String, (String, u32)>>,
 }
 
 impl Debug for Context {
@@ -188,6 +189,19 @@ pub enum Error {
 }
 
 impl Error {
+    /// Where the reconcile stopped: the category, and for a deletion the step that failed.
+    fn stage(&self) -> String {
+        use kube::runtime::finalizer::Error as F;
+        match self {
+            Error::Cleanup(e) => format!("cleanup {:?}", e.step),
+            Error::Finalizer(inner) => match inner.as_ref() {
+                F::ApplyFailed(e) | F::CleanupFailed(e) => e.stage(),
+                _ => self.metric_label().to_owned(),
+            },
+            _ => self.metric_label().to_owned(),
+        }
+    }
+
     /// Bounded error category for metrics.
     pub fn metric_label(&self) -> &'static str {
         use kube::runtime::finalizer::Error as F;
@@ -444,15 +458,23 @@ async fn write_status(
 }
 
 /// Retry delay after a failed reconcile: exponential from 1s to 5 minutes, with ±20% jitter so
-/// bindings that failed together do not retry together.
+/// bindings that failed together do not retry together. A failure at another stage than the
+/// last one (ARM answers again, now PostgreSQL is down) is progress: the delay starts over, so a
+/// long outage of one service does not delay the recovery from the next.
 pub fn error_policy(binding: Arc<PostgresMcpBinding>, error: &Error, ctx: Arc<Context>) -> Action {
+    let stage = error.stage();
     let failures = ctx
         .failures
         .lock()
         .map(|mut failures| {
-            let count = failures.entry(key(&binding)).or_insert(0);
-            *count = count.saturating_add(1);
-            *count
+            let entry = failures
+                .entry(key(&binding))
+                .or_insert_with(|| (stage.clone(), 0));
+            if entry.0 != stage {
+                *entry = (stage, 0);
+            }
+            entry.1 = entry.1.saturating_add(1);
+            entry.1
         })
         .unwrap_or(1);
     let delay = backoff(failures, jitter_source());
