@@ -375,6 +375,16 @@ fn ratios(out: &mut String, r: &Results) {
     if peers.is_empty() {
         return;
     }
+    // pgmcp's run on the transport a peer was measured on.
+    let pgmcp_on = |transport| {
+        r.targets.iter().find(|t| {
+            t.target
+                == Target {
+                    peer: Peer::Pgmcp,
+                    transport,
+                }
+        })
+    };
     let _ = writeln!(out, "### pgmcp against each peer (same transport)\n");
     let _ = writeln!(
         out,
@@ -387,13 +397,7 @@ fn ratios(out: &mut String, r: &Results) {
     );
     let _ = writeln!(out, "| --- | ---: | --- | ---: | ---: | ---: |");
     for peer in &peers {
-        let Some(ours) = r.targets.iter().find(|t| {
-            t.target
-                == Target {
-                    peer: Peer::Pgmcp,
-                    transport: peer.target.transport,
-                }
-        }) else {
+        let Some(ours) = pgmcp_on(peer.target.transport) else {
             continue;
         };
         for l in &peer.levels {
@@ -423,13 +427,7 @@ fn ratios(out: &mut String, r: &Results) {
     );
     let _ = writeln!(out, "| --- | ---: | ---: | ---: |");
     for peer in &peers {
-        let Some(ours) = r.targets.iter().find(|t| {
-            t.target
-                == Target {
-                    peer: Peer::Pgmcp,
-                    transport: peer.target.transport,
-                }
-        }) else {
+        let Some(ours) = pgmcp_on(peer.target.transport) else {
             continue;
         };
         let start = |t: &TargetRun| {

@@ -349,9 +349,15 @@ impl Running {
         let pipes = child.stdin.take().zip(child.stdout.take());
         let ready = async move {
             match target.transport {
-                Transport::Http => {
+                Transport::Http | Transport::HttpStateless => {
+                    let stateless = target.transport == Transport::HttpStateless;
                     let mut session = loop {
-                        match HttpSession::open(addr).await {
+                        let opened = if stateless {
+                            HttpSession::open_stateless(addr).await
+                        } else {
+                            HttpSession::open(addr).await
+                        };
+                        match opened {
                             Ok(session) => break session,
                             Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
                         }
@@ -361,19 +367,6 @@ impl Running {
                         .await
                         .map_err(|e| anyhow::anyhow!("tools/list failed: {e}"))?;
                     Ok::<_, anyhow::Error>(None)
-                }
-                Transport::HttpStateless => {
-                    let mut session = loop {
-                        match HttpSession::open_stateless(addr).await {
-                            Ok(session) => break session,
-                            Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
-                        }
-                    };
-                    session
-                        .request("tools/list", &json!({}))
-                        .await
-                        .map_err(|e| anyhow::anyhow!("tools/list failed: {e}"))?;
-                    Ok(None)
                 }
                 Transport::Stdio => {
                     let (stdin, stdout) = pipes.context("no stdio pipes")?;
