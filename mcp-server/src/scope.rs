@@ -9,7 +9,7 @@ use std::ops::ControlFlow;
 
 use pgmcp_crds::config::ScopeGrant;
 use sqlparser::ast::{
-    ObjectName, ObjectNamePart, Query, SetExpr, Statement, TableFactor, Visit, Visitor,
+    Ident, ObjectName, ObjectNamePart, Query, SetExpr, Statement, TableFactor, Visit, Visitor,
 };
 
 /// The granted schemas and tables. Empty means unrestricted (local development only).
@@ -106,46 +106,57 @@ pub struct RelationRef {
 pub fn referenced_relations(statement: &Statement) -> Vec<RelationRef> {
     let mut collector = Relations::default();
     let _ = statement.visit(&mut collector);
-    let mut out = Vec::new();
-    for name in collector.relations {
-        let mut parts: Vec<String> = name
-            .0
-            .iter()
-            .map(|p| match p {
-                ObjectNamePart::Identifier(ident) => ident.value.clone(),
-                ObjectNamePart::Function(f) => f.name.value.clone(),
-            })
-            .collect();
-        let Some(table) = parts.pop() else { continue };
-        let relation = RelationRef {
-            schema: parts.pop(),
-            name: table,
-        };
-        if !out.contains(&relation) {
-            out.push(relation);
-        }
+    collector.relations
+}
+
+/// An identifier as PostgreSQL reads it: unquoted names are folded to lower case (ASCII only,
+/// as PostgreSQL does in UTF-8 databases), quoted ones are taken as written.
+fn identifier(ident: &Ident) -> String {
+    match ident.quote_style {
+        None => ident.value.to_ascii_lowercase(),
+        Some(_) => ident.value.clone(),
     }
-    out
 }
 
 /// Collects the relations a statement reads.
 #[derive(Default)]
 struct Relations {
-    relations: Vec<ObjectName>,
+    relations: Vec<RelationRef>,
 }
 
 impl Relations {
+    fn push(&mut self, relation: RelationRef) {
+        if !self.relations.contains(&relation) {
+            self.relations.push(relation);
+        }
+    }
+
+    fn name(&mut self, name: &ObjectName) {
+        let mut parts: Vec<String> = name
+            .0
+            .iter()
+            .map(|p| match p {
+                ObjectNamePart::Identifier(ident) => identifier(ident),
+                ObjectNamePart::Function(f) => identifier(&f.name),
+            })
+            .collect();
+        if let Some(table) = parts.pop() {
+            self.push(RelationRef {
+                schema: parts.pop(),
+                name: table,
+            });
+        }
+    }
+
     /// `TABLE x` anywhere in a query body, including the arms of set operations.
     fn tables_in(&mut self, body: &SetExpr) {
         match body {
             SetExpr::Table(table) => {
                 if let Some(name) = &table.table_name {
-                    let mut parts = Vec::new();
-                    if let Some(schema) = &table.schema_name {
-                        parts.push(schema.clone());
-                    }
-                    parts.push(name.clone());
-                    self.relations.push(ObjectName::from(parts));
+                    self.push(RelationRef {
+                        schema: table.schema_name.as_ref().map(identifier),
+                        name: identifier(name),
+                    });
                 }
             }
             SetExpr::SetOperation { left, right, .. } => {
@@ -171,7 +182,7 @@ impl Visitor for Relations {
             name, args: None, ..
         } = factor
         {
-            self.relations.push(name.clone());
+            self.name(name);
         }
         ControlFlow::Continue(())
     }
@@ -247,6 +258,18 @@ mod tests {
             names(&[(Some("Mixed Case"), "T")])
         );
         assert_eq!(refs("SELECT 1"), names(&[]));
+    }
+
+    #[test]
+    fn unquoted_names_are_folded_to_lower_case_like_postgresql_does() {
+        assert_eq!(
+            refs("SELECT * FROM Internal.API_Keys JOIN \"Orders\" ON true"),
+            names(&[(Some("internal"), "api_keys"), (None, "Orders")])
+        );
+        assert_eq!(
+            refs("SELECT 1 UNION TABLE Secret UNION TABLE \"Other\""),
+            names(&[(None, "secret"), (None, "Other")])
+        );
     }
 
     #[test]

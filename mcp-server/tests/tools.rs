@@ -490,20 +490,26 @@ async fn scope_hides_and_refuses_what_is_not_granted() {
         relations.rows.row_count, 0,
         "the other side of every FK is hidden"
     );
-    assert_eq!(
-        sql::query(&tools, q("SELECT count(*) FROM customers"))
-            .await
-            .unwrap()
-            .rows
-            .row_count,
-        1
-    );
+    for sql in [
+        "SELECT count(*) FROM customers",
+        "SELECT count(*) FROM Public.CUSTOMERS",
+    ] {
+        assert_eq!(
+            sql::query(&tools, q(sql)).await.unwrap().rows.row_count,
+            1,
+            "{sql}"
+        );
+    }
     for sql in [
         "SELECT * FROM orders",
+        "SELECT * FROM ORDERS",
         "SELECT * FROM public.products",
+        "SELECT * FROM Public.Products",
+        "SELECT 1 UNION TABLE Orders",
         "SELECT * FROM customers c WHERE EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = c.id)",
         "SELECT * FROM internal.api_keys",
         "SELECT * FROM pg_authid",
+        "SELECT * FROM PG_AUTHID",
         "SELECT * FROM information_schema.tables",
     ] {
         let err = sql::query(&tools, q(sql)).await.unwrap_err();
