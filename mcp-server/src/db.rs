@@ -13,7 +13,8 @@
 //! token at login), and a failed token exchange fails only the connection attempt, so the pool
 //! recovers on its own once Entra answers again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
@@ -43,7 +44,13 @@ pub struct Connector {
     pg: tokio_postgres::Config,
     tls: MakeRustlsConnect,
     token: Option<TokenProvider>,
+    /// Names of the relations in `pg_catalog`, read by every new connection (see
+    /// [`Database::system_relations`]).
+    system_relations: RwLock<Option<SystemRelations>>,
 }
+
+/// The names of the relations in `pg_catalog`.
+pub type SystemRelations = Arc<HashSet<Box<str>>>;
 
 impl std::fmt::Debug for Connector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -132,6 +139,19 @@ impl managed::Manager for Connector {
                 tracing::debug!(error = %err, "database connection ended");
             }
         });
+        let names = client
+            .query(
+                "SELECT relname::text FROM pg_class WHERE relnamespace = 'pg_catalog'::regnamespace",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|row| row.try_get::<_, String>(0).map(Box::from))
+            .collect::<Result<HashSet<_>, _>>()?;
+        *self
+            .system_relations
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(names));
         Ok(Conn {
             client: ClientWrapper::new(client, task),
             statements: StatementCache::default(),
@@ -405,6 +425,7 @@ impl Database {
             pg,
             tls,
             token: options.token.clone(),
+            system_relations: RwLock::new(None),
         };
         let pool = Pool::builder(manager)
             .max_size(options.pool_size.max(1))
@@ -427,6 +448,19 @@ impl Database {
             .await
             .map_err(|e| DbError::from_pg(e, self.statement_timeout))?;
         Ok(())
+    }
+
+    /// The names of the relations in `pg_catalog`, as the newest connection read them; `None`
+    /// before the first connection. They cannot change while connections stay open: PostgreSQL
+    /// refuses to create relations in `pg_catalog` (short of `allow_system_table_mods`), and a
+    /// major upgrade restarts the server, so every connection is opened again.
+    pub fn system_relations(&self) -> Option<SystemRelations> {
+        self.pool
+            .manager()
+            .system_relations
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The schema each relation name (quoted as needed) resolves to through the session's

@@ -48,6 +48,13 @@ impl Scope {
         self.grants.iter().map(|g| g.schema.clone()).collect()
     }
 
+    /// Whether every grant is a whole schema (`*`).
+    pub fn grants_whole_schemas(&self) -> bool {
+        self.grants
+            .iter()
+            .all(|g| g.tables.iter().any(|t| t == "*"))
+    }
+
     /// Whether `schema` is visible at all.
     pub fn allows_schema(&self, schema: &str) -> bool {
         self.is_unrestricted() || self.grants.iter().any(|g| g.schema == schema)

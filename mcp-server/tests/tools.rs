@@ -531,6 +531,40 @@ async fn scope_hides_and_refuses_what_is_not_granted() {
 }
 
 #[tokio::test]
+async fn whole_schema_grants_resolve_names_without_a_catalog_query_and_still_refuse_pg_catalog() {
+    let shop = shop("scope whole").await;
+    let public = vec![ScopeGrant {
+        schema: "public".into(),
+        tables: vec!["*".into()],
+    }];
+    let tools = shop.tools_with(public, LimitsConfig::default());
+    for sql in [
+        "SELECT count(*) FROM orders",
+        "SELECT count(*) FROM ORDERS o JOIN customers c ON c.id = o.customer_id",
+        "WITH recent AS (SELECT * FROM orders) SELECT count(*) FROM recent",
+    ] {
+        assert_eq!(
+            sql::query(&tools, q(sql)).await.unwrap().rows.row_count,
+            1,
+            "{sql}"
+        );
+    }
+    for sql in [
+        "SELECT * FROM pg_authid",
+        "SELECT * FROM PG_Class",
+        "SELECT * FROM orders WHERE EXISTS (SELECT 1 FROM pg_roles)",
+        "SELECT * FROM internal.api_keys",
+    ] {
+        let err = sql::query(&tools, q(sql)).await.unwrap_err();
+        assert_eq!(err.metric_label(), "refused_scope", "{sql}: {err}");
+    }
+    let missing = sql::query(&tools, q("SELECT * FROM no_such_table"))
+        .await
+        .unwrap_err();
+    assert!(missing.to_string().contains("42P01"), "{missing}");
+}
+
+#[tokio::test]
 async fn explain_returns_a_json_plan_and_analyze_only_when_asked() {
     let shop = shop("explain").await;
     let tools = shop.tools();

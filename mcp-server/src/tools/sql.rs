@@ -10,7 +10,8 @@ use serde_json::Value;
 use sqlparser::ast::Statement;
 
 use super::{RowsResult, ToolError, Tools};
-use crate::scope::referenced_relations;
+use crate::db::SystemRelations;
+use crate::scope::{Scope, referenced_relations};
 use crate::sql_guard;
 
 /// Largest SQL text accepted, in bytes (the SQL guard's limit).
@@ -74,36 +75,66 @@ fn check_size(sql: &str, params: &[Value]) -> Result<(), ToolError> {
     Ok(())
 }
 
+/// Where an unqualified relation name resolves, when that is certain without asking
+/// PostgreSQL: `Some(Some(schema))` a schema to check, `Some(None)` nothing to check (a granted
+/// schema or no relation at all), `None` ask PostgreSQL.
+///
+/// The server's `search_path` is the granted schemas, so `pg_catalog` is searched first (unless
+/// it is granted itself, then the path's order decides), after `pg_temp`, which stays empty:
+/// a read-only transaction cannot create a temporary table. A name that is no `pg_catalog`
+/// relation therefore resolves in one of the granted schemas or nowhere; when every one of them
+/// is granted whole (`*`), there is nothing left to check.
+fn resolve_locally(scope: &Scope, system: &SystemRelations, name: &str) -> Option<Option<String>> {
+    if scope.allows_schema("pg_catalog") {
+        None
+    } else if system.contains(name) {
+        Some(Some("pg_catalog".to_owned()))
+    } else if scope.grants_whole_schemas() {
+        Some(None)
+    } else {
+        None
+    }
+}
+
 /// Refuses any relation outside the scope. Unqualified names are resolved the way PostgreSQL
-/// will resolve them, through the session's `search_path` (with `pg_catalog` first).
+/// will resolve them, through the session's `search_path` (with `pg_catalog` first): locally
+/// where that is certain ([`resolve_locally`]), else by PostgreSQL in one round trip.
 async fn check_scope(tools: &Tools, statement: &Statement) -> Result<(), ToolError> {
     if tools.scope.is_unrestricted() {
         return Ok(());
     }
-    let relations = referenced_relations(statement);
-    // Every unqualified name, resolved in one round trip.
-    let unqualified: Vec<String> = relations
-        .iter()
-        .filter(|r| r.schema.is_none())
-        .map(|r| format!("\"{}\"", r.name.replace('"', "\"\"")))
-        .collect();
-    let mut resolved = if unqualified.is_empty() {
-        Vec::new()
-    } else {
-        tools.db.resolve_relations(&unqualified).await?
-    }
-    .into_iter();
-    for relation in relations {
-        let schema = match relation.schema {
-            Some(schema) => schema,
-            None => match resolved.next().flatten() {
-                Some(schema) => schema,
-                // No such relation (or the name of one of the statement's CTEs): nothing
-                // to hide, PostgreSQL resolves or reports it.
-                None => continue,
-            },
+    let system = tools.db.system_relations();
+    let mut checks = Vec::new();
+    let mut unresolved = Vec::new();
+    for relation in referenced_relations(statement) {
+        let local = match (&relation.schema, &system) {
+            (Some(schema), _) => Some(Some(schema.clone())),
+            (None, Some(system)) => resolve_locally(&tools.scope, system, &relation.name),
+            (None, None) => None,
         };
-        tools.scope.check(&schema, &relation.name)?;
+        match local {
+            Some(Some(schema)) => checks.push((schema, relation.name)),
+            Some(None) => {}
+            None => unresolved.push(relation.name),
+        }
+    }
+    if !unresolved.is_empty() {
+        let quoted: Vec<String> = unresolved
+            .iter()
+            .map(|name| format!("\"{}\"", name.replace('"', "\"\"")))
+            .collect();
+        let resolved = tools.db.resolve_relations(&quoted).await?;
+        // No such relation (or the name of one of the statement's CTEs): nothing to hide,
+        // PostgreSQL resolves or reports it.
+        checks.extend(
+            resolved
+                .into_iter()
+                .zip(unresolved)
+                .filter_map(|(schema, name)| Some((schema?, name))),
+        );
+    }
+    for (schema, name) in checks {
+        tools.scope.check(&schema, &name)?;
     }
     Ok(())
 }
@@ -161,4 +192,64 @@ pub async fn explain(tools: &Tools, args: ExplainArgs) -> Result<Plan, ToolError
         elapsed_ms: result.elapsed_ms,
         statement_timeout_ms: tools.limits.statement_timeout_ms,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::Arc;
+
+    use pgmcp_crds::config::ScopeGrant;
+
+    use super::*;
+
+    fn grant(schema: &str, tables: &[&str]) -> ScopeGrant {
+        ScopeGrant {
+            schema: schema.into(),
+            tables: tables.iter().map(|t| (*t).to_owned()).collect(),
+        }
+    }
+
+    fn system() -> SystemRelations {
+        Arc::new(
+            ["pg_class", "pg_authid"]
+                .into_iter()
+                .map(Box::from)
+                .collect::<HashSet<_>>(),
+        )
+    }
+
+    #[test]
+    fn names_are_resolved_locally_only_where_postgresql_would_agree() {
+        let whole = Scope::new(vec![grant("public", &["*"]), grant("sales", &["*"])]);
+        let resolve = |scope: &Scope, name| resolve_locally(scope, &system(), name);
+        assert_eq!(
+            resolve(&whole, "pg_class"),
+            Some(Some("pg_catalog".to_owned())),
+            "pg_catalog comes first on the path"
+        );
+        assert_eq!(
+            resolve(&whole, "orders"),
+            Some(None),
+            "a granted schema or nowhere"
+        );
+
+        let partial = Scope::new(vec![grant("public", &["*"]), grant("sales", &["orders"])]);
+        assert_eq!(
+            resolve(&partial, "pg_authid"),
+            Some(Some("pg_catalog".to_owned()))
+        );
+        assert_eq!(
+            resolve(&partial, "orders"),
+            None,
+            "which schema has it: ask"
+        );
+
+        let catalog = Scope::new(vec![grant("public", &["*"]), grant("pg_catalog", &["*"])]);
+        assert_eq!(
+            resolve(&catalog, "pg_class"),
+            None,
+            "a granted pg_catalog takes its place on the path"
+        );
+    }
 }
