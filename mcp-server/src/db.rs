@@ -74,6 +74,10 @@ pub enum ConnectError {
 /// (or PostgreSQL's) memory; the least recently used one is closed first.
 const STATEMENT_CACHE_SIZE: usize = 64;
 
+/// How long a call keeps trying while the database is unreachable (a restart, a failover)
+/// before it reports the database unavailable.
+pub const OUTAGE_WAIT: Duration = Duration::from_secs(3);
+
 /// PostgreSQL's error when a prepared statement's result columns changed since it was prepared.
 const STALE_PLAN: &str = "cached plan must not change result type";
 
@@ -261,6 +265,18 @@ fn sql_message(
 }
 
 impl DbError {
+    /// Whether running the same call again may succeed: the database or a connection was
+    /// unavailable, or a cached plan went stale.
+    fn is_transient(&self) -> bool {
+        match self {
+            DbError::Unavailable(_) | DbError::ConnectionLost(_) => true,
+            DbError::Sql { code, message, .. } => {
+                code == SqlState::FEATURE_NOT_SUPPORTED.code() && message.starts_with(STALE_PLAN)
+            }
+            _ => false,
+        }
+    }
+
     /// Bounded label for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {
@@ -479,35 +495,52 @@ impl Database {
              LEFT JOIN pg_namespace n ON n.oid = c.relnamespace
              ORDER BY r.i";
         let pg = |e| DbError::from_pg(e, self.statement_timeout);
-        let attempts = self.pool.status().max_size + 1;
-        let mut attempt = 1;
-        loop {
-            let once = async {
-                let mut conn = self.pool.get().await?;
-                let Conn {
-                    client, statements, ..
-                } = &mut *conn;
-                let statement = match statements.get(SQL) {
-                    Some(statement) => statement,
-                    None => {
-                        let statement = client.prepare(SQL).await.map_err(pg)?;
-                        statements.insert(SQL, statement.clone());
-                        statement
-                    }
-                };
-                let rows = client.query(&statement, &[&names]).await.map_err(pg)?;
-                rows.iter()
-                    .map(|row| row.try_get::<_, Option<String>>(0).map_err(pg))
-                    .collect::<Result<Vec<_>, DbError>>()
-            };
-            match once.await {
-                Err(DbError::ConnectionLost(reason)) if attempt < attempts => {
-                    tracing::warn!(%reason, attempt, "database connection lost; retrying on another connection");
-                    attempt += 1;
+        self.retrying(|| async {
+            let mut conn = self.pool.get().await?;
+            let Conn {
+                client, statements, ..
+            } = &mut *conn;
+            let statement = match statements.get(SQL) {
+                Some(statement) => statement,
+                None => {
+                    let statement = client.prepare(SQL).await.map_err(pg)?;
+                    statements.insert(SQL, statement.clone());
+                    statement
                 }
-                result => return result,
-            }
-        }
+            };
+            let rows = client.query(&statement, &[&names]).await.map_err(pg)?;
+            rows.iter()
+                .map(|row| row.try_get::<_, Option<String>>(0).map_err(pg))
+                .collect::<Result<Vec<_>, DbError>>()
+        })
+        .await
+    }
+
+    /// Runs `once` again while it fails in a way another attempt can fix, for at most
+    /// [`OUTAGE_WAIT`]: a pooled connection that died (each failure discards one), the
+    /// database restarting or failing over, a cached statement whose result type changed
+    /// (`once` dropped it, so the next attempt prepares it again). Everything run here is
+    /// read-only, so running it again is always safe.
+    async fn retrying<T, F, Fut>(&self, once: F) -> Result<T, DbError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, DbError>>,
+    {
+        use backon::Retryable as _;
+        let started = Instant::now();
+        let policy = backon::ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(10))
+            .with_max_delay(Duration::from_millis(250))
+            .with_jitter()
+            .without_max_times();
+        once.retry(policy)
+            .sleep(tokio::time::sleep)
+            // Wall-clock bound: an attempt itself can take long (a pool wait, a connect).
+            .when(|err| err.is_transient() && started.elapsed() < OUTAGE_WAIT)
+            .notify(|err, delay| {
+                tracing::warn!(error = %err, ?delay, "database call failed; trying again");
+            })
+            .await
     }
 
     /// Pool size and idle connections, for metrics.
@@ -518,9 +551,8 @@ impl Database {
     /// Runs one statement in a read-only transaction and returns at most `caps` of its rows.
     ///
     /// `sql` must already have passed the SQL guard (or be the server's own catalog SQL).
-    /// `timeout` lowers the statement timeout for this call (it never raises it). When a
-    /// pooled connection turns out to be dead, the statement is retried on another one: it is
-    /// read-only, so running it again is always safe.
+    /// `timeout` lowers the statement timeout for this call (it never raises it). A dead
+    /// pooled connection or a database restart costs a retry, not an error ([`OUTAGE_WAIT`]).
     pub async fn query(
         &self,
         sql: &str,
@@ -528,28 +560,8 @@ impl Database {
         caps: Caps,
         timeout: Option<Duration>,
     ) -> Result<Rows, DbError> {
-        // Several pooled connections can die at once (a failover, a restart): each failed
-        // attempt discards one, so pool size + 1 attempts reach a fresh connection.
-        let attempts = self.pool.status().max_size + 1;
-        let mut attempt = 1;
-        loop {
-            match self.query_once(sql, params, caps, timeout).await {
-                Err(DbError::ConnectionLost(reason)) if attempt < attempts => {
-                    tracing::warn!(%reason, attempt, "database connection lost; retrying on another connection");
-                    attempt += 1;
-                }
-                // A cached statement whose result type changed (ALTER TABLE): query_once
-                // dropped it, so the retry prepares it again.
-                Err(DbError::Sql { code, message, .. })
-                    if attempt < attempts
-                        && code == SqlState::FEATURE_NOT_SUPPORTED.code()
-                        && message.starts_with(STALE_PLAN) =>
-                {
-                    attempt += 1;
-                }
-                result => return result,
-            }
-        }
+        self.retrying(|| self.query_once(sql, params, caps, timeout))
+            .await
     }
 
     async fn query_once(

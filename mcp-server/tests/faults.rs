@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use common::server::{ServerProcess, call_tool};
 use pgmcp_tests::Postgres;
 use serde_json::{Value, json};
+use tokio::task::JoinHandle;
 
 const PASSWORD: &str = "reader-password";
 
@@ -44,8 +45,8 @@ async fn readyz(server: &ServerProcess) -> u16 {
         .map_or(0, |(status, _, _)| status)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_postgres_restart_under_load_costs_only_the_calls_made_while_it_is_down() {
+/// A restartable PostgreSQL with the shop tables, and the server reading them over HTTP.
+async fn shop_server() -> (Postgres, ServerProcess) {
     let pg = Postgres::start_restartable().await.unwrap();
     pg.database_with(
         "shop",
@@ -59,7 +60,6 @@ async fn a_postgres_restart_under_load_costs_only_the_calls_made_while_it_is_dow
     )
     .await
     .unwrap();
-    let admin = pg.connect("postgres").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let password_file = dir.path().join("password");
     std::fs::write(&password_file, PASSWORD).unwrap();
@@ -75,8 +75,45 @@ async fn a_postgres_restart_under_load_costs_only_the_calls_made_while_it_is_dow
         "--grant".to_owned(),
         "public".to_owned(),
     ];
-    let mut server = ServerProcess::start_args(dir, args, &[]).await;
+    let server = ServerProcess::start_args(dir, args, &[]).await;
+    (pg, server)
+}
+
+/// `clients` sessions calling `query` until `running` turns false, 20 ms apart.
+fn load(port: u16, clients: usize, running: &Arc<AtomicBool>) -> Vec<JoinHandle<Vec<Outcome>>> {
+    (0..clients)
+        .map(|client| {
+            let running = running.clone();
+            tokio::spawn(async move {
+                let mut outcomes = Vec::new();
+                while running.load(Ordering::Relaxed) {
+                    let sql = format!("SELECT total FROM orders WHERE id = {}", client + 1);
+                    let result = call_tool(port, &[], "query", json!({"sql": sql})).await;
+                    outcomes.push(Outcome {
+                        at: Instant::now(),
+                        error: outcome(&result),
+                    });
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                outcomes
+            })
+        })
+        .collect()
+}
+
+async fn outcomes(load: Vec<JoinHandle<Vec<Outcome>>>) -> Vec<Outcome> {
+    let mut outcomes = Vec::new();
+    for task in load {
+        outcomes.extend(task.await.unwrap());
+    }
+    outcomes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_restart_under_load_costs_only_the_calls_made_while_it_is_down() {
+    let (pg, mut server) = shop_server().await;
     let port = server.port;
+    let admin = pg.connect("postgres").await.unwrap();
 
     // A call in flight when the database goes: it waits on a lock the admin holds.
     let locker = pg.connect("shop").await.unwrap();
@@ -109,23 +146,7 @@ async fn a_postgres_restart_under_load_costs_only_the_calls_made_while_it_is_dow
 
     // Eight clients calling all along.
     let running = Arc::new(AtomicBool::new(true));
-    let mut load = Vec::new();
-    for client in 0..8 {
-        let running = running.clone();
-        load.push(tokio::spawn(async move {
-            let mut outcomes = Vec::new();
-            while running.load(Ordering::Relaxed) {
-                let sql = format!("SELECT total FROM orders WHERE id = {}", client + 1);
-                let result = call_tool(port, &[], "query", json!({"sql": sql})).await;
-                outcomes.push(Outcome {
-                    at: Instant::now(),
-                    error: outcome(&result),
-                });
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            outcomes
-        }));
-    }
+    let load = load(port, 8, &running);
     tokio::time::sleep(Duration::from_secs(1)).await;
     if in_flight.is_finished() {
         panic!("the call did not wait for the lock: {:?}", in_flight.await);
@@ -153,10 +174,7 @@ async fn a_postgres_restart_under_load_costs_only_the_calls_made_while_it_is_dow
     .await;
     tokio::time::sleep(Duration::from_secs(6)).await;
     running.store(false, Ordering::Relaxed);
-    let mut outcomes = Vec::new();
-    for task in load {
-        outcomes.extend(task.await.unwrap());
-    }
+    let outcomes = outcomes(load).await;
 
     let before: Vec<&Outcome> = outcomes.iter().filter(|o| o.at < stopped).collect();
     let down: Vec<&Outcome> = outcomes
@@ -207,4 +225,45 @@ async fn a_postgres_restart_under_load_costs_only_the_calls_made_while_it_is_dow
     );
     assert!(!server.log().contains("panicked"), "{}", server.log());
     drop(locker);
+}
+
+/// A restart shorter than the server's outage wait (3 s) costs no call at all: calls in flight
+/// lose their connection and run again, calls made meanwhile wait for the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_brief_postgres_restart_costs_no_call() {
+    let (pg, server) = shop_server().await;
+    let running = Arc::new(AtomicBool::new(true));
+    let load = load(server.port, 8, &running);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let stopped = Instant::now();
+    pg.stop();
+    pg.restart().await.unwrap();
+    let outage = stopped.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    running.store(false, Ordering::Relaxed);
+    let outcomes = outcomes(load).await;
+
+    let during = outcomes
+        .iter()
+        .filter(|o| o.at >= stopped && o.at < stopped + outage)
+        .count();
+    eprintln!(
+        "{} calls, {during} answered during the {outage:?} restart",
+        outcomes.len()
+    );
+    assert!(
+        outage < Duration::from_millis(2500),
+        "the restart took {outage:?}: too long to show the outage wait"
+    );
+    let errors: Vec<&String> = outcomes.iter().filter_map(|o| o.error.as_ref()).collect();
+    assert!(
+        errors.is_empty(),
+        "{} calls failed: {errors:?}",
+        errors.len()
+    );
+    assert!(
+        outcomes.iter().any(|o| o.at > stopped + outage),
+        "calls continue after the restart"
+    );
 }
