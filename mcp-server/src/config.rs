@@ -33,6 +33,11 @@ pub struct Args {
     /// Address of the HTTP listener (host:port).
     #[arg(long)]
     pub listen: Option<String>,
+    /// Threads running tool calls. One is the fastest where PostgreSQL shares the cores (it
+    /// saves the hand-offs between threads; see BENCHMARKS.md); raise it for thousands of
+    /// calls per second on a dedicated multi-core node.
+    #[arg(long, env = "PGMCP_WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub worker_threads: u16,
     /// Serve MCP over stdin/stdout instead of HTTP (for local clients).
     #[arg(long)]
     pub stdio: bool,

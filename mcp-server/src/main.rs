@@ -19,10 +19,18 @@ use pgmcp_server::{AppState, PgMcpServer, router, startup};
 use rmcp::ServiceExt as _;
 use tokio_util::sync::CancellationToken;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(&args.log_format);
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(usize::from(args.worker_threads))
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")?
+        .block_on(serve(args))
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
     let settings = Settings::resolve(&args, |var| std::env::var(var).ok())?;
     let db = Database::new(&settings.connect).map_err(anyhow::Error::msg)?;
     let scope = Scope::new(settings.file.scope.grants.clone());
