@@ -322,21 +322,27 @@ async fn reconcile_binding(binding: &PostgresMcpBinding, ctx: &Context) -> Resul
             return Err(err.into());
         }
     };
-    for (change, object) in &applied.changes {
-        let reason = match change {
-            apply::Change::Created => "Created",
-            apply::Change::Updated => "Updated",
-            apply::Change::Deleted => "Deleted",
+    // One Event for every child changed in this pass ("created ServiceAccount ns/a, ConfigMap
+    // ns/b, …"): a new binding costs the apiserver one write here, not one per child.
+    if let Some(((first, object), rest)) = applied.changes.split_first() {
+        let reason = if rest.iter().all(|(change, _)| change == first) {
+            match first {
+                apply::Change::Created => "Created",
+                apply::Change::Updated => "Updated",
+                apply::Change::Deleted => "Deleted",
+            }
+        } else {
+            "Applied"
         };
-        let note = format!("{} {}", change.verb(), apply::describe(object));
-        ctx.event(
-            binding,
-            EventType::Normal,
-            reason,
-            note,
-            Some(object.clone()),
-        )
-        .await;
+        let note = applied
+            .changes
+            .iter()
+            .map(|(change, object)| format!("{} {}", change.verb(), apply::describe(object)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let related = rest.is_empty().then(|| object.clone());
+        ctx.event(binding, EventType::Normal, reason, note, related)
+            .await;
     }
     let database = crate::database::reconcile(
         ctx,

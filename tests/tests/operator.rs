@@ -16,6 +16,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
+use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt as _};
@@ -203,6 +204,42 @@ async fn example_binding_gets_its_children_and_is_ready_when_its_pods_are() {
     assert!(
         row.contains(&format!("http://{CHILD}.{}.svc:8080/mcp", ns.name)),
         "{table}"
+    );
+
+    // Events: one for the children created (not one each), one for the grants.
+    let events: Api<Event> = ns.api();
+    let events: Vec<(String, String)> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(NAME))
+        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .collect();
+    let created: Vec<&String> = events
+        .iter()
+        .filter(|(reason, _)| reason == "Created")
+        .map(|(_, note)| note)
+        .collect();
+    assert_eq!(created.len(), 1, "{events:?}");
+    for kind in ["ServiceAccount", "ConfigMap", "Service", "Deployment"] {
+        assert!(
+            created[0].contains(&format!("created {kind} {}/{CHILD}", ns.name)),
+            "{kind} in {}",
+            created[0]
+        );
+    }
+    assert!(
+        events.iter().any(|(reason, _)| reason == "Granted"),
+        "{events:?}"
+    );
+    let mut describe = ns.kubectl();
+    describe.args(["describe", "pgmcp", NAME]);
+    let described = kubectl_ok(describe);
+    assert!(
+        described.contains("Created") && described.contains("created Deployment"),
+        "{described}"
     );
 }
 
