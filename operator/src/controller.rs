@@ -40,7 +40,7 @@ use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::runtime::{Predicate as _, PredicateConfig, WatchStreamExt as _, predicates, watcher};
 use kube::{Client, Resource, ResourceExt as _};
 use pgmcp_crds::v1alpha1::PostgresMcpBinding;
 use serde::de::DeserializeOwned;
@@ -115,7 +115,8 @@ pub struct Context {
     pub defaults: Defaults,
     pub stores: Stores,
     pub metrics: Arc<Metrics>,
-    pub recorder: Recorder,
+    /// Who publishes Events (see [`Context::event`]).
+    pub reporter: Reporter,
     pub resync: Duration,
     /// The operator's own Entra token for PostgreSQL (`postgres.admin.entra`), when it runs
     /// with a workload identity.
@@ -154,8 +155,10 @@ impl Context {
             action: "Reconcile".to_owned(),
             secondary: related,
         };
-        let result = self
-            .recorder
+        // A recorder of its own for each Event: kube's Recorder merges Events with the same
+        // reason and related object into a series and keeps the first note, so a second
+        // "Granted" or "Updated" would show the first one's text.
+        let result = Recorder::new(self.client.clone(), self.reporter.clone())
             .publish(&event, &binding.object_ref(&()))
             .await;
         self.metrics.write("Event", "create", result.is_ok());
@@ -614,7 +617,7 @@ async fn run_scope(
         instance: Some(options.identity.clone()),
     };
     let ctx = Arc::new(Context {
-        recorder: Recorder::new(client.clone(), reporter),
+        reporter,
         client: client.clone(),
         defaults: options.defaults.clone(),
         stores: Stores {
@@ -641,7 +644,17 @@ async fn run_scope(
     .default_backoff()
     .modify(drop_managed_fields)
     .reflect(writer)
-    .applied_objects();
+    .applied_objects()
+    // Our own status writes change nothing to reconcile: only spec (generation, which
+    // deletion also bumps), finalizers, labels and annotations trigger one. Children's
+    // changes and the resync still do.
+    .predicate_filter(
+        predicates::generation
+            .combine(predicates::finalizers)
+            .combine(predicates::labels)
+            .combine(predicates::annotations),
+        PredicateConfig::default(),
+    );
     Controller::for_stream(binding_events, bindings)
         .owns_stream(sa_events)
         .owns_stream(cm_events)

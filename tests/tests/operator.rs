@@ -347,26 +347,32 @@ async fn edits_roll_the_pods_and_deleted_or_edited_children_are_repaired() {
     })
     .await;
 
-    // Each change was announced.
-    let mut events = ns.kubectl();
-    events.args([
-        "get",
-        "events",
-        "--field-selector",
-        &format!("involvedObject.name={NAME}"),
-    ]);
-    let events = kubectl_ok(events);
-    for expected in [
+    // Each change was announced (the last Event follows the PodDisruptionBudget's removal).
+    let expected = [
         "created Deployment",
         "updated ConfigMap",
         "created Service",
         "deleted PodDisruptionBudget",
-    ] {
-        assert!(
-            events.contains(expected),
-            "no event {expected:?}:\n{events}"
-        );
-    }
+    ];
+    let announced = || {
+        let mut events = ns.kubectl();
+        events.args([
+            "get",
+            "events",
+            "--field-selector",
+            &format!("involvedObject.name={NAME}"),
+        ]);
+        kubectl_ok(events)
+    };
+    eventually(
+        "an Event for each change (kubectl get events)",
+        WAIT,
+        || async {
+            let events = announced();
+            expected.iter().all(|e| events.contains(e))
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
