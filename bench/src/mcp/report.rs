@@ -50,7 +50,7 @@ pub fn render(r: &Results) -> String {
          one is answered). N clients over HTTP are N TCP connections, each its own MCP session \
          (protocol 2025-11-25, or what the server answers); over stdio they are N requests in \
          flight on the one server process. Every server runs with its default settings (pgmcp: a \
-         pool of 8 PostgreSQL connections; pgbench opens one per client). Server CPU is \
+         pool of 8 PostgreSQL connections and one worker thread; pgbench opens one per client). Server CPU is \
          utime+stime from /proc over the measured window ÷ answered calls; the generator's CPU \
          (this process, both its threads) is in the last column, in cores.\n",
         o.warmup, o.duration
