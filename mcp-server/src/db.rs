@@ -530,7 +530,7 @@ impl Database {
         let started = Instant::now();
         let policy = backon::ExponentialBuilder::new()
             .with_min_delay(Duration::from_millis(10))
-            .with_max_delay(Duration::from_millis(250))
+            .with_max_delay(Duration::from_millis(500))
             .with_jitter()
             .without_max_times();
         once.retry(policy)
