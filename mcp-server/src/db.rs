@@ -4,30 +4,32 @@
 //! `default_transaction_read_only=on`, a `statement_timeout`, an
 //! `idle_in_transaction_session_timeout`, `standard_conforming_strings=on` (how the SQL guard
 //! reads string literals) and a fixed `search_path` (startup options, so no statement can skip
-//! them), and every statement runs inside `BEGIN READ ONLY` through the
-//! extended protocol, which carries exactly one statement. Rows are fetched through a portal
-//! limited to `max_rows + 1`, so a huge result is never read past the cap.
+//! them), and every statement runs inside `BEGIN READ ONLY` through the extended protocol,
+//! which carries exactly one statement. Rows are fetched through a portal limited to
+//! `max_rows + 1`, so a huge result is never read past the cap. [`wire`] sends all of that as
+//! one pipeline: one round trip per statement.
 //!
 //! With workload identity every new connection gets a current Entra token as its password
 //! ([`Connector`]); an open connection stays open past its token's expiry (Azure only checks the
 //! token at login), and a failed token exchange fails only the connection attempt, so the pool
 //! recovers on its own once Entra answers again.
 
-use std::collections::{HashMap, HashSet};
+mod wire;
+
+use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
-use deadpool_postgres::ClientWrapper;
-use futures::{StreamExt as _, pin_mut};
 use pgmcp_identity::TokenProvider;
 use serde::Serialize;
 use serde_json::Value;
-use tokio_postgres::Statement;
 use tokio_postgres::error::SqlState;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::pgvalue::{Cell, Param, ParamError};
+use crate::pgvalue::ParamError;
+pub use wire::STATEMENT_CACHE_SIZE;
+use wire::{Connection, Statement, Target, TypeCache};
 
 type Pool = managed::Pool<Connector>;
 
@@ -42,11 +44,15 @@ pub struct Database {
 /// provider's current token (fetched or refreshed as needed).
 pub struct Connector {
     pg: tokio_postgres::Config,
+    host: String,
+    port: u16,
     tls: MakeRustlsConnect,
     token: Option<TokenProvider>,
     /// Names of the relations in `pg_catalog`, read by every new connection (see
     /// [`Database::system_relations`]).
     system_relations: RwLock<Option<SystemRelations>>,
+    /// Types that are not built in, as the database described them.
+    types: Arc<TypeCache>,
 }
 
 /// The names of the relations in `pg_catalog`.
@@ -55,6 +61,8 @@ pub type SystemRelations = Arc<HashSet<Box<str>>>;
 impl std::fmt::Debug for Connector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connector")
+            .field("host", &self.host)
+            .field("port", &self.port)
             .field("token", &self.token.as_ref().map(TokenProvider::scope))
             .finish_non_exhaustive()
     }
@@ -66,66 +74,19 @@ pub enum ConnectError {
     #[error(transparent)]
     Token(#[from] pgmcp_identity::Error),
     #[error(transparent)]
-    Postgres(#[from] tokio_postgres::Error),
+    Connect(#[from] wire::ConnectError),
+    #[error("failed to read the catalog of a new connection: {0}")]
+    Catalog(DbError),
 }
-
-/// Prepared statements kept per connection: the catalog tools' SQL and repeated queries skip
-/// the Parse round trip. Bounded, so a stream of distinct statements cannot grow the server's
-/// (or PostgreSQL's) memory; the least recently used one is closed first.
-const STATEMENT_CACHE_SIZE: usize = 64;
 
 /// How long a call keeps trying while the database is unreachable (a restart, a failover)
 /// before it reports the database unavailable.
 pub const OUTAGE_WAIT: Duration = Duration::from_secs(3);
 
-/// PostgreSQL's error when a prepared statement's result columns changed since it was prepared.
-const STALE_PLAN: &str = "cached plan must not change result type";
+/// How long a new connection may take to answer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A pooled connection and its prepared statements.
-#[derive(Debug)]
-pub struct Conn {
-    client: ClientWrapper,
-    statements: StatementCache,
-    /// Set while a `BEGIN` may be open without a [`tokio_postgres::Transaction`] guarding it (a
-    /// call cancelled mid-start): such a connection is discarded at recycle, never reused.
-    unsettled: bool,
-}
-
-#[derive(Debug, Default)]
-struct StatementCache {
-    entries: HashMap<Box<str>, (Statement, u64)>,
-    clock: u64,
-}
-
-impl StatementCache {
-    fn get(&mut self, sql: &str) -> Option<Statement> {
-        self.clock += 1;
-        let clock = self.clock;
-        self.entries.get_mut(sql).map(|(statement, used)| {
-            *used = clock;
-            statement.clone()
-        })
-    }
-
-    fn insert(&mut self, sql: &str, statement: Statement) {
-        if self.entries.len() >= STATEMENT_CACHE_SIZE {
-            let oldest = self
-                .entries
-                .iter()
-                .min_by_key(|(_, (_, used))| *used)
-                .map(|(sql, _)| sql.clone());
-            // Dropping the statement closes it on the server.
-            if let Some(oldest) = oldest {
-                self.entries.remove(&oldest);
-            }
-        }
-        self.entries.insert(sql.into(), (statement, self.clock));
-    }
-
-    fn remove(&mut self, sql: &str) {
-        self.entries.remove(sql);
-    }
-}
+type Conn = Connection;
 
 impl managed::Manager for Connector {
     type Type = Conn;
@@ -137,39 +98,41 @@ impl managed::Manager for Connector {
             let token = provider.token().await?;
             pg.password(token.secret().as_bytes());
         }
-        let (client, connection) = pg.connect(self.tls.clone()).await?;
-        let task = tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(error = %err, "database connection ended");
-            }
-        });
-        let names = client
-            .query(
-                "SELECT relname::text FROM pg_class WHERE relnamespace = 'pg_catalog'::regnamespace",
-                &[],
-            )
-            .await?
-            .iter()
-            .map(|row| row.try_get::<_, String>(0).map(Box::from))
-            .collect::<Result<HashSet<_>, _>>()?;
+        let target = Target {
+            host: &self.host,
+            port: self.port,
+            connect_timeout: CONNECT_TIMEOUT,
+        };
+        let mut conn =
+            wire::connect(&pg, target, &mut self.tls.clone(), self.types.clone()).await?;
+        let names = conn
+            .run(Statement {
+                sql: "SELECT relname::text FROM pg_class \
+                      WHERE relnamespace = 'pg_catalog'::regnamespace",
+                params: &[],
+                caps: Caps {
+                    max_rows: 100_000,
+                    max_bytes: usize::MAX,
+                },
+                timeout: None,
+            })
+            .await
+            .map_err(ConnectError::Catalog)?
+            .rows
+            .into_iter()
+            .filter_map(|row| row.into_iter().next()?.as_str().map(Box::from))
+            .collect::<HashSet<_>>();
         *self
             .system_relations
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(names));
-        Ok(Conn {
-            client: ClientWrapper::new(client, task),
-            statements: StatementCache::default(),
-            unsettled: false,
-        })
+        Ok(conn)
     }
 
     async fn recycle(&self, conn: &mut Conn, _: &Metrics) -> RecycleResult<ConnectError> {
-        if conn.client.is_closed() {
-            return Err(RecycleError::message("the connection is closed"));
-        }
-        if conn.unsettled {
+        if !conn.is_settled() {
             return Err(RecycleError::message(
-                "a call was cancelled while opening a transaction",
+                "a call was cancelled before all its answers were read",
             ));
         }
         Ok(())
@@ -235,6 +198,9 @@ pub enum DbError {
         "the statement has {expected} parameter(s) ($1..${expected}) but {got} value(s) were given in params"
     )]
     ParamCount { expected: usize, got: usize },
+    /// A value PostgreSQL sent that could not be read, or a message that could not be written.
+    #[error("{0}")]
+    Decode(String),
 }
 
 fn sql_message(
@@ -271,7 +237,8 @@ impl DbError {
         match self {
             DbError::Unavailable(_) | DbError::ConnectionLost(_) => true,
             DbError::Sql { code, message, .. } => {
-                code == SqlState::FEATURE_NOT_SUPPORTED.code() && message.starts_with(STALE_PLAN)
+                code == SqlState::FEATURE_NOT_SUPPORTED.code()
+                    && message.starts_with(wire::STALE_PLAN)
             }
             _ => false,
         }
@@ -284,33 +251,39 @@ impl DbError {
             DbError::Timeout(_) => "timeout",
             DbError::Sql { .. } => "sql_error",
             DbError::Param(_) | DbError::ParamCount { .. } => "bad_params",
+            DbError::Decode(_) => "decode_error",
         }
     }
 
-    fn from_pg(err: tokio_postgres::Error, timeout: Duration) -> Self {
-        match err.as_db_error() {
-            Some(db) if *db.code() == SqlState::QUERY_CANCELED => DbError::Timeout(timeout),
-            // The connection is gone (terminated, server shutting down or restarting).
-            Some(db)
-                if db.code().code().starts_with("08") || db.code().code().starts_with("57P") =>
-            {
-                DbError::ConnectionLost(format!("{}: {}", db.code().code(), db.message()))
+    /// A cancelled statement (SQLSTATE 57014) is the statement timeout `timeout`.
+    fn timed_out_after(self, timeout: Duration) -> Self {
+        match self {
+            DbError::Sql { code, .. } if code == SqlState::QUERY_CANCELED.code() => {
+                DbError::Timeout(timeout)
             }
-            Some(db) => DbError::Sql {
-                code: db.code().code().to_owned(),
-                message: db.message().to_owned(),
-                detail: db.detail().map(str::to_owned),
-                hint: db.hint().map(str::to_owned),
-                position: match db.position() {
-                    Some(tokio_postgres::error::ErrorPosition::Original(p)) => Some(*p),
-                    _ => None,
-                },
-            },
-            None if err.is_closed() => {
-                DbError::ConnectionLost("the connection was closed".to_owned())
-            }
-            None => DbError::Unavailable(err.to_string()),
+            other => other,
         }
+    }
+}
+
+/// An error PostgreSQL reported, by its SQLSTATE.
+fn classify(
+    code: String,
+    message: String,
+    detail: Option<String>,
+    hint: Option<String>,
+    position: Option<u32>,
+) -> DbError {
+    // The connection is gone (terminated, server shutting down or restarting).
+    if code.starts_with("08") || code.starts_with("57P") {
+        return DbError::ConnectionLost(format!("{code}: {message}"));
+    }
+    DbError::Sql {
+        code,
+        message,
+        detail,
+        hint,
+        position,
     }
 }
 
@@ -330,13 +303,19 @@ fn with_causes(err: &dyn std::error::Error) -> String {
 impl From<managed::PoolError<ConnectError>> for DbError {
     fn from(err: managed::PoolError<ConnectError>) -> Self {
         match err {
-            managed::PoolError::Backend(ConnectError::Postgres(e)) => {
+            managed::PoolError::Backend(ConnectError::Connect(wire::ConnectError::Startup(e))) => {
                 DbError::Unavailable(match e.as_db_error() {
                     Some(db) => format!("{}: {}", db.code().code(), db.message()),
                     None => with_causes(&e),
                 })
             }
+            managed::PoolError::Backend(ConnectError::Connect(e)) => {
+                DbError::Unavailable(with_causes(&e))
+            }
             managed::PoolError::Backend(ConnectError::Token(e)) => {
+                DbError::Unavailable(e.to_string())
+            }
+            managed::PoolError::Backend(ConnectError::Catalog(e)) => {
                 DbError::Unavailable(e.to_string())
             }
             other => DbError::Unavailable(with_causes(&other)),
@@ -376,6 +355,14 @@ pub struct Caps {
     pub max_bytes: usize,
 }
 
+impl Caps {
+    /// The server's own one-row statements.
+    const ONE_ROW: Caps = Caps {
+        max_rows: 1,
+        max_bytes: usize::MAX,
+    };
+}
+
 fn escape_option(value: &str) -> String {
     value.replace('\\', "\\\\").replace(' ', "\\ ")
 }
@@ -406,13 +393,11 @@ fn json_size<T: Serialize>(value: &T) -> usize {
 impl Database {
     /// Creates the pool. Connections are opened lazily; see [`Database::ping`].
     pub fn new(options: &ConnectOptions) -> Result<Self, String> {
+        // TLS, authentication and the startup options; the socket is wire::connect's.
         let mut pg = tokio_postgres::Config::new();
-        pg.host(&options.host)
-            .port(options.port)
-            .dbname(&options.dbname)
+        pg.dbname(&options.dbname)
             .user(&options.user)
-            .application_name("pgmcp-server")
-            .connect_timeout(Duration::from_secs(10));
+            .application_name("pgmcp-server");
         if let Some(password) = &options.password {
             pg.password(password.as_bytes());
         }
@@ -439,9 +424,12 @@ impl Database {
         ));
         let manager = Connector {
             pg,
+            host: options.host.clone(),
+            port: options.port,
             tls,
             token: options.token.clone(),
             system_relations: RwLock::new(None),
+            types: Arc::default(),
         };
         let pool = Pool::builder(manager)
             .max_size(options.pool_size.max(1))
@@ -458,11 +446,7 @@ impl Database {
 
     /// `SELECT 1` on a pooled connection (readiness).
     pub async fn ping(&self) -> Result<(), DbError> {
-        let conn = self.pool.get().await?;
-        conn.client
-            .simple_query("SELECT 1")
-            .await
-            .map_err(|e| DbError::from_pg(e, self.statement_timeout))?;
+        self.query("SELECT 1", &[], Caps::ONE_ROW, None).await?;
         Ok(())
     }
 
@@ -481,10 +465,7 @@ impl Database {
 
     /// The schema each relation name (quoted as needed) resolves to through the session's
     /// `search_path`, `None` where there is no such relation: the scope check of `query`.
-    ///
-    /// One round trip on a cached statement. It needs no transaction around it: the SQL is the
-    /// server's own, the names are only parameters to `to_regclass`, and the session default
-    /// is read-only anyway.
+    /// One round trip once the statement is prepared on the connection.
     pub async fn resolve_relations(
         &self,
         names: &[String],
@@ -494,26 +475,18 @@ impl Database {
              LEFT JOIN pg_class c ON c.oid = to_regclass(r.name)
              LEFT JOIN pg_namespace n ON n.oid = c.relnamespace
              ORDER BY r.i";
-        let pg = |e| DbError::from_pg(e, self.statement_timeout);
-        self.retrying(|| async {
-            let mut conn = self.pool.get().await?;
-            let Conn {
-                client, statements, ..
-            } = &mut *conn;
-            let statement = match statements.get(SQL) {
-                Some(statement) => statement,
-                None => {
-                    let statement = client.prepare(SQL).await.map_err(pg)?;
-                    statements.insert(SQL, statement.clone());
-                    statement
-                }
-            };
-            let rows = client.query(&statement, &[&names]).await.map_err(pg)?;
-            rows.iter()
-                .map(|row| row.try_get::<_, Option<String>>(0).map_err(pg))
-                .collect::<Result<Vec<_>, DbError>>()
-        })
-        .await
+        let caps = Caps {
+            max_rows: names.len(),
+            max_bytes: usize::MAX,
+        };
+        let rows = self
+            .query(SQL, &[serde_json::json!(names)], caps, None)
+            .await?;
+        Ok(rows
+            .rows
+            .into_iter()
+            .map(|row| row.into_iter().next()?.as_str().map(str::to_owned))
+            .collect())
     }
 
     /// Runs `once` again while it fails in a way another attempt can fix, for at most
@@ -571,137 +544,15 @@ impl Database {
         caps: Caps,
         timeout: Option<Duration>,
     ) -> Result<Rows, DbError> {
-        let started = Instant::now();
-        let timeout = timeout.map_or(self.statement_timeout, |t| t.min(self.statement_timeout));
-        let pg = |e| DbError::from_pg(e, timeout);
+        let effective = timeout.map_or(self.statement_timeout, |t| t.min(self.statement_timeout));
         let mut conn = self.pool.get().await?;
-        let Conn {
-            client,
-            statements,
-            unsettled,
-        } = &mut *conn;
-        // From here until `tx` exists, a cancelled call leaves a transaction open: `unsettled`
-        // makes the pool discard the connection. Once `tx` exists, dropping it rolls back.
-        *unsettled = true;
-        let tx = client
-            .build_transaction()
-            .read_only(true)
-            .start()
-            .await
-            .map_err(pg)?;
-        *unsettled = false;
-        let set_timeout = async {
-            if timeout == self.statement_timeout {
-                return Ok(());
-            }
-            tx.batch_execute(&format!(
-                "SET LOCAL statement_timeout = {}",
-                timeout.as_millis()
-            ))
-            .await
-        };
-        // Both go out back to back (one round trip): tokio-postgres sends a request when its
-        // future is first polled and answers them in order.
-        let statement = match statements.get(sql) {
-            Some(statement) => {
-                set_timeout.await.map_err(pg)?;
-                statement
-            }
-            None => {
-                let (statement, ()) =
-                    futures::try_join!(tx.prepare(sql), set_timeout).map_err(pg)?;
-                statements.insert(sql, statement.clone());
-                statement
-            }
-        };
-        let types = statement.params();
-        if types.len() != params.len() {
-            return Err(DbError::ParamCount {
-                expected: types.len(),
-                got: params.len(),
-            });
-        }
-        let bound: Vec<Param> = types
-            .iter()
-            .zip(params)
-            .enumerate()
-            .map(|(i, (ty, value))| Param::bind(i + 1, ty, value))
-            .collect::<Result<_, _>>()?;
-        let columns: Vec<Column> = statement
-            .columns()
-            .iter()
-            .map(|c| Column {
-                name: c.name().to_owned(),
-                type_name: c.type_().name().to_owned(),
-            })
-            .collect();
-        let portal = match tx.bind_raw(&statement, bound.iter()).await {
-            Ok(portal) => portal,
-            Err(err) => {
-                // The cached plan's result type changed: prepare it again next time.
-                if err
-                    .as_db_error()
-                    .is_some_and(|db| db.message().starts_with(STALE_PLAN))
-                {
-                    statements.remove(sql);
-                }
-                return Err(pg(err));
-            }
-        };
-        let limit = i32::try_from(caps.max_rows.saturating_add(1)).unwrap_or(i32::MAX);
-        let stream = tx.query_portal_raw(&portal, limit).await.map_err(pg)?;
-        let mut undecoded = vec![false; columns.len()];
-        let read = async {
-            pin_mut!(stream);
-            let mut rows = Vec::new();
-            let mut bytes = 0usize;
-            let mut truncated_by = None;
-            while let Some(row) = stream.next().await {
-                let row = row?;
-                if rows.len() == caps.max_rows {
-                    truncated_by = Some("max_rows");
-                    break;
-                }
-                let mut values = Vec::with_capacity(columns.len());
-                for (i, flag) in undecoded.iter_mut().enumerate() {
-                    let cell: Cell = row.try_get(i)?;
-                    *flag |= cell.undecoded;
-                    values.push(cell.value);
-                }
-                let size = json_size(&values);
-                if bytes + size > caps.max_bytes {
-                    truncated_by = Some("max_bytes");
-                    break;
-                }
-                bytes += size;
-                rows.push(values);
-            }
-            Ok::<_, tokio_postgres::Error>((rows, truncated_by))
-        };
-        // Read-only: nothing to keep. Rolling back also closes the portal. The ROLLBACK goes
-        // out right behind the Execute (pipelined) and is answered after the rows.
-        let (read, rollback) = futures::join!(read, tx.rollback());
-        let (rows, truncated_by) = read.map_err(pg)?;
-        rollback.map_err(pg)?;
-        let undecoded_columns = columns
-            .iter()
-            .zip(undecoded)
-            .filter(|(_, u)| *u)
-            .map(|(c, _)| {
-                format!(
-                    "{} ({}): cast it in SQL, e.g. {}::text",
-                    c.name, c.type_name, c.name
-                )
-            })
-            .collect();
-        Ok(Rows {
-            row_count: rows.len(),
-            rows,
-            truncated: truncated_by.is_some(),
-            truncated_by,
-            elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            columns,
-            undecoded_columns,
+        conn.run(Statement {
+            sql,
+            params,
+            caps,
+            timeout: (effective < self.statement_timeout).then_some(effective),
         })
+        .await
+        .map_err(|e| e.timed_out_after(effective))
     }
 }

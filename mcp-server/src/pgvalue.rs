@@ -13,7 +13,7 @@ use bytes::{BufMut, BytesMut};
 use fallible_iterator::FallibleIterator as _;
 use postgres_protocol::types as pg;
 use serde_json::{Number, Value};
-use tokio_postgres::types::{FromSql, IsNull, Kind, ToSql, Type, to_sql_checked};
+use tokio_postgres::types::{FromSql as _, IsNull, Kind, ToSql, Type, to_sql_checked};
 
 type BoxError = Box<dyn StdError + Sync + Send>;
 
@@ -25,20 +25,14 @@ pub struct Cell {
     pub undecoded: bool,
 }
 
-impl<'a> FromSql<'a> for Cell {
-    fn from_sql(ty: &Type, raw: &'a [u8]) -> Result<Self, BoxError> {
-        decode(ty, raw)
-    }
-
-    fn from_sql_null(_: &Type) -> Result<Self, BoxError> {
-        Ok(Cell {
+/// A result cell in PostgreSQL's binary format (`None`: NULL).
+pub fn decode_cell(ty: &Type, raw: Option<&[u8]>) -> Result<Cell, BoxError> {
+    match raw {
+        Some(raw) => decode(ty, raw),
+        None => Ok(Cell {
             value: Value::Null,
             undecoded: false,
-        })
-    }
-
-    fn accepts(_: &Type) -> bool {
-        true
+        }),
     }
 }
 
@@ -461,6 +455,20 @@ fn numeric_to_sql(text: &str, out: &mut BytesMut) {
     out.put_i16(dscale as i16);
     for g in groups {
         out.put_i16(g);
+    }
+}
+
+impl Param {
+    /// Writes the value in PostgreSQL's binary format for `ty` (a Bind message's parameter).
+    pub fn encode(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<postgres_protocol::IsNull, BoxError> {
+        Ok(match self.to_sql(ty, out)? {
+            IsNull::Yes => postgres_protocol::IsNull::Yes,
+            IsNull::No => postgres_protocol::IsNull::No,
+        })
     }
 }
 
