@@ -9,16 +9,17 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{any, get};
 use pgmcp_crds::config::HttpConfig;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{self, Auth};
+use crate::direct;
 use crate::metrics::Metrics;
 use crate::server::PgMcpServer;
 use crate::sessions::ReplicaSessions;
@@ -36,6 +37,27 @@ pub struct AppState {
 }
 
 pub(crate) const LOOPBACK_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+
+/// Whether `host` (a `Host` header) names one of `allowed` (`host` or `host:port`; IPv6 in
+/// brackets or not), as rmcp's DNS-rebinding check reads them.
+pub(crate) fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let Ok(host) = host.parse::<axum::http::uri::Authority>() else {
+        return false;
+    };
+    let name = host.host().trim_matches(['[', ']']);
+    allowed
+        .iter()
+        .filter_map(|a| a.parse::<axum::http::uri::Authority>().ok())
+        .any(|allowed| {
+            allowed
+                .host()
+                .trim_matches(['[', ']'])
+                .eq_ignore_ascii_case(name)
+                && allowed
+                    .port_u16()
+                    .is_none_or(|p| host.port_u16() == Some(p))
+        })
+}
 const LOOPBACK_ORIGINS: [&str; 3] = ["http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*"];
 
 /// Builds the application. `shutdown` ends open MCP streams on SIGTERM.
@@ -54,7 +76,7 @@ pub fn router(state: AppState, http: &HttpConfig, shutdown: CancellationToken) -
         .with_legacy_session_mode(true)
         // A stateless call answers with one JSON body instead of an SSE stream.
         .with_json_response(true)
-        .with_allowed_hosts(hosts)
+        .with_allowed_hosts(hosts.clone())
         .with_allowed_origins(origins)
         .enforce_origin_validation()
         .with_max_request_body_bytes(MAX_REQUEST_BYTES)
@@ -62,8 +84,25 @@ pub fn router(state: AppState, http: &HttpConfig, shutdown: CancellationToken) -
     config.session_store = Some(Arc::new(ReplicaSessions));
     // One server, cloned (a few reference counts) for every request and session.
     let server = PgMcpServer::new(state.tools.clone(), state.metrics.clone());
-    let mcp: StreamableHttpService<PgMcpServer, LocalSessionManager> =
-        StreamableHttpService::new(move || Ok(server.clone()), Arc::default(), config);
+    let rmcp = {
+        let server = server.clone();
+        StreamableHttpService::<PgMcpServer, LocalSessionManager>::new(
+            move || Ok(server.clone()),
+            Arc::default(),
+            config,
+        )
+    };
+    // Plain tools/call requests are answered directly (crate::direct); rmcp serves the rest.
+    // Shared, not cloned per request: rmcp's service holds its whole configuration.
+    let endpoint = Arc::new(Endpoint {
+        server,
+        rmcp,
+        hosts,
+    });
+    let mcp = any(move |request: Request| {
+        let endpoint = endpoint.clone();
+        async move { endpoint.serve(request).await }
+    });
     let mcp =
         axum::Router::new()
             .nest_service("/mcp", mcp)
@@ -82,6 +121,31 @@ pub fn router(state: AppState, http: &HttpConfig, shutdown: CancellationToken) -
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .with_state(state)
+}
+
+/// What `/mcp` needs per request.
+struct Endpoint {
+    server: PgMcpServer,
+    rmcp: StreamableHttpService<PgMcpServer, LocalSessionManager>,
+    /// Accepted `Host` values (loopback and configured), as rmcp's check has them.
+    hosts: Vec<String>,
+}
+
+impl Endpoint {
+    async fn serve(&self, request: Request) -> axum::response::Response {
+        let request = if request.method() == Method::POST {
+            let host_allowed = |host: &str| host_allowed(host, &self.hosts);
+            match Box::pin(direct::answer(&self.server, host_allowed, request)).await {
+                Ok(response) => return response,
+                Err(request) => request,
+            }
+        } else {
+            request
+        };
+        Box::pin(self.rmcp.handle(request))
+            .await
+            .map(axum::body::Body::new)
+    }
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {

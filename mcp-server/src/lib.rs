@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod config;
 pub mod db;
+pub mod direct;
 pub mod http;
 pub mod metrics;
 pub mod pgvalue;
@@ -15,6 +16,7 @@ pub mod server;
 pub mod sessions;
 pub mod sql_guard;
 pub mod startup;
+pub mod stdio;
 pub mod tls;
 pub mod tools;
 

@@ -16,7 +16,6 @@ use pgmcp_server::metrics::Metrics;
 use pgmcp_server::scope::Scope;
 use pgmcp_server::tools::Tools;
 use pgmcp_server::{AppState, PgMcpServer, router, startup};
-use rmcp::ServiceExt as _;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> anyhow::Result<()> {
@@ -46,12 +45,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         check_role(&tools, settings.allow_unsafe_role).await?;
         let _ = role_checked.send(true);
         tracing::info!("serving MCP on stdio");
-        let service = PgMcpServer::new(tools, metrics)
-            .serve(rmcp::transport::stdio())
-            .await
-            .context("failed to start the stdio transport")?;
-        service.waiting().await?;
-        return Ok(());
+        return pgmcp_server::stdio::serve(PgMcpServer::new(tools, metrics)).await;
     }
 
     let validator = match &settings.entra {

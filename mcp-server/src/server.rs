@@ -42,6 +42,31 @@ pub struct PgMcpServer {
     tool_router: Arc<ToolRouter<Self>>,
 }
 
+/// What a tool call produced, before it is put into MCP terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The result as JSON text: an MCP result's structured content, and its text content.
+    Result(String),
+    /// A sentence for the model: the text of an MCP tool error (`isError: true`).
+    ToolError(String),
+}
+
+impl Outcome {
+    pub fn into_call_tool_result(self) -> Result<CallToolResult, ErrorData> {
+        match self {
+            Outcome::Result(json) => {
+                let value = serde_json::from_str(&json).map_err(|err| {
+                    ErrorData::internal_error(format!("failed to encode the result: {err}"), None)
+                })?;
+                let mut result = CallToolResult::success(vec![ContentBlock::text(json)]);
+                result.structured_content = Some(value);
+                Ok(result)
+            }
+            Outcome::ToolError(text) => Ok(CallToolResult::error(vec![ContentBlock::text(text)])),
+        }
+    }
+}
+
 /// Rows in a result, for metrics and the audit log.
 trait RowCount {
     fn row_count(&self) -> usize;
@@ -71,6 +96,47 @@ impl RowCount for sql::Plan {
     }
 }
 
+/// One call of one of the tools, its arguments parsed: what both the rmcp tool router and the
+/// direct HTTP path ([`crate::direct`]) hand to [`PgMcpServer::call`].
+#[derive(Debug)]
+pub enum ToolCall {
+    ListDatabases(ListDatabasesArgs),
+    ListSchemas(ListSchemasArgs),
+    ListTables(ListTablesArgs),
+    DescribeTable(DescribeTableArgs),
+    ListRelationships(ListRelationshipsArgs),
+    SearchObjects(SearchObjectsArgs),
+    Query(QueryArgs),
+    Explain(ExplainArgs),
+    ServerInfo(ServerInfoArgs),
+}
+
+impl ToolCall {
+    /// The call of tool `name` with `arguments` (the text of a JSON object); `None` when there is
+    /// no such tool or the arguments do not fit it, which rmcp then reports in its own words.
+    pub fn parse(name: &str, arguments: &str) -> Option<ToolCall> {
+        fn args<T: serde::de::DeserializeOwned>(arguments: &str) -> Option<T> {
+            // An object only: serde would also read a struct from a JSON array.
+            if !arguments.trim_start().starts_with('{') {
+                return None;
+            }
+            serde_json::from_str(arguments).ok()
+        }
+        Some(match name {
+            "list_databases" => ToolCall::ListDatabases(args(arguments)?),
+            "list_schemas" => ToolCall::ListSchemas(args(arguments)?),
+            "list_tables" => ToolCall::ListTables(args(arguments)?),
+            "describe_table" => ToolCall::DescribeTable(args(arguments)?),
+            "list_relationships" => ToolCall::ListRelationships(args(arguments)?),
+            "search_objects" => ToolCall::SearchObjects(args(arguments)?),
+            "query" => ToolCall::Query(args(arguments)?),
+            "explain" => ToolCall::Explain(args(arguments)?),
+            "server_info" => ToolCall::ServerInfo(args(arguments)?),
+            _ => return None,
+        })
+    }
+}
+
 impl PgMcpServer {
     pub fn new(tools: Arc<Tools>, metrics: Arc<Metrics>) -> Self {
         Self {
@@ -80,19 +146,81 @@ impl PgMcpServer {
         }
     }
 
+    /// Runs one tool call as an MCP result: structured content, with the same JSON as text.
+    pub async fn call(
+        &self,
+        call: ToolCall,
+        extensions: &Extensions,
+    ) -> Result<CallToolResult, ErrorData> {
+        self.answer(call, extensions).await?.into_call_tool_result()
+    }
+
+    /// Runs one tool call (see [`PgMcpServer::run`]). Each tool's future is boxed: inline, every
+    /// call would carry (and move, at every layer above) the largest of them.
+    pub async fn answer(
+        &self,
+        call: ToolCall,
+        extensions: &Extensions,
+    ) -> Result<Outcome, ErrorData> {
+        let tools = &*self.tools;
+        match call {
+            ToolCall::ListDatabases(args) => {
+                let call = Box::pin(catalog::list_databases(tools, args));
+                self.run(extensions, "list_databases", None, call).await
+            }
+            ToolCall::ListSchemas(args) => {
+                let call = Box::pin(catalog::list_schemas(tools, args));
+                self.run(extensions, "list_schemas", None, call).await
+            }
+            ToolCall::ListTables(args) => {
+                let call = Box::pin(catalog::list_tables(tools, args));
+                self.run(extensions, "list_tables", None, call).await
+            }
+            ToolCall::DescribeTable(args) => {
+                let call = Box::pin(catalog::describe_table(tools, args));
+                self.run(extensions, "describe_table", None, call).await
+            }
+            ToolCall::ListRelationships(args) => {
+                let call = Box::pin(catalog::list_relationships(tools, args));
+                self.run(extensions, "list_relationships", None, call).await
+            }
+            ToolCall::SearchObjects(args) => {
+                let call = Box::pin(catalog::search_objects(tools, args));
+                self.run(extensions, "search_objects", None, call).await
+            }
+            ToolCall::Query(args) => {
+                // One tokenization for the guard and the audit log's fingerprint.
+                let inspection = sql_guard::inspect(&args.sql);
+                let call = Box::pin(sql::query_checked(tools, args, inspection.verdict));
+                self.run(extensions, "query", Some(inspection.fingerprint), call)
+                    .await
+            }
+            ToolCall::Explain(args) => {
+                let fingerprint = sql_guard::fingerprint(&args.sql);
+                let call = Box::pin(sql::explain(tools, args));
+                self.run(extensions, "explain", Some(fingerprint), call)
+                    .await
+            }
+            ToolCall::ServerInfo(args) => {
+                let call = Box::pin(catalog::server_info(tools, args));
+                self.run(extensions, "server_info", None, call).await
+            }
+        }
+    }
+
+    /// Times the call, writes the audit line, updates the metrics and shapes the MCP result.
     async fn run<T, F>(
         &self,
         extensions: &Extensions,
         tool: &'static str,
-        statement: Option<&str>,
+        fingerprint: Option<String>,
         call: F,
-    ) -> Result<CallToolResult, ErrorData>
+    ) -> Result<Outcome, ErrorData>
     where
         T: Serialize + RowCount,
         F: Future<Output = Result<T, ToolError>>,
     {
         let started = Instant::now();
-        let fingerprint = statement.map(sql_guard::fingerprint);
         let result = match self.tools.role_checked().await {
             Ok(()) => call.await,
             Err(err) => Err(err),
@@ -131,16 +259,14 @@ impl PgMcpServer {
             "tool call"
         );
         match result {
-            Ok(value) => match serde_json::to_value(&value) {
-                Ok(json) => Ok(CallToolResult::structured(json)),
+            Ok(value) => match serde_json::to_string(&value) {
+                Ok(json) => Ok(Outcome::Result(json)),
                 Err(err) => Err(ErrorData::internal_error(
                     format!("failed to encode the result: {err}"),
                     None,
                 )),
             },
-            Err(err) => Ok(CallToolResult::error(vec![ContentBlock::text(
-                err.to_string(),
-            )])),
+            Err(err) => Ok(Outcome::ToolError(err.to_string())),
         }
     }
 }
@@ -160,13 +286,7 @@ impl PgMcpServer {
         Parameters(args): Parameters<ListDatabasesArgs>,
         extensions: Extensions,
     ) -> Result<CallToolResult, ErrorData> {
-        self.run(
-            &extensions,
-            "list_databases",
-            None,
-            catalog::list_databases(&self.tools, args),
-        )
-        .await
+        self.call(ToolCall::ListDatabases(args), &extensions).await
     }
 
     #[tool(
@@ -178,13 +298,7 @@ impl PgMcpServer {
         Parameters(args): Parameters<ListSchemasArgs>,
         extensions: Extensions,
     ) -> Result<CallToolResult, ErrorData> {
-        self.run(
-            &extensions,
-            "list_schemas",
-            None,
-            catalog::list_schemas(&self.tools, args),
-        )
-        .await
+        self.call(ToolCall::ListSchemas(args), &extensions).await
     }
 
     #[tool(
@@ -196,13 +310,7 @@ impl PgMcpServer {
         Parameters(args): Parameters<ListTablesArgs>,
         extensions: Extensions,
     ) -> Result<CallToolResult, ErrorData> {
-        self.run(
-            &extensions,
-            "list_tables",
-            None,
-            catalog::list_tables(&self.tools, args),
-        )
-        .await
+        self.call(ToolCall::ListTables(args), &extensions).await
     }
 
     #[tool(
@@ -218,13 +326,7 @@ impl PgMcpServer {
         Parameters(args): Parameters<DescribeTableArgs>,
         extensions: Extensions,
     ) -> Result<CallToolResult, ErrorData> {
-        self.run(
-            &extensions,
-            "describe_table",
-            None,
-            catalog::describe_table(&self.tools, args),
-        )
-        .await
+        self.call(ToolCall::DescribeTable(args), &extensions).await
     }
 
     #[tool(
@@ -240,13 +342,8 @@ impl PgMcpServer {
         Parameters(args): Parameters<ListRelationshipsArgs>,
         extensions: Extensions,
     ) -> Result<CallToolResult, ErrorData> {
-        self.run(
-            &extensions,
-            "list_relationships",
-            None,
-            catalog::list_relationships(&self.tools, args),
-        )
-        .await
+        self.call(ToolCall::ListRelationships(args), &extensions)
+            .await
     }
 
     #[tool(
@@ -262,13 +359,7 @@ impl PgMcpServer {
         Parameters(args): Parameters<SearchObjectsArgs>,
         extensions: Extensions,
     ) -> Result<CallToolResult, ErrorData> {
-        self.run(
-            &extensions,
-            "search_objects",
-            None,
-            catalog::search_objects(&self.tools, args),
-        )
-        .await
+        self.call(ToolCall::SearchObjects(args), &extensions).await
     }
 
     #[tool(
@@ -284,14 +375,7 @@ impl PgMcpServer {
         Parameters(args): Parameters<QueryArgs>,
         extensions: Extensions,
     ) -> Result<CallToolResult, ErrorData> {
-        let statement = args.sql.clone();
-        self.run(
-            &extensions,
-            "query",
-            Some(&statement),
-            sql::query(&self.tools, args),
-        )
-        .await
+        self.call(ToolCall::Query(args), &extensions).await
     }
 
     #[tool(
@@ -307,14 +391,7 @@ impl PgMcpServer {
         Parameters(args): Parameters<ExplainArgs>,
         extensions: Extensions,
     ) -> Result<CallToolResult, ErrorData> {
-        let statement = args.sql.clone();
-        self.run(
-            &extensions,
-            "explain",
-            Some(&statement),
-            sql::explain(&self.tools, args),
-        )
-        .await
+        self.call(ToolCall::Explain(args), &extensions).await
     }
 
     #[tool(
@@ -330,13 +407,7 @@ impl PgMcpServer {
         Parameters(args): Parameters<ServerInfoArgs>,
         extensions: Extensions,
     ) -> Result<CallToolResult, ErrorData> {
-        self.run(
-            &extensions,
-            "server_info",
-            None,
-            catalog::server_info(&self.tools, args),
-        )
-        .await
+        self.call(ToolCall::ServerInfo(args), &extensions).await
     }
 }
 

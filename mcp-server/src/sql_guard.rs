@@ -387,7 +387,34 @@ pub fn check(sql: &str) -> Result<StatementKind, GuardError> {
 /// `SELECT * FROM name` (PostgreSQL's definition of it); `TABLE name` inside a query (after
 /// `UNION`, in a subquery or CTE) stays a `SetExpr::Table`.
 pub fn parse_checked(sql: &str) -> Result<(StatementKind, Statement), GuardError> {
-    let tokens = statement_tokens(sql)?;
+    parse_tokens(tokenize(sql)?)
+}
+
+/// The guard's verdict on one SQL text together with its [`fingerprint`], from one
+/// tokenization: what the `query` tool checks and the audit log records.
+#[derive(Debug)]
+pub struct Inspection {
+    pub fingerprint: String,
+    /// The statement is boxed: sqlparser's `Statement` is kilobytes, and moves with the call.
+    pub verdict: Result<(StatementKind, Box<Statement>), GuardError>,
+}
+
+/// [`parse_checked`] and [`fingerprint`] at once.
+pub fn inspect(sql: &str) -> Inspection {
+    match tokenize(sql) {
+        Ok(tokens) => Inspection {
+            fingerprint: hash(&normalize_tokens(tokens.iter().map(|t| &t.token))),
+            verdict: parse_tokens(tokens).map(|(kind, statement)| (kind, Box::new(statement))),
+        },
+        Err(error) => Inspection {
+            fingerprint: fingerprint(sql),
+            verdict: Err(error),
+        },
+    }
+}
+
+fn parse_tokens(tokens: Vec<TokenWithSpan>) -> Result<(StatementKind, Statement), GuardError> {
+    let tokens = statement_tokens(tokens)?;
     let (statement, leading_table) = parse_statement(&tokens)?;
     let kind = classify(&statement, &tokens)?;
     backstop(&statement)?;
@@ -419,7 +446,8 @@ pub fn check_explainable(sql: &str) -> Result<(), GuardError> {
 // ---------------------------------------------------------------------------------------------
 
 /// Bounds and tokenises `sql`, and returns the tokens of its single statement (no `;`).
-fn statement_tokens(sql: &str) -> Result<Vec<TokenWithSpan>, GuardError> {
+/// Bounds the input and tokenizes it as PostgreSQL's lexer would.
+fn tokenize(sql: &str) -> Result<Vec<TokenWithSpan>, GuardError> {
     if sql.len() > MAX_SQL_BYTES {
         return Err(GuardError::TooLong { max: MAX_SQL_BYTES });
     }
@@ -428,10 +456,13 @@ fn statement_tokens(sql: &str) -> Result<Vec<TokenWithSpan>, GuardError> {
             "the text contains a NUL byte, which PostgreSQL does not accept; remove it".to_owned(),
         ));
     }
-    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql)
+    Tokenizer::new(&PostgreSqlDialect {}, sql)
         .tokenize_with_location()
-        .map_err(|e| syntax(&e.to_string()))?;
+        .map_err(|e| syntax(&e.to_string()))
+}
 
+/// The tokens of the one statement in `tokens`.
+fn statement_tokens(tokens: Vec<TokenWithSpan>) -> Result<Vec<TokenWithSpan>, GuardError> {
     // The tokenizer has already consumed comments, quoted identifiers and every kind of string
     // literal, so each remaining `;` separates statements, exactly as in PostgreSQL's lexer.
     let mut statements: Vec<Vec<TokenWithSpan>> = Vec::new();
@@ -1914,7 +1945,11 @@ fn forbidden_clause(clause: &str) -> ControlFlow<GuardError> {
 /// Text the tokenizer cannot read (unterminated quotes, too long) is normalised by a simple
 /// scanner instead.
 pub fn fingerprint(sql: &str) -> String {
-    format!("{:016x}", fnv1a_64(normalize(sql).as_bytes()))
+    hash(&normalize(sql))
+}
+
+fn hash(normalized: &str) -> String {
+    format!("{:016x}", fnv1a_64(normalized.as_bytes()))
 }
 
 fn normalize(sql: &str) -> String {
@@ -1923,48 +1958,52 @@ fn normalize(sql: &str) -> String {
     } else {
         None
     };
-    let mut pieces = Pieces::default();
     match tokens {
-        Some(tokens) => {
-            for token in tokens {
-                match token {
-                    Token::Whitespace(_) | Token::EOF => {}
-                    Token::Word(w) => match w.quote_style {
-                        Some(q) => pieces.push(format!("{q}{}{q}", w.value)),
-                        None => pieces.push(w.value.to_lowercase()),
-                    },
-                    Token::Number(..)
-                    | Token::Char(_)
-                    | Token::SingleQuotedString(_)
-                    | Token::DoubleQuotedString(_)
-                    | Token::TripleSingleQuotedString(_)
-                    | Token::TripleDoubleQuotedString(_)
-                    | Token::DollarQuotedString(_)
-                    | Token::SingleQuotedByteStringLiteral(_)
-                    | Token::DoubleQuotedByteStringLiteral(_)
-                    | Token::TripleSingleQuotedByteStringLiteral(_)
-                    | Token::TripleDoubleQuotedByteStringLiteral(_)
-                    | Token::SingleQuotedRawStringLiteral(_)
-                    | Token::DoubleQuotedRawStringLiteral(_)
-                    | Token::TripleSingleQuotedRawStringLiteral(_)
-                    | Token::TripleDoubleQuotedRawStringLiteral(_)
-                    | Token::NationalStringLiteral(_)
-                    | Token::QuoteDelimitedStringLiteral(_)
-                    | Token::NationalQuoteDelimitedStringLiteral(_)
-                    | Token::EscapedStringLiteral(_)
-                    | Token::UnicodeStringLiteral(_)
-                    | Token::HexStringLiteral(_)
-                    | Token::CopyData { .. } => pieces.push_literal(),
-                    other => pieces.push(other.to_string()),
-                }
-            }
+        Some(tokens) => normalize_tokens(tokens.iter()),
+        None => {
+            let mut pieces = Pieces::default();
+            scan(sql, &mut pieces);
+            pieces.finish()
         }
-        None => scan(sql, &mut pieces),
     }
-    while pieces.0.last().is_some_and(|p| p == ";") {
-        pieces.0.pop();
+}
+
+/// `tokens` without literal values, comments and whitespace, words in lower case.
+fn normalize_tokens<'a>(tokens: impl Iterator<Item = &'a Token>) -> String {
+    let mut pieces = Pieces::default();
+    for token in tokens {
+        match token {
+            Token::Whitespace(_) | Token::EOF => {}
+            Token::Word(w) => match w.quote_style {
+                Some(q) => pieces.push(format!("{q}{}{q}", w.value)),
+                None => pieces.push(w.value.to_lowercase()),
+            },
+            Token::Number(..)
+            | Token::Char(_)
+            | Token::SingleQuotedString(_)
+            | Token::DoubleQuotedString(_)
+            | Token::TripleSingleQuotedString(_)
+            | Token::TripleDoubleQuotedString(_)
+            | Token::DollarQuotedString(_)
+            | Token::SingleQuotedByteStringLiteral(_)
+            | Token::DoubleQuotedByteStringLiteral(_)
+            | Token::TripleSingleQuotedByteStringLiteral(_)
+            | Token::TripleDoubleQuotedByteStringLiteral(_)
+            | Token::SingleQuotedRawStringLiteral(_)
+            | Token::DoubleQuotedRawStringLiteral(_)
+            | Token::TripleSingleQuotedRawStringLiteral(_)
+            | Token::TripleDoubleQuotedRawStringLiteral(_)
+            | Token::NationalStringLiteral(_)
+            | Token::QuoteDelimitedStringLiteral(_)
+            | Token::NationalQuoteDelimitedStringLiteral(_)
+            | Token::EscapedStringLiteral(_)
+            | Token::UnicodeStringLiteral(_)
+            | Token::HexStringLiteral(_)
+            | Token::CopyData { .. } => pieces.push_literal(),
+            other => pieces.push(other.to_string()),
+        }
     }
-    pieces.0.join(" ")
+    pieces.finish()
 }
 
 /// Normalised pieces of a statement; collapses `?, ?, ?` to `?`.
@@ -1983,6 +2022,14 @@ impl Pieces {
         } else {
             self.0.push("?".to_owned());
         }
+    }
+
+    /// The normalized text, without trailing semicolons.
+    fn finish(mut self) -> String {
+        while self.0.last().is_some_and(|p| p == ";") {
+            self.0.pop();
+        }
+        self.0.join(" ")
     }
 }
 
@@ -2840,7 +2887,7 @@ mod tests {
     #[test]
     fn walk_and_backstop_each_refuse_on_their_own() {
         for (sql, _) in REFUSED {
-            let Ok(tokens) = statement_tokens(sql) else {
+            let Ok(tokens) = tokenize(sql).and_then(statement_tokens) else {
                 continue;
             };
             let Ok((statement, _)) = parse_statement(&tokens) else {
@@ -2856,7 +2903,7 @@ mod tests {
             }
         }
         for (sql, _) in ACCEPTED {
-            let tokens = statement_tokens(sql).unwrap();
+            let tokens = tokenize(sql).and_then(statement_tokens).unwrap();
             let (statement, _) = parse_statement(&tokens).unwrap();
             assert_eq!(backstop(&statement), Ok(()), "{sql}");
         }

@@ -415,3 +415,77 @@ async fn the_stateless_2026_07_28_revision_works_without_initialize_or_sessions(
         "Mcp-Method disagreeing with the body is refused: {status} {body}"
     );
 }
+
+/// A result with its timing removed, for comparing two answers to the same call.
+fn without_timing(mut result: Value) -> Value {
+    if let Some(structured) = result["structuredContent"].as_object_mut() {
+        structured.remove("elapsed_ms");
+    }
+    if let Some(text) = result["content"][0]["text"].as_str()
+        && let Ok(mut parsed) = serde_json::from_str::<Value>(text)
+        && let Some(object) = parsed.as_object_mut()
+    {
+        object.remove("elapsed_ms");
+        result["content"][0]["text"] = parsed;
+    }
+    result
+}
+
+#[tokio::test]
+async fn plain_tool_calls_are_answered_directly_with_what_rmcp_would_answer() {
+    let shop = shop("http direct").await;
+    let server = ServerProcess::start(&shop, &[]).await;
+    let headers = open_session(&server).await;
+    let refs: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let post = |body: Value| {
+        let refs = refs.clone();
+        let server = &server;
+        async move {
+            let (status, head, body) = server
+                .request("POST", "/mcp", &refs, &body.to_string())
+                .await
+                .unwrap();
+            assert_eq!(status, 200, "{head}\n{body}");
+            let content_type = pgmcp_tests::http::header(&head, "content-type").unwrap();
+            (content_type, message(&body))
+        }
+    };
+    for arguments in [
+        json!({"sql": "SELECT id, name FROM customers ORDER BY id", "max_rows": 2}),
+        json!({"sql": "DELETE FROM customers"}),
+        json!({"sql": "SELECT * FROM missing_table"}),
+    ] {
+        // Plain: answered by the server itself, as one JSON body.
+        let plain = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+            "params": {"name": "query", "arguments": arguments}});
+        let (direct_type, direct) = post(plain).await;
+        assert_eq!(direct_type, "application/json");
+        // With a progress token in _meta: rmcp's path, answered as an SSE stream.
+        let with_meta = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+            "params": {"name": "query", "arguments": arguments, "_meta": {"progressToken": 1}}});
+        let (rmcp_type, through_rmcp) = post(with_meta).await;
+        assert_eq!(rmcp_type, "text/event-stream");
+        assert_eq!(direct["id"], json!(7));
+        assert!(direct["result"].get("resultType").is_none(), "{direct}");
+        assert_eq!(
+            without_timing(direct["result"].clone()),
+            without_timing(through_rmcp["result"].clone()),
+            "{arguments}"
+        );
+    }
+    let (_, truncated) = post(json!({"jsonrpc": "2.0", "id": "a", "method": "tools/call",
+        "params": {"name": "query", "arguments": {"sql": "SELECT id FROM customers", "max_rows": 2}}}))
+    .await;
+    assert_eq!(truncated["id"], json!("a"));
+    assert_eq!(
+        truncated["result"]["structuredContent"]["rows"],
+        json!([[1], [2]])
+    );
+    assert_eq!(
+        truncated["result"]["structuredContent"]["truncated"],
+        json!(true)
+    );
+}

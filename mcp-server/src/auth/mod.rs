@@ -59,24 +59,12 @@ pub struct Auth {
 impl Auth {
     /// Whether `host` (a `Host` header) is loopback or configured.
     fn host_allowed(&self, host: &str) -> bool {
-        let Ok(host) = host.parse::<axum::http::uri::Authority>() else {
-            return false;
-        };
-        let name = host.host().trim_matches(['[', ']']).to_ascii_lowercase();
-        crate::http::LOOPBACK_HOSTS
+        let allowed: Vec<String> = crate::http::LOOPBACK_HOSTS
             .iter()
             .map(|h| (*h).to_owned())
             .chain(self.allowed_hosts.iter().cloned())
-            .filter_map(|a| a.parse::<axum::http::uri::Authority>().ok())
-            .any(|allowed| {
-                allowed
-                    .host()
-                    .trim_matches(['[', ']'])
-                    .eq_ignore_ascii_case(&name)
-                    && allowed
-                        .port_u16()
-                        .is_none_or(|p| host.port_u16() == Some(p))
-            })
+            .collect();
+        crate::http::host_allowed(host, &allowed)
     }
 
     /// The resource (`…/mcp`) the request addressed: the configured public URL, or the URL

@@ -140,8 +140,19 @@ async fn check_scope(tools: &Tools, statement: &Statement) -> Result<(), ToolErr
 }
 
 pub async fn query(tools: &Tools, args: QueryArgs) -> Result<RowsResult, ToolError> {
+    let verdict = sql_guard::inspect(&args.sql).verdict;
+    query_checked(tools, args, verdict).await
+}
+
+/// [`query`] with the guard's verdict on `args.sql` already at hand
+/// ([`sql_guard::inspect`], which also fingerprints it for the audit log).
+pub async fn query_checked(
+    tools: &Tools,
+    args: QueryArgs,
+    verdict: Result<(sql_guard::StatementKind, Box<Statement>), sql_guard::GuardError>,
+) -> Result<RowsResult, ToolError> {
     check_size(&args.sql, &args.params)?;
-    let (_, statement) = sql_guard::parse_checked(&args.sql)?;
+    let (_, statement) = verdict?;
     check_scope(tools, &statement).await?;
     let caps = tools.caps(args.max_rows);
     let rows = tools.db.query(&args.sql, &args.params, caps, None).await?;

@@ -1,0 +1,201 @@
+//! MCP over stdio, for local clients: JSON-RPC messages one per line.
+//!
+//! rmcp serves the session (initialize, tools/list, pings, cancellation, errors) over an
+//! in-memory pipe; this module sits between it and the process's stdin/stdout. Once the
+//! session is initialized, plain `tools/call` lines are answered here directly, as over HTTP
+//! ([`crate::direct`], whose rules decide what is plain), and run concurrently; every other
+//! line goes to rmcp unchanged. Answers are written whole, one line each, in the order they
+//! are ready.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context as _;
+use axum::http::HeaderMap;
+use rmcp::ServiceExt as _;
+use serde::Deserialize;
+use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncWrite, AsyncWriteExt as _, BufReader};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::direct::{self, Revision};
+use crate::server::PgMcpServer;
+
+/// Serves MCP on the process's stdin and stdout until stdin closes.
+pub async fn serve(server: PgMcpServer) -> anyhow::Result<()> {
+    serve_on(server, tokio::io::stdin(), tokio::io::stdout()).await
+}
+
+/// The initialize exchange, as far as this module follows it.
+#[derive(Default)]
+struct Session {
+    /// The id of the client's `initialize` request, as JSON text.
+    initialize_id: std::sync::Mutex<Option<String>>,
+    /// Set once rmcp answered `initialize` with a result.
+    initialized: AtomicBool,
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow, default)]
+    method: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    result: Option<serde::de::IgnoredAny>,
+}
+
+/// Serves MCP on `input` and `output` (stdin and stdout, or a test's pipes).
+pub async fn serve_on<R, W>(server: PgMcpServer, input: R, output: W) -> anyhow::Result<()>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let (to_rmcp, rmcp_end) = tokio::io::duplex(64 * 1024);
+    let (rmcp_read, rmcp_write) = tokio::io::split(rmcp_end);
+    let (from_rmcp_read, mut to_rmcp_write) = tokio::io::split(to_rmcp);
+    let (lines, mut outgoing) = mpsc::unbounded_channel::<Vec<u8>>();
+    let session = Arc::new(Session::default());
+
+    // Everything written goes through one task, a whole line at a time.
+    let writer = tokio::spawn(async move {
+        let mut output = output;
+        while let Some(line) = outgoing.recv().await {
+            output.write_all(&line).await?;
+            while let Ok(more) = outgoing.try_recv() {
+                output.write_all(&more).await?;
+            }
+            output.flush().await?;
+        }
+        Ok::<_, std::io::Error>(())
+    });
+
+    // rmcp's answers, noting its answer to initialize.
+    let from_rmcp = {
+        let lines = lines.clone();
+        let session = session.clone();
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(from_rmcp_read);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                if reader.read_until(b'\n', &mut line).await? == 0 {
+                    return Ok::<_, std::io::Error>(());
+                }
+                if !session.initialized.load(Ordering::Acquire) {
+                    note_initialized(&session, &line);
+                }
+                if lines.send(line.clone()).is_err() {
+                    return Ok(());
+                }
+            }
+        })
+    };
+
+    let rmcp = {
+        let server = server.clone();
+        tokio::spawn(async move {
+            let running = server
+                .serve((rmcp_read, rmcp_write))
+                .await
+                .context("failed to start the MCP session")?;
+            running.waiting().await.context("the MCP session failed")?;
+            Ok::<_, anyhow::Error>(())
+        })
+    };
+
+    let mut calls = JoinSet::new();
+    let mut reader = BufReader::new(input);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let read = reader
+            .read_until(b'\n', &mut line)
+            .await
+            .context("failed to read stdin")?;
+        if read == 0 {
+            break;
+        }
+        while let Some(done) = calls.try_join_next() {
+            done.context("a tool call panicked")?;
+        }
+        if session.initialized.load(Ordering::Acquire)
+            && let Some((id, call)) = direct::parse(&line, Revision::Session, &HeaderMap::new())
+        {
+            let server = server.clone();
+            let lines = lines.clone();
+            calls.spawn(async move {
+                let extensions = rmcp::model::Extensions::new();
+                let answer = match server.answer(call, &extensions).await {
+                    Ok(outcome) => direct::reply(&id, &outcome, Revision::Session),
+                    Err(error) => serde_json::to_vec(&rmcp::model::ServerJsonRpcMessage::error(
+                        error,
+                        Some(id),
+                    )),
+                };
+                if let Ok(mut answer) = answer {
+                    answer.push(b'\n');
+                    let _ = lines.send(answer);
+                }
+            });
+            continue;
+        }
+        if !session.initialized.load(Ordering::Acquire) {
+            note_initialize_request(&session, &line);
+        }
+        if !line.ends_with(b"\n") {
+            line.push(b'\n');
+        }
+        if to_rmcp_write.write_all(&line).await.is_err() {
+            break;
+        }
+    }
+    // stdin closed: let the calls in flight answer, then end rmcp's session.
+    while let Some(done) = calls.join_next().await {
+        done.context("a tool call panicked")?;
+    }
+    // Closes rmcp's input (dropping one half of the split pipe would not).
+    let _ = to_rmcp_write.shutdown().await;
+    let served = rmcp.await.context("the MCP session panicked")?;
+    let _ = from_rmcp.await;
+    drop(lines);
+    writer
+        .await
+        .context("the stdout writer panicked")?
+        .context("failed to write stdout")?;
+    served
+}
+
+/// Remembers the id of the client's `initialize` request.
+fn note_initialize_request(session: &Session, line: &[u8]) {
+    let Ok(message) = serde_json::from_slice::<Envelope<'_>>(line) else {
+        return;
+    };
+    if message.method.as_deref() == Some("initialize")
+        && let Some(id) = message.id
+    {
+        *session
+            .initialize_id
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(id.get().to_owned());
+    }
+}
+
+/// Marks the session initialized when `line` is rmcp's successful answer to `initialize`.
+fn note_initialized(session: &Session, line: &[u8]) {
+    let Ok(message) = serde_json::from_slice::<Envelope<'_>>(line) else {
+        return;
+    };
+    let expected = session
+        .initialize_id
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    if message.result.is_some()
+        && message.method.is_none()
+        && let (Some(id), Some(expected)) = (message.id, expected)
+        && id.get() == expected
+    {
+        session.initialized.store(true, Ordering::Release);
+    }
+}

@@ -1,0 +1,141 @@
+//! The `pgmcp-server --stdio` process with raw JSON-RPC lines: many calls in flight on one
+//! process, each answered once, requests before `initialize` left to the session rules, and a
+//! clean exit when stdin closes with calls still running.
+#![allow(clippy::unwrap_used)] // a failed step fails the test: panicking is the point
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::server::{BIN, shop_args};
+use common::shop;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+
+fn line(value: &Value) -> Vec<u8> {
+    let mut line = serde_json::to_vec(value).unwrap();
+    line.push(b'\n');
+    line
+}
+
+#[tokio::test]
+async fn concurrent_calls_are_each_answered_once_and_stdin_eof_ends_the_process() {
+    let shop = shop("stdio raw").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(BIN)
+        .arg("--stdio")
+        .args(shop_args(&shop, dir.path()))
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut answers = BufReader::new(child.stdout.take().unwrap()).lines();
+
+    // Before initialize: rmcp's session rules apply (the call is not run by the fast path).
+    stdin
+        .write_all(&line(
+            &json!({"jsonrpc": "2.0", "id": "early", "method": "tools/call",
+            "params": {"name": "query", "arguments": {"sql": "SELECT 1"}}}),
+        ))
+        .await
+        .unwrap();
+    stdin
+        .write_all(&line(
+            &json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "raw-stdio", "version": "1"}}}),
+        ))
+        .await
+        .unwrap();
+    let mut by_id: HashMap<String, Value> = HashMap::new();
+    while !by_id.contains_key("0") {
+        let text = tokio::time::timeout(Duration::from_secs(20), answers.next_line())
+            .await
+            .expect("an answer within 20 s")
+            .unwrap()
+            .expect("stdout open");
+        let answer: Value = serde_json::from_str(&text).unwrap();
+        by_id.insert(
+            answer["id"].to_string().trim_matches('"').to_owned(),
+            answer,
+        );
+    }
+    assert_eq!(by_id["0"]["result"]["protocolVersion"], json!("2025-11-25"));
+    stdin
+        .write_all(&line(
+            &json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        ))
+        .await
+        .unwrap();
+
+    // Forty calls at once, some slow, some refused; then stdin closes at once.
+    let mut batch = Vec::new();
+    for i in 1..=40 {
+        let sql = match i % 4 {
+            0 => "SELECT pg_catalog.count(*) FROM generate_series(1, 200000)".to_owned(),
+            1 => "DELETE FROM customers".to_owned(),
+            _ => format!("SELECT {i} AS n"),
+        };
+        batch.extend(line(
+            &json!({"jsonrpc": "2.0", "id": i, "method": "tools/call",
+            "params": {"name": "query", "arguments": {"sql": sql}}}),
+        ));
+    }
+    batch.extend(line(
+        &json!({"jsonrpc": "2.0", "id": 41, "method": "tools/list", "params": {}}),
+    ));
+    stdin.write_all(&batch).await.unwrap();
+    drop(stdin);
+
+    let mut seen = 0;
+    while let Ok(Some(text)) = answers.next_line().await {
+        let answer: Value = serde_json::from_str(&text).unwrap();
+        let id = answer["id"].to_string().trim_matches('"').to_owned();
+        assert!(
+            by_id.insert(id.clone(), answer).is_none(),
+            "answered twice: {id}"
+        );
+        seen += 1;
+    }
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("the process ends after stdin closes")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    assert!(seen >= 41, "{seen} answers");
+    for i in 1..=40 {
+        let answer = &by_id[&i.to_string()];
+        let result = &answer["result"];
+        match i % 4 {
+            0 => assert_eq!(
+                result["structuredContent"]["rows"],
+                json!([[200000]]),
+                "{answer}"
+            ),
+            1 => {
+                assert_eq!(result["isError"], json!(true), "{answer}");
+                assert!(result.get("resultType").is_none(), "{answer}");
+            }
+            _ => assert_eq!(
+                result["structuredContent"]["rows"],
+                json!([[i]]),
+                "{answer}"
+            ),
+        }
+    }
+    assert!(
+        by_id["41"]["result"]["tools"].as_array().unwrap().len() >= 9,
+        "{}",
+        by_id["41"]
+    );
+    assert!(
+        by_id.contains_key("early"),
+        "the early call was answered too"
+    );
+}
