@@ -119,6 +119,7 @@ impl managed::Manager for Connector {
             .await
             .map_err(ConnectError::Catalog)?
             .rows
+            .values()
             .into_iter()
             .filter_map(|row| row.into_iter().next()?.as_str().map(Box::from))
             .collect::<HashSet<_>>();
@@ -335,7 +336,7 @@ pub struct Column {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Rows {
     pub columns: Vec<Column>,
-    pub rows: Vec<Vec<Value>>,
+    pub rows: JsonRows,
     pub row_count: usize,
     /// True when more rows existed than were returned.
     pub truncated: bool,
@@ -346,6 +347,39 @@ pub struct Rows {
     /// Columns whose type could not be decoded (shown as hex of the binary value).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub undecoded_columns: Vec<String>,
+}
+
+/// Result rows as the JSON they are sent in, an array of arrays (`[[1,"a"],[2,null]]`),
+/// written straight from PostgreSQL's binary values ([`crate::pgvalue::write_cell`]): no
+/// `Value` per cell, nothing serialized twice. [`JsonRows::values`] parses them for the
+/// server's own use of small results.
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct JsonRows(Box<serde_json::value::RawValue>);
+
+impl JsonRows {
+    /// `json` must be a JSON array of arrays.
+    pub(crate) fn new(json: String) -> Result<Self, DbError> {
+        serde_json::value::RawValue::from_string(json)
+            .map(JsonRows)
+            .map_err(|e| DbError::Decode(format!("failed to encode the rows: {e}")))
+    }
+
+    /// The rows as JSON values.
+    pub fn values(&self) -> Vec<Vec<Value>> {
+        serde_json::from_str(self.0.get()).unwrap_or_default()
+    }
+
+    /// The JSON text.
+    pub fn json(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl PartialEq for JsonRows {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.get() == other.0.get()
+    }
 }
 
 /// Caps of one statement.
@@ -369,25 +403,6 @@ fn escape_option(value: &str) -> String {
 
 fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// Length of `value` as compact JSON, without building the text.
-fn json_size<T: Serialize>(value: &T) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    match serde_json::to_writer(&mut count, value) {
-        Ok(()) => count.0,
-        Err(_) => 0,
-    }
 }
 
 impl Database {
@@ -484,6 +499,7 @@ impl Database {
             .await?;
         Ok(rows
             .rows
+            .values()
             .into_iter()
             .map(|row| row.into_iter().next()?.as_str().map(str::to_owned))
             .collect())

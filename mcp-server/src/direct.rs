@@ -22,7 +22,7 @@ use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use rmcp::model::{Extensions, RequestId, ServerJsonRpcMessage};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::http::MAX_REQUEST_BYTES;
@@ -151,42 +151,49 @@ pub(crate) fn reply(
     outcome: &Outcome,
     revision: Revision,
 ) -> serde_json::Result<Vec<u8>> {
-    #[derive(Serialize)]
-    struct Reply<'a> {
-        jsonrpc: &'static str,
-        id: &'a RequestId,
-        result: ToolResult<'a>,
-    }
-    #[derive(Serialize)]
-    #[serde(rename_all = "camelCase")]
-    struct ToolResult<'a> {
-        #[serde(skip_serializing_if = "Option::is_none")]
-        result_type: Option<&'static str>,
-        content: [Text<'a>; 1],
-        #[serde(skip_serializing_if = "Option::is_none")]
-        structured_content: Option<&'a RawValue>,
-        is_error: bool,
-    }
-    #[derive(Serialize)]
-    struct Text<'a> {
-        #[serde(rename = "type")]
-        kind: &'static str,
-        text: &'a str,
-    }
-    let (text, structured_content, is_error) = match outcome {
-        Outcome::Result(json) => (json, Some(serde_json::from_str::<&RawValue>(json)?), false),
-        Outcome::ToolError(text) => (text, None, true),
+    let (text, structured) = match outcome {
+        Outcome::Result(json) => (json.as_str(), Some(json.as_str())),
+        Outcome::ToolError(text) => (text.as_str(), None),
     };
-    serde_json::to_vec(&Reply {
-        jsonrpc: "2.0",
-        id,
-        result: ToolResult {
-            result_type: (revision == Revision::Stateless).then_some("complete"),
-            content: [Text { kind: "text", text }],
-            structured_content,
-            is_error,
-        },
-    })
+    let mut out = Vec::with_capacity(text.len() * 2 + 160);
+    out.extend_from_slice(br#"{"jsonrpc":"2.0","id":"#);
+    serde_json::to_writer(&mut out, id)?;
+    out.extend_from_slice(br#","result":{"#);
+    if revision == Revision::Stateless {
+        out.extend_from_slice(br#""resultType":"complete","#);
+    }
+    out.extend_from_slice(br#""content":[{"type":"text","text":"#);
+    write_json_string(text, &mut out)?;
+    out.extend_from_slice(b"}]");
+    if let Some(json) = structured {
+        out.extend_from_slice(br#","structuredContent":"#);
+        out.extend_from_slice(json.as_bytes());
+    }
+    out.extend_from_slice(if structured.is_some() {
+        br#","isError":false}}"#
+    } else {
+        br#","isError":true}}"#
+    });
+    Ok(out)
+}
+
+/// `text` as a JSON string. A tool result's JSON (compact serde_json output) holds no control
+/// characters, so only `"` and `\` need escaping: found with memchr instead of byte by byte.
+fn write_json_string(text: &str, out: &mut Vec<u8>) -> serde_json::Result<()> {
+    if text.bytes().any(|b| b < 0x20) {
+        return serde_json::to_writer(out, text);
+    }
+    out.push(b'"');
+    let mut rest = text.as_bytes();
+    while let Some(at) = memchr::memchr2(b'"', b'\\', rest) {
+        out.extend_from_slice(&rest[..at]);
+        out.push(b'\\');
+        out.push(rest[at]);
+        rest = &rest[at + 1..];
+    }
+    out.extend_from_slice(rest);
+    out.push(b'"');
+    Ok(())
 }
 
 /// The revision a request's headers select, when they are all ones this handler answers:

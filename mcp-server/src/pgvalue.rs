@@ -25,15 +25,35 @@ pub struct Cell {
     pub undecoded: bool,
 }
 
-/// A result cell in PostgreSQL's binary format (`None`: NULL).
-pub fn decode_cell(ty: &Type, raw: Option<&[u8]>) -> Result<Cell, BoxError> {
-    match raw {
-        Some(raw) => decode(ty, raw),
-        None => Ok(Cell {
-            value: Value::Null,
-            undecoded: false,
+/// Writes a result cell (`None`: NULL) as JSON into `out`: the JSON `decode`'s value
+/// serializes to, written directly for the common types. Returns whether the type could not
+/// be decoded (the value is then hex of its binary form).
+pub fn write_cell(ty: &Type, raw: Option<&[u8]>, out: &mut Vec<u8>) -> Result<bool, BoxError> {
+    use std::io::Write as _;
+    let Some(raw) = raw else {
+        out.extend_from_slice(b"null");
+        return Ok(false);
+    };
+    match *ty {
+        Type::BOOL => out.extend_from_slice(if pg::bool_from_sql(raw)? {
+            b"true"
+        } else {
+            b"false"
         }),
+        Type::INT2 => write!(out, "{}", pg::int2_from_sql(raw)?)?,
+        Type::INT4 => write!(out, "{}", pg::int4_from_sql(raw)?)?,
+        Type::INT8 => write!(out, "{}", pg::int8_from_sql(raw)?)?,
+        Type::OID => write!(out, "{}", pg::oid_from_sql(raw)?)?,
+        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME => {
+            serde_json::to_writer(&mut *out, pg::text_from_sql(raw)?)?;
+        }
+        _ => {
+            let cell = decode(ty, raw)?;
+            serde_json::to_writer(&mut *out, &cell.value)?;
+            return Ok(cell.undecoded);
+        }
     }
+    Ok(false)
 }
 
 fn decoded(value: Value) -> Result<Cell, BoxError> {
@@ -536,6 +556,44 @@ impl ToSql for Param {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cells_are_written_as_the_json_of_their_decoded_value() {
+        let mut encoded = BytesMut::new();
+        let mut cases: Vec<(Type, Option<Vec<u8>>)> = vec![(Type::INT4, None)];
+        for (ty, value) in [
+            (Type::BOOL, Param::Bool(true)),
+            (Type::INT2, Param::Int(-7)),
+            (Type::INT4, Param::Int(i64::from(i32::MIN))),
+            (Type::INT8, Param::Int(i64::MAX)),
+            (Type::OID, Param::Int(4_000_000_000)),
+            (
+                Type::TEXT,
+                Param::Text("tab\t \"quote\" \\ é \u{1}".to_owned()),
+            ),
+            (Type::NAME, Param::Text("pg_class".to_owned())),
+            (Type::FLOAT8, Param::Float(0.1)),
+            (Type::NUMERIC, Param::Numeric("12.340".to_owned())),
+        ] {
+            encoded.clear();
+            value.encode(&ty, &mut encoded).unwrap();
+            cases.push((ty, Some(encoded.to_vec())));
+        }
+        for (ty, raw) in cases {
+            let mut written = Vec::new();
+            let undecoded = write_cell(&ty, raw.as_deref(), &mut written).unwrap();
+            let expected = match &raw {
+                None => Value::Null,
+                Some(raw) => decode(&ty, raw).unwrap().value,
+            };
+            assert!(!undecoded);
+            assert_eq!(
+                String::from_utf8(written).unwrap(),
+                serde_json::to_string(&expected).unwrap(),
+                "{ty}"
+            );
+        }
+    }
 
     fn roundtrip_numeric(text: &str) -> String {
         let mut buf = BytesMut::new();

@@ -660,17 +660,18 @@ fn locking_clause(tokens: &[TokenWithSpan]) -> Option<&'static str> {
 
 /// Parses the statement's tokens; also says whether a leading `TABLE` was rewritten.
 fn parse_statement(tokens: &[TokenWithSpan]) -> Result<(Statement, bool), GuardError> {
-    let mut tokens = tokens.to_vec();
     // sqlparser knows `TABLE name` inside a query, but not as a statement of its own nor right
     // after EXPLAIN: spell it the way PostgreSQL defines it, `SELECT * FROM name`.
-    let first = next_significant(&tokens, 0);
-    let leading_table = keyword_at(&tokens, first).is_some_and(|w| w.keyword == Keyword::TABLE);
+    let first = next_significant(tokens, 0);
+    let leading_table = keyword_at(tokens, first).is_some_and(|w| w.keyword == Keyword::TABLE);
     let table_at = if leading_table {
         first
     } else {
-        explain_target(&tokens)
-            .filter(|&i| keyword_at(&tokens, Some(i)).is_some_and(|w| w.keyword == Keyword::TABLE))
+        explain_target(tokens)
+            .filter(|&i| keyword_at(tokens, Some(i)).is_some_and(|w| w.keyword == Keyword::TABLE))
     };
+    // The parser takes its tokens; the caller keeps the originals for classify.
+    let mut parsed_tokens = tokens.to_vec();
     if let Some(at) = table_at {
         let select_star_from = [
             Token::make_keyword("SELECT"),
@@ -679,12 +680,12 @@ fn parse_statement(tokens: &[TokenWithSpan]) -> Result<(Statement, bool), GuardE
             Token::Whitespace(Whitespace::Space),
             Token::make_keyword("FROM"),
         ];
-        tokens.splice(at..=at, select_star_from.map(TokenWithSpan::wrap));
+        parsed_tokens.splice(at..=at, select_star_from.map(TokenWithSpan::wrap));
     }
 
     let mut parser = Parser::new(&PostgreSqlDialect {})
         .with_recursion_limit(PARSER_RECURSION_LIMIT)
-        .with_tokens_with_locations(tokens.clone());
+        .with_tokens_with_locations(parsed_tokens);
     let parsed = parser.parse_statement();
     let trailing = parser.peek_token();
     match parsed {
@@ -696,9 +697,9 @@ fn parse_statement(tokens: &[TokenWithSpan]) -> Result<(Statement, bool), GuardE
         Err(ParserError::RecursionLimitExceeded) => Err(GuardError::TooComplex),
         Err(ParserError::ParserError(message) | ParserError::TokenizerError(message)) => {
             // Say what is wrong when it is not a matter of syntax.
-            if let Some(keyword) = leading_keyword(&tokens).filter(|k| !starts_read_only(k)) {
+            if let Some(keyword) = leading_keyword(tokens).filter(|k| !starts_read_only(k)) {
                 Err(GuardError::NotReadOnly { statement: keyword })
-            } else if let Some(clause) = locking_clause(&tokens) {
+            } else if let Some(clause) = locking_clause(tokens) {
                 Err(GuardError::ForbiddenClause(clause.to_owned()))
             } else {
                 Err(syntax(&message))
@@ -1975,7 +1976,7 @@ fn normalize_tokens<'a>(tokens: impl Iterator<Item = &'a Token>) -> String {
         match token {
             Token::Whitespace(_) | Token::EOF => {}
             Token::Word(w) => match w.quote_style {
-                Some(q) => pieces.push(format!("{q}{}{q}", w.value)),
+                Some(q) => pieces.push(format_args!("{q}{}{q}", w.value)),
                 None => pieces.push(w.value.to_lowercase()),
             },
             Token::Number(..)
@@ -2000,36 +2001,62 @@ fn normalize_tokens<'a>(tokens: impl Iterator<Item = &'a Token>) -> String {
             | Token::UnicodeStringLiteral(_)
             | Token::HexStringLiteral(_)
             | Token::CopyData { .. } => pieces.push_literal(),
-            other => pieces.push(other.to_string()),
+            other => pieces.push(other),
         }
     }
     pieces.finish()
 }
 
 /// Normalised pieces of a statement; collapses `?, ?, ?` to `?`.
+/// The normalized text being built: pieces joined by single spaces, in one string.
 #[derive(Debug, Default)]
-struct Pieces(Vec<String>);
+struct Pieces {
+    text: String,
+    /// Where each piece starts in `text`.
+    starts: Vec<usize>,
+}
 
 impl Pieces {
-    fn push(&mut self, piece: String) {
-        self.0.push(piece);
+    fn push(&mut self, piece: impl std::fmt::Display) {
+        use std::fmt::Write as _;
+        if !self.text.is_empty() {
+            self.text.push(' ');
+        }
+        self.starts.push(self.text.len());
+        let _ = write!(self.text, "{piece}");
     }
 
+    /// The piece `back` places from the end (0: the last one).
+    fn last(&self, back: usize) -> Option<&str> {
+        let i = self.starts.len().checked_sub(back + 1)?;
+        let end = self
+            .starts
+            .get(i + 1)
+            .map_or(self.text.len(), |next| next - 1);
+        self.text.get(self.starts[i]..end)
+    }
+
+    fn pop(&mut self) {
+        if let Some(start) = self.starts.pop() {
+            self.text.truncate(start.saturating_sub(1));
+        }
+    }
+
+    /// `?` for a literal; a list of literals (`?, ?, ?`) folds into one `?`.
     fn push_literal(&mut self) {
-        let n = self.0.len();
-        if n >= 2 && self.0[n - 1] == "," && self.0[n - 2] == "?" {
-            self.0.pop();
+        if self.last(0) == Some(",") && self.last(1) == Some("?") {
+            self.pop();
         } else {
-            self.0.push("?".to_owned());
+            self.push("?");
         }
     }
 
     /// The normalized text, without trailing semicolons.
     fn finish(mut self) -> String {
-        while self.0.last().is_some_and(|p| p == ";") {
-            self.0.pop();
+        while self.last(0) == Some(";") {
+            self.pop();
         }
-        self.0.join(" ")
+        self.text
     }
 }
 
@@ -2065,9 +2092,9 @@ fn scan(sql: &str, pieces: &mut Pieces) {
             }
         } else if c == '\'' {
             // E'…' strings take backslash escapes; the E was already emitted as a word.
-            let escapes = pieces.0.last().is_some_and(|p| p == "e");
+            let escapes = pieces.last(0) == Some("e");
             if escapes {
-                pieces.0.pop();
+                pieces.pop();
             }
             i += 1;
             while i < chars.len() {
@@ -2095,14 +2122,14 @@ fn scan(sql: &str, pieces: &mut Pieces) {
                     i += 1;
                 }
             }
-            pieces.push(chars[start..i].iter().collect());
+            pieces.push(chars[start..i].iter().collect::<String>());
         } else if c == '$' && next.is_some_and(|n| n.is_ascii_digit()) {
             let start = i;
             i += 1;
             while i < chars.len() && chars[i].is_ascii_digit() {
                 i += 1;
             }
-            pieces.push(chars[start..i].iter().collect());
+            pieces.push(chars[start..i].iter().collect::<String>());
         } else if c == '$' {
             // $tag$ … $tag$
             let tag_end =

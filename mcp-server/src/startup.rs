@@ -36,7 +36,7 @@ pub async fn role_problems(tools: &Tools) -> Result<Vec<String>, String> {
     let (role, writable, creatable) = futures::join!(role, writable, creatable);
     let role = role.map_err(|e| format!("failed to inspect the database role: {e}"))?;
     let mut problems = Vec::new();
-    if let Some(row) = role.rows.rows.first() {
+    if let Some(row) = role.rows.rows.values().first() {
         let name = row[0].as_str().unwrap_or("?");
         for (i, what) in [
             (1, "a superuser"),
@@ -50,14 +50,14 @@ pub async fn role_problems(tools: &Tools) -> Result<Vec<String>, String> {
         }
     }
     let writable = writable.map_err(|e| format!("failed to inspect table privileges: {e}"))?;
-    for row in &writable.rows.rows {
+    for row in &writable.rows.rows.values() {
         problems.push(format!(
             "the role can write to or owns {}",
             row[0].as_str().unwrap_or("?")
         ));
     }
     let creatable = creatable.map_err(|e| format!("failed to inspect schema privileges: {e}"))?;
-    for row in &creatable.rows.rows {
+    for row in &creatable.rows.rows.values() {
         problems.push(format!(
             "the role can create objects in schema {}",
             row[0].as_str().unwrap_or("?")

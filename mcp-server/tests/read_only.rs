@@ -128,7 +128,8 @@ async fn every_write_attempt_is_refused_and_nothing_changes() {
             .await
             .unwrap()
             .rows
-            .rows,
+            .rows
+            .values(),
         [[json!(5)]]
     );
 }

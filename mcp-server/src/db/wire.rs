@@ -37,7 +37,7 @@ use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream}
 use tokio_postgres::types::{Kind, Type};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::{Caps, Column, DbError, Rows, json_size};
+use super::{Caps, Column, DbError, JsonRows, Rows};
 use crate::pgvalue::{self, Param};
 
 /// Prepared statements kept per connection; the least recently used one is closed first.
@@ -452,11 +452,14 @@ struct ResultColumn {
 #[derive(Default)]
 struct Answer {
     columns: Vec<ResultColumn>,
-    /// Rows decoded as they came (every column type known).
-    rows: Vec<Vec<Value>>,
+    /// The rows written as JSON as they came (every column type known): `[[…],[…]`, closed
+    /// when done.
+    json: Vec<u8>,
+    row_count: usize,
     /// Rows kept undecoded until unknown column types are looked up.
     raw: Vec<DataRowBody>,
     undecoded: Vec<bool>,
+    /// JSON bytes of the rows so far (without separators), for `max_bytes`.
     bytes: usize,
     truncated_by: Option<&'static str>,
     /// The first error PostgreSQL reported.
@@ -519,6 +522,9 @@ impl Connection {
         }
         if answer.columns.iter().any(|c| c.ty.is_none()) {
             self.resolve_columns(&mut answer, statement.caps).await?;
+            if let Some(error) = answer.decode_error.take() {
+                return Err(error);
+            }
         }
         let columns: Vec<Column> = answer
             .columns
@@ -539,9 +545,16 @@ impl Connection {
                 )
             })
             .collect();
+        let mut json = std::mem::take(&mut answer.json);
+        if json.is_empty() {
+            json.push(b'[');
+        }
+        json.push(b']');
+        let json = String::from_utf8(json)
+            .map_err(|e| DbError::Decode(format!("failed to encode the rows: {e}")))?;
         Ok(Rows {
-            row_count: answer.rows.len(),
-            rows: answer.rows,
+            row_count: answer.row_count,
+            rows: JsonRows::new(json)?,
             truncated: answer.truncated_by.is_some(),
             truncated_by: answer.truncated_by,
             elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
@@ -749,11 +762,10 @@ impl Connection {
             column.ty = Some(self.types.get(column.oid).unwrap_or(Type::UNKNOWN));
         }
         for row in std::mem::take(&mut answer.raw) {
-            if answer.truncated_by.is_some() {
+            if answer.truncated_by.is_some() || answer.decode_error.is_some() {
                 break;
             }
-            let values = decode_row(&answer.columns, &row, &mut answer.undecoded)?;
-            answer.push(values, caps);
+            answer.write_row(&row, caps);
         }
         Ok(())
     }
@@ -796,7 +808,7 @@ impl Connection {
             }))
             .await?;
             let mut next = Vec::new();
-            for row in &described.rows {
+            for row in &described.rows.values() {
                 let Some(pg_type) = PgType::from_row(row) else {
                     continue;
                 };
@@ -840,12 +852,12 @@ impl Connection {
 }
 
 impl Answer {
-    /// One data row: decoded at once when every column type is known, kept raw otherwise.
+    /// One data row: written at once when every column type is known, kept raw otherwise.
     fn row(&mut self, row: DataRowBody, caps: Caps) {
         if self.truncated_by.is_some() || self.decode_error.is_some() {
             return;
         }
-        if self.rows.len() + self.raw.len() == caps.max_rows {
+        if self.row_count + self.raw.len() == caps.max_rows {
             self.truncated_by = Some("max_rows");
             return;
         }
@@ -853,20 +865,28 @@ impl Answer {
             self.raw.push(row);
             return;
         }
-        match decode_row(&self.columns, &row, &mut self.undecoded) {
-            Ok(values) => self.push(values, caps),
-            Err(error) => self.decode_error = Some(error),
-        }
+        self.write_row(&row, caps);
     }
 
-    fn push(&mut self, values: Vec<Value>, caps: Caps) {
-        let size = json_size(&values);
+    /// Appends `row` as a JSON array, unless it would take the rows past `max_bytes`.
+    fn write_row(&mut self, row: &DataRowBody, caps: Caps) {
+        let start = self.json.len();
+        self.json
+            .push(if self.row_count == 0 { b'[' } else { b',' });
+        let begin = self.json.len();
+        if let Err(error) = encode_row(&self.columns, row, &mut self.undecoded, &mut self.json) {
+            self.json.truncate(start);
+            self.decode_error = Some(error);
+            return;
+        }
+        let size = self.json.len() - begin;
         if self.bytes + size > caps.max_bytes {
+            self.json.truncate(start);
             self.truncated_by = Some("max_bytes");
             return;
         }
         self.bytes += size;
-        self.rows.push(values);
+        self.row_count += 1;
     }
 }
 
@@ -995,21 +1015,26 @@ fn cap(caps: Caps) -> i32 {
     i32::try_from(caps.max_rows.saturating_add(1)).unwrap_or(i32::MAX)
 }
 
-fn decode_row(
+/// Writes `row` as a JSON array of its cells.
+fn encode_row(
     columns: &[ResultColumn],
     row: &DataRowBody,
     undecoded: &mut [bool],
-) -> Result<Vec<Value>, DbError> {
+    out: &mut Vec<u8>,
+) -> Result<(), DbError> {
     let buffer = row.buffer();
-    let mut values = Vec::with_capacity(columns.len());
     let mut ranges = row.ranges();
+    out.push(b'[');
     for (i, column) in columns.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
         let range = ranges
             .next()
             .map_err(parse)?
             .ok_or_else(|| DbError::Decode(format!("row ended before column {}", column.name)))?;
         let ty = column.ty.as_ref().unwrap_or(&Type::UNKNOWN);
-        let cell = pgvalue::decode_cell(ty, range.map(|r| &buffer[r])).map_err(|e| {
+        let failed = pgvalue::write_cell(ty, range.map(|r| &buffer[r]), out).map_err(|e| {
             DbError::Decode(format!(
                 "failed to read column {} ({}): {e}; cast it in SQL, e.g. {}::text",
                 column.name,
@@ -1018,11 +1043,11 @@ fn decode_row(
             ))
         })?;
         if let Some(flag) = undecoded.get_mut(i) {
-            *flag |= cell.undecoded;
+            *flag |= failed;
         }
-        values.push(cell.value);
     }
-    Ok(values)
+    out.push(b']');
+    Ok(())
 }
 
 fn db_error(body: &ErrorResponseBody) -> DbError {

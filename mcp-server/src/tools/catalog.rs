@@ -210,14 +210,15 @@ fn objects(result: &RowsResult) -> Vec<Value> {
     result
         .rows
         .rows
-        .iter()
+        .values()
+        .into_iter()
         .map(|row| {
             let map = result
                 .rows
                 .columns
                 .iter()
                 .zip(row)
-                .map(|(c, v)| (c.name.clone(), v.clone()))
+                .map(|(c, v)| (c.name.clone(), v))
                 .collect();
             Value::Object(map)
         })
@@ -348,6 +349,7 @@ pub async fn describe_table(
         primary_key: primary_key
             .rows
             .rows
+            .values()
             .iter()
             .filter_map(|r| r[0].as_str().map(str::to_owned))
             .collect(),

@@ -193,9 +193,10 @@ pub async fn explain(tools: &Tools, args: ExplainArgs) -> Result<Plan, ToolError
         .await?;
     let plan = result
         .rows
-        .first()
-        .and_then(|r| r.first())
-        .cloned()
+        .values()
+        .into_iter()
+        .next()
+        .and_then(|row| row.into_iter().next())
         .unwrap_or(Value::Null);
     Ok(Plan {
         plan,
