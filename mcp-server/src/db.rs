@@ -267,16 +267,17 @@ impl DbError {
     }
 }
 
-/// An error PostgreSQL reported, by its SQLSTATE.
+/// An error PostgreSQL reported: `fatal` (severity FATAL or PANIC) ends the session.
 fn classify(
     code: String,
     message: String,
     detail: Option<String>,
     hint: Option<String>,
     position: Option<u32>,
+    fatal: bool,
 ) -> DbError {
     // The connection is gone (terminated, server shutting down or restarting).
-    if code.starts_with("08") || code.starts_with("57P") {
+    if fatal || code.starts_with("57P") {
         return DbError::ConnectionLost(format!("{code}: {message}"));
     }
     DbError::Sql {

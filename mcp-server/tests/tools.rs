@@ -699,3 +699,81 @@ async fn an_unreachable_database_is_reported_after_the_outage_wait_without_secre
     assert!(!err.to_string().contains(common::READER_PASSWORD), "{err}");
     assert!(tools.db.ping().await.is_err(), "readiness fails too");
 }
+
+#[tokio::test]
+async fn types_the_database_defines_keep_their_meaning_on_every_path() {
+    let shop = shop("defined types").await;
+    let admin = shop.db.connect().await.unwrap();
+    admin
+        .batch_execute(&format!(
+            "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+             CREATE DOMAIN positive AS int CHECK (VALUE > 0);
+             CREATE DOMAIN moods AS mood[];
+             CREATE TYPE pair AS (a int, b text);
+             CREATE TABLE feelings (id positive PRIMARY KEY, now mood, history mood[], also moods, p pair);
+             INSERT INTO feelings VALUES (1, 'ok', '{{sad,happy}}', '{{ok}}', ROW(1, 'x')), (2, NULL, '{{}}', NULL, NULL);
+             GRANT SELECT ON feelings TO \"{}\";",
+            shop.role
+        ))
+        .await
+        .unwrap();
+    let tools = shop.tools();
+    let sql = "SELECT id, now, history, also, p FROM feelings ORDER BY id";
+    // First sight (unnamed statement, types looked up), second (kept prepared), third (cached).
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let result = sql::query(&tools, q(sql)).await.unwrap();
+        let types: Vec<String> = result
+            .rows
+            .columns
+            .iter()
+            .map(|c| c.type_name.clone())
+            .collect();
+        // PostgreSQL describes a domain-typed column by its base type.
+        assert_eq!(types, ["int4", "mood", "_mood", "_mood", "pair"]);
+        answers.push((result.rows.rows.values(), result.rows.undecoded_columns));
+    }
+    let (rows, undecoded) = &answers[0];
+    assert_eq!(
+        rows[0][..4],
+        [
+            json!(1),
+            json!("ok"),
+            json!(["sad", "happy"]),
+            json!(["ok"])
+        ]
+    );
+    assert_eq!(
+        rows[1][..4],
+        [json!(2), Value::Null, json!([]), Value::Null]
+    );
+    assert_eq!(
+        undecoded.len(),
+        1,
+        "a composite is shown as hex: {undecoded:?}"
+    );
+    assert!(undecoded[0].starts_with("p (pair)"), "{undecoded:?}");
+    assert_eq!(answers[1], answers[0]);
+    assert_eq!(answers[2], answers[0]);
+
+    // Parameters of those types are bound by type, and checked.
+    let mut args = q("SELECT count(*) AS n FROM feelings WHERE now = $1 AND id > $2");
+    args.params = vec![json!("ok"), json!(0)];
+    let counted = sql::query(&tools, args).await.unwrap();
+    assert_eq!(counted.rows.rows.values(), [[json!(1)]]);
+    let mut args = q("SELECT count(*) AS n FROM feelings WHERE now = $1");
+    args.params = vec![json!("furious")];
+    let err = sql::query(&tools, args).await.unwrap_err().to_string();
+    assert!(err.contains("22P02") && err.contains("furious"), "{err}");
+    // A placeholder without a value is named, at once (not retried as a lost connection).
+    let started = std::time::Instant::now();
+    let err = sql::query(&tools, q("SELECT count(*) FROM feelings WHERE id > $1"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("1 parameter(s)") && err.contains("0 value(s) were given in params"),
+        "{err}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+}

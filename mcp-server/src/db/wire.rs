@@ -467,6 +467,8 @@ struct Answer {
     decode_error: Option<DbError>,
     /// ParseComplete messages.
     parsed: usize,
+    /// Parameters of a statement parsed in this pipeline.
+    parameters: usize,
 }
 
 impl Connection {
@@ -507,6 +509,13 @@ impl Connection {
         let mut answer = self.answers(&plan, statement).await?;
         self.busy = false;
         self.keep_or_close(&plan, &answer, statement);
+        if answer.parameters > statement.params.len() && answer.error.is_some() {
+            // `$1` in the SQL and no value for it: PostgreSQL refused the Bind.
+            return Err(DbError::ParamCount {
+                expected: answer.parameters,
+                got: statement.params.len(),
+            });
+        }
         if let Some(error) = answer.error.take() {
             if let (Plan::Cached(_), DbError::Sql { message, .. }) = (&plan, &error)
                 && message.starts_with(STALE_PLAN)
@@ -713,6 +722,9 @@ impl Connection {
                     answer.truncated_by.get_or_insert("max_rows");
                 }
                 Message::ParseComplete => answer.parsed += 1,
+                Message::ParameterDescription(body) => {
+                    answer.parameters = body.parameters().count().map_err(parse)?;
+                }
                 // The statement's error, or (after the Sync) ROLLBACK's in a broken session.
                 Message::ErrorResponse(body) => {
                     answer.error.get_or_insert_with(|| db_error(&body));
@@ -986,8 +998,10 @@ fn write_pipeline(
                 _ => "",
             };
             frontend::parse(name, statement.sql, None, write).map_err(unsendable)?;
+            // Its parameters (there should be none) and columns, before the Bind that needs
+            // them to match.
+            frontend::describe(b'S', name, write).map_err(encode)?;
             bind_plain(write, name, Some(1))?;
-            frontend::describe(b'P', "", write).map_err(encode)?;
         }
     }
     frontend::execute("", cap(statement.caps), write).map_err(encode)?;
@@ -1056,6 +1070,8 @@ fn db_error(body: &ErrorResponseBody) -> DbError {
     let mut detail = None;
     let mut hint = None;
     let mut position = None;
+    let mut severity = None;
+    let mut localized_severity = None;
     let mut fields = body.fields();
     while let Ok(Some(field)) = fields.next() {
         let value = || String::from_utf8_lossy(field.value_bytes()).into_owned();
@@ -1065,10 +1081,17 @@ fn db_error(body: &ErrorResponseBody) -> DbError {
             b'D' => detail = Some(value()),
             b'H' => hint = Some(value()),
             b'P' => position = value().parse().ok(),
+            b'V' => severity = Some(value()),
+            b'S' => localized_severity = Some(value()),
             _ => {}
         }
     }
-    super::classify(code, message, detail, hint, position)
+    // `V` (never translated) since PostgreSQL 9.6; `S` may be translated.
+    let fatal = matches!(
+        severity.or(localized_severity).as_deref(),
+        Some("FATAL" | "PANIC")
+    );
+    super::classify(code, message, detail, hint, position, fatal)
 }
 
 fn lost(err: io::Error) -> DbError {
