@@ -26,7 +26,13 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("failed to start the async runtime")?
-        .block_on(serve(args))
+        .block_on(async {
+            // On a worker, not on this thread: with the one default worker, the stdio loop,
+            // the accept loop and every call then share a thread, and none wakes another.
+            tokio::spawn(serve(args))
+                .await
+                .context("the server panicked")?
+        })
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {

@@ -7,6 +7,8 @@
 //! line goes to rmcp unchanged. Answers are written whole, one line each, in the order they
 //! are ready.
 
+use std::os::fd::{AsFd as _, BorrowedFd};
+use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -15,6 +17,7 @@ use axum::http::HeaderMap;
 use rmcp::ServiceExt as _;
 use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncWrite, AsyncWriteExt as _, BufReader};
+use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -23,7 +26,80 @@ use crate::server::PgMcpServer;
 
 /// Serves MCP on the process's stdin and stdout until stdin closes.
 pub async fn serve(server: PgMcpServer) -> anyhow::Result<()> {
-    serve_on(server, tokio::io::stdin(), tokio::io::stdout()).await
+    serve_on(server, stdin(), stdout()).await
+}
+
+/// The process's stdin. A pipe or a socket, which is what MCP clients start servers with, is
+/// read without blocking, on the runtime's own thread. Anything else (a terminal, a file) is
+/// read through tokio's adapter, which hands every read to a blocking thread: several thread
+/// wake-ups per message.
+fn stdin() -> Box<dyn AsyncRead + Unpin + Send> {
+    let Some((file, kind)) = stdio_file(std::io::stdin().as_fd()) else {
+        return Box::new(tokio::io::stdin());
+    };
+    let stream: std::io::Result<Box<dyn AsyncRead + Unpin + Send>> = match kind {
+        Kind::Pipe => pipe::Receiver::from_file(file).map(|r| Box::new(r) as _),
+        Kind::Socket => socket(file).map(|s| Box::new(s) as _),
+    };
+    stream.unwrap_or_else(|err| {
+        tracing::debug!(error = %err, "reading stdin through a blocking thread");
+        Box::new(tokio::io::stdin())
+    })
+}
+
+/// The process's stdout, written without blocking when it is a pipe or a socket (see
+/// [`stdin`]) that stderr does not share: the non-blocking flag belongs to the open file, so
+/// it would make stderr's log lines fail when the pipe is full.
+fn stdout() -> Box<dyn AsyncWrite + Unpin + Send> {
+    let shared_with_stderr = same_file(std::io::stdout().as_fd(), std::io::stderr().as_fd());
+    let Some((file, kind)) = stdio_file(std::io::stdout().as_fd()).filter(|_| !shared_with_stderr)
+    else {
+        return Box::new(tokio::io::stdout());
+    };
+    let stream: std::io::Result<Box<dyn AsyncWrite + Unpin + Send>> = match kind {
+        Kind::Pipe => pipe::Sender::from_file(file).map(|w| Box::new(w) as _),
+        Kind::Socket => socket(file).map(|s| Box::new(s) as _),
+    };
+    stream.unwrap_or_else(|err| {
+        tracing::debug!(error = %err, "writing stdout through a blocking thread");
+        Box::new(tokio::io::stdout())
+    })
+}
+
+enum Kind {
+    Pipe,
+    Socket,
+}
+
+/// A duplicate of `fd` and what it is, when it is a pipe or a socket.
+fn stdio_file(fd: BorrowedFd<'_>) -> Option<(std::fs::File, Kind)> {
+    let file = std::fs::File::from(fd.try_clone_to_owned().ok()?);
+    let file_type = file.metadata().ok()?.file_type();
+    let kind = if file_type.is_fifo() {
+        Kind::Pipe
+    } else if file_type.is_socket() {
+        Kind::Socket
+    } else {
+        return None;
+    };
+    Some((file, kind))
+}
+
+/// A socket given as stdin or stdout (Node's child processes get socket pairs).
+fn socket(file: std::fs::File) -> std::io::Result<tokio::net::UnixStream> {
+    let stream = std::os::unix::net::UnixStream::from(std::os::fd::OwnedFd::from(file));
+    stream.set_nonblocking(true)?;
+    tokio::net::UnixStream::from_std(stream)
+}
+
+/// Whether two descriptors are the same file (or pipe, or socket).
+fn same_file(a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> bool {
+    let id = |fd: BorrowedFd<'_>| {
+        let file = std::fs::File::from(fd.try_clone_to_owned().ok()?);
+        let meta = file.metadata().ok()?;
+        Some((meta.dev(), meta.ino()))
+    };
+    matches!((id(a), id(b)), (Some(a), Some(b)) if a == b)
 }
 
 /// The initialize exchange, as far as this module follows it.
@@ -59,7 +135,8 @@ where
 
     // Everything written goes through one task, a whole line at a time.
     let writer = tokio::spawn(async move {
-        let mut output = output;
+        // Answers ready together go out in one write.
+        let mut output = tokio::io::BufWriter::with_capacity(64 * 1024, output);
         while let Some(line) = outgoing.recv().await {
             output.write_all(&line).await?;
             while let Ok(more) = outgoing.try_recv() {
