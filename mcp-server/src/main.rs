@@ -18,10 +18,12 @@ use pgmcp_server::tools::Tools;
 use pgmcp_server::{AppState, PgMcpServer, router, startup};
 use tokio_util::sync::CancellationToken;
 
-/// mimalloc, without transparent huge pages. musl's allocator (the static images) maps and
-/// unmaps memory several times per call: +40 % server CPU per call against glibc's. mimalloc
-/// takes 14 % fewer instructions per call than glibc's; with huge pages allowed it would
-/// back its arenas with 2 MiB pages and double the idle RSS (BENCHMARKS.md).
+/// The static (musl) images allocate with mimalloc, without transparent huge pages. musl's own
+/// allocator maps and unmaps memory several times per call: +40 % server CPU per call against
+/// the glibc build. With huge pages allowed, mimalloc backs its arenas with 2 MiB pages and
+/// idle RSS doubles. glibc builds keep glibc's allocator: as fast here, and about 1 MB smaller
+/// at idle (BENCHMARKS.md).
+#[cfg(target_env = "musl")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
