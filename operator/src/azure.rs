@@ -5,8 +5,9 @@
 //! token, retries, long-running operations, ARM's error bodies, metrics.
 //!
 //! Optionally (`foundry.assignAppRole`), the Foundry project's managed identity is given the
-//! server app's role through Microsoft Graph ([`app_role`] over the [`graph`] client, which
-//! shares [`arm`]'s retry policy); that needs Graph application permissions for the operator.
+//! server app's role through Microsoft Graph ([`app_role`] over the [`graph`] client); that
+//! needs Graph application permissions for the operator. [`rest`] is what both clients share
+//! (HTTP, token, error bodies, `Retry-After`, the retry loop); neither imports the other.
 //!
 //! Each resource is kept with GET → compare → PUT only when it differs, so a steady state costs
 //! reads only; deletes treat "already gone" as done. Nothing here knows about Kubernetes objects:
@@ -17,6 +18,7 @@ pub mod arm;
 pub mod fic;
 pub mod foundry;
 pub mod graph;
+pub mod rest;
 
 /// The public cloud's Resource Manager.
 pub const DEFAULT_ARM_ENDPOINT: &str = "https://management.azure.com";

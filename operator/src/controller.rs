@@ -6,9 +6,10 @@
 //! build     desired ServiceAccount, ConfigMap, Deployment, Service,
 //!           PodDisruptionBudget, NetworkPolicy                          (pure)
 //! apply     server-side apply of what differs, delete what is unwanted  (writes)
-//! database  principal, grants equal to the spec, read-only probe       (crate::database)
-//! external  federated credential, Foundry connection through ARM       (GET-compare-PUT)
+//! database  principal, grants equal to the spec, read-only probe       (PostgreSQL)
+//! azure     federated credential, Foundry connection, app role         (ARM, Graph)
 //! status    kstatus conditions, written only when they change          (one write at most)
+//! events    what the steps changed or failed at, published once at the end
 //! ```
 //!
 //! A finalizer guards state outside the cluster ([`cleanup`]); children inside it carry a
@@ -17,9 +18,10 @@
 //! repaired within seconds; the watch caches double as the "live" side of apply's comparison.
 
 pub mod apply;
+pub mod azure;
 pub mod build;
 pub mod cleanup;
-pub mod external;
+pub mod database;
 pub mod fetch;
 pub mod status;
 pub mod validate;
@@ -123,6 +125,10 @@ pub struct Context {
     pub postgres_token: Option<pgmcp_identity::TokenProvider>,
     /// Azure Resource Manager with the operator's own workload identity, when it has one.
     pub arm: Option<crate::azure::arm::ArmClient>,
+    /// Microsoft Graph with the same identity (`foundry.assignAppRole`).
+    pub graph: Option<crate::azure::graph::GraphClient>,
+    /// Idle admin connections to PostgreSQL, kept for the next reconcile.
+    pub admin_pool: crate::database::pool::Pool<tokio_postgres::Client>,
     /// Consecutive failures per binding (`namespace/name`) at the same stage, for the retry
     /// delay.
     failures: Mutex<HashMap<String, (String, u32)>>,
@@ -178,9 +184,9 @@ pub enum Error {
     #[error(transparent)]
     Cleanup(#[from] cleanup::Error),
     #[error(transparent)]
-    Database(#[from] crate::database::Error),
+    Database(#[from] database::Error),
     #[error(transparent)]
-    Azure(#[from] external::Error),
+    Azure(#[from] azure::Error),
     #[error("failed to write the status of binding {binding}: {source}")]
     Status {
         binding: String,
@@ -281,14 +287,9 @@ async fn reconcile_binding(binding: &PostgresMcpBinding, ctx: &Context) -> Resul
                 message: invalid.to_string(),
             };
             if write_status(ctx, binding, &outcome).await? {
-                ctx.event(
-                    binding,
-                    EventType::Warning,
-                    invalid.reason(),
-                    invalid.to_string(),
-                    None,
-                )
-                .await;
+                let mut notes = Notes::default();
+                notes.warning(invalid.reason(), invalid.to_string());
+                notes.publish(ctx, binding).await;
             }
             return Ok(if invalid.waits_for_other_object() {
                 Action::requeue(WAITING_RECHECK)
@@ -298,6 +299,7 @@ async fn reconcile_binding(binding: &PostgresMcpBinding, ctx: &Context) -> Resul
         }
     };
     let desired = build::build(&valid, &ctx.defaults);
+    let mut notes = Notes::default();
     let applied = match apply::apply(ctx, binding, &desired).await {
         Ok(applied) => applied,
         Err(err) => {
@@ -313,41 +315,14 @@ async fn reconcile_binding(binding: &PostgresMcpBinding, ctx: &Context) -> Resul
                 }
             };
             if write_status(ctx, binding, &outcome).await? {
-                ctx.event(
-                    binding,
-                    EventType::Warning,
-                    err.reason(),
-                    err.to_string(),
-                    None,
-                )
-                .await;
+                notes.warning(err.reason(), err.to_string());
+                notes.publish(ctx, binding).await;
             }
             return Err(err.into());
         }
     };
-    // One Event for every child changed in this pass ("created ServiceAccount ns/a, ConfigMap
-    // ns/b, …"): a new binding costs the apiserver one write here, not one per child.
-    if let Some(((first, object), rest)) = applied.changes.split_first() {
-        let reason = if rest.iter().all(|(change, _)| change == first) {
-            match first {
-                apply::Change::Created => "Created",
-                apply::Change::Updated => "Updated",
-                apply::Change::Deleted => "Deleted",
-            }
-        } else {
-            "Applied"
-        };
-        let note = applied
-            .changes
-            .iter()
-            .map(|(change, object)| format!("{} {}", change.verb(), apply::describe(object)))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let related = rest.is_empty().then(|| object.clone());
-        ctx.event(binding, EventType::Normal, reason, note, related)
-            .await;
-    }
-    let database = crate::database::reconcile(
+    notes.children(&applied.changes);
+    let database = database::reconcile(
         ctx,
         binding,
         &valid,
@@ -363,30 +338,16 @@ async fn reconcile_binding(binding: &PostgresMcpBinding, ctx: &Context) -> Resul
         } else {
             "Granted"
         };
-        ctx.event(
-            binding,
-            EventType::Normal,
-            reason,
-            truncate(&plan.to_string(), 1000),
-            None,
-        )
-        .await;
+        notes.normal(reason, truncate(&plan.to_string(), 1000));
     }
-    let azure = external::reconcile(ctx, binding, &valid).await;
-    for (kind, result) in [
-        ("federated identity credential", &azure.federated_credential),
-        ("Azure AI Foundry connection", &azure.foundry),
-    ] {
-        if let Some(Ok(ensured)) = result {
-            let verb = match ensured.change {
-                crate::azure::Change::Unchanged => continue,
-                crate::azure::Change::Created => "Created",
-                crate::azure::Change::Updated => "Updated",
-            };
-            let note = format!("{} {kind} {}", verb.to_lowercase(), ensured.id);
-            ctx.event(binding, EventType::Normal, verb, note, None)
-                .await;
-        }
+    let azure = azure::reconcile(ctx, binding, &valid).await;
+    for ensured in azure.ensured() {
+        let verb = match ensured.change {
+            crate::azure::Change::Unchanged => continue,
+            crate::azure::Change::Created => "Created",
+            crate::azure::Change::Updated => "Updated",
+        };
+        notes.normal(verb, format!("{} {}", verb.to_lowercase(), ensured.what));
     }
     let outcome = Outcome::Applied {
         valid: &valid,
@@ -395,8 +356,8 @@ async fn reconcile_binding(binding: &PostgresMcpBinding, ctx: &Context) -> Resul
         database: &database,
         azure: &azure,
     };
-    let wrote = write_status(ctx, binding, &outcome).await?;
-    if wrote {
+    // Failures are announced when they change what status says, not on every retry.
+    if write_status(ctx, binding, &outcome).await? {
         let failures = database
             .as_ref()
             .err()
@@ -404,10 +365,10 @@ async fn reconcile_binding(binding: &PostgresMcpBinding, ctx: &Context) -> Resul
             .into_iter()
             .chain(azure.errors().map(|e| (e.reason(), e.to_string())));
         for (reason, message) in failures {
-            ctx.event(binding, EventType::Warning, reason, message, None)
-                .await;
+            notes.warning(reason, message);
         }
     }
+    notes.publish(ctx, binding).await;
     if let Err(err) = database {
         return Err(err.into());
     }
@@ -418,6 +379,50 @@ async fn reconcile_binding(binding: &PostgresMcpBinding, ctx: &Context) -> Resul
         result?;
     }
     Ok(Action::requeue(ctx.resync))
+}
+
+/// The Events of one reconcile, published together at its end ([`Notes::publish`]).
+#[derive(Debug, Default)]
+struct Notes(Vec<(EventType, &'static str, String, Option<ObjectReference>)>);
+
+impl Notes {
+    fn normal(&mut self, reason: &'static str, note: String) {
+        self.0.push((EventType::Normal, reason, note, None));
+    }
+
+    fn warning(&mut self, reason: &'static str, note: String) {
+        self.0.push((EventType::Warning, reason, note, None));
+    }
+
+    /// One Event for every child changed in this pass ("created ServiceAccount ns/a, ConfigMap
+    /// ns/b, …"): a new binding costs the apiserver one write here, not one per child.
+    fn children(&mut self, changes: &[(apply::Change, ObjectReference)]) {
+        let Some(((first, object), rest)) = changes.split_first() else {
+            return;
+        };
+        let reason = if rest.iter().all(|(change, _)| change == first) {
+            match first {
+                apply::Change::Created => "Created",
+                apply::Change::Updated => "Updated",
+                apply::Change::Deleted => "Deleted",
+            }
+        } else {
+            "Applied"
+        };
+        let note = changes
+            .iter()
+            .map(|(change, object)| format!("{} {}", change.verb(), apply::describe(object)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let related = rest.is_empty().then(|| object.clone());
+        self.0.push((EventType::Normal, reason, note, related));
+    }
+
+    async fn publish(self, ctx: &Context, binding: &PostgresMcpBinding) {
+        for (type_, reason, note, related) in self.0 {
+            ctx.event(binding, type_, reason, note, related).await;
+        }
+    }
 }
 
 /// At most `max` bytes of `text`, cut at a character boundary.
@@ -439,14 +444,9 @@ async fn cleanup_binding(binding: &PostgresMcpBinding, ctx: &Context) -> Result<
             message: err.to_string(),
         };
         if write_status(ctx, binding, &outcome).await? {
-            ctx.event(
-                binding,
-                EventType::Warning,
-                "CleanupFailed",
-                err.to_string(),
-                None,
-            )
-            .await;
+            let mut notes = Notes::default();
+            notes.warning("CleanupFailed", err.to_string());
+            notes.publish(ctx, binding).await;
         }
         return Err(err.into());
     }
@@ -572,6 +572,8 @@ pub struct Options {
     pub postgres_token: Option<pgmcp_identity::TokenProvider>,
     /// See [`Context::arm`].
     pub arm: Option<crate::azure::arm::ArmClient>,
+    /// See [`Context::graph`].
+    pub graph: Option<crate::azure::graph::GraphClient>,
 }
 
 /// Runs the controller (one per watched namespace, or one for all) until `shutdown`.
@@ -633,6 +635,11 @@ async fn run_scope(
         resync: options.resync,
         postgres_token: options.postgres_token.clone(),
         arm: options.arm.clone(),
+        graph: options.graph.clone(),
+        admin_pool: crate::database::pool::Pool::new(
+            crate::database::pool::IDLE_PER_KEY,
+            crate::database::pool::IDLE_TIMEOUT,
+        ),
         failures: Mutex::default(),
     });
     tracing::info!(namespace = ns.unwrap_or("<all>"), "controller started");

@@ -44,6 +44,7 @@ async fn main() -> anyhow::Result<()> {
         identity: identity.clone(),
         postgres_token: None,
         arm: None,
+        graph: None,
     };
     if let Some(identity) = workload_identity() {
         options.postgres_token = Some(pgmcp_identity::TokenProvider::new(
@@ -58,16 +59,17 @@ async fn main() -> anyhow::Result<()> {
         let token = pgmcp_identity::TokenProvider::new(identity.clone(), pgmcp_identity::ARM_SCOPE);
         let graph_token =
             pgmcp_identity::TokenProvider::new(identity, pgmcp_operator::azure::graph::GRAPH_SCOPE);
-        let graph = pgmcp_operator::azure::graph::GraphClient::new(
-            &args.graph_endpoint,
-            graph_token,
-            metrics.clone(),
-        )
-        .context("failed to set up the Microsoft Graph client")?;
+        options.graph = Some(
+            pgmcp_operator::azure::graph::GraphClient::new(
+                &args.graph_endpoint,
+                graph_token,
+                metrics.clone(),
+            )
+            .context("failed to set up the Microsoft Graph client")?,
+        );
         options.arm = Some(
             pgmcp_operator::azure::arm::ArmClient::new(settings, token, metrics.clone())
-                .context("failed to set up the Azure Resource Manager client")?
-                .with_graph(graph),
+                .context("failed to set up the Azure Resource Manager client")?,
         );
     }
     tracing::info!(

@@ -7,7 +7,7 @@
 //!   is sent to the configured endpoint only — also when ARM names an operation-status URL
 //!   elsewhere — and never appears in an error or a log line.
 //! - **Retries** (429, 408, 500, 502, 503, 504, connection failures): exponential backoff with
-//!   jitter ([`backon`]); `Retry-After` (seconds or HTTP date, or `retry-after-ms`) replaces the
+//!   jitter ([`super::rest::with_retries`]); `Retry-After` (seconds or HTTP date, or `retry-after-ms`) replaces the
 //!   computed wait. One call is bounded by [`RetryPolicy`] (5 attempts, 30 s of waiting by
 //!   default): when ARM asks for a longer wait, the error says so ([`Error::retry_after`]) and
 //!   the controller's own backoff takes over, so a reconcile never hangs here.
@@ -23,60 +23,19 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use backon::{ExponentialBuilder, Retryable as _};
 use pgmcp_identity::TokenProvider;
-use reqwest::header::{HeaderMap, LOCATION, RETRY_AFTER};
+use reqwest::header::LOCATION;
 use reqwest::{Method, Url};
 use serde_json::Value;
 
 use super::AzureSettings;
-use super::graph::GraphClient;
+use super::rest::{self, Failure, Reply, Rest, clip, retry_after, with_retries};
+pub use super::rest::{Action, RetryPolicy};
 use crate::metrics::Metrics;
 
 const ASYNC_OPERATION: &str = "azure-asyncoperation";
-/// Millisecond variants of `Retry-After` that Azure services send.
-const RETRY_AFTER_MS: [&str; 2] = ["retry-after-ms", "x-ms-retry-after-ms"];
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// ARM's messages are short; anything longer is cut (a proxy's HTML page, say).
-const MAX_MESSAGE_CHARS: usize = 1000;
-
-/// How hard one call tries before it gives the error back to the controller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Attempts of one request, the first included.
-    pub max_attempts: usize,
-    /// First backoff wait (doubled per attempt, plus jitter).
-    pub min_delay: Duration,
-    /// Longest computed backoff wait.
-    pub max_delay: Duration,
-    /// Longest total wait across the retries of one request (including `Retry-After` waits):
-    /// a wait that would pass it ends the call with the error instead.
-    pub max_elapsed: Duration,
-    /// Wait between polls of a long-running operation when ARM sends no `Retry-After`.
-    pub poll_interval: Duration,
-    /// Longest time a long-running operation is followed before [`Error::OperationTimedOut`].
-    pub operation_timeout: Duration,
-    /// Longest wait for one answer; a request that takes longer fails as a transport error
-    /// (and is retried like one).
-    pub request_timeout: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            max_attempts: 5,
-            min_delay: Duration::from_secs(1),
-            max_delay: Duration::from_secs(10),
-            max_elapsed: Duration::from_secs(30),
-            poll_interval: Duration::from_secs(5),
-            operation_timeout: Duration::from_secs(60),
-            request_timeout: REQUEST_TIMEOUT,
-        }
-    }
-}
 
 /// A kind of ARM resource: its name in messages and its metric operation labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,32 +198,6 @@ impl Error {
     }
 }
 
-/// One answer from ARM, read whole.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: HeaderMap,
-    body: Value,
-}
-
-/// What a request does to its resource, for messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    Read,
-    CreateOrUpdate,
-    Delete,
-}
-
-impl fmt::Display for Action {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Action::Read => "read",
-            Action::CreateOrUpdate => "create or update",
-            Action::Delete => "delete",
-        })
-    }
-}
-
 /// What a request is about, for errors and metrics.
 #[derive(Clone, Copy)]
 struct Call<'a> {
@@ -277,72 +210,45 @@ struct Call<'a> {
 /// The ARM client. Clones share the HTTP connection pool and the token cache.
 #[derive(Clone)]
 pub struct ArmClient {
-    http: reqwest::Client,
-    endpoint: Url,
+    rest: Rest,
     settings: AzureSettings,
-    token: TokenProvider,
-    metrics: Arc<Metrics>,
-    retry: RetryPolicy,
-    /// Microsoft Graph, for the steps that need both (app role assignments). It travels with
-    /// the ARM client because both use the operator's one workload identity.
-    graph: Option<GraphClient>,
 }
 
 impl fmt::Debug for ArmClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ArmClient")
-            .field("endpoint", &self.endpoint.as_str())
+            .field("rest", &self.rest)
             .field("settings", &self.settings)
-            .field("scope", &self.token.scope())
-            .field("retry", &self.retry)
-            .field("graph", &self.graph)
-            .finish_non_exhaustive()
+            .finish()
     }
 }
 
 impl ArmClient {
     /// A client for `settings.arm_endpoint` (an `https://` URL), authenticating with `token`
-    /// (a provider for [`pgmcp_identity::ARM_SCOPE`]). Server certificates are checked against
-    /// the platform's roots, which honour `SSL_CERT_FILE`.
+    /// (a provider for the scope of that endpoint, [`super::rest::scope_for`]). Server
+    /// certificates are checked against the platform's roots, which honour `SSL_CERT_FILE`.
     pub fn new(
         settings: AzureSettings,
         token: TokenProvider,
         metrics: Arc<Metrics>,
     ) -> Result<Self, Error> {
-        let endpoint = parse_endpoint("ARM", &settings.arm_endpoint).map_err(Error::Config)?;
-        Ok(Self {
-            http: http_client("ARM", &[]).map_err(Error::Config)?,
-            endpoint,
-            settings,
-            token,
-            metrics,
-            retry: RetryPolicy::default(),
-            graph: None,
-        })
-    }
-
-    /// Also talks to Microsoft Graph through `graph`.
-    pub fn with_graph(mut self, graph: GraphClient) -> Self {
-        self.graph = Some(graph);
-        self
-    }
-
-    /// The Microsoft Graph client, when the operator was given one.
-    pub fn graph(&self) -> Option<&GraphClient> {
-        self.graph.as_ref()
+        let rest =
+            Rest::new("ARM", &settings.arm_endpoint, token, metrics).map_err(Error::Config)?;
+        Ok(Self { rest, settings })
     }
 
     /// Also trusts the CA certificates in `pem` (a private cloud's, or a test's).
     pub fn with_root_certificates(mut self, pem: &[u8]) -> Result<Self, Error> {
-        let certs = reqwest::Certificate::from_pem_bundle(pem)
-            .map_err(|e| Error::Config(format!("failed to read CA certificates: {e}")))?;
-        self.http = http_client("ARM", &certs).map_err(Error::Config)?;
+        self.rest = self
+            .rest
+            .with_root_certificates(pem)
+            .map_err(Error::Config)?;
         Ok(self)
     }
 
     /// Replaces the retry and polling bounds.
     pub fn with_retry_policy(mut self, retry: RetryPolicy) -> Self {
-        self.retry = retry;
+        self.rest = self.rest.with_retry_policy(retry);
         self
     }
 
@@ -351,7 +257,7 @@ impl ArmClient {
     }
 
     pub fn retry_policy(&self) -> &RetryPolicy {
-        &self.retry
+        self.rest.retry_policy()
     }
 
     /// The resource, or `None` when ARM answers 404.
@@ -434,10 +340,11 @@ impl ArmClient {
             resource: resource_id.to_owned(),
             message,
         })?;
-        let mut url = self.endpoint.clone();
+        let endpoint = self.rest.endpoint();
+        let mut url = endpoint.clone();
         url.set_path(&format!(
             "{}{resource_id}",
-            self.endpoint.path().trim_end_matches('/')
+            endpoint.path().trim_end_matches('/')
         ));
         url.query_pairs_mut()
             .clear()
@@ -455,13 +362,17 @@ impl ArmClient {
         body: Option<&Value>,
         not_found_ok: bool,
     ) -> Result<Reply, Error> {
-        with_retries(self.retry, "ARM", call.op, call.resource, || {
-            self.attempt(call, &method, url, body, not_found_ok)
-        })
+        with_retries(
+            *self.rest.retry_policy(),
+            "ARM",
+            call.op,
+            call.resource,
+            || self.attempt(call, &method, url, body, not_found_ok),
+        )
         .await
     }
 
-    /// One HTTP request: token, send, read the answer, count it.
+    /// One HTTP request, its failure named after the resource.
     async fn attempt(
         &self,
         call: Call<'_>,
@@ -470,68 +381,40 @@ impl ArmClient {
         body: Option<&Value>,
         not_found_ok: bool,
     ) -> Result<Reply, Error> {
-        let token = self.token.token().await.map_err(|source| Error::Token {
-            action: call.action,
-            kind: call.kind.noun,
-            resource: call.resource.to_owned(),
-            source: Box::new(source),
-        })?;
-        let mut request = self
-            .http
-            .request(method.clone(), url.clone())
-            .timeout(self.retry.request_timeout)
-            .bearer_auth(token.secret());
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let transport = |message: String| Error::Transport {
-            action: call.action,
-            kind: call.kind.noun,
-            resource: call.resource.to_owned(),
-            message,
-        };
-        let started = Instant::now();
-        let response = match request.send().await {
-            Ok(response) => response,
-            Err(err) => {
-                self.metrics.arm_request(call.op, None);
-                return Err(transport(describe(&err)));
-            }
-        };
-        let status = response.status().as_u16();
-        self.metrics.arm_request(call.op, Some(status));
-        let headers = response.headers().clone();
-        let text = response.text().await.map_err(|e| transport(describe(&e)))?;
-        tracing::debug!(
-            operation = call.op,
-            method = %method,
-            resource = call.resource,
-            status,
-            elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            "ARM request"
-        );
-        let body: Value = if text.trim().is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::Null)
-        };
-        if (200..300).contains(&status) || (status == 404 && not_found_ok) {
-            return Ok(Reply {
-                status,
-                headers,
-                body,
-            });
-        }
-        let (code, message) = arm_error(&body, &text, status);
-        Err(Error::Arm {
-            action: call.action,
-            kind: call.kind.noun,
-            resource: call.resource.to_owned(),
-            status,
-            code,
-            message,
-            retry_after: retry_after(&headers),
-        })
+        let action = call.action;
+        let kind = call.kind.noun;
+        let resource = call.resource.to_owned();
+        self.rest
+            .attempt(call.op, method, url, body, not_found_ok)
+            .await
+            .map_err(|failure| match failure {
+                Failure::Token(source) => Error::Token {
+                    action,
+                    kind,
+                    resource,
+                    source: Box::new(source),
+                },
+                Failure::Status {
+                    status,
+                    code,
+                    message,
+                    retry_after,
+                } => Error::Arm {
+                    action,
+                    kind,
+                    resource,
+                    status,
+                    code,
+                    message,
+                    retry_after,
+                },
+                Failure::Transport(message) => Error::Transport {
+                    action,
+                    kind,
+                    resource,
+                    message,
+                },
+            })
     }
 
     /// Follows a long-running operation started by `reply`. `Ok(false)` when `reply` was final.
@@ -552,11 +435,11 @@ impl ArmClient {
                 .and_then(|v| Url::parse(v).ok())
                 .ok_or_else(|| invalid(format!("the {name} header is not a URL")))?;
             // The bearer token goes to the ARM endpoint only.
-            if url.origin() != self.endpoint.origin() {
+            if !self.rest.same_origin(&url) {
                 return Err(invalid(format!(
                     "the {name} header points at {}, not at the ARM endpoint {}; the token is not sent there",
                     url.origin().ascii_serialization(),
-                    self.endpoint.origin().ascii_serialization()
+                    self.rest.endpoint().origin().ascii_serialization()
                 )));
             }
             Ok(Some(url))
@@ -565,13 +448,14 @@ impl ArmClient {
             op: call.kind.poll_op,
             ..call
         };
-        let deadline = Instant::now() + self.retry.operation_timeout;
-        let mut wait = retry_after(&reply.headers).unwrap_or(self.retry.poll_interval);
+        let policy = *self.rest.retry_policy();
+        let deadline = Instant::now() + policy.operation_timeout;
+        let mut wait = retry_after(&reply.headers).unwrap_or(policy.poll_interval);
         let timed_out = || Error::OperationTimedOut {
             action: call.action,
             kind: call.kind.noun,
             resource: call.resource.to_owned(),
-            waited_s: self.retry.operation_timeout.as_secs(),
+            waited_s: policy.operation_timeout.as_secs(),
         };
         if let Some(status_url) = header_url(ASYNC_OPERATION)? {
             loop {
@@ -601,7 +485,7 @@ impl ArmClient {
                             "the operation status has no status field".to_owned(),
                         ));
                     }
-                    _ => wait = retry_after(&answer.headers).unwrap_or(self.retry.poll_interval),
+                    _ => wait = retry_after(&answer.headers).unwrap_or(policy.poll_interval),
                 }
             }
         }
@@ -622,20 +506,12 @@ impl ArmClient {
             if answer.status != 202 {
                 return Ok(true);
             }
-            wait = retry_after(&answer.headers).unwrap_or(self.retry.poll_interval);
+            wait = retry_after(&answer.headers).unwrap_or(policy.poll_interval);
         }
     }
 }
 
-/// What the retry loop needs from an error (ARM's and Microsoft Graph's).
-pub(super) trait Retry: fmt::Display {
-    fn is_transient(&self) -> bool;
-    /// The wait the service asked for (`Retry-After`).
-    fn retry_after(&self) -> Option<Duration>;
-    fn reason(&self) -> &'static str;
-}
-
-impl Retry for Error {
+impl rest::Retry for Error {
     fn is_transient(&self) -> bool {
         Error::is_transient(self)
     }
@@ -645,90 +521,6 @@ impl Retry for Error {
     fn reason(&self) -> &'static str {
         Error::reason(self)
     }
-}
-
-/// Runs `attempt` until it succeeds, fails for good, or the policy is spent: exponential backoff
-/// with jitter, the service's `Retry-After` replacing the computed wait, the total wait bounded
-/// by [`RetryPolicy::max_elapsed`]. `service` and `op` name the request in log lines.
-pub(super) async fn with_retries<T, E, F, Fut>(
-    policy: RetryPolicy,
-    service: &'static str,
-    op: &'static str,
-    resource: &str,
-    attempt: F,
-) -> Result<T, E>
-where
-    E: Retry,
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, E>>,
-{
-    let started = Instant::now();
-    let backoff = ExponentialBuilder::default()
-        .with_min_delay(policy.min_delay)
-        .with_max_delay(policy.max_delay)
-        .with_max_times(policy.max_attempts.saturating_sub(1))
-        .with_jitter();
-    attempt
-        .retry(backoff)
-        .when(|err: &E| err.is_transient())
-        .adjust(|err: &E, next| {
-            // The service's Retry-After wins over the computed wait; the attempt budget still
-            // counts.
-            let wait = err.retry_after().or(next).filter(|_| next.is_some())?;
-            (started.elapsed() + wait <= policy.max_elapsed).then_some(wait)
-        })
-        .notify(|err: &E, wait| {
-            tracing::info!(
-                service,
-                operation = op,
-                resource,
-                reason = err.reason(),
-                error = %err,
-                wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-                "request failed; retrying"
-            );
-        })
-        .await
-}
-
-/// `endpoint` as an `https://` URL without query or fragment; `service` names it in messages.
-pub(super) fn parse_endpoint(service: &str, endpoint: &str) -> Result<Url, String> {
-    let url = Url::parse(endpoint.trim())
-        .map_err(|e| format!("{service} endpoint {endpoint:?} is not a URL: {e}"))?;
-    if url.scheme() != "https" {
-        return Err(format!(
-            "{service} endpoint {endpoint} is not an https:// URL (the bearer token must not travel in clear text)"
-        ));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(format!(
-            "{service} endpoint {endpoint} must not carry a query or fragment"
-        ));
-    }
-    Ok(url)
-}
-
-/// The HTTP client of a bearer-token API: https only, no redirects (following one would carry
-/// the token along), bounded timeouts, `roots` trusted besides the platform's.
-pub(super) fn http_client(
-    service: &str,
-    roots: &[reqwest::Certificate],
-) -> Result<reqwest::Client, String> {
-    let mut builder = reqwest::Client::builder()
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(REQUEST_TIMEOUT)
-        .https_only(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("pgmcp-operator/", env!("CARGO_PKG_VERSION")));
-    for cert in roots {
-        builder = builder.add_root_certificate(cert.clone());
-    }
-    builder.build().map_err(|e| {
-        format!(
-            "failed to set up the HTTP client for {service}: {}",
-            describe(&e)
-        )
-    })
 }
 
 /// An ARM resource id: `/subscriptions/…`, plain path segments, nothing that would change the
@@ -755,134 +547,11 @@ fn check_resource_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// ARM's `{"error":{"code","message"}}` (some resource providers leave out the `error`
-/// wrapper), else the start of the body, else the HTTP reason.
-pub(super) fn arm_error(body: &Value, text: &str, status: u16) -> (String, String) {
-    let error = if body["error"].is_object() {
-        &body["error"]
-    } else {
-        body
-    };
-    let code = error["code"].as_str().unwrap_or_default().to_owned();
-    let message = match error["message"].as_str() {
-        Some(message) => clip(message),
-        None if !text.trim().is_empty() => clip(text.trim()),
-        None => reqwest::StatusCode::from_u16(status)
-            .ok()
-            .and_then(|s| s.canonical_reason())
-            .unwrap_or("no message")
-            .to_owned(),
-    };
-    (code, message)
-}
-
-pub(super) fn clip(text: &str) -> String {
-    let one_line = text.replace(['\r', '\n'], " ");
-    match one_line.char_indices().nth(MAX_MESSAGE_CHARS) {
-        Some((at, _)) => format!("{}…", &one_line[..at]),
-        None => one_line,
-    }
-}
-
-/// The wait a response asks for: `retry-after-ms`/`x-ms-retry-after-ms`, else `Retry-After` in
-/// seconds or as an HTTP date.
-pub(super) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let text = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-    };
-    for name in RETRY_AFTER_MS {
-        if let Some(ms) = text(name).and_then(|v| v.parse::<u64>().ok()) {
-            return Some(Duration::from_millis(ms));
-        }
-    }
-    let value = text(RETRY_AFTER.as_str())?;
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let at = jiff::fmt::rfc2822::parse(value).ok()?;
-    let at = SystemTime::from(at.timestamp());
-    Some(at.duration_since(SystemTime::now()).unwrap_or_default())
-}
-
-/// An error with its causes, e.g. "error sending request for url (…): connection refused".
-pub(super) fn describe(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text = format!("{text}: {cause_text}");
-        }
-        source = cause.source();
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use reqwest::header::HeaderValue;
-    use serde_json::json;
-
     use super::*;
-
-    #[test]
-    fn retry_after_reads_seconds_milliseconds_and_dates() {
-        let mut headers = HeaderMap::new();
-        assert_eq!(retry_after(&headers), None);
-        headers.insert(RETRY_AFTER, HeaderValue::from_static("7"));
-        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
-        headers.insert("x-ms-retry-after-ms", HeaderValue::from_static("250"));
-        assert_eq!(retry_after(&headers), Some(Duration::from_millis(250)));
-
-        let mut headers = HeaderMap::new();
-        let later = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(120);
-        let date = jiff::fmt::rfc2822::DateTimePrinter::new()
-            .timestamp_to_rfc9110_string(&later)
-            .unwrap();
-        headers.insert(RETRY_AFTER, HeaderValue::from_str(&date).unwrap());
-        let wait = retry_after(&headers).unwrap();
-        assert!(
-            wait > Duration::from_secs(100) && wait <= Duration::from_secs(120),
-            "{wait:?}"
-        );
-        headers.insert(
-            RETRY_AFTER,
-            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
-        );
-        assert_eq!(retry_after(&headers), Some(Duration::ZERO));
-    }
-
-    #[test]
-    fn arm_error_bodies_with_and_without_the_wrapper() {
-        let wrapped = json!({"error": {"code": "AuthorizationFailed", "message": "no"}});
-        assert_eq!(
-            arm_error(&wrapped, "", 403),
-            ("AuthorizationFailed".to_owned(), "no".to_owned())
-        );
-        let bare = json!({"code": "UserError", "message": "bad\r\ncategory"});
-        assert_eq!(
-            arm_error(&bare, "", 400),
-            ("UserError".to_owned(), "bad  category".to_owned())
-        );
-        assert_eq!(
-            arm_error(&Value::Null, "<html>gateway</html>", 502),
-            (String::new(), "<html>gateway</html>".to_owned())
-        );
-        assert_eq!(
-            arm_error(&Value::Null, "", 503),
-            (String::new(), "Service Unavailable".to_owned())
-        );
-        let long = "x".repeat(5000);
-        assert_eq!(
-            arm_error(&Value::Null, &long, 500).1.chars().count(),
-            MAX_MESSAGE_CHARS + 1
-        );
-    }
 
     #[test]
     fn resource_ids_that_would_change_the_url_are_refused() {
@@ -901,15 +570,6 @@ mod tests {
         ] {
             assert!(check_resource_id(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn endpoints_must_be_https_without_query() {
-        assert!(parse_endpoint("ARM", "https://management.azure.com").is_ok());
-        assert!(parse_endpoint("ARM", "https://127.0.0.1:8443/").is_ok());
-        assert!(parse_endpoint("ARM", "http://management.azure.com").is_err());
-        assert!(parse_endpoint("ARM", "https://x/?a=b").is_err());
-        assert!(parse_endpoint("ARM", "management.azure.com").is_err());
     }
 
     fn arm(status: u16, code: &str) -> Error {

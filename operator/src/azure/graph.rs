@@ -1,7 +1,7 @@
 //! The Microsoft Graph client: GET, POST and DELETE of `/v1.0/…` paths with the operator's own
-//! workload-identity token for `https://graph.microsoft.com/.default`, the same retry policy as
-//! ARM ([`super::arm::with_retries`]), Graph's error bodies in errors, every request counted in
-//! metrics (`pgmcp_operator_arm_requests_total{operation="graph_…"}`).
+//! workload-identity token, the same request plumbing and retry policy as ARM ([`super::rest`]),
+//! Graph's error bodies in errors, every request counted in metrics
+//! (`pgmcp_operator_arm_requests_total{operation="graph_…"}`).
 //!
 //! Graph is used for one optional thing only (`foundry.assignAppRole`, [`super::app_role`]); the
 //! operator's identity then needs Graph application permissions, which is why it is off by
@@ -10,14 +10,13 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pgmcp_identity::TokenProvider;
-use reqwest::header::HeaderMap;
 use reqwest::{Method, Url};
 use serde_json::Value;
 
-use super::arm::{self, Action, RetryPolicy};
+use super::rest::{self, Action, Failure, Rest, RetryPolicy, with_retries};
 use crate::metrics::Metrics;
 
 /// The public cloud's Microsoft Graph.
@@ -116,7 +115,7 @@ impl Error {
     }
 }
 
-impl arm::Retry for Error {
+impl rest::Retry for Error {
     fn is_transient(&self) -> bool {
         Error::is_transient(self)
     }
@@ -144,53 +143,45 @@ pub struct Call<'a> {
 /// The Graph client. Clones share the HTTP connection pool and the token cache.
 #[derive(Clone)]
 pub struct GraphClient {
-    http: reqwest::Client,
-    endpoint: Url,
-    token: TokenProvider,
-    metrics: Arc<Metrics>,
-    retry: RetryPolicy,
+    rest: Rest,
 }
 
 impl fmt::Debug for GraphClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GraphClient")
-            .field("endpoint", &self.endpoint.as_str())
-            .field("scope", &self.token.scope())
-            .field("retry", &self.retry)
-            .finish_non_exhaustive()
+            .field("rest", &self.rest)
+            .finish()
     }
 }
 
 impl GraphClient {
     /// A client for `endpoint` (an `https://` URL such as [`DEFAULT_GRAPH_ENDPOINT`]),
-    /// authenticating with `token` (a provider for [`GRAPH_SCOPE`]).
+    /// authenticating with `token` (a provider for the scope of that endpoint,
+    /// [`super::rest::scope_for`]).
     pub fn new(endpoint: &str, token: TokenProvider, metrics: Arc<Metrics>) -> Result<Self, Error> {
         Ok(Self {
-            http: arm::http_client("Microsoft Graph", &[]).map_err(Error::Config)?,
-            endpoint: arm::parse_endpoint("Microsoft Graph", endpoint).map_err(Error::Config)?,
-            token,
-            metrics,
-            retry: RetryPolicy::default(),
+            rest: Rest::new("Microsoft Graph", endpoint, token, metrics).map_err(Error::Config)?,
         })
     }
 
     /// Also trusts the CA certificates in `pem`.
     pub fn with_root_certificates(mut self, pem: &[u8]) -> Result<Self, Error> {
-        let certs = reqwest::Certificate::from_pem_bundle(pem)
-            .map_err(|e| Error::Config(format!("failed to read CA certificates: {e}")))?;
-        self.http = arm::http_client("Microsoft Graph", &certs).map_err(Error::Config)?;
+        self.rest = self
+            .rest
+            .with_root_certificates(pem)
+            .map_err(Error::Config)?;
         Ok(self)
     }
 
     /// Replaces the retry bounds.
     pub fn with_retry_policy(mut self, retry: RetryPolicy) -> Self {
-        self.retry = retry;
+        self.rest = self.rest.with_retry_policy(retry);
         self
     }
 
     /// `{endpoint}/v1.0/{path}` with `query` ([`url`]).
     pub fn url(&self, path: &str, query: &[(&str, &str)]) -> Url {
-        url(&self.endpoint, path, query)
+        url(self.rest.endpoint(), path, query)
     }
 
     /// The object, or `None` when Graph answers 404.
@@ -221,13 +212,17 @@ impl GraphClient {
         body: Option<&Value>,
         not_found_ok: bool,
     ) -> Result<(u16, Value), Error> {
-        arm::with_retries(self.retry, "Microsoft Graph", call.op, call.what, || {
-            self.attempt(call, &method, url, body, not_found_ok)
-        })
+        with_retries(
+            *self.rest.retry_policy(),
+            "Microsoft Graph",
+            call.op,
+            call.what,
+            || self.attempt(call, &method, url, body, not_found_ok),
+        )
         .await
     }
 
-    /// One HTTP request: token, send, read the answer, count it.
+    /// One HTTP request, its failure named after the object.
     async fn attempt(
         &self,
         call: Call<'_>,
@@ -236,65 +231,39 @@ impl GraphClient {
         body: Option<&Value>,
         not_found_ok: bool,
     ) -> Result<(u16, Value), Error> {
-        let token = self.token.token().await.map_err(|source| Error::Token {
-            action: call.action,
-            what: call.what.to_owned(),
-            source: Box::new(source),
-        })?;
-        let mut request = self
-            .http
-            .request(method.clone(), url.clone())
-            .timeout(self.retry.request_timeout)
-            .bearer_auth(token.secret());
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let transport = |message: String| Error::Transport {
-            action: call.action,
-            what: call.what.to_owned(),
-            message,
-        };
-        let started = Instant::now();
-        let response = match request.send().await {
-            Ok(response) => response,
-            Err(err) => {
-                self.metrics.arm_request(call.op, None);
-                return Err(transport(arm::describe(&err)));
-            }
-        };
-        let status = response.status().as_u16();
-        self.metrics.arm_request(call.op, Some(status));
-        let headers: HeaderMap = response.headers().clone();
-        let text = response
-            .text()
-            .await
-            .map_err(|e| transport(arm::describe(&e)))?;
-        tracing::debug!(
-            operation = call.op,
-            method = %method,
-            object = call.what,
-            status,
-            elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            "Microsoft Graph request"
-        );
-        let body: Value = if text.trim().is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::Null)
-        };
-        if (200..300).contains(&status) || (status == 404 && not_found_ok) {
-            return Ok((status, body));
-        }
+        let action = call.action;
+        let what = call.what.to_owned();
         // Graph's error body has ARM's shape: {"error":{"code","message"}}.
-        let (code, message) = arm::arm_error(&body, &text, status);
-        Err(Error::Graph {
-            action: call.action,
-            what: call.what.to_owned(),
-            status,
-            code,
-            message,
-            retry_after: arm::retry_after(&headers),
-        })
+        match self
+            .rest
+            .attempt(call.op, method, url, body, not_found_ok)
+            .await
+        {
+            Ok(reply) => Ok((reply.status, reply.body)),
+            Err(Failure::Token(source)) => Err(Error::Token {
+                action,
+                what,
+                source: Box::new(source),
+            }),
+            Err(Failure::Status {
+                status,
+                code,
+                message,
+                retry_after,
+            }) => Err(Error::Graph {
+                action,
+                what,
+                status,
+                code,
+                message,
+                retry_after,
+            }),
+            Err(Failure::Transport(message)) => Err(Error::Transport {
+                action,
+                what,
+                message,
+            }),
+        }
     }
 }
 
@@ -359,7 +328,7 @@ mod tests {
     #[test]
     fn urls_keep_graph_key_syntax_and_encode_queries() {
         let endpoint =
-            arm::parse_endpoint("Microsoft Graph", "https://graph.microsoft.com/").unwrap();
+            rest::parse_endpoint("Microsoft Graph", "https://graph.microsoft.com/").unwrap();
         assert_eq!(
             url(
                 &endpoint,
@@ -373,6 +342,6 @@ mod tests {
             url(&endpoint, "servicePrincipals/abc/appRoleAssignedTo", &[]).as_str(),
             "https://graph.microsoft.com/v1.0/servicePrincipals/abc/appRoleAssignedTo"
         );
-        assert!(arm::parse_endpoint("Microsoft Graph", "http://graph.microsoft.com").is_err());
+        assert!(rest::parse_endpoint("Microsoft Graph", "http://graph.microsoft.com").is_err());
     }
 }

@@ -82,20 +82,18 @@ impl External {
                         "{e}; restore it, or set spec.access.deletionPolicy: Orphan to keep the role"
                     ))
                 })?;
-                crate::database::remove(ctx, &valid, inputs.admin_secret.as_ref())
+                super::database::remove(ctx, &valid, inputs.admin_secret.as_ref())
                     .await
                     .map_err(|e| fail(e.to_string()))?;
                 Ok(Removal::Removed)
             }
-            External::FoundryConnection => {
-                match super::external::remove_foundry(ctx, binding).await {
-                    Ok(true) => Ok(Removal::Removed),
-                    Ok(false) => Ok(Removal::Orphaned),
-                    Err(e) => Err(fail(e.to_string())),
-                }
-            }
+            External::FoundryConnection => match super::azure::remove_foundry(ctx, binding).await {
+                Ok(true) => Ok(Removal::Removed),
+                Ok(false) => Ok(Removal::Orphaned),
+                Err(e) => Err(fail(e.to_string())),
+            },
             External::FederatedCredential => {
-                match super::external::remove_federated_credential(ctx, binding).await {
+                match super::azure::remove_federated_credential(ctx, binding).await {
                     Ok(true) => Ok(Removal::Removed),
                     Ok(false) => Ok(Removal::Orphaned),
                     Err(e) => Err(fail(e.to_string())),

@@ -15,10 +15,10 @@ use pgmcp_crds::v1alpha1::{
 use serde_json::json;
 
 use super::Context;
+use super::azure;
 use super::build::{Desired, child_name};
-use super::external;
+use super::database;
 use super::validate::{Identity, Valid};
-use crate::database;
 
 /// What one reconcile found.
 #[derive(Debug)]
@@ -29,7 +29,7 @@ pub enum Outcome<'a> {
         desired: &'a Desired,
         deployment: Option<&'a Deployment>,
         database: &'a Result<database::Report, database::Error>,
-        azure: &'a external::Report,
+        azure: &'a azure::Report,
     },
     /// The binding needs a change from the user (or an object it names).
     Stalled {
@@ -136,7 +136,7 @@ fn steps(
     desired: &Desired,
     deployment: Option<&Deployment>,
     database: &Result<database::Report, database::Error>,
-    azure: &external::Report,
+    azure: &azure::Report,
 ) -> Vec<Step> {
     let ns = &valid.namespace;
     let sa = child_name(&valid.name);
@@ -350,7 +350,7 @@ pub fn compute(
                 status.federated_credential =
                     Some(pgmcp_crds::v1alpha1::FederatedCredentialStatus {
                         id: ensured.id.clone(),
-                        subject: external::subject(valid),
+                        subject: azure::subject(valid),
                     });
             }
             if let Some(Ok(ensured)) = &azure.foundry {
@@ -494,13 +494,7 @@ mod tests {
         database: &Result<database::Report, database::Error>,
         second: i64,
     ) -> PostgresMcpBindingStatus {
-        applied_with(
-            b,
-            deployment,
-            database,
-            &external::Report::default(),
-            second,
-        )
+        applied_with(b, deployment, database, &azure::Report::default(), second)
     }
 
     /// [`applied`] with what the Azure steps reported.
@@ -508,7 +502,7 @@ mod tests {
         b: &PostgresMcpBinding,
         deployment: &Deployment,
         database: &Result<database::Report, database::Error>,
-        azure: &external::Report,
+        azure: &azure::Report,
         second: i64,
     ) -> PostgresMcpBindingStatus {
         let valid = validate(b, &Inputs::default()).unwrap();
@@ -620,12 +614,12 @@ mod tests {
 
     #[test]
     fn a_role_conflict_stalls_and_is_not_reconciling() {
-        let conflict = Err(database::Error::RoleConflict {
+        let conflict = Err(database::Error::Sql(crate::database::Error::RoleConflict {
             role: "inventory-mcp".to_owned(),
             server: "db:5432".to_owned(),
             binding: "agents/inventory".to_owned(),
             owner: Some("agents/stock".to_owned()),
-        });
+        }));
         let status = applied(&entra(), &deployment(2, "True"), &conflict, 100);
         assert_eq!(get(&status, "Stalled").reason, "RoleConflict");
         assert_eq!(get(&status, "Reconciling").status, "False");
@@ -637,12 +631,13 @@ mod tests {
     fn azure_steps_report_propagation_and_refusals() {
         let mut b = binding("azure-entra-foundry.yaml");
         b.spec.server.replicas = 1;
-        let azure = external::Report {
-            federated_credential: Some(Ok(external::Ensured {
+        let azure = azure::Report {
+            federated_credential: Some(Ok(azure::Ensured {
                 id: "/subscriptions/s/…/federatedIdentityCredentials/agents-sales".to_owned(),
                 change: crate::azure::Change::Created,
+                what: "federated identity credential".to_owned(),
             })),
-            foundry: Some(Err(external::Error::NoWorkloadIdentity {
+            foundry: Some(Err(azure::Error::NoWorkloadIdentity {
                 resource: "/subscriptions/s/…/projects/p".to_owned(),
             })),
             app_role: None,
@@ -679,12 +674,13 @@ mod tests {
         b.spec.server.replicas = 1;
         let available = deployment(1, "True");
         let connected = || {
-            Some(Ok(external::Ensured {
+            Some(Ok(azure::Ensured {
                 id: "/subscriptions/s/…/connections/c".to_owned(),
                 change: crate::azure::Change::Unchanged,
+                what: "Azure AI Foundry connection".to_owned(),
             }))
         };
-        let refused = external::Report {
+        let refused = azure::Report {
             federated_credential: None,
             foundry: connected(),
             app_role: Some(Err(crate::azure::app_role::Error::Graph(
@@ -713,12 +709,13 @@ mod tests {
             "GraphAuthorizationRequestDenied"
         );
 
-        let assigned = external::Report {
+        let assigned = azure::Report {
             federated_credential: None,
             foundry: connected(),
-            app_role: Some(Ok(external::Ensured {
+            app_role: Some(Ok(azure::Ensured {
                 id: "assignment".to_owned(),
                 change: crate::azure::Change::Created,
+                what: "app role assignment".to_owned(),
             })),
         };
         let status = applied_with(&b, &available, &granted(), &assigned, 200);

@@ -9,7 +9,7 @@
 //! password or a refreshed Entra token never reuses a connection opened with the old one.
 
 use std::collections::HashMap;
-use std::sync::{LazyLock, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
@@ -18,10 +18,6 @@ use sha2::{Digest as _, Sha256};
 pub const IDLE_PER_KEY: usize = 8;
 /// An idle connection not used again within this is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The admin connections of this process.
-pub static ADMIN: LazyLock<Pool<tokio_postgres::Client>> =
-    LazyLock::new(|| Pool::new(IDLE_PER_KEY, IDLE_TIMEOUT));
 
 /// What a connection was opened for and with.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

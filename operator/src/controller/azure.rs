@@ -5,7 +5,6 @@
 //! through Microsoft Graph (also `FoundryConnectionReady`). Each is read-compare-write, so an
 //! unchanged binding issues no write.
 
-use kube::runtime::events::EventType;
 use pgmcp_crds::v1alpha1::{DeletionPolicy, PostgresMcpBinding};
 
 use super::Context;
@@ -16,9 +15,11 @@ use crate::azure::{Change, app_role, arm, fic, foundry};
 /// A resource the step made sure of.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ensured {
-    /// ARM id.
+    /// ARM id (for an app role assignment: Graph's assignment id).
     pub id: String,
     pub change: Change,
+    /// What it is, for Events: "federated identity credential /subscriptions/…".
+    pub what: String,
 }
 
 /// What the Azure steps found; `None` where the binding asks for nothing.
@@ -36,6 +37,13 @@ impl Report {
         [&self.federated_credential, &self.foundry, &self.app_role]
             .into_iter()
             .filter_map(|r| r.as_ref()?.as_ref().err())
+    }
+
+    /// What the steps made sure of, in the order they ran.
+    pub fn ensured(&self) -> impl Iterator<Item = &Ensured> {
+        [&self.federated_credential, &self.foundry, &self.app_role]
+            .into_iter()
+            .filter_map(|r| r.as_ref()?.as_ref().ok())
     }
 }
 
@@ -153,13 +161,13 @@ fn app_role_desired(
     })
 }
 
-/// The ARM client and the Graph client it carries.
+/// The ARM client and the Graph client.
 fn graph_clients<'a>(
     ctx: &'a Context,
     resource: &str,
 ) -> Result<(&'a arm::ArmClient, &'a crate::azure::graph::GraphClient), Error> {
     let arm = arm_client(ctx, resource)?;
-    let graph = arm.graph().ok_or(app_role::Error::NoGraphClient)?;
+    let graph = ctx.graph.as_ref().ok_or(app_role::Error::NoGraphClient)?;
     Ok((arm, graph))
 }
 
@@ -172,7 +180,11 @@ pub async fn reconcile(ctx: &Context, binding: &PostgresMcpBinding, valid: &Vali
                 Err(err) => Err(err),
                 Ok(arm) => fic::ensure(arm, &desired)
                     .await
-                    .map(|(id, change)| Ensured { id, change })
+                    .map(|(id, change)| Ensured {
+                        what: format!("federated identity credential {id}"),
+                        id,
+                        change,
+                    })
                     .map_err(Error::from),
             },
         });
@@ -182,7 +194,11 @@ pub async fn reconcile(ctx: &Context, binding: &PostgresMcpBinding, valid: &Vali
             Err(err) => Err(err),
             Ok(arm) => foundry::ensure(arm, &desired)
                 .await
-                .map(|(id, change)| Ensured { id, change })
+                .map(|(id, change)| Ensured {
+                    what: format!("Azure AI Foundry connection {id}"),
+                    id,
+                    change,
+                })
                 .map_err(Error::from),
         });
     }
@@ -195,22 +211,17 @@ pub async fn reconcile(ctx: &Context, binding: &PostgresMcpBinding, valid: &Vali
                 Err(err) => Err(err),
                 Ok((arm, graph)) => app_role::ensure(arm, graph, &desired)
                     .await
-                    .map(|(id, change)| Ensured { id, change })
+                    .map(|(id, change)| Ensured {
+                        what: format!(
+                            "app role {} of {} for the managed identity of Foundry project {} (assignment {id})",
+                            desired.role, desired.audience, desired.project_resource_id
+                        ),
+                        id,
+                        change,
+                    })
                     .map_err(Error::from),
             },
         };
-        // The controller publishes Events for the ARM steps; this one is published here.
-        if let Ok(ensured) = &result
-            && ensured.change != Change::Unchanged
-            && let Some(Ok(desired)) = app_role_desired(&valid.spec)
-        {
-            let note = format!(
-                "assigned app role {} of {} to the managed identity of Foundry project {} (assignment {})",
-                desired.role, desired.audience, desired.project_resource_id, ensured.id
-            );
-            ctx.event(binding, EventType::Normal, "Created", note, None)
-                .await;
-        }
         report.app_role = Some(result);
     }
     report

@@ -1,0 +1,389 @@
+//! The database step of a reconcile: the binding's principal and its read-only grants, and their
+//! removal. It turns the binding into what [`crate::database`] needs (the administrator's
+//! credentials, the principal, the grant request) and the outcome into a [`Report`] for status.
+//!
+//! ```text
+//! password Secret   generate (or rotate on request) the LOGIN role's password     (password mode)
+//! principal         created when missing, with its ownership mark
+//! grants            equal to spec.access in spec.postgres.database, then the read-only probe
+//! ```
+//!
+//! The administrator is the Secret fetch read (`postgres.admin.passwordSecretRef`) or the
+//! operator's own Entra token (`postgres.admin.entra`).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use pgmcp_crds::v1alpha1::{
+    DeletionPolicy, GrantsStatus, PostgresMcpBinding, PostgresMcpBindingSpec, PrincipalKind,
+    PrincipalStatus,
+};
+use serde_json::json;
+
+use super::Context;
+use super::build::{PASSWORD_KEY, common_labels};
+use super::validate::{Identity, Valid};
+use crate::database::plan::{self, Plan, Request, SchemaGrant};
+use crate::database::{self as sql, Admin, Principal};
+
+/// Binding annotation: set it to a new value to rotate the generated password.
+pub const ROTATE_ANNOTATION: &str = "pgmcp.dev/rotate-password";
+/// Password Secret annotation: the rotation value its password was generated for.
+const ROTATED_FOR_ANNOTATION: &str = "pgmcp.dev/rotated-for";
+/// Password Secret annotation: present once the role's password was set to the Secret's.
+const APPLIED_ANNOTATION: &str = "pgmcp.dev/password-applied";
+
+/// What the step found and did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    pub principal: PrincipalStatus,
+    pub grants: GrantsStatus,
+    /// What the spec names that the database lacks (granted once it exists).
+    pub missing: Vec<String>,
+    /// Ways the role can write (empty: read-only verified).
+    pub write_capabilities: Vec<String>,
+    /// The grants and revocations made, if any.
+    pub changed: Option<Plan>,
+    /// True when grants existed before and had drifted.
+    pub repaired: bool,
+}
+
+/// Why the step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Sql(#[from] sql::Error),
+    #[error(
+        "postgres.admin.entra needs the operator's own workload identity, but AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_FEDERATED_TOKEN_FILE are not set: give the operator's ServiceAccount a managed identity (azure.workload.identity/use) and add it as a Microsoft Entra administrator of the server"
+    )]
+    NoWorkloadIdentity,
+    #[error("failed to get a Microsoft Entra token for PostgreSQL as {identity}: {message}")]
+    Token { identity: String, message: String },
+    #[error("failed to generate a password: the system random source failed: {0}")]
+    Random(String),
+    #[error("failed to {action} secret {namespace}/{name}: {source}")]
+    Secret {
+        action: &'static str,
+        namespace: String,
+        name: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
+}
+
+impl Error {
+    /// Condition reason (bounded).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Sql(e) => e.reason(),
+            Error::NoWorkloadIdentity => "NoWorkloadIdentity",
+            Error::Token { .. } => "TokenUnavailable",
+            Error::Secret { .. } => "SecretFailed",
+            Error::Random(_) => "RandomSourceFailed",
+        }
+    }
+
+    /// True when only a change by the user can fix it.
+    pub fn needs_user(&self) -> bool {
+        match self {
+            Error::Sql(e) => e.needs_user(),
+            Error::NoWorkloadIdentity => true,
+            Error::Token { .. } | Error::Random(_) | Error::Secret { .. } => false,
+        }
+    }
+}
+
+/// The administrator's connection settings: the Secret fetch read, or the operator's Entra token.
+pub async fn admin<'a>(
+    ctx: &'a Context,
+    spec: &PostgresMcpBindingSpec,
+    admin_secret: Option<&Secret>,
+) -> Result<Admin<'a>, Error> {
+    let pg = &spec.postgres;
+    let (user, password) = if let Some(entra) = &pg.admin.entra {
+        let provider = ctx
+            .postgres_token
+            .as_ref()
+            .ok_or(Error::NoWorkloadIdentity)?;
+        let token = provider.token().await.map_err(|e| Error::Token {
+            identity: provider.identity(),
+            message: e.to_string(),
+        })?;
+        (entra.user.clone(), token.secret().to_owned())
+    } else {
+        // validate() checked that the Secret and both keys exist.
+        let reference = pg.admin.password_secret_ref.as_ref();
+        let read = |key: Option<&String>| -> String {
+            key.and_then(|k| admin_secret?.data.as_ref()?.get(k))
+                .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+                .unwrap_or_default()
+        };
+        (
+            read(reference.map(|r| &r.username_key)),
+            read(reference.map(|r| &r.password_key)),
+        )
+    };
+    Ok(Admin {
+        host: pg.host.clone(),
+        port: u16::try_from(pg.port).unwrap_or(5432),
+        ssl_mode: pg.ssl_mode.as_str(),
+        user,
+        password,
+        pool: &ctx.admin_pool,
+        metrics: &ctx.metrics,
+    })
+}
+
+/// What spec.access asks for in spec.postgres.database.
+fn request(valid: &Valid, admin: &Admin<'_>) -> Request {
+    Request {
+        database: valid.spec.postgres.database.clone(),
+        grants: valid
+            .spec
+            .access
+            .grants
+            .iter()
+            .map(|g| SchemaGrant {
+                schema: g.schema.clone(),
+                tables: (g.tables != ["*"]).then(|| g.tables.clone()),
+            })
+            .collect(),
+        default_privileges: valid.spec.access.default_privileges,
+        admin: admin.user.clone(),
+    }
+}
+
+/// Runs the step for a binding that passed validation.
+pub async fn reconcile(
+    ctx: &Context,
+    binding: &PostgresMcpBinding,
+    valid: &Valid,
+    admin_secret: Option<&Secret>,
+    password_secret: Option<&Secret>,
+) -> Result<Report, Error> {
+    let admin = admin(ctx, &valid.spec, admin_secret).await?;
+    let role = valid.identity.role().to_owned();
+
+    let principal = match &valid.identity {
+        Identity::Password { secret_name, .. } => {
+            let password =
+                ensure_password_secret(ctx, binding, valid, secret_name, password_secret).await?;
+            Principal::Password {
+                role: role.clone(),
+                password: password.value,
+                applied: password.applied,
+            }
+        }
+        Identity::Entra { .. } => Principal::Entra {
+            role: role.clone(),
+            object_id: valid
+                .spec
+                .identity
+                .entra
+                .as_ref()
+                .and_then(|e| e.object_id.clone()),
+        },
+    };
+
+    // The principal, in the admin database.
+    let marker = sql::ownership_marker(&valid.namespace, &valid.name);
+    sql::ensure_principal(
+        &admin,
+        &valid.spec.postgres.admin.database,
+        &principal,
+        &marker,
+        &format!("{}/{}", valid.namespace, valid.name),
+    )
+    .await?;
+    if let (Principal::Password { applied: false, .. }, Identity::Password { secret_name, .. }) =
+        (&principal, &valid.identity)
+    {
+        mark_password_applied(ctx, valid, secret_name).await?;
+    }
+
+    // Grants, in the target database, in one transaction.
+    let granted = sql::converge_grants(&admin, &role, &request(valid, &admin)).await?;
+    let plan = granted.plan;
+    let previous = binding.status.as_ref().and_then(|s| s.grants.clone());
+    let repaired = !plan.is_empty() && previous.is_some();
+    if repaired {
+        ctx.metrics.grant_repair();
+    }
+    let tables = granted
+        .desired
+        .privileges
+        .iter()
+        .filter(|p| matches!(p.object, plan::Object::Table { .. }))
+        .count();
+    let previous = previous.unwrap_or_default();
+    Ok(Report {
+        principal: PrincipalStatus {
+            name: role,
+            kind: match valid.identity {
+                Identity::Entra { .. } => PrincipalKind::Entra,
+                Identity::Password { .. } => PrincipalKind::Password,
+            },
+        },
+        grants: GrantsStatus {
+            tables: i32::try_from(tables).unwrap_or(i32::MAX),
+            fingerprint: plan::fingerprint(&granted.desired.privileges),
+            last_repair_time: if repaired {
+                Some(now())
+            } else {
+                previous.last_repair_time
+            },
+            repairs: previous.repairs + i64::from(repaired),
+        },
+        missing: granted.desired.missing,
+        write_capabilities: granted.write_capabilities,
+        changed: (!plan.is_empty()).then_some(plan),
+        repaired,
+    })
+}
+
+/// Removes the role's grants and the role itself (policy Delete). Already-gone state is fine;
+/// a role someone else made is left alone.
+pub async fn remove(
+    ctx: &Context,
+    valid: &Valid,
+    admin_secret: Option<&Secret>,
+) -> Result<(), Error> {
+    if valid.spec.access.deletion_policy == DeletionPolicy::Orphan {
+        return Ok(());
+    }
+    let admin = admin(ctx, &valid.spec, admin_secret).await?;
+    let role = valid.identity.role();
+    let admin_db = &valid.spec.postgres.admin.database;
+    let marker = sql::ownership_marker(&valid.namespace, &valid.name);
+    match sql::role_is_marked(&admin, admin_db, role, &marker).await? {
+        // Gone, or someone else's role: not ours to touch.
+        None | Some(false) => return Ok(()),
+        Some(true) => {}
+    }
+    sql::revoke_all(&admin, role, &valid.spec.postgres.database).await?;
+    sql::drop_role(&admin, admin_db, role).await?;
+    Ok(())
+}
+
+fn now() -> Time {
+    Time(jiff::Timestamp::from_second(jiff::Timestamp::now().as_second()).unwrap_or_default())
+}
+
+/// The role's password as the Secret holds it.
+#[derive(Debug, Clone)]
+struct Password {
+    value: String,
+    /// The role already has it (the Secret says so).
+    applied: bool,
+}
+
+/// Makes sure the password Secret exists, and rotates it when asked.
+async fn ensure_password_secret(
+    ctx: &Context,
+    binding: &PostgresMcpBinding,
+    valid: &Valid,
+    name: &str,
+    current: Option<&Secret>,
+) -> Result<Password, Error> {
+    let rotation = binding
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ROTATE_ANNOTATION))
+        .cloned()
+        .unwrap_or_default();
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &valid.namespace);
+    let fail = |action: &'static str| {
+        let namespace = valid.namespace.clone();
+        let name = name.to_owned();
+        move |source| Error::Secret {
+            action,
+            namespace: namespace.clone(),
+            name: name.clone(),
+            source: Box::new(source),
+        }
+    };
+    let annotations = |s: &Secret| s.metadata.annotations.clone().unwrap_or_default();
+    match current {
+        None => {
+            let password = generate_password()?;
+            let secret = Secret {
+                metadata: ObjectMeta {
+                    name: Some(name.to_owned()),
+                    namespace: Some(valid.namespace.clone()),
+                    labels: Some(common_labels(valid)),
+                    annotations: Some(BTreeMap::from([(
+                        ROTATED_FOR_ANNOTATION.to_owned(),
+                        rotation,
+                    )])),
+                    owner_references: Some(vec![valid.owner.clone()]),
+                    ..Default::default()
+                },
+                data: Some(BTreeMap::from([(
+                    PASSWORD_KEY.to_owned(),
+                    ByteString(password.clone().into_bytes()),
+                )])),
+                type_: Some("Opaque".to_owned()),
+                ..Default::default()
+            };
+            let result = api.create(&PostParams::default(), &secret).await;
+            ctx.metrics.write("Secret", "create", result.is_ok());
+            result.map_err(fail("create"))?;
+            Ok(Password {
+                value: password,
+                applied: false,
+            })
+        }
+        Some(secret) if annotations(secret).get(ROTATED_FOR_ANNOTATION) != Some(&rotation) => {
+            let password = generate_password()?;
+            let patch = json!({
+                "metadata": {"annotations": {ROTATED_FOR_ANNOTATION: rotation, APPLIED_ANNOTATION: null}},
+                "data": {PASSWORD_KEY: ByteString(password.clone().into_bytes())},
+            });
+            let result = api
+                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await;
+            ctx.metrics.write("Secret", "patch", result.is_ok());
+            result.map_err(fail("rotate the password in"))?;
+            Ok(Password {
+                value: password,
+                applied: false,
+            })
+        }
+        Some(secret) => Ok(Password {
+            value: secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get(PASSWORD_KEY))
+                .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+                .unwrap_or_default(),
+            applied: annotations(secret).contains_key(APPLIED_ANNOTATION),
+        }),
+    }
+}
+
+async fn mark_password_applied(ctx: &Context, valid: &Valid, name: &str) -> Result<(), Error> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &valid.namespace);
+    let patch = json!({"metadata": {"annotations": {APPLIED_ANNOTATION: "true"}}});
+    let result = api
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await;
+    ctx.metrics.write("Secret", "patch", result.is_ok());
+    result.map_err(|source| Error::Secret {
+        action: "mark the password applied in",
+        namespace: valid.namespace.clone(),
+        name: name.to_owned(),
+        source: Box::new(source),
+    })?;
+    Ok(())
+}
+
+/// 32 random bytes as 64 hex characters (256 bits; no characters that need quoting anywhere).
+fn generate_password() -> Result<String, Error> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| Error::Random(e.to_string()))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
