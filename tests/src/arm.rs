@@ -16,9 +16,20 @@
 //!   ([`ArmFake::add_project`]) and their connections (`Microsoft.CognitiveServices`). Every
 //!   change to an identity's credentials is pushed to the Entra fake, so token exchanges start
 //!   and stop working exactly when ARM says the credential exists.
-//! - **Validation** like the resource providers: names, required properties, audiences, enum
-//!   values, duplicate issuer/subject, api-versions; 400 with `error.code`/`error.message`;
-//!   404 `ResourceNotFound`, `ParentResourceNotFound`, `ResourceGroupNotFound`.
+//! - **api-versions**: exactly those the two resource providers serve for these types
+//!   ([`FIC_API_VERSIONS`], [`CONNECTION_API_VERSIONS`], taken from azure-rest-api-specs);
+//!   any other is 400 `NoRegisteredProviderFound`.
+//! - **Validation** like the resource providers: names, required properties, audiences,
+//!   duplicate issuer/subject, the 20-credential limit; 400 with `error.code`/`error.message`;
+//!   404 `ResourceNotFound`, `ParentResourceNotFound`, `ResourceGroupNotFound`. A connection's
+//!   `category` and `authType` are extensible enums in the spec: known values are stored in their
+//!   canonical spelling (with the `group` derived from the category), others as sent.
+//! - **DELETE** of a credential or connection that does not exist is `204 No Content`, as the
+//!   specs declare (200 or 204); a missing parent or resource group is still 404.
+//! - **Concurrent credential writes**: a PUT/DELETE of a credential while another write to a
+//!   credential of the same identity is under way (held, long-running) is ARM's `409
+//!   ConcurrentFederatedIdentityCredentialsWritesForSingleManagedIdentity`; tests can also ask
+//!   for it outright ([`ArmFake::conflict_concurrent_fic_writes`]).
 //! - **Faults**: queued 429 (with `Retry-After`), 500 and 503 answers, a fixed latency, and
 //!   long-running writes (201 + `Azure-AsyncOperation`, or 202 + `Location`) that take effect
 //!   only when the operation completes.
@@ -53,134 +64,187 @@ pub const ARM_AUDIENCES: [&str; 4] = [
     "https://management.azure.com/",
     "https://management.azure.com",
 ];
-/// api-versions the fake's `Microsoft.ManagedIdentity` knows for federated credentials.
-pub const FIC_API_VERSIONS: [&str; 5] = [
+/// api-versions `Microsoft.ManagedIdentity` serves for `federatedIdentityCredentials`: every
+/// version folder of azure-rest-api-specs
+/// `specification/msi/resource-manager/Microsoft.ManagedIdentity/ManagedIdentity/{stable,preview}/`
+/// whose `ManagedIdentity.json` has `…/userAssignedIdentities/{resourceName}/federatedIdentityCredentials`
+/// (the older 2015-08-31-preview, 2018-11-30 and 2021-09-30-preview have none).
+pub const FIC_API_VERSIONS: [&str; 8] = [
     "2022-01-31-preview",
     "2023-01-31",
     "2023-07-31-preview",
     "2024-11-30",
     "2025-01-31-preview",
+    "2025-05-31-preview",
+    "2026-04-30",
+    "2026-05-31",
 ];
-/// api-versions the fake's `Microsoft.CognitiveServices` knows for project connections.
-pub const CONNECTION_API_VERSIONS: [&str; 3] =
-    ["2025-04-01-preview", "2025-06-01", "2025-07-01-preview"];
-/// Connection categories (azure-mgmt-cognitiveservices `ConnectionCategory`, plus `RemoteTool`).
-const CATEGORIES: &[&str] = &[
-    "ADLSGen2",
-    "AIServices",
-    "AmazonMws",
-    "AmazonRdsForOracle",
-    "AmazonRdsForSqlServer",
-    "AmazonRedshift",
-    "AmazonS3Compatible",
-    "ApiKey",
-    "AzureBlob",
-    "AzureDataExplorer",
-    "AzureDatabricksDeltaLake",
-    "AzureMariaDb",
-    "AzureMySqlDb",
-    "AzureOneLake",
-    "AzureOpenAI",
-    "AzurePostgresDb",
-    "AzureSqlDb",
-    "AzureSqlMi",
-    "AzureSynapseAnalytics",
-    "AzureTableStorage",
-    "BingLLMSearch",
-    "Cassandra",
-    "CognitiveSearch",
-    "CognitiveService",
-    "Concur",
-    "ContainerRegistry",
-    "CosmosDb",
-    "CosmosDbMongoDbApi",
-    "Couchbase",
-    "CustomKeys",
-    "Db2",
-    "Drill",
-    "Dynamics",
-    "DynamicsAx",
-    "DynamicsCrm",
-    "Elasticsearch",
-    "Eloqua",
-    "FileServer",
-    "FtpServer",
-    "GenericContainerRegistry",
-    "GenericHttp",
-    "GenericRest",
-    "Git",
-    "GoogleAdWords",
-    "GoogleBigQuery",
-    "GoogleCloudStorage",
-    "Greenplum",
-    "Hbase",
-    "Hdfs",
-    "Hive",
-    "Hubspot",
-    "Impala",
-    "Informix",
-    "Jira",
-    "Magento",
-    "ManagedOnlineEndpoint",
-    "MariaDb",
-    "Marketo",
-    "MicrosoftAccess",
-    "MongoDbAtlas",
-    "MongoDbV2",
-    "MySql",
-    "Netezza",
-    "ODataRest",
-    "Odbc",
-    "Office365",
-    "OpenAI",
-    "Oracle",
-    "OracleCloudStorage",
-    "OracleServiceCloud",
-    "PayPal",
-    "Phoenix",
-    "Pinecone",
-    "PostgreSql",
-    "Presto",
-    "PythonFeed",
-    "QuickBooks",
-    "Redis",
-    "RemoteTool",
-    "Responsys",
-    "S3",
-    "Salesforce",
-    "SalesforceMarketingCloud",
-    "SalesforceServiceCloud",
-    "SapBw",
-    "SapCloudForCustomer",
-    "SapEcc",
-    "SapHana",
-    "SapOpenHub",
-    "SapTable",
-    "Serp",
-    "Serverless",
-    "ServiceNow",
-    "Sftp",
-    "SharePointOnlineList",
-    "Shopify",
-    "Snowflake",
-    "Spark",
-    "SqlServer",
-    "Square",
-    "Sybase",
-    "Teradata",
-    "Vertica",
-    "WebTable",
-    "Xero",
-    "Zoho",
+/// api-versions `Microsoft.CognitiveServices` serves for `accounts/projects/connections`: the
+/// tags of azure-rest-api-specs
+/// `specification/cognitiveservices/resource-manager/Microsoft.CognitiveServices/CognitiveServices/readme.md`
+/// from the first with projects (2025-04-01-preview) on, each of whose `cognitiveservices.json`
+/// has `…/accounts/{accountName}/projects/{projectName}/connections/{connectionName}`.
+pub const CONNECTION_API_VERSIONS: [&str; 15] = [
+    "2025-04-01-preview",
+    "2025-06-01",
+    "2025-07-01-preview",
+    "2025-09-01",
+    "2025-10-01-preview",
+    "2025-12-01",
+    "2026-01-15-preview",
+    "2026-03-01",
+    "2026-03-15-preview",
+    "2026-05-01",
+    "2026-05-15-preview",
+    "2026-07-01",
+    "2026-07-15-preview",
+    "2026-09-01",
+    "2026-09-15-preview",
 ];
-/// Connection auth types (`ConnectionAuthType`).
+/// The known values of `ConnectionCategory` (azure-rest-api-specs
+/// `…/Microsoft.CognitiveServices/CognitiveServices/models.tsp`, `union ConnectionCategory`), with
+/// the read-only `group` the fake derives for each. The union includes `string`: an extensible
+/// enum, so a category not listed here is stored as sent (see [`validate_connection`]). The
+/// service does not publish its category-to-group mapping; this one follows the names of
+/// `union ConnectionGroup` and keeps what pgmcp relies on (`RemoteTool` is `GenericProtocol`).
+const CATEGORIES: &[(&str, &str)] = &[
+    ("ADLSGen2", "Azure"),
+    ("AIServices", "AzureAI"),
+    ("AmazonMws", "ServicesAndApps"),
+    ("AmazonRdsForOracle", "Database"),
+    ("AmazonRdsForSqlServer", "Database"),
+    ("AmazonRedshift", "Database"),
+    ("AmazonS3Compatible", "File"),
+    ("ApiKey", "GenericProtocol"),
+    ("ApiManagement", "Azure"),
+    ("AppConfig", "Azure"),
+    ("AppInsights", "Azure"),
+    ("AzureBlob", "Azure"),
+    ("AzureContainerAppEnvironment", "Azure"),
+    ("AzureDataExplorer", "Azure"),
+    ("AzureDatabricksDeltaLake", "Azure"),
+    ("AzureKeyVault", "Azure"),
+    ("AzureMariaDb", "Database"),
+    ("AzureMySqlDb", "Database"),
+    ("AzureOneLake", "Azure"),
+    ("AzureOpenAI", "AzureAI"),
+    ("AzurePostgresDb", "Database"),
+    ("AzureSqlDb", "Database"),
+    ("AzureSqlMi", "Database"),
+    ("AzureStorageAccount", "Azure"),
+    ("AzureSynapseAnalytics", "Azure"),
+    ("AzureTableStorage", "Azure"),
+    ("BingLLMSearch", "AzureAI"),
+    ("Cassandra", "NoSQL"),
+    ("CognitiveSearch", "AzureAI"),
+    ("CognitiveService", "AzureAI"),
+    ("Concur", "ServicesAndApps"),
+    ("ContainerRegistry", "Azure"),
+    ("CosmosDb", "NoSQL"),
+    ("CosmosDbMongoDbApi", "NoSQL"),
+    ("Couchbase", "NoSQL"),
+    ("CustomKeys", "GenericProtocol"),
+    ("Databricks", "Azure"),
+    ("Db2", "Database"),
+    ("Drill", "Database"),
+    ("Dynamics", "ServicesAndApps"),
+    ("DynamicsAx", "ServicesAndApps"),
+    ("DynamicsCrm", "ServicesAndApps"),
+    ("Elasticsearch", "NoSQL"),
+    ("Eloqua", "ServicesAndApps"),
+    ("FileServer", "File"),
+    ("FtpServer", "File"),
+    ("GenericContainerRegistry", "GenericProtocol"),
+    ("GenericHttp", "GenericProtocol"),
+    ("GenericRest", "GenericProtocol"),
+    ("Git", "File"),
+    ("GoogleAdWords", "ServicesAndApps"),
+    ("GoogleBigQuery", "Database"),
+    ("GoogleCloudStorage", "File"),
+    ("Greenplum", "Database"),
+    ("GroundingWithBingSearch", "AzureAI"),
+    ("GroundingWithCustomSearch", "AzureAI"),
+    ("Hbase", "NoSQL"),
+    ("Hdfs", "File"),
+    ("Hive", "Database"),
+    ("Hubspot", "ServicesAndApps"),
+    ("Impala", "Database"),
+    ("Informix", "Database"),
+    ("Jira", "ServicesAndApps"),
+    ("Magento", "ServicesAndApps"),
+    ("ManagedOnlineEndpoint", "AzureAI"),
+    ("MariaDb", "Database"),
+    ("Marketo", "ServicesAndApps"),
+    ("MicrosoftAccess", "Database"),
+    ("MicrosoftFabric", "Azure"),
+    ("ModelGateway", "AzureAI"),
+    ("MongoDbAtlas", "NoSQL"),
+    ("MongoDbV2", "NoSQL"),
+    ("MySql", "Database"),
+    ("Netezza", "Database"),
+    ("ODataRest", "GenericProtocol"),
+    ("Odbc", "GenericProtocol"),
+    ("Office365", "ServicesAndApps"),
+    ("OpenAI", "AzureAI"),
+    ("OpenAPI", "GenericProtocol"),
+    ("Oracle", "Database"),
+    ("OracleCloudStorage", "File"),
+    ("OracleServiceCloud", "ServicesAndApps"),
+    ("PayPal", "ServicesAndApps"),
+    ("Phoenix", "Database"),
+    ("Pinecone", "NoSQL"),
+    ("PostgreSql", "Database"),
+    ("PowerPlatformEnvironment", "ServicesAndApps"),
+    ("Presto", "Database"),
+    ("PythonFeed", "GenericProtocol"),
+    ("QuickBooks", "ServicesAndApps"),
+    ("Redis", "NoSQL"),
+    ("RemoteA2A", "GenericProtocol"),
+    ("RemoteTool", "GenericProtocol"),
+    ("Responsys", "ServicesAndApps"),
+    ("S3", "File"),
+    ("Salesforce", "ServicesAndApps"),
+    ("SalesforceMarketingCloud", "ServicesAndApps"),
+    ("SalesforceServiceCloud", "ServicesAndApps"),
+    ("SapBw", "Database"),
+    ("SapCloudForCustomer", "ServicesAndApps"),
+    ("SapEcc", "ServicesAndApps"),
+    ("SapHana", "Database"),
+    ("SapOpenHub", "Database"),
+    ("SapTable", "Database"),
+    ("Serp", "AzureAI"),
+    ("Serverless", "AzureAI"),
+    ("ServiceNow", "ServicesAndApps"),
+    ("Sftp", "File"),
+    ("SharePointOnlineList", "ServicesAndApps"),
+    ("Sharepoint", "ServicesAndApps"),
+    ("Shopify", "ServicesAndApps"),
+    ("Snowflake", "Database"),
+    ("Spark", "Database"),
+    ("SqlServer", "Database"),
+    ("Square", "ServicesAndApps"),
+    ("Sybase", "Database"),
+    ("Teradata", "Database"),
+    ("Vertica", "Database"),
+    ("WebTable", "ServicesAndApps"),
+    ("Xero", "ServicesAndApps"),
+    ("Zoho", "ServicesAndApps"),
+];
+/// `group` of a category the fake does not know (`ConnectionGroup` is extensible too).
+const DEFAULT_GROUP: &str = "ServicesAndApps";
+/// The known values of `ConnectionAuthType` (same models.tsp, `union ConnectionAuthType`, which
+/// includes `string`: extensible, so other values are stored as sent).
 const AUTH_TYPES: &[&str] = &[
     "AAD",
     "AccessKey",
     "AccountKey",
-    "AgenticIdentity",
+    "AccountManagedIdentity",
+    "AgentUserImpersonation",
+    "AgenticIdentityToken",
+    "AgenticUser",
     "ApiKey",
     "CustomKeys",
+    "DelegatedSAS",
     "ManagedIdentity",
     "None",
     "OAuth2",
@@ -279,6 +343,8 @@ struct Operation {
     fail: Option<(String, String)>,
     commit: Option<Commit>,
     done: Option<Result<(), (String, String)>>,
+    /// The identity whose credential this operation writes: busy until the operation ends.
+    fic_identity: Option<String>,
 }
 
 struct Inner {
@@ -302,6 +368,11 @@ struct Inner {
     latency: Duration,
     long_running: Option<LongRunning>,
     operations: HashMap<String, Operation>,
+    /// Writes of an identity's federated credentials under way (lower-case identity id -> how
+    /// many): another write to that identity meanwhile is ARM's concurrent-writes 409.
+    fic_writes: HashMap<String, usize>,
+    /// The next this many PUT/DELETEs of federated credentials answer the concurrent-writes 409.
+    fic_conflicts: usize,
     next_id: u64,
     requests: Vec<Request>,
     jwks: HashMap<String, JwkSet>,
@@ -323,6 +394,36 @@ struct AppState {
     /// Reaches the Entra fake (trusting its CA) for the JWKS.
     http: reqwest::Client,
     entra_url: String,
+}
+
+/// Marks an answer to a synchronous credential write: its identity stays busy until the answer
+/// is sent ([`FicWriteGuard`]).
+#[derive(Clone)]
+struct FicWriteInFlight(String);
+
+/// Ends a credential write's busy time when its answer is sent or the request is abandoned.
+struct FicWriteGuard {
+    shared: Shared,
+    identity: String,
+}
+
+impl Drop for FicWriteGuard {
+    fn drop(&mut self) {
+        end_fic_write(&mut lock(&self.shared), &self.identity);
+    }
+}
+
+fn start_fic_write(inner: &mut Inner, identity: &str) {
+    *inner.fic_writes.entry(identity.to_owned()).or_default() += 1;
+}
+
+fn end_fic_write(inner: &mut Inner, identity: &str) {
+    if let Some(n) = inner.fic_writes.get_mut(identity) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            inner.fic_writes.remove(identity);
+        }
+    }
 }
 
 /// A running ARM fake. Dropping it stops the server.
@@ -370,6 +471,8 @@ impl ArmFake {
             latency: Duration::ZERO,
             long_running: None,
             operations: HashMap::new(),
+            fic_writes: HashMap::new(),
+            fic_conflicts: 0,
             next_id: 0,
             requests: Vec::new(),
             jwks: HashMap::new(),
@@ -548,6 +651,14 @@ impl ArmFake {
     /// Makes PUT and DELETE of credentials and connections long-running (or not, with `None`).
     pub fn set_long_running(&self, long_running: Option<LongRunning>) {
         lock(&self.inner).long_running = long_running;
+    }
+
+    /// Answers the next `times` PUTs and DELETEs of federated identity credentials with ARM's
+    /// `409 ConcurrentFederatedIdentityCredentialsWritesForSingleManagedIdentity`, as if another
+    /// client were writing a credential of the same identity at that moment. (Writes that really
+    /// overlap, e.g. one held by [`ArmFake::hold_put`] or a long-running one, get it anyway.)
+    pub fn conflict_concurrent_fic_writes(&self, times: usize) {
+        lock(&self.inner).fic_conflicts = times;
     }
 
     /// Every request answered so far.
@@ -729,6 +840,15 @@ async fn handle(
         tokio::time::sleep(latency).await;
     }
     let mut response = answer(&state, &method, &uri, &headers, &body).await;
+    // No await since `answer` marked the identity busy: the guard always ends it.
+    let _fic_write =
+        response
+            .extensions_mut()
+            .remove::<FicWriteInFlight>()
+            .map(|FicWriteInFlight(identity)| FicWriteGuard {
+                shared: state.shared.clone(),
+                identity,
+            });
     let held = {
         let mut inner = lock(&state.shared);
         inner.next_id += 1;
@@ -1084,6 +1204,19 @@ fn not_found(type_path: &str, resource_group: &str) -> Response {
     )
 }
 
+/// What `Microsoft.ManagedIdentity` answers to a credential write while another write to a
+/// credential of the same identity is under way (message as ARM sends it, with the identity's id
+/// in lower case).
+fn concurrent_fic_writes(identity_key: &str) -> Response {
+    arm_error(
+        StatusCode::CONFLICT,
+        "ConcurrentFederatedIdentityCredentialsWritesForSingleManagedIdentity",
+        &format!(
+            "Too many Federated Identity Credentials are written concurrently for the managed identity '{identity_key}'. Concurrent Federated Identity Credentials writes under the same managed identity are not supported."
+        ),
+    )
+}
+
 fn parent_not_found(parent: &str) -> Response {
     arm_error(
         StatusCode::NOT_FOUND,
@@ -1229,14 +1362,26 @@ fn managed_identity(
                 "Microsoft.ManagedIdentity/userAssignedIdentities/{}/federatedIdentityCredentials/{name}",
                 segments[7]
             );
+            if *method != Method::GET {
+                if inner.fic_writes.contains_key(&identity_key) {
+                    return concurrent_fic_writes(&identity_key);
+                }
+                if inner.fic_conflicts > 0 {
+                    inner.fic_conflicts -= 1;
+                    return concurrent_fic_writes(&identity_key);
+                }
+            }
             match *method {
                 Method::GET => match inner.fics.get(&key) {
                     Some(fic) => axum::Json(fic.clone()).into_response(),
                     None => not_found(&type_path, segments[3]),
                 },
                 Method::DELETE => {
+                    // `FederatedIdentityCredentials_Delete` answers 200 or 204 (azure-rest-api-specs
+                    // FederatedIdentityCredential.tsp: `ArmResourceDeleteSync`; examples
+                    // FederatedIdentityCredentialDelete.json): 204 when there was nothing to delete.
                     if !inner.fics.contains_key(&key) {
-                        return not_found(&type_path, segments[3]);
+                        return StatusCode::NO_CONTENT.into_response();
                     }
                     write(
                         inner,
@@ -1480,8 +1625,11 @@ fn cognitive_services(
                     None => not_found(&type_path, segments[3]),
                 },
                 Method::DELETE => {
+                    // `ProjectConnections_Delete` is `DeleteSync` (azure-rest-api-specs
+                    // ConnectionPropertiesV2BasicResource.tsp): 200, or 204 when there was nothing
+                    // to delete.
                     if !inner.connections.contains_key(&key) {
-                        return not_found(&type_path, segments[3]);
+                        return StatusCode::NO_CONTENT.into_response();
                     }
                     write(
                         inner,
@@ -1563,29 +1711,23 @@ fn validate_connection(
     let Some(category) = text("category") else {
         return Err(invalid("The field 'category' is required.".to_owned()));
     };
-    let Some(category) = CATEGORIES
+    // Both enums are extensible (a TypeSpec union with `string`): a known value is stored in its
+    // canonical spelling, any other value as sent.
+    let (category, group) = CATEGORIES
         .iter()
-        .find(|c| c.eq_ignore_ascii_case(&category))
-    else {
-        return Err(invalid(format!(
-            "The value '{category}' of field 'category' is not a known connection category."
-        )));
-    };
+        .find(|(c, _)| c.eq_ignore_ascii_case(&category))
+        .map_or((category, DEFAULT_GROUP), |(c, g)| ((*c).to_owned(), *g));
     let Some(auth_type) = text("authType") else {
         return Err(invalid("The field 'authType' is required.".to_owned()));
     };
-    let Some(auth_type) = AUTH_TYPES
+    let auth_type = AUTH_TYPES
         .iter()
         .find(|a| a.eq_ignore_ascii_case(&auth_type))
-    else {
-        return Err(invalid(format!(
-            "The value '{auth_type}' of field 'authType' is not a known authentication type."
-        )));
-    };
+        .map_or(auth_type, |a| (*a).to_owned());
     if text("target").is_none_or(|t| t.is_empty()) {
         return Err(invalid("The field 'target' is required.".to_owned()));
     }
-    if *auth_type == "ProjectManagedIdentity" && text("audience").is_none_or(|a| a.is_empty()) {
+    if auth_type == "ProjectManagedIdentity" && text("audience").is_none_or(|a| a.is_empty()) {
         return Err(invalid(
             "The field 'audience' is required for authType 'ProjectManagedIdentity'.".to_owned(),
         ));
@@ -1612,12 +1754,6 @@ fn validate_connection(
         ));
     }
     // What the resource provider adds or derives; secrets are never returned.
-    let group = match *category {
-        "RemoteTool" | "GenericHttp" | "GenericRest" | "ApiKey" | "CustomKeys" => "GenericProtocol",
-        "AzureOpenAI" | "AIServices" | "CognitiveSearch" | "CognitiveService" => "AzureAI",
-        "PostgreSql" | "AzurePostgresDb" | "AzureSqlDb" | "MySql" => "Database",
-        _ => "ServicesAndApps",
-    };
     properties.insert("category".to_owned(), json!(category));
     properties.insert("authType".to_owned(), json!(auth_type));
     properties.insert("group".to_owned(), json!(group));
@@ -1647,13 +1783,26 @@ fn write(
         commit,
         Commit::DeleteFic { .. } | Commit::DeleteConnection { .. }
     );
+    let fic_identity = match &commit {
+        Commit::PutFic { identity, .. } | Commit::DeleteFic { identity, .. } => {
+            Some(identity.clone())
+        }
+        _ => None,
+    };
+    if let Some(identity) = &fic_identity {
+        start_fic_write(inner, identity);
+    }
     let Some(lro) = inner.long_running.clone() else {
         apply(inner, commit);
-        return match (delete, existed) {
+        let mut response = match (delete, existed) {
             (true, _) => StatusCode::OK.into_response(),
             (false, true) => axum::Json(resource).into_response(),
             (false, false) => (StatusCode::CREATED, axum::Json(resource)).into_response(),
         };
+        if let Some(identity) = fic_identity {
+            response.extensions_mut().insert(FicWriteInFlight(identity));
+        }
+        return response;
     };
     inner.next_id += 1;
     let operation = format!(
@@ -1674,6 +1823,7 @@ fn write(
             fail: lro.fail.clone(),
             commit: Some(commit),
             done: None,
+            fic_identity,
         },
     );
     let mut response = match (lro.style, delete) {
@@ -1724,6 +1874,7 @@ fn poll(inner: &mut Inner, operation: &str, location: bool) -> Response {
             return response;
         }
         let commit = op.commit.take();
+        let fic_identity = op.fic_identity.take();
         op.done = Some(match op.fail.clone() {
             Some(failure) => Err(failure),
             None => Ok(()),
@@ -1732,6 +1883,9 @@ fn poll(inner: &mut Inner, operation: &str, location: bool) -> Response {
             && let Some(commit) = commit
         {
             apply(inner, commit);
+        }
+        if let Some(identity) = fic_identity {
+            end_fic_write(inner, &identity);
         }
     }
     let Some(op) = inner.operations.get(operation) else {

@@ -11,9 +11,21 @@
 //!   `Authorization_RequestDenied`.
 //! - **Objects**: service principals ([`GraphFake::add_service_principal`]) found by id,
 //!   `(appId='…')` or `$filter=servicePrincipalNames/any(x:x eq '…')`; app role assignments
-//!   (list, POST with Graph's validation, DELETE). Each assignment is mirrored in the Entra fake
-//!   ([`EntraFake::assign_app_role`]), so tokens the principal gets for the app carry the role
-//!   exactly while Graph holds the assignment.
+//!   (list, POST with Graph's validation, DELETE; [`GraphFake::add_assignments`] adds many at
+//!   once). Each assignment is mirrored in the Entra fake ([`EntraFake::assign_app_role`]), so
+//!   tokens the principal gets for the app carry the role exactly while Graph holds the
+//!   assignment.
+//! - **Paging** like Graph's directory lists: `GET /v1.0/servicePrincipals?$filter=…` and
+//!   `GET /v1.0/servicePrincipals/{id}/appRoleAssignedTo` answer at most `$top` items (default
+//!   100, 1 to 999, else 400 `Request_UnsupportedQuery`), or fewer when the test caps the page
+//!   size ([`GraphFake::set_max_page_size`], so a few objects span several pages). When more
+//!   remain, the body has `@odata.nextLink`: the same URL on the fake's origin with the request's
+//!   other query parameters and an opaque `$skiptoken` appended. A client gets everything only by
+//!   GETting each nextLink as it is (same token, same permission checks) until a page has none.
+//!   Items come in a stable order (by object id; assignments by creation) and the token names
+//!   the last item served, so an item present throughout is served exactly once even when others
+//!   are added or removed between pages. A token the fake did not issue is 400
+//!   `Directory_ExpiredPageToken`.
 //! - **Observation**: every request is recorded ([`GraphFake::count`]).
 
 use std::path::Path;
@@ -24,6 +36,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Value, json};
 
@@ -35,6 +48,12 @@ use crate::tls_listener::HttpsServer;
 pub const GRAPH_APP_ID: &str = "00000003-0000-0000-c000-000000000000";
 pub const APP_ROLE_ASSIGNMENT_READ_WRITE_ALL: &str = "AppRoleAssignment.ReadWrite.All";
 pub const APPLICATION_READ_ALL: &str = "Application.Read.All";
+/// Items on a page of a directory list when the request has no `$top`.
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+/// The largest `$top` Graph accepts for directory lists.
+pub const MAX_TOP: usize = 999;
+/// What a `$skiptoken` starts with (decoded), like Graph's directory tokens (`RFNwdA…`).
+const SKIPTOKEN_MAGIC: &[u8] = b"DSpt\x02";
 
 /// An app role a service principal defines.
 #[derive(Clone, Debug)]
@@ -61,6 +80,8 @@ pub struct Assignment {
 }
 
 struct Inner {
+    /// The fake's origin, for `@odata.nextLink`.
+    url: String,
     tenant: String,
     entra: Arc<EntraFake>,
     service_principals: Vec<ServicePrincipal>,
@@ -69,6 +90,8 @@ struct Inner {
     permissions: Vec<(String, String)>,
     requests: Vec<Request>,
     next_id: u64,
+    /// A cap on every page, below `$top` (a test setting, not Graph's).
+    max_page_size: Option<usize>,
 }
 
 type Shared = Arc<Mutex<Inner>>;
@@ -99,6 +122,7 @@ impl GraphFake {
     pub async fn start(entra: Arc<EntraFake>, tenant: &str) -> anyhow::Result<Self> {
         let bound = HttpsServer::bind("graph").await?;
         let inner: Shared = Arc::new(Mutex::new(Inner {
+            url: bound.url.clone(),
             tenant: tenant.to_owned(),
             entra,
             service_principals: Vec::new(),
@@ -106,6 +130,7 @@ impl GraphFake {
             permissions: Vec::new(),
             requests: Vec::new(),
             next_id: 0,
+            max_page_size: None,
         }));
         let app = Router::new().fallback(handle).with_state(inner.clone());
         Ok(Self {
@@ -148,6 +173,59 @@ impl GraphFake {
         lock(&self.inner)
             .permissions
             .retain(|(o, _)| o != object_id);
+    }
+
+    /// Serves at most `size` items on every page of a list, whatever `$top` asks (`None`: only
+    /// `$top` and Graph's default count), so a test needs only a few objects for several pages.
+    pub fn set_max_page_size(&self, size: Option<usize>) {
+        lock(&self.inner).max_page_size = size.map(|n| n.max(1));
+    }
+
+    /// Assigns app role `app_role_id` of service principal `resource_sp` to `n` new service
+    /// principals (created here, each of its own new app), as if other clients had been given the
+    /// role before: assignments made later come after these in `appRoleAssignedTo`.
+    pub fn add_assignments(
+        &self,
+        resource_sp: &str,
+        app_role_id: &str,
+        n: usize,
+    ) -> anyhow::Result<Vec<Assignment>> {
+        let mut inner = lock(&self.inner);
+        let resource = inner
+            .service_principals
+            .iter()
+            .find(|sp| sp.id == resource_sp)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("no service principal {resource_sp}"))?;
+        let role = resource
+            .app_roles
+            .iter()
+            .find(|r| r.id == app_role_id)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("{resource_sp} defines no app role {app_role_id}"))?;
+        let mut added = Vec::with_capacity(n);
+        for _ in 0..n {
+            inner.next_id += 1;
+            let serial = inner.next_id;
+            let app_id = format!("{serial:08x}-a900-4000-8000-{serial:012x}");
+            let principal = ServicePrincipal {
+                id: format!("{serial:08x}-5e11-4000-8000-{serial:012x}"),
+                names: vec![app_id.clone()],
+                app_id,
+                app_roles: Vec::new(),
+            };
+            let assignment = new_assignment(&mut inner, &principal.id, &resource.id, &role.id);
+            inner.entra.assign_app_role(
+                &inner.tenant,
+                &resource.app_id,
+                &principal.app_id,
+                &role.value,
+            );
+            inner.service_principals.push(principal);
+            inner.assignments.push(assignment.clone());
+            added.push(assignment);
+        }
+        Ok(added)
     }
 
     /// The app role assignments Graph holds.
@@ -297,6 +375,116 @@ fn assignment_json(inner: &Inner, a: &Assignment) -> Value {
     })
 }
 
+/// A new assignment's id: later assignments sort after earlier ones, as the lists order by id.
+fn new_assignment(
+    inner: &mut Inner,
+    principal_id: &str,
+    resource_id: &str,
+    app_role_id: &str,
+) -> Assignment {
+    inner.next_id += 1;
+    Assignment {
+        id: format!(
+            "Ab{:020}_x-{}",
+            inner.next_id,
+            principal_id.get(..4).unwrap_or(principal_id)
+        ),
+        principal_id: principal_id.to_owned(),
+        resource_id: resource_id.to_owned(),
+        app_role_id: app_role_id.to_owned(),
+    }
+}
+
+fn skiptoken(last_id: &str) -> String {
+    let mut raw = SKIPTOKEN_MAGIC.to_vec();
+    raw.extend_from_slice(last_id.as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+}
+
+/// The id of the last item on the page before, from a `$skiptoken`.
+fn after_skiptoken(token: &str) -> Option<String> {
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()?;
+    let id = raw.strip_prefix(SKIPTOKEN_MAGIC)?;
+    String::from_utf8(id.to_vec()).ok()
+}
+
+/// One page of a directory list (items keyed by object id), as Graph serves it: `$top` items at
+/// most (or the test's cap), from after the item `$skiptoken` names, and `@odata.nextLink` when
+/// more remain.
+fn page(
+    inner: &Inner,
+    uri: &Uri,
+    query: &[(String, String)],
+    context: &str,
+    mut items: Vec<(String, Value)>,
+) -> Response {
+    let param = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    };
+    let top = match param("$top") {
+        None => DEFAULT_PAGE_SIZE,
+        Some(value) => match value.parse::<usize>() {
+            Ok(n) if (1..=MAX_TOP).contains(&n) => n,
+            _ => {
+                return graph_error(
+                    StatusCode::BAD_REQUEST,
+                    "Request_UnsupportedQuery",
+                    &format!(
+                        "Invalid page size specified: '{value}'. Must be between 1 and {MAX_TOP} inclusive."
+                    ),
+                );
+            }
+        },
+    };
+    let size = inner.max_page_size.map_or(top, |cap| top.min(cap));
+    let after = match param("$skiptoken") {
+        None => None,
+        Some(token) => match after_skiptoken(token) {
+            Some(id) => Some(id),
+            None => {
+                return graph_error(
+                    StatusCode::BAD_REQUEST,
+                    "Directory_ExpiredPageToken",
+                    "The specified page token value has expired and can no longer be included in your request.",
+                );
+            }
+        },
+    };
+    items.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut rest = items
+        .into_iter()
+        .filter(|(id, _)| after.as_ref().is_none_or(|after| id > after))
+        .peekable();
+    let value: Vec<(String, Value)> = rest.by_ref().take(size).collect();
+    let mut body = json!({"@odata.context": context});
+    if rest.peek().is_some()
+        && let Some((last, _)) = value.last()
+    {
+        // The request's own query (as the client encoded it) without its token, plus the next.
+        let mut next: Vec<&str> = uri
+            .query()
+            .unwrap_or_default()
+            .split('&')
+            .filter(|pair| {
+                let key = pair.split_once('=').map_or(*pair, |(k, _)| k);
+                !pair.is_empty()
+                    && !key.eq_ignore_ascii_case("$skiptoken")
+                    && !key.eq_ignore_ascii_case("%24skiptoken")
+            })
+            .collect();
+        let token = format!("$skiptoken={}", skiptoken(last));
+        next.push(&token);
+        body["@odata.nextLink"] = json!(format!("{}{}?{}", inner.url, uri.path(), next.join("&")));
+    }
+    body["value"] = Value::Array(value.into_iter().map(|(_, v)| v).collect());
+    axum::Json(body).into_response()
+}
+
 fn answer(
     shared: &Shared,
     method: &Method,
@@ -365,13 +553,19 @@ fn answer(
                 &format!("Unsupported or invalid query filter clause specified: {filter}"),
             );
         };
-        let found: Vec<Value> = inner
+        let found: Vec<(String, Value)> = inner
             .service_principals
             .iter()
             .filter(|sp| sp.names.contains(&name))
-            .map(sp_json)
+            .map(|sp| (sp.id.clone(), sp_json(sp)))
             .collect();
-        return axum::Json(json!({"value": found})).into_response();
+        return page(
+            &inner,
+            uri,
+            &query,
+            "https://graph.microsoft.com/v1.0/$metadata#servicePrincipals",
+            found,
+        );
     }
 
     // /servicePrincipals(appId='…') or /servicePrincipals/{id}[/appRoleAssignedTo[/{id}]]
@@ -411,17 +605,17 @@ fn answer(
     match (method.clone(), tail.as_str()) {
         (Method::GET, "") => axum::Json(sp_json(&sp)).into_response(),
         (Method::GET, "/appRoleAssignedTo") => {
-            let value: Vec<Value> = inner
+            let value: Vec<(String, Value)> = inner
                 .assignments
                 .iter()
                 .filter(|a| a.resource_id == sp.id)
-                .map(|a| assignment_json(&inner, a))
+                .map(|a| (a.id.clone(), assignment_json(&inner, a)))
                 .collect();
-            axum::Json(json!({
-                "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#servicePrincipals('…')/appRoleAssignedTo",
-                "value": value
-            }))
-            .into_response()
+            let context = format!(
+                "https://graph.microsoft.com/v1.0/$metadata#servicePrincipals('{}')/appRoleAssignedTo",
+                sp.id
+            );
+            page(&inner, uri, &query, &context, value)
         }
         (Method::POST, "/appRoleAssignedTo") => {
             if !write {
@@ -473,13 +667,7 @@ fn answer(
                     "Permission being assigned already exists on the object",
                 );
             }
-            inner.next_id += 1;
-            let assignment = Assignment {
-                id: format!("Ab{:020}_x-{}", inner.next_id, &principal_id[..4]),
-                principal_id,
-                resource_id,
-                app_role_id,
-            };
+            let assignment = new_assignment(&mut inner, &principal_id, &resource_id, &app_role_id);
             inner
                 .entra
                 .assign_app_role(&inner.tenant, &sp.app_id, &principal.app_id, &role.value);

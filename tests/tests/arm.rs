@@ -2,9 +2,10 @@
 //! fake, over HTTPS: the operator's token is a real Entra-fake token for ARM, checked by the ARM
 //! fake's signature, audience and role checks. Shows GET-compare-PUT (no PUT when unchanged),
 //! updates, Retry-After honoured within bounds, long-running operations, ARM's errors surfaced,
-//! deletes that tolerate "already gone", and — with the real test apiserver — a federated
-//! credential written through ARM making a ServiceAccount token exchange work (and stop working
-//! after delete).
+//! ARM's concurrent-credential-writes 409 retried until the write goes through, deletes that
+//! tolerate "already gone" (ARM's 204), every api-version the resource providers serve, and —
+//! with the real test apiserver — a federated credential written through ARM making a
+//! ServiceAccount token exchange work (and stop working after delete).
 
 #![allow(clippy::unwrap_used)]
 
@@ -17,7 +18,10 @@ use pgmcp_operator::azure::arm::{ArmClient, Error, RetryPolicy};
 use pgmcp_operator::azure::{AzureSettings, Change, fic, foundry};
 use pgmcp_operator::metrics::Metrics;
 use pgmcp_tests::TestEnv;
-use pgmcp_tests::arm::{ArmFake, ClientSecretSource, Fault, LongRunning, LroStyle, Role};
+use pgmcp_tests::arm::{
+    ArmFake, CONNECTION_API_VERSIONS, ClientSecretSource, FIC_API_VERSIONS, Fault, LongRunning,
+    LroStyle, Role,
+};
 use pgmcp_tests::entra::{App, EntraFake, service_account_token};
 use serde_json::{Value, json};
 
@@ -510,14 +514,17 @@ async fn invalid_requests_are_arms_400_with_its_code_and_message() {
                 .unwrap_err()
         }
     };
-    let mut unknown = foundry::body(&desired_connection("https://mcp.contoso.com/mcp"));
-    unknown["properties"]["category"] = json!("TelepathicTool");
-    let err = put(unknown).await;
+    let mut no_category = foundry::body(&desired_connection("https://mcp.contoso.com/mcp"));
+    no_category["properties"]
+        .as_object_mut()
+        .unwrap()
+        .remove("category");
+    let err = put(no_category).await;
     assert_eq!(
         (err.reason(), err.code()),
         ("ArmBadRequest", Some("ValidationError"))
     );
-    assert!(err.to_string().contains("TelepathicTool"), "{err}");
+    assert!(err.to_string().contains("'category'"), "{err}");
     let mut no_audience = foundry::body(&desired_connection("https://mcp.contoso.com/mcp"));
     no_audience["properties"]
         .as_object_mut()
@@ -615,10 +622,271 @@ async fn deleting_twice_is_fine() {
             .await
             .unwrap();
     }
-    assert_eq!(statuses(&az.arm, "DELETE", &fic_id()), [200, 404]);
-    assert_eq!(statuses(&az.arm, "DELETE", &connection_id()), [200, 404]);
+    // The second DELETE finds nothing: 204 No Content, as both resource providers declare
+    // (azure-rest-api-specs: FederatedIdentityCredentials_Delete and ProjectConnections_Delete
+    // answer 200 or 204), which the client takes as "already gone".
+    assert_eq!(statuses(&az.arm, "DELETE", &fic_id()), [200, 204]);
+    assert_eq!(statuses(&az.arm, "DELETE", &connection_id()), [200, 204]);
     assert!(az.arm.resource(&fic_id()).is_none());
     assert!(az.arm.resource(&connection_id()).is_none());
+}
+
+#[tokio::test]
+async fn deleting_what_never_existed_is_fine_and_writes_nothing() {
+    let az = azure(Some(Role::Contributor)).await;
+    fic::delete(&az.client, &identity_id(), "never-written")
+        .await
+        .unwrap();
+    foundry::delete(&az.client, &project_id(), "never-written")
+        .await
+        .unwrap();
+    let deletes: Vec<u16> = az
+        .arm
+        .requests()
+        .iter()
+        .filter(|r| r.method == "DELETE")
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(deletes, [204, 204]);
+    assert!(az.arm.resources_under(&identity_id()).is_empty());
+    assert!(az.arm.resources_under(&project_id()).is_empty());
+
+    // A missing parent is still ARM's 404 (which a delete also takes as "gone").
+    let nobody = identity_id().replace("sales-mcp", "nobody");
+    fic::delete(&az.client, &nobody, "never-written")
+        .await
+        .unwrap();
+    assert_eq!(
+        statuses(
+            &az.arm,
+            "DELETE",
+            &fic::resource_id(&nobody, "never-written")
+        ),
+        [404]
+    );
+}
+
+#[tokio::test]
+async fn arms_concurrent_credential_writes_conflict_is_retried_until_the_write_goes_through() {
+    let az = azure(Some(Role::Contributor)).await;
+    az.arm.conflict_concurrent_fic_writes(2);
+    let (_, change) = fic::ensure(&az.client, &desired_fic(ISSUER)).await.unwrap();
+    assert_eq!(change, Change::Created);
+    assert_eq!(statuses(&az.arm, "PUT", &fic_id()), [409, 409, 201]);
+    assert!(az.arm.resource(&fic_id()).is_some());
+
+    az.arm.conflict_concurrent_fic_writes(1);
+    fic::delete(
+        &az.client,
+        &identity_id(),
+        &fic::name_for("agents", "sales"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(statuses(&az.arm, "DELETE", &fic_id()), [409, 200]);
+    assert!(az.arm.resource(&fic_id()).is_none());
+
+    // More conflicts than attempts: the error says what ARM said, and is transient (the
+    // controller backs off and tries again) rather than the user's to fix.
+    az.arm.conflict_concurrent_fic_writes(100);
+    let err = fic::ensure(&az.client, &desired_fic(ISSUER))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.status(), err.code()),
+        (
+            Some(409),
+            Some("ConcurrentFederatedIdentityCredentialsWritesForSingleManagedIdentity")
+        )
+    );
+    assert!(err.is_transient() && !err.needs_user(), "{err}");
+    let lower_id = identity_id().to_ascii_lowercase();
+    assert!(
+        err.to_string().contains(&format!(
+            "Too many Federated Identity Credentials are written concurrently for the managed identity '{lower_id}'"
+        )),
+        "{err}"
+    );
+    assert!(az.arm.resource(&fic_id()).is_none());
+}
+
+#[tokio::test]
+async fn a_credential_write_overlapping_another_of_the_same_identity_waits_its_turn() {
+    let az = azure(Some(Role::Contributor)).await;
+    // Patient enough to outlast the other write.
+    let patient = RetryPolicy {
+        max_attempts: 10,
+        min_delay: Duration::from_millis(100),
+        max_delay: Duration::from_millis(500),
+        max_elapsed: Duration::from_secs(20),
+        request_timeout: Duration::from_secs(20),
+        ..fast()
+    };
+    let client = az.client.clone().with_retry_policy(patient);
+    // Another client's write to another credential of the identity, stuck in ARM.
+    let other = fic::Desired {
+        name: "other-writer".into(),
+        subject: "system:serviceaccount:agents:other".into(),
+        ..desired_fic(ISSUER)
+    };
+    az.arm
+        .hold_put("/federatedidentitycredentials/other-writer");
+    let held = tokio::spawn({
+        let client = client.clone();
+        async move { fic::ensure(&client, &other).await }
+    });
+    pgmcp_tests::eventually(
+        "the other write under way",
+        Duration::from_secs(10),
+        || async { az.arm.count_matching("PUT", "/other-writer") == 1 },
+    )
+    .await;
+
+    let ours = tokio::spawn({
+        let client = client.clone();
+        async move { fic::ensure(&client, &desired_fic(ISSUER)).await }
+    });
+    pgmcp_tests::eventually("our write refused", Duration::from_secs(10), || async {
+        statuses(&az.arm, "PUT", &fic_id()).contains(&409)
+    })
+    .await;
+    az.arm.release();
+    assert_eq!(held.await.unwrap().unwrap().1, Change::Created);
+    assert_eq!(ours.await.unwrap().unwrap().1, Change::Created);
+    let puts = statuses(&az.arm, "PUT", &fic_id());
+    assert_eq!(puts.first(), Some(&409), "{puts:?}");
+    assert_eq!(puts.last(), Some(&201), "{puts:?}");
+    assert_eq!(az.arm.resources_under(&identity_id()).len(), 2);
+
+    // A long-running write keeps the identity busy until its operation ends, too.
+    az.arm.clear_requests();
+    az.arm.set_long_running(Some(LongRunning {
+        style: LroStyle::AsyncOperation,
+        polls: 1,
+        retry_after_secs: 1,
+        fail: None,
+    }));
+    let identity = identity_id();
+    let (deleted, updated) = tokio::join!(fic::delete(&client, &identity, "other-writer"), async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        fic::ensure(&client, &desired_fic("https://oidc.example/moved/")).await
+    });
+    deleted.unwrap();
+    assert_eq!(updated.unwrap().1, Change::Updated);
+    let puts = statuses(&az.arm, "PUT", &fic_id());
+    assert_eq!(puts.first(), Some(&409), "{puts:?}");
+    assert_eq!(puts.last(), Some(&201), "{puts:?}");
+    assert_eq!(
+        az.arm.resources_under(&identity_id()),
+        [fic_id().to_ascii_lowercase()]
+    );
+}
+
+#[tokio::test]
+async fn the_newest_api_versions_are_served_and_unknown_ones_refused() {
+    let az = azure(Some(Role::Contributor)).await;
+    // Every api-version either resource provider serves reads the resources.
+    for version in FIC_API_VERSIONS {
+        assert_eq!(
+            az.client.get(&fic::KIND, &fic_id(), version).await.unwrap(),
+            None
+        );
+    }
+    for version in CONNECTION_API_VERSIONS {
+        assert_eq!(
+            az.client
+                .get(&foundry::KIND, &connection_id(), version)
+                .await
+                .unwrap(),
+            None
+        );
+    }
+    // An operator configured with the newest stable versions writes and deletes with them.
+    let settings = AzureSettings {
+        arm_endpoint: az.arm.url().to_owned(),
+        fic_api_version: "2026-05-31".into(),
+        foundry_api_version: "2026-09-01".into(),
+    };
+    let source =
+        ClientSecretSource::new(&az.entra, TENANT, OPERATOR_CLIENT_ID, OPERATOR_SECRET).unwrap();
+    let newest = ArmClient::new(
+        settings,
+        TokenProvider::new(Arc::new(source), pgmcp_identity::ARM_SCOPE),
+        az.metrics.clone(),
+    )
+    .unwrap()
+    .with_root_certificates(&std::fs::read(az.arm.ca_cert()).unwrap())
+    .unwrap()
+    .with_retry_policy(fast());
+    fic::ensure(&newest, &desired_fic(ISSUER)).await.unwrap();
+    foundry::ensure(&newest, &desired_connection("https://mcp.contoso.com/mcp"))
+        .await
+        .unwrap();
+    fic::delete(&newest, &identity_id(), &fic::name_for("agents", "sales"))
+        .await
+        .unwrap();
+    foundry::delete(&newest, &project_id(), "sales-postgres")
+        .await
+        .unwrap();
+    assert!(az.arm.resources_under(&identity_id()).is_empty());
+    assert!(az.arm.resources_under(&project_id()).is_empty());
+
+    // A version the provider has, but without federated credentials, and one that never was.
+    for version in ["2021-09-30-preview", "2026-99-99"] {
+        let err = az
+            .client
+            .get(&fic::KIND, &fic_id(), version)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some("NoRegisteredProviderFound"), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn connection_categories_and_auth_types_arm_does_not_list_are_stored_as_sent() {
+    // `category` and `authType` are extensible enums (azure-rest-api-specs models.tsp:
+    // `union ConnectionCategory { string, … }`, `union ConnectionAuthType { string, … }`): ARM
+    // takes values newer than any list a client or fake knows.
+    let az = azure(Some(Role::Contributor)).await;
+    let mut body = foundry::body(&desired_connection("https://mcp.contoso.com/mcp"));
+    body["properties"]["category"] = json!("TelepathicTool");
+    body["properties"]["authType"] = json!("QuantumEntanglement");
+    let stored = az
+        .client
+        .put(
+            &foundry::KIND,
+            &connection_id(),
+            &az.client.settings().foundry_api_version,
+            &body,
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored["properties"]["category"], json!("TelepathicTool"));
+    assert_eq!(
+        stored["properties"]["authType"],
+        json!("QuantumEntanglement")
+    );
+    assert_eq!(stored["properties"]["group"], json!("ServicesAndApps"));
+
+    // Known values in another spelling come back in ARM's.
+    body["properties"]["category"] = json!("remotetool");
+    body["properties"]["authType"] = json!("projectmanagedidentity");
+    let stored = az
+        .client
+        .put(
+            &foundry::KIND,
+            &connection_id(),
+            &az.client.settings().foundry_api_version,
+            &body,
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored["properties"]["category"], json!("RemoteTool"));
+    assert_eq!(
+        stored["properties"]["authType"],
+        json!("ProjectManagedIdentity")
+    );
+    assert_eq!(stored["properties"]["group"], json!("GenericProtocol"));
 }
 
 /// Hands out one fixed token.

@@ -3,7 +3,8 @@
 //! through the ARM fake and gives it the server app's role through the Graph fake. Without the
 //! Graph permission the binding says so and stalls; with it, exactly one assignment is made,
 //! tokens Entra issues to the project identity for the server carry the role, a steady state
-//! writes nothing, and deleting the binding takes the assignment back.
+//! writes nothing, and deleting the binding takes the assignment back. And, with a plain HTTP
+//! client, how Graph's lists page: `$top`, `@odata.nextLink`, `$skiptoken`.
 
 #![allow(clippy::unwrap_used)]
 
@@ -12,7 +13,8 @@ use std::time::Duration;
 
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use pgmcp_crds::v1alpha1::PostgresMcpBinding;
-use pgmcp_tests::arm::{ArmFake, Role};
+use pgmcp_identity::TokenSource as _;
+use pgmcp_tests::arm::{ArmFake, ClientSecretSource, Role};
 use pgmcp_tests::bindings::{condition, create_admin_secret, kubectl_apply, wait_condition};
 use pgmcp_tests::entra::{App, EntraFake};
 use pgmcp_tests::graph::{
@@ -278,4 +280,185 @@ async fn assign_app_role_gives_the_project_identity_the_server_role_and_takes_it
         arm.resource(&format!("{project_id}/connections/sales-postgres"))
             .is_none()
     );
+}
+
+/// The operator's own app, for a client that reads Graph directly.
+const READER_SECRET: &str = "graph-reader-secret";
+
+/// An HTTPS client trusting the Graph fake, and a Graph token of the operator's app.
+async fn graph_client(entra: &EntraFake, graph: &GraphFake) -> (reqwest::Client, String) {
+    let ca = std::fs::read(graph.ca_cert()).unwrap();
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .build()
+        .unwrap();
+    let source = ClientSecretSource::new(entra, TENANT, OPERATOR_CLIENT_ID, READER_SECRET).unwrap();
+    let token = source
+        .fetch("https://graph.microsoft.com/.default")
+        .await
+        .unwrap();
+    (http, token.secret().to_owned())
+}
+
+/// GETs `url` and every `@odata.nextLink` after it, checking each link stays on the fake's
+/// origin and path; the pages' items.
+async fn all_pages(http: &reqwest::Client, token: &str, url: &str) -> Vec<Vec<Value>> {
+    let (origin_and_path, _) = url.split_once('?').unwrap_or((url, ""));
+    let mut pages = Vec::new();
+    let mut next = Some(url.to_owned());
+    while let Some(url) = next.take() {
+        let page: Value = http
+            .get(&url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        pages.push(page["value"].as_array().unwrap().clone());
+        if let Some(link) = page["@odata.nextLink"].as_str() {
+            assert!(
+                link.starts_with(&format!("{origin_and_path}?")) && link.contains("$skiptoken="),
+                "{link}"
+            );
+            next = Some(link.to_owned());
+        }
+    }
+    pages
+}
+
+fn principals(page: &[Value]) -> Vec<&str> {
+    page.iter()
+        .map(|a| a["principalId"].as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn graph_lists_come_in_pages_and_a_client_gets_all_by_following_next_links() {
+    let entra = Arc::new(EntraFake::start().await.unwrap());
+    entra.add_tenant(TENANT).unwrap();
+    entra
+        .register_app(
+            TENANT,
+            App {
+                client_id: OPERATOR_CLIENT_ID.into(),
+                object_id: OPERATOR_OBJECT_ID.into(),
+                display_name: "pgmcp-operator".into(),
+                secret: Some(READER_SECRET.into()),
+                access_token_version: 1,
+                ..App::default()
+            },
+        )
+        .unwrap();
+    let graph = GraphFake::start(entra.clone(), TENANT).await.unwrap();
+    graph.add_service_principal(
+        SERVER_APP_ID,
+        SERVER_SP_ID,
+        &[AppRole {
+            id: MCP_READ_ID.into(),
+            value: "MCP.Read".into(),
+        }],
+    );
+    graph.add_service_principal(PROJECT_CLIENT_ID, PROJECT_OBJECT_ID, &[]);
+    graph.grant(OPERATOR_OBJECT_ID, APPLICATION_READ_ALL);
+    graph.grant(OPERATOR_OBJECT_ID, APP_ROLE_ASSIGNMENT_READ_WRITE_ALL);
+    let (http, token) = graph_client(&entra, &graph).await;
+
+    // Seven other clients hold the role before the project gets it.
+    let others = graph.add_assignments(SERVER_SP_ID, MCP_READ_ID, 7).unwrap();
+    let list = format!(
+        "{}/v1.0/servicePrincipals/{SERVER_SP_ID}/appRoleAssignedTo",
+        graph.url()
+    );
+    let created = http
+        .post(&list)
+        .bearer_auth(&token)
+        .json(&json!({
+            "principalId": PROJECT_OBJECT_ID, "resourceId": SERVER_SP_ID, "appRoleId": MCP_READ_ID
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+
+    // Three to a page: the project's assignment is on page 3, found only through the links.
+    graph.set_max_page_size(Some(3));
+    let pages = all_pages(&http, &token, &list).await;
+    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [3, 3, 2]);
+    let mut expected: Vec<&str> = others.iter().map(|a| a.principal_id.as_str()).collect();
+    expected.push(PROJECT_OBJECT_ID);
+    assert_eq!(principals(&pages.concat()), expected, "all, in order, once");
+    assert_eq!(principals(&pages[2]).last(), Some(&PROJECT_OBJECT_ID));
+    assert_eq!(graph.count("GET", "/appRoleAssignedTo"), 3);
+
+    // `$top` asks for fewer; the links keep it (the cap only ever lowers it).
+    let pages = all_pages(&http, &token, &format!("{list}?$top=2")).await;
+    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 2, 2]);
+    let first: Value = http
+        .get(format!("{list}?$top=2"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let link = first["@odata.nextLink"].as_str().unwrap();
+    assert!(link.contains("$top=2&$skiptoken="), "{link}");
+
+    // Items added between pages neither shift nor repeat what was read: they come at the end.
+    let first: Value = http
+        .get(&list)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let later = graph.add_assignments(SERVER_SP_ID, MCP_READ_ID, 2).unwrap();
+    let rest = all_pages(&http, &token, first["@odata.nextLink"].as_str().unwrap()).await;
+    let rest = rest.concat();
+    let mut seen = principals(first["value"].as_array().unwrap());
+    seen.extend(principals(&rest));
+    expected.extend(later.iter().map(|a| a.principal_id.as_str()));
+    assert_eq!(seen, expected);
+
+    // Without the cap: Graph's default page of up to 100 holds them all.
+    graph.set_max_page_size(None);
+    let pages = all_pages(&http, &token, &list).await;
+    assert_eq!(pages.len(), 1);
+    assert_eq!(pages[0].len(), 10);
+
+    // Graph's bounds on `$top`, and tokens it never issued.
+    for query in ["$top=0", "$top=1000", "$skiptoken=not-a-token"] {
+        let refused = http
+            .get(format!("{list}?{query}"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 400, "{query}");
+    }
+
+    // A nextLink is checked like any request: without the permission, 403.
+    graph.set_max_page_size(Some(3));
+    let first: Value = http
+        .get(&list)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let next = first["@odata.nextLink"].as_str().unwrap();
+    graph.revoke_all(OPERATOR_OBJECT_ID);
+    let denied = http.get(next).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(denied.status(), 403);
+    let anonymous = http.get(next).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
 }
