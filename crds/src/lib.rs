@@ -25,6 +25,10 @@ pub const CRD_NAME: &str = "postgresmcpbindings.pgmcp.dev";
 pub const FIELD_MANAGER: &str = "pgmcp-operator";
 /// Finalizer guarding the cleanup of state outside the apiserver (grants, ARM resources).
 pub const FINALIZER: &str = "pgmcp.dev/cleanup";
+/// Finalizer on an administrator Secret (`postgres.admin.passwordSecretRef`) while a binding
+/// may still need it to clean up, as Kubernetes protects a PersistentVolumeClaim in use: a
+/// namespace deletion removes the Secret only after the bindings that name it are gone.
+pub const SECRET_IN_USE_FINALIZER: &str = "pgmcp.dev/secret-in-use";
 
 /// Well-known label keys put on every object the operator creates.
 pub mod labels {

@@ -82,16 +82,21 @@ pub struct PostgresMcpBindingSpec {
 #[serde(rename_all = "camelCase")]
 pub struct PostgresSpec {
     /// Host name or IP address of the PostgreSQL server, without scheme or port, for example
-    /// contoso.postgres.database.azure.com.
+    /// contoso.postgres.database.azure.com. Immutable: the principal lives on this server.
     #[schemars(length(min = 1, max = 253))]
-    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?$') || self.matches('^[0-9a-fA-F:]+$')")
-        .message("host must be a host name or IP address, without scheme, port or path"))]
+    #[x_kube(
+        validation = Rule::new("self.matches('^[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?$') || self.matches('^[0-9a-fA-F:]+$')")
+            .message("host must be a host name or IP address, without scheme, port or path"),
+        validation = crate::rules::immutable("host", "the principal lives on this server; create a new binding for another server")
+    )]
     pub host: String,
-    /// TCP port of the PostgreSQL server.
+    /// TCP port of the PostgreSQL server. Immutable, like host.
     #[serde(default = "default_port")]
     #[schemars(range(min = 1, max = 65535))]
+    #[x_kube(validation = crate::rules::immutable("port", "the principal lives on this server; create a new binding for another server"))]
     pub port: i32,
-    /// The database the agent reads.
+    /// The database the agent reads. Changing it moves the grants: they are made in the new
+    /// database, then revoked in the old one.
     #[schemars(length(min = 1, max = 63))]
     pub database: String,
     /// TLS mode for every connection (operator and MCP server): disable, prefer, require or
@@ -271,7 +276,10 @@ pub struct FederatedCredentialSpec {
     #[schemars(length(max = 512))]
     #[x_kube(validation = crate::rules::https_url("issuer"))]
     pub issuer: Option<String>,
-    /// Name of the federated credential. Defaults to pgmcp-<namespace>-<binding name>.
+    /// Name of the federated credential. Defaults to <namespace>_<binding name>, with the
+    /// binding name's dots as underscores (cut to 120 characters with a hash of the full name
+    /// when longer). Changing it replaces the credential: the new one is created, then the old
+    /// one deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 120))]
     #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9][-A-Za-z0-9_]{2,119}$')")
@@ -364,6 +372,13 @@ pub enum DeletionPolicy {
     Delete,
     /// Leave it in place.
     Orphan,
+}
+
+impl DeletionPolicy {
+    /// Whether this is the default, [`DeletionPolicy::Delete`].
+    pub fn is_delete(&self) -> bool {
+        *self == DeletionPolicy::Delete
+    }
 }
 
 /// The MCP server Deployment.
@@ -589,6 +604,107 @@ pub struct PostgresMcpBindingStatus {
     /// The Azure AI Foundry connection the operator manages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub foundry: Option<FoundryStatus>,
+    /// Everything the operator created outside the cluster for this binding, and where,
+    /// recorded before it is created. What is recorded but no longer asked for is removed; the
+    /// finalizer removes what is recorded, whatever the spec says by then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inventory: Option<Inventory>,
+}
+
+/// What the operator created outside the cluster for one binding.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Inventory {
+    /// The PostgreSQL role the MCP server signs in as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<RoleRecord>,
+    /// Azure Resource Manager resources: the federated identity credential and the Azure AI
+    /// Foundry connection.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub azure_resources: Vec<AzureResourceRecord>,
+    /// Microsoft Graph app role assignments (foundry.assignAppRole).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub app_role_assignments: Vec<AppRoleAssignmentRecord>,
+    /// The administrator Secret (postgres.admin.passwordSecretRef) this binding keeps from
+    /// deletion with the finalizer pgmcp.dev/secret-in-use until its cleanup no longer needs
+    /// it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_secret: Option<String>,
+}
+
+impl Inventory {
+    /// Nothing recorded.
+    pub fn is_empty(&self) -> bool {
+        self.role.is_none()
+            && self.azure_resources.is_empty()
+            && self.app_role_assignments.is_empty()
+            && self.admin_secret.is_none()
+    }
+}
+
+/// A PostgreSQL role the operator created (or found marked as this binding's).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RoleRecord {
+    /// Role name.
+    pub name: String,
+    /// pg_roles.oid of the role once it exists: a role dropped and made again by someone else
+    /// has another oid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oid: Option<i64>,
+    /// host:port of the PostgreSQL server.
+    pub server: String,
+    /// The databases it may hold grants in: spec.postgres.database, and an earlier one until
+    /// its grants there are revoked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub databases: Vec<String>,
+    /// Orphan when the role is to be left in place on removal.
+    #[serde(default, skip_serializing_if = "DeletionPolicy::is_delete")]
+    pub deletion_policy: DeletionPolicy,
+}
+
+/// Kinds of Azure Resource Manager resources the operator creates.
+#[derive(
+    Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord,
+)]
+pub enum AzureResourceKind {
+    /// Microsoft.ManagedIdentity/userAssignedIdentities/federatedIdentityCredentials.
+    FederatedIdentityCredential,
+    /// Microsoft.CognitiveServices/accounts/projects/connections.
+    FoundryConnection,
+}
+
+/// An Azure Resource Manager resource the operator created.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AzureResourceRecord {
+    /// What it is.
+    pub kind: AzureResourceKind,
+    /// Full ARM resource id.
+    pub id: String,
+    /// The api-version it was written with (and is deleted with).
+    pub api_version: String,
+    /// Orphan when the resource is to be left in place on removal.
+    #[serde(default, skip_serializing_if = "DeletionPolicy::is_delete")]
+    pub deletion_policy: DeletionPolicy,
+}
+
+/// A Microsoft Graph app role assignment the operator created.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AppRoleAssignmentRecord {
+    /// Graph's id of the assignment; empty until Graph has answered the creation.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
+    /// Object id of the service principal whose app role is assigned (the MCP server's app).
+    pub resource_id: String,
+    /// Object id of the principal holding it (the Foundry project's managed identity).
+    pub principal_id: String,
+    /// Id of the app role.
+    pub app_role_id: String,
+    /// Orphan when the assignment is to be left in place on removal.
+    #[serde(default, skip_serializing_if = "DeletionPolicy::is_delete")]
+    pub deletion_policy: DeletionPolicy,
 }
 
 /// The database principal.
