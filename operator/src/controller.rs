@@ -23,6 +23,8 @@ pub mod build;
 pub mod cleanup;
 pub mod database;
 pub mod fetch;
+pub mod protect;
+pub mod record;
 pub mod status;
 pub mod validate;
 
@@ -50,6 +52,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::settings::Defaults;
+use record::Record;
 use status::Outcome;
 
 /// Label selector of every child the operator creates (and watches).
@@ -187,6 +190,10 @@ pub enum Error {
     Database(#[from] database::Error),
     #[error(transparent)]
     Azure(#[from] azure::Error),
+    #[error(transparent)]
+    Protect(#[from] protect::Error),
+    #[error(transparent)]
+    Record(#[from] record::Error),
     #[error("failed to write the status of binding {binding}: {source}")]
     Status {
         binding: String,
@@ -223,6 +230,8 @@ impl Error {
             Error::Database(_) => "database",
             Error::Azure(e) if e.needs_user() => "azure_refused",
             Error::Azure(_) => "azure",
+            Error::Protect(_) => "secret_finalizer",
+            Error::Record(_) => "record",
             Error::Status { .. } => "status",
             Error::Finalizer(inner) => match inner.as_ref() {
                 F::ApplyFailed(e) | F::CleanupFailed(e) => e.metric_label(),
@@ -298,6 +307,23 @@ async fn reconcile_binding(binding: &PostgresMcpBinding, ctx: &Context) -> Resul
             });
         }
     };
+    // What exists outside the cluster, as recorded. The admin Secret is protected before
+    // anything is created that would need it to be removed.
+    let mut record = Record::load(binding);
+    if record.is_legacy() {
+        database::adopt_legacy(binding, &mut record);
+        azure::adopt_legacy(ctx, binding, &mut record).await?;
+    }
+    if let Err(err) =
+        protect::protect(ctx, binding, inputs.admin_secret.as_ref(), &mut record).await
+    {
+        let outcome = Outcome::Failed {
+            reason: "AdminSecretNotProtected",
+            message: err.to_string(),
+        };
+        write_status(ctx, binding, &outcome).await?;
+        return Err(err.into());
+    }
     let desired = build::build(&valid, &ctx.defaults);
     let mut notes = Notes::default();
     let applied = match apply::apply(ctx, binding, &desired).await {
@@ -326,6 +352,7 @@ async fn reconcile_binding(binding: &PostgresMcpBinding, ctx: &Context) -> Resul
         ctx,
         binding,
         &valid,
+        &mut record,
         inputs.admin_secret.as_ref(),
         inputs.password_secret.as_ref(),
     )
@@ -340,7 +367,7 @@ async fn reconcile_binding(binding: &PostgresMcpBinding, ctx: &Context) -> Resul
         };
         notes.normal(reason, truncate(&plan.to_string(), 1000));
     }
-    let azure = azure::reconcile(ctx, binding, &valid).await;
+    let azure = azure::reconcile(ctx, &valid, &mut record).await;
     for ensured in azure.ensured() {
         let verb = match ensured.change {
             crate::azure::Change::Unchanged => continue,
@@ -349,6 +376,11 @@ async fn reconcile_binding(binding: &PostgresMcpBinding, ctx: &Context) -> Resul
         };
         notes.normal(verb, format!("{} {}", verb.to_lowercase(), ensured.what));
     }
+    for removal in azure.removed.iter().filter(|r| r.result.is_ok()) {
+        notes.normal("Deleted", format!("deleted {}", removal.what));
+    }
+    // Objects found in place (adopted) are recorded now.
+    record.save(ctx).await?;
     let outcome = Outcome::Applied {
         valid: &valid,
         desired: &desired,
@@ -372,11 +404,8 @@ async fn reconcile_binding(binding: &PostgresMcpBinding, ctx: &Context) -> Resul
     if let Err(err) = database {
         return Err(err.into());
     }
-    for result in [azure.federated_credential, azure.foundry, azure.app_role]
-        .into_iter()
-        .flatten()
-    {
-        result?;
+    if let Some(err) = azure.into_errors().next() {
+        return Err(err.into());
     }
     Ok(Action::requeue(ctx.resync))
 }

@@ -4,8 +4,8 @@
 //! and the read-only probe.
 //!
 //! ```text
-//! principal   CREATE ROLE … LOGIN / pgaadauth_create_principal[_with_oid] with its ownership
-//!             mark, only when missing; a role someone else made is never taken over
+//! principal   CREATE ROLE … LOGIN / pgaadauth_create_principal[_with_oid] and its ownership
+//!             mark in one transaction; the caller never takes over a role someone else made
 //! grants      read the catalog, diff against the request, REVOKE extras, GRANT what is
 //!             missing, in one transaction; equal → no statement at all
 //! revoke all  every privilege the role holds in one database (removal, or a database the
@@ -92,6 +92,11 @@ pub enum Error {
 }
 
 impl Error {
+    /// The server answered that the database does not exist (SQLSTATE 3D000).
+    pub fn is_missing_database(&self) -> bool {
+        matches!(self, Error::Connect { message, .. } if message.starts_with("3D000"))
+    }
+
     /// Condition reason (bounded).
     pub fn reason(&self) -> &'static str {
         match self {
@@ -265,102 +270,127 @@ impl Principal {
     }
 }
 
-/// Creates the principal in `database` when it is missing (marked as `marker`'s binding), sets
-/// a password not yet applied, and refuses a role someone else made. `binding` names the
-/// binding in messages.
-pub async fn ensure_principal(
+/// A role as the catalog shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExistingRole {
+    pub oid: u32,
+    /// Its `COMMENT ON ROLE` (the ownership mark of a binding's role), or "".
+    pub comment: String,
+}
+
+impl ExistingRole {
+    /// The binding (`namespace/name`) whose mark the role carries, if any.
+    pub fn owner(&self) -> Option<&str> {
+        self.comment.strip_prefix(OWNERSHIP_PREFIX)
+    }
+}
+
+/// The role named `role`, if it exists.
+pub async fn find_role(
+    admin: &Admin<'_>,
+    database: &str,
+    role: &str,
+) -> Result<Option<ExistingRole>, Error> {
+    let client = admin.connect(database).await?;
+    let row = client
+        .query_opt(
+            "SELECT oid, coalesce(shobj_description(oid, 'pg_authid'), '') FROM pg_roles WHERE rolname = $1",
+            &[&role],
+        )
+        .await
+        .map_err(admin.sql(database, "look up the role"))?;
+    admin.release(database, client);
+    Ok(row.map(|r| ExistingRole {
+        oid: r.get(0),
+        comment: r.get(1),
+    }))
+}
+
+/// Creates the principal with its ownership mark, in one transaction: a crash (or a lost
+/// connection) between the two leaves neither, never a role without its mark, which would look
+/// like someone else's forever after. Returns the new role's oid.
+pub async fn create_principal(
     admin: &Admin<'_>,
     database: &str,
     principal: &Principal,
     marker: &str,
-    binding: &str,
-) -> Result<(), Error> {
-    let client = admin.connect(database).await?;
+) -> Result<u32, Error> {
+    let mut client = admin.connect(database).await?;
     let role = principal.role();
     let sql = |action: &str| admin.sql(database, action.to_owned());
-    let existing = client
-        .query_opt(
-            "SELECT coalesce(shobj_description(oid, 'pg_authid'), '') FROM pg_roles WHERE rolname = $1",
-            &[&role],
-        )
+    let tx = client
+        .transaction()
         .await
-        .map_err(sql("look up the role"))?;
-    match existing {
-        Some(row) if row.get::<_, String>(0) != marker => {
-            let comment: String = row.get(0);
-            return Err(Error::RoleConflict {
-                role: role.to_owned(),
-                server: admin.server(),
-                binding: binding.to_owned(),
-                owner: comment.strip_prefix(OWNERSHIP_PREFIX).map(str::to_owned),
-            });
-        }
-        Some(_) => {
-            if let Principal::Password {
-                password,
-                applied: false,
-                ..
-            } = principal
-            {
-                client
-                    .batch_execute(&format!(
-                        "ALTER ROLE {} PASSWORD {}",
-                        quote(role),
-                        literal(password)
-                    ))
-                    .await
-                    .map_err(sql(&format!("set the password of role {role}")))?;
-                admin.metrics.sql_statements("role", 1);
-            }
-            admin.release(database, client);
-            return Ok(());
-        }
-        None => {}
-    }
+        .map_err(sql("begin a transaction"))?;
     match principal {
         Principal::Entra {
             object_id: Some(oid),
             ..
         } => {
-            client
-                .query(
-                    "SELECT * FROM pgaadauth_create_principal_with_oid($1, $2, 'service', false, false)",
-                    &[&role, oid],
-                )
-                .await
-                .map_err(sql(&format!("create the Microsoft Entra principal {role}")))?;
+            tx.query(
+                "SELECT * FROM pgaadauth_create_principal_with_oid($1, $2, 'service', false, false)",
+                &[&role, oid],
+            )
+            .await
+            .map_err(sql(&format!("create the Microsoft Entra principal {role}")))?;
         }
         Principal::Entra {
             object_id: None, ..
         } => {
-            client
-                .query(
-                    "SELECT * FROM pgaadauth_create_principal($1, false, false)",
-                    &[&role],
-                )
-                .await
-                .map_err(sql(&format!("create the Microsoft Entra principal {role}")))?;
+            tx.query(
+                "SELECT * FROM pgaadauth_create_principal($1, false, false)",
+                &[&role],
+            )
+            .await
+            .map_err(sql(&format!("create the Microsoft Entra principal {role}")))?;
         }
         Principal::Password { password, .. } => {
-            client
-                .batch_execute(&format!(
-                    "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD {}",
-                    quote(role),
-                    literal(password)
-                ))
-                .await
-                .map_err(sql(&format!("create role {role}")))?;
+            tx.batch_execute(&format!(
+                "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD {}",
+                quote(role),
+                literal(password)
+            ))
+            .await
+            .map_err(sql(&format!("create role {role}")))?;
         }
     }
+    tx.batch_execute(&format!(
+        "COMMENT ON ROLE {} IS {}",
+        quote(role),
+        literal(marker)
+    ))
+    .await
+    .map_err(sql(&format!("mark role {role} as managed")))?;
+    let oid: u32 = tx
+        .query_one("SELECT oid FROM pg_roles WHERE rolname = $1", &[&role])
+        .await
+        .map_err(sql(&format!("read the oid of role {role}")))?
+        .get(0);
+    tx.commit()
+        .await
+        .map_err(sql(&format!("commit the creation of role {role}")))?;
+    admin.metrics.sql_statements("role", 2);
+    admin.release(database, client);
+    Ok(oid)
+}
+
+/// Sets `role`'s password.
+pub async fn set_password(
+    admin: &Admin<'_>,
+    database: &str,
+    role: &str,
+    password: &str,
+) -> Result<(), Error> {
+    let client = admin.connect(database).await?;
     client
         .batch_execute(&format!(
-            "COMMENT ON ROLE {} IS {}",
+            "ALTER ROLE {} PASSWORD {}",
             quote(role),
-            literal(marker)
+            literal(password)
         ))
         .await
-        .map_err(sql(&format!("mark role {role} as managed")))?;
-    admin.metrics.sql_statements("role", 2);
+        .map_err(admin.sql(database, format!("set the password of role {role}")))?;
+    admin.metrics.sql_statements("role", 1);
     admin.release(database, client);
     Ok(())
 }
@@ -489,29 +519,15 @@ async fn lock_grants(tx: &tokio_postgres::Transaction<'_>) -> Result<(), tokio_p
     .await
 }
 
-/// Whether the role `role` exists and carries `marker` (`None` when it does not exist).
-pub async fn role_is_marked(
-    admin: &Admin<'_>,
-    database: &str,
-    role: &str,
-    marker: &str,
-) -> Result<Option<bool>, Error> {
-    let client = admin.connect(database).await?;
-    let row = client
-        .query_opt(
-            "SELECT coalesce(shobj_description(oid, 'pg_authid'), '') FROM pg_roles WHERE rolname = $1",
-            &[&role],
-        )
-        .await
-        .map_err(admin.sql(database, "look up the role"))?;
-    admin.release(database, client);
-    Ok(row.map(|r| r.get::<_, String>(0) == marker))
-}
-
 /// Revokes every privilege `role` holds in `database` (its own grants: what PUBLIC or another
-/// role gives it is not the role's to lose). Refuses while the role owns objects there.
+/// role gives it is not the role's to lose). Refuses while the role owns objects there. A
+/// database that no longer exists took its grants with it.
 pub async fn revoke_all(admin: &Admin<'_>, role: &str, database: &str) -> Result<(), Error> {
-    let mut client = admin.connect(database).await?;
+    let mut client = match admin.connect(database).await {
+        Ok(client) => client,
+        Err(err) if err.is_missing_database() => return Ok(()),
+        Err(err) => return Err(err),
+    };
     let sql = |action: &str| admin.sql(database, action.to_owned());
     let tx = client
         .transaction()

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use crate::arm::{ArmFake, Role};
-use crate::entra::EntraFake;
+use crate::entra::{App, EntraFake};
+use crate::graph::{APP_ROLE_ASSIGNMENT_READ_WRITE_ALL, APPLICATION_READ_ALL, AppRole, GraphFake};
 use crate::operator::{Operator, WorkloadIdentity};
 use crate::postgres::PGAADAUTH_FIXTURE;
 use crate::{TestEnv, TestNamespace};
@@ -24,6 +25,9 @@ pub const MI_OBJECT_ID: &str = "33333333-3333-4333-8333-333333333333";
 pub const SERVER_APP_ID: &str = "44444444-4444-4444-8444-444444444444";
 /// `spec.server.publicUrl` of [`Foundry::binding`].
 pub const PUBLIC_URL: &str = "https://mcp.contoso.test/agents/sales/mcp";
+/// The service principal of [`SERVER_APP_ID`] in the Graph fake, and its `MCP.Read` app role.
+pub const SERVER_SP_ID: &str = "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa";
+pub const MCP_READ_ID: &str = "bbbbbbbb-bbbb-4bbb-8bbb-bbbbbbbbbbbb";
 
 /// Where the binding's database is.
 #[derive(Debug, Clone)]
@@ -48,6 +52,8 @@ pub struct Foundry {
     pub project_id: String,
     /// A superuser connection to the target database.
     pub admin: Arc<tokio_postgres::Client>,
+    /// Microsoft Graph, once [`Foundry::start_graph`] ran (`foundry.assignAppRole`).
+    pub graph: Option<GraphFake>,
 }
 
 impl Foundry {
@@ -99,7 +105,79 @@ impl Foundry {
             identity_id,
             project_id,
             admin,
+            graph: None,
         })
+    }
+
+    /// Starts a Graph fake for `foundry.assignAppRole`: the server app's service principal with
+    /// app role `MCP.Read`, the service principal of the project's managed identity, and Graph
+    /// permissions for the operator to read and assign app roles.
+    pub async fn start_graph(&mut self) -> anyhow::Result<()> {
+        let graph = GraphFake::start(self.entra.clone(), TENANT).await?;
+        self.entra.register_app(
+            TENANT,
+            App {
+                client_id: SERVER_APP_ID.to_owned(),
+                object_id: SERVER_SP_ID.to_owned(),
+                display_name: "pgmcp-sales".to_owned(),
+                access_token_version: 1,
+                ..App::default()
+            },
+        )?;
+        graph.add_service_principal(
+            SERVER_APP_ID,
+            SERVER_SP_ID,
+            &[AppRole {
+                id: MCP_READ_ID.to_owned(),
+                value: "MCP.Read".to_owned(),
+            }],
+        );
+        graph.grant(OPERATOR_OBJECT_ID, APPLICATION_READ_ALL);
+        graph.grant(OPERATOR_OBJECT_ID, APP_ROLE_ASSIGNMENT_READ_WRITE_ALL);
+        self.graph = Some(graph);
+        self.add_graph_project(&self.project_id.clone())
+    }
+
+    /// Registers the managed identity of project `project_id` (in the ARM fake) as a service
+    /// principal in Graph and an app in Entra, so app roles can be assigned to it.
+    pub fn add_graph_project(&self, project_id: &str) -> anyhow::Result<()> {
+        let graph = self
+            .graph
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("start_graph first"))?;
+        let principal = self
+            .arm
+            .project_principal_id(project_id)
+            .ok_or_else(|| anyhow::anyhow!("no project {project_id} in the ARM fake"))?;
+        // The identity's client id: its object id with the version nibble of another GUID.
+        let client_id = format!("{}c{}", &principal[..14], &principal[15..]);
+        self.entra.register_app(
+            TENANT,
+            App {
+                client_id: client_id.clone(),
+                object_id: principal.clone(),
+                display_name: project_id.rsplit('/').next().unwrap_or_default().to_owned(),
+                access_token_version: 1,
+                ..App::default()
+            },
+        )?;
+        graph.add_service_principal(&client_id, &principal, &[]);
+        Ok(())
+    }
+
+    /// The Graph fake's assignments held by the managed identity of project `project_id`.
+    pub fn project_assignments(&self, project_id: &str) -> Vec<crate::graph::Assignment> {
+        let principal = self
+            .arm
+            .project_principal_id(project_id)
+            .unwrap_or_default();
+        self.graph
+            .as_ref()
+            .map(|g| g.assignments())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|a| a.principal_id == principal)
+            .collect()
     }
 
     /// Starts the operator on `ns` with its workload identity (federated in the Entra fake),
@@ -112,14 +190,21 @@ impl Foundry {
         extra: &[&str],
     ) -> anyhow::Result<Operator> {
         let arm_flag = format!("--arm-endpoint={}", self.arm.url());
+        let graph_flag = self
+            .graph
+            .as_ref()
+            .map(|g| format!("--graph-endpoint={}", g.url()));
         let mut flags = vec![arm_flag.as_str()];
+        flags.extend(graph_flag.as_deref());
         flags.extend_from_slice(extra);
+        let mut trust = vec![self.entra.ca_cert(), self.arm.ca_cert()];
+        trust.extend(self.graph.as_ref().map(|g| g.ca_cert()));
         let identity = WorkloadIdentity {
             entra: &self.entra,
             tenant: TENANT,
             client_id: OPERATOR_CLIENT_ID,
             object_id: OPERATOR_OBJECT_ID,
-            trust: &[self.entra.ca_cert(), self.arm.ca_cert()],
+            trust: &trust,
         };
         Operator::start_with_workload_identity(env, ns, name, &identity, &flags).await
     }

@@ -6,10 +6,12 @@
 //!    audience that is not `api://<client id>` is looked up by `servicePrincipalNames`), and the
 //!    app role whose `value` is the required role;
 //! 2. ARM `GET {projectResourceId}` → `identity.principalId`;
-//! 3. `GET /v1.0/servicePrincipals/{resource}/appRoleAssignedTo`, and only when no assignment
-//!    of that role to that principal exists, `POST` `{principalId, resourceId, appRoleId}`.
+//! 3. `GET /v1.0/servicePrincipals/{resource}/appRoleAssignedTo?$top=999`, every page (Graph
+//!    pages the list; a service principal with many assignees has more than one), and only
+//!    when no assignment of that role to that principal exists, `POST`
+//!    `{principalId, resourceId, appRoleId}`.
 //!
-//! Removal deletes that assignment (404 = done). No Kubernetes here.
+//! Removal deletes an assignment by its id (404 = done). No Kubernetes here.
 
 use serde_json::{Value, json};
 
@@ -160,10 +162,9 @@ pub fn body(principal_id: &str, resource_id: &str, app_role_id: &str) -> Value {
     json!({"principalId": principal_id, "resourceId": resource_id, "appRoleId": app_role_id})
 }
 
-/// The id of the assignment of `app_role_id` to `principal_id` in an `appRoleAssignedTo` list.
-pub fn find_assignment(list: &Value, principal_id: &str, app_role_id: &str) -> Option<String> {
-    list["value"]
-        .as_array()?
+/// The id of the assignment of `app_role_id` to `principal_id` among `appRoleAssignedTo` items.
+pub fn find_assignment(items: &[Value], principal_id: &str, app_role_id: &str) -> Option<String> {
+    items
         .iter()
         .find(|a| {
             a["principalId"]
@@ -206,9 +207,9 @@ async fn service_principal(graph: &GraphClient, audience: &str) -> Result<Option
             );
             let url = graph.url("servicePrincipals", &[("$filter", &filter), select]);
             graph
-                .get(call, &url)
+                .list(call, &url)
                 .await?
-                .and_then(|list| list["value"].as_array()?.first().cloned())
+                .and_then(|list| list.into_iter().next())
         }
     };
     match found {
@@ -221,14 +222,22 @@ async fn service_principal(graph: &GraphClient, audience: &str) -> Result<Option
     }
 }
 
-/// Everything the assignment is made of, or `None` when part of it no longer exists.
-struct Parts {
-    resource_id: String,
-    app_role_id: String,
-    principal_id: String,
+/// Everything an assignment is made of: Graph object ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parts {
+    /// The server app's service principal.
+    pub resource_id: String,
+    pub app_role_id: String,
+    /// The Foundry project's managed identity.
+    pub principal_id: String,
+    /// For messages: "app role MCP.Read of 4444… to the managed identity … of Foundry project …",
+    /// or, for a recorded assignment, the ids.
+    pub what: String,
 }
 
-async fn parts(
+/// The parts of `desired`, or `None` when one of them no longer exists (with `missing_is_error`,
+/// an error naming it).
+pub async fn parts(
     arm: &ArmClient,
     graph: &GraphClient,
     desired: &Desired,
@@ -277,31 +286,94 @@ async fn parts(
         }
     };
     Ok(Some(Parts {
+        what: format!(
+            "app role assignment of {} on {} to the managed identity {} of Foundry project {}",
+            desired.role, desired.audience, principal_id, desired.project_resource_id
+        ),
         resource_id,
         app_role_id,
         principal_id,
     }))
 }
 
-async fn existing(
-    graph: &GraphClient,
-    parts: &Parts,
-    what: &str,
-) -> Result<(Option<String>, String), Error> {
-    let path = format!("servicePrincipals/{}/appRoleAssignedTo", parts.resource_id);
+/// `servicePrincipals/{resource}/appRoleAssignedTo`.
+fn assignments_path(resource_id: &str) -> String {
+    format!("servicePrincipals/{resource_id}/appRoleAssignedTo")
+}
+
+/// The id of the assignment `parts` describes, read from every page of the service
+/// principal's assignments.
+pub async fn find(graph: &GraphClient, parts: &Parts) -> Result<Option<String>, Error> {
+    let what = &parts.what;
     let call = Call {
         action: Action::Read,
         op: "graph_assignments_list",
         what,
     };
-    let list = graph
-        .get(call, &graph.url(&path, &[]))
-        .await?
-        .unwrap_or(Value::Null);
-    Ok((
-        find_assignment(&list, &parts.principal_id, &parts.app_role_id),
-        path,
+    let url = graph.url(&assignments_path(&parts.resource_id), &[("$top", "999")]);
+    let list = graph.list(call, &url).await?.unwrap_or_default();
+    Ok(find_assignment(
+        &list,
+        &parts.principal_id,
+        &parts.app_role_id,
     ))
+}
+
+/// Creates the assignment; returns Graph's id of it.
+pub async fn create(graph: &GraphClient, parts: &Parts) -> Result<String, Error> {
+    let what = &parts.what;
+    let call = Call {
+        action: Action::CreateOrUpdate,
+        op: "graph_assignment_post",
+        what,
+    };
+    let stored = graph
+        .post(
+            call,
+            &graph.url(&assignments_path(&parts.resource_id), &[]),
+            &body(&parts.principal_id, &parts.resource_id, &parts.app_role_id),
+        )
+        .await?;
+    let id = stored["id"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| Error::InvalidResponse {
+            what: what.clone(),
+            message: "the created assignment has no id".to_owned(),
+        })?;
+    tracing::info!(assignment = %id, principal = %parts.principal_id, "app role assigned");
+    Ok(id)
+}
+
+/// Deletes assignment `id` of service principal `resource_id`; `Ok(false)` when it was gone.
+pub async fn delete_by_id(graph: &GraphClient, resource_id: &str, id: &str) -> Result<bool, Error> {
+    let what = format!("app role assignment {id} of service principal {resource_id}");
+    // Assignment ids are base64url and object ids GUIDs: keep the path to those alphabets.
+    let base64url = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+    };
+    if !base64url(id) || !is_guid(resource_id) {
+        return Err(Error::InvalidResponse {
+            what,
+            message: "the assignment id is not base64url or the service principal id not a GUID"
+                .to_owned(),
+        });
+    }
+    let call = Call {
+        action: Action::Delete,
+        op: "graph_assignment_delete",
+        what: &what,
+    };
+    let deleted = graph
+        .delete(
+            call,
+            &graph.url(&format!("{}/{id}", assignments_path(resource_id)), &[]),
+        )
+        .await?;
+    tracing::info!(assignment = %id, deleted, "app role assignment removed");
+    Ok(deleted)
 }
 
 /// Makes sure the project's identity holds the role: returns the assignment id and whether it
@@ -316,75 +388,10 @@ pub async fn ensure(
             project: desired.project_resource_id.clone(),
         });
     };
-    let what = format!(
-        "app role assignment of {} on {} to the managed identity {} of Foundry project {}",
-        desired.role, desired.audience, parts.principal_id, desired.project_resource_id
-    );
-    let (found, path) = existing(graph, &parts, &what).await?;
-    if let Some(id) = found {
+    if let Some(id) = find(graph, &parts).await? {
         return Ok((id, Change::Unchanged));
     }
-    let call = Call {
-        action: Action::CreateOrUpdate,
-        op: "graph_assignment_post",
-        what: &what,
-    };
-    let stored = graph
-        .post(
-            call,
-            &graph.url(&path, &[]),
-            &body(&parts.principal_id, &parts.resource_id, &parts.app_role_id),
-        )
-        .await?;
-    let id = stored["id"]
-        .as_str()
-        .map(str::to_owned)
-        .ok_or_else(|| Error::InvalidResponse {
-            what: what.clone(),
-            message: "the created assignment has no id".to_owned(),
-        })?;
-    tracing::info!(assignment = %id, role = %desired.role, principal = %parts.principal_id, "app role assigned");
-    Ok((id, Change::Created))
-}
-
-/// Removes the assignment; `Ok(false)` when there was none (or the app, role or project is
-/// gone, which takes the assignment with it).
-pub async fn delete(
-    arm: &ArmClient,
-    graph: &GraphClient,
-    desired: &Desired,
-) -> Result<bool, Error> {
-    let Some(parts) = parts(arm, graph, desired, false).await? else {
-        return Ok(false);
-    };
-    let what = format!(
-        "app role assignment of {} on {} to the managed identity {} of Foundry project {}",
-        desired.role, desired.audience, parts.principal_id, desired.project_resource_id
-    );
-    let (Some(id), path) = existing(graph, &parts, &what).await? else {
-        return Ok(false);
-    };
-    // Assignment ids are base64url, not GUIDs: keep them to that alphabet in the path.
-    if id.is_empty()
-        || !id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
-    {
-        return Err(Error::InvalidResponse {
-            what,
-            message: format!("assignment id {id:?} is not base64url"),
-        });
-    }
-    let call = Call {
-        action: Action::Delete,
-        op: "graph_assignment_delete",
-        what: &what,
-    };
-    let deleted = graph
-        .delete(call, &graph.url(&format!("{path}/{id}"), &[]))
-        .await?;
-    tracing::info!(assignment = %id, deleted, "app role assignment removed");
-    Ok(deleted)
+    Ok((create(graph, &parts).await?, Change::Created))
 }
 
 #[cfg(test)]
@@ -431,13 +438,13 @@ mod tests {
             body("p", "r", "a"),
             json!({"principalId": "p", "resourceId": "r", "appRoleId": "a"})
         );
-        let list = json!({"value": [
-            {"id": "x1", "principalId": "P", "appRoleId": "other"},
-            {"id": "x2", "principalId": "P", "appRoleId": "A"},
-        ]});
+        let list = [
+            json!({"id": "x1", "principalId": "P", "appRoleId": "other"}),
+            json!({"id": "x2", "principalId": "P", "appRoleId": "A"}),
+        ];
         assert_eq!(find_assignment(&list, "p", "a").as_deref(), Some("x2"));
         assert_eq!(find_assignment(&list, "q", "a"), None);
-        assert_eq!(find_assignment(&json!({}), "p", "a"), None);
+        assert_eq!(find_assignment(&[], "p", "a"), None);
     }
 
     #[test]

@@ -135,31 +135,56 @@ fn arm_id(answer: &Value, fallback: String) -> String {
         .map_or(fallback, str::to_owned)
 }
 
+/// What ARM holds, compared with what `desired` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observed {
+    /// The credential says what it should; its ARM id.
+    InPlace(String),
+    /// A write is needed: [`Change::Created`] or [`Change::Updated`].
+    Differs(Change),
+}
+
+/// Reads the credential and compares it with `desired`.
+pub async fn observe(arm: &ArmClient, desired: &Desired) -> Result<Observed, Error> {
+    let id = resource_id(&desired.identity_resource_id, &desired.name);
+    let api_version = &arm.settings().fic_api_version;
+    Ok(match arm.get(&KIND, &id, api_version).await? {
+        Some(observed) if matches(&observed, desired) => Observed::InPlace(arm_id(&observed, id)),
+        Some(_) => Observed::Differs(Change::Updated),
+        None => Observed::Differs(Change::Created),
+    })
+}
+
+/// Writes the credential (PUT); returns its ARM id.
+pub async fn write(arm: &ArmClient, desired: &Desired, change: Change) -> Result<String, Error> {
+    let id = resource_id(&desired.identity_resource_id, &desired.name);
+    let api_version = &arm.settings().fic_api_version;
+    let stored = arm.put(&KIND, &id, api_version, &body(desired)).await?;
+    tracing::info!(resource = %id, ?change, issuer = %desired.issuer, subject = %desired.subject, "federated identity credential written");
+    Ok(arm_id(&stored, id))
+}
+
 /// Makes the credential say what `desired` says: GET, and PUT only when it is missing or
 /// differs. Returns its ARM id and what changed.
 pub async fn ensure(arm: &ArmClient, desired: &Desired) -> Result<(String, Change), Error> {
-    let id = resource_id(&desired.identity_resource_id, &desired.name);
-    let api_version = &arm.settings().fic_api_version;
-    let change = match arm.get(&KIND, &id, api_version).await? {
-        Some(observed) if matches(&observed, desired) => {
-            return Ok((arm_id(&observed, id), Change::Unchanged));
-        }
-        Some(_) => Change::Updated,
-        None => Change::Created,
-    };
-    let stored = arm.put(&KIND, &id, api_version, &body(desired)).await?;
-    tracing::info!(resource = %id, ?change, issuer = %desired.issuer, subject = %desired.subject, "federated identity credential written");
-    Ok((arm_id(&stored, id), change))
+    match observe(arm, desired).await? {
+        Observed::InPlace(id) => Ok((id, Change::Unchanged)),
+        Observed::Differs(change) => Ok((write(arm, desired, change).await?, change)),
+    }
+}
+
+/// Deletes the credential with id `id` (written with `api_version`); `Ok` when it is already
+/// gone.
+pub async fn delete_by_id(arm: &ArmClient, id: &str, api_version: &str) -> Result<(), Error> {
+    let deleted = arm.delete(&KIND, id, api_version).await?;
+    tracing::info!(resource = %id, deleted, "federated identity credential removed");
+    Ok(())
 }
 
 /// Deletes the credential; `Ok` when it is already gone.
 pub async fn delete(arm: &ArmClient, identity_resource_id: &str, name: &str) -> Result<(), Error> {
     let id = resource_id(identity_resource_id, name);
-    let deleted = arm
-        .delete(&KIND, &id, &arm.settings().fic_api_version)
-        .await?;
-    tracing::info!(resource = %id, deleted, "federated identity credential removed");
-    Ok(())
+    delete_by_id(arm, &id, &arm.settings().fic_api_version).await
 }
 
 #[cfg(test)]

@@ -86,21 +86,44 @@ fn matches(observed: &Value, desired: &Desired) -> bool {
         && p["metadata"]["type"].as_str() == Some(METADATA_TYPE)
 }
 
+/// What ARM holds, compared with what `desired` says.
+pub use super::fic::Observed;
+
+/// Reads the connection and compares it with `desired`.
+pub async fn observe(arm: &ArmClient, desired: &Desired) -> Result<Observed, Error> {
+    let id = resource_id(&desired.project_resource_id, &desired.connection_name);
+    let api_version = &arm.settings().foundry_api_version;
+    Ok(match arm.get(&KIND, &id, api_version).await? {
+        Some(observed) if matches(&observed, desired) => Observed::InPlace(arm_id(&observed, id)),
+        Some(_) => Observed::Differs(Change::Updated),
+        None => Observed::Differs(Change::Created),
+    })
+}
+
+/// Writes the connection (PUT); returns its ARM id.
+pub async fn write(arm: &ArmClient, desired: &Desired, change: Change) -> Result<String, Error> {
+    let id = resource_id(&desired.project_resource_id, &desired.connection_name);
+    let api_version = &arm.settings().foundry_api_version;
+    let stored = arm.put(&KIND, &id, api_version, &body(desired)).await?;
+    tracing::info!(resource = %id, ?change, target = %desired.target, "Foundry connection written");
+    Ok(arm_id(&stored, id))
+}
+
 /// Makes the connection say what `desired` says: GET, and PUT only when it is missing or
 /// differs. Returns its ARM id and what changed.
 pub async fn ensure(arm: &ArmClient, desired: &Desired) -> Result<(String, Change), Error> {
-    let id = resource_id(&desired.project_resource_id, &desired.connection_name);
-    let api_version = &arm.settings().foundry_api_version;
-    let change = match arm.get(&KIND, &id, api_version).await? {
-        Some(observed) if matches(&observed, desired) => {
-            return Ok((arm_id(&observed, id), Change::Unchanged));
-        }
-        Some(_) => Change::Updated,
-        None => Change::Created,
-    };
-    let stored = arm.put(&KIND, &id, api_version, &body(desired)).await?;
-    tracing::info!(resource = %id, ?change, target = %desired.target, "Foundry connection written");
-    Ok((arm_id(&stored, id), change))
+    match observe(arm, desired).await? {
+        Observed::InPlace(id) => Ok((id, Change::Unchanged)),
+        Observed::Differs(change) => Ok((write(arm, desired, change).await?, change)),
+    }
+}
+
+/// Deletes the connection with id `id` (written with `api_version`); `Ok` when it is already
+/// gone.
+pub async fn delete_by_id(arm: &ArmClient, id: &str, api_version: &str) -> Result<(), Error> {
+    let deleted = arm.delete(&KIND, id, api_version).await?;
+    tracing::info!(resource = %id, deleted, "Foundry connection removed");
+    Ok(())
 }
 
 /// Deletes the connection; `Ok` when it is already gone.
@@ -110,11 +133,7 @@ pub async fn delete(
     connection_name: &str,
 ) -> Result<(), Error> {
     let id = resource_id(project_resource_id, connection_name);
-    let deleted = arm
-        .delete(&KIND, &id, &arm.settings().foundry_api_version)
-        .await?;
-    tracing::info!(resource = %id, deleted, "Foundry connection removed");
-    Ok(())
+    delete_by_id(arm, &id, &arm.settings().foundry_api_version).await
 }
 
 fn arm_id(answer: &Value, fallback: String) -> String {

@@ -26,6 +26,9 @@ pub const DEFAULT_GRAPH_ENDPOINT: &str = "https://graph.microsoft.com";
 /// maps for the national clouds' Graph as well.
 pub const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
 
+/// Pages of one list followed at most: 1,000 pages of up to 999 items.
+const MAX_PAGES: usize = 1000;
+
 /// Why a Graph call failed. Messages name the object and Graph's code and message; never a
 /// token.
 #[derive(Debug, thiserror::Error)]
@@ -188,6 +191,49 @@ impl GraphClient {
     pub async fn get(&self, call: Call<'_>, url: &Url) -> Result<Option<Value>, Error> {
         let (status, body) = self.send(call, Method::GET, url, None, true).await?;
         Ok((status != 404).then_some(body))
+    }
+
+    /// Every item of a collection: the `value` of each page, following `@odata.nextLink` until
+    /// a page has none. Graph pages every list (100 items by default); reading only the first
+    /// page would miss objects. A next link must stay on the configured endpoint, since the
+    /// token goes with it. `None` when the first page answers 404.
+    pub async fn list(&self, call: Call<'_>, url: &Url) -> Result<Option<Vec<Value>>, Error> {
+        let mut items = Vec::new();
+        let mut next = url.clone();
+        for page in 0.. {
+            let (status, body) = self.send(call, Method::GET, &next, None, page == 0).await?;
+            if status == 404 {
+                return Ok(None);
+            }
+            let invalid = |message: String| Error::InvalidResponse {
+                action: call.action,
+                what: call.what.to_owned(),
+                message,
+            };
+            match body.get("value") {
+                Some(Value::Array(values)) => items.extend(values.iter().cloned()),
+                _ => return Err(invalid("a page of the list has no value array".to_owned())),
+            }
+            let Some(link) = body.get("@odata.nextLink") else {
+                return Ok(Some(items));
+            };
+            let link = link
+                .as_str()
+                .and_then(|l| Url::parse(l).ok())
+                .ok_or_else(|| invalid("@odata.nextLink is not a URL".to_owned()))?;
+            if !self.rest.same_origin(&link) {
+                return Err(invalid(format!(
+                    "@odata.nextLink points at {}, not at the Microsoft Graph endpoint {}; the token is not sent there",
+                    link.origin().ascii_serialization(),
+                    self.rest.endpoint().origin().ascii_serialization()
+                )));
+            }
+            if page >= MAX_PAGES {
+                return Err(invalid(format!("the list has more than {MAX_PAGES} pages")));
+            }
+            next = link;
+        }
+        Ok(Some(items))
     }
 
     /// Creates an object; returns what Graph stored.

@@ -1,29 +1,41 @@
 //! Cleanup: what the finalizer runs before a binding goes away. Children inside the cluster
-//! carry owner references and are removed by Kubernetes garbage collection; this removes the
-//! state outside it, in order: the Foundry connection (agents stop calling first), then the
-//! database principal and grants, then the federated credential (the identity goes last).
+//! carry owner references and are removed by Kubernetes garbage collection; this removes what
+//! the binding's record (`status.inventory`, [`super::record`]) says exists outside it, in
+//! order: the Foundry connection (agents stop calling first), the app role assignment, the
+//! database principal and grants, the federated credential (the identity goes last), and at the
+//! end the binding's hold on its admin Secret.
 //!
-//! Each step tolerates state that is already gone. A failing step is reported in the binding's
-//! conditions and retried with backoff; the binding stays until cleanup succeeds.
+//! Nothing here validates the spec: a binding whose Secret, issuer or any other reference is
+//! gone is still cleaned up from its record, with the admin credentials (the Secret it keeps
+//! from deletion, [`super::protect`], or the operator's Entra token). Each step tolerates state
+//! that is already gone and drops what it removed from the record at once, so a retry resumes
+//! where it stopped. A failing step is reported in the binding's conditions and retried with
+//! backoff; the binding stays until cleanup succeeds.
 
 use kube::ResourceExt as _;
-use pgmcp_crds::v1alpha1::{DeletionPolicy, PostgresMcpBinding};
+use pgmcp_crds::v1alpha1::PostgresMcpBinding;
 
-use super::{Context, fetch, validate};
+use super::azure::Part;
+use super::record::Record;
+use super::{Context, azure, database, fetch, protect};
 
 /// External state a binding can own, in the order it is removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum External {
     FoundryConnection,
+    AppRole,
     Database,
     FederatedCredential,
+    AdminSecret,
 }
 
 /// The removal order.
-pub const ORDER: [External; 3] = [
+pub const ORDER: [External; 5] = [
     External::FoundryConnection,
+    External::AppRole,
     External::Database,
     External::FederatedCredential,
+    External::AdminSecret,
 ];
 
 /// A step that could not remove its state (transient: retried with backoff).
@@ -35,87 +47,69 @@ pub struct Error {
     pub message: String,
 }
 
-/// What a step did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Removal {
-    /// Removed (or found already gone).
-    Removed,
-    /// Left in place: the binding's deletionPolicy is Orphan.
-    Orphaned,
-}
-
-impl External {
-    /// Whether the binding asked for this state at all.
-    pub fn requested(self, binding: &PostgresMcpBinding) -> bool {
-        let spec = &binding.spec;
-        match self {
-            External::FoundryConnection => spec.foundry.is_some(),
-            External::Database => true,
-            External::FederatedCredential => spec
-                .identity
-                .entra
-                .as_ref()
-                .is_some_and(|e| e.federated_credential.is_some()),
-        }
-    }
-
-    async fn remove(self, ctx: &Context, binding: &PostgresMcpBinding) -> Result<Removal, Error> {
-        let fail = |message: String| Error {
-            step: self,
-            binding: format!(
-                "{}/{}",
-                binding.namespace().unwrap_or_default(),
-                binding.name_any()
-            ),
-            message,
-        };
-        match self {
-            External::Database => {
-                if binding.spec.access.deletion_policy == DeletionPolicy::Orphan {
-                    return Ok(Removal::Orphaned);
-                }
-                let inputs = fetch::fetch(&ctx.client, binding)
-                    .await
-                    .map_err(|e| fail(e.to_string()))?;
-                let valid = validate::validate(binding, &inputs).map_err(|e| {
-                    fail(format!(
-                        "{e}; restore it, or set spec.access.deletionPolicy: Orphan to keep the role"
-                    ))
-                })?;
-                super::database::remove(ctx, &valid, inputs.admin_secret.as_ref())
-                    .await
-                    .map_err(|e| fail(e.to_string()))?;
-                Ok(Removal::Removed)
-            }
-            External::FoundryConnection => match super::azure::remove_foundry(ctx, binding).await {
-                Ok(true) => Ok(Removal::Removed),
-                Ok(false) => Ok(Removal::Orphaned),
-                Err(e) => Err(fail(e.to_string())),
-            },
-            External::FederatedCredential => {
-                match super::azure::remove_federated_credential(ctx, binding).await {
-                    Ok(true) => Ok(Removal::Removed),
-                    Ok(false) => Ok(Removal::Orphaned),
-                    Err(e) => Err(fail(e.to_string())),
-                }
-            }
-        }
-    }
-}
-
-/// Runs every step in [`ORDER`]; stops at the first failure.
+/// Runs every step in [`ORDER`] against the binding's record; stops at the first failure.
 pub async fn cleanup(ctx: &Context, binding: &PostgresMcpBinding) -> Result<(), Error> {
-    for step in ORDER {
-        if !step.requested(binding) {
-            continue;
+    let key = format!(
+        "{}/{}",
+        binding.namespace().unwrap_or_default(),
+        binding.name_any()
+    );
+    let fail = |step: External| {
+        let binding = key.clone();
+        move |message: String| Error {
+            step,
+            binding: binding.clone(),
+            message,
         }
-        let removal = step.remove(ctx, binding).await?;
-        tracing::info!(
-            binding = %format!("{}/{}", binding.namespace().unwrap_or_default(), binding.name_any()),
-            step = ?step,
-            removal = ?removal,
-            "cleanup step done"
-        );
+    };
+    let mut record = Record::load(binding);
+    if record.is_legacy() {
+        // Written by an operator that kept no record: what the spec names is what exists.
+        database::adopt_legacy(binding, &mut record);
+        azure::adopt_legacy(ctx, binding, &mut record)
+            .await
+            .map_err(|e| fail(External::AppRole)(e.to_string()))?;
+        record
+            .save(ctx)
+            .await
+            .map_err(|e| fail(External::FoundryConnection)(e.to_string()))?;
+    }
+    for step in ORDER {
+        let result = match step {
+            External::FoundryConnection => azure::remove(ctx, &mut record, Part::FoundryConnection)
+                .await
+                .map_err(|e| e.to_string()),
+            External::AppRole => azure::remove(ctx, &mut record, Part::AppRole)
+                .await
+                .map_err(|e| e.to_string()),
+            External::Database => remove_database(ctx, binding, &mut record).await,
+            External::FederatedCredential => {
+                azure::remove(ctx, &mut record, Part::FederatedCredential)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            External::AdminSecret => protect::release(ctx, binding, &mut record)
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        result.map_err(fail(step))?;
+        tracing::info!(binding = %key, step = ?step, "cleanup step done");
     }
     Ok(())
+}
+
+async fn remove_database(
+    ctx: &Context,
+    binding: &PostgresMcpBinding,
+    record: &mut Record,
+) -> Result<(), String> {
+    if record.get().role.is_none() {
+        return Ok(());
+    }
+    let inputs = fetch::fetch(&ctx.client, binding)
+        .await
+        .map_err(|e| e.to_string())?;
+    database::remove(ctx, binding, record, inputs.admin_secret.as_ref())
+        .await
+        .map_err(|e| e.to_string())
 }

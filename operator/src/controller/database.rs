@@ -19,12 +19,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use pgmcp_crds::v1alpha1::{
     DeletionPolicy, GrantsStatus, PostgresMcpBinding, PostgresMcpBindingSpec, PrincipalKind,
-    PrincipalStatus,
+    PrincipalStatus, RoleRecord,
 };
 use serde_json::json;
 
 use super::Context;
 use super::build::{PASSWORD_KEY, common_labels};
+use super::record::{self, Record};
 use super::validate::{Identity, Valid};
 use crate::database::plan::{self, Plan, Request, SchemaGrant};
 use crate::database::{self as sql, Admin, Principal};
@@ -56,6 +57,17 @@ pub struct Report {
 pub enum Error {
     #[error(transparent)]
     Sql(#[from] sql::Error),
+    #[error(transparent)]
+    Record(#[from] record::Error),
+    #[error(
+        "secret {namespace}/{name} (spec.postgres.admin.passwordSecretRef) is gone, so role {role} on {server} cannot be removed: restore the Secret, or set spec.access.deletionPolicy: Orphan to leave the role in place"
+    )]
+    AdminSecretGone {
+        namespace: String,
+        name: String,
+        role: String,
+        server: String,
+    },
     #[error(
         "postgres.admin.entra needs the operator's own workload identity, but AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_FEDERATED_TOKEN_FILE are not set: give the operator's ServiceAccount a managed identity (azure.workload.identity/use) and add it as a Microsoft Entra administrator of the server"
     )]
@@ -79,6 +91,8 @@ impl Error {
     pub fn reason(&self) -> &'static str {
         match self {
             Error::Sql(e) => e.reason(),
+            Error::Record(_) => "StatusWriteFailed",
+            Error::AdminSecretGone { .. } => "SecretNotFound",
             Error::NoWorkloadIdentity => "NoWorkloadIdentity",
             Error::Token { .. } => "TokenUnavailable",
             Error::Secret { .. } => "SecretFailed",
@@ -90,8 +104,10 @@ impl Error {
     pub fn needs_user(&self) -> bool {
         match self {
             Error::Sql(e) => e.needs_user(),
-            Error::NoWorkloadIdentity => true,
-            Error::Token { .. } | Error::Random(_) | Error::Secret { .. } => false,
+            Error::NoWorkloadIdentity | Error::AdminSecretGone { .. } => true,
+            Error::Token { .. } | Error::Random(_) | Error::Secret { .. } | Error::Record(_) => {
+                false
+            }
         }
     }
 }
@@ -156,16 +172,21 @@ fn request(valid: &Valid, admin: &Admin<'_>) -> Request {
     }
 }
 
-/// Runs the step for a binding that passed validation.
+/// Runs the step for a binding that passed validation: the principal (recorded before it is
+/// created), its grants in spec.postgres.database (recorded before they are made), and the
+/// revocation of grants in a database the binding named before.
 pub async fn reconcile(
     ctx: &Context,
     binding: &PostgresMcpBinding,
     valid: &Valid,
+    record: &mut Record,
     admin_secret: Option<&Secret>,
     password_secret: Option<&Secret>,
 ) -> Result<Report, Error> {
     let admin = admin(ctx, &valid.spec, admin_secret).await?;
     let role = valid.identity.role().to_owned();
+    let database = valid.spec.postgres.database.clone();
+    let policy = valid.spec.access.deletion_policy;
 
     let principal = match &valid.identity {
         Identity::Password { secret_name, .. } => {
@@ -188,24 +209,87 @@ pub async fn reconcile(
         },
     };
 
-    // The principal, in the admin database.
+    // A role recorded under another name or on another server (name, host and port are
+    // immutable, so only a binding stored under an older CRD gets here) is removed first.
+    let admin_db = valid.spec.postgres.admin.database.clone();
     let marker = sql::ownership_marker(&valid.namespace, &valid.name);
-    sql::ensure_principal(
-        &admin,
-        &valid.spec.postgres.admin.database,
-        &principal,
-        &marker,
-        &format!("{}/{}", valid.namespace, valid.name),
-    )
-    .await?;
+    if let Some(stale) = record
+        .get()
+        .role
+        .clone()
+        .filter(|r| r.name != role || r.server != admin.server())
+    {
+        if stale.deletion_policy == DeletionPolicy::Delete {
+            remove_role(
+                &on_server(&admin, &stale.server),
+                &admin_db,
+                &stale,
+                &marker,
+            )
+            .await?;
+        }
+        record.get_mut().role = None;
+        record.save(ctx).await?;
+    }
+    let mut databases: Vec<String> = record
+        .get()
+        .role
+        .as_ref()
+        .map(|r| r.databases.clone())
+        .unwrap_or_default();
+    if !databases.contains(&database) {
+        databases.push(database.clone());
+    }
+
+    // The principal, in the admin database.
+    let existing = sql::find_role(&admin, &admin_db, &role).await?;
+    let oid = match existing {
+        Some(existing) if existing.comment != marker => {
+            return Err(sql::Error::RoleConflict {
+                role: role.clone(),
+                server: admin.server(),
+                binding: format!("{}/{}", valid.namespace, valid.name),
+                owner: existing.owner().map(str::to_owned),
+            }
+            .into());
+        }
+        Some(existing) => {
+            if let Principal::Password {
+                password,
+                applied: false,
+                ..
+            } = &principal
+            {
+                sql::set_password(&admin, &admin_db, &role, password).await?;
+            }
+            existing.oid
+        }
+        None => {
+            set_role(record, &role, None, &admin, &databases, policy);
+            record.save(ctx).await?;
+            sql::create_principal(&admin, &admin_db, &principal, &marker).await?
+        }
+    };
+    set_role(record, &role, Some(oid), &admin, &databases, policy);
     if let (Principal::Password { applied: false, .. }, Identity::Password { secret_name, .. }) =
         (&principal, &valid.identity)
     {
         mark_password_applied(ctx, valid, secret_name).await?;
     }
 
-    // Grants, in the target database, in one transaction.
+    // Grants, in the target database, in one transaction; recorded before they are made.
+    record.save(ctx).await?;
     let granted = sql::converge_grants(&admin, &role, &request(valid, &admin)).await?;
+
+    // Grants left in a database the binding no longer names.
+    for old in databases.iter().filter(|d| **d != database) {
+        sql::revoke_all(&admin, &role, old).await?;
+        if let Some(recorded) = &mut record.get_mut().role {
+            recorded.databases.retain(|d| d != old);
+        }
+        record.save(ctx).await?;
+    }
+
     let plan = granted.plan;
     let previous = binding.status.as_ref().and_then(|s| s.grants.clone());
     let repaired = !plan.is_empty() && previous.is_some();
@@ -244,27 +328,115 @@ pub async fn reconcile(
     })
 }
 
-/// Removes the role's grants and the role itself (policy Delete). Already-gone state is fine;
-/// a role someone else made is left alone.
+/// Records the binding's role.
+fn set_role(
+    record: &mut Record,
+    role: &str,
+    oid: Option<u32>,
+    admin: &Admin<'_>,
+    databases: &[String],
+    policy: DeletionPolicy,
+) {
+    record.get_mut().role = Some(RoleRecord {
+        name: role.to_owned(),
+        oid: oid.map(i64::from),
+        server: admin.server(),
+        databases: databases.to_vec(),
+        deletion_policy: policy,
+    });
+}
+
+/// `admin` pointed at `server` (`host:port`, as recorded).
+fn on_server<'a>(admin: &Admin<'a>, server: &str) -> Admin<'a> {
+    let (host, port) = server
+        .rsplit_once(':')
+        .and_then(|(host, port)| Some((host.to_owned(), port.parse().ok()?)))
+        .unwrap_or_else(|| (admin.host.clone(), admin.port));
+    Admin {
+        host,
+        port,
+        ssl_mode: admin.ssl_mode,
+        user: admin.user.clone(),
+        password: admin.password.clone(),
+        pool: admin.pool,
+        metrics: admin.metrics,
+    }
+}
+
+/// Revokes `recorded`'s grants in each of its databases and drops it, when it still carries
+/// this binding's mark; gone, or someone else's, is left alone.
+async fn remove_role(
+    admin: &Admin<'_>,
+    admin_db: &str,
+    recorded: &RoleRecord,
+    marker: &str,
+) -> Result<(), Error> {
+    match sql::find_role(admin, admin_db, &recorded.name).await? {
+        Some(existing) if existing.comment == marker => {}
+        _ => return Ok(()),
+    }
+    for database in &recorded.databases {
+        sql::revoke_all(admin, &recorded.name, database).await?;
+    }
+    sql::drop_role(admin, admin_db, &recorded.name).await?;
+    Ok(())
+}
+
+/// The role a binding that predates the record has, as far as its spec tells.
+pub fn adopt_legacy(binding: &PostgresMcpBinding, record: &mut Record) {
+    let spec = &binding.spec;
+    let name = spec
+        .identity
+        .entra
+        .as_ref()
+        .map(|e| e.principal_name.clone())
+        .or_else(|| spec.identity.password.as_ref().map(|p| p.role_name.clone()));
+    if let Some(name) = name {
+        record.get_mut().role = Some(RoleRecord {
+            name,
+            oid: None,
+            server: format!("{}:{}", spec.postgres.host, spec.postgres.port),
+            databases: vec![spec.postgres.database.clone()],
+            deletion_policy: spec.access.deletion_policy,
+        });
+    }
+}
+
+/// Removes the recorded role: its grants in every recorded database, then the role (policy
+/// Delete; Orphan leaves both). Needs only the record and the administrator's credentials, not
+/// a valid spec.
 pub async fn remove(
     ctx: &Context,
-    valid: &Valid,
+    binding: &PostgresMcpBinding,
+    record: &mut Record,
     admin_secret: Option<&Secret>,
 ) -> Result<(), Error> {
-    if valid.spec.access.deletion_policy == DeletionPolicy::Orphan {
+    let Some(recorded) = record.get().role.clone() else {
         return Ok(());
+    };
+    if recorded.deletion_policy == DeletionPolicy::Delete {
+        let spec = &binding.spec;
+        if let Some(reference) = &spec.postgres.admin.password_secret_ref
+            && admin_secret.is_none()
+        {
+            return Err(Error::AdminSecretGone {
+                namespace: binding.metadata.namespace.clone().unwrap_or_default(),
+                name: reference.name.clone(),
+                role: recorded.name.clone(),
+                server: recorded.server.clone(),
+            });
+        }
+        let admin = admin(ctx, spec, admin_secret).await?;
+        let marker = sql::ownership_marker(
+            binding.metadata.namespace.as_deref().unwrap_or_default(),
+            binding.metadata.name.as_deref().unwrap_or_default(),
+        );
+        // The server the role was made on: the record's.
+        let admin = on_server(&admin, &recorded.server);
+        remove_role(&admin, &spec.postgres.admin.database, &recorded, &marker).await?;
     }
-    let admin = admin(ctx, &valid.spec, admin_secret).await?;
-    let role = valid.identity.role();
-    let admin_db = &valid.spec.postgres.admin.database;
-    let marker = sql::ownership_marker(&valid.namespace, &valid.name);
-    match sql::role_is_marked(&admin, admin_db, role, &marker).await? {
-        // Gone, or someone else's role: not ours to touch.
-        None | Some(false) => return Ok(()),
-        Some(true) => {}
-    }
-    sql::revoke_all(&admin, role, &valid.spec.postgres.database).await?;
-    sql::drop_role(&admin, admin_db, role).await?;
+    record.get_mut().role = None;
+    record.save(ctx).await?;
     Ok(())
 }
 

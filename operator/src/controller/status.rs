@@ -178,9 +178,33 @@ fn steps(
         },
     });
 
+    // A credential the binding no longer asks for that could not be deleted (yet).
+    if let Some((what, err)) = azure.removal_error(azure::Part::FederatedCredential)
+        && let Some(step) = steps.last_mut()
+    {
+        *step = Step::new(
+            ty::IDENTITY_READY,
+            "False",
+            err.reason(),
+            format!("{what} is no longer asked for but could not be deleted: {err}"),
+        );
+    }
+
     steps.extend(database_steps(valid, database));
     steps.push(server_available(valid, desired, deployment));
-    if let (Some(spec), Some(result)) = (&valid.spec.foundry, &azure.foundry) {
+    // A connection or app role assignment the binding no longer asks for that could not be
+    // deleted keeps the condition (False) until it is, also without a foundry section.
+    let stale = azure
+        .removal_error(azure::Part::FoundryConnection)
+        .or_else(|| azure.removal_error(azure::Part::AppRole));
+    if let Some((what, err)) = stale {
+        steps.push(Step::new(
+            ty::FOUNDRY_CONNECTION_READY,
+            "False",
+            err.reason(),
+            format!("{what} is no longer asked for but could not be deleted: {err}"),
+        ));
+    } else if let (Some(spec), Some(result)) = (&valid.spec.foundry, &azure.foundry) {
         // With assignAppRole, the connection is ready only once its identity holds the role.
         let role = match &azure.app_role {
             Some(Err(err)) => Err(err),
@@ -283,6 +307,9 @@ pub fn compute(
 ) -> PostgresMcpBindingStatus {
     let old = binding.status.clone().unwrap_or_default();
     let mut status = old.clone();
+    // status.inventory is the record's, written under a field manager of its own
+    // (controller/record.rs); this write neither sets nor compares it.
+    status.inventory = None;
     status.observed_generation = binding.metadata.generation;
     let mut conditions: Vec<Step> = Vec::new();
     match outcome {
@@ -346,17 +373,25 @@ pub fn compute(
             if let Ok(report) = database {
                 status.grants = Some(report.grants.clone());
             }
-            if let Some(Ok(ensured)) = &azure.federated_credential {
-                status.federated_credential =
-                    Some(pgmcp_crds::v1alpha1::FederatedCredentialStatus {
-                        id: ensured.id.clone(),
-                        subject: azure::subject(valid),
-                    });
+            match &azure.federated_credential {
+                Some(Ok(ensured)) => {
+                    status.federated_credential =
+                        Some(pgmcp_crds::v1alpha1::FederatedCredentialStatus {
+                            id: ensured.id.clone(),
+                            subject: azure::subject(valid),
+                        });
+                }
+                Some(Err(_)) => {}
+                None => status.federated_credential = None,
             }
-            if let Some(Ok(ensured)) = &azure.foundry {
-                status.foundry = Some(pgmcp_crds::v1alpha1::FoundryStatus {
-                    connection_id: ensured.id.clone(),
-                });
+            match &azure.foundry {
+                Some(Ok(ensured)) => {
+                    status.foundry = Some(pgmcp_crds::v1alpha1::FoundryStatus {
+                        connection_id: ensured.id.clone(),
+                    });
+                }
+                Some(Err(_)) => {}
+                None => status.foundry = None,
             }
         }
         Outcome::Stalled { reason, message } => {
@@ -412,7 +447,11 @@ pub async fn update(
     let now =
         Time(jiff::Timestamp::from_second(jiff::Timestamp::now().as_second()).unwrap_or_default());
     let status = compute(binding, outcome, &now);
-    if binding.status.as_ref() == Some(&status) {
+    let stored = binding.status.clone().map(|mut stored| {
+        stored.inventory = None;
+        stored
+    });
+    if stored.as_ref() == Some(&status) {
         return Ok(false);
     }
     let api: Api<PostgresMcpBinding> =
@@ -641,6 +680,7 @@ mod tests {
                 resource: "/subscriptions/s/…/projects/p".to_owned(),
             })),
             app_role: None,
+            removed: Vec::new(),
         };
         let waiting = deployment(0, "False");
         let status = applied_with(&b, &waiting, &granted(), &azure, 100);
@@ -694,6 +734,7 @@ mod tests {
                 },
             )
             .into())),
+            removed: Vec::new(),
         };
         let status = applied_with(&b, &available, &granted(), &refused, 100);
         let foundry = get(&status, "FoundryConnectionReady");
@@ -717,6 +758,7 @@ mod tests {
                 change: crate::azure::Change::Created,
                 what: "app role assignment".to_owned(),
             })),
+            removed: Vec::new(),
         };
         let status = applied_with(&b, &available, &granted(), &assigned, 200);
         let foundry = get(&status, "FoundryConnectionReady");

@@ -1,0 +1,192 @@
+//! The in-use finalizer on administrator Secrets (`pgmcp.dev/secret-in-use`), as Kubernetes
+//! protects a PersistentVolumeClaim a pod uses.
+//!
+//! Cleanup needs the administrator's credentials to drop the role. When a namespace is deleted,
+//! its bindings and their admin Secret are deleted at the same time; without protection the
+//! Secret is gone before the binding's finalizer runs, the role can never be dropped and the
+//! namespace never finishes. So a binding puts the finalizer on the Secret it names before it
+//! creates anything, and the finalizer comes off only when no binding of the namespace names the
+//! Secret any more (its last user's cleanup is done, or every user moved to another Secret). A
+//! Secret deleted meanwhile stays readable, marked for deletion, until then.
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt as _;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use pgmcp_crds::SECRET_IN_USE_FINALIZER;
+use pgmcp_crds::v1alpha1::PostgresMcpBinding;
+use serde_json::json;
+
+use super::Context;
+use super::record::{self, Record};
+
+/// Changing a Secret's finalizers, or reading who still needs it, failed (transient).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "failed to {action} the finalizer {SECRET_IN_USE_FINALIZER} of secret {namespace}/{name}: {source}"
+    )]
+    Secret {
+        action: &'static str,
+        namespace: String,
+        name: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
+    #[error("failed to list the bindings of namespace {namespace}: {source}")]
+    List {
+        namespace: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
+    #[error(transparent)]
+    Record(#[from] record::Error),
+}
+
+/// The admin Secret the binding names, if it names one.
+fn wanted(binding: &PostgresMcpBinding) -> Option<&str> {
+    binding
+        .spec
+        .postgres
+        .admin
+        .password_secret_ref
+        .as_ref()
+        .map(|r| r.name.as_str())
+}
+
+/// Puts the finalizer on `secret` (the Secret the binding names, as fetch read it) and records
+/// it; releases a Secret the binding named before. A Secret already being deleted cannot take a
+/// new finalizer; it is recorded all the same, so cleanup uses it while it lasts.
+pub async fn protect(
+    ctx: &Context,
+    binding: &PostgresMcpBinding,
+    secret: Option<&Secret>,
+    record: &mut Record,
+) -> Result<(), Error> {
+    let namespace = binding.namespace().unwrap_or_default();
+    if let Some(secret) = secret
+        && secret.metadata.deletion_timestamp.is_none()
+        && !secret
+            .finalizers()
+            .iter()
+            .any(|f| f == SECRET_IN_USE_FINALIZER)
+    {
+        let mut finalizers = secret.finalizers().to_vec();
+        finalizers.push(SECRET_IN_USE_FINALIZER.to_owned());
+        patch_finalizers(ctx, &namespace, secret, finalizers, "add").await?;
+    }
+    let name = wanted(binding).map(str::to_owned);
+    let before = record.get().admin_secret.clone();
+    if before != name {
+        record.get_mut().admin_secret = name.clone();
+        record.save(ctx).await?;
+        if let Some(old) = before {
+            release_if_unused(ctx, binding, &old).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The cleanup's last step: the binding no longer needs its admin Secret.
+pub async fn release(
+    ctx: &Context,
+    binding: &PostgresMcpBinding,
+    record: &mut Record,
+) -> Result<(), Error> {
+    let name = if record.is_legacy() {
+        wanted(binding).map(str::to_owned)
+    } else {
+        record.get().admin_secret.clone()
+    };
+    if let Some(name) = name {
+        release_if_unused(ctx, binding, &name).await?;
+    }
+    if record.get().admin_secret.is_some() {
+        record.get_mut().admin_secret = None;
+        record.save(ctx).await?;
+    }
+    Ok(())
+}
+
+/// Takes the finalizer off Secret `name` unless another binding of the namespace names it.
+/// Bindings are listed from the apiserver, not a cache: one created a moment ago counts.
+async fn release_if_unused(
+    ctx: &Context,
+    binding: &PostgresMcpBinding,
+    name: &str,
+) -> Result<(), Error> {
+    let namespace = binding.namespace().unwrap_or_default();
+    let bindings: Api<PostgresMcpBinding> = Api::namespaced(ctx.client.clone(), &namespace);
+    let others = bindings
+        .list(&ListParams::default())
+        .await
+        .map_err(|source| Error::List {
+            namespace: namespace.clone(),
+            source: Box::new(source),
+        })?;
+    let needed = others
+        .items
+        .iter()
+        .any(|other| other.uid() != binding.uid() && wanted(other) == Some(name));
+    if needed {
+        return Ok(());
+    }
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let secret = secrets
+        .get_opt(name)
+        .await
+        .map_err(|source| Error::Secret {
+            action: "read",
+            namespace: namespace.clone(),
+            name: name.to_owned(),
+            source: Box::new(source),
+        })?;
+    let Some(secret) = secret else {
+        return Ok(());
+    };
+    if !secret
+        .finalizers()
+        .iter()
+        .any(|f| f == SECRET_IN_USE_FINALIZER)
+    {
+        return Ok(());
+    }
+    let finalizers = secret
+        .finalizers()
+        .iter()
+        .filter(|f| *f != SECRET_IN_USE_FINALIZER)
+        .cloned()
+        .collect();
+    patch_finalizers(ctx, &namespace, &secret, finalizers, "remove").await
+}
+
+/// Sets the Secret's finalizers, on the condition that it has not changed since it was read
+/// (`resourceVersion` in a merge patch is a precondition): another binding's concurrent change
+/// makes this one fail and retry rather than overwrite it.
+async fn patch_finalizers(
+    ctx: &Context,
+    namespace: &str,
+    secret: &Secret,
+    finalizers: Vec<String>,
+    action: &'static str,
+) -> Result<(), Error> {
+    let name = secret.name_any();
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let patch = json!({
+        "metadata": {
+            "resourceVersion": secret.resource_version(),
+            "finalizers": finalizers,
+        }
+    });
+    let result = api
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await;
+    ctx.metrics.write("Secret", "patch", result.is_ok());
+    result.map_err(|source| Error::Secret {
+        action,
+        namespace: namespace.to_owned(),
+        name: name.clone(),
+        source: Box::new(source),
+    })?;
+    tracing::info!(secret = %format!("{namespace}/{name}"), action, finalizer = SECRET_IN_USE_FINALIZER, "admin secret finalizer changed");
+    Ok(())
+}
