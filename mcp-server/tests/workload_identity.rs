@@ -298,8 +298,8 @@ async fn a_service_account_without_a_federated_credential_is_refused_with_the_re
     for expected in [
         "refusing to start: failed to get a token for https://ossrdbms-aad.database.windows.net/.default",
         &format!("workload identity client id {IDENTITY_CLIENT_ID} in tenant {TENANT}"),
-        "AADSTS70021: No matching federated identity record found for presented assertion",
-        &format!("Assertion Subject: '{subject}'"),
+        "AADSTS700213: No matching federated identity record found for presented assertion",
+        &format!("presented assertion subject '{subject}'"),
     ] {
         assert!(
             stderr.contains(expected),
