@@ -61,19 +61,40 @@ pub enum Error {
         scope: String,
         identity: String,
         reason: String,
-        /// The authority answered and refused (a 4xx other than 408/429): retrying the same
-        /// request will not help until the configuration changes.
+        /// The authority answered and refused (a 4xx other than 408/429): the same request
+        /// keeps failing until something changes in Entra (a federated credential is created,
+        /// or reaches every Entra replica minutes after it was; a role is assigned).
         rejected: bool,
+    },
+    /// The authority's TLS certificate is not trusted. The CA bundle (`SSL_CERT_FILE`) is read
+    /// once, when the credential is built: only a restart with other settings can help.
+    #[error("failed to get a token for {scope} as {identity}: {reason}")]
+    Untrusted {
+        scope: String,
+        identity: String,
+        reason: String,
     },
 }
 
 impl Error {
-    /// Whether Entra refused the request (wrong federated credential, unknown client, …),
-    /// as opposed to a failure that may pass (network, 5xx, throttling).
+    /// Whether retrying the same request cannot help until something changes: Entra refused it
+    /// (wrong federated credential, unknown client, …), the authority is not trusted, or a
+    /// setting is invalid; as opposed to a failure that may pass (network, 5xx, throttling).
     pub fn is_rejected(&self) -> bool {
         matches!(
             self,
-            Error::Token { rejected: true, .. } | Error::Invalid { .. }
+            Error::Token { rejected: true, .. } | Error::Untrusted { .. } | Error::Invalid { .. }
+        )
+    }
+
+    /// Whether only a restart with other settings can help: a variable is missing or invalid,
+    /// or the authority's certificate is not trusted. An Entra refusal is not such a failure:
+    /// a federated credential created minutes ago is refused until it has propagated, and
+    /// then the same request succeeds.
+    pub fn needs_restart(&self) -> bool {
+        matches!(
+            self,
+            Error::MissingEnv(_) | Error::Invalid { .. } | Error::Untrusted { .. }
         )
     }
 
@@ -81,6 +102,7 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::MissingEnv(_) | Error::Invalid { .. } => "config",
+            Error::Untrusted { .. } => "untrusted",
             Error::Token { rejected: true, .. } => "rejected",
             Error::Token { .. } => "unavailable",
         }
@@ -285,10 +307,15 @@ impl TokenSource for WorkloadIdentity {
                     );
                 Ok(AccessToken::new(token.token.secret(), expires_at))
             }
+            Err(err) if untrusted_certificate(&err) => Err(Error::Untrusted {
+                scope: scope.to_owned(),
+                identity: self.identity(),
+                reason: reason(&err),
+            }),
             Err(err) => Err(Error::Token {
                 scope: scope.to_owned(),
                 identity: self.identity(),
-                rejected: is_rejected(&err),
+                rejected: is_refused(&err),
                 reason: reason(&err),
             }),
         }
@@ -312,17 +339,15 @@ fn azure_errors(err: &azure_core::Error) -> Vec<&azure_core::Error> {
     found
 }
 
-/// Whether retrying cannot help: Entra answered with a 4xx other than 408/429, or the
-/// authority's TLS certificate is not trusted (a configuration problem, not an outage).
-fn is_rejected(err: &azure_core::Error) -> bool {
-    let refused = azure_errors(err).iter().any(|e| match e.kind() {
+/// Whether Entra answered and refused: a 4xx other than 408/429.
+fn is_refused(err: &azure_core::Error) -> bool {
+    azure_errors(err).iter().any(|e| match e.kind() {
         azure_core::error::ErrorKind::HttpResponse { status, .. } => {
             let code = u16::from(*status);
             (400..500).contains(&code) && code != 408 && code != 429
         }
         _ => false,
-    });
-    refused || untrusted_certificate(err)
+    })
 }
 
 fn untrusted_certificate(err: &(dyn std::error::Error + 'static)) -> bool {
@@ -340,7 +365,7 @@ fn untrusted_certificate(err: &(dyn std::error::Error + 'static)) -> bool {
     err.source().is_some_and(untrusted_certificate)
 }
 
-/// The authority's reason (`AADSTS70021: …`) or the transport failure with its causes, without
+/// The authority's reason (`AADSTS700213: …`) or the transport failure with its causes, without
 /// the credential's own wrapper text and troubleshooting link.
 fn reason(err: &azure_core::Error) -> String {
     let errors = azure_errors(err);
@@ -536,6 +561,37 @@ mod tests {
             err.to_string(),
             "failed to get a token for https://ossrdbms-aad.database.windows.net/.default as scripted: connection refused"
         );
+    }
+
+    #[test]
+    fn only_configuration_failures_need_a_restart_and_an_entra_refusal_does_not() {
+        let refused = Error::Token {
+            scope: POSTGRES_SCOPE.into(),
+            identity: "scripted".into(),
+            reason: "Entra ID answered HTTP 401: AADSTS700213: No matching federated identity record found".into(),
+            rejected: true,
+        };
+        let untrusted = Error::Untrusted {
+            scope: POSTGRES_SCOPE.into(),
+            identity: "scripted".into(),
+            reason: "invalid peer certificate: UnknownIssuer".into(),
+        };
+        let invalid = Error::Invalid {
+            name: ENV_AUTHORITY_HOST,
+            reason: "not https".into(),
+        };
+        let cases = [
+            (&refused, true, false, "rejected"),
+            (&untrusted, true, true, "untrusted"),
+            (&invalid, true, true, "config"),
+            (&Error::MissingEnv(ENV_CLIENT_ID), false, true, "config"),
+            (&unavailable(), false, false, "unavailable"),
+        ];
+        for (err, rejected, restart, label) in cases {
+            assert_eq!(err.is_rejected(), rejected, "{err}");
+            assert_eq!(err.needs_restart(), restart, "{err}");
+            assert_eq!(err.metric_label(), label, "{err}");
+        }
     }
 
     #[test]

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{self, Auth};
 use crate::direct;
 use crate::metrics::Metrics;
+use crate::readiness;
 use crate::server::PgMcpServer;
 use crate::sessions::ReplicaSessions;
 use crate::tools::Tools;
@@ -149,11 +150,20 @@ impl Endpoint {
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    if !state.tools.is_role_checked() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: checking that the database role is read-only".to_owned(),
-        );
+    match state.tools.readiness().state() {
+        readiness::State::Ready => {}
+        readiness::State::Starting => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: checking that the database role is read-only".to_owned(),
+            );
+        }
+        readiness::State::Waiting(reason) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {reason}\n"),
+            );
+        }
     }
     match state.tools.db.ping().await {
         Ok(()) if state.auth.validator.is_none() => (

@@ -11,6 +11,7 @@ pub mod direct;
 pub mod http;
 pub mod metrics;
 pub mod pgvalue;
+pub mod readiness;
 pub mod scope;
 pub mod server;
 pub mod sessions;

@@ -1,9 +1,9 @@
-//! pgmcp-server: parse arguments, get the first database token (workload identity), check the
-//! database role, serve MCP over HTTP (with caller authentication) or stdio.
+//! pgmcp-server: parse arguments, serve MCP over HTTP (with caller authentication) or stdio, and
+//! run the start-up sequence beside it ([`startup::run`]: the first database token, the role
+//! check), which makes the server ready or stops it.
 
 use std::future::IntoFuture as _;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::serve::ListenerExt as _;
@@ -13,6 +13,7 @@ use pgmcp_server::auth::jwt::EntraValidator;
 use pgmcp_server::config::{Args, Settings};
 use pgmcp_server::db::Database;
 use pgmcp_server::metrics::Metrics;
+use pgmcp_server::readiness::Readiness;
 use pgmcp_server::scope::Scope;
 use pgmcp_server::tools::Tools;
 use pgmcp_server::{AppState, PgMcpServer, router, startup};
@@ -48,19 +49,27 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let settings = Settings::resolve(&args, |var| std::env::var(var).ok())?;
     let db = Database::new(&settings.connect).map_err(anyhow::Error::msg)?;
     let scope = Scope::new(settings.file.scope.grants.clone());
-    // Tool calls wait for the role check; over HTTP the listener answers meanwhile.
-    let (role_checked, gate) = tokio::sync::watch::channel(false);
-    let tools = Arc::new(Tools::new(db, scope, settings.file.limits.clone()).gated(gate));
-    if let Some(provider) = &settings.connect.token {
-        first_token(provider).await?;
-    }
+    // Tool calls wait for the start-up sequence, and fail with its reason while it waits for
+    // something that passes by itself; the transport answers meanwhile.
+    let readiness = Readiness::starting();
+    let tools =
+        Arc::new(Tools::new(db, scope, settings.file.limits.clone()).gated(readiness.clone()));
+    let mut started = tokio::spawn(startup::run(
+        tools.clone(),
+        settings.connect.token.clone(),
+        settings.allow_unsafe_role,
+    ));
     let metrics = Arc::new(Metrics::default());
 
     if settings.stdio {
-        check_role(&tools, settings.allow_unsafe_role).await?;
-        let _ = role_checked.send(true);
         tracing::info!("serving MCP on stdio");
-        return pgmcp_server::stdio::serve(PgMcpServer::new(tools, metrics)).await;
+        let serve = pgmcp_server::stdio::serve(PgMcpServer::new(tools, metrics));
+        tokio::pin!(serve);
+        tokio::select! {
+            served = &mut serve => return served,
+            started = &mut started => started??,
+        }
+        return serve.await;
     }
 
     let validator = match &settings.entra {
@@ -102,7 +111,6 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         allowed_hosts: settings.file.http.allowed_hosts.clone(),
     });
     let shutdown = CancellationToken::new();
-    let tools_for_check = tools.clone();
     let app = router(
         AppState {
             tools,
@@ -112,19 +120,15 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         &settings.file.http,
         shutdown.clone(),
     );
-    // The role check runs while the listener starts: readiness waits for no database round
-    // trip, tool calls wait for the check (Tools::role_checked), and a failed check stops the
-    // server with its reason.
-    let mut check = tokio::spawn({
-        let tools = tools_for_check;
-        let allow_unsafe_role = settings.allow_unsafe_role;
-        async move { check_role(&tools, allow_unsafe_role).await }
-    });
     let listener = match tokio::net::TcpListener::bind(settings.listen).await {
         Ok(listener) => listener,
         Err(err) => {
-            // A refused role is the more useful reason.
-            (&mut check).await??;
+            // A refused role or an untrusted authority is the more useful reason; the first
+            // attempt's outcome is known within seconds.
+            tokio::select! {
+                started = &mut started => started??,
+                _ = readiness.past_start() => {}
+            }
             return Err(err).with_context(|| format!("failed to listen on {}", settings.listen));
         }
     };
@@ -148,66 +152,10 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     tokio::pin!(serve);
     tokio::select! {
         served = &mut serve => return Ok(served?),
-        checked = &mut check => checked??,
+        started = &mut started => started??,
     }
-    let _ = role_checked.send(true);
     serve.await?;
     Ok(())
-}
-
-/// Gets the first database token. Entra refusing the exchange (no matching federated credential,
-/// unknown client, …) stops the start at once with its reason; an unreachable authority is
-/// retried for a minute.
-async fn first_token(provider: &pgmcp_identity::TokenProvider) -> anyhow::Result<()> {
-    let mut delay = Duration::from_millis(500);
-    let started = std::time::Instant::now();
-    loop {
-        match provider.token().await {
-            Ok(_) => {
-                tracing::info!(identity = %provider.identity(), "the database password is an Entra token (workload identity)");
-                return Ok(());
-            }
-            Err(err) if err.is_rejected() || started.elapsed() > Duration::from_secs(60) => {
-                anyhow::bail!("refusing to start: {err}")
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "Entra token not available yet; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
-}
-
-/// Retries while the database is unreachable (it may start after us), then checks the role.
-async fn check_role(tools: &Tools, allow_unsafe_role: bool) -> anyhow::Result<()> {
-    let mut delay = Duration::from_millis(200);
-    let mut waited = Duration::ZERO;
-    let problems = loop {
-        match startup::role_problems(tools).await {
-            Ok(problems) => break problems,
-            Err(err) if waited < Duration::from_secs(60) => {
-                tracing::warn!(error = %err, "database not ready; retrying");
-                tokio::time::sleep(delay).await;
-                waited += delay;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-            Err(err) => anyhow::bail!("{err}"),
-        }
-    };
-    if problems.is_empty() {
-        return Ok(());
-    }
-    let list = problems.join("; ");
-    if allow_unsafe_role {
-        tracing::error!(problems = %list, "UNSAFE: serving with a role that is not read-only (--allow-unsafe-role); the SQL guard and read-only transactions are the only protection left");
-        Ok(())
-    } else {
-        anyhow::bail!(
-            "refusing to serve: {list}. Use a role with SELECT only (what a PostgresMcpBinding creates), \
-             or pass --allow-unsafe-role for development"
-        )
-    }
 }
 
 fn init_logging(format: &str) {

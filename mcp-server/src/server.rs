@@ -221,7 +221,7 @@ impl PgMcpServer {
         F: Future<Output = Result<T, ToolError>>,
     {
         let started = Instant::now();
-        let result = match self.tools.role_checked().await {
+        let result = match self.tools.ready().await {
             Ok(()) => call.await,
             Err(err) => Err(err),
         };

@@ -1,9 +1,148 @@
-//! Start-up self-check of the server's own role (layer one of the read-only defence): refuse to
-//! serve as a superuser or as a role that can write to, or create in, what it exposes.
+//! The start-up sequence: the first database token (workload identity), then the self-check of
+//! the server's own role (layer one of the read-only defence: refuse to serve as a superuser or
+//! as a role that can write to, or create in, what it exposes). It publishes its progress in
+//! [`Readiness`]; it never stops the server for what can pass by itself.
+//!
+//! What passes by itself is retried for as long as it takes, with the server up and unready:
+//! Entra refusing the token exchange (a new federated credential is refused with AADSTS700213
+//! for minutes until it has propagated, and no restart would make that faster), Entra or the
+//! database unreachable. What cannot pass without new settings stops the start: an Entra
+//! authority whose certificate is not trusted (the CA bundle is read once), an unsafe role.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use pgmcp_identity::TokenProvider;
 use serde_json::Value;
 
+use crate::readiness::{Readiness, State};
 use crate::tools::Tools;
+
+/// Why the server must not start. Never contains a token or password.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("refusing to start: {0}")]
+    Identity(pgmcp_identity::Error),
+    #[error(
+        "refusing to serve: {0}. Use a role with SELECT only (what a PostgresMcpBinding \
+         creates), or pass --allow-unsafe-role for development"
+    )]
+    UnsafeRole(String),
+}
+
+/// Waits between attempts: `first`, doubling up to `max`.
+#[derive(Clone, Copy, Debug)]
+struct Backoff {
+    first: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    /// 0.5 s, 1 s, 2 s, … 30 s: quick while a restart of the database or a blip is the likely
+    /// cause, then twice a minute, which is one Entra request and one log line per 30 s while
+    /// a credential propagates (minutes) and finds it within 30 s once it has.
+    const START_UP: Backoff = Backoff {
+        first: Duration::from_millis(500),
+        max: Duration::from_secs(30),
+    };
+}
+
+/// Why one attempt failed.
+#[derive(Debug)]
+enum Failure {
+    /// Entra did not issue the database token.
+    Token(pgmcp_identity::Error),
+    /// The database could not be reached, or its catalog read.
+    Database(String),
+    /// Nothing changes without new settings.
+    Fatal(Error),
+}
+
+impl Failure {
+    /// One sentence for `/readyz` and tool errors: who, and the authority's or the database's
+    /// own reason.
+    fn describe(&self) -> String {
+        match self {
+            Failure::Token(err) if err.is_rejected() => format!(
+                "Microsoft Entra ID refused the exchange for the database token: {err}. A \
+                 federated credential created in the last few minutes may not be accepted yet \
+                 (Entra takes a while to propagate a new one); otherwise compare its issuer, \
+                 subject and audience with the ones Entra names here"
+            ),
+            Failure::Token(err) => {
+                format!("Microsoft Entra ID did not issue the database token: {err}")
+            }
+            Failure::Database(err) => format!("the database cannot be checked yet: {err}"),
+            Failure::Fatal(err) => err.to_string(),
+        }
+    }
+}
+
+/// Gets the first database token (with `token`), then checks the role, retrying with
+/// [`Backoff::START_UP`] for as long as the failures can pass by themselves. The tools are
+/// ready when it returns `Ok`; the server must stop when it returns an error.
+pub async fn run(
+    tools: Arc<Tools>,
+    token: Option<TokenProvider>,
+    allow_unsafe_role: bool,
+) -> Result<(), Error> {
+    let problems = retry(tools.readiness(), Backoff::START_UP, || async {
+        if let Some(provider) = &token {
+            match provider.token().await {
+                Ok(_) => {}
+                Err(err) if err.needs_restart() => {
+                    return Err(Failure::Fatal(Error::Identity(err)));
+                }
+                Err(err) => return Err(Failure::Token(err)),
+            }
+        }
+        role_problems(&tools).await.map_err(Failure::Database)
+    })
+    .await?;
+    if let Some(provider) = &token {
+        tracing::info!(identity = %provider.identity(), "the database password is an Entra token (workload identity)");
+    }
+    if !problems.is_empty() {
+        let list = problems.join("; ");
+        if !allow_unsafe_role {
+            return Err(Error::UnsafeRole(list));
+        }
+        tracing::error!(problems = %list, "UNSAFE: serving with a role that is not read-only (--allow-unsafe-role); the SQL guard and read-only transactions are the only protection left");
+    }
+    tools.readiness().set(State::Ready);
+    Ok(())
+}
+
+/// Runs `attempt` until it succeeds or fails for good ([`Failure::Fatal`]). After any other
+/// failure its reason goes to `readiness` and to one warning, and the next attempt waits as
+/// `backoff` says.
+async fn retry<T, F, Fut>(
+    readiness: &Readiness,
+    backoff: Backoff,
+    mut attempt: F,
+) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Failure>>,
+{
+    let mut delay = backoff.first;
+    let mut number = 1u64;
+    loop {
+        let failure = match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(Failure::Fatal(err)) => return Err(err),
+            Err(failure) => failure.describe(),
+        };
+        tracing::warn!(attempt = number, retry_in_s = delay.as_secs_f64(), reason = %failure, "not ready yet; retrying");
+        readiness.set(State::Waiting(Arc::from(format!(
+            "{failure}. The server retries by itself (attempt {number} failed; next in {} s)",
+            delay.as_secs_f64()
+        ))));
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(backoff.max);
+        number += 1;
+    }
+}
 
 /// What makes a role unsafe to serve with, one sentence each; empty when it is safe.
 pub async fn role_problems(tools: &Tools) -> Result<Vec<String>, String> {
@@ -64,4 +203,106 @@ pub async fn role_problems(tools: &Tools) -> Result<Vec<String>, String> {
         ));
     }
     Ok(problems)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Mutex;
+    use std::time::Instant;
+
+    use super::*;
+
+    const FAST: Backoff = Backoff {
+        first: Duration::from_millis(5),
+        max: Duration::from_millis(20),
+    };
+
+    fn refused() -> pgmcp_identity::Error {
+        pgmcp_identity::Error::Token {
+            scope: pgmcp_identity::POSTGRES_SCOPE.into(),
+            identity: "workload identity client id 1111 in tenant 2222".into(),
+            reason: "Entra ID answered HTTP 401: AADSTS700213: No matching federated identity record found for presented assertion subject 'system:serviceaccount:agents:sales-mcp'.".into(),
+            rejected: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn failures_that_can_pass_are_published_and_retried_with_a_doubling_wait() {
+        let readiness = Readiness::starting();
+        // Each attempt records when it ran and the state the previous failure left.
+        let seen: Mutex<Vec<(Instant, State)>> = Mutex::default();
+        let mut failures = vec![
+            Failure::Token(refused()),
+            Failure::Token(refused()),
+            Failure::Database("connection refused".into()),
+            Failure::Token(refused()),
+        ]
+        .into_iter();
+        let value = retry(&readiness, FAST, || {
+            seen.lock()
+                .unwrap()
+                .push((Instant::now(), readiness.state()));
+            let next = failures.next();
+            async move { next.map_or(Ok(42), Err) }
+        })
+        .await
+        .unwrap();
+        assert_eq!(value, 42);
+
+        let seen = seen.into_inner().unwrap();
+        assert_eq!(seen.len(), 5);
+        assert_eq!(seen[0].1, State::Starting);
+        let State::Waiting(reason) = &seen[1].1 else {
+            panic!("{:?}", seen[1].1)
+        };
+        for part in [
+            "Microsoft Entra ID refused the exchange for the database token",
+            "client id 1111 in tenant 2222",
+            "AADSTS700213: No matching federated identity record",
+            "may not be accepted yet",
+            "The server retries by itself (attempt 1 failed; next in 0.005 s)",
+        ] {
+            assert!(reason.contains(part), "{part:?} missing in {reason}");
+        }
+        let State::Waiting(reason) = &seen[4].1 else {
+            panic!("{:?}", seen[4].1)
+        };
+        assert!(
+            reason.contains("(attempt 4 failed; next in 0.02 s)"),
+            "{reason}"
+        );
+        let waits: Vec<Duration> = seen.windows(2).map(|w| w[1].0 - w[0].0).collect();
+        for (wait, at_least) in waits.iter().zip([5, 10, 20, 20]) {
+            assert!(*wait >= Duration::from_millis(at_least), "{waits:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failure_that_needs_new_settings_stops_at_once() {
+        let readiness = Readiness::starting();
+        let untrusted = pgmcp_identity::Error::Untrusted {
+            scope: pgmcp_identity::POSTGRES_SCOPE.into(),
+            identity: "workload identity client id 1111 in tenant 2222".into(),
+            reason: "invalid peer certificate: UnknownIssuer".into(),
+        };
+        let mut attempts = 0;
+        let mut fatal = Some(Failure::Fatal(Error::Identity(untrusted)));
+        let err = retry(&readiness, FAST, || {
+            attempts += 1;
+            let failure = fatal.take();
+            async move { failure.map_or(Ok(()), Err) }
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(attempts, 1);
+        assert_eq!(readiness.state(), State::Starting);
+        assert!(
+            err.to_string()
+                .starts_with("refusing to start: failed to get a token")
+                && err.to_string().contains("invalid peer certificate"),
+            "{err}"
+        );
+    }
 }

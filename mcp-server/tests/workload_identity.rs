@@ -34,6 +34,14 @@ async fn service_account_token(ns: &TestNamespace, name: &str) -> String {
 /// The Entra fake with the managed identity, a federated credential for
 /// `system:serviceaccount:<ns>:sales-mcp`, and the test apiserver as a trusted issuer.
 async fn entra(env: &TestEnv, ns: &TestNamespace) -> EntraFake {
+    let fake = entra_without_credential(env).await;
+    add_sales_mcp_credential(&fake, env, ns);
+    fake
+}
+
+/// The Entra fake with the managed identity and the test apiserver as a trusted issuer, and
+/// no federated credential yet.
+async fn entra_without_credential(env: &TestEnv) -> EntraFake {
     let fake = EntraFake::start().await.unwrap();
     fake.add_tenant(TENANT).unwrap();
     fake.register_app(
@@ -47,6 +55,12 @@ async fn entra(env: &TestEnv, ns: &TestNamespace) -> EntraFake {
         },
     )
     .unwrap();
+    fake.trust_issuer(env.server(), env.client().await.unwrap());
+    fake
+}
+
+/// The federated credential that trusts `system:serviceaccount:<ns>:sales-mcp`.
+fn add_sales_mcp_credential(fake: &EntraFake, env: &TestEnv, ns: &TestNamespace) {
     fake.add_federated_credential(
         TENANT,
         IDENTITY_CLIENT_ID,
@@ -57,8 +71,11 @@ async fn entra(env: &TestEnv, ns: &TestNamespace) -> EntraFake {
         },
     )
     .unwrap();
-    fake.trust_issuer(env.server(), env.client().await.unwrap());
-    fake
+}
+
+async fn readyz(server: &ServerProcess) -> (u16, String) {
+    let (status, _, body) = server.request("GET", "/readyz", &[], "").await.unwrap();
+    (status, body)
 }
 
 async fn postgres_accepts_issued_tokens(fake: &EntraFake, shop: &Shop) {
@@ -267,8 +284,87 @@ async fn the_server_logs_in_with_a_workload_identity_token_and_refreshes_it() {
     }
 }
 
+/// Entra refuses a federated credential for minutes after it was created (AADSTS700213 until it
+/// has propagated). The server neither exits nor needs a restart: it stays up and unready,
+/// says why, answers tool calls with that reason, and serves once Entra issues the token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_service_account_without_a_federated_credential_is_refused_with_the_reason() {
+async fn a_credential_still_propagating_keeps_the_server_unready_until_entra_accepts_it() {
+    let env = TestEnv::shared();
+    let ns = env
+        .namespace("workload identity propagating")
+        .await
+        .unwrap();
+    let shop = shop("workload identity propagating").await;
+    let fake = entra_without_credential(env).await;
+    postgres_accepts_issued_tokens(&fake, &shop).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("azure-identity-token");
+    std::fs::write(&token_file, service_account_token(&ns, "sales-mcp").await).unwrap();
+    let (args, vars) = server_command(&shop, &fake, &token_file.display().to_string());
+    // The credential is created just before the pod starts, as the operator does.
+    let propagation = Duration::from_secs(8);
+    fake.set_propagation_delay(propagation);
+    add_sales_mcp_credential(&fake, env, &ns);
+    let mut server = ServerProcess::start_args_live(dir, args, &vars).await;
+
+    // Unready, naming the identity and Entra's reason.
+    let subject = format!("system:serviceaccount:{}:sales-mcp", ns.name);
+    let body = pgmcp_tests::wait_for("/readyz naming Entra's refusal", propagation, || async {
+        let (status, body) = readyz(&server).await;
+        (status == 503 && body.contains("AADSTS")).then_some(body)
+    })
+    .await;
+    for expected in [
+        "not ready: Microsoft Entra ID refused the exchange for the database token",
+        &format!("workload identity client id {IDENTITY_CLIENT_ID} in tenant {TENANT}"),
+        &format!(
+            "AADSTS700213: No matching federated identity record found for presented assertion subject '{subject}'"
+        ),
+        "may not be accepted yet",
+        "The server retries by itself",
+    ] {
+        assert!(body.contains(expected), "missing {expected:?} in:\n{body}");
+    }
+    assert_eq!(
+        server.request("GET", "/healthz", &[], "").await.unwrap().0,
+        200
+    );
+    // A tool call meanwhile is a tool error a model can act on, not an HTTP error.
+    let result = count_orders(&server).await;
+    assert_eq!(result["isError"], json!(true), "{result}");
+    let text = result["content"][0]["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("the server is not ready yet: Microsoft Entra ID refused")
+            && text.contains(IDENTITY_CLIENT_ID)
+            && text.contains("AADSTS700213")
+            && text.ends_with("Try again in a minute"),
+        "{text}"
+    );
+    assert!(postgres_tokens(&fake).is_empty());
+
+    // Ready by itself once Entra accepts the credential: same process, no restart.
+    pgmcp_tests::eventually("/readyz 200", Duration::from_secs(60), || async {
+        readyz(&server).await.0 == 200
+    })
+    .await;
+    assert!(!server.exited(), "{}", server.log());
+    let result = count_orders(&server).await;
+    assert_eq!(
+        result["structuredContent"]["rows"],
+        json!([[5]]),
+        "{result}"
+    );
+    let log = server.log();
+    let token = &postgres_tokens(&fake)[0].access_token;
+    assert!(!log.contains(&token[..40]), "the token is never logged");
+    // One warning per refused attempt, the attempts spaced 0.5 s, 1 s, 2 s, …
+    let retries = log.matches("not ready yet; retrying").count();
+    assert!((1..=6).contains(&retries), "{retries} retries:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_account_without_a_federated_credential_keeps_the_server_unready_with_the_reason()
+{
     let env = TestEnv::shared();
     let ns = env.namespace("workload identity refused").await.unwrap();
     let shop = shop("workload identity refused").await;
@@ -278,38 +374,33 @@ async fn a_service_account_without_a_federated_credential_is_refused_with_the_re
     // A token of another ServiceAccount: the federated credential names sales-mcp only.
     std::fs::write(&token_file, service_account_token(&ns, "other").await).unwrap();
     let (mut args, vars) = server_command(&shop, &fake, &token_file.display().to_string());
-    args.extend(["--listen".to_owned(), "127.0.0.1:0".to_owned()]);
-    let started = Instant::now();
-    let out = tokio::process::Command::new("env")
-        .args(vars.iter().map(|(k, v)| format!("{k}={v}")))
-        .arg(BIN)
-        .args(&args)
-        .output()
-        .await
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
-    assert!(
-        started.elapsed() < Duration::from_secs(30),
-        "a refusal is final: no minute of retries ({:?}):\n{stderr}",
-        started.elapsed()
-    );
+    let server =
+        ServerProcess::start_args_live(tempfile::tempdir().unwrap(), args.clone(), &vars).await;
     let subject = format!("system:serviceaccount:{}:other", ns.name);
+    let body = pgmcp_tests::wait_for(
+        "/readyz naming Entra's refusal",
+        Duration::from_secs(30),
+        || async {
+            let (status, body) = readyz(&server).await;
+            (status == 503 && body.contains("AADSTS")).then_some(body)
+        },
+    )
+    .await;
     for expected in [
-        "refusing to start: failed to get a token for https://ossrdbms-aad.database.windows.net/.default",
+        "failed to get a token for https://ossrdbms-aad.database.windows.net/.default",
         &format!("workload identity client id {IDENTITY_CLIENT_ID} in tenant {TENANT}"),
-        "AADSTS70021: No matching federated identity record found for presented assertion",
-        &format!("Assertion Subject: '{subject}'"),
+        "Entra ID answered HTTP 401: AADSTS700213: No matching federated identity record found",
+        &format!("presented assertion subject '{subject}'"),
     ] {
-        assert!(
-            stderr.contains(expected),
-            "missing {expected:?} in:\n{stderr}"
-        );
+        assert!(body.contains(expected), "missing {expected:?} in:\n{body}");
     }
     assert!(postgres_tokens(&fake).is_empty());
+    drop(server);
 
     // An authority whose certificate is not trusted (no SSL_CERT_FILE here) is a configuration
-    // error too: named at once, not retried for a minute.
+    // error that no retry fixes (the CA bundle is read once): named at once, and the start
+    // stops.
+    args.extend(["--listen".to_owned(), "127.0.0.1:0".to_owned()]);
     let started = Instant::now();
     let out = tokio::process::Command::new("env")
         .args(
@@ -333,4 +424,93 @@ async fn a_service_account_without_a_federated_credential_is_refused_with_the_re
         stderr.contains("refusing to start") && stderr.contains("certificate"),
         "{stderr}"
     );
+}
+
+/// A `--stdio` server started while its credential propagates: it answers `initialize`, gives
+/// tool errors naming Entra's reason, and runs the same calls once Entra accepts the
+/// credential, in the same process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_stdio_a_credential_still_propagating_gives_tool_errors_until_entra_accepts_it() {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+
+    let env = TestEnv::shared();
+    let ns = env.namespace("workload identity stdio").await.unwrap();
+    let shop = shop("workload identity stdio").await;
+    let fake = entra_without_credential(env).await;
+    postgres_accepts_issued_tokens(&fake, &shop).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("azure-identity-token");
+    std::fs::write(&token_file, service_account_token(&ns, "sales-mcp").await).unwrap();
+    let (args, vars) = server_command(&shop, &fake, &token_file.display().to_string());
+    fake.set_propagation_delay(Duration::from_secs(4));
+    add_sales_mcp_credential(&fake, env, &ns);
+    let mut child = tokio::process::Command::new(BIN)
+        .arg("--stdio")
+        .args(&args)
+        .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut answers = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut send = async |message: serde_json::Value| {
+        let mut line = message.to_string();
+        line.push('\n');
+        stdin.write_all(line.as_bytes()).await.unwrap();
+    };
+    send(
+        json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "raw-stdio", "version": "1"}}}),
+    )
+    .await;
+    send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).await;
+    let mut next_id = 1;
+    let mut results = Vec::new();
+    // Calls until one returns rows (they are answered in order: one in flight at a time).
+    let rows = loop {
+        send(
+            json!({"jsonrpc": "2.0", "id": next_id, "method": "tools/call",
+            "params": {"name": "query", "arguments": {"sql": "SELECT count(*) FROM orders"}}}),
+        )
+        .await;
+        let answer = loop {
+            let text = tokio::time::timeout(Duration::from_secs(30), answers.next_line())
+                .await
+                .expect("an answer within 30 s")
+                .unwrap()
+                .expect("the server is still running");
+            let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+            if answer["id"] == json!(next_id) {
+                break answer;
+            }
+        };
+        let result = answer["result"].clone();
+        if result["isError"] == json!(false) {
+            break result["structuredContent"]["rows"].clone();
+        }
+        results.push(result);
+        assert!(next_id < 200, "never ready: {results:?}");
+        next_id += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(rows, json!([[5]]));
+    let first = results.first().expect("a call was made while not ready");
+    let text = first["content"][0]["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("the server is not ready yet: Microsoft Entra ID refused")
+            && text.contains(IDENTITY_CLIENT_ID)
+            && text.contains("AADSTS700213"),
+        "{text}"
+    );
+    // Closing stdin ends the session and the process.
+    drop(stdin);
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("the process ends after stdin closes")
+        .unwrap();
+    assert!(status.success(), "{status}");
 }

@@ -10,7 +10,11 @@
 //!   the assertion is accepted only when a federated credential registered for the client id
 //!   matches its `iss`, `sub` and `aud`, and its signature verifies against the JWKS of its
 //!   issuer, fetched by OIDC discovery from the real test apiserver. Refusals use Entra's JSON
-//!   error format and AADSTS codes (AADSTS70021 when no federated credential matches).
+//!   error format and today's AADSTS codes: HTTP 401 `invalid_client` with AADSTS700211 (no
+//!   credential for the issuer), AADSTS700213 (none for the subject), AADSTS7002138 (the
+//!   subject matches only ignoring case) or AADSTS700212 (none for the audience).
+//! - Propagation ([`EntraFake::set_propagation_delay`]): Entra refuses a new federated
+//!   credential for a while after it was created, with AADSTS700213 as if it did not exist.
 //! - Access tokens like Entra's: RS256 JWTs, v1 (`https://sts.windows.net/{tenant}/`, the
 //!   default for app registrations, `appid`) or v2 (`{authority}/{tenant}/v2.0`, `azp`), with the
 //!   app roles assigned to the caller. It also signs arbitrary caller tokens for inbound tests.
@@ -24,7 +28,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 
@@ -107,6 +111,26 @@ struct Tenant {
     /// (resource client id, principal client id) -> app roles.
     role_assignments: HashMap<(String, String), Vec<String>>,
     key_fetches: usize,
+    /// When each federated credential, (client id, issuer, subject), was first seen.
+    credentials_created: HashMap<(String, String, String), Instant>,
+}
+
+impl Tenant {
+    /// Records the creation of `app`'s credentials not seen before, and forgets those it no
+    /// longer has (created again later, they propagate again).
+    fn track_credentials(&mut self, app: &App) {
+        let now = Instant::now();
+        let keys: Vec<(String, String, String)> = app
+            .federated_credentials
+            .iter()
+            .map(|f| (app.client_id.clone(), f.issuer.clone(), f.subject.clone()))
+            .collect();
+        self.credentials_created
+            .retain(|key, _| key.0 != app.client_id || keys.contains(key));
+        for key in keys {
+            self.credentials_created.entry(key).or_insert(now);
+        }
+    }
 }
 
 struct Inner {
@@ -115,6 +139,8 @@ struct Inner {
     /// OIDC issuers whose JWKS the fake may fetch, with the client that reaches them.
     issuers: HashMap<String, kube::Client>,
     token_lifetime: Duration,
+    /// How long after its creation a federated credential is still refused.
+    propagation: Duration,
     outage: bool,
     issued: Vec<Issued>,
     hook: Option<IssueHook>,
@@ -152,6 +178,7 @@ impl EntraFake {
             tenants: HashMap::new(),
             issuers: HashMap::new(),
             token_lifetime: Duration::from_secs(3599),
+            propagation: Duration::ZERO,
             outage: false,
             issued: Vec::new(),
             hook: None,
@@ -212,6 +239,7 @@ impl EntraFake {
             .tenants
             .get_mut(tenant)
             .with_context(|| format!("no tenant {tenant}"))?;
+        t.track_credentials(&app);
         t.apps.insert(app.client_id.clone(), app);
         Ok(())
     }
@@ -224,12 +252,17 @@ impl EntraFake {
         credential: FederatedCredential,
     ) -> anyhow::Result<()> {
         let mut inner = lock(&self.inner);
-        let app = inner
+        let t = inner
             .tenants
             .get_mut(tenant)
-            .and_then(|t| t.apps.get_mut(client_id))
+            .with_context(|| format!("no tenant {tenant}"))?;
+        let app = t
+            .apps
+            .get_mut(client_id)
             .with_context(|| format!("no app {client_id} in tenant {tenant}"))?;
         app.federated_credentials.push(credential);
+        let app = app.clone();
+        t.track_credentials(&app);
         Ok(())
     }
 
@@ -271,6 +304,16 @@ impl EntraFake {
     /// its discovery document and JWKS are fetched through `client`, as Entra fetches them.
     pub fn trust_issuer(&self, issuer: &str, client: kube::Client) {
         lock(&self.inner).issuers.insert(issuer.to_owned(), client);
+    }
+
+    /// Entra refuses a new federated credential for a while after it was created: the
+    /// credential has to reach every Entra replica, and until it has, exchanges that it would
+    /// match get HTTP 401 `invalid_client` with AADSTS700213, as if it did not exist (seen for
+    /// minutes after `az identity federated-credential create`). With this set, every federated
+    /// credential (added here, registered with an app, or written through the ARM fake) is
+    /// refused so for `delay` after it first appeared. Default: accepted at once.
+    pub fn set_propagation_delay(&self, delay: Duration) {
+        lock(&self.inner).propagation = delay;
     }
 
     /// Lifetime of the access tokens issued from now on (default 3599 s, as Entra).
@@ -696,7 +739,7 @@ async fn exchange(
     form: &HashMap<String, String>,
 ) -> Result<Issued, Response> {
     let field = |name: &str| form.get(name).map(String::as_str).unwrap_or("");
-    let (app, lifetime, issuer_client) = {
+    let (app, lifetime, issuer_client, propagating) = {
         let inner = lock(shared);
         if inner.outage {
             return Err(aad_error(
@@ -744,7 +787,20 @@ async fn exchange(
                 .ok()
                 .and_then(|d| inner.issuers.get(&d.claims.iss).cloned())
         });
-        (app.clone(), inner.token_lifetime, issuer_client)
+        let propagating: Vec<(String, String)> = t
+            .credentials_created
+            .iter()
+            .filter(|((client, _, _), created)| {
+                client == client_id && created.elapsed() < inner.propagation
+            })
+            .map(|((_, issuer, subject), _)| (issuer.clone(), subject.clone()))
+            .collect();
+        (
+            app.clone(),
+            inner.token_lifetime,
+            issuer_client,
+            propagating,
+        )
     };
 
     let assertion = if let Some(secret) = form.get("client_secret") {
@@ -774,7 +830,7 @@ async fn exchange(
                 "The client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer.",
             ));
         }
-        verify_assertion(&app, assertion, issuer_client).await?;
+        verify_assertion(&app, &propagating, assertion, issuer_client).await?;
         Some(assertion.clone())
     };
 
@@ -867,9 +923,22 @@ async fn exchange(
     })
 }
 
-/// Workload identity federation: a matching federated credential, then the issuer's signature.
+/// Where Entra documents workload identity federation, as its refusals name it today.
+const FEDERATION_DOCS: &str =
+    "https://learn.microsoft.com/entra/workload-id/workload-identity-federation";
+
+/// Entra's refusal of an assertion no federated credential matches: 401 `invalid_client`.
+fn no_matching_credential(code: u32, message: String) -> Response {
+    aad_error(StatusCode::UNAUTHORIZED, "invalid_client", code, &message)
+}
+
+/// Workload identity federation: a federated credential that matches the assertion's issuer,
+/// subject and audience (compared as Entra does: case-sensitively, in that order) and is not
+/// still `propagating` ((issuer, subject) pairs created too recently), then the issuer's
+/// signature.
 async fn verify_assertion(
     app: &App,
+    propagating: &[(String, String)],
     assertion: &str,
     issuer_client: Option<kube::Client>,
 ) -> Result<(), Response> {
@@ -884,21 +953,61 @@ async fn verify_assertion(
     };
     let claims = unverified.claims;
     let audience = claims.aud.first().cloned().unwrap_or_default();
-    let Some(credential) = app.federated_credentials.iter().find(|f| {
-        f.issuer == claims.iss
-            && f.subject == claims.sub
-            && claims.aud.iter().any(|a| f.audiences.contains(a))
-    }) else {
-        return Err(aad_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            70021,
-            &format!(
-                "No matching federated identity record found for presented assertion. Assertion Issuer: '{}'. Assertion Subject: '{}'. Assertion Audience: '{audience}'. https://docs.microsoft.com/en-us/azure/active-directory/develop/workload-identity-federation",
-                claims.iss, claims.sub
+    let (iss, sub) = (&claims.iss, &claims.sub);
+    let for_issuer: Vec<&FederatedCredential> = app
+        .federated_credentials
+        .iter()
+        .filter(|f| f.issuer == *iss)
+        .collect();
+    if for_issuer.is_empty() {
+        return Err(no_matching_credential(
+            700211,
+            format!(
+                "No matching federated identity record found for presented assertion issuer '{iss}'. Please check your federated identity credential Subject, Audience and Issuer against the presented assertion. {FEDERATION_DOCS}"
+            ),
+        ));
+    }
+    let subject_unknown = || {
+        no_matching_credential(
+            700213,
+            format!(
+                "No matching federated identity record found for presented assertion subject '{sub}'. Check your federated identity credential Subject, Audience and Issuer against the presented assertion. {FEDERATION_DOCS}"
+            ),
+        )
+    };
+    let for_subject: Vec<&FederatedCredential> = for_issuer
+        .iter()
+        .copied()
+        .filter(|f| f.subject == *sub)
+        .collect();
+    if for_subject.is_empty() {
+        if for_issuer
+            .iter()
+            .any(|f| f.subject.eq_ignore_ascii_case(sub))
+        {
+            return Err(no_matching_credential(
+                7002138,
+                format!(
+                    "No matching federated identity record found for presented assertion subject '{sub}'. The subject matches with case-insensitive comparison, but not with case-sensitive comparison. Check your federated identity credential Subject, Audience and Issuer against the presented assertion. See documentation at: {FEDERATION_DOCS}. See breaking change notification and remediation at: https://learn.microsoft.com/en-us/entra/identity-platform/reference-breaking-changes#august-2024."
+                ),
+            ));
+        }
+        return Err(subject_unknown());
+    }
+    let Some(credential) = for_subject
+        .iter()
+        .find(|f| claims.aud.iter().any(|a| f.audiences.contains(a)))
+    else {
+        return Err(no_matching_credential(
+            700212,
+            format!(
+                "No matching federated identity record found for presented assertion audience '{audience}'. Please check your federated identity credential Subject, Audience and Issuer against the presented assertion. {FEDERATION_DOCS}"
             ),
         ));
     };
+    if propagating.contains(&(credential.issuer.clone(), credential.subject.clone())) {
+        return Err(subject_unknown());
+    }
     let Some(client) = issuer_client else {
         return Err(aad_error(
             StatusCode::BAD_REQUEST,

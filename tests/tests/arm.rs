@@ -5,7 +5,8 @@
 //! ARM's concurrent-credential-writes 409 retried until the write goes through, deletes that
 //! tolerate "already gone" (ARM's 204), every api-version the resource providers serve, and —
 //! with the real test apiserver — a federated credential written through ARM making a
-//! ServiceAccount token exchange work (and stop working after delete).
+//! ServiceAccount token exchange work (once it has propagated, and no more after delete), with
+//! Entra's refusals as it words them today.
 
 #![allow(clippy::unwrap_used)]
 
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::http::Method;
+use base64::Engine as _;
 use pgmcp_identity::{AccessToken, TokenProvider, TokenSource};
 use pgmcp_operator::azure::arm::{ArmClient, Error, RetryPolicy};
 use pgmcp_operator::azure::{AzureSettings, Change, fic, foundry};
@@ -986,6 +988,17 @@ async fn an_untrusted_arm_certificate_is_a_transport_error() {
 /// Exchanges a ServiceAccount token at the Entra fake as the binding's managed identity, as the
 /// server's workload identity does: `Ok(())` or Entra's error description.
 async fn exchange(entra: &EntraFake, assertion: &str) -> Result<(), String> {
+    match exchange_answer(entra, assertion).await {
+        (200, _) => Ok(()),
+        (_, body) => Err(body["error_description"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()),
+    }
+}
+
+/// The status and JSON body Entra answers to the exchange of `assertion`.
+async fn exchange_answer(entra: &EntraFake, assertion: &str) -> (u16, Value) {
     let http = reqwest::Client::builder()
         .add_root_certificate(
             reqwest::Certificate::from_pem(&std::fs::read(entra.ca_cert()).unwrap()).unwrap(),
@@ -1007,16 +1020,115 @@ async fn exchange(entra: &EntraFake, assertion: &str) -> Result<(), String> {
         .send()
         .await
         .unwrap();
-    let ok = response.status().is_success();
-    let body: Value = response.json().await.unwrap();
-    if ok {
-        Ok(())
-    } else {
-        Err(body["error_description"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned())
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+/// An unsigned assertion with these claims: Entra matches a federated credential before it
+/// fetches the issuer's keys, so what does not match is named all the same.
+fn unsigned_assertion(iss: &str, sub: &str, aud: &str) -> String {
+    let part =
+        |value: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string());
+    format!(
+        "{}.{}.c2lnbmF0dXJl",
+        part(json!({"alg": "RS256", "typ": "JWT"})),
+        part(json!({"iss": iss, "sub": sub, "aud": aud})),
+    )
+}
+
+#[tokio::test]
+async fn a_new_credential_is_refused_until_it_has_propagated_and_refusals_name_what_did_not_match()
+{
+    let env = TestEnv::shared();
+    let ns = env.namespace("arm-fic-propagation").await.unwrap();
+    let az = azure(Some(Role::Contributor)).await;
+    az.entra
+        .trust_issuer(env.server(), env.client().await.unwrap());
+    let propagation = Duration::from_secs(3);
+    az.entra.set_propagation_delay(propagation);
+    let token = service_account_token(&ns, "sales-mcp").await.unwrap();
+    let subject = fic::subject(&ns.name, "sales-mcp");
+    let desired = fic::Desired {
+        identity_resource_id: identity_id(),
+        name: fic::name_for(&ns.name, "sales"),
+        issuer: env.server().to_owned(),
+        subject: subject.clone(),
+    };
+    fic::ensure(&az.client, &desired).await.unwrap();
+    let created = Instant::now();
+
+    // Refused as Entra refuses a credential that has not reached every replica yet.
+    let (status, body) = exchange_answer(&az.entra, &token).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"], "invalid_client", "{body}");
+    assert_eq!(body["error_codes"], json!([700213]), "{body}");
+    assert_eq!(
+        body["error_uri"], "https://login.microsoftonline.com/error?code=700213",
+        "{body}"
+    );
+    let description = body["error_description"].as_str().unwrap();
+    assert!(
+        description.starts_with(&format!(
+            "AADSTS700213: No matching federated identity record found for presented assertion subject '{subject}'. Check your federated identity credential Subject, Audience and Issuer against the presented assertion."
+        )),
+        "{description}"
+    );
+    for field in ["timestamp", "trace_id", "correlation_id"] {
+        let value = body[field].as_str().unwrap();
+        assert!(
+            description.contains(value),
+            "{field} {value} in {description}"
+        );
     }
+    // Accepted once propagated, with no change made.
+    pgmcp_tests::eventually(
+        "the credential to propagate",
+        Duration::from_secs(15),
+        || async { exchange(&az.entra, &token).await.is_ok() },
+    )
+    .await;
+    assert!(created.elapsed() >= propagation);
+
+    // A subject that matches a credential only ignoring case (Entra compares case-sensitively).
+    let shouting = fic::Desired {
+        identity_resource_id: identity_id(),
+        name: fic::name_for(&ns.name, "other"),
+        issuer: env.server().to_owned(),
+        subject: fic::subject(&ns.name.to_uppercase(), "other"),
+    };
+    fic::ensure(&az.client, &shouting).await.unwrap();
+    let other = service_account_token(&ns, "other").await.unwrap();
+    let refused = exchange(&az.entra, &other).await.unwrap_err();
+    assert!(
+        refused.starts_with("AADSTS7002138: No matching federated identity record found for presented assertion subject")
+            && refused.contains("The subject matches with case-insensitive comparison, but not with case-sensitive comparison."),
+        "{refused}"
+    );
+    // An issuer no credential names, and an audience none accepts.
+    let refused = exchange(
+        &az.entra,
+        &unsigned_assertion(
+            "https://elsewhere.example/",
+            &subject,
+            "api://AzureADTokenExchange",
+        ),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        refused.starts_with("AADSTS700211: No matching federated identity record found for presented assertion issuer 'https://elsewhere.example/'."),
+        "{refused}"
+    );
+    let refused = exchange(
+        &az.entra,
+        &unsigned_assertion(env.server(), &subject, "api://other"),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        refused.starts_with("AADSTS700212: No matching federated identity record found for presented assertion audience 'api://other'."),
+        "{refused}"
+    );
 }
 
 #[tokio::test]
@@ -1028,8 +1140,9 @@ async fn the_credential_written_through_arm_lets_the_service_account_sign_in() {
         .trust_issuer(env.server(), env.client().await.unwrap());
     let token = service_account_token(&ns, "sales-mcp").await.unwrap();
 
+    // No credential of the identity names the apiserver as issuer yet.
     let refused = exchange(&az.entra, &token).await.unwrap_err();
-    assert!(refused.contains("AADSTS70021"), "{refused}");
+    assert!(refused.starts_with("AADSTS700211:"), "{refused}");
 
     let desired = fic::Desired {
         identity_resource_id: identity_id(),
@@ -1043,16 +1156,12 @@ async fn the_credential_written_through_arm_lets_the_service_account_sign_in() {
 
     // Another ServiceAccount of the namespace is not covered.
     let other = service_account_token(&ns, "someone-else").await.unwrap();
-    assert!(
-        exchange(&az.entra, &other)
-            .await
-            .unwrap_err()
-            .contains("AADSTS70021")
-    );
+    let refused = exchange(&az.entra, &other).await.unwrap_err();
+    assert!(refused.starts_with("AADSTS700213:"), "{refused}");
 
     fic::delete(&az.client, &identity_id(), &desired.name)
         .await
         .unwrap();
     let refused = exchange(&az.entra, &token).await.unwrap_err();
-    assert!(refused.contains("AADSTS70021"), "{refused}");
+    assert!(refused.starts_with("AADSTS700211:"), "{refused}");
 }

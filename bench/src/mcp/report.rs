@@ -658,7 +658,9 @@ mod tests {
 
     #[test]
     fn only_the_mcp_section_is_replaced() {
-        let dir = std::env::temp_dir().join(format!("pgmcp-bench-report-{}", std::process::id()));
+        // One directory per test: the two report tests run at once in one process.
+        let dir =
+            std::env::temp_dir().join(format!("pgmcp-bench-mcp-report-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("BENCHMARKS.md");
         std::fs::write(

@@ -289,7 +289,11 @@ mod tests {
 
     #[test]
     fn the_section_is_replaced_in_place_or_appended() {
-        let dir = std::env::temp_dir().join(format!("pgmcp-bench-report-{}", std::process::id()));
+        // One directory per test: the two report tests run at once in one process.
+        let dir = std::env::temp_dir().join(format!(
+            "pgmcp-bench-operator-report-{}",
+            std::process::id()
+        ));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let path = dir.join("BENCHMARKS.md");
         write_section(&path, "first").expect("create");

@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::db::{Caps, Database, DbError, Rows};
+use crate::readiness::Readiness;
 use crate::scope::{OutOfScope, Scope};
 use crate::sql_guard::GuardError;
 
@@ -46,8 +47,8 @@ pub struct Tools {
     pub db: Database,
     pub scope: Scope,
     pub limits: LimitsConfig,
-    /// True once the start-up check found the database role safe (see [`Tools::gated`]).
-    role_checked: tokio::sync::watch::Receiver<bool>,
+    /// Ready once the start-up sequence found the database role safe (see [`Tools::gated`]).
+    readiness: Readiness,
 }
 
 /// Why a tool call failed, phrased for the model (it becomes the text of an MCP tool error).
@@ -63,6 +64,10 @@ pub enum ToolError {
     NotFound(String),
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// The start-up sequence is waiting for something that passes by itself (see
+    /// [`crate::readiness::State::Waiting`]).
+    #[error("the server is not ready yet: {0}. Try again in a minute")]
+    NotReady(std::sync::Arc<str>),
 }
 
 impl ToolError {
@@ -74,6 +79,7 @@ impl ToolError {
             ToolError::Db(e) => e.metric_label(),
             ToolError::NotFound(_) => "not_found",
             ToolError::InvalidArgument(_) => "invalid_argument",
+            ToolError::NotReady(_) => "not_ready",
         }
     }
 }
@@ -100,31 +106,31 @@ impl Tools {
             db,
             scope,
             limits,
-            role_checked: tokio::sync::watch::channel(true).1,
+            readiness: Readiness::ready(),
         }
     }
 
-    /// Holds every tool call until `role_checked` turns true, so the HTTP listener can answer
-    /// (tools/list, health) while the start-up role check is still running.
-    pub fn gated(mut self, role_checked: tokio::sync::watch::Receiver<bool>) -> Self {
-        self.role_checked = role_checked;
+    /// Runs tool calls only once `readiness` is ready, so the server can answer (tools/list,
+    /// health) while the start-up sequence is still running or waiting.
+    pub fn gated(mut self, readiness: Readiness) -> Self {
+        self.readiness = readiness;
         self
     }
 
-    /// Whether the start-up role check has passed (readiness).
-    pub fn is_role_checked(&self) -> bool {
-        *self.role_checked.borrow()
+    pub fn readiness(&self) -> &Readiness {
+        &self.readiness
     }
 
-    /// Waits for the start-up role check; an error when it failed (the server is exiting).
-    pub async fn role_checked(&self) -> Result<(), ToolError> {
-        let mut checked = self.role_checked.clone();
-        match checked.wait_for(|ok| *ok).await {
-            Ok(_) => Ok(()),
-            Err(_) => Err(ToolError::Db(DbError::Unavailable(
-                "the server's database role failed its start-up check".to_owned(),
-            ))),
+    /// Waits for the first start-up attempt; then `Ok` once ready, or why the server is not
+    /// ready yet.
+    pub async fn ready(&self) -> Result<(), ToolError> {
+        if self.readiness.is_ready() {
+            return Ok(());
         }
+        self.readiness
+            .past_start()
+            .await
+            .map_err(ToolError::NotReady)
     }
 
     /// The configured caps, with `max_rows` lowered to what the caller asked for.

@@ -65,6 +65,38 @@ impl ServerProcess {
         args: Vec<String>,
         env: &[(String, String)],
     ) -> Self {
+        let mut server = Self::spawn(dir, args, env);
+        if let Err(err) =
+            pgmcp_tests::http::wait_ready(server.port, &mut server.daemon, Duration::from_secs(30))
+                .await
+        {
+            panic!("{err:#}\n{}", server.log());
+        }
+        server
+    }
+
+    /// Like [`ServerProcess::start_args`], but waits only for /healthz: the server is up,
+    /// ready or not.
+    pub async fn start_args_live(
+        dir: tempfile::TempDir,
+        args: Vec<String>,
+        env: &[(String, String)],
+    ) -> Self {
+        let mut server = Self::spawn(dir, args, env);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !matches!(
+            server.request("GET", "/healthz", &[], "").await,
+            Ok((200, _, _))
+        ) {
+            if server.exited() || std::time::Instant::now() > deadline {
+                panic!("pgmcp-server did not start:\n{}", server.log());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        server
+    }
+
+    fn spawn(dir: tempfile::TempDir, args: Vec<String>, env: &[(String, String)]) -> Self {
         let port = pgmcp_tests::paths::free_port().expect("port");
         let mut command: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         command.push(BIN.to_owned());
@@ -74,13 +106,7 @@ impl ServerProcess {
             Spec::new("pgmcp-server", "env", dir.path().join("server.log")).args(command),
         )
         .expect("start pgmcp-server");
-        let mut server = Self { port, dir, daemon };
-        if let Err(err) =
-            pgmcp_tests::http::wait_ready(port, &mut server.daemon, Duration::from_secs(30)).await
-        {
-            panic!("{err:#}\n{}", server.log());
-        }
-        server
+        Self { port, dir, daemon }
     }
 
     pub fn url(&self) -> String {
