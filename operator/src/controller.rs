@@ -23,6 +23,7 @@ pub mod external;
 pub mod fetch;
 pub mod status;
 pub mod validate;
+pub mod watch;
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -545,7 +546,7 @@ where
         scoped::<K>(client, namespace),
         watcher::Config::default().labels(CHILD_SELECTOR),
     )
-    .default_backoff()
+    .backoff(watch::backoff())
     .modify(drop_managed_fields)
     .reflect(writer)
     .touched_objects();
@@ -641,7 +642,7 @@ async fn run_scope(
         scoped::<PostgresMcpBinding>(&client, ns),
         watcher::Config::default().any_semantic(),
     )
-    .default_backoff()
+    .backoff(watch::backoff())
     .modify(drop_managed_fields)
     .reflect(writer)
     .applied_objects()
@@ -662,6 +663,7 @@ async fn run_scope(
         .owns_stream(deploy_events)
         .owns_stream(pdb_events)
         .owns_stream(np_events)
+        .trigger_backoff(watch::NoSharedDelay)
         .with_config(ControllerConfig::default().concurrency(options.concurrency))
         .graceful_shutdown_on(async move { shutdown.cancelled().await })
         .run(reconcile, error_policy, ctx)
