@@ -27,6 +27,7 @@ pub mod protect;
 pub mod record;
 pub mod status;
 pub mod validate;
+pub mod watch;
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -574,7 +575,7 @@ where
         scoped::<K>(client, namespace),
         watcher::Config::default().labels(CHILD_SELECTOR),
     )
-    .default_backoff()
+    .backoff(watch::backoff())
     .modify(drop_managed_fields)
     .reflect(writer)
     .touched_objects();
@@ -677,7 +678,7 @@ async fn run_scope(
         scoped::<PostgresMcpBinding>(&client, ns),
         watcher::Config::default().any_semantic(),
     )
-    .default_backoff()
+    .backoff(watch::backoff())
     .modify(drop_managed_fields)
     .reflect(writer)
     .applied_objects()
@@ -698,6 +699,7 @@ async fn run_scope(
         .owns_stream(deploy_events)
         .owns_stream(pdb_events)
         .owns_stream(np_events)
+        .trigger_backoff(watch::NoSharedDelay)
         .with_config(ControllerConfig::default().concurrency(options.concurrency))
         .graceful_shutdown_on(async move { shutdown.cancelled().await })
         .run(reconcile, error_policy, ctx)

@@ -2,17 +2,20 @@
 //! controller, until SIGTERM.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
-use kube_lease_manager::LeaseManagerBuilder;
+use kube_lease_manager::{LeaseManager, LeaseManagerBuilder, LeaseManagerError};
 use pgmcp_operator::controller::{self, Options};
 use pgmcp_operator::http;
 use pgmcp_operator::metrics::Metrics;
 use pgmcp_operator::settings::Args;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -118,8 +121,9 @@ async fn run_as_leader(
                 args.lease_name
             )
         })?;
-    let (mut leader, lease_task) = manager.watch().await;
-    tracing::info!(lease = %format!("{namespace}/{}", args.lease_name), "waiting for the leader Lease");
+    let lease = format!("{namespace}/{}", args.lease_name);
+    let (mut leader, lease_task) = hold_lease(manager, lease.clone());
+    tracing::info!(%lease, "waiting for the leader Lease");
     let became_leader = loop {
         if *leader.borrow_and_update() {
             break true;
@@ -150,7 +154,7 @@ async fn run_as_leader(
     // without waiting for it to expire.
     drop(leader);
     match lease_task.await {
-        Ok(Ok(_)) => tracing::info!("released the leader Lease"),
+        Ok(Ok(())) => tracing::info!("released the leader Lease"),
         Ok(Err(err)) => tracing::warn!(error = %err, "failed to release the leader Lease"),
         Err(err) => tracing::warn!(error = %err, "leader election task failed"),
     }
@@ -160,6 +164,54 @@ async fn run_as_leader(
         );
     }
     Ok(())
+}
+
+/// Keeps trying to acquire, then renew, the Lease, and publishes whether this replica holds it;
+/// releases it once the receiver is dropped.
+///
+/// kube-lease-manager's own `watch()` waits 1 s doubling to 30 s after a failed call and starts
+/// over only when leadership changes, so each apiserver outage in the life of a leader left it
+/// slower to renew after the next one: up to 30 s, twice the default 15 s Lease, during which a
+/// standby could take the Lease while this replica still reconciled. Here a failed call is
+/// retried after 1 to 2 s, as client-go's leader election does (RetryPeriod, 2 s). A Lease that
+/// expired during an outage is still ours if no other replica took it: the next renewal keeps
+/// it, and the process keeps running.
+fn hold_lease(
+    manager: LeaseManager,
+    lease: String,
+) -> (
+    watch::Receiver<bool>,
+    JoinHandle<Result<(), LeaseManagerError>>,
+) {
+    let (sender, receiver) = watch::channel(false);
+    let task = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                biased;
+                () = sender.closed() => break,
+                changed = manager.changed() => match changed {
+                    Ok(leader) => {
+                        sender.send_replace(leader);
+                    }
+                    Err(err) => {
+                        tracing::warn!(%lease, error = %err, "failed to read or renew the leader Lease; retrying");
+                        tokio::select! {
+                            () = sender.closed() => break,
+                            () = tokio::time::sleep(lease_retry_delay()) => {}
+                        }
+                    }
+                },
+            }
+        }
+        manager.release().await
+    });
+    (receiver, task)
+}
+
+/// 1 to 2 s, at random, so replicas that failed together do not retry together.
+fn lease_retry_delay() -> Duration {
+    let jitter = getrandom::u32().unwrap_or(0) % 1000;
+    Duration::from_millis(1000 + u64::from(jitter))
 }
 
 async fn client(args: &Args) -> anyhow::Result<Client> {

@@ -221,6 +221,15 @@ impl TestEnv {
         self.daemons()[APISERVER].stop();
     }
 
+    /// Kills kube-apiserver with SIGKILL, as a crash or the OOM killer would: its connections
+    /// are cut without a GOAWAY, nothing is drained, no watch is closed cleanly. etcd and the
+    /// controller-manager keep running. [`TestEnv::start_apiserver`] brings it back.
+    pub fn kill_apiserver(&self) -> anyhow::Result<()> {
+        // As in `stop_apiserver`: do not wait for the controller-manager to stop first.
+        std::fs::write(self.dir.join("kube-apiserver.stop-after"), "")?;
+        self.daemons()[APISERVER].kill()
+    }
+
     /// Starts kube-apiserver again on the same port and waits until it is ready.
     pub async fn start_apiserver(&self) -> anyhow::Result<()> {
         let port = self.server.rsplit(':').next().unwrap_or_default().parse()?;

@@ -5,11 +5,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
 use kube::ResourceExt as _;
-use kube::api::{Api, DeleteParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use pgmcp_crds::v1alpha1::PostgresMcpBinding;
 use pgmcp_tests::arm::Fault;
 use pgmcp_tests::bindings::{
@@ -135,6 +136,92 @@ async fn watches_resume_after_an_apiserver_restart_and_nothing_is_missed_or_redo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_resume_within_15_seconds_after_the_apiserver_is_killed() {
+    // A control plane of its own, since its apiserver goes away.
+    let env: &'static TestEnv = Box::leak(Box::new(TestEnv::start().await.unwrap()));
+    let pg = Postgres::shared();
+    let db = pg.create_database("apiserver_killed").await.unwrap();
+    let ns = env.namespace("apiserver-killed").await.unwrap();
+    create_admin_secret(&ns, pg);
+    // No periodic resync within the test: only watch events can bring the changes made after
+    // the restart. A Lease shorter than the outage: it expires meanwhile, and with no other
+    // replica to take it the operator must keep it rather than exit.
+    let identity = "op-apiserver-killed";
+    let mut operator = Operator::start_with_env(
+        env,
+        &ns.name,
+        identity,
+        &["--resync=1h", "--lease-duration=3s"],
+        &[("RUST_LOG".to_owned(), "info,kube_runtime=debug".to_owned())],
+    )
+    .await
+    .unwrap();
+    let _log = PrintOnPanic(operator.log_path());
+    let role = |name: &str| format!("{}_{name}", db.name);
+    kubectl_apply(
+        &ns,
+        &password_binding(pg, &db.name, "first", &role("first")),
+    );
+    let bindings: Api<PostgresMcpBinding> = ns.api();
+    wait_condition(&bindings, "first", "DatabaseReady", "True", None, WAIT).await;
+
+    // A crash, and the apiserver's supervisor (kubelet, systemd) starting it again a moment
+    // later.
+    let killed = Instant::now();
+    env.kill_apiserver().unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    env.start_apiserver().await.unwrap();
+    let ready = Instant::now();
+    let ready_at = jiff::Timestamp::now();
+    eprintln!(
+        "kube-apiserver ready again {:.1} s after it was killed",
+        (ready - killed).as_secs_f64()
+    );
+
+    // A binding created and a binding changed after the restart are both reconciled, and the
+    // operator renews its Lease again, meanwhile.
+    let leases: Api<Lease> = ns.api();
+    let renewed = wait_for("the Lease renewed after the restart", WAIT, || async {
+        let spec = leases.get("pgmcp-operator").await.ok()?.spec?;
+        (spec.holder_identity.as_deref() == Some(identity) && spec.renew_time?.0 > ready_at)
+            .then(|| ready.elapsed())
+    });
+    let reconciled = async {
+        kubectl_apply(
+            &ns,
+            &password_binding(pg, &db.name, "second", &role("second")),
+        );
+        let change = serde_json::json!({ "spec": { "server": { "limits": { "maxRows": 7 } } } });
+        bindings
+            .patch("first", &PatchParams::default(), &Patch::Merge(&change))
+            .await
+            .unwrap();
+        wait_condition(&bindings, "second", "DatabaseReady", "True", None, WAIT).await;
+        // For the binding's new generation.
+        wait_condition(&bindings, "first", "DatabaseReady", "True", None, WAIT).await;
+        ready.elapsed()
+    };
+    let (renewed, reconciled) = tokio::join!(renewed, reconciled);
+    eprintln!(
+        "reconciled {:.1} s and the Lease renewed {:.1} s after kube-apiserver was ready again",
+        reconciled.as_secs_f64(),
+        renewed.as_secs_f64()
+    );
+    assert!(
+        reconciled <= Duration::from_secs(15),
+        "reconciled {:.1} s after kube-apiserver was ready again",
+        reconciled.as_secs_f64()
+    );
+    assert!(
+        renewed <= Duration::from_secs(5),
+        "Lease renewed {:.1} s after kube-apiserver was ready again",
+        renewed.as_secs_f64()
+    );
+    assert!(!operator.exited(), "the operator survived the outage");
+    assert!(role_oid(pg, &role("second")).await.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_is_reported_and_the_grants_are_repaired_when_it_ends() {
     let env = TestEnv::shared();
     let pg = Postgres::start_restartable().await.unwrap();
@@ -191,6 +278,21 @@ async fn a_database_outage_is_reported_and_the_grants_are_repaired_when_it_ends(
         .unwrap()
         .get(0);
     assert!(can_read, "the revoked grant is back");
+}
+
+/// Prints the operator's log when the test fails.
+struct PrintOnPanic(std::path::PathBuf);
+
+impl Drop for PrintOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- operator log {}\n{}",
+                self.0.display(),
+                pgmcp_tests::daemon::log_tail(&self.0, 300)
+            );
+        }
+    }
 }
 
 /// Waits until binding `name` has its Foundry connection (the last step of a reconcile).
