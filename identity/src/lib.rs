@@ -25,8 +25,6 @@ use azure_identity::{
 
 /// Scope of Azure Database for PostgreSQL (the token is the connection password).
 pub const POSTGRES_SCOPE: &str = "https://ossrdbms-aad.database.windows.net/.default";
-/// Scope of Azure Resource Manager.
-pub const ARM_SCOPE: &str = "https://management.azure.com/.default";
 /// The public-cloud Entra authority, used when `AZURE_AUTHORITY_HOST` is not set.
 pub const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";
 /// The audience of the ServiceAccount tokens that workload identity exchanges.

@@ -59,9 +59,9 @@ async fn main() -> anyhow::Result<()> {
             fic_api_version: args.fic_api_version.clone(),
             foundry_api_version: args.foundry_api_version.clone(),
         };
-        let token = pgmcp_identity::TokenProvider::new(identity.clone(), pgmcp_identity::ARM_SCOPE);
-        let graph_token =
-            pgmcp_identity::TokenProvider::new(identity, pgmcp_operator::azure::graph::GRAPH_SCOPE);
+        // Each service's scope follows its endpoint (sovereign clouds), as Azure's SDKs do.
+        let token = pgmcp_identity::TokenProvider::new(identity.clone(), args.arm_scope());
+        let graph_token = pgmcp_identity::TokenProvider::new(identity, args.graph_scope());
         options.graph = Some(
             pgmcp_operator::azure::graph::GraphClient::new(
                 &args.graph_endpoint,

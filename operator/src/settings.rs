@@ -47,6 +47,13 @@ pub struct Args {
         default_value = "https://graph.microsoft.com"
     )]
     pub graph_endpoint: String,
+    /// Token scope for Azure Resource Manager. Default: `<--arm-endpoint>/.default`, as Azure's
+    /// SDKs derive it for each cloud.
+    #[arg(long, env = "PGMCP_ARM_SCOPE")]
+    pub arm_scope: Option<String>,
+    /// Token scope for Microsoft Graph. Default: `<--graph-endpoint>/.default`.
+    #[arg(long, env = "PGMCP_GRAPH_SCOPE")]
+    pub graph_scope: Option<String>,
     /// api-version of Microsoft.ManagedIdentity federatedIdentityCredentials.
     #[arg(long, env = "PGMCP_FIC_API_VERSION", default_value = "2023-01-31")]
     pub fic_api_version: String,
@@ -98,6 +105,20 @@ pub struct Defaults {
 }
 
 impl Args {
+    /// The ARM token scope: `--arm-scope`, else derived from `--arm-endpoint`.
+    pub fn arm_scope(&self) -> String {
+        self.arm_scope
+            .clone()
+            .unwrap_or_else(|| crate::azure::rest::scope_for(&self.arm_endpoint))
+    }
+
+    /// The Microsoft Graph token scope: `--graph-scope`, else derived from `--graph-endpoint`.
+    pub fn graph_scope(&self) -> String {
+        self.graph_scope
+            .clone()
+            .unwrap_or_else(|| crate::azure::rest::scope_for(&self.graph_endpoint))
+    }
+
     pub fn defaults(&self) -> Defaults {
         Defaults {
             server_image: self.server_image.clone(),
@@ -148,6 +169,39 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_scopes_follow_the_endpoints_unless_given() {
+        let args = |extra: &[&str]| {
+            Args::parse_from(
+                ["pgmcp-operator"]
+                    .iter()
+                    .chain(extra)
+                    .copied()
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let public = args(&[]);
+        assert_eq!(public.arm_scope(), "https://management.azure.com/.default");
+        assert_eq!(public.graph_scope(), "https://graph.microsoft.com/.default");
+        let government = args(&[
+            "--arm-endpoint=https://management.usgovcloudapi.net",
+            "--graph-endpoint=https://graph.microsoft.us",
+        ]);
+        assert_eq!(
+            government.arm_scope(),
+            "https://management.usgovcloudapi.net/.default"
+        );
+        assert_eq!(
+            government.graph_scope(),
+            "https://graph.microsoft.us/.default"
+        );
+        let explicit = args(&["--arm-scope=https://management.core.usgovcloudapi.net/.default"]);
+        assert_eq!(
+            explicit.arm_scope(),
+            "https://management.core.usgovcloudapi.net/.default"
+        );
+    }
 
     #[test]
     fn durations_parse_like_kubernetes_writes_them() {

@@ -3,8 +3,9 @@
 //!
 //! - **Authentication** as ARM does it: a bearer token the Entra fake issued for ARM, its RS256
 //!   signature checked against the Entra fake's JWKS (fetched over HTTPS, refreshed on an
-//!   unknown kid), audience `https://management.azure.com` (or ARM's other accepted forms),
-//!   issuer and tenant of the fake's directory, expiry. Refusals are ARM's 401 bodies
+//!   unknown kid), audience the fake's own endpoint — as the Resource Manager of a cloud
+//!   other than the public one accepts tokens for itself only, so a client must derive its
+//!   scope from the endpoint it calls —, issuer and tenant of the fake's directory, expiry. Refusals are ARM's 401 bodies
 //!   (`AuthenticationFailed`, `InvalidAuthenticationToken`, `InvalidAuthenticationTokenAudience`,
 //!   `InvalidAuthenticationTokenTenant`, `ExpiredAuthenticationToken`) with `WWW-Authenticate`.
 //! - **Authorization** from a role assignment table (principal object id, scope, [`Role`]);
@@ -57,13 +58,22 @@ use serde_json::{Value, json};
 
 use crate::entra::{App, EntraFake, FederatedCredential, TOKEN_EXCHANGE_AUDIENCE};
 
-/// The audiences ARM accepts in a token.
+/// The audiences the public cloud's ARM accepts in a token.
 pub const ARM_AUDIENCES: [&str; 4] = [
     "https://management.core.windows.net/",
     "https://management.core.windows.net",
     "https://management.azure.com/",
     "https://management.azure.com",
 ];
+
+/// The audiences the fake accepts: its own endpoint, as the Resource Manager of a cloud other
+/// than the public one (`https://management.usgovcloudapi.net`, …) accepts tokens for itself
+/// only. A client that asked Entra for the public cloud's scope is refused with ARM's
+/// `InvalidAuthenticationTokenAudience`.
+fn audiences(url: &str) -> Vec<String> {
+    let url = url.trim_end_matches('/');
+    vec![url.to_owned(), format!("{url}/")]
+}
 /// api-versions `Microsoft.ManagedIdentity` serves for `federatedIdentityCredentials`: every
 /// version folder of azure-rest-api-specs
 /// `specification/msi/resource-manager/Microsoft.ManagedIdentity/ManagedIdentity/{stable,preview}/`
@@ -394,6 +404,8 @@ struct AppState {
     /// Reaches the Entra fake (trusting its CA) for the JWKS.
     http: reqwest::Client,
     entra_url: String,
+    /// The fake's own endpoint: the audience its tokens must carry.
+    url: String,
 }
 
 /// Marks an answer to a synchronous credential write: its identity stays busy until the answer
@@ -454,6 +466,8 @@ impl ArmFake {
             .timeout(Duration::from_secs(10))
             .build()?;
         let entra_url = entra.url().to_owned();
+        // A cloud of its own: Entra issues tokens for this endpoint, and only those are accepted.
+        entra.add_resource(&url);
         let inner: Shared = Arc::new(Mutex::new(Inner {
             url: url.clone(),
             tenant: tenant.to_owned(),
@@ -483,6 +497,7 @@ impl ArmFake {
             holding: holding_rx,
             http,
             entra_url,
+            url: url.clone(),
         };
         let app = Router::new().fallback(handle).with_state(state);
         Ok(Self {
@@ -495,6 +510,11 @@ impl ArmFake {
     /// The ARM endpoint: `https://127.0.0.1:<port>`.
     pub fn url(&self) -> &str {
         &self.server.url
+    }
+
+    /// The token scope for this endpoint: `https://127.0.0.1:<port>/.default`.
+    pub fn scope(&self) -> String {
+        format!("{}/.default", self.server.url.trim_end_matches('/'))
     }
 
     /// PEM of the CA that signed the fake's certificate.
@@ -1090,7 +1110,8 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, R
     let jwk = jwk.ok_or_else(signature)?;
     let key = DecodingKey::from_jwk(&jwk).map_err(|_| signature())?;
     let mut validation = Validation::new(Algorithm::RS256);
-    validation.set_audience(&ARM_AUDIENCES);
+    let audiences = audiences(&state.url);
+    validation.set_audience(&audiences);
     validation.set_issuer(&[
         EntraFake::issuer_v1(&tenant),
         format!("{}/{tenant}/v2.0", state.entra_url),
@@ -1108,7 +1129,7 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, R
                     &format!(
                         "The access token has been obtained for wrong audience or resource '{}'. It should exactly match with one of the allowed audiences '{}'.",
                         unverified["aud"].as_str().unwrap_or_default(),
-                        ARM_AUDIENCES.join("','")
+                        audiences.join("','")
                     ),
                 ),
                 ErrorKind::ExpiredSignature => unauthorized(

@@ -144,6 +144,8 @@ struct Inner {
     outage: bool,
     issued: Vec<Issued>,
     hook: Option<IssueHook>,
+    /// First-party resources besides the public cloud's ([`EntraFake::add_resource`]).
+    resources: Vec<String>,
 }
 
 type Shared = Arc<Mutex<Inner>>;
@@ -182,6 +184,7 @@ impl EntraFake {
             outage: false,
             issued: Vec::new(),
             hook: None,
+            resources: Vec::new(),
         }));
         let app = Router::new()
             .route(
@@ -317,6 +320,15 @@ impl EntraFake {
     }
 
     /// Lifetime of the access tokens issued from now on (default 3599 s, as Entra).
+    /// Makes `resource` (a service's endpoint, such as the ARM or Graph fake's URL) a
+    /// first-party resource every tenant knows, as a sovereign cloud's Entra knows that cloud's
+    /// Resource Manager and Graph: tokens for `{resource}/.default` carry `aud: resource`.
+    pub fn add_resource(&self, resource: &str) {
+        lock(&self.inner)
+            .resources
+            .push(resource.trim_end_matches('/').to_owned());
+    }
+
     pub fn set_token_lifetime(&self, lifetime: Duration) {
         lock(&self.inner).token_lifetime = lifetime;
     }
@@ -855,6 +867,7 @@ async fn exchange(
     });
     if resource_app.is_none()
         && ![POSTGRES_RESOURCE, ARM_RESOURCE, GRAPH_RESOURCE].contains(&resource)
+        && !inner.resources.iter().any(|r| r == resource)
     {
         return Err(aad_error(
             StatusCode::BAD_REQUEST,

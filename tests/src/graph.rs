@@ -2,7 +2,8 @@
 //! Graph: service principals with their app roles and `appRoleAssignedTo` (v1.0 wire format).
 //!
 //! - **Authentication** like Graph: a bearer token the Entra fake issued, RS256 against the
-//!   tenant's current key, audience `https://graph.microsoft.com` (or Graph's app id
+//!   tenant's current key, audience the fake's own endpoint, as a cloud's Graph accepts tokens
+//!   for itself (`https://graph.microsoft.us`, …), or Graph's app id
 //!   `00000003-0000-0000-c000-000000000000`), the fake directory's issuer and tenant, expiry;
 //!   otherwise 401 `InvalidAuthenticationToken`.
 //! - **Authorization** from the application permissions granted to the caller's object id
@@ -41,7 +42,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Value, json};
 
 use crate::arm::Request;
-use crate::entra::{EntraFake, GRAPH_RESOURCE};
+use crate::entra::EntraFake;
 use crate::tls_listener::HttpsServer;
 
 /// Microsoft Graph's application id, also accepted as a token audience.
@@ -121,6 +122,8 @@ impl GraphFake {
     /// `entra`.
     pub async fn start(entra: Arc<EntraFake>, tenant: &str) -> anyhow::Result<Self> {
         let bound = HttpsServer::bind("graph").await?;
+        // A cloud of its own: Entra issues tokens for this endpoint, and only those are accepted.
+        entra.add_resource(&bound.url);
         let inner: Shared = Arc::new(Mutex::new(Inner {
             url: bound.url.clone(),
             tenant: tenant.to_owned(),
@@ -315,7 +318,10 @@ fn authenticate(inner: &Inner, headers: &HeaderMap) -> Result<String, &'static s
         .map_err(|_| failure)?;
     let key = DecodingKey::from_rsa_pem(pem.as_bytes()).map_err(|_| failure)?;
     let mut validation = Validation::new(Algorithm::RS256);
-    validation.set_audience(&[GRAPH_RESOURCE, &format!("{GRAPH_RESOURCE}/"), GRAPH_APP_ID]);
+    // Graph of a cloud other than the public one accepts tokens for its own endpoint (and
+    // Graph's application id), as the fake does for its URL.
+    let url = inner.url.trim_end_matches('/');
+    validation.set_audience(&[url, &format!("{url}/"), GRAPH_APP_ID]);
     validation.set_issuer(&[EntraFake::issuer_v1(&inner.tenant)]);
     validation.leeway = 300;
     let claims = jsonwebtoken::decode::<Value>(&token, &key, &validation)

@@ -107,7 +107,7 @@ async fn azure(role: Option<Role>) -> Azure {
     let metrics = Arc::new(Metrics::default());
     let client = client_for(
         &arm,
-        TokenProvider::new(Arc::new(source), pgmcp_identity::ARM_SCOPE),
+        TokenProvider::new(Arc::new(source), arm.scope()),
         metrics.clone(),
     );
     Azure {
@@ -813,7 +813,7 @@ async fn the_newest_api_versions_are_served_and_unknown_ones_refused() {
         ClientSecretSource::new(&az.entra, TENANT, OPERATOR_CLIENT_ID, OPERATOR_SECRET).unwrap();
     let newest = ArmClient::new(
         settings,
-        TokenProvider::new(Arc::new(source), pgmcp_identity::ARM_SCOPE),
+        TokenProvider::new(Arc::new(source), az.arm.scope()),
         az.metrics.clone(),
     )
     .unwrap()
@@ -934,16 +934,23 @@ async fn tokens_arm_would_refuse_are_refused_with_arms_401() {
         // Signed by a key Entra does not publish.
         (
             az.entra
-                .sign_with(TENANT, &rogue_kid, &claims("https://management.azure.com"))
+                .sign_with(TENANT, &rogue_kid, &claims(az.arm.url()))
                 .unwrap(),
             "InvalidAuthenticationToken",
+        ),
+        // A token for another cloud's Resource Manager (the public one) is not for this one.
+        (
+            az.entra
+                .sign(TENANT, &claims("https://management.azure.com"))
+                .unwrap(),
+            "InvalidAuthenticationTokenAudience",
         ),
         ("not-a-jwt".to_owned(), "InvalidAuthenticationToken"),
     ];
     for (token, code) in cases {
         let client = client_for(
             &az.arm,
-            TokenProvider::new(Arc::new(Fixed(token)), pgmcp_identity::ARM_SCOPE),
+            TokenProvider::new(Arc::new(Fixed(token)), az.arm.scope()),
             az.metrics.clone(),
         );
         let err = fic::ensure(&client, &desired_fic(ISSUER))
@@ -969,7 +976,7 @@ async fn an_untrusted_arm_certificate_is_a_transport_error() {
     };
     let untrusting = ArmClient::new(
         settings,
-        TokenProvider::new(Arc::new(source), pgmcp_identity::ARM_SCOPE),
+        TokenProvider::new(Arc::new(source), az.arm.scope()),
         az.metrics.clone(),
     )
     .unwrap()

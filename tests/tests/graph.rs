@@ -294,7 +294,7 @@ async fn graph_client(entra: &EntraFake, graph: &GraphFake) -> (reqwest::Client,
         .unwrap();
     let source = ClientSecretSource::new(entra, TENANT, OPERATOR_CLIENT_ID, READER_SECRET).unwrap();
     let token = source
-        .fetch("https://graph.microsoft.com/.default")
+        .fetch(&format!("{}/.default", graph.url()))
         .await
         .unwrap();
     (http, token.secret().to_owned())

@@ -2,8 +2,9 @@
 //! operator's own workload-identity token, bounded retries, long-running operations followed to
 //! their end, ARM's error bodies in errors and every request counted in metrics.
 //!
-//! - **Auth**: `Authorization: Bearer` from a [`TokenProvider`] for
-//!   `https://management.azure.com/.default` (cached and refreshed by the provider). The token
+//! - **Auth**: `Authorization: Bearer` from a [`TokenProvider`] for the endpoint's scope
+//!   (`https://management.azure.com/.default` in the public cloud, [`super::rest::scope_for`];
+//!   cached and refreshed by the provider). The token
 //!   is sent to the configured endpoint only — also when ARM names an operation-status URL
 //!   elsewhere — and never appears in an error or a log line.
 //! - **Retries** (429, 408, 500, 502, 503, 504, connection failures): exponential backoff with

@@ -21,10 +21,6 @@ use crate::metrics::Metrics;
 
 /// The public cloud's Microsoft Graph.
 pub const DEFAULT_GRAPH_ENDPOINT: &str = "https://graph.microsoft.com";
-/// The token scope for Graph. Sovereign clouds have their own Graph host; like
-/// [`pgmcp_identity::ARM_SCOPE`], the scope names the public cloud's resource, which Entra
-/// maps for the national clouds' Graph as well.
-pub const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
 
 /// Pages of one list followed at most: 1,000 pages of up to 999 items.
 const MAX_PAGES: usize = 1000;

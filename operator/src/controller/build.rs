@@ -376,7 +376,8 @@ fn deployment(valid: &Valid, defaults: &Defaults, name: &str, config_hash: &str)
             protocol: Some("TCP".to_owned()),
             ..Default::default()
         }]),
-        // The server waits up to a minute for the database before it listens.
+        // The server listens at once; /healthz answers while it waits, unready, for its first
+        // token and the database.
         startup_probe: Some(http_probe("/healthz", 2, 45)),
         liveness_probe: Some(http_probe("/healthz", 10, 3)),
         readiness_probe: Some(http_probe("/readyz", 5, 2)),
