@@ -607,3 +607,93 @@ async fn an_operator_killed_between_creating_a_role_and_marking_it_leaves_no_unm
         format!("managed by pgmcp binding {}/shop", ns.name)
     );
 }
+
+/// What an operator that kept no record leaves: a status without `inventory`, and an admin
+/// Secret without the in-use finalizer.
+async fn forget_the_record(ns: &pgmcp_tests::TestNamespace, name: &str) {
+    let bindings: Api<PostgresMcpBinding> = ns.api();
+    bindings
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"inventory": null}})),
+        )
+        .await
+        .unwrap();
+    let secrets: Api<Secret> = ns.api();
+    secrets
+        .patch(
+            "pg-admin",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binding_from_before_the_record_gets_one_and_is_still_cleaned_up() {
+    let env = TestEnv::shared();
+    let pg = Postgres::shared();
+    let ns = env.namespace("legacy").await.unwrap();
+    let db = pg.create_database("legacy").await.unwrap();
+    let role = format!("{}_r", db.name);
+    create_admin_secret(&ns, pg);
+    let mut operator = Operator::start(env, &ns.name, "op-legacy-1", &[])
+        .await
+        .unwrap();
+    kubectl_apply(
+        &ns,
+        &password_example(pg.host(), pg.port(), &db.name, &role),
+    );
+    let bindings: Api<PostgresMcpBinding> = ns.api();
+    wait_condition(&bindings, "shop", "DatabaseReady", "True", None, WAIT).await;
+    operator.stop();
+
+    // An upgrade: the new operator records what the spec names and it finds.
+    forget_the_record(&ns, "shop").await;
+    let mut operator = Operator::start(env, &ns.name, "op-legacy-2", &[])
+        .await
+        .unwrap();
+    patch(
+        &bindings,
+        "shop",
+        json!({"metadata": {"annotations": {"touch": "1"}}}),
+    )
+    .await;
+    let binding = wait_for("the record", WAIT, || async {
+        let binding = bindings.get("shop").await.ok()?;
+        let inventory = binding.status.as_ref()?.inventory.clone()?;
+        inventory.role.as_ref()?.oid.is_some().then_some(binding)
+    })
+    .await;
+    let inventory = binding.status.unwrap().inventory.unwrap();
+    assert_eq!(inventory.role.unwrap().name, role);
+    assert_eq!(inventory.admin_secret.as_deref(), Some("pg-admin"));
+    let secrets: Api<Secret> = ns.api();
+    eventually("the admin Secret protected", WAIT, || async {
+        secrets.get("pg-admin").await.is_ok_and(|s| {
+            s.metadata
+                .finalizers
+                .unwrap_or_default()
+                .contains(&pgmcp_crds::SECRET_IN_USE_FINALIZER.to_owned())
+        })
+    })
+    .await;
+    operator.stop();
+
+    // Deleted while no operator runs, with no record at all: cleanup works from the spec.
+    forget_the_record(&ns, "shop").await;
+    bindings
+        .delete("shop", &DeleteParams::default())
+        .await
+        .unwrap();
+    let _operator = Operator::start(env, &ns.name, "op-legacy-3", &[])
+        .await
+        .unwrap();
+    eventually("the binding gone", WAIT, || async {
+        bindings.get_opt("shop").await.is_ok_and(|b| b.is_none())
+    })
+    .await;
+    assert!(!role_exists(&role).await, "the role dropped");
+}
