@@ -3,6 +3,8 @@
 //! ```text
 //! fetch     read the Secrets the binding names or owns                 (reads only)
 //! validate  check references and parse limits                          (pure)
+//! record    status.inventory: what exists outside the cluster          (record.rs)
+//! protect   the in-use finalizer on the admin Secret                   (protect.rs)
 //! build     desired ServiceAccount, ConfigMap, Deployment, Service,
 //!           PodDisruptionBudget, NetworkPolicy                          (pure)
 //! apply     server-side apply of what differs, delete what is unwanted  (writes)
@@ -12,10 +14,14 @@
 //! events    what the steps changed or failed at, published once at the end
 //! ```
 //!
-//! A finalizer guards state outside the cluster ([`cleanup`]); children inside it carry a
-//! controller owner reference and are garbage-collected by Kubernetes. Children are watched
-//! (label `app.kubernetes.io/managed-by=pgmcp-operator`), so an edited or deleted child is
-//! repaired within seconds; the watch caches double as the "live" side of apply's comparison.
+//! The external steps (database, azure) share one contract: what the spec asks for now and
+//! what the record says exists go in; the step creates what is missing (recording it first),
+//! removes what is recorded but no longer asked for, and returns a report for status and
+//! Events. A finalizer removes what the record holds ([`cleanup`]), without needing a valid
+//! spec; children inside the cluster carry a controller owner reference and are
+//! garbage-collected by Kubernetes. Children are watched (label
+//! `app.kubernetes.io/managed-by=pgmcp-operator`), so an edited or deleted child is repaired
+//! within seconds; the watch caches double as the "live" side of apply's comparison.
 
 pub mod apply;
 pub mod azure;
@@ -292,15 +298,7 @@ async fn reconcile_binding(binding: &PostgresMcpBinding, ctx: &Context) -> Resul
     let valid = match validate::validate(binding, &inputs) {
         Ok(valid) => valid,
         Err(invalid) => {
-            let outcome = Outcome::Stalled {
-                reason: invalid.reason(),
-                message: invalid.to_string(),
-            };
-            if write_status(ctx, binding, &outcome).await? {
-                let mut notes = Notes::default();
-                notes.warning(invalid.reason(), invalid.to_string());
-                notes.publish(ctx, binding).await;
-            }
+            stop(ctx, binding, invalid.reason(), invalid.to_string(), true).await?;
             return Ok(if invalid.waits_for_other_object() {
                 Action::requeue(WAITING_RECHECK)
             } else {
@@ -308,80 +306,53 @@ async fn reconcile_binding(binding: &PostgresMcpBinding, ctx: &Context) -> Resul
             });
         }
     };
-    // What exists outside the cluster, as recorded. The admin Secret is protected before
+    // What exists outside the cluster, as recorded; the admin Secret is protected before
     // anything is created that would need it to be removed.
     let mut record = Record::load(binding);
     if record.is_legacy() {
         database::adopt_legacy(binding, &mut record);
         azure::adopt_legacy(ctx, binding, &mut record).await?;
     }
-    if let Err(err) =
-        protect::protect(ctx, binding, inputs.admin_secret.as_ref(), &mut record).await
-    {
-        let outcome = Outcome::Failed {
-            reason: "AdminSecretNotProtected",
-            message: err.to_string(),
-        };
-        write_status(ctx, binding, &outcome).await?;
+    let protected = protect::protect(ctx, binding, inputs.admin_secret.as_ref(), &mut record);
+    if let Err(err) = protected.await {
+        stop(
+            ctx,
+            binding,
+            "AdminSecretNotProtected",
+            err.to_string(),
+            false,
+        )
+        .await?;
         return Err(err.into());
     }
     let desired = build::build(&valid, &ctx.defaults);
-    let mut notes = Notes::default();
     let applied = match apply::apply(ctx, binding, &desired).await {
         Ok(applied) => applied,
         Err(err) => {
-            let outcome = if err.needs_user() {
-                Outcome::Stalled {
-                    reason: err.reason(),
-                    message: err.to_string(),
-                }
-            } else {
-                Outcome::Failed {
-                    reason: err.reason(),
-                    message: err.to_string(),
-                }
-            };
-            if write_status(ctx, binding, &outcome).await? {
-                notes.warning(err.reason(), err.to_string());
-                notes.publish(ctx, binding).await;
-            }
+            stop(
+                ctx,
+                binding,
+                err.reason(),
+                err.to_string(),
+                err.needs_user(),
+            )
+            .await?;
             return Err(err.into());
         }
     };
-    notes.children(&applied.changes);
-    let database = database::reconcile(
-        ctx,
-        binding,
-        &valid,
-        &mut record,
+    let secrets = (
         inputs.admin_secret.as_ref(),
         inputs.password_secret.as_ref(),
-    )
-    .await;
-    if let Ok(report) = &database
-        && let Some(plan) = &report.changed
-    {
-        let reason = if report.repaired {
-            "GrantsRepaired"
-        } else {
-            "Granted"
-        };
-        notes.normal(reason, truncate(&plan.to_string(), 1000));
-    }
+    );
+    let database = database::reconcile(ctx, binding, &valid, &mut record, secrets).await;
     let azure = azure::reconcile(ctx, &valid, &mut record).await;
-    for ensured in azure.ensured() {
-        let verb = match ensured.change {
-            crate::azure::Change::Unchanged => continue,
-            crate::azure::Change::Created => "Created",
-            crate::azure::Change::Updated => "Updated",
-        };
-        notes.normal(verb, format!("{} {}", verb.to_lowercase(), ensured.what));
-    }
-    for removal in azure.removed.iter().filter(|r| r.result.is_ok()) {
-        notes.normal("Deleted", format!("deleted {}", removal.what));
-    }
     // Objects found in place (adopted) are recorded now.
     record.save(ctx).await?;
+
+    let mut notes = Notes::default();
+    notes.children(&applied.changes);
+    notes.database(&database);
+    notes.azure(&azure);
     let outcome = Outcome::Applied {
         valid: &valid,
         desired: &desired,
@@ -391,24 +362,42 @@ async fn reconcile_binding(binding: &PostgresMcpBinding, ctx: &Context) -> Resul
     };
     // Failures are announced when they change what status says, not on every retry.
     if write_status(ctx, binding, &outcome).await? {
-        let failures = database
-            .as_ref()
-            .err()
-            .map(|e| (e.reason(), e.to_string()))
-            .into_iter()
-            .chain(azure.errors().map(|e| (e.reason(), e.to_string())));
-        for (reason, message) in failures {
-            notes.warning(reason, message);
-        }
+        notes.failures(&database, &azure);
     }
     notes.publish(ctx, binding).await;
-    if let Err(err) = database {
-        return Err(err.into());
-    }
+    database?;
     if let Some(err) = azure.into_errors().next() {
         return Err(err.into());
     }
     Ok(Action::requeue(ctx.resync))
+}
+
+/// A reconcile that ends early: status says why (`Stalled` when only the user can fix it),
+/// with a Warning Event when that is news.
+async fn stop(
+    ctx: &Context,
+    binding: &PostgresMcpBinding,
+    reason: &'static str,
+    message: String,
+    needs_user: bool,
+) -> Result<(), Error> {
+    let outcome = if needs_user {
+        Outcome::Stalled {
+            reason,
+            message: message.clone(),
+        }
+    } else {
+        Outcome::Failed {
+            reason,
+            message: message.clone(),
+        }
+    };
+    if write_status(ctx, binding, &outcome).await? {
+        let mut notes = Notes::default();
+        notes.warning(reason, message);
+        notes.publish(ctx, binding).await;
+    }
+    Ok(())
 }
 
 /// The Events of one reconcile, published together at its end ([`Notes::publish`]).
@@ -448,6 +437,49 @@ impl Notes {
         self.0.push((EventType::Normal, reason, note, related));
     }
 
+    /// The grants made or repaired.
+    fn database(&mut self, database: &Result<database::Report, database::Error>) {
+        if let Ok(report) = database
+            && let Some(plan) = &report.changed
+        {
+            let reason = if report.repaired {
+                "GrantsRepaired"
+            } else {
+                "Granted"
+            };
+            self.normal(reason, truncate(&plan.to_string(), 1000));
+        }
+    }
+
+    /// Azure objects created, updated, and deleted because the binding no longer asks for them.
+    fn azure(&mut self, azure: &azure::Report) {
+        for ensured in azure.ensured() {
+            let verb = match ensured.change {
+                crate::azure::Change::Unchanged => continue,
+                crate::azure::Change::Created => "Created",
+                crate::azure::Change::Updated => "Updated",
+            };
+            self.normal(verb, format!("{} {}", verb.to_lowercase(), ensured.what));
+        }
+        for removal in azure.removed.iter().filter(|r| r.result.is_ok()) {
+            self.normal("Deleted", format!("deleted {}", removal.what));
+        }
+    }
+
+    /// A Warning for each step that failed.
+    fn failures(
+        &mut self,
+        database: &Result<database::Report, database::Error>,
+        azure: &azure::Report,
+    ) {
+        if let Err(err) = database {
+            self.warning(err.reason(), err.to_string());
+        }
+        for err in azure.errors() {
+            self.warning(err.reason(), err.to_string());
+        }
+    }
+
     async fn publish(self, ctx: &Context, binding: &PostgresMcpBinding) {
         for (type_, reason, note, related) in self.0 {
             ctx.event(binding, type_, reason, note, related).await;
@@ -469,15 +501,7 @@ fn truncate(text: &str, max: usize) -> String {
 
 async fn cleanup_binding(binding: &PostgresMcpBinding, ctx: &Context) -> Result<Action, Error> {
     if let Err(err) = cleanup::cleanup(ctx, binding).await {
-        let outcome = Outcome::Failed {
-            reason: "CleanupFailed",
-            message: err.to_string(),
-        };
-        if write_status(ctx, binding, &outcome).await? {
-            let mut notes = Notes::default();
-            notes.warning("CleanupFailed", err.to_string());
-            notes.publish(ctx, binding).await;
-        }
+        stop(ctx, binding, "CleanupFailed", err.to_string(), false).await?;
         return Err(err.into());
     }
     Ok(Action::await_change())

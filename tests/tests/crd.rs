@@ -640,7 +640,21 @@ async fn immutable_fields_cannot_change_and_the_stored_binding_is_kept() {
         .expect("create password binding");
 
     type Change = fn(&mut PostgresMcpBinding);
-    let cases: [(&str, &PostgresMcpBinding, Change, &str, &str); 5] = [
+    let cases: [(&str, &PostgresMcpBinding, Change, &str, &str); 7] = [
+        (
+            "moving to another server",
+            &password,
+            |b| b.spec.postgres.host = "other.postgres.example".into(),
+            "spec.postgres.host",
+            "host is immutable",
+        ),
+        (
+            "changing the port",
+            &password,
+            |b| b.spec.postgres.port = 6432,
+            "spec.postgres.port",
+            "port is immutable",
+        ),
         (
             "changing principalName",
             &entra,

@@ -180,8 +180,7 @@ pub async fn reconcile(
     binding: &PostgresMcpBinding,
     valid: &Valid,
     record: &mut Record,
-    admin_secret: Option<&Secret>,
-    password_secret: Option<&Secret>,
+    (admin_secret, password_secret): (Option<&Secret>, Option<&Secret>),
 ) -> Result<Report, Error> {
     let admin = admin(ctx, &valid.spec, admin_secret).await?;
     let role = valid.identity.role().to_owned();
