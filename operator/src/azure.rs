@@ -50,6 +50,15 @@ impl Default for AzureSettings {
     }
 }
 
+/// What ARM holds, compared with what it should hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observed {
+    /// The resource says what it should; its ARM id.
+    InPlace(String),
+    /// A write is needed: [`Change::Created`] or [`Change::Updated`].
+    Differs(Change),
+}
+
 /// What an `ensure` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {

@@ -31,9 +31,9 @@ use reqwest::header::LOCATION;
 use reqwest::{Method, Url};
 use serde_json::Value;
 
-use super::AzureSettings;
 use super::rest::{self, Failure, Reply, Rest, clip, retry_after, with_retries};
 pub use super::rest::{Action, RetryPolicy};
+use super::{AzureSettings, Change, Observed};
 use crate::metrics::Metrics;
 
 const ASYNC_OPERATION: &str = "azure-asyncoperation";
@@ -311,6 +311,35 @@ impl ArmClient {
             })
     }
 
+    /// Reads the resource and compares it with what it should hold (`is_desired`).
+    pub async fn observe(
+        &self,
+        kind: &ResourceKind,
+        resource_id: &str,
+        api_version: &str,
+        is_desired: impl Fn(&Value) -> bool,
+    ) -> Result<Observed, Error> {
+        Ok(match self.get(kind, resource_id, api_version).await? {
+            Some(observed) if is_desired(&observed) => {
+                Observed::InPlace(arm_id(&observed, resource_id))
+            }
+            Some(_) => Observed::Differs(Change::Updated),
+            None => Observed::Differs(Change::Created),
+        })
+    }
+
+    /// Creates or replaces the resource with `body`; returns its ARM id.
+    pub async fn write(
+        &self,
+        kind: &ResourceKind,
+        resource_id: &str,
+        api_version: &str,
+        body: &Value,
+    ) -> Result<String, Error> {
+        let stored = self.put(kind, resource_id, api_version, body).await?;
+        Ok(arm_id(&stored, resource_id))
+    }
+
     /// Deletes the resource. `Ok(false)` when it was already gone (404 or 204), `Ok(true)` when
     /// ARM deleted it (a long-running delete is followed to its end).
     pub async fn delete(
@@ -524,6 +553,15 @@ impl rest::Retry for Error {
     }
 }
 
+/// ARM's id of the resource in `answer`, else the one we addressed.
+fn arm_id(answer: &Value, fallback: &str) -> String {
+    answer["id"]
+        .as_str()
+        .filter(|id| !id.is_empty())
+        .unwrap_or(fallback)
+        .to_owned()
+}
+
 /// An ARM resource id: `/subscriptions/…`, plain path segments, nothing that would change the
 /// URL's meaning (query, fragment, escapes, dot segments).
 fn check_resource_id(id: &str) -> Result<(), String> {
@@ -553,6 +591,17 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn the_id_is_arms_else_the_one_addressed() {
+        let answer = serde_json::json!({"id": "/x"});
+        assert_eq!(arm_id(&answer, "fallback"), "/x");
+        assert_eq!(arm_id(&Value::Null, "fallback"), "fallback");
+        assert_eq!(
+            arm_id(&serde_json::json!({"id": ""}), "fallback"),
+            "fallback"
+        );
+    }
 
     #[test]
     fn resource_ids_that_would_change_the_url_are_refused() {

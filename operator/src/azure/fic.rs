@@ -8,8 +8,8 @@
 
 use serde_json::{Value, json};
 
-use super::Change;
 use super::arm::{ArmClient, Error, ResourceKind};
+use super::{Change, Observed};
 
 /// The one audience workload identity federation uses.
 pub const AUDIENCE: &str = pgmcp_identity::TOKEN_EXCHANGE_AUDIENCE;
@@ -127,41 +127,21 @@ fn matches(observed: &Value, desired: &Desired) -> bool {
         && audiences == [AUDIENCE]
 }
 
-/// ARM's id of the resource in `answer`, else the one we addressed.
-fn arm_id(answer: &Value, fallback: String) -> String {
-    answer["id"]
-        .as_str()
-        .filter(|id| !id.is_empty())
-        .map_or(fallback, str::to_owned)
-}
-
-/// What ARM holds, compared with what `desired` says.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Observed {
-    /// The credential says what it should; its ARM id.
-    InPlace(String),
-    /// A write is needed: [`Change::Created`] or [`Change::Updated`].
-    Differs(Change),
-}
-
 /// Reads the credential and compares it with `desired`.
 pub async fn observe(arm: &ArmClient, desired: &Desired) -> Result<Observed, Error> {
     let id = resource_id(&desired.identity_resource_id, &desired.name);
     let api_version = &arm.settings().fic_api_version;
-    Ok(match arm.get(&KIND, &id, api_version).await? {
-        Some(observed) if matches(&observed, desired) => Observed::InPlace(arm_id(&observed, id)),
-        Some(_) => Observed::Differs(Change::Updated),
-        None => Observed::Differs(Change::Created),
-    })
+    arm.observe(&KIND, &id, api_version, |o| matches(o, desired))
+        .await
 }
 
 /// Writes the credential (PUT); returns its ARM id.
 pub async fn write(arm: &ArmClient, desired: &Desired, change: Change) -> Result<String, Error> {
     let id = resource_id(&desired.identity_resource_id, &desired.name);
     let api_version = &arm.settings().fic_api_version;
-    let stored = arm.put(&KIND, &id, api_version, &body(desired)).await?;
+    let id = arm.write(&KIND, &id, api_version, &body(desired)).await?;
     tracing::info!(resource = %id, ?change, issuer = %desired.issuer, subject = %desired.subject, "federated identity credential written");
-    Ok(arm_id(&stored, id))
+    Ok(id)
 }
 
 /// Makes the credential say what `desired` says: GET, and PUT only when it is missing or
@@ -267,7 +247,5 @@ mod tests {
         observed["properties"]["audiences"] = json!(["api://AzureADTokenExchange"]);
         observed["properties"]["subject"] = json!("system:serviceaccount:agents:other");
         assert!(!matches(&observed, &d));
-        assert_eq!(arm_id(&observed, "fallback".into()), "/x");
-        assert_eq!(arm_id(&Value::Null, "fallback".into()), "fallback");
     }
 }

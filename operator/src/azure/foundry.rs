@@ -9,8 +9,8 @@
 
 use serde_json::{Value, json};
 
-use super::Change;
 use super::arm::{ArmClient, Error, ResourceKind};
+use super::{Change, Observed};
 
 pub const CATEGORY: &str = "RemoteTool";
 pub const GROUP: &str = "GenericProtocol";
@@ -86,27 +86,21 @@ fn matches(observed: &Value, desired: &Desired) -> bool {
         && p["metadata"]["type"].as_str() == Some(METADATA_TYPE)
 }
 
-/// What ARM holds, compared with what `desired` says.
-pub use super::fic::Observed;
-
 /// Reads the connection and compares it with `desired`.
 pub async fn observe(arm: &ArmClient, desired: &Desired) -> Result<Observed, Error> {
     let id = resource_id(&desired.project_resource_id, &desired.connection_name);
     let api_version = &arm.settings().foundry_api_version;
-    Ok(match arm.get(&KIND, &id, api_version).await? {
-        Some(observed) if matches(&observed, desired) => Observed::InPlace(arm_id(&observed, id)),
-        Some(_) => Observed::Differs(Change::Updated),
-        None => Observed::Differs(Change::Created),
-    })
+    arm.observe(&KIND, &id, api_version, |o| matches(o, desired))
+        .await
 }
 
 /// Writes the connection (PUT); returns its ARM id.
 pub async fn write(arm: &ArmClient, desired: &Desired, change: Change) -> Result<String, Error> {
     let id = resource_id(&desired.project_resource_id, &desired.connection_name);
     let api_version = &arm.settings().foundry_api_version;
-    let stored = arm.put(&KIND, &id, api_version, &body(desired)).await?;
+    let id = arm.write(&KIND, &id, api_version, &body(desired)).await?;
     tracing::info!(resource = %id, ?change, target = %desired.target, "Foundry connection written");
-    Ok(arm_id(&stored, id))
+    Ok(id)
 }
 
 /// Makes the connection say what `desired` says: GET, and PUT only when it is missing or
@@ -134,13 +128,6 @@ pub async fn delete(
 ) -> Result<(), Error> {
     let id = resource_id(project_resource_id, connection_name);
     delete_by_id(arm, &id, &arm.settings().foundry_api_version).await
-}
-
-fn arm_id(answer: &Value, fallback: String) -> String {
-    answer["id"]
-        .as_str()
-        .filter(|id| !id.is_empty())
-        .map_or(fallback, str::to_owned)
 }
 
 #[cfg(test)]

@@ -263,17 +263,17 @@ async fn ensure_resource<D>(
     record: &mut Record,
     entry: AzureResourceRecord,
     desired: &D,
-    observe: impl AsyncFnOnce(&arm::ArmClient, &D) -> Result<fic::Observed, arm::Error>,
+    observe: impl AsyncFnOnce(&arm::ArmClient, &D) -> Result<crate::azure::Observed, arm::Error>,
     write: impl AsyncFnOnce(&arm::ArmClient, &D, Change) -> Result<String, arm::Error>,
     scope: &str,
 ) -> Result<(String, Change), Error> {
     let arm = arm_client(ctx, scope)?;
     match observe(arm, desired).await? {
-        fic::Observed::InPlace(id) => {
+        crate::azure::Observed::InPlace(id) => {
             record_resource(record, entry);
             Ok((id, Change::Unchanged))
         }
-        fic::Observed::Differs(change) => {
+        crate::azure::Observed::Differs(change) => {
             record_resource(record, entry);
             record.save(ctx).await?;
             Ok((write(arm, desired, change).await?, change))
