@@ -54,8 +54,8 @@ pub struct Report {
     pub grants: GrantsStatus,
     /// What the spec names that the database lacks (granted once it exists).
     pub missing: Vec<String>,
-    /// Ways the role can write (empty: read-only verified).
-    pub write_capabilities: Vec<String>,
+    /// What the role can do beyond reading its grants (nothing: read-only verified).
+    pub read_only: probe::Findings,
     /// The grants and revocations made, if any.
     pub changed: Option<Plan>,
     /// True when grants existed before and had drifted.
@@ -451,7 +451,7 @@ pub async fn reconcile(
     for (kind, count) in kinds {
         ctx.metrics.sql_statements(kind, count);
     }
-    let write_capabilities = probe::write_capabilities(&client, &role)
+    let read_only = probe::read_only(&client, &role, &valid.spec.access.functions)
         .await
         .map_err(sql("probe the role's privileges"))?;
     admin.release(&database, client);
@@ -486,7 +486,7 @@ pub async fn reconcile(
             repairs: previous.repairs + i64::from(repaired),
         },
         missing: desired.missing,
-        write_capabilities,
+        read_only,
         changed: (!plan.is_empty()).then_some(plan),
         repaired,
     })
