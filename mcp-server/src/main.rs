@@ -1,5 +1,6 @@
 //! pgmcp-server: parse arguments, get the first database token (workload identity), check the
-//! database role, serve MCP over HTTP (with caller authentication) or stdio.
+//! database role, read the SECURITY DEFINER functions (again every 30 s), serve MCP over HTTP
+//! (with caller authentication) or stdio.
 
 use std::future::IntoFuture as _;
 use std::sync::Arc;
@@ -47,7 +48,8 @@ fn main() -> anyhow::Result<()> {
 async fn serve(args: Args) -> anyhow::Result<()> {
     let settings = Settings::resolve(&args, |var| std::env::var(var).ok())?;
     let db = Database::new(&settings.connect).map_err(anyhow::Error::msg)?;
-    let scope = Scope::new(settings.file.scope.grants.clone());
+    let scope = Scope::new(settings.file.scope.grants.clone())
+        .with_functions(settings.file.scope.functions.clone());
     // Tool calls wait for the role check; over HTTP the listener answers meanwhile.
     let (role_checked, gate) = tokio::sync::watch::channel(false);
     let tools = Arc::new(Tools::new(db, scope, settings.file.limits.clone()).gated(gate));
@@ -58,7 +60,9 @@ async fn serve(args: Args) -> anyhow::Result<()> {
 
     if settings.stdio {
         check_role(&tools, settings.allow_unsafe_role).await?;
+        load_definers(&tools).await;
         let _ = role_checked.send(true);
+        tokio::spawn(tools.clone().keep_definers_fresh());
         tracing::info!("serving MCP on stdio");
         return pgmcp_server::stdio::serve(PgMcpServer::new(tools, metrics)).await;
     }
@@ -103,6 +107,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     });
     let shutdown = CancellationToken::new();
     let tools_for_check = tools.clone();
+    let tools_for_refresh = tools.clone();
     let app = router(
         AppState {
             tools,
@@ -118,7 +123,11 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let mut check = tokio::spawn({
         let tools = tools_for_check;
         let allow_unsafe_role = settings.allow_unsafe_role;
-        async move { check_role(&tools, allow_unsafe_role).await }
+        async move {
+            check_role(&tools, allow_unsafe_role).await?;
+            load_definers(&tools).await;
+            anyhow::Ok(())
+        }
     });
     let listener = match tokio::net::TcpListener::bind(settings.listen).await {
         Ok(listener) => listener,
@@ -151,6 +160,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         checked = &mut check => checked??,
     }
     let _ = role_checked.send(true);
+    tokio::spawn(tools_for_refresh.keep_definers_fresh());
     serve.await?;
     Ok(())
 }
@@ -207,6 +217,21 @@ async fn check_role(tools: &Tools, allow_unsafe_role: bool) -> anyhow::Result<()
             "refusing to serve: {list}. Use a role with SELECT only (what a PostgresMcpBinding creates), \
              or pass --allow-unsafe-role for development"
         )
+    }
+}
+
+/// Reads the SECURITY DEFINER functions before the first call, naming those refused. A failure
+/// only delays the read to the first query.
+async fn load_definers(tools: &Tools) {
+    match tools.refresh_definers().await {
+        Ok(snapshot) if !snapshot.is_empty() => tracing::warn!(
+            functions = %snapshot.definers().join(", "),
+            "calls to these SECURITY DEFINER functions are refused (they run with their owner's rights); allow one with --allow-function SCHEMA.NAME (spec.access.functions) if agents may call it"
+        ),
+        Ok(_) => {}
+        Err(err) => {
+            tracing::warn!(error = %err, "failed to read the SECURITY DEFINER functions; reading them at the first query");
+        }
     }
 }
 
