@@ -160,7 +160,7 @@ fn read_only_step(role: &str, db: &str, found: &database::probe::Findings) -> St
         ty::READ_ONLY_VERIFIED,
         "False",
         reason,
-        format!("role {role} {what}, through privileges the operator does not grant: it {items}"),
+        format!("role {role} {what}: it {items}"),
     )
 }
 
@@ -806,9 +806,7 @@ mod tests {
         );
         assert_eq!(
             beyond.message,
-            format!(
-                "role inventory-mcp can read beyond what the binding grants, through privileges the operator does not grant: it {definer}"
-            )
+            format!("role inventory-mcp can read beyond what the binding grants: it {definer}")
         );
 
         let write = with(database::probe::Findings {
@@ -821,7 +819,7 @@ mod tests {
             ("False", "CanWrite")
         );
         assert!(
-            write.message.starts_with("role inventory-mcp can write, through privileges the operator does not grant: it has CREATE on schema hr through PUBLIC (…); can execute SECURITY DEFINER"),
+            write.message.starts_with("role inventory-mcp can write: it has CREATE on schema hr through PUBLIC (…); can execute SECURITY DEFINER"),
             "{}",
             write.message
         );
