@@ -78,6 +78,10 @@ impl Default for DatabaseConfig {
 pub struct ScopeConfig {
     #[serde(default)]
     pub grants: Vec<ScopeGrant>,
+    /// SECURITY DEFINER functions the server may call (every overload of each name); calls to
+    /// any other SECURITY DEFINER function outside `pg_catalog` are refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub functions: Vec<ScopeFunction>,
 }
 
 /// One granted schema: `["*"]` or table names.
@@ -86,6 +90,15 @@ pub struct ScopeConfig {
 pub struct ScopeGrant {
     pub schema: String,
     pub tables: Vec<String>,
+}
+
+/// A function name in a schema, as PostgreSQL stores them (case-sensitive), standing for all
+/// its overloads.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ScopeFunction {
+    pub schema: String,
+    pub name: String,
 }
 
 /// Caps of every tool call, stated in each result.

@@ -63,7 +63,9 @@ pub mod conditions {
     pub const IDENTITY_READY: &str = "IdentityReady";
     /// The database principal exists and its grants match the catalog.
     pub const DATABASE_READY: &str = "DatabaseReady";
-    /// The principal was probed and can only read.
+    /// The principal was probed and can only read what the binding grants: reason `ReadOnly`,
+    /// else `CanWrite` (a way to write or act on the server) or `ReadsBeyondGrants` (a way to
+    /// read more than the grants, such as a SECURITY DEFINER function).
     pub const READ_ONLY_VERIFIED: &str = "ReadOnlyVerified";
     /// The MCP server Deployment is available.
     pub const SERVER_AVAILABLE: &str = "ServerAvailable";

@@ -323,6 +323,35 @@ pub struct AccessSpec {
     /// the grants and drops the role, Orphan leaves both in place.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+    /// SECURITY DEFINER functions agents may call. Such a function runs with the rights of its
+    /// owner, not of the binding's role, and PostgreSQL lets PUBLIC execute every new function,
+    /// so one call can read tables this binding never granted. The MCP server refuses calls to
+    /// every SECURITY DEFINER function outside pg_catalog that is not listed here, and the
+    /// ReadOnlyVerified condition names each one the role can execute (reason
+    /// ReadsBeyondGrants) until it is listed or its EXECUTE privilege revoked. List only
+    /// functions whose every overload is safe for agents to call. At most 64.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["schema".to_owned(), "name".to_owned()]))]
+    pub functions: Vec<AllowedFunction>,
+}
+
+/// A function the MCP server may call even though it is SECURITY DEFINER: every overload of
+/// the name in the schema.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AllowedFunction {
+    /// The function's schema, as PostgreSQL stores it (unquoted names are lower case).
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(validation = Rule::new("!self.startsWith('pg_') && self != 'information_schema'")
+        .message("schema must not be a system schema (pg_* or information_schema): calls to functions there are never refused, so listing one allows nothing"))]
+    pub schema: String,
+    /// The function's name alone, as PostgreSQL stores it (unquoted names are lower case),
+    /// without schema or argument list: every overload of the name is allowed.
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(validation = Rule::new("!self.contains('(') && !self.contains(')') && !self.contains('.')")
+        .message("name is the function's name alone: put the schema in schema, and leave out the argument list (every overload of the name is allowed)"))]
+    pub name: String,
 }
 
 fn default_true() -> bool {
@@ -984,6 +1013,7 @@ spec:
         );
         assert_eq!(spec.access.grants[0].privileges, ["SELECT"]);
         assert!(spec.access.default_privileges);
+        assert!(spec.access.functions.is_empty());
         assert_eq!(spec.access.deletion_policy, DeletionPolicy::Delete);
         assert_eq!(spec.server.replicas, 1);
         assert_eq!(

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use pgmcp_crds::config::{DEFAULT_AUTHORITY_HOST, EntraAuthConfig, ScopeGrant, ServerConfig};
+use pgmcp_crds::config::{
+    DEFAULT_AUTHORITY_HOST, EntraAuthConfig, ScopeFunction, ScopeGrant, ServerConfig,
+};
 use pgmcp_identity::{POSTGRES_SCOPE, TokenProvider, WorkloadIdentity};
 
 use crate::db::ConnectOptions;
@@ -51,6 +53,11 @@ pub struct Args {
     /// Without any, the server shows everything its role can read.
     #[arg(long = "grant")]
     pub grants: Vec<String>,
+    /// Allow calls to a SECURITY DEFINER function: SCHEMA.NAME, every overload of the name.
+    /// Repeatable. Calls to any other SECURITY DEFINER function outside pg_catalog are refused:
+    /// it would run with its owner's rights and could read what the grants do not.
+    #[arg(long = "allow-function")]
+    pub functions: Vec<String>,
     /// Most rows one tool call returns.
     #[arg(long)]
     pub max_rows: Option<u32>,
@@ -130,6 +137,24 @@ fn parse_grant(value: &str) -> Result<ScopeGrant, ConfigError> {
         schema: schema.to_owned(),
         tables,
     })
+}
+
+/// Parses `--allow-function` values.
+fn parse_function(value: &str) -> Result<ScopeFunction, ConfigError> {
+    match value.split_once('.') {
+        Some((schema, name))
+            if !schema.is_empty() && !name.is_empty() && !name.contains(['(', ')', '.']) =>
+        {
+            Ok(ScopeFunction {
+                schema: schema.to_owned(),
+                name: name.to_owned(),
+            })
+        }
+        _ => Err(err(format!(
+            "--allow-function {value}: expected SCHEMA.NAME, such as reporting.monthly_total \
+             (without arguments: every overload of the name is allowed)"
+        ))),
+    }
 }
 
 /// Removes `sslmode` and `sslrootcert` from a URL's query (or a key=value string) and returns
@@ -238,6 +263,13 @@ impl Settings {
                 .grants
                 .iter()
                 .map(|g| parse_grant(g))
+                .collect::<Result<_, _>>()?;
+        }
+        if !args.functions.is_empty() {
+            file.scope.functions = args
+                .functions
+                .iter()
+                .map(|f| parse_function(f))
                 .collect::<Result<_, _>>()?;
         }
         if let Some(max_rows) = args.max_rows {
@@ -438,6 +470,8 @@ mod tests {
                 "public",
                 "--grant",
                 "reporting=monthly_sales,daily",
+                "--allow-function",
+                "reporting.monthly_total",
                 "--max-rows",
                 "50",
             ]),
@@ -460,6 +494,13 @@ mod tests {
             settings.file.scope.grants[1].tables,
             ["monthly_sales", "daily"]
         );
+        assert_eq!(
+            settings.file.scope.functions,
+            [ScopeFunction {
+                schema: "reporting".into(),
+                name: "monthly_total".into()
+            }]
+        );
         assert_eq!(settings.file.limits.max_rows, 50);
         assert!(
             !format!("{settings:?}").contains("envpass"),
@@ -478,6 +519,10 @@ mod tests {
             schema: "reporting".into(),
             tables: vec!["monthly_sales".into()],
         }];
+        written.scope.functions = vec![ScopeFunction {
+            schema: "reporting".into(),
+            name: "monthly_total".into(),
+        }];
         written.limits.max_rows = 200;
         written.http.listen = "0.0.0.0:8080".into();
         written.http.allowed_hosts = vec!["sales-mcp.agents.svc".into()];
@@ -493,6 +538,7 @@ mod tests {
         assert_eq!(settings.connect.host, "sales.postgres.database.azure.com");
         assert_eq!(settings.connect.password.as_deref(), Some("from-env"));
         assert_eq!(settings.connect.search_path, ["reporting"]);
+        assert_eq!(settings.file.scope.functions[0].name, "monthly_total");
         assert_eq!(
             settings.file.limits.max_rows, 20,
             "the flag wins over the file"
@@ -556,6 +602,13 @@ mod tests {
         assert!(e.to_string().contains("--database-url"), "{e}");
         let e = Settings::resolve(&args(&["--grant", "=x"]), |_| None).unwrap_err();
         assert!(e.to_string().contains("--grant"), "{e}");
+        for bad in ["monthly_total", "reporting.monthly_total(int)", ".f", "s."] {
+            let e = Settings::resolve(&args(&["--allow-function", bad]), |_| None).unwrap_err();
+            assert!(
+                e.to_string().contains("--allow-function") && e.to_string().contains("SCHEMA.NAME"),
+                "{e}"
+            );
+        }
         let e = Settings::resolve(&args(&["--listen", "nowhere"]), |_| None).unwrap_err();
         assert!(e.to_string().contains("listen address"), "{e}");
         let e = Settings::resolve(&args(&["--config", "/nonexistent.json"]), |_| None).unwrap_err();

@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod config;
 pub mod db;
+pub mod definer;
 pub mod direct;
 pub mod http;
 pub mod metrics;

@@ -1,6 +1,7 @@
 //! pgmcp-server: parse arguments, serve MCP over HTTP (with caller authentication) or stdio, and
 //! run the start-up sequence beside it ([`startup::run`]: the first database token, the role
-//! check), which makes the server ready or stops it.
+//! check, the SECURITY DEFINER functions read again every 30 s), which makes the server ready or
+//! stops it.
 
 use std::future::IntoFuture as _;
 use std::sync::Arc;
@@ -48,7 +49,8 @@ fn main() -> anyhow::Result<()> {
 async fn serve(args: Args) -> anyhow::Result<()> {
     let settings = Settings::resolve(&args, |var| std::env::var(var).ok())?;
     let db = Database::new(&settings.connect).map_err(anyhow::Error::msg)?;
-    let scope = Scope::new(settings.file.scope.grants.clone());
+    let scope = Scope::new(settings.file.scope.grants.clone())
+        .with_functions(settings.file.scope.functions.clone());
     // Tool calls wait for the start-up sequence, and fail with its reason while it waits for
     // something that passes by itself; the transport answers meanwhile.
     let readiness = Readiness::starting();

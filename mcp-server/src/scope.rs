@@ -7,15 +7,17 @@
 
 use std::ops::ControlFlow;
 
-use pgmcp_crds::config::ScopeGrant;
+use pgmcp_crds::config::{ScopeFunction, ScopeGrant};
 use sqlparser::ast::{
     Ident, ObjectName, ObjectNamePart, Query, SetExpr, Statement, TableFactor, Visit, Visitor,
 };
 
-/// The granted schemas and tables. Empty means unrestricted (local development only).
+/// The granted schemas and tables. Empty means unrestricted (local development only). Also the
+/// SECURITY DEFINER functions the binding allows ([`crate::definer`]).
 #[derive(Debug, Clone, Default)]
 pub struct Scope {
     grants: Vec<ScopeGrant>,
+    functions: Vec<ScopeFunction>,
 }
 
 /// A relation a statement reads that is outside the scope.
@@ -30,7 +32,21 @@ pub struct OutOfScope {
 
 impl Scope {
     pub fn new(grants: Vec<ScopeGrant>) -> Self {
-        Self { grants }
+        Self {
+            grants,
+            functions: Vec::new(),
+        }
+    }
+
+    /// Allows calls to these SECURITY DEFINER functions (every overload of each name).
+    pub fn with_functions(mut self, functions: Vec<ScopeFunction>) -> Self {
+        self.functions = functions;
+        self
+    }
+
+    /// The SECURITY DEFINER functions the binding allows.
+    pub fn functions(&self) -> &[ScopeFunction] {
+        &self.functions
     }
 
     /// The grants, as configured.

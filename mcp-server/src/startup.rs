@@ -109,8 +109,25 @@ pub async fn run(
         }
         tracing::error!(problems = %list, "UNSAFE: serving with a role that is not read-only (--allow-unsafe-role); the SQL guard and read-only transactions are the only protection left");
     }
+    load_definers(&tools).await;
+    tokio::spawn(tools.clone().keep_definers_fresh());
     tools.readiness().set(State::Ready);
     Ok(())
+}
+
+/// Reads the SECURITY DEFINER functions whose calls the server refuses, and names them in the
+/// log. A failure is retried at the first query.
+async fn load_definers(tools: &Tools) {
+    match tools.refresh_definers().await {
+        Ok(snapshot) if !snapshot.is_empty() => tracing::warn!(
+            functions = %snapshot.definers().join(", "),
+            "calls to these SECURITY DEFINER functions are refused (they run with their owner's rights); allow one with --allow-function SCHEMA.NAME (spec.access.functions) if agents may call it"
+        ),
+        Ok(_) => {}
+        Err(err) => {
+            tracing::warn!(error = %err, "failed to read the SECURITY DEFINER functions; reading them at the first query");
+        }
+    }
 }
 
 /// Runs `attempt` until it succeeds or fails for good ([`Failure::Fatal`]). After any other

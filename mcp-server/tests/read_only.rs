@@ -1,13 +1,19 @@
 //! Read-only, proven end to end: write attempts through the `query` tool are all refused and
-//! the data is unchanged (checksums before and after); valid analytics SQL all runs; and each
-//! lower layer holds on its own when the SQL guard is bypassed.
+//! the data is unchanged (checksums before and after); valid analytics SQL all runs; each
+//! lower layer holds on its own when the SQL guard is bypassed; and SECURITY DEFINER functions,
+//! which read with their owner's rights, are refused unless the binding lists them.
 #![allow(clippy::unwrap_used)] // a failed step fails the test: panicking is the point
 
 mod common;
 
-use common::{READER_PASSWORD, q, shop};
-use pgmcp_server::db::Caps;
-use pgmcp_server::tools::sql;
+use std::time::Duration;
+
+use common::server::{ServerProcess, call_tool};
+use common::{READER_PASSWORD, explain_args, public_only, q, shop};
+use pgmcp_crds::config::{LimitsConfig, ScopeFunction};
+use pgmcp_server::db::{Caps, Database};
+use pgmcp_server::scope::Scope;
+use pgmcp_server::tools::{Tools, sql};
 use serde_json::json;
 
 /// Attempts to change data, settings or the server, or to read files: every one must fail.
@@ -204,4 +210,132 @@ async fn the_binding_role_cannot_write_even_in_a_read_write_transaction() {
         reader.batch_execute("ROLLBACK").await.unwrap();
     }
     assert_eq!(shop.checksum().await, before);
+}
+
+/// A SECURITY DEFINER function in the granted schema reading a table the role may not read:
+/// PUBLIC may execute it, as every new function, and it reads with its owner's rights.
+const KEY_COUNT: &str = "CREATE FUNCTION public.key_count() RETURNS bigint LANGUAGE sql
+    SECURITY DEFINER AS 'SELECT count(*) FROM internal.api_keys'";
+
+#[tokio::test]
+async fn security_definer_functions_are_refused_unless_the_binding_lists_them() {
+    let shop = shop("security definer").await;
+    let admin = shop.db.connect().await.unwrap();
+    admin.batch_execute(KEY_COUNT).await.unwrap();
+    // What one call would give away: a count of a table the role cannot read.
+    let reader = shop
+        .db
+        .connect_as(&shop.role, READER_PASSWORD)
+        .await
+        .unwrap();
+    let keys: i64 = reader
+        .query_one("SELECT public.key_count()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        reader
+            .query("SELECT * FROM internal.api_keys", &[])
+            .await
+            .is_err()
+    );
+
+    let tools = shop.tools();
+    for call in [
+        "SELECT public.key_count()",
+        "SELECT key_count()",
+        "SELECT \"key_count\"()",
+        "SELECT * FROM orders WHERE id < (SELECT key_count())",
+        "WITH k AS (SELECT key_count() AS n) SELECT n FROM k",
+        "SELECT * FROM key_count()",
+        "SELECT o.id, k FROM orders o, LATERAL key_count() k",
+    ] {
+        let err = sql::query(&tools, q(call)).await.unwrap_err();
+        assert_eq!(err.metric_label(), "refused_definer", "{call}: {err}");
+        let text = err.to_string();
+        assert!(
+            text.starts_with("refused: ")
+                && text.contains("is a SECURITY DEFINER function")
+                && text.contains(
+                    "spec.access.functions (pgmcp-server --allow-function public.key_count)"
+                ),
+            "{call}: {text}"
+        );
+    }
+    let err = sql::explain(&tools, explain_args("SELECT key_count()", false))
+        .await
+        .unwrap_err();
+    assert_eq!(err.metric_label(), "refused_definer", "{err}");
+    // Ordinary queries, built-in functions included, still run.
+    let rows = sql::query(&tools, q("SELECT count(*), max(lower(status)) FROM orders"))
+        .await
+        .unwrap();
+    assert_eq!(rows.rows.rows.values()[0][0], json!(5));
+
+    // One created later is refused once the catalog is read again (every 30 s in the server).
+    admin
+        .batch_execute(&KEY_COUNT.replace("key_count", "key_count_again"))
+        .await
+        .unwrap();
+    tools.refresh_definers().await.unwrap();
+    let err = sql::query(&tools, q("SELECT key_count_again()"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.metric_label(), "refused_definer", "{err}");
+
+    // Listed, it can be called: the binding decided agents may.
+    let limits = LimitsConfig::default();
+    let options = shop.connect_options(
+        &public_only(),
+        Duration::from_millis(limits.statement_timeout_ms),
+    );
+    let listed = Tools::new(
+        Database::new(&options).unwrap(),
+        Scope::new(public_only()).with_functions(vec![ScopeFunction {
+            schema: "public".into(),
+            name: "key_count".into(),
+        }]),
+        limits,
+    );
+    let rows = sql::query(&listed, q("SELECT key_count()")).await.unwrap();
+    assert_eq!(rows.rows.rows.values(), [[json!(keys)]]);
+    assert!(
+        sql::query(&listed, q("SELECT key_count_again()"))
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn the_server_refuses_security_definer_calls_until_allowed_with_allow_function() {
+    let shop = shop("security definer server").await;
+    let admin = shop.db.connect().await.unwrap();
+    admin.batch_execute(KEY_COUNT).await.unwrap();
+    let call = |port| async move {
+        call_tool(
+            port,
+            &[],
+            "query",
+            json!({"sql": "SELECT key_count() AS n"}),
+        )
+        .await
+        .unwrap()
+    };
+
+    let server = ServerProcess::start(&shop, &[]).await;
+    let refused = call(server.port).await;
+    assert_eq!(refused["isError"], json!(true), "{refused}");
+    let text = refused["content"][0]["text"].as_str().unwrap();
+    assert!(text.contains("--allow-function public.key_count"), "{text}");
+    // The start-up log names what it refuses.
+    assert!(
+        server.log().contains("public.key_count"),
+        "{}",
+        server.log()
+    );
+    drop(server);
+
+    let server = ServerProcess::start(&shop, &["--allow-function", "public.key_count"]).await;
+    let allowed = call(server.port).await;
+    assert_ne!(allowed["isError"], json!(true), "{allowed}");
 }

@@ -11,7 +11,8 @@
 //! revoke all  every privilege the role holds in one database (removal, or a database the
 //!             binding no longer names)
 //! drop        the role, when its mark says it is the binding's
-//! probe       what the role can effectively do (PUBLIC and memberships included)
+//! probe       every way the role can write or read beyond its grants (PUBLIC, memberships,
+//!             ownership, large objects, SECURITY DEFINER functions included)
 //! ```
 //!
 //! Nothing here knows about Kubernetes: the controller's database step
@@ -402,16 +403,18 @@ pub struct Granted {
     pub desired: plan::Desired,
     /// The grants and revocations made (empty when the role held exactly the desired set).
     pub plan: Plan,
-    /// Ways the role can write (empty: read-only verified).
-    pub write_capabilities: Vec<String>,
+    /// What the role can do beyond reading its grants (nothing: read-only verified).
+    pub read_only: probe::Findings,
 }
 
 /// Makes `role`'s privileges in `request.database` exactly what `request` resolves to, in one
-/// transaction, then probes what the role can effectively do.
+/// transaction, then probes what the role can effectively do (`allowed`: the SECURITY DEFINER
+/// functions the binding lists).
 pub async fn converge_grants(
     admin: &Admin<'_>,
     role: &str,
     request: &Request,
+    allowed: &[pgmcp_crds::v1alpha1::AllowedFunction],
 ) -> Result<Granted, Error> {
     let database = &request.database;
     let mut client = admin.connect(database).await?;
@@ -485,14 +488,14 @@ pub async fn converge_grants(
     tx.commit().await.map_err(sql("commit the grants"))?;
     admin.metrics.sql_statements("revoke", plan.revoke.len());
     admin.metrics.sql_statements("grant", plan.grant.len());
-    let write_capabilities = probe::write_capabilities(&client, role)
+    let read_only = probe::read_only(&client, role, allowed)
         .await
         .map_err(sql("probe the role's privileges"))?;
     admin.release(database, client);
     Ok(Granted {
         desired,
         plan,
-        write_capabilities,
+        read_only,
     })
 }
 

@@ -11,7 +11,7 @@ use crate::arm::{ArmFake, Role};
 use crate::entra::{App, EntraFake};
 use crate::graph::{APP_ROLE_ASSIGNMENT_READ_WRITE_ALL, APPLICATION_READ_ALL, AppRole, GraphFake};
 use crate::operator::{Operator, WorkloadIdentity};
-use crate::postgres::PGAADAUTH_FIXTURE;
+use crate::postgres::{PGAADAUTH_FIXTURE, PGAADAUTH_GRANT};
 use crate::{TestEnv, TestNamespace};
 
 pub const TENANT: &str = "22222222-2222-4222-8222-222222222222";
@@ -69,11 +69,13 @@ impl Foundry {
         admin
             .batch_execute(&format!(
                 "CREATE ROLE \"{entra_admin}\" LOGIN CREATEROLE;
+                 {grant}
                  GRANT CREATE ON SCHEMA public TO \"{entra_admin}\";
                  SET ROLE \"{entra_admin}\";
                  CREATE TABLE public.sales (id int, amount numeric);
                  INSERT INTO public.sales VALUES (1, 9.5), (2, 12);
-                 RESET ROLE;"
+                 RESET ROLE;",
+                grant = PGAADAUTH_GRANT.replace("{admin}", &format!("\"{entra_admin}\""))
             ))
             .await?;
 

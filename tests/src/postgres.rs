@@ -15,7 +15,10 @@ use crate::paths;
 
 /// Azure Database for PostgreSQL's principal functions, as far as the operator can tell: same
 /// names, same signatures; they create the role and record what they were given in
-/// `fixture.pgaadauth_principals`. Install it in the database the operator calls them in.
+/// `fixture.pgaadauth_principals`. Install it in the database the operator calls them in, and
+/// grant EXECUTE on them to the Entra administrator ([`PGAADAUTH_GRANT`]): like Azure's, they
+/// are not PUBLIC's to call (they run as a superuser, and the read-only probe would rightly
+/// name them).
 pub const PGAADAUTH_FIXTURE: &str = r#"
 CREATE SCHEMA fixture;
 CREATE TABLE fixture.pgaadauth_principals (rolname text PRIMARY KEY, object_id text, object_type text);
@@ -33,7 +36,15 @@ BEGIN
   INSERT INTO fixture.pgaadauth_principals VALUES (rolename, objectid, objecttype);
   RETURN format('Created role for "%s"', rolename);
 END $$;
+REVOKE EXECUTE ON FUNCTION pgaadauth_create_principal(text, boolean, boolean),
+  pgaadauth_create_principal_with_oid(text, text, text, boolean, boolean) FROM PUBLIC;
 "#;
+
+/// Lets the Entra administrator `{admin}` (replace it with the quoted role name) call the
+/// [`PGAADAUTH_FIXTURE`] functions.
+pub const PGAADAUTH_GRANT: &str =
+    "GRANT EXECUTE ON FUNCTION pgaadauth_create_principal(text, boolean, boolean),
+  pgaadauth_create_principal_with_oid(text, text, text, boolean, boolean) TO {admin};";
 
 /// Name of the superuser created by initdb.
 pub const SUPERUSER: &str = "postgres";

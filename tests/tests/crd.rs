@@ -510,6 +510,26 @@ fn invalid_corpus() -> Vec<Invalid> {
             message: "starting with a letter",
         },
         Invalid {
+            name: "allowed function in a system schema",
+            base: PASSWORD,
+            change: c(vec![(
+                "spec/access/functions",
+                json!([{"schema": "pg_catalog", "name": "pg_read_file"}]),
+            )]),
+            field: "spec.access.functions[0].schema",
+            message: "must not be a system schema",
+        },
+        Invalid {
+            name: "allowed function with its arguments",
+            base: PASSWORD,
+            change: c(vec![(
+                "spec/access/functions",
+                json!([{"schema": "public", "name": "order_total(int)"}]),
+            )]),
+            field: "spec.access.functions[0].name",
+            message: "the function's name alone",
+        },
+        Invalid {
             name: "public URL not a URL",
             base: PASSWORD,
             change: c(vec![("spec/server/publicUrl", json!("mcp.contoso.com"))]),

@@ -1,8 +1,10 @@
 //! The database step against real PostgreSQL 15, through the operator on the real control plane:
 //! the role it creates can read exactly what the binding grants and nothing else, drift made by
-//! hand is repaired (and a steady state issues no SQL), hostile names stay names, write access
-//! given by hand fails the read-only probe, a role someone else made is never taken over, the
-//! password rotates on request, and deletion removes the role (or keeps it with Orphan).
+//! hand is repaired (and a steady state issues no SQL), hostile names stay names, each way to
+//! write or read beyond the grants made by hand (PUBLIC, memberships, ownership, large objects,
+//! SECURITY DEFINER functions) fails the read-only probe by name, a role someone else made is
+//! never taken over, the password rotates on request, and deletion removes the role (or keeps
+//! it with Orphan).
 
 #![allow(clippy::unwrap_used)]
 
@@ -417,6 +419,105 @@ async fn write_access_given_by_hand_fails_the_read_only_probe_until_removed() {
         .await
         .unwrap();
     f.wait("ReadOnlyVerified", "True", Some("ReadOnly")).await;
+}
+
+#[tokio::test]
+async fn each_way_to_write_or_read_beyond_the_grants_is_named_until_removed_or_allowed() {
+    let f = Fixture::start("db-probe-all", &["--resync=1s"]).await;
+    kubectl_apply(&f.ns, &f.example());
+    let binding = f.wait("ReadOnlyVerified", "True", Some("ReadOnly")).await;
+    // Every database lets PUBLIC create temporary tables unless revoked: said, not held
+    // against the role.
+    let probe = condition(&binding, "ReadOnlyVerified").unwrap();
+    assert!(
+        probe.message.contains(&format!(
+            "it can create temporary tables through PUBLIC's default TEMPORARY privilege on database {}",
+            f.db.name
+        )),
+        "{}",
+        probe.message
+    );
+
+    // Each case made by hand, the way a DBA might, none of it through the role's own grants
+    // (those the operator revokes itself).
+    let (db, role) = (&f.db.name, quote(&f.role));
+    let ops = format!("{db}_ops");
+    let owners = format!("{db}_owners");
+    let admin = f.admin().await;
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {ops}; CREATE ROLE {owners}; GRANT {ops}, {owners} TO {role};
+             GRANT CREATE ON SCHEMA hr TO PUBLIC;
+             GRANT pg_signal_backend TO {ops};
+             ALTER TABLE hr.salaries OWNER TO {owners};
+             CREATE TYPE public.mood AS ENUM ('calm'); ALTER TYPE public.mood OWNER TO {role};
+             SELECT lo_create(4242); GRANT SELECT ON LARGE OBJECT 4242 TO PUBLIC;
+             GRANT TEMPORARY ON DATABASE {db} TO {ops};
+             CREATE FUNCTION public.salary_of(id int) RETURNS numeric LANGUAGE sql SECURITY DEFINER
+               AS 'SELECT amount FROM hr.salaries WHERE id = $1';"
+        ))
+        .await
+        .unwrap();
+    // The function reads a table the binding never granted, with its owner's rights.
+    let reader = f.as_role().await;
+    let salary: String = reader
+        .query_one("SELECT public.salary_of(1)::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(salary, "100");
+    assert_eq!(
+        sqlstate(reader.execute("SELECT amount FROM hr.salaries", &[]).await),
+        "42501"
+    );
+    let binding = f.wait("ReadOnlyVerified", "False", Some("CanWrite")).await;
+    let probe = condition(&binding, "ReadOnlyVerified").unwrap().message;
+    for named in [
+        "has CREATE on schema hr through PUBLIC (REVOKE CREATE ON SCHEMA hr FROM PUBLIC)".to_owned(),
+        format!("is a member of pg_signal_backend, which cancels and terminates other sessions, through role {ops} (REVOKE {ops} FROM {role})"),
+        format!("owns table hr.salaries through role {owners}, its owner, whose privileges it inherits (REVOKE {owners} FROM {role})"),
+        format!("owns type public.mood, which lets it change or drop it (REASSIGN OWNED BY {role} TO another role)"),
+        "has SELECT on large object 4242 through PUBLIC (REVOKE SELECT ON LARGE OBJECT 4242 FROM PUBLIC)".to_owned(),
+        format!("has TEMPORARY on database {db} through role {ops}, so it can create temporary tables (REVOKE TEMPORARY ON DATABASE {db} FROM {ops})"),
+        "can execute SECURITY DEFINER function public.salary_of(id integer) through PUBLIC: it runs with the rights of its owner postgres".to_owned(),
+        "list {schema: \"public\", name: \"salary_of\"} in spec.access.functions".to_owned(),
+    ] {
+        assert!(probe.contains(&named), "{named:?} is not named in: {probe}");
+    }
+    assert_eq!(condition(&binding, "Ready").unwrap().status, "False");
+
+    // Undone, except the function: the role now only reads beyond its grants.
+    admin
+        .batch_execute(&format!(
+            "REVOKE {ops}, {owners} FROM {role}; REVOKE CREATE ON SCHEMA hr FROM PUBLIC;
+             DROP TYPE public.mood; SELECT lo_unlink(4242);"
+        ))
+        .await
+        .unwrap();
+    let binding = f
+        .wait("ReadOnlyVerified", "False", Some("ReadsBeyondGrants"))
+        .await;
+    let probe = condition(&binding, "ReadOnlyVerified").unwrap().message;
+    assert!(probe.contains("public.salary_of(id integer)"), "{probe}");
+    assert!(!probe.contains("schema hr"), "{probe}");
+
+    // Listing it allows it: the probe accepts it, and the server is told it may call it.
+    f.bindings()
+        .patch(
+            NAME,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"access": {"functions": [{"schema": "public", "name": "salary_of"}]}}})),
+        )
+        .await
+        .unwrap();
+    f.wait("ReadOnlyVerified", "True", Some("ReadOnly")).await;
+    let maps: Api<k8s_openapi::api::core::v1::ConfigMap> = f.ns.api();
+    let config = maps.get("shop-mcp").await.unwrap().data.unwrap();
+    let config: serde_json::Value = serde_json::from_str(&config["config.json"]).unwrap();
+    assert_eq!(
+        config["scope"]["functions"],
+        json!([{"schema": "public", "name": "salary_of"}])
+    );
 }
 
 #[tokio::test]

@@ -16,7 +16,7 @@ use pgmcp_crds::v1alpha1::PostgresMcpBinding;
 use pgmcp_tests::bindings::{condition, kubectl_apply, wait_condition};
 use pgmcp_tests::entra::{EntraFake, POSTGRES_RESOURCE};
 use pgmcp_tests::operator::{Operator, WorkloadIdentity};
-use pgmcp_tests::postgres::PGAADAUTH_FIXTURE;
+use pgmcp_tests::postgres::{PGAADAUTH_FIXTURE, PGAADAUTH_GRANT};
 use pgmcp_tests::{Postgres, TestEnv};
 use serde_json::json;
 
@@ -63,11 +63,13 @@ async fn entra_binding_gets_its_principal_through_the_operators_workload_identit
     admin
         .batch_execute(&format!(
             "CREATE ROLE \"{entra_admin}\" LOGIN CREATEROLE;
+             {grant}
              GRANT CREATE ON SCHEMA public TO \"{entra_admin}\";
              SET ROLE \"{entra_admin}\";
              CREATE TABLE public.sales (id int, amount numeric);
              INSERT INTO public.sales VALUES (1, 9.5);
-             RESET ROLE;"
+             RESET ROLE;",
+            grant = PGAADAUTH_GRANT.replace("{admin}", &format!("\"{entra_admin}\""))
         ))
         .await
         .unwrap();

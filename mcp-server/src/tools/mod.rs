@@ -10,7 +10,12 @@ use pgmcp_crds::config::LimitsConfig;
 use serde::Serialize;
 use serde_json::Value;
 
+use std::sync::Arc;
+
+use sqlparser::ast::Statement;
+
 use crate::db::{Caps, Database, DbError, Rows};
+use crate::definer::{DefinerCall, Definers, Snapshot};
 use crate::readiness::Readiness;
 use crate::scope::{OutOfScope, Scope};
 use crate::sql_guard::GuardError;
@@ -49,6 +54,9 @@ pub struct Tools {
     pub limits: LimitsConfig,
     /// Ready once the start-up sequence found the database role safe (see [`Tools::gated`]).
     readiness: Readiness,
+    /// The SECURITY DEFINER functions calls are refused to, read on first use and by
+    /// [`Tools::refresh_definers`].
+    definers: Definers,
 }
 
 /// Why a tool call failed, phrased for the model (it becomes the text of an MCP tool error).
@@ -58,6 +66,8 @@ pub enum ToolError {
     Guard(#[from] GuardError),
     #[error("refused: {0}")]
     Scope(#[from] OutOfScope),
+    #[error("refused: {0}")]
+    Definer(#[from] DefinerCall),
     #[error(transparent)]
     Db(#[from] DbError),
     #[error("{0}")]
@@ -76,6 +86,7 @@ impl ToolError {
         match self {
             ToolError::Guard(_) => "refused_sql",
             ToolError::Scope(_) => "refused_scope",
+            ToolError::Definer(_) => "refused_definer",
             ToolError::Db(e) => e.metric_label(),
             ToolError::NotFound(_) => "not_found",
             ToolError::InvalidArgument(_) => "invalid_argument",
@@ -107,7 +118,61 @@ impl Tools {
             scope,
             limits,
             readiness: Readiness::ready(),
+            definers: Definers::default(),
         }
+    }
+
+    /// Reads the catalog's SECURITY DEFINER functions again ([`crate::definer::SNAPSHOT_SQL`]),
+    /// keeping those the scope allows callable.
+    pub async fn refresh_definers(&self) -> Result<Arc<Snapshot>, ToolError> {
+        let caps = Caps {
+            max_rows: 1_000_000,
+            max_bytes: usize::MAX,
+        };
+        let rows = self
+            .db
+            .query(crate::definer::SNAPSHOT_SQL, &[], caps, None)
+            .await?;
+        let text = |value: &Value| value.as_str().unwrap_or_default().to_owned();
+        let snapshot = Arc::new(Snapshot::new(
+            rows.rows
+                .values()
+                .iter()
+                .filter(|row| row.len() == 5)
+                .map(|row| [0, 1, 2, 3, 4].map(|i| text(&row[i]))),
+            self.scope.functions(),
+        ));
+        self.definers.set(snapshot.clone());
+        Ok(snapshot)
+    }
+
+    /// Reads the SECURITY DEFINER functions again every [`crate::definer::REFRESH_INTERVAL`],
+    /// for as long as the server runs; a failed read keeps the last snapshot.
+    pub async fn keep_definers_fresh(self: Arc<Self>) {
+        let mut interval = tokio::time::interval(crate::definer::REFRESH_INTERVAL);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval.tick().await;
+        loop {
+            interval.tick().await;
+            if let Err(err) = self.refresh_definers().await {
+                tracing::warn!(error = %err, "failed to read the SECURITY DEFINER functions again; the last list stays in force");
+            }
+        }
+    }
+
+    /// Refuses a statement that calls a SECURITY DEFINER function the scope does not allow
+    /// (the snapshot is read first if it never was).
+    pub(crate) async fn check_definers(
+        &self,
+        sql: &str,
+        statement: &Statement,
+    ) -> Result<(), ToolError> {
+        let snapshot = match self.definers.current() {
+            Some(snapshot) => snapshot,
+            None => self.refresh_definers().await?,
+        };
+        snapshot.check(sql, statement)?;
+        Ok(())
     }
 
     /// Runs tool calls only once `readiness` is ready, so the server can answer (tools/list,

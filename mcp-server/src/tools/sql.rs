@@ -1,6 +1,6 @@
-//! `query` and `explain`: the model's own SQL, after the SQL guard (layer three) and the scope
-//! check, run by [`crate::db`] in a read-only transaction (layer two) as the binding's role
-//! (layer one).
+//! `query` and `explain`: the model's own SQL, after the SQL guard (layer three), the check for
+//! SECURITY DEFINER functions ([`crate::definer`]) and the scope check, run by [`crate::db`] in
+//! a read-only transaction (layer two) as the binding's role (layer one).
 
 use std::time::Duration;
 
@@ -153,6 +153,7 @@ pub async fn query_checked(
 ) -> Result<RowsResult, ToolError> {
     check_size(&args.sql, &args.params)?;
     let (_, statement) = verdict?;
+    tools.check_definers(&args.sql, &statement).await?;
     check_scope(tools, &statement).await?;
     let caps = tools.caps(args.max_rows);
     let rows = tools.db.query(&args.sql, &args.params, caps, None).await?;
@@ -176,6 +177,8 @@ pub async fn explain(tools: &Tools, args: ExplainArgs) -> Result<Plan, ToolError
     check_size(&args.sql, &args.params)?;
     sql_guard::check_explainable(&args.sql)?;
     let (_, statement) = sql_guard::parse_checked(&args.sql)?;
+    // Planning alone can run a function (constant folding of an immutable one).
+    tools.check_definers(&args.sql, &statement).await?;
     check_scope(tools, &statement).await?;
     let options = if args.analyze {
         "ANALYZE, BUFFERS, FORMAT JSON"

@@ -18,7 +18,8 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use pgmcp_crds::config::{
-    AuthConfig, DatabaseConfig, EntraAuthConfig, HttpConfig, ScopeConfig, ScopeGrant, ServerConfig,
+    AuthConfig, DatabaseConfig, EntraAuthConfig, HttpConfig, ScopeConfig, ScopeFunction,
+    ScopeGrant, ServerConfig,
 };
 use pgmcp_crds::{labels, workload_identity};
 use sha2::{Digest as _, Sha256};
@@ -137,6 +138,15 @@ pub fn server_config(valid: &Valid) -> ServerConfig {
                 .map(|g| ScopeGrant {
                     schema: g.schema.clone(),
                     tables: g.tables.clone(),
+                })
+                .collect(),
+            functions: spec
+                .access
+                .functions
+                .iter()
+                .map(|f| ScopeFunction {
+                    schema: f.schema.clone(),
+                    name: f.name.clone(),
                 })
                 .collect(),
         },
@@ -653,6 +663,25 @@ mod tests {
             "one replica needs no PDB"
         );
         assert!(d.network_policy.is_none());
+    }
+
+    #[test]
+    fn security_definer_functions_the_binding_allows_reach_the_server_config() {
+        let d = desired("password.yaml", |b| {
+            b.spec.access.functions = vec![pgmcp_crds::v1alpha1::AllowedFunction {
+                schema: "public".to_owned(),
+                name: "order_total".to_owned(),
+            }];
+        });
+        let config: Value =
+            serde_json::from_str(&d.config_map.data.as_ref().unwrap()[CONFIG_KEY]).unwrap();
+        assert_eq!(
+            config["scope"],
+            json!({
+                "grants": [{"schema": "public", "tables": ["*"]}],
+                "functions": [{"schema": "public", "name": "order_total"}]
+            })
+        );
     }
 
     #[test]

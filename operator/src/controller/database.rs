@@ -44,8 +44,8 @@ pub struct Report {
     pub grants: GrantsStatus,
     /// What the spec names that the database lacks (granted once it exists).
     pub missing: Vec<String>,
-    /// Ways the role can write (empty: read-only verified).
-    pub write_capabilities: Vec<String>,
+    /// What the role can do beyond reading its grants (nothing: read-only verified).
+    pub read_only: crate::database::probe::Findings,
     /// The grants and revocations made, if any.
     pub changed: Option<Plan>,
     /// True when grants existed before and had drifted.
@@ -278,7 +278,13 @@ pub async fn reconcile(
 
     // Grants, in the target database, in one transaction; recorded before they are made.
     record.save(ctx).await?;
-    let granted = sql::converge_grants(&admin, &role, &request(valid, &admin)).await?;
+    let granted = sql::converge_grants(
+        &admin,
+        &role,
+        &request(valid, &admin),
+        &valid.spec.access.functions,
+    )
+    .await?;
 
     // Grants left in a database the binding no longer names.
     for old in databases.iter().filter(|d| **d != database) {
@@ -321,7 +327,7 @@ pub async fn reconcile(
             repairs: previous.repairs + i64::from(repaired),
         },
         missing: granted.desired.missing,
-        write_capabilities: granted.write_capabilities,
+        read_only: granted.read_only,
         changed: (!plan.is_empty()).then_some(plan),
         repaired,
     })

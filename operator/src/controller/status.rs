@@ -106,29 +106,62 @@ fn database_steps(
                     ),
                 )
             };
-            let read_only = if report.write_capabilities.is_empty() {
-                Step::new(
-                    ty::READ_ONLY_VERIFIED,
-                    "True",
-                    "ReadOnly",
-                    format!(
-                        "role {role} can only read: no write privilege, no CREATE, no privileged attribute or membership"
-                    ),
-                )
-            } else {
-                Step::new(
-                    ty::READ_ONLY_VERIFIED,
-                    "False",
-                    "CanWrite",
-                    format!(
-                        "role {role} {} (through PUBLIC, a role membership or a role attribute the operator does not manage): remove it",
-                        report.write_capabilities.join("; ")
-                    ),
-                )
-            };
+            let read_only = read_only_step(role, db, &report.read_only);
             [ready, read_only]
         }
     }
+}
+
+/// Longest list of findings a ReadOnlyVerified message carries: condition messages are capped
+/// at 32 KiB, and a status that exceeds it is refused as a whole.
+const MAX_FINDINGS_CHARS: usize = 8 * 1024;
+
+/// ReadOnlyVerified: `ReadOnly`, else `CanWrite` (any way to write) or `ReadsBeyondGrants`,
+/// naming each finding with its fix.
+fn read_only_step(role: &str, db: &str, found: &crate::database::probe::Findings) -> Step {
+    if found.is_read_only() {
+        let temp = if found.temp_through_public {
+            format!(
+                "; it can create temporary tables through PUBLIC's default TEMPORARY privilege on database {db}, which the MCP server's read-only transactions refuse (REVOKE TEMPORARY ON DATABASE {db} FROM PUBLIC removes it)"
+            )
+        } else {
+            String::new()
+        };
+        return Step::new(
+            ty::READ_ONLY_VERIFIED,
+            "True",
+            "ReadOnly",
+            format!(
+                "role {role} can only read what the binding grants: no write privilege, no CREATE, no ownership, no privileged attribute or membership, no large object, no SECURITY DEFINER function outside spec.access.functions{temp}"
+            ),
+        );
+    }
+    let (reason, what) = if found.write.is_empty() {
+        (
+            "ReadsBeyondGrants",
+            "can read beyond what the binding grants",
+        )
+    } else {
+        ("CanWrite", "can write")
+    };
+    let mut items = String::new();
+    let all: Vec<&String> = found.write.iter().chain(&found.beyond_grants).collect();
+    for (i, item) in all.iter().enumerate() {
+        if items.len() + item.len() > MAX_FINDINGS_CHARS {
+            items.push_str(&format!("; and {} more findings", all.len() - i));
+            break;
+        }
+        if i > 0 {
+            items.push_str("; ");
+        }
+        items.push_str(item);
+    }
+    Step::new(
+        ty::READ_ONLY_VERIFIED,
+        "False",
+        reason,
+        format!("role {role} {what}: it {items}"),
+    )
 }
 
 fn steps(
@@ -513,7 +546,7 @@ mod tests {
                 repairs: 0,
             },
             missing: Vec::new(),
-            write_capabilities: Vec::new(),
+            read_only: Default::default(),
             changed: None,
             repaired: false,
         })
@@ -767,6 +800,78 @@ mod tests {
             foundry.message.contains("holds app role MCP.Read"),
             "{}",
             foundry.message
+        );
+    }
+
+    #[test]
+    fn read_only_verified_names_each_finding_and_tells_writing_from_reading_beyond_grants() {
+        let b = entra();
+        let with = |findings: crate::database::probe::Findings| {
+            let mut report = granted();
+            if let Ok(report) = &mut report {
+                report.read_only = findings;
+            }
+            let status = applied(&b, &deployment(2, "True"), &report, 100);
+            get(&status, "ReadOnlyVerified").clone()
+        };
+        let only_public_temp = with(crate::database::probe::Findings {
+            temp_through_public: true,
+            ..Default::default()
+        });
+        assert_eq!(
+            (
+                only_public_temp.status.as_str(),
+                only_public_temp.reason.as_str()
+            ),
+            ("True", "ReadOnly")
+        );
+        assert!(
+            only_public_temp.message.contains(
+                "it can create temporary tables through PUBLIC's default TEMPORARY privilege on database inventory, which the MCP server's read-only transactions refuse"
+            ),
+            "{}",
+            only_public_temp.message
+        );
+
+        let definer =
+            "can execute SECURITY DEFINER function public.f() through PUBLIC: …".to_owned();
+        let beyond = with(crate::database::probe::Findings {
+            beyond_grants: vec![definer.clone()],
+            ..Default::default()
+        });
+        assert_eq!(
+            (beyond.status.as_str(), beyond.reason.as_str()),
+            ("False", "ReadsBeyondGrants")
+        );
+        assert_eq!(
+            beyond.message,
+            format!("role inventory-mcp can read beyond what the binding grants: it {definer}")
+        );
+
+        let write = with(crate::database::probe::Findings {
+            write: vec!["has CREATE on schema hr through PUBLIC (…)".to_owned()],
+            beyond_grants: vec![definer],
+            temp_through_public: false,
+        });
+        assert_eq!(
+            (write.status.as_str(), write.reason.as_str()),
+            ("False", "CanWrite")
+        );
+        assert!(
+            write.message.starts_with("role inventory-mcp can write: it has CREATE on schema hr through PUBLIC (…); can execute SECURITY DEFINER"),
+            "{}",
+            write.message
+        );
+
+        let flood = with(crate::database::probe::Findings {
+            write: vec!["x".repeat(1000); 200],
+            ..Default::default()
+        });
+        assert!(flood.message.len() < 10 * 1024, "{}", flood.message.len());
+        assert!(
+            flood.message.ends_with("; and 192 more findings"),
+            "{}",
+            &flood.message[flood.message.len() - 40..]
         );
     }
 
