@@ -85,8 +85,8 @@ async fn deleting_a_namespace_removes_what_its_bindings_made_outside_it_within_a
         .await
         .unwrap();
 
-    // An Entra binding with a credential, a connection and an app role, and a password binding
-    // whose admin Secret the namespace deletion removes at the same time as the binding.
+    // An Entra binding with a credential, a connection and an app role, and two password
+    // bindings whose admin Secret the namespace deletion removes at the same time as them.
     let mut sales = azure.binding("sales", env.server());
     sales["spec"]["foundry"]["assignAppRole"] = json!(true);
     kubectl_apply(&ns, &sales.to_string());
@@ -96,6 +96,13 @@ async fn deleting_a_namespace_removes_what_its_bindings_made_outside_it_within_a
     kubectl_apply(
         &ns,
         &password_example(pg.host(), pg.port(), &db.name, &shop_role),
+    );
+    // A second binding on the same admin Secret: the last one out takes the finalizer off.
+    let stock_role = format!("{}_stock", db.name);
+    kubectl_apply(
+        &ns,
+        &password_example(pg.host(), pg.port(), &db.name, &stock_role)
+            .replace("name: shop", "name: stock"),
     );
     let bindings: Api<PostgresMcpBinding> = ns.api();
     let sales = wait_condition(
@@ -108,6 +115,7 @@ async fn deleting_a_namespace_removes_what_its_bindings_made_outside_it_within_a
     )
     .await;
     wait_condition(&bindings, "shop", "DatabaseReady", "True", None, WAIT).await;
+    wait_condition(&bindings, "stock", "DatabaseReady", "True", None, WAIT).await;
 
     // What exists, and where, reads off the binding.
     let inventory = sales.status.unwrap().inventory.unwrap();
@@ -174,6 +182,7 @@ async fn deleting_a_namespace_removes_what_its_bindings_made_outside_it_within_a
         "Entra principal dropped"
     );
     assert!(!role_exists(&shop_role).await, "password role dropped");
+    assert!(!role_exists(&stock_role).await, "and the other one");
     assert_eq!(
         azure.arm_resources(),
         (0, 0),

@@ -107,6 +107,19 @@ pub async fn release(
     Ok(())
 }
 
+/// Whether a binding that names an admin Secret may still need it: always, unless it is being
+/// deleted and its cleanup has already removed its role. (Bindings deleted together, as in a
+/// namespace deletion, would otherwise each see the other and none take the finalizer off.)
+fn needs(binding: &PostgresMcpBinding) -> bool {
+    let deleting = binding.metadata.deletion_timestamp.is_some();
+    let role_gone = binding
+        .status
+        .as_ref()
+        .and_then(|s| s.inventory.as_ref())
+        .is_some_and(|inventory| inventory.role.is_none());
+    !(deleting && role_gone)
+}
+
 /// Takes the finalizer off Secret `name` unless another binding of the namespace names it.
 /// Bindings are listed from the apiserver, not a cache: one created a moment ago counts.
 async fn release_if_unused(
@@ -126,7 +139,7 @@ async fn release_if_unused(
     let needed = others
         .items
         .iter()
-        .any(|other| other.uid() != binding.uid() && wanted(other) == Some(name));
+        .any(|other| other.uid() != binding.uid() && wanted(other) == Some(name) && needs(other));
     if needed {
         return Ok(());
     }
