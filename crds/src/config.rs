@@ -50,6 +50,10 @@ pub struct DatabaseConfig {
     /// `AZURE_FEDERATED_TOKEN_FILE`, `AZURE_AUTHORITY_HOST`, injected by the webhook).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub workload_identity: bool,
+    /// The Entra token scope for the database (workload identity). Default: the scope of the
+    /// cloud the host name belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_scope: Option<String>,
     /// Largest number of pooled connections.
     pub pool_size: usize,
 }
@@ -66,6 +70,7 @@ impl Default for DatabaseConfig {
             password_file: None,
             password_env: None,
             workload_identity: false,
+            token_scope: None,
             pool_size: 8,
         }
     }

@@ -23,8 +23,33 @@ use azure_identity::{
     ClientAssertion, ClientAssertionCredential, ClientAssertionCredentialOptions,
 };
 
-/// Scope of Azure Database for PostgreSQL (the token is the connection password).
+/// Scope of Azure Database for PostgreSQL in the public cloud (the token is the connection
+/// password).
 pub const POSTGRES_SCOPE: &str = "https://ossrdbms-aad.database.windows.net/.default";
+/// Azure Database for PostgreSQL's scope in the other clouds, by the server host's suffix
+/// (`az cloud show --query endpoints.ossrdbmsResourceId`, plus `/.default`).
+const POSTGRES_SCOPES: [(&str, &str); 2] = [
+    (
+        ".usgovcloudapi.net",
+        "https://ossrdbms-aad.database.usgovcloudapi.net/.default",
+    ),
+    (
+        ".chinacloudapi.cn",
+        "https://ossrdbms-aad.database.chinacloudapi.cn/.default",
+    ),
+];
+
+/// The token scope for the Azure Database for PostgreSQL server `host`: its cloud's, from the
+/// host name (`….postgres.database.usgovcloudapi.net` is US Government's), else the public
+/// cloud's. A host the suffix does not tell (an IP address, a private DNS name) needs the scope
+/// configured.
+pub fn postgres_scope_for(host: &str) -> &'static str {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    POSTGRES_SCOPES
+        .iter()
+        .find(|(suffix, _)| host.ends_with(suffix))
+        .map_or(POSTGRES_SCOPE, |(_, scope)| scope)
+}
 /// The public-cloud Entra authority, used when `AZURE_AUTHORITY_HOST` is not set.
 pub const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";
 /// The audience of the ServiceAccount tokens that workload identity exchanges.
@@ -464,6 +489,35 @@ impl TokenProvider {
     }
 }
 
+/// One identity's tokens for any number of scopes (the PostgreSQL servers of several clouds),
+/// each scope cached by a [`TokenProvider`] of its own. Clones share the caches.
+#[derive(Clone, Debug)]
+pub struct Tokens {
+    source: Arc<dyn TokenSource>,
+    providers: Arc<std::sync::Mutex<std::collections::HashMap<String, TokenProvider>>>,
+}
+
+impl Tokens {
+    pub fn new(source: Arc<dyn TokenSource>) -> Self {
+        Self {
+            source,
+            providers: Arc::default(),
+        }
+    }
+
+    /// The provider of `scope`'s tokens (made on first use, then shared).
+    pub fn for_scope(&self, scope: &str) -> TokenProvider {
+        let mut providers = self
+            .providers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        providers
+            .entry(scope.to_owned())
+            .or_insert_with(|| TokenProvider::new(self.source.clone(), scope))
+            .clone()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -589,6 +643,24 @@ mod tests {
             assert_eq!(err.is_rejected(), rejected, "{err}");
             assert_eq!(err.needs_restart(), restart, "{err}");
             assert_eq!(err.metric_label(), label, "{err}");
+        }
+    }
+
+    #[test]
+    fn the_postgres_scope_follows_the_cloud_of_the_host() {
+        for (host, scope) in [
+            ("contoso.postgres.database.azure.com", POSTGRES_SCOPE),
+            (
+                "contoso.postgres.database.usgovcloudapi.net",
+                "https://ossrdbms-aad.database.usgovcloudapi.net/.default",
+            ),
+            (
+                "Contoso.Postgres.Database.ChinaCloudAPI.cn.",
+                "https://ossrdbms-aad.database.chinacloudapi.cn/.default",
+            ),
+            ("10.0.0.4", POSTGRES_SCOPE),
+        ] {
+            assert_eq!(postgres_scope_for(host), scope, "{host}");
         }
     }
 

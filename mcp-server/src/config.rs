@@ -11,7 +11,7 @@ use clap::Parser;
 use pgmcp_crds::config::{
     DEFAULT_AUTHORITY_HOST, EntraAuthConfig, ScopeFunction, ScopeGrant, ServerConfig,
 };
-use pgmcp_identity::{POSTGRES_SCOPE, TokenProvider, WorkloadIdentity};
+use pgmcp_identity::{TokenProvider, WorkloadIdentity, postgres_scope_for};
 
 use crate::db::ConnectOptions;
 
@@ -92,6 +92,10 @@ pub struct Args {
     /// (AZURE_CLIENT_ID, AZURE_TENANT_ID, AZURE_FEDERATED_TOKEN_FILE, AZURE_AUTHORITY_HOST).
     #[arg(long)]
     pub workload_identity: bool,
+    /// Token scope for the database with --workload-identity. Default: the scope of the cloud
+    /// the host name belongs to (Azure Government, Azure China, else the public cloud).
+    #[arg(long, env = "PGMCP_DATABASE_TOKEN_SCOPE")]
+    pub database_token_scope: Option<String>,
     /// Log format: json (default) or text.
     #[arg(long, default_value = "json")]
     pub log_format: String,
@@ -315,10 +319,12 @@ impl Settings {
                 )));
             }
             let identity = WorkloadIdentity::from_env(&env).map_err(|e| err(e.to_string()))?;
-            Some(TokenProvider::new(
-                std::sync::Arc::new(identity),
-                POSTGRES_SCOPE,
-            ))
+            let scope = args
+                .database_token_scope
+                .clone()
+                .or_else(|| file.database.token_scope.clone())
+                .unwrap_or_else(|| postgres_scope_for(&file.database.host).to_owned());
+            Some(TokenProvider::new(std::sync::Arc::new(identity), scope))
         } else {
             None
         };
@@ -702,6 +708,32 @@ mod tests {
         assert_eq!(
             token.scope(),
             "https://ossrdbms-aad.database.windows.net/.default"
+        );
+        // Another cloud's server gets its cloud's scope, unless one is given.
+        let government = "postgres://sales-mcp@contoso.postgres.database.usgovcloudapi.net/sales?sslmode=require";
+        let s = Settings::resolve(
+            &args(&["--database-url", government, "--workload-identity"]),
+            webhook,
+        )
+        .unwrap();
+        assert_eq!(
+            s.connect.token.as_ref().unwrap().scope(),
+            "https://ossrdbms-aad.database.usgovcloudapi.net/.default"
+        );
+        let s = Settings::resolve(
+            &args(&[
+                "--database-url",
+                "postgres://sales-mcp@10.1.2.3/sales?sslmode=require",
+                "--workload-identity",
+                "--database-token-scope",
+                "https://ossrdbms-aad.database.chinacloudapi.cn/.default",
+            ]),
+            webhook,
+        )
+        .unwrap();
+        assert_eq!(
+            s.connect.token.as_ref().unwrap().scope(),
+            "https://ossrdbms-aad.database.chinacloudapi.cn/.default"
         );
         assert!(
             token.identity().contains("client id 11111111"),

@@ -130,9 +130,9 @@ pub struct Context {
     /// Who publishes Events (see [`Context::event`]).
     pub reporter: Reporter,
     pub resync: Duration,
-    /// The operator's own Entra token for PostgreSQL (`postgres.admin.entra`), when it runs
-    /// with a workload identity.
-    pub postgres_token: Option<pgmcp_identity::TokenProvider>,
+    /// The operator's own Entra tokens for PostgreSQL (`postgres.admin.entra`), one scope per
+    /// cloud, when it runs with a workload identity.
+    pub postgres_tokens: Option<pgmcp_identity::Tokens>,
     /// Azure Resource Manager with the operator's own workload identity, when it has one.
     pub arm: Option<crate::azure::arm::ArmClient>,
     /// Microsoft Graph with the same identity (`foundry.assignAppRole`).
@@ -622,8 +622,8 @@ pub struct Options {
     pub concurrency: u16,
     /// Reporting instance in Events (the pod name).
     pub identity: String,
-    /// See [`Context::postgres_token`].
-    pub postgres_token: Option<pgmcp_identity::TokenProvider>,
+    /// See [`Context::postgres_tokens`].
+    pub postgres_tokens: Option<pgmcp_identity::Tokens>,
     /// See [`Context::arm`].
     pub arm: Option<crate::azure::arm::ArmClient>,
     /// See [`Context::graph`].
@@ -687,7 +687,7 @@ async fn run_scope(
         },
         metrics,
         resync: options.resync,
-        postgres_token: options.postgres_token.clone(),
+        postgres_tokens: options.postgres_tokens.clone(),
         arm: options.arm.clone(),
         graph: options.graph.clone(),
         admin_pool: crate::database::pool::Pool::new(

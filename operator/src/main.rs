@@ -45,15 +45,12 @@ async fn main() -> anyhow::Result<()> {
         resync: args.resync,
         concurrency: args.concurrency.max(1),
         identity: identity.clone(),
-        postgres_token: None,
+        postgres_tokens: None,
         arm: None,
         graph: None,
     };
     if let Some(identity) = workload_identity() {
-        options.postgres_token = Some(pgmcp_identity::TokenProvider::new(
-            identity.clone(),
-            pgmcp_identity::POSTGRES_SCOPE,
-        ));
+        options.postgres_tokens = Some(pgmcp_identity::Tokens::new(identity.clone()));
         let settings = pgmcp_operator::azure::AzureSettings {
             arm_endpoint: args.arm_endpoint.clone(),
             fic_api_version: args.fic_api_version.clone(),

@@ -54,6 +54,11 @@ pub struct Args {
     /// Token scope for Microsoft Graph. Default: `<--graph-endpoint>/.default`.
     #[arg(long, env = "PGMCP_GRAPH_SCOPE")]
     pub graph_scope: Option<String>,
+    /// Token scope for Azure Database for PostgreSQL (`postgres.admin.entra`). Default: the
+    /// scope of the cloud each server's host name belongs to (Azure Government, Azure China,
+    /// else the public cloud).
+    #[arg(long, env = "PGMCP_POSTGRES_SCOPE")]
+    pub postgres_scope: Option<String>,
     /// api-version of Microsoft.ManagedIdentity federatedIdentityCredentials.
     #[arg(long, env = "PGMCP_FIC_API_VERSION", default_value = "2023-01-31")]
     pub fic_api_version: String,
@@ -102,6 +107,8 @@ pub struct Args {
 pub struct Defaults {
     pub server_image: String,
     pub oidc_issuer: Option<String>,
+    /// `--postgres-scope`: the operator's own token scope for PostgreSQL, when not derived.
+    pub postgres_scope: Option<String>,
 }
 
 impl Args {
@@ -123,6 +130,7 @@ impl Args {
         Defaults {
             server_image: self.server_image.clone(),
             oidc_issuer: self.oidc_issuer.clone(),
+            postgres_scope: self.postgres_scope.clone(),
         }
     }
 }

@@ -69,7 +69,7 @@ pub fn child_name(binding: &str) -> String {
 
 pub fn build(valid: &Valid, defaults: &Defaults) -> Desired {
     let name = child_name(&valid.name);
-    let config = server_config(valid);
+    let config = server_config(valid, defaults);
     let config_json = serde_json::to_string_pretty(&config).unwrap_or_default();
     let config_hash = hex_prefix(&Sha256::digest(config_json.as_bytes()), 16);
     let service = service(valid, &name);
@@ -102,7 +102,7 @@ pub fn build(valid: &Valid, defaults: &Defaults) -> Desired {
 }
 
 /// The `pgmcp-server --config` file.
-pub fn server_config(valid: &Valid) -> ServerConfig {
+pub fn server_config(valid: &Valid, defaults: &Defaults) -> ServerConfig {
     let spec = &valid.spec;
     let name = child_name(&valid.name);
     let ns = &valid.namespace;
@@ -128,6 +128,11 @@ pub fn server_config(valid: &Valid) -> ServerConfig {
             ssl_mode: spec.postgres.ssl_mode.as_str().to_owned(),
             password_file,
             workload_identity,
+            // The operator's --postgres-scope, for a host whose name does not tell its cloud.
+            token_scope: defaults
+                .postgres_scope
+                .clone()
+                .filter(|_| workload_identity),
             ..DatabaseConfig::default()
         },
         scope: ScopeConfig {
@@ -479,6 +484,7 @@ mod tests {
 
     fn defaults() -> Defaults {
         Defaults {
+            postgres_scope: None,
             server_image: "ghcr.io/pgmcp/pgmcp-server:test".to_owned(),
             oidc_issuer: None,
         }
@@ -663,6 +669,39 @@ mod tests {
             "one replica needs no PDB"
         );
         assert!(d.network_policy.is_none());
+    }
+
+    #[test]
+    fn a_configured_postgres_scope_reaches_servers_that_sign_in_with_entra_only() {
+        let scope = "https://ossrdbms-aad.database.usgovcloudapi.net/.default";
+        let scoped = Defaults {
+            postgres_scope: Some(scope.to_owned()),
+            ..defaults()
+        };
+        let entra = validate(&binding("azure-entra.yaml"), &Inputs::default()).unwrap();
+        assert_eq!(
+            server_config(&entra, &scoped)
+                .database
+                .token_scope
+                .as_deref(),
+            Some(scope)
+        );
+        assert_eq!(
+            server_config(&entra, &defaults()).database.token_scope,
+            None
+        );
+        let inputs = Inputs {
+            admin_secret: Some(k8s_openapi::api::core::v1::Secret {
+                string_data: Some(BTreeMap::from([
+                    ("username".to_owned(), "postgres".to_owned()),
+                    ("password".to_owned(), "x".to_owned()),
+                ])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let password = validate(&binding("password.yaml"), &inputs).unwrap();
+        assert_eq!(server_config(&password, &scoped).database.token_scope, None);
     }
 
     #[test]

@@ -120,10 +120,17 @@ pub async fn admin<'a>(
 ) -> Result<Admin<'a>, Error> {
     let pg = &spec.postgres;
     let (user, password) = if let Some(entra) = &pg.admin.entra {
+        // The scope of the server's cloud (Azure Government, China, public), or the one given.
+        let scope = ctx
+            .defaults
+            .postgres_scope
+            .clone()
+            .unwrap_or_else(|| pgmcp_identity::postgres_scope_for(&pg.host).to_owned());
         let provider = ctx
-            .postgres_token
+            .postgres_tokens
             .as_ref()
-            .ok_or(Error::NoWorkloadIdentity)?;
+            .ok_or(Error::NoWorkloadIdentity)?
+            .for_scope(&scope);
         let token = provider.token().await.map_err(|e| Error::Token {
             identity: provider.identity(),
             message: e.to_string(),

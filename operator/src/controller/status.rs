@@ -579,6 +579,7 @@ mod tests {
     ) -> PostgresMcpBindingStatus {
         let valid = validate(b, &Inputs::default()).unwrap();
         let defaults = Defaults {
+            postgres_scope: None,
             server_image: "img".to_owned(),
             oidc_issuer: None,
         };
