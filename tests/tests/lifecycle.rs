@@ -37,6 +37,29 @@ async fn foundry(test: &str) -> Foundry {
     azure
 }
 
+/// Applies the Foundry binding `sales` with `assignAppRole` and waits until its connection and
+/// the project identity's app role are in place.
+async fn apply_sales_with_app_role(
+    azure: &Foundry,
+    env: &TestEnv,
+    ns: &pgmcp_tests::TestNamespace,
+) -> Api<PostgresMcpBinding> {
+    let mut binding = azure.binding("sales", env.server());
+    binding["spec"]["foundry"]["assignAppRole"] = json!(true);
+    kubectl_apply(ns, &binding.to_string());
+    let bindings: Api<PostgresMcpBinding> = ns.api();
+    wait_condition(
+        &bindings,
+        "sales",
+        "FoundryConnectionReady",
+        "True",
+        None,
+        WAIT,
+    )
+    .await;
+    bindings
+}
+
 /// Whether role `role` exists on the shared server.
 async fn role_exists(role: &str) -> bool {
     Postgres::shared()
@@ -87,9 +110,7 @@ async fn deleting_a_namespace_removes_what_its_bindings_made_outside_it_within_a
 
     // An Entra binding with a credential, a connection and an app role, and two password
     // bindings whose admin Secret the namespace deletion removes at the same time as them.
-    let mut sales = azure.binding("sales", env.server());
-    sales["spec"]["foundry"]["assignAppRole"] = json!(true);
-    kubectl_apply(&ns, &sales.to_string());
+    let bindings = apply_sales_with_app_role(&azure, env, &ns).await;
     create_admin_secret(&ns, pg);
     let db = pg.create_database("ns_delete_shop").await.unwrap();
     let shop_role = format!("{}_r", db.name);
@@ -104,20 +125,11 @@ async fn deleting_a_namespace_removes_what_its_bindings_made_outside_it_within_a
         &password_example(pg.host(), pg.port(), &db.name, &stock_role)
             .replace("name: shop", "name: stock"),
     );
-    let bindings: Api<PostgresMcpBinding> = ns.api();
-    let sales = wait_condition(
-        &bindings,
-        "sales",
-        "FoundryConnectionReady",
-        "True",
-        None,
-        WAIT,
-    )
-    .await;
     wait_condition(&bindings, "shop", "DatabaseReady", "True", None, WAIT).await;
     wait_condition(&bindings, "stock", "DatabaseReady", "True", None, WAIT).await;
 
     // What exists, and where, reads off the binding.
+    let sales = bindings.get("sales").await.unwrap();
     let inventory = sales.status.unwrap().inventory.unwrap();
     let role = inventory.role.as_ref().unwrap();
     assert_eq!(role.name, azure.principal);
@@ -217,19 +229,7 @@ async fn retargeting_leaves_exactly_the_new_azure_objects_and_deletes_the_old() 
         .start_operator(env, &ns, "op-retarget", &[])
         .await
         .unwrap();
-    let mut binding = azure.binding("sales", env.server());
-    binding["spec"]["foundry"]["assignAppRole"] = json!(true);
-    kubectl_apply(&ns, &binding.to_string());
-    let bindings: Api<PostgresMcpBinding> = ns.api();
-    wait_condition(
-        &bindings,
-        "sales",
-        "FoundryConnectionReady",
-        "True",
-        None,
-        WAIT,
-    )
-    .await;
+    let bindings = apply_sales_with_app_role(&azure, env, &ns).await;
     let fics = |identity: &str| arm.resources_under(identity);
     let connections = |project: &str| arm.resources_under(project);
     assert_eq!(fics(&azure.identity_id).len(), 1);
@@ -470,19 +470,7 @@ async fn graph_pages_are_all_read_so_the_assignment_is_neither_duplicated_nor_le
         .start_operator(env, &ns, "op-graph-pages", &[])
         .await
         .unwrap();
-    let mut binding = azure.binding("sales", env.server());
-    binding["spec"]["foundry"]["assignAppRole"] = json!(true);
-    kubectl_apply(&ns, &binding.to_string());
-    let bindings: Api<PostgresMcpBinding> = ns.api();
-    wait_condition(
-        &bindings,
-        "sales",
-        "FoundryConnectionReady",
-        "True",
-        None,
-        WAIT,
-    )
-    .await;
+    let bindings = apply_sales_with_app_role(&azure, env, &ns).await;
     assert_eq!(azure.project_assignments(&azure.project_id).len(), 1);
 
     // Two more reconciles read every page, find the assignment and write nothing.

@@ -490,13 +490,9 @@ mod tests {
         }
     }
 
-    fn desired(
-        file: &str,
-        edit: impl FnOnce(&mut pgmcp_crds::v1alpha1::PostgresMcpBinding),
-    ) -> Desired {
-        let mut b = binding(file);
-        edit(&mut b);
-        let inputs = Inputs {
+    /// What fetch reads for the examples: the admin Secret they name.
+    fn admin_inputs() -> Inputs {
+        Inputs {
             admin_secret: Some(k8s_openapi::api::core::v1::Secret {
                 string_data: Some(BTreeMap::from([
                     ("username".to_owned(), "postgres".to_owned()),
@@ -505,7 +501,16 @@ mod tests {
                 ..Default::default()
             }),
             ..Default::default()
-        };
+        }
+    }
+
+    fn desired(
+        file: &str,
+        edit: impl FnOnce(&mut pgmcp_crds::v1alpha1::PostgresMcpBinding),
+    ) -> Desired {
+        let mut b = binding(file);
+        edit(&mut b);
+        let inputs = admin_inputs();
         build(&validate(&b, &inputs).unwrap(), &defaults())
     }
 
@@ -690,17 +695,7 @@ mod tests {
             server_config(&entra, &defaults()).database.token_scope,
             None
         );
-        let inputs = Inputs {
-            admin_secret: Some(k8s_openapi::api::core::v1::Secret {
-                string_data: Some(BTreeMap::from([
-                    ("username".to_owned(), "postgres".to_owned()),
-                    ("password".to_owned(), "x".to_owned()),
-                ])),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let password = validate(&binding("password.yaml"), &inputs).unwrap();
+        let password = validate(&binding("password.yaml"), &admin_inputs()).unwrap();
         assert_eq!(server_config(&password, &scoped).database.token_scope, None);
     }
 
