@@ -50,6 +50,57 @@ impl Default for AzureSettings {
     }
 }
 
+/// An ARM resource the operator keeps ([`fic::Desired`], [`foundry::Desired`]): where it is,
+/// what is written, and what in ARM's answer must match.
+pub trait Resource {
+    /// Its kind, for messages and metrics.
+    const KIND: arm::ResourceKind;
+    /// Its ARM id.
+    fn id(&self) -> String;
+    /// The api-version it is written with.
+    fn api_version(settings: &AzureSettings) -> &str;
+    /// The PUT body.
+    fn body(&self) -> serde_json::Value;
+    /// Whether the resource ARM returned says what this says (fields ARM adds do not count).
+    fn matches(&self, observed: &serde_json::Value) -> bool;
+}
+
+/// Reads the resource and compares it with `desired`.
+pub async fn observe<R: Resource>(
+    arm: &arm::ArmClient,
+    desired: &R,
+) -> Result<Observed, arm::Error> {
+    let api_version = R::api_version(arm.settings());
+    arm.observe(&R::KIND, &desired.id(), api_version, |o| desired.matches(o))
+        .await
+}
+
+/// Writes the resource (PUT); returns its ARM id.
+pub async fn write<R: Resource>(
+    arm: &arm::ArmClient,
+    desired: &R,
+    change: Change,
+) -> Result<String, arm::Error> {
+    let api_version = R::api_version(arm.settings());
+    let id = arm
+        .write(&R::KIND, &desired.id(), api_version, &desired.body())
+        .await?;
+    tracing::info!(resource = %id, ?change, kind = R::KIND.noun, "written");
+    Ok(id)
+}
+
+/// Makes the resource say what `desired` says: GET, and PUT only when it is missing or differs.
+/// Returns its ARM id and what changed.
+pub async fn ensure<R: Resource>(
+    arm: &arm::ArmClient,
+    desired: &R,
+) -> Result<(String, Change), arm::Error> {
+    match observe(arm, desired).await? {
+        Observed::InPlace(id) => Ok((id, Change::Unchanged)),
+        Observed::Differs(change) => Ok((write(arm, desired, change).await?, change)),
+    }
+}
+
 /// What ARM holds, compared with what it should hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Observed {

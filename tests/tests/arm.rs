@@ -851,44 +851,38 @@ async fn connection_categories_and_auth_types_arm_does_not_list_are_stored_as_se
     // takes values newer than any list a client or fake knows.
     let az = azure(Some(Role::Contributor)).await;
     let mut body = foundry::body(&desired_connection("https://mcp.contoso.com/mcp"));
-    body["properties"]["category"] = json!("TelepathicTool");
-    body["properties"]["authType"] = json!("QuantumEntanglement");
-    let stored = az
-        .client
-        .put(
-            &foundry::KIND,
-            &connection_id(),
-            &az.client.settings().foundry_api_version,
-            &body,
-        )
-        .await
-        .unwrap();
-    assert_eq!(stored["properties"]["category"], json!("TelepathicTool"));
-    assert_eq!(
-        stored["properties"]["authType"],
-        json!("QuantumEntanglement")
-    );
-    assert_eq!(stored["properties"]["group"], json!("ServicesAndApps"));
-
-    // Known values in another spelling come back in ARM's.
-    body["properties"]["category"] = json!("remotetool");
-    body["properties"]["authType"] = json!("projectmanagedidentity");
-    let stored = az
-        .client
-        .put(
-            &foundry::KIND,
-            &connection_id(),
-            &az.client.settings().foundry_api_version,
-            &body,
-        )
-        .await
-        .unwrap();
-    assert_eq!(stored["properties"]["category"], json!("RemoteTool"));
-    assert_eq!(
-        stored["properties"]["authType"],
-        json!("ProjectManagedIdentity")
-    );
-    assert_eq!(stored["properties"]["group"], json!("GenericProtocol"));
+    // Values ARM does not list are kept as sent; known ones in another spelling come back in
+    // ARM's.
+    for (category, auth_type, stored_as, group) in [
+        (
+            "TelepathicTool",
+            "QuantumEntanglement",
+            ("TelepathicTool", "QuantumEntanglement"),
+            "ServicesAndApps",
+        ),
+        (
+            "remotetool",
+            "projectmanagedidentity",
+            ("RemoteTool", "ProjectManagedIdentity"),
+            "GenericProtocol",
+        ),
+    ] {
+        body["properties"]["category"] = json!(category);
+        body["properties"]["authType"] = json!(auth_type);
+        let stored = az
+            .client
+            .put(
+                &foundry::KIND,
+                &connection_id(),
+                &az.client.settings().foundry_api_version,
+                &body,
+            )
+            .await
+            .unwrap();
+        assert_eq!(stored["properties"]["category"], json!(stored_as.0));
+        assert_eq!(stored["properties"]["authType"], json!(stored_as.1));
+        assert_eq!(stored["properties"]["group"], json!(group));
+    }
 }
 
 /// Hands out one fixed token.

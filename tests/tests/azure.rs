@@ -121,9 +121,14 @@ async fn a_foundry_binding_gets_its_credential_connection_and_principal_and_lose
         "the server exchanged its ServiceAccount token for the managed identity"
     );
 
-    // A steady state makes no ARM writes.
+    // A steady state makes no ARM writes: a whole reconcile (it read the connection) and no
+    // PUT.
     let puts = arm.count_matching("PUT", "/");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let reads = arm.count_matching("GET", "/connections/");
+    let reconciles = operator
+        .metric("pgmcp_operator_reconciles_total")
+        .await
+        .unwrap();
     bindings
         .patch(
             "sales",
@@ -132,7 +137,18 @@ async fn a_foundry_binding_gets_its_credential_connection_and_principal_and_lose
         )
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    eventually("a reconcile after the touch", WAIT, || async {
+        operator
+            .metric("pgmcp_operator_reconciles_total")
+            .await
+            .unwrap()
+            > reconciles
+    })
+    .await;
+    assert!(
+        arm.count_matching("GET", "/connections/") > reads,
+        "the connection was read"
+    );
     assert_eq!(
         arm.count_matching("PUT", "/"),
         puts,

@@ -147,7 +147,7 @@ async fn assign_app_role_gives_the_project_identity_the_server_role_and_takes_it
         object_id: OPERATOR_OBJECT_ID,
         trust: &[entra.ca_cert(), arm.ca_cert(), graph.ca_cert()],
     };
-    let _operator = Operator::start_with_workload_identity(
+    let operator = Operator::start_with_workload_identity(
         env,
         &ns,
         "op-graph",
@@ -254,9 +254,25 @@ async fn assign_app_role_gives_the_project_identity_the_server_role_and_takes_it
     let posts = graph.count("POST", "/");
     assert_eq!(project_token_roles(&entra).await, json!(["MCP.Read"]));
 
-    // A steady state reads only.
+    // A steady state reads only: a whole reconcile (it read the assignments) and no POST.
+    let reconciles = operator
+        .metric("pgmcp_operator_reconciles_total")
+        .await
+        .unwrap();
+    let lists = graph.count("GET", "/appRoleAssignedTo");
     touch(&bindings, "2").await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    eventually("a reconcile after the touch", WAIT, || async {
+        operator
+            .metric("pgmcp_operator_reconciles_total")
+            .await
+            .unwrap()
+            > reconciles
+    })
+    .await;
+    assert!(
+        graph.count("GET", "/appRoleAssignedTo") > lists,
+        "the assignments were read"
+    );
     assert_eq!(
         graph.count("POST", "/"),
         posts,

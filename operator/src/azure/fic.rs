@@ -8,8 +8,8 @@
 
 use serde_json::{Value, json};
 
+use super::AzureSettings;
 use super::arm::{ArmClient, Error, ResourceKind};
-use super::{Change, Observed};
 
 /// The one audience workload identity federation uses.
 pub const AUDIENCE: &str = pgmcp_identity::TOKEN_EXCHANGE_AUDIENCE;
@@ -127,44 +127,34 @@ fn matches(observed: &Value, desired: &Desired) -> bool {
         && audiences == [AUDIENCE]
 }
 
-/// Reads the credential and compares it with `desired`.
-pub async fn observe(arm: &ArmClient, desired: &Desired) -> Result<Observed, Error> {
-    let id = resource_id(&desired.identity_resource_id, &desired.name);
-    let api_version = &arm.settings().fic_api_version;
-    arm.observe(&KIND, &id, api_version, |o| matches(o, desired))
-        .await
-}
+pub use super::{ensure, observe, write};
 
-/// Writes the credential (PUT); returns its ARM id.
-pub async fn write(arm: &ArmClient, desired: &Desired, change: Change) -> Result<String, Error> {
-    let id = resource_id(&desired.identity_resource_id, &desired.name);
-    let api_version = &arm.settings().fic_api_version;
-    let id = arm.write(&KIND, &id, api_version, &body(desired)).await?;
-    tracing::info!(resource = %id, ?change, issuer = %desired.issuer, subject = %desired.subject, "federated identity credential written");
-    Ok(id)
-}
+impl super::Resource for Desired {
+    const KIND: ResourceKind = KIND;
 
-/// Makes the credential say what `desired` says: GET, and PUT only when it is missing or
-/// differs. Returns its ARM id and what changed.
-pub async fn ensure(arm: &ArmClient, desired: &Desired) -> Result<(String, Change), Error> {
-    match observe(arm, desired).await? {
-        Observed::InPlace(id) => Ok((id, Change::Unchanged)),
-        Observed::Differs(change) => Ok((write(arm, desired, change).await?, change)),
+    fn id(&self) -> String {
+        resource_id(&self.identity_resource_id, &self.name)
     }
-}
 
-/// Deletes the credential with id `id` (written with `api_version`); `Ok` when it is already
-/// gone.
-pub async fn delete_by_id(arm: &ArmClient, id: &str, api_version: &str) -> Result<(), Error> {
-    let deleted = arm.delete(&KIND, id, api_version).await?;
-    tracing::info!(resource = %id, deleted, "federated identity credential removed");
-    Ok(())
+    fn api_version(settings: &AzureSettings) -> &str {
+        &settings.fic_api_version
+    }
+
+    fn body(&self) -> Value {
+        body(self)
+    }
+
+    fn matches(&self, observed: &Value) -> bool {
+        matches(observed, self)
+    }
 }
 
 /// Deletes the credential; `Ok` when it is already gone.
 pub async fn delete(arm: &ArmClient, identity_resource_id: &str, name: &str) -> Result<(), Error> {
     let id = resource_id(identity_resource_id, name);
-    delete_by_id(arm, &id, &arm.settings().fic_api_version).await
+    arm.delete(&KIND, &id, &arm.settings().fic_api_version)
+        .await?;
+    Ok(())
 }
 
 #[cfg(test)]

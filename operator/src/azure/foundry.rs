@@ -9,8 +9,8 @@
 
 use serde_json::{Value, json};
 
+use super::AzureSettings;
 use super::arm::{ArmClient, Error, ResourceKind};
-use super::{Change, Observed};
 
 pub const CATEGORY: &str = "RemoteTool";
 pub const GROUP: &str = "GenericProtocol";
@@ -86,38 +86,26 @@ fn matches(observed: &Value, desired: &Desired) -> bool {
         && p["metadata"]["type"].as_str() == Some(METADATA_TYPE)
 }
 
-/// Reads the connection and compares it with `desired`.
-pub async fn observe(arm: &ArmClient, desired: &Desired) -> Result<Observed, Error> {
-    let id = resource_id(&desired.project_resource_id, &desired.connection_name);
-    let api_version = &arm.settings().foundry_api_version;
-    arm.observe(&KIND, &id, api_version, |o| matches(o, desired))
-        .await
-}
+pub use super::{ensure, observe, write};
 
-/// Writes the connection (PUT); returns its ARM id.
-pub async fn write(arm: &ArmClient, desired: &Desired, change: Change) -> Result<String, Error> {
-    let id = resource_id(&desired.project_resource_id, &desired.connection_name);
-    let api_version = &arm.settings().foundry_api_version;
-    let id = arm.write(&KIND, &id, api_version, &body(desired)).await?;
-    tracing::info!(resource = %id, ?change, target = %desired.target, "Foundry connection written");
-    Ok(id)
-}
+impl super::Resource for Desired {
+    const KIND: ResourceKind = KIND;
 
-/// Makes the connection say what `desired` says: GET, and PUT only when it is missing or
-/// differs. Returns its ARM id and what changed.
-pub async fn ensure(arm: &ArmClient, desired: &Desired) -> Result<(String, Change), Error> {
-    match observe(arm, desired).await? {
-        Observed::InPlace(id) => Ok((id, Change::Unchanged)),
-        Observed::Differs(change) => Ok((write(arm, desired, change).await?, change)),
+    fn id(&self) -> String {
+        resource_id(&self.project_resource_id, &self.connection_name)
     }
-}
 
-/// Deletes the connection with id `id` (written with `api_version`); `Ok` when it is already
-/// gone.
-pub async fn delete_by_id(arm: &ArmClient, id: &str, api_version: &str) -> Result<(), Error> {
-    let deleted = arm.delete(&KIND, id, api_version).await?;
-    tracing::info!(resource = %id, deleted, "Foundry connection removed");
-    Ok(())
+    fn api_version(settings: &AzureSettings) -> &str {
+        &settings.foundry_api_version
+    }
+
+    fn body(&self) -> Value {
+        body(self)
+    }
+
+    fn matches(&self, observed: &Value) -> bool {
+        matches(observed, self)
+    }
 }
 
 /// Deletes the connection; `Ok` when it is already gone.
@@ -127,7 +115,9 @@ pub async fn delete(
     connection_name: &str,
 ) -> Result<(), Error> {
     let id = resource_id(project_resource_id, connection_name);
-    delete_by_id(arm, &id, &arm.settings().foundry_api_version).await
+    arm.delete(&KIND, &id, &arm.settings().foundry_api_version)
+        .await?;
+    Ok(())
 }
 
 #[cfg(test)]

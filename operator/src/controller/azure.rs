@@ -257,18 +257,24 @@ fn record_resource(record: &mut Record, entry: AzureResourceRecord) {
     }
 }
 
-/// Reads, compares and (recording it first) writes one ARM resource.
-async fn ensure_resource<D>(
+/// Reads, compares and (recording it first) writes one ARM resource; `scope` names what the
+/// operator needs rights on when it has no workload identity.
+async fn ensure_resource<R: crate::azure::Resource>(
     ctx: &Context,
     record: &mut Record,
-    entry: AzureResourceRecord,
-    desired: &D,
-    observe: impl AsyncFnOnce(&arm::ArmClient, &D) -> Result<crate::azure::Observed, arm::Error>,
-    write: impl AsyncFnOnce(&arm::ArmClient, &D, Change) -> Result<String, arm::Error>,
+    kind: AzureResourceKind,
+    desired: &R,
+    policy: DeletionPolicy,
     scope: &str,
 ) -> Result<(String, Change), Error> {
     let arm = arm_client(ctx, scope)?;
-    match observe(arm, desired).await? {
+    let entry = AzureResourceRecord {
+        kind,
+        id: desired.id(),
+        api_version: R::api_version(arm.settings()).to_owned(),
+        deletion_policy: policy,
+    };
+    match crate::azure::observe(arm, desired).await? {
         crate::azure::Observed::InPlace(id) => {
             record_resource(record, entry);
             Ok((id, Change::Unchanged))
@@ -276,7 +282,7 @@ async fn ensure_resource<D>(
         crate::azure::Observed::Differs(change) => {
             record_resource(record, entry);
             record.save(ctx).await?;
-            Ok((write(arm, desired, change).await?, change))
+            Ok((crate::azure::write(arm, desired, change).await?, change))
         }
     }
 }
@@ -309,23 +315,12 @@ pub async fn reconcile(ctx: &Context, valid: &Valid, record: &mut Record) -> Rep
         let result = match desired {
             Err(err) => Err(err),
             Ok(desired) => {
-                let entry = AzureResourceRecord {
-                    kind: AzureResourceKind::FederatedIdentityCredential,
-                    id: desired_fic_id.clone().unwrap_or_default(),
-                    api_version: ctx
-                        .arm
-                        .as_ref()
-                        .map(|a| a.settings().fic_api_version.clone())
-                        .unwrap_or_default(),
-                    deletion_policy: spec.access.deletion_policy,
-                };
                 ensure_resource(
                     ctx,
                     record,
-                    entry,
+                    AzureResourceKind::FederatedIdentityCredential,
                     &desired,
-                    fic::observe,
-                    fic::write,
+                    spec.access.deletion_policy,
                     &desired.identity_resource_id,
                 )
                 .await
@@ -338,23 +333,12 @@ pub async fn reconcile(ctx: &Context, valid: &Valid, record: &mut Record) -> Rep
         }));
     }
     if let (Some(desired), Some(foundry)) = (foundry_desired(valid), &spec.foundry) {
-        let entry = AzureResourceRecord {
-            kind: AzureResourceKind::FoundryConnection,
-            id: desired_connection_id.clone().unwrap_or_default(),
-            api_version: ctx
-                .arm
-                .as_ref()
-                .map(|a| a.settings().foundry_api_version.clone())
-                .unwrap_or_default(),
-            deletion_policy: foundry.deletion_policy,
-        };
         let result = ensure_resource(
             ctx,
             record,
-            entry,
+            AzureResourceKind::FoundryConnection,
             &desired,
-            foundry::observe,
-            foundry::write,
+            foundry.deletion_policy,
             &desired.project_resource_id,
         )
         .await;
@@ -559,14 +543,12 @@ async fn remove_resource(
     let result = async {
         if !orphaned {
             let arm = arm_client(ctx, &entry.id)?;
-            match entry.kind {
-                AzureResourceKind::FederatedIdentityCredential => {
-                    fic::delete_by_id(arm, &entry.id, &entry.api_version).await?;
-                }
-                AzureResourceKind::FoundryConnection => {
-                    foundry::delete_by_id(arm, &entry.id, &entry.api_version).await?;
-                }
-            }
+            let kind = match entry.kind {
+                AzureResourceKind::FederatedIdentityCredential => &fic::KIND,
+                AzureResourceKind::FoundryConnection => &foundry::KIND,
+            };
+            let deleted = arm.delete(kind, &entry.id, &entry.api_version).await?;
+            tracing::info!(resource = %entry.id, deleted, "{} removed", kind.noun);
         }
         record
             .get_mut()
