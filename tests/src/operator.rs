@@ -212,6 +212,22 @@ impl Operator {
         Ok(sum_samples(&self.metrics().await?, name))
     }
 
+    /// Reconciles finished so far (`pgmcp_operator_reconciles_total`).
+    pub async fn reconciles(&self) -> f64 {
+        self.metric("pgmcp_operator_reconciles_total")
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Waits until at least `count` reconciles have finished: proof that a reconcile ran before
+    /// a test asserts that it changed nothing.
+    pub async fn wait_reconciles(&self, count: f64, timeout: Duration) {
+        crate::eventually(&format!("{count} reconciles"), timeout, || async {
+            self.reconciles().await >= count
+        })
+        .await;
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

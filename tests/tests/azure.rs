@@ -125,10 +125,7 @@ async fn a_foundry_binding_gets_its_credential_connection_and_principal_and_lose
     // PUT.
     let puts = arm.count_matching("PUT", "/");
     let reads = arm.count_matching("GET", "/connections/");
-    let reconciles = operator
-        .metric("pgmcp_operator_reconciles_total")
-        .await
-        .unwrap();
+    let reconciles = operator.reconciles().await;
     bindings
         .patch(
             "sales",
@@ -137,14 +134,7 @@ async fn a_foundry_binding_gets_its_credential_connection_and_principal_and_lose
         )
         .await
         .unwrap();
-    eventually("a reconcile after the touch", WAIT, || async {
-        operator
-            .metric("pgmcp_operator_reconciles_total")
-            .await
-            .unwrap()
-            > reconciles
-    })
-    .await;
+    operator.wait_reconciles(reconciles + 1.0, WAIT).await;
     assert!(
         arm.count_matching("GET", "/connections/") > reads,
         "the connection was read"

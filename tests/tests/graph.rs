@@ -255,20 +255,10 @@ async fn assign_app_role_gives_the_project_identity_the_server_role_and_takes_it
     assert_eq!(project_token_roles(&entra).await, json!(["MCP.Read"]));
 
     // A steady state reads only: a whole reconcile (it read the assignments) and no POST.
-    let reconciles = operator
-        .metric("pgmcp_operator_reconciles_total")
-        .await
-        .unwrap();
+    let reconciles = operator.reconciles().await;
     let lists = graph.count("GET", "/appRoleAssignedTo");
     touch(&bindings, "2").await;
-    eventually("a reconcile after the touch", WAIT, || async {
-        operator
-            .metric("pgmcp_operator_reconciles_total")
-            .await
-            .unwrap()
-            > reconciles
-    })
-    .await;
+    operator.wait_reconciles(reconciles + 1.0, WAIT).await;
     assert!(
         graph.count("GET", "/appRoleAssignedTo") > lists,
         "the assignments were read"

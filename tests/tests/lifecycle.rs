@@ -474,10 +474,7 @@ async fn graph_pages_are_all_read_so_the_assignment_is_neither_duplicated_nor_le
     assert_eq!(azure.project_assignments(&azure.project_id).len(), 1);
 
     // Two more reconciles read every page, find the assignment and write nothing.
-    let reconciles = operator
-        .metric("pgmcp_operator_reconciles_total")
-        .await
-        .unwrap();
+    let reconciles = operator.reconciles().await;
     for touch in ["1", "2"] {
         patch(
             &bindings,
@@ -486,14 +483,7 @@ async fn graph_pages_are_all_read_so_the_assignment_is_neither_duplicated_nor_le
         )
         .await;
     }
-    eventually("two more reconciles", WAIT, || async {
-        operator
-            .metric("pgmcp_operator_reconciles_total")
-            .await
-            .unwrap()
-            >= reconciles + 2.0
-    })
-    .await;
+    operator.wait_reconciles(reconciles + 2.0, WAIT).await;
     let binding = bindings.get("sales").await.unwrap();
     let ready = condition(&binding, "FoundryConnectionReady").unwrap();
     assert_eq!(ready.status, "True", "{}", ready.message);
