@@ -308,11 +308,7 @@ async fn reconcile_binding(binding: &PostgresMcpBinding, ctx: &Context) -> Resul
     };
     // What exists outside the cluster, as recorded; the admin Secret is protected before
     // anything is created that would need it to be removed.
-    let mut record = Record::load(binding);
-    if record.is_legacy() {
-        database::adopt_legacy(binding, &mut record);
-        azure::adopt_legacy(ctx, binding, &mut record).await?;
-    }
+    let mut record = load_record(ctx, binding).await?;
     let protected = protect::protect(ctx, binding, inputs.admin_secret.as_ref(), &mut record);
     if let Err(err) = protected.await {
         stop(
@@ -370,6 +366,18 @@ async fn reconcile_binding(binding: &PostgresMcpBinding, ctx: &Context) -> Resul
         return Err(err.into());
     }
     Ok(Action::requeue(ctx.resync))
+}
+
+/// The binding's record; one written by an operator that kept none is made from what its spec
+/// names (and saved), so convergence and cleanup start from the same thing.
+async fn load_record(ctx: &Context, binding: &PostgresMcpBinding) -> Result<Record, Error> {
+    let mut record = Record::load(binding);
+    if record.is_legacy() {
+        database::adopt_legacy(binding, &mut record);
+        azure::adopt_legacy(ctx, binding, &mut record).await?;
+        record.save(ctx).await?;
+    }
+    Ok(record)
 }
 
 /// A reconcile that ends early: status says why (`Stalled` when only the user can fix it),

@@ -62,18 +62,10 @@ pub async fn cleanup(ctx: &Context, binding: &PostgresMcpBinding) -> Result<(), 
             message,
         }
     };
-    let mut record = Record::load(binding);
-    if record.is_legacy() {
-        // Written by an operator that kept no record: what the spec names is what exists.
-        database::adopt_legacy(binding, &mut record);
-        azure::adopt_legacy(ctx, binding, &mut record)
-            .await
-            .map_err(|e| fail(External::AppRole)(e.to_string()))?;
-        record
-            .save(ctx)
-            .await
-            .map_err(|e| fail(External::FoundryConnection)(e.to_string()))?;
-    }
+    // A binding written by an operator that kept no record: what the spec names is what exists.
+    let mut record = super::load_record(ctx, binding)
+        .await
+        .map_err(|e| fail(External::FoundryConnection)(e.to_string()))?;
     for step in ORDER {
         let result = match step {
             External::FoundryConnection => azure::remove(ctx, &mut record, Part::FoundryConnection)
