@@ -295,6 +295,9 @@ pub async fn reconcile(
 
 async fn reconcile_binding(binding: &PostgresMcpBinding, ctx: &Context) -> Result<Action, Error> {
     let inputs = fetch::fetch(&ctx.client, binding).await?;
+    // What exists outside the cluster, as recorded (before anything else is written about the
+    // binding, so its status never lacks the record).
+    let mut record = load_record(ctx, binding).await?;
     let valid = match validate::validate(binding, &inputs) {
         Ok(valid) => valid,
         Err(invalid) => {
@@ -306,9 +309,8 @@ async fn reconcile_binding(binding: &PostgresMcpBinding, ctx: &Context) -> Resul
             });
         }
     };
-    // What exists outside the cluster, as recorded; the admin Secret is protected before
-    // anything is created that would need it to be removed.
-    let mut record = load_record(ctx, binding).await?;
+    // The admin Secret is protected before anything is created that would need it to be
+    // removed.
     let protected = protect::protect(ctx, binding, inputs.admin_secret.as_ref(), &mut record);
     if let Err(err) = protected.await {
         stop(
@@ -368,13 +370,15 @@ async fn reconcile_binding(binding: &PostgresMcpBinding, ctx: &Context) -> Resul
     Ok(Action::requeue(ctx.resync))
 }
 
-/// The binding's record; one written by an operator that kept none is made from what its spec
-/// names (and saved), so convergence and cleanup start from the same thing.
+/// The binding's record, saved (empty) before anything else is written about a new binding; one
+/// reconciled by an operator that kept none is made from what its spec names.
 async fn load_record(ctx: &Context, binding: &PostgresMcpBinding) -> Result<Record, Error> {
     let mut record = Record::load(binding);
     if record.is_legacy() {
         database::adopt_legacy(binding, &mut record);
         azure::adopt_legacy(ctx, binding, &mut record).await?;
+    }
+    if record.is_new() {
         record.save(ctx).await?;
     }
     Ok(record)

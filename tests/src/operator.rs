@@ -232,6 +232,11 @@ impl Operator {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// A guard that prints this operator's log if the test fails while it lives.
+    pub fn log_on_panic(&self) -> LogOnPanic {
+        LogOnPanic(self.log.clone())
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.log.clone()
     }
@@ -249,6 +254,23 @@ impl Operator {
     /// SIGKILL: the process ends wherever it is, its Lease is not released.
     pub fn kill(&mut self) -> anyhow::Result<()> {
         self.daemon.kill()
+    }
+}
+
+/// Prints the tail of an operator's log when the test panics while this is alive
+/// ([`Operator::log_on_panic`]).
+#[derive(Debug)]
+pub struct LogOnPanic(PathBuf);
+
+impl Drop for LogOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- operator log {}\n{}",
+                self.0.display(),
+                crate::daemon::log_tail(&self.0, 300)
+            );
+        }
     }
 }
 

@@ -156,7 +156,7 @@ async fn watches_resume_within_15_seconds_after_the_apiserver_is_killed() {
     )
     .await
     .unwrap();
-    let _log = PrintOnPanic(operator.log_path());
+    let _log = operator.log_on_panic();
     let role = |name: &str| format!("{}_{name}", db.name);
     kubectl_apply(
         &ns,
@@ -278,21 +278,6 @@ async fn a_database_outage_is_reported_and_the_grants_are_repaired_when_it_ends(
         .unwrap()
         .get(0);
     assert!(can_read, "the revoked grant is back");
-}
-
-/// Prints the operator's log when the test fails.
-struct PrintOnPanic(std::path::PathBuf);
-
-impl Drop for PrintOnPanic {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "--- operator log {}\n{}",
-                self.0.display(),
-                pgmcp_tests::daemon::log_tail(&self.0, 300)
-            );
-        }
-    }
 }
 
 /// Waits until binding `name` has its Foundry connection (the last step of a reconcile).

@@ -103,10 +103,11 @@ async fn deleting_a_namespace_removes_what_its_bindings_made_outside_it_within_a
     let azure = foundry("ns_delete").await;
     let graph = azure.graph.as_ref().unwrap();
     // The Lease would go with the namespace: this operator runs without leader election.
-    let _operator = azure
+    let operator = azure
         .start_operator(env, &ns, "op-ns-delete", &["--leader-election=false"])
         .await
         .unwrap();
+    let _log = operator.log_on_panic();
 
     // An Entra binding with a credential, a connection and an app role, and two password
     // bindings whose admin Secret the namespace deletion removes at the same time as them.

@@ -443,6 +443,13 @@ async fn a_missing_admin_secret_stalls_the_binding_naming_it_until_it_appears() 
         deployments.get_opt(CHILD).await.unwrap().is_none(),
         "nothing deployed while stalled"
     );
+    // An empty record, kept as such: nothing exists outside the cluster yet.
+    let inventory = binding.status.as_ref().unwrap().inventory.clone();
+    assert_eq!(
+        inventory,
+        Some(Default::default()),
+        "an empty record is stored"
+    );
 
     create_admin_secret(&ns, pg);
     let binding = wait_condition(

@@ -136,11 +136,12 @@ async fn release_if_unused(
             namespace: namespace.clone(),
             source: Box::new(source),
         })?;
-    let needed = others
+    let user = others
         .items
         .iter()
-        .any(|other| other.uid() != binding.uid() && wanted(other) == Some(name) && needs(other));
-    if needed {
+        .find(|other| other.uid() != binding.uid() && wanted(other) == Some(name) && needs(other));
+    if let Some(user) = user {
+        tracing::info!(secret = %format!("{namespace}/{name}"), binding = %user.name_any(), "admin secret still needed by another binding; its finalizer stays");
         return Ok(());
     }
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);

@@ -9,8 +9,9 @@
 //!
 //! The record has a field manager of its own ([`MANAGER`]) on the status subresource, so the
 //! status write of the conditions (`status.rs`) and the record never take fields from each
-//! other. A binding whose status has no inventory was last written by an operator that kept no
-//! record ([`Record::is_legacy`]); its steps adopt what the spec names as they find it.
+//! other. Every binding gets a record, empty at first, before this operator writes anything
+//! else about it; so a status without one was written by an operator that kept no record
+//! ([`Record::is_legacy`]), and what its spec names is taken to exist.
 
 use kube::ResourceExt as _;
 use kube::api::{Api, Patch, PatchParams};
@@ -39,22 +40,33 @@ pub struct Record {
     name: String,
     current: Inventory,
     saved: Option<Inventory>,
+    legacy: bool,
 }
 
 impl Record {
     /// The binding's record as stored.
     pub fn load(binding: &PostgresMcpBinding) -> Self {
-        let saved = binding.status.as_ref().and_then(|s| s.inventory.clone());
+        let status = binding.status.as_ref();
+        let saved = status.and_then(|s| s.inventory.clone());
         Self {
             namespace: binding.namespace().unwrap_or_default(),
             name: binding.name_any(),
             current: saved.clone().unwrap_or_default(),
+            // An operator reconciled it (observedGeneration) but wrote no record: one that
+            // predates the record. A new binding has no status yet.
+            legacy: saved.is_none() && status.is_some_and(|s| s.observed_generation.is_some()),
             saved,
         }
     }
 
-    /// No record was ever written (the binding predates it).
+    /// An operator that kept no record reconciled this binding: what exists must be taken from
+    /// its spec.
     pub fn is_legacy(&self) -> bool {
+        self.legacy
+    }
+
+    /// Nothing was ever saved: the record starts now.
+    pub fn is_new(&self) -> bool {
         self.saved.is_none()
     }
 
@@ -73,10 +85,19 @@ impl Record {
             return Ok(());
         }
         let api: Api<PostgresMcpBinding> = Api::namespaced(ctx.client.clone(), &self.namespace);
+        // The two lists are sent even when empty: an applied `inventory: {}` would be dropped by
+        // server-side apply, and a status without the record reads as one from an operator that
+        // kept none.
+        let mut inventory = json!(self.current);
+        for list in ["azureResources", "appRoleAssignments"] {
+            if inventory.get(list).is_none() {
+                inventory[list] = json!([]);
+            }
+        }
         let patch = json!({
             "apiVersion": format!("{}/{}", pgmcp_crds::GROUP, pgmcp_crds::VERSION),
             "kind": pgmcp_crds::KIND,
-            "status": {"inventory": self.current},
+            "status": {"inventory": inventory},
         });
         let result = api
             .patch_status(
@@ -92,6 +113,7 @@ impl Record {
             source,
         })?;
         self.saved = Some(self.current.clone());
+        self.legacy = false;
         Ok(())
     }
 }
