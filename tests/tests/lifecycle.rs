@@ -685,3 +685,76 @@ async fn a_binding_from_before_the_record_gets_one_and_is_still_cleaned_up() {
     .await;
     assert!(!role_exists(&role).await, "the role dropped");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bindings_created_together_on_one_admin_secret_protect_it_without_a_failed_reconcile() {
+    let env = TestEnv::shared();
+    let pg = Postgres::shared();
+    let ns = env.namespace("secret-together").await.unwrap();
+    let operator = Operator::start(env, &ns.name, "op-secret-together", &[])
+        .await
+        .unwrap();
+    let _log = operator.log_on_panic();
+    create_admin_secret(&ns, pg);
+    let db = pg.create_database("secret_together").await.unwrap();
+
+    // One `kubectl apply` of eight bindings on the same Secret: the operator reconciles four at
+    // once, and each finds the Secret without the finalizer and adds it.
+    let names: Vec<String> = (0..8).map(|i| format!("shop-{i}")).collect();
+    let manifests: Vec<String> = names
+        .iter()
+        .map(|name| {
+            password_example(
+                pg.host(),
+                pg.port(),
+                &db.name,
+                &format!("{}_{}", db.name, name.replace('-', "_")),
+            )
+            .replace("name: shop\n", &format!("name: {name}\n"))
+        })
+        .collect();
+    kubectl_apply(&ns, &manifests.join("\n---\n"));
+    let bindings: Api<PostgresMcpBinding> = ns.api();
+    for name in &names {
+        wait_condition(&bindings, name, "DatabaseReady", "True", None, WAIT).await;
+    }
+
+    let errors = operator
+        .metric("pgmcp_operator_reconcile_errors_total")
+        .await
+        .unwrap();
+    assert_eq!(
+        errors, 0.0,
+        "a concurrent change of the Secret is retried, not a failed reconcile"
+    );
+    let secrets: Api<Secret> = ns.api();
+    let finalizers = secrets
+        .get("pg-admin")
+        .await
+        .unwrap()
+        .metadata
+        .finalizers
+        .unwrap_or_default();
+    assert_eq!(finalizers, [pgmcp_crds::SECRET_IN_USE_FINALIZER]);
+
+    // All deleted together: the last one out takes the finalizer off, and the Secret can go.
+    let mut delete = ns.kubectl();
+    delete.args([
+        "delete",
+        "postgresmcpbindings",
+        "--all",
+        "--wait=true",
+        "--timeout=90s",
+    ]);
+    kubectl_ok(delete);
+    eventually("the admin Secret released", WAIT, || async {
+        secrets
+            .get("pg-admin")
+            .await
+            .is_ok_and(|s| s.metadata.finalizers.unwrap_or_default().is_empty())
+    })
+    .await;
+    for name in &names {
+        assert!(!role_exists(&format!("{}_{}", db.name, name.replace('-', "_"))).await);
+    }
+}

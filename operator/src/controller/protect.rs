@@ -63,16 +63,8 @@ pub async fn protect(
     record: &mut Record,
 ) -> Result<(), Error> {
     let namespace = binding.namespace().unwrap_or_default();
-    if let Some(secret) = secret
-        && secret.metadata.deletion_timestamp.is_none()
-        && !secret
-            .finalizers()
-            .iter()
-            .any(|f| f == SECRET_IN_USE_FINALIZER)
-    {
-        let mut finalizers = secret.finalizers().to_vec();
-        finalizers.push(SECRET_IN_USE_FINALIZER.to_owned());
-        patch_finalizers(ctx, &namespace, secret, finalizers, "add").await?;
+    if let Some(secret) = secret {
+        change_finalizers(ctx, &namespace, secret.clone(), Change::Add).await?;
     }
     let name = wanted(binding).map(str::to_owned);
     let before = record.get().admin_secret.clone();
@@ -157,50 +149,101 @@ async fn release_if_unused(
     let Some(secret) = secret else {
         return Ok(());
     };
-    if !secret
-        .finalizers()
-        .iter()
-        .any(|f| f == SECRET_IN_USE_FINALIZER)
-    {
-        return Ok(());
-    }
-    let finalizers = secret
-        .finalizers()
-        .iter()
-        .filter(|f| *f != SECRET_IN_USE_FINALIZER)
-        .cloned()
-        .collect();
-    patch_finalizers(ctx, &namespace, &secret, finalizers, "remove").await
+    change_finalizers(ctx, &namespace, secret, Change::Remove).await
 }
 
+/// What to do with the in-use finalizer.
+#[derive(Clone, Copy, Debug)]
+enum Change {
+    Add,
+    Remove,
+}
+
+impl Change {
+    fn verb(self) -> &'static str {
+        match self {
+            Change::Add => "add",
+            Change::Remove => "remove",
+        }
+    }
+
+    /// The Secret's finalizers after the change, or `None` when there is nothing to do (already
+    /// there, already gone, or a Secret being deleted, which cannot take a new finalizer).
+    fn apply(self, secret: &Secret) -> Option<Vec<String>> {
+        let present = secret
+            .finalizers()
+            .iter()
+            .any(|f| f == SECRET_IN_USE_FINALIZER);
+        match self {
+            Change::Add if present || secret.metadata.deletion_timestamp.is_some() => None,
+            Change::Add => {
+                let mut finalizers = secret.finalizers().to_vec();
+                finalizers.push(SECRET_IN_USE_FINALIZER.to_owned());
+                Some(finalizers)
+            }
+            Change::Remove if !present => None,
+            Change::Remove => Some(
+                secret
+                    .finalizers()
+                    .iter()
+                    .filter(|f| *f != SECRET_IN_USE_FINALIZER)
+                    .cloned()
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// How many times a finalizer change is re-read and retried after a conflict. Bindings created
+/// together all add the finalizer to their shared Secret at once; every round at least one of
+/// them succeeds, and the others then find it there.
+const CONFLICT_ATTEMPTS: usize = 5;
+
 /// Sets the Secret's finalizers, on the condition that it has not changed since it was read
-/// (`resourceVersion` in a merge patch is a precondition): another binding's concurrent change
-/// makes this one fail and retry rather than overwrite it.
-async fn patch_finalizers(
+/// (`resourceVersion` in a merge patch is a precondition), so another writer's finalizer is never
+/// overwritten. On a conflict the Secret is read again and the change computed afresh, as
+/// client-go's `RetryOnConflict` does.
+async fn change_finalizers(
     ctx: &Context,
     namespace: &str,
-    secret: &Secret,
-    finalizers: Vec<String>,
-    action: &'static str,
+    mut secret: Secret,
+    change: Change,
 ) -> Result<(), Error> {
     let name = secret.name_any();
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    let patch = json!({
-        "metadata": {
-            "resourceVersion": secret.resource_version(),
-            "finalizers": finalizers,
-        }
-    });
-    let result = api
-        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await;
-    ctx.metrics.write("Secret", "patch", result.is_ok());
-    result.map_err(|source| Error::Secret {
+    let error = |action: &'static str, source: kube::Error| Error::Secret {
         action,
         namespace: namespace.to_owned(),
         name: name.clone(),
         source: Box::new(source),
-    })?;
-    tracing::info!(secret = %format!("{namespace}/{name}"), action, finalizer = SECRET_IN_USE_FINALIZER, "admin secret finalizer changed");
-    Ok(())
+    };
+    let mut attempt = 1;
+    loop {
+        let Some(finalizers) = change.apply(&secret) else {
+            return Ok(());
+        };
+        let patch = json!({
+            "metadata": {
+                "resourceVersion": secret.resource_version(),
+                "finalizers": finalizers,
+            }
+        });
+        let result = api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await;
+        let conflict = matches!(&result, Err(kube::Error::Api(status)) if status.code == 409);
+        if conflict && attempt < CONFLICT_ATTEMPTS {
+            tracing::debug!(secret = %format!("{namespace}/{name}"), attempt, "admin secret changed meanwhile; reading it again");
+            attempt += 1;
+            match api.get_opt(&name).await.map_err(|e| error("read", e))? {
+                Some(fresh) => secret = fresh,
+                None => return Ok(()),
+            }
+            continue;
+        }
+        ctx.metrics.write("Secret", "patch", result.is_ok());
+        result.map_err(|e| error(change.verb(), e))?;
+        tracing::info!(secret = %format!("{namespace}/{name}"), action = change.verb(), finalizer = SECRET_IN_USE_FINALIZER, "admin secret finalizer changed");
+        return Ok(());
+    }
 }
