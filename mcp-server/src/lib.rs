@@ -8,7 +8,7 @@ pub mod auth;
 pub mod config;
 pub mod db;
 pub mod definer;
-pub mod direct;
+pub mod dispatch;
 pub mod http;
 pub mod metrics;
 pub mod pgvalue;

@@ -1,31 +1,25 @@
-//! The MCP tool router: every tool the server offers, as thin wrappers over `tools/`.
+//! The MCP server: runs the tools declared in [`crate::tools::registry`] and serves, through
+//! rmcp, the requests [`crate::dispatch`] leaves to it (initialize, tools/list, ping, …).
 //!
-//! Each wrapper times the call, writes one audit line (with the caller's Entra identity when the
-//! request was authenticated), updates the metrics, and turns the result into MCP: structured JSON on success, a tool error (`isError: true`) with a sentence
-//! the model can act on otherwise. Unknown tools and malformed arguments are protocol errors,
-//! answered by rmcp itself.
+//! [`PgMcpServer::answer`] is where every tool call ends, whichever way it came in: it times
+//! the call, writes one audit line (with the caller's Entra identity when the request was
+//! authenticated), updates the metrics, and turns the result into MCP terms: structured JSON
+//! on success, a tool error (`isError: true`) with a sentence the model can act on otherwise.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
-use rmcp::handler::server::router::tool::ToolRouter;
-use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
-    CallToolResult, ContentBlock, Extensions, Implementation, ServerCapabilities, ServerConfig,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
 };
-use rmcp::{ErrorData, ServerHandler, tool, tool_handler, tool_router};
-use serde::Serialize;
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData, RoleServer, ServerHandler};
 
 use crate::auth::Caller;
 use crate::metrics::{CallLabels, Metrics, ToolLabels};
-use crate::sql_guard;
-use crate::tools::catalog::{
-    self, DescribeTableArgs, ListDatabasesArgs, ListRelationshipsArgs, ListSchemasArgs,
-    ListTablesArgs, SearchObjectsArgs, ServerInfoArgs,
-};
-use crate::tools::sql::{self, ExplainArgs, QueryArgs};
-use crate::tools::{ToolError, Tools};
+use crate::tools::registry::{self, ParseError, ToolCall};
+use crate::tools::{Call, Tools};
 
 const INSTRUCTIONS: &str = "Read-only access to one PostgreSQL database. Start with list_tables \
 (or search_objects to find tables about a topic), use describe_table for columns and keys and \
@@ -38,8 +32,6 @@ session changes are refused.";
 pub struct PgMcpServer {
     tools: Arc<Tools>,
     metrics: Arc<Metrics>,
-    /// Built once: the HTTP transport clones the server for every request.
-    tool_router: Arc<ToolRouter<Self>>,
 }
 
 /// What a tool call produced, before it is put into MCP terms.
@@ -67,351 +59,65 @@ impl Outcome {
     }
 }
 
-/// Rows in a result, for metrics and the audit log.
-trait RowCount {
-    fn row_count(&self) -> usize;
-}
-
-impl RowCount for crate::tools::RowsResult {
-    fn row_count(&self) -> usize {
-        self.rows.row_count
-    }
-}
-
-impl RowCount for catalog::TableDescription {
-    fn row_count(&self) -> usize {
-        self.columns.row_count
-    }
-}
-
-impl RowCount for catalog::ServerInfo {
-    fn row_count(&self) -> usize {
-        1
-    }
-}
-
-impl RowCount for sql::Plan {
-    fn row_count(&self) -> usize {
-        1
-    }
-}
-
-/// One call of one of the tools, its arguments parsed: what both the rmcp tool router and the
-/// direct HTTP path ([`crate::direct`]) hand to [`PgMcpServer::call`].
-#[derive(Debug)]
-pub enum ToolCall {
-    ListDatabases(ListDatabasesArgs),
-    ListSchemas(ListSchemasArgs),
-    ListTables(ListTablesArgs),
-    DescribeTable(DescribeTableArgs),
-    ListRelationships(ListRelationshipsArgs),
-    SearchObjects(SearchObjectsArgs),
-    Query(QueryArgs),
-    Explain(ExplainArgs),
-    ServerInfo(ServerInfoArgs),
-}
-
-impl ToolCall {
-    /// The call of tool `name` with `arguments` (the text of a JSON object); `None` when there is
-    /// no such tool or the arguments do not fit it, which rmcp then reports in its own words.
-    pub fn parse(name: &str, arguments: &str) -> Option<ToolCall> {
-        fn args<T: serde::de::DeserializeOwned>(arguments: &str) -> Option<T> {
-            // An object only: serde would also read a struct from a JSON array.
-            if !arguments.trim_start().starts_with('{') {
-                return None;
-            }
-            serde_json::from_str(arguments).ok()
-        }
-        Some(match name {
-            "list_databases" => ToolCall::ListDatabases(args(arguments)?),
-            "list_schemas" => ToolCall::ListSchemas(args(arguments)?),
-            "list_tables" => ToolCall::ListTables(args(arguments)?),
-            "describe_table" => ToolCall::DescribeTable(args(arguments)?),
-            "list_relationships" => ToolCall::ListRelationships(args(arguments)?),
-            "search_objects" => ToolCall::SearchObjects(args(arguments)?),
-            "query" => ToolCall::Query(args(arguments)?),
-            "explain" => ToolCall::Explain(args(arguments)?),
-            "server_info" => ToolCall::ServerInfo(args(arguments)?),
-            _ => return None,
-        })
-    }
-}
-
 impl PgMcpServer {
     pub fn new(tools: Arc<Tools>, metrics: Arc<Metrics>) -> Self {
-        Self {
-            tools,
-            metrics,
-            tool_router: Arc::new(Self::tool_router()),
-        }
+        Self { tools, metrics }
     }
 
-    /// Runs one tool call as an MCP result: structured content, with the same JSON as text.
-    pub async fn call(
-        &self,
-        call: ToolCall,
-        extensions: &Extensions,
-    ) -> Result<CallToolResult, ErrorData> {
-        self.answer(call, extensions).await?.into_call_tool_result()
-    }
-
-    /// Runs one tool call (see [`PgMcpServer::run`]). Each tool's future is boxed: inline, every
-    /// call would carry (and move, at every layer above) the largest of them.
-    pub async fn answer(
-        &self,
-        call: ToolCall,
-        extensions: &Extensions,
-    ) -> Result<Outcome, ErrorData> {
-        let tools = &*self.tools;
-        match call {
-            ToolCall::ListDatabases(args) => {
-                let call = Box::pin(catalog::list_databases(tools, args));
-                self.run(extensions, "list_databases", None, call).await
-            }
-            ToolCall::ListSchemas(args) => {
-                let call = Box::pin(catalog::list_schemas(tools, args));
-                self.run(extensions, "list_schemas", None, call).await
-            }
-            ToolCall::ListTables(args) => {
-                let call = Box::pin(catalog::list_tables(tools, args));
-                self.run(extensions, "list_tables", None, call).await
-            }
-            ToolCall::DescribeTable(args) => {
-                let call = Box::pin(catalog::describe_table(tools, args));
-                self.run(extensions, "describe_table", None, call).await
-            }
-            ToolCall::ListRelationships(args) => {
-                let call = Box::pin(catalog::list_relationships(tools, args));
-                self.run(extensions, "list_relationships", None, call).await
-            }
-            ToolCall::SearchObjects(args) => {
-                let call = Box::pin(catalog::search_objects(tools, args));
-                self.run(extensions, "search_objects", None, call).await
-            }
-            ToolCall::Query(args) => {
-                // One tokenization for the guard and the audit log's fingerprint.
-                let inspection = sql_guard::inspect(&args.sql);
-                let call = Box::pin(sql::query_checked(tools, args, inspection.verdict));
-                self.run(extensions, "query", Some(inspection.fingerprint), call)
-                    .await
-            }
-            ToolCall::Explain(args) => {
-                let fingerprint = sql_guard::fingerprint(&args.sql);
-                let call = Box::pin(sql::explain(tools, args));
-                self.run(extensions, "explain", Some(fingerprint), call)
-                    .await
-            }
-            ToolCall::ServerInfo(args) => {
-                let call = Box::pin(catalog::server_info(tools, args));
-                self.run(extensions, "server_info", None, call).await
-            }
-        }
-    }
-
-    /// Times the call, writes the audit line, updates the metrics and shapes the MCP result.
-    async fn run<T, F>(
-        &self,
-        extensions: &Extensions,
-        tool: &'static str,
-        fingerprint: Option<String>,
-        call: F,
-    ) -> Result<Outcome, ErrorData>
-    where
-        T: Serialize + RowCount,
-        F: Future<Output = Result<T, ToolError>>,
-    {
+    /// Runs one tool call: the one place every call goes through, whichever transport and path
+    /// it came by.
+    pub async fn answer(&self, tool: ToolCall, call: &Call) -> Outcome {
+        let name = tool.name();
         let started = Instant::now();
         let result = match self.tools.ready().await {
-            Ok(()) => call.await,
+            Ok(()) => tool.run(&self.tools, call).await,
             Err(err) => Err(err),
         };
         let elapsed = started.elapsed();
         let (outcome, rows) = match &result {
-            Ok(value) => ("ok", value.row_count()),
+            Ok(output) => ("ok", output.rows),
             Err(err) => (err.metric_label(), 0),
         };
         self.metrics
             .tool_calls
-            .get_or_create(&CallLabels { tool, outcome })
+            .get_or_create(&CallLabels {
+                tool: name,
+                outcome,
+            })
             .inc();
         self.metrics
             .tool_duration
-            .get_or_create(&ToolLabels { tool })
+            .get_or_create(&ToolLabels { tool: name })
             .observe(elapsed.as_secs_f64());
         self.metrics
             .rows_returned
-            .get_or_create(&ToolLabels { tool })
+            .get_or_create(&ToolLabels { tool: name })
             .inc_by(rows as u64);
-        let caller = Caller::of(extensions);
-        let field = |f: fn(&Caller) -> Option<&String>| {
-            caller.as_ref().and_then(f).cloned().unwrap_or_default()
-        };
+        let caller = call.caller.as_ref();
+        let field =
+            |f: fn(&Caller) -> Option<&String>| caller.and_then(f).cloned().unwrap_or_default();
         tracing::info!(
             target: "audit",
-            caller = crate::auth::audit_caller(caller.as_ref()),
+            caller = crate::auth::audit_caller(caller),
             caller_app_id = field(|c| c.app_id.as_ref()),
             caller_name = field(|c| c.name.as_ref()),
-            tool,
-            statement = fingerprint.as_deref().unwrap_or(""),
+            tool = name,
+            statement = call.statement().unwrap_or(""),
             rows,
             ms = elapsed.as_millis() as u64,
             outcome,
             "tool call"
         );
         match result {
-            Ok(value) => match serde_json::to_string(&value) {
-                Ok(json) => Ok(Outcome::Result(json)),
-                Err(err) => Err(ErrorData::internal_error(
-                    format!("failed to encode the result: {err}"),
-                    None,
-                )),
-            },
-            Err(err) => Ok(Outcome::ToolError(err.to_string())),
+            Ok(output) => Outcome::Result(output.json),
+            Err(err) => Outcome::ToolError(err.to_string()),
         }
     }
 }
 
-#[tool_router]
-impl PgMcpServer {
-    #[tool(
-        description = "List the database this server reads (name, encoding, size in bytes, comment).",
-        annotations(
-            title = "List databases",
-            read_only_hint = true,
-            open_world_hint = false
-        )
-    )]
-    async fn list_databases(
-        &self,
-        Parameters(args): Parameters<ListDatabasesArgs>,
-        extensions: Extensions,
-    ) -> Result<CallToolResult, ErrorData> {
-        self.call(ToolCall::ListDatabases(args), &extensions).await
-    }
-
-    #[tool(
-        description = "List the schemas you can read, with their comment and number of tables.",
-        annotations(title = "List schemas", read_only_hint = true, open_world_hint = false)
-    )]
-    async fn list_schemas(
-        &self,
-        Parameters(args): Parameters<ListSchemasArgs>,
-        extensions: Extensions,
-    ) -> Result<CallToolResult, ErrorData> {
-        self.call(ToolCall::ListSchemas(args), &extensions).await
-    }
-
-    #[tool(
-        description = "List the tables, views and materialized views you can read: schema, name, kind, estimated row count (null if never analyzed), size in bytes and comment. Start here to see what data exists.",
-        annotations(title = "List tables", read_only_hint = true, open_world_hint = false)
-    )]
-    async fn list_tables(
-        &self,
-        Parameters(args): Parameters<ListTablesArgs>,
-        extensions: Extensions,
-    ) -> Result<CallToolResult, ErrorData> {
-        self.call(ToolCall::ListTables(args), &extensions).await
-    }
-
-    #[tool(
-        description = "Describe one table or view: its columns (name, type, nullable, default, comment), primary key, foreign keys (with the referenced table and columns), tables that reference it, indexes, check constraints, and a view's SQL. Use it before writing a query.",
-        annotations(
-            title = "Describe a table",
-            read_only_hint = true,
-            open_world_hint = false
-        )
-    )]
-    async fn describe_table(
-        &self,
-        Parameters(args): Parameters<DescribeTableArgs>,
-        extensions: Extensions,
-    ) -> Result<CallToolResult, ErrorData> {
-        self.call(ToolCall::DescribeTable(args), &extensions).await
-    }
-
-    #[tool(
-        description = "List foreign keys (how tables are related): from table and columns to table and columns, with update/delete actions. Filter by schema and/or table; a table filter matches both directions.",
-        annotations(
-            title = "List relationships",
-            read_only_hint = true,
-            open_world_hint = false
-        )
-    )]
-    async fn list_relationships(
-        &self,
-        Parameters(args): Parameters<ListRelationshipsArgs>,
-        extensions: Extensions,
-    ) -> Result<CallToolResult, ErrorData> {
-        self.call(ToolCall::ListRelationships(args), &extensions)
-            .await
-    }
-
-    #[tool(
-        description = "Find tables, views and columns whose name or comment contains a word (case-insensitive), e.g. 'customer' to find where customer information is kept.",
-        annotations(
-            title = "Search tables and columns",
-            read_only_hint = true,
-            open_world_hint = false
-        )
-    )]
-    async fn search_objects(
-        &self,
-        Parameters(args): Parameters<SearchObjectsArgs>,
-        extensions: Extensions,
-    ) -> Result<CallToolResult, ErrorData> {
-        self.call(ToolCall::SearchObjects(args), &extensions).await
-    }
-
-    #[tool(
-        description = "Run one read-only SQL statement (SELECT, WITH … SELECT, VALUES, TABLE, EXPLAIN, SHOW) and get columns (name, type) and rows as JSON. Pass values as params ($1, $2, …) instead of writing them into the SQL. Results are capped at max_rows and a byte limit; truncated: true means more rows exist, so aggregate or add LIMIT. Writes, DDL, session changes and unsafe functions are refused.",
-        annotations(
-            title = "Run a read-only query",
-            read_only_hint = true,
-            open_world_hint = false
-        )
-    )]
-    async fn query(
-        &self,
-        Parameters(args): Parameters<QueryArgs>,
-        extensions: Extensions,
-    ) -> Result<CallToolResult, ErrorData> {
-        self.call(ToolCall::Query(args), &extensions).await
-    }
-
-    #[tool(
-        description = "Show PostgreSQL's plan for a read-only statement (EXPLAIN FORMAT JSON). Set analyze: true to also run it and get actual rows and timings; it stays read-only and time-limited.",
-        annotations(
-            title = "Explain a query",
-            read_only_hint = true,
-            open_world_hint = false
-        )
-    )]
-    async fn explain(
-        &self,
-        Parameters(args): Parameters<ExplainArgs>,
-        extensions: Extensions,
-    ) -> Result<CallToolResult, ErrorData> {
-        self.call(ToolCall::Explain(args), &extensions).await
-    }
-
-    #[tool(
-        description = "Facts about the database server: version, database, user, installed extensions, selected settings, and this server's limits (max rows, max bytes, statement timeout).",
-        annotations(
-            title = "Server information",
-            read_only_hint = true,
-            open_world_hint = false
-        )
-    )]
-    async fn server_info(
-        &self,
-        Parameters(args): Parameters<ServerInfoArgs>,
-        extensions: Extensions,
-    ) -> Result<CallToolResult, ErrorData> {
-        self.call(ToolCall::ServerInfo(args), &extensions).await
-    }
-}
-
-#[tool_handler(router = self.tool_router)]
+/// What rmcp serves: the requests [`crate::dispatch`] does not answer itself. Its tool calls
+/// (those with a progress token, say) take the same declarations and [`PgMcpServer::answer`],
+/// and rmcp's cancellation token for the request cancels the statement.
 impl ServerHandler for PgMcpServer {
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
@@ -420,5 +126,42 @@ impl ServerHandler for PgMcpServer {
                 env!("CARGO_PKG_VERSION"),
             ))
             .with_instructions(INSTRUCTIONS)
+    }
+
+    async fn list_tools(
+        &self,
+        _: Option<PaginatedRequestParams>,
+        _: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        Ok(ListToolsResult::with_all_items(registry::list().to_vec()))
+    }
+
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        registry::list().iter().find(|t| t.name == name).cloned()
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let arguments = serde_json::to_string(&request.arguments.unwrap_or_default())
+            .map_err(|err| ErrorData::internal_error(err.to_string(), None))?;
+        let tool = match ToolCall::parse(&request.name, &arguments) {
+            Ok(tool) => tool,
+            Err(err @ ParseError::UnknownTool) => {
+                return Err(ErrorData::invalid_params(err.to_string(), None));
+            }
+            Err(err @ ParseError::Arguments(_)) => {
+                return Ok(CallToolResult::error(vec![ContentBlock::text(err.to_string())]).into());
+            }
+        };
+        let caller = Caller::of(&context.extensions);
+        let call = Call::new(context.ct.clone(), caller);
+        Ok(self
+            .answer(tool, &call)
+            .await
+            .into_call_tool_result()?
+            .into())
     }
 }

@@ -16,7 +16,7 @@ use pgmcp_identity::TokenProvider;
 use serde_json::Value;
 
 use crate::readiness::{Readiness, State};
-use crate::tools::Tools;
+use crate::tools::{Call, Tools};
 
 /// Why the server must not start. Never contains a token or password.
 #[derive(Debug, thiserror::Error)]
@@ -164,12 +164,15 @@ where
 /// What makes a role unsafe to serve with, one sentence each; empty when it is safe.
 pub async fn role_problems(tools: &Tools) -> Result<Vec<String>, String> {
     // Three independent queries, run at once: the server answers only after them.
+    let call = Call::default();
     let role = tools.catalog_plain(
+        &call,
         "SELECT current_user::text, rolsuper, rolcreaterole, rolcreatedb, rolbypassrls
              FROM pg_roles WHERE rolname = current_user",
         &[],
     );
     let writable = tools.catalog(
+        &call,
         "SELECT n.nspname || '.' || c.relname
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE c.relkind IN ('r','p','m','f') AND n.nspname NOT IN ('pg_catalog','information_schema')
@@ -183,6 +186,7 @@ pub async fn role_problems(tools: &Tools) -> Result<Vec<String>, String> {
     let schemas = serde_json::json!(tools.scope.schemas());
     let params = [Value::Bool(tools.scope.is_unrestricted()), schemas];
     let creatable = tools.catalog_plain(
+        &call,
         "SELECT nspname::text FROM pg_namespace
              WHERE nspname NOT IN ('pg_catalog','information_schema') AND nspname NOT LIKE 'pg\\_%'
                AND ($1::bool OR nspname = ANY($2::text[])) AND has_schema_privilege(oid, 'CREATE')

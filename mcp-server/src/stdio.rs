@@ -1,11 +1,9 @@
 //! MCP over stdio, for local clients: JSON-RPC messages one per line.
 //!
-//! rmcp serves the session (initialize, tools/list, pings, cancellation, errors) over an
-//! in-memory pipe; this module sits between it and the process's stdin/stdout. Once the
-//! session is initialized, plain `tools/call` lines are answered here directly, as over HTTP
-//! ([`crate::direct`], whose rules decide what is plain), and run concurrently; every other
-//! line goes to rmcp unchanged. Answers are written whole, one line each, in the order they
-//! are ready.
+//! Once the session is initialized, every line goes to [`crate::dispatch`], as over HTTP, and
+//! the calls it answers run concurrently; rmcp serves the rest (initialize, tools/list, pings,
+//! errors) over an in-memory pipe between this module and the process's stdin/stdout. Answers
+//! are written whole, one line each, in the order they are ready.
 
 use std::os::fd::{AsFd as _, BorrowedFd};
 use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
@@ -21,7 +19,7 @@ use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::direct::{self, Revision};
+use crate::dispatch::{Context, Dispatch, Revision, Route};
 use crate::server::PgMcpServer;
 
 /// Serves MCP on the process's stdin and stdout until stdin closes.
@@ -181,6 +179,13 @@ where
         })
     };
 
+    let dispatch = Dispatch::new(server.clone());
+    // One conversation: the ids of `notifications/cancelled` are this connection's.
+    let context = Context {
+        revision: Revision::Session,
+        conversation: Some(Arc::from("stdio")),
+        caller: None,
+    };
     let mut calls = JoinSet::new();
     let mut reader = BufReader::new(input);
     let mut line = Vec::new();
@@ -196,26 +201,28 @@ where
         while let Some(done) = calls.try_join_next() {
             done.context("a tool call panicked")?;
         }
-        if session.initialized.load(Ordering::Acquire)
-            && let Some((id, call)) = direct::parse(&line, Revision::Session, &HeaderMap::new())
-        {
-            let server = server.clone();
-            let lines = lines.clone();
-            calls.spawn(async move {
-                let extensions = rmcp::model::Extensions::new();
-                let answer = match server.answer(call, &extensions).await {
-                    Ok(outcome) => direct::reply(&id, &outcome, Revision::Session),
-                    Err(error) => serde_json::to_vec(&rmcp::model::ServerJsonRpcMessage::error(
-                        error,
-                        Some(id),
-                    )),
-                };
-                if let Ok(mut answer) = answer {
+        if session.initialized.load(Ordering::Acquire) {
+            match dispatch.route(&line, &HeaderMap::new(), &context) {
+                Route::Call(call) => {
+                    // Runs while reading goes on, so a `notifications/cancelled` for it is
+                    // read and acted on.
+                    let lines = lines.clone();
+                    calls.spawn(async move {
+                        if let Some(mut answer) = call.answer().await {
+                            answer.push(b'\n');
+                            let _ = lines.send(answer);
+                        }
+                    });
+                    continue;
+                }
+                Route::Answer(mut answer) => {
                     answer.push(b'\n');
                     let _ = lines.send(answer);
+                    continue;
                 }
-            });
-            continue;
+                Route::Done => continue,
+                Route::Rmcp => {}
+            }
         }
         if !session.initialized.load(Ordering::Acquire) {
             note_initialize_request(&session, &line);

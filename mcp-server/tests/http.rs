@@ -184,6 +184,31 @@ async fn malformed_requests_get_protocol_errors_and_the_server_keeps_serving() {
             "{body:?} -> {status} {answer}"
         );
     }
+    // What the specification names: 400 with a parse error for what is not JSON (or not
+    // UTF-8, or nested deeper than anyone writes), 400 with an invalid-request error for a
+    // batch in a revision without batches.
+    let deep = "[".repeat(100_000) + &"]".repeat(100_000);
+    for (body, code) in [
+        ("{".as_bytes(), -32700),
+        (b"\xff\xfe{}".as_slice(), -32700),
+        (deep.as_bytes(), -32700),
+        (
+            br#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#.as_slice(),
+            -32600,
+        ),
+    ] {
+        let refs: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let (status, _, answer) = server
+            .request_bytes("POST", "/mcp", &refs, body)
+            .await
+            .unwrap();
+        assert_eq!(status, 400, "{answer}");
+        let answer: Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(answer["error"]["code"], json!(code), "{answer}");
+    }
     let (_, unknown) = call(&server, &headers, r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"drop_database","arguments":{}}}"#).await;
     assert!(
         unknown["error"]["code"].is_i64(),
@@ -211,8 +236,12 @@ async fn malformed_requests_get_protocol_errors_and_the_server_keeps_serving() {
         r#"{{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{{"name":"query","arguments":{{"sql":"SELECT '{}'"}}}}}}"#,
         "x".repeat(2 * 1024 * 1024)
     );
-    let (status, _) = call(&server, &headers, &huge).await;
+    let (status, answer) = call(&server, &headers, &huge).await;
     assert_eq!(status, 413, "bodies over 1 MiB are refused");
+    assert!(
+        answer["body"].as_str().unwrap().contains("1048576 bytes"),
+        "the answer names the limit: {answer}"
+    );
     let (_, refused) = call(&server, &headers, r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"query","arguments":{"sql":"DELETE FROM orders"}}}"#).await;
     assert_eq!(
         refused["result"]["isError"],
@@ -488,4 +517,41 @@ async fn plain_tool_calls_are_answered_directly_with_what_rmcp_would_answer() {
         truncated["result"]["structuredContent"]["truncated"],
         json!(true)
     );
+}
+
+#[tokio::test]
+async fn a_terminated_session_gets_404() {
+    let shop = shop("http session end").await;
+    let server = ServerProcess::start(&shop, &[]).await;
+    let headers = open_session(&server).await;
+    let refs: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let list = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
+    let plain_call = r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"list_tables","arguments":{}}}"#;
+    for body in [list, plain_call] {
+        let (status, _, _) = server.request("POST", "/mcp", &refs, body).await.unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+
+    let (status, head, body) = server.request("DELETE", "/mcp", &refs, "").await.unwrap();
+    assert!((200..300).contains(&status), "{head}\n{body}");
+    // Every way in: rmcp's methods, a plain tool call, a notification, and the DELETE again.
+    for (method, body) in [
+        ("POST", list),
+        ("POST", plain_call),
+        (
+            "POST",
+            r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":3}}"#,
+        ),
+        ("DELETE", ""),
+    ] {
+        let (status, _, answer) = server.request(method, "/mcp", &refs, body).await.unwrap();
+        assert_eq!(status, 404, "{method} {body} -> {answer}");
+    }
+    // A new session works.
+    let fresh = open_session(&server).await;
+    let (status, answer) = call(&server, &fresh, list).await;
+    assert_eq!(status, 200, "{answer}");
 }

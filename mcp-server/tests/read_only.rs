@@ -13,6 +13,7 @@ use common::{READER_PASSWORD, explain_args, public_only, q, shop};
 use pgmcp_crds::config::{LimitsConfig, ScopeFunction};
 use pgmcp_server::db::{Caps, Database};
 use pgmcp_server::scope::Scope;
+use pgmcp_server::tools::Call;
 use pgmcp_server::tools::{Tools, sql};
 use serde_json::json;
 
@@ -124,13 +125,13 @@ async fn every_write_attempt_is_refused_and_nothing_changes() {
     let tools = shop.tools();
     let before = shop.checksum().await;
     for attack in ATTACKS {
-        let result = sql::query(&tools, q(attack)).await;
+        let result = sql::query(&tools, &Call::default(), q(attack)).await;
         assert!(result.is_err(), "not refused: {attack:?} -> {result:?}");
     }
     assert_eq!(shop.checksum().await, before, "the data changed");
     // The server still answers.
     assert_eq!(
-        sql::query(&tools, q("SELECT count(*) FROM orders"))
+        sql::query(&tools, &Call::default(), q("SELECT count(*) FROM orders"))
             .await
             .unwrap()
             .rows
@@ -146,7 +147,7 @@ async fn valid_analytics_sql_all_runs() {
     let shop = shop("read only analytics").await;
     let tools = shop.tools();
     for statement in ANALYTICS {
-        if let Err(err) = sql::query(&tools, q(statement)).await {
+        if let Err(err) = sql::query(&tools, &Call::default(), q(statement)).await {
             panic!("refused valid analytics: {statement:?}: {err}");
         }
     }
@@ -250,7 +251,9 @@ async fn security_definer_functions_are_refused_unless_the_binding_lists_them() 
         "SELECT * FROM key_count()",
         "SELECT o.id, k FROM orders o, LATERAL key_count() k",
     ] {
-        let err = sql::query(&tools, q(call)).await.unwrap_err();
+        let err = sql::query(&tools, &Call::default(), q(call))
+            .await
+            .unwrap_err();
         assert_eq!(err.metric_label(), "refused_definer", "{call}: {err}");
         let text = err.to_string();
         assert!(
@@ -262,14 +265,22 @@ async fn security_definer_functions_are_refused_unless_the_binding_lists_them() 
             "{call}: {text}"
         );
     }
-    let err = sql::explain(&tools, explain_args("SELECT key_count()", false))
-        .await
-        .unwrap_err();
+    let err = sql::explain(
+        &tools,
+        &Call::default(),
+        explain_args("SELECT key_count()", false),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.metric_label(), "refused_definer", "{err}");
     // Ordinary queries, built-in functions included, still run.
-    let rows = sql::query(&tools, q("SELECT count(*), max(lower(status)) FROM orders"))
-        .await
-        .unwrap();
+    let rows = sql::query(
+        &tools,
+        &Call::default(),
+        q("SELECT count(*), max(lower(status)) FROM orders"),
+    )
+    .await
+    .unwrap();
     assert_eq!(rows.rows.rows.values()[0][0], json!(5));
 
     // One created later is refused once the catalog is read again (every 30 s in the server).
@@ -278,7 +289,7 @@ async fn security_definer_functions_are_refused_unless_the_binding_lists_them() 
         .await
         .unwrap();
     tools.refresh_definers().await.unwrap();
-    let err = sql::query(&tools, q("SELECT key_count_again()"))
+    let err = sql::query(&tools, &Call::default(), q("SELECT key_count_again()"))
         .await
         .unwrap_err();
     assert_eq!(err.metric_label(), "refused_definer", "{err}");
@@ -297,10 +308,12 @@ async fn security_definer_functions_are_refused_unless_the_binding_lists_them() 
         }]),
         limits,
     );
-    let rows = sql::query(&listed, q("SELECT key_count()")).await.unwrap();
+    let rows = sql::query(&listed, &Call::default(), q("SELECT key_count()"))
+        .await
+        .unwrap();
     assert_eq!(rows.rows.rows.values(), [[json!(keys)]]);
     assert!(
-        sql::query(&listed, q("SELECT key_count_again()"))
+        sql::query(&listed, &Call::default(), q("SELECT key_count_again()"))
             .await
             .is_err()
     );

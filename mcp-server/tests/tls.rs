@@ -10,6 +10,7 @@ use common::{public_only, shop};
 use pgmcp_crds::config::LimitsConfig;
 use pgmcp_server::db::Database;
 use pgmcp_server::scope::Scope;
+use pgmcp_server::tools::Call;
 use pgmcp_server::tools::Tools;
 use pgmcp_server::tools::catalog::{self, ServerInfoArgs};
 
@@ -20,7 +21,7 @@ async fn connect(shop: &common::Shop, mode: &str, host: &str, ca: bool) -> Resul
     options.ssl_root_cert = ca.then(|| shop.db.server().ca_cert().to_path_buf());
     let db = Database::new(&options)?;
     let tools = Tools::new(db, Scope::new(public_only()), LimitsConfig::default());
-    let info = catalog::server_info(&tools, ServerInfoArgs::default())
+    let info = catalog::server_info(&tools, &Call::default(), ServerInfoArgs::default())
         .await
         .map_err(|e| e.to_string())?;
     Ok(info.tls)

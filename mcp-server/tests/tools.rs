@@ -6,6 +6,7 @@ mod common;
 
 use common::{explain_args, public_only, q, shop};
 use pgmcp_crds::config::{LimitsConfig, ScopeGrant};
+use pgmcp_server::tools::Call;
 use pgmcp_server::tools::catalog::{self, *};
 use pgmcp_server::tools::sql::{self, ExplainArgs, QueryArgs};
 use pgmcp_server::tools::{RowsResult, ToolError};
@@ -20,7 +21,7 @@ async fn describe(
         table: table.to_owned(),
         schema: schema.map(str::to_owned),
     };
-    catalog::describe_table(tools, args).await
+    catalog::describe_table(tools, &Call::default(), args).await
 }
 
 async fn search(
@@ -30,7 +31,7 @@ async fn search(
     let args = SearchObjectsArgs {
         pattern: pattern.to_owned(),
     };
-    catalog::search_objects(tools, args).await
+    catalog::search_objects(tools, &Call::default(), args).await
 }
 
 /// Rows as objects keyed by column name.
@@ -69,7 +70,7 @@ fn column(result: &RowsResult, name: &str) -> Vec<Value> {
 async fn list_tables_shows_only_the_granted_schema_with_kinds_estimates_and_comments() {
     let shop = shop("list tables").await;
     let tools = shop.tools();
-    let result = catalog::list_tables(&tools, ListTablesArgs::default())
+    let result = catalog::list_tables(&tools, &Call::default(), ListTablesArgs::default())
         .await
         .unwrap();
     let tables = objects(&result);
@@ -100,7 +101,7 @@ async fn list_tables_shows_only_the_granted_schema_with_kinds_estimates_and_comm
     assert!(!result.rows.truncated);
     assert_eq!(result.limits.max_rows, 1000);
 
-    let schemas = catalog::list_schemas(&tools, ListSchemasArgs::default())
+    let schemas = catalog::list_schemas(&tools, &Call::default(), ListSchemasArgs::default())
         .await
         .unwrap();
     assert_eq!(
@@ -109,7 +110,7 @@ async fn list_tables_shows_only_the_granted_schema_with_kinds_estimates_and_comm
         "internal is invisible"
     );
     assert_eq!(column(&schemas, "tables"), [json!(5)]);
-    let databases = catalog::list_databases(&tools, ListDatabasesArgs::default())
+    let databases = catalog::list_databases(&tools, &Call::default(), ListDatabasesArgs::default())
         .await
         .unwrap();
     assert_eq!(
@@ -187,9 +188,10 @@ async fn describe_table_gives_columns_keys_indexes_and_checks() {
 async fn relationships_and_search_answer_how_tables_connect_and_where_customers_are() {
     let shop = shop("relationships").await;
     let tools = shop.tools();
-    let all = catalog::list_relationships(&tools, ListRelationshipsArgs::default())
-        .await
-        .unwrap();
+    let all =
+        catalog::list_relationships(&tools, &Call::default(), ListRelationshipsArgs::default())
+            .await
+            .unwrap();
     let pairs: Vec<(String, String)> = objects(&all)
         .iter()
         .map(|r| {
@@ -209,6 +211,7 @@ async fn relationships_and_search_answer_how_tables_connect_and_where_customers_
     );
     let orders = catalog::list_relationships(
         &tools,
+        &Call::default(),
         ListRelationshipsArgs {
             schema: None,
             table: Some("orders".into()),
@@ -247,6 +250,7 @@ async fn every_output_type_keeps_its_meaning() {
     let tools = shop.tools();
     let result = sql::query(
         &tools,
+        &Call::default(),
         q("SELECT 1::int2 AS i2, 2::int4 AS i4, 3::int8 AS i8, 1.5::float4 AS f4, 2.25::float8 AS f8,
                   12.34::numeric AS num, true AS yes, NULL::text AS nothing, 'x'::text AS txt,
                   'ab'::varchar AS vc, 'a'::\"char\" AS ch,
@@ -289,18 +293,26 @@ async fn every_output_type_keeps_its_meaning() {
 async fn agent_questions_are_answered_through_the_tools() {
     let shop = shop("agent questions").await;
     let tools = shop.tools();
-    let first_orders = sql::query(&tools, q("SELECT * FROM orders ORDER BY id LIMIT 10"))
-        .await
-        .unwrap();
+    let first_orders = sql::query(
+        &tools,
+        &Call::default(),
+        q("SELECT * FROM orders ORDER BY id LIMIT 10"),
+    )
+    .await
+    .unwrap();
     assert_eq!(first_orders.rows.row_count, 5);
     assert_eq!(
         objects(&first_orders)[0]["ordered_at"],
         json!("2026-06-01T12:00:00Z")
     );
 
-    let count = sql::query(&tools, q("SELECT count(*) AS products FROM products"))
-        .await
-        .unwrap();
+    let count = sql::query(
+        &tools,
+        &Call::default(),
+        q("SELECT count(*) AS products FROM products"),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         objects(&count)[0]["products"],
         json!(5),
@@ -309,6 +321,7 @@ async fn agent_questions_are_answered_through_the_tools() {
 
     let top = sql::query(
         &tools,
+        &Call::default(),
         q("SELECT p.name, sum(i.quantity) AS quantity FROM order_items i JOIN products p ON p.id = i.product_id
            GROUP BY p.name ORDER BY quantity DESC, p.name LIMIT 5"),
     )
@@ -321,6 +334,7 @@ async fn agent_questions_are_answered_through_the_tools() {
 
     let recent = sql::query(
         &tools,
+        &Call::default(),
         QueryArgs {
             sql: "SELECT DISTINCT c.name FROM customers c JOIN orders o ON o.customer_id = c.id
                   WHERE o.ordered_at >= $1::timestamptz - interval '30 days' ORDER BY c.name"
@@ -335,6 +349,7 @@ async fn agent_questions_are_answered_through_the_tools() {
 
     let by_segment = sql::query(
         &tools,
+        &Call::default(),
         q("SELECT c.country, round(avg(t.total), 2) AS avg_order_value FROM (
              SELECT o.id, o.customer_id, sum(i.quantity * p.price) AS total
              FROM orders o JOIN order_items i ON i.order_id = o.id JOIN products p ON p.id = i.product_id
@@ -350,6 +365,7 @@ async fn agent_questions_are_answered_through_the_tools() {
 
     let trend = sql::query(
         &tools,
+        &Call::default(),
         q("SELECT date_trunc('month', o.ordered_at) AS month, count(*) AS orders FROM orders o GROUP BY 1 ORDER BY 1"),
     )
     .await
@@ -366,6 +382,7 @@ async fn parameters_are_bound_by_type_and_mismatches_are_explained() {
     let tools = shop.tools();
     let paid = sql::query(
         &tools,
+        &Call::default(),
         QueryArgs {
             sql: "SELECT id FROM orders WHERE customer_id = $1 AND status = ANY($2) AND $3::numeric < 1 ORDER BY id".into(),
             params: vec![json!(1), json!(["paid", "shipped"]), json!("0.5")],
@@ -378,6 +395,7 @@ async fn parameters_are_bound_by_type_and_mismatches_are_explained() {
 
     let wrong = sql::query(
         &tools,
+        &Call::default(),
         QueryArgs {
             sql: "SELECT * FROM orders WHERE id = $1".into(),
             params: vec![json!("one")],
@@ -390,9 +408,13 @@ async fn parameters_are_bound_by_type_and_mismatches_are_explained() {
         wrong.to_string().contains("$1 must be an integer"),
         "{wrong}"
     );
-    let missing = sql::query(&tools, q("SELECT * FROM orders WHERE id = $1"))
-        .await
-        .unwrap_err();
+    let missing = sql::query(
+        &tools,
+        &Call::default(),
+        q("SELECT * FROM orders WHERE id = $1"),
+    )
+    .await
+    .unwrap_err();
     assert!(missing.to_string().contains("1 parameter(s)"), "{missing}");
 }
 
@@ -407,9 +429,13 @@ async fn caps_truncate_and_say_so() {
             statement_timeout_ms: 300,
         },
     );
-    let rows = sql::query(&tools, q("SELECT g FROM generate_series(1, 1000000) g"))
-        .await
-        .unwrap();
+    let rows = sql::query(
+        &tools,
+        &Call::default(),
+        q("SELECT g FROM generate_series(1, 1000000) g"),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         (
             rows.rows.row_count,
@@ -421,6 +447,7 @@ async fn caps_truncate_and_say_so() {
     assert_eq!(rows.limits.max_rows, 3);
     let fewer = sql::query(
         &tools,
+        &Call::default(),
         QueryArgs {
             max_rows: Some(2),
             ..q("SELECT * FROM customers")
@@ -431,6 +458,7 @@ async fn caps_truncate_and_say_so() {
     assert_eq!(fewer.rows.row_count, 2);
     let more = sql::query(
         &tools,
+        &Call::default(),
         QueryArgs {
             max_rows: Some(50),
             ..q("SELECT id FROM customers")
@@ -444,6 +472,7 @@ async fn caps_truncate_and_say_so() {
     );
     let wide = sql::query(
         &tools,
+        &Call::default(),
         q("SELECT repeat('x', 150) AS a UNION ALL SELECT repeat('y', 150)"),
     )
     .await
@@ -454,6 +483,7 @@ async fn caps_truncate_and_say_so() {
     );
     let slow = sql::query(
         &tools,
+        &Call::default(),
         q("SELECT count(*) FROM generate_series(1, 100000000)"),
     )
     .await
@@ -462,7 +492,7 @@ async fn caps_truncate_and_say_so() {
     assert!(slow.to_string().contains("statement timeout"), "{slow}");
     // The server keeps serving after a timeout.
     assert_eq!(
-        sql::query(&tools, q("SELECT 1"))
+        sql::query(&tools, &Call::default(), q("SELECT 1"))
             .await
             .unwrap()
             .rows
@@ -479,13 +509,14 @@ async fn scope_hides_and_refuses_what_is_not_granted() {
         tables: vec!["customers".into()],
     }];
     let tools = shop.tools_with(only_customers, LimitsConfig::default());
-    let tables = catalog::list_tables(&tools, ListTablesArgs::default())
+    let tables = catalog::list_tables(&tools, &Call::default(), ListTablesArgs::default())
         .await
         .unwrap();
     assert_eq!(column(&tables, "name"), [json!("customers")]);
-    let relations = catalog::list_relationships(&tools, ListRelationshipsArgs::default())
-        .await
-        .unwrap();
+    let relations =
+        catalog::list_relationships(&tools, &Call::default(), ListRelationshipsArgs::default())
+            .await
+            .unwrap();
     assert_eq!(
         relations.rows.row_count, 0,
         "the other side of every FK is hidden"
@@ -495,7 +526,11 @@ async fn scope_hides_and_refuses_what_is_not_granted() {
         "SELECT count(*) FROM Public.CUSTOMERS",
     ] {
         assert_eq!(
-            sql::query(&tools, q(sql)).await.unwrap().rows.row_count,
+            sql::query(&tools, &Call::default(), q(sql))
+                .await
+                .unwrap()
+                .rows
+                .row_count,
             1,
             "{sql}"
         );
@@ -512,21 +547,29 @@ async fn scope_hides_and_refuses_what_is_not_granted() {
         "SELECT * FROM PG_AUTHID",
         "SELECT * FROM information_schema.tables",
     ] {
-        let err = sql::query(&tools, q(sql)).await.unwrap_err();
+        let err = sql::query(&tools, &Call::default(), q(sql))
+            .await
+            .unwrap_err();
         assert_eq!(err.metric_label(), "refused_scope", "{sql}: {err}");
         assert!(
             err.to_string().contains("customers in schema public"),
             "{err}"
         );
     }
-    let table = sql::query(&tools, q("TABLE products")).await.unwrap_err();
+    let table = sql::query(&tools, &Call::default(), q("TABLE products"))
+        .await
+        .unwrap_err();
     assert!(
         table.metric_label().starts_with("refused") || table.metric_label() == "invalid_argument",
         "{table}"
     );
-    let explain = sql::explain(&tools, explain_args("SELECT * FROM orders", false))
-        .await
-        .unwrap_err();
+    let explain = sql::explain(
+        &tools,
+        &Call::default(),
+        explain_args("SELECT * FROM orders", false),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(explain.metric_label(), "refused_scope");
 }
 
@@ -544,7 +587,11 @@ async fn whole_schema_grants_resolve_names_without_a_catalog_query_and_still_ref
         "WITH recent AS (SELECT * FROM orders) SELECT count(*) FROM recent",
     ] {
         assert_eq!(
-            sql::query(&tools, q(sql)).await.unwrap().rows.row_count,
+            sql::query(&tools, &Call::default(), q(sql))
+                .await
+                .unwrap()
+                .rows
+                .row_count,
             1,
             "{sql}"
         );
@@ -555,10 +602,12 @@ async fn whole_schema_grants_resolve_names_without_a_catalog_query_and_still_ref
         "SELECT * FROM orders WHERE EXISTS (SELECT 1 FROM pg_roles)",
         "SELECT * FROM internal.api_keys",
     ] {
-        let err = sql::query(&tools, q(sql)).await.unwrap_err();
+        let err = sql::query(&tools, &Call::default(), q(sql))
+            .await
+            .unwrap_err();
         assert_eq!(err.metric_label(), "refused_scope", "{sql}: {err}");
     }
-    let missing = sql::query(&tools, q("SELECT * FROM no_such_table"))
+    let missing = sql::query(&tools, &Call::default(), q("SELECT * FROM no_such_table"))
         .await
         .unwrap_err();
     assert!(missing.to_string().contains("42P01"), "{missing}");
@@ -570,6 +619,7 @@ async fn explain_returns_a_json_plan_and_analyze_only_when_asked() {
     let tools = shop.tools();
     let plan = sql::explain(
         &tools,
+        &Call::default(),
         ExplainArgs {
             sql: "SELECT * FROM orders WHERE customer_id = $1".into(),
             params: vec![json!(1)],
@@ -586,22 +636,27 @@ async fn explain_returns_a_json_plan_and_analyze_only_when_asked() {
     assert!(plan.plan[0]["Plan"].get("Actual Rows").is_none());
     let analyzed = sql::explain(
         &tools,
+        &Call::default(),
         explain_args("SELECT count(*) FROM order_items", true),
     )
     .await
     .unwrap();
     assert_eq!(analyzed.plan[0]["Plan"]["Actual Rows"], json!(1));
     assert!(analyzed.analyzed);
-    let write = sql::explain(&tools, explain_args("DELETE FROM orders", true))
-        .await
-        .unwrap_err();
+    let write = sql::explain(
+        &tools,
+        &Call::default(),
+        explain_args("DELETE FROM orders", true),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(write.metric_label(), "refused_sql");
 }
 
 #[tokio::test]
 async fn server_info_reports_version_read_only_mode_and_caps() {
     let shop = shop("server info").await;
-    let info = catalog::server_info(&shop.tools(), ServerInfoArgs::default())
+    let info = catalog::server_info(&shop.tools(), &Call::default(), ServerInfoArgs::default())
         .await
         .unwrap();
     assert!(
@@ -626,7 +681,7 @@ async fn server_info_reports_version_read_only_mode_and_caps() {
 async fn sql_errors_carry_sqlstate_and_the_server_recovers_from_lost_connections() {
     let shop = shop("errors").await;
     let tools = shop.tools();
-    let syntax = sql::query(&tools, q("SELECT FROM WHERE"))
+    let syntax = sql::query(&tools, &Call::default(), q("SELECT FROM WHERE"))
         .await
         .unwrap_err();
     assert_eq!(
@@ -634,7 +689,7 @@ async fn sql_errors_carry_sqlstate_and_the_server_recovers_from_lost_connections
         "refused_sql",
         "the guard reports syntax errors: {syntax}"
     );
-    let missing = sql::query(&tools, q("SELECT nope FROM customers"))
+    let missing = sql::query(&tools, &Call::default(), q("SELECT nope FROM customers"))
         .await
         .unwrap_err();
     assert!(
@@ -654,7 +709,7 @@ async fn sql_errors_carry_sqlstate_and_the_server_recovers_from_lost_connections
     let admin = shop.db.connect().await.unwrap();
     for round in 0..5 {
         assert_eq!(
-            sql::query(&tools, q("SELECT 1"))
+            sql::query(&tools, &Call::default(), q("SELECT 1"))
                 .await
                 .unwrap()
                 .rows
@@ -669,7 +724,7 @@ async fn sql_errors_carry_sqlstate_and_the_server_recovers_from_lost_connections
             .await
             .unwrap();
         assert!(killed >= 1, "round {round}: a connection was terminated");
-        let after = sql::query(&tools, q("SELECT count(*) FROM orders")).await;
+        let after = sql::query(&tools, &Call::default(), q("SELECT count(*) FROM orders")).await;
         assert!(after.is_ok(), "round {round}: {after:?}");
     }
 }
@@ -687,7 +742,9 @@ async fn an_unreachable_database_is_reported_after_the_outage_wait_without_secre
     );
     // The call waits out what could be a restart, then says so; it does not hang.
     let started = std::time::Instant::now();
-    let err = sql::query(&tools, q("SELECT 1")).await.unwrap_err();
+    let err = sql::query(&tools, &Call::default(), q("SELECT 1"))
+        .await
+        .unwrap_err();
     let waited = started.elapsed();
     assert!(
         waited >= pgmcp_server::db::OUTAGE_WAIT
@@ -722,7 +779,7 @@ async fn types_the_database_defines_keep_their_meaning_on_every_path() {
     // First sight (unnamed statement, types looked up), second (kept prepared), third (cached).
     let mut answers = Vec::new();
     for _ in 0..3 {
-        let result = sql::query(&tools, q(sql)).await.unwrap();
+        let result = sql::query(&tools, &Call::default(), q(sql)).await.unwrap();
         let types: Vec<String> = result
             .rows
             .columns
@@ -759,18 +816,25 @@ async fn types_the_database_defines_keep_their_meaning_on_every_path() {
     // Parameters of those types are bound by type, and checked.
     let mut args = q("SELECT count(*) AS n FROM feelings WHERE now = $1 AND id > $2");
     args.params = vec![json!("ok"), json!(0)];
-    let counted = sql::query(&tools, args).await.unwrap();
+    let counted = sql::query(&tools, &Call::default(), args).await.unwrap();
     assert_eq!(counted.rows.rows.values(), [[json!(1)]]);
     let mut args = q("SELECT count(*) AS n FROM feelings WHERE now = $1");
     args.params = vec![json!("furious")];
-    let err = sql::query(&tools, args).await.unwrap_err().to_string();
-    assert!(err.contains("22P02") && err.contains("furious"), "{err}");
-    // A placeholder without a value is named, at once (not retried as a lost connection).
-    let started = std::time::Instant::now();
-    let err = sql::query(&tools, q("SELECT count(*) FROM feelings WHERE id > $1"))
+    let err = sql::query(&tools, &Call::default(), args)
         .await
         .unwrap_err()
         .to_string();
+    assert!(err.contains("22P02") && err.contains("furious"), "{err}");
+    // A placeholder without a value is named, at once (not retried as a lost connection).
+    let started = std::time::Instant::now();
+    let err = sql::query(
+        &tools,
+        &Call::default(),
+        q("SELECT count(*) FROM feelings WHERE id > $1"),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
     assert!(
         err.contains("1 parameter(s)") && err.contains("0 value(s) were given in params"),
         "{err}"

@@ -14,6 +14,17 @@ pub async fn request(
     headers: &[(&str, &str)],
     body: &str,
 ) -> std::io::Result<(u16, String, String)> {
+    request_bytes(port, method, path, headers, body.as_bytes()).await
+}
+
+/// [`request`] with a body that need not be UTF-8.
+pub async fn request_bytes(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, String, String)> {
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n",
@@ -27,7 +38,7 @@ pub async fn request(
     }
     head.push_str("\r\n");
     stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
+    stream.write_all(body).await?;
     let mut raw = Vec::new();
     tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))
         .await

@@ -6,7 +6,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{Limits, RowsResult, ToolError, Tools};
+use super::{Call, Limits, RowsResult, ToolError, Tools};
 use crate::db::Rows;
 
 /// SQL condition: namespace `n` / relation `c` are inside the scope (`$1..$3`).
@@ -124,9 +124,14 @@ super::deserialize_naming_the_field!(
     ServerInfoArgs
 );
 
-pub async fn list_databases(tools: &Tools, _: ListDatabasesArgs) -> Result<RowsResult, ToolError> {
+pub async fn list_databases(
+    tools: &Tools,
+    call: &Call,
+    _: ListDatabasesArgs,
+) -> Result<RowsResult, ToolError> {
     tools
         .catalog_plain(
+            call,
             "SELECT d.datname AS name, pg_encoding_to_char(d.encoding) AS encoding,
                     CASE WHEN has_database_privilege(d.datname, 'CONNECT')
                          THEN pg_database_size(d.datname) END AS size_bytes,
@@ -140,10 +145,14 @@ pub async fn list_databases(tools: &Tools, _: ListDatabasesArgs) -> Result<RowsR
         .await
 }
 
-pub async fn list_schemas(tools: &Tools, _: ListSchemasArgs) -> Result<RowsResult, ToolError> {
+pub async fn list_schemas(
+    tools: &Tools,
+    call: &Call,
+    _: ListSchemasArgs,
+) -> Result<RowsResult, ToolError> {
     let visible = visible("n", "c");
     tools
-        .catalog(
+        .catalog(call,
             &format!(
                 "SELECT n.nspname AS name, obj_description(n.oid, 'pg_namespace') AS comment,
                         (SELECT count(*) FROM pg_class c
@@ -162,10 +171,15 @@ pub async fn list_schemas(tools: &Tools, _: ListSchemasArgs) -> Result<RowsResul
         .await
 }
 
-pub async fn list_tables(tools: &Tools, args: ListTablesArgs) -> Result<RowsResult, ToolError> {
+pub async fn list_tables(
+    tools: &Tools,
+    call: &Call,
+    args: ListTablesArgs,
+) -> Result<RowsResult, ToolError> {
     let visible = visible("n", "c");
     tools
         .catalog(
+            call,
             &format!(
                 "SELECT n.nspname AS schema, c.relname AS name, {KIND} AS kind,
                         CASE WHEN c.relkind IN ('r','p','m') AND c.reltuples >= 0
@@ -260,11 +274,12 @@ fn foreign_keys_sql(extra: &str) -> String {
 
 pub async fn describe_table(
     tools: &Tools,
+    call: &Call,
     args: DescribeTableArgs,
 ) -> Result<TableDescription, ToolError> {
     let visible = visible("n", "c");
     let found = tools
-        .catalog(
+        .catalog(call,
             &format!(
                 "SELECT c.oid, n.nspname AS schema, c.relname AS name, {KIND} AS kind,
                         obj_description(c.oid, 'pg_class') AS comment,
@@ -299,6 +314,7 @@ pub async fn describe_table(
     // Independent queries: run them at once, each on its own pooled connection.
     let columns = tools
         .catalog_plain(
+            call,
             "SELECT a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type,
                     NOT a.attnotnull AS nullable, pg_get_expr(d.adbin, d.adrelid) AS default,
                     col_description(a.attrelid, a.attnum) AS comment
@@ -308,6 +324,7 @@ pub async fn describe_table(
             oid,
         );
     let primary_key = tools.catalog_plain(
+        call,
         "SELECT a.attname AS name
              FROM pg_constraint con CROSS JOIN unnest(con.conkey) WITH ORDINALITY k(num, ord)
              JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.num
@@ -315,9 +332,10 @@ pub async fn describe_table(
              ORDER BY k.ord",
         oid,
     );
-    let foreign_keys = tools.catalog(&from_sql, oid);
-    let referenced_by = tools.catalog(&to_sql, oid);
+    let foreign_keys = tools.catalog(call, &from_sql, oid);
+    let referenced_by = tools.catalog(call, &to_sql, oid);
     let indexes = tools.catalog_plain(
+        call,
         "SELECT i.relname AS name, pg_get_indexdef(ix.indexrelid) AS definition,
                     ix.indisunique AS unique, ix.indisprimary AS primary
              FROM pg_index ix JOIN pg_class i ON i.oid = ix.indexrelid
@@ -326,6 +344,7 @@ pub async fn describe_table(
         oid,
     );
     let checks = tools.catalog_plain(
+        call,
         "SELECT conname AS name, pg_get_constraintdef(oid) AS definition
              FROM pg_constraint WHERE conrelid = $1::oid AND contype = 'c'
              ORDER BY conname",
@@ -365,10 +384,12 @@ pub async fn describe_table(
 
 pub async fn list_relationships(
     tools: &Tools,
+    call: &Call,
     args: ListRelationshipsArgs,
 ) -> Result<RowsResult, ToolError> {
     tools
         .catalog(
+            call,
             &foreign_keys_sql(
                 "($4::text IS NULL OR sn.nspname = $4 OR tn.nspname = $4)
                  AND ($5::text IS NULL OR sc.relname = $5 OR tc.relname = $5)",
@@ -380,6 +401,7 @@ pub async fn list_relationships(
 
 pub async fn search_objects(
     tools: &Tools,
+    call: &Call,
     args: SearchObjectsArgs,
 ) -> Result<RowsResult, ToolError> {
     let pattern = args.pattern.trim();
@@ -397,7 +419,7 @@ pub async fn search_objects(
     );
     let visible = visible("n", "c");
     tools
-        .catalog(
+        .catalog(call,
             &format!(
                 "SELECT kind, schema, \"table\", \"column\", type, comment FROM (
                    SELECT {KIND} AS kind, n.nspname AS schema, c.relname AS \"table\", NULL::name AS \"column\",
@@ -456,9 +478,14 @@ const SAFE_SETTINGS: &[&str] = &[
     "standard_conforming_strings",
 ];
 
-pub async fn server_info(tools: &Tools, _: ServerInfoArgs) -> Result<ServerInfo, ToolError> {
+pub async fn server_info(
+    tools: &Tools,
+    call: &Call,
+    _: ServerInfoArgs,
+) -> Result<ServerInfo, ToolError> {
     let facts = tools
         .catalog_plain(
+            call,
             "SELECT version() AS version, current_database() AS database, current_user AS user,
                     current_setting('transaction_read_only') = 'on' AS read_only,
                     coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false) AS tls",
@@ -468,6 +495,7 @@ pub async fn server_info(tools: &Tools, _: ServerInfoArgs) -> Result<ServerInfo,
     let facts = objects(&facts).into_iter().next().unwrap_or_default();
     let extensions = tools
         .catalog_plain(
+            call,
             "SELECT extname AS name, extversion AS version FROM pg_extension
              ORDER BY extname",
             &[],
@@ -475,6 +503,7 @@ pub async fn server_info(tools: &Tools, _: ServerInfoArgs) -> Result<ServerInfo,
         .await?;
     let settings = tools
         .catalog_plain(
+            call,
             "SELECT name, setting, unit FROM pg_settings WHERE name = ANY($1::text[])
              ORDER BY name",
             &[json!(SAFE_SETTINGS)],

@@ -2,6 +2,7 @@
 //! them directly. `server.rs` wraps each one as an MCP tool.
 
 pub mod catalog;
+pub mod registry;
 pub mod sql;
 
 use std::time::Duration;
@@ -10,9 +11,10 @@ use pgmcp_crds::config::LimitsConfig;
 use serde::Serialize;
 use serde_json::Value;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use sqlparser::ast::Statement;
+use tokio_util::sync::CancellationToken;
 
 use crate::db::{Caps, Database, DbError, Rows};
 use crate::definer::{DefinerCall, Definers, Snapshot};
@@ -59,6 +61,37 @@ pub struct Tools {
     definers: Definers,
 }
 
+/// What one tool call carries besides its arguments: the token that cancels it (a
+/// `notifications/cancelled`, a client that went away), and what the audit line says of it.
+#[derive(Debug, Default)]
+pub struct Call {
+    pub cancel: CancellationToken,
+    /// Who asked: set on authenticated HTTP requests.
+    pub caller: Option<crate::auth::Caller>,
+    /// The statement's fingerprint, set by the tools that run the caller's SQL.
+    statement: OnceLock<String>,
+}
+
+impl Call {
+    pub fn new(cancel: CancellationToken, caller: Option<crate::auth::Caller>) -> Self {
+        Call {
+            cancel,
+            caller,
+            statement: OnceLock::new(),
+        }
+    }
+
+    /// Records the fingerprint of the statement the call runs, for the audit log.
+    pub(crate) fn note_statement(&self, fingerprint: String) {
+        let _ = self.statement.set(fingerprint);
+    }
+
+    /// The fingerprint of the statement the call ran, if it ran the caller's SQL.
+    pub fn statement(&self) -> Option<&str> {
+        self.statement.get().map(String::as_str)
+    }
+}
+
 /// Why a tool call failed, phrased for the model (it becomes the text of an MCP tool error).
 #[derive(Debug, thiserror::Error)]
 pub enum ToolError {
@@ -78,6 +111,9 @@ pub enum ToolError {
     /// [`crate::readiness::State::Waiting`]).
     #[error("the server is not ready yet: {0}. Try again in a minute")]
     NotReady(std::sync::Arc<str>),
+    /// A result that could not be written as JSON.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl ToolError {
@@ -91,6 +127,7 @@ impl ToolError {
             ToolError::NotFound(_) => "not_found",
             ToolError::InvalidArgument(_) => "invalid_argument",
             ToolError::NotReady(_) => "not_ready",
+            ToolError::Internal(_) => "internal",
         }
     }
 }
@@ -223,20 +260,23 @@ impl Tools {
     /// (`$4…`).
     pub(crate) async fn catalog(
         &self,
+        call: &Call,
         sql: &str,
         extra: &[Value],
     ) -> Result<RowsResult, ToolError> {
         let mut params = self.scope_params();
         params.extend_from_slice(extra);
-        self.catalog_plain(sql, &params).await
+        self.catalog_plain(call, sql, &params).await
     }
 
     /// Runs the server's own catalog SQL that needs no scope parameters.
     pub(crate) async fn catalog_plain(
         &self,
+        call: &Call,
         sql: &str,
         params: &[Value],
     ) -> Result<RowsResult, ToolError> {
+        let _ = call; // the token reaches the database with the wire client's cancel
         let caps = self.caps(None);
         let rows = self.db.query(sql, params, caps, None).await?;
         Ok(RowsResult {

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlparser::ast::Statement;
 
-use super::{RowsResult, ToolError, Tools};
+use super::{Call, RowsResult, ToolError, Tools};
 use crate::db::SystemRelations;
 use crate::scope::{Scope, referenced_relations};
 use crate::sql_guard;
@@ -139,20 +139,13 @@ async fn check_scope(tools: &Tools, statement: &Statement) -> Result<(), ToolErr
     Ok(())
 }
 
-pub async fn query(tools: &Tools, args: QueryArgs) -> Result<RowsResult, ToolError> {
-    let verdict = sql_guard::inspect(&args.sql).verdict;
-    query_checked(tools, args, verdict).await
-}
-
-/// [`query`] with the guard's verdict on `args.sql` already at hand
-/// ([`sql_guard::inspect`], which also fingerprints it for the audit log).
-pub async fn query_checked(
-    tools: &Tools,
-    args: QueryArgs,
-    verdict: Result<(sql_guard::StatementKind, Box<Statement>), sql_guard::GuardError>,
-) -> Result<RowsResult, ToolError> {
+/// Runs the caller's statement, once the SQL guard (whose one tokenization also fingerprints it
+/// for the audit log), the SECURITY DEFINER check and the scope allow it.
+pub async fn query(tools: &Tools, call: &Call, args: QueryArgs) -> Result<RowsResult, ToolError> {
+    let inspection = sql_guard::inspect(&args.sql);
+    call.note_statement(inspection.fingerprint);
     check_size(&args.sql, &args.params)?;
-    let (_, statement) = verdict?;
+    let (_, statement) = inspection.verdict?;
     tools.check_definers(&args.sql, &statement).await?;
     check_scope(tools, &statement).await?;
     let caps = tools.caps(args.max_rows);
@@ -173,7 +166,8 @@ pub struct Plan {
     pub statement_timeout_ms: u64,
 }
 
-pub async fn explain(tools: &Tools, args: ExplainArgs) -> Result<Plan, ToolError> {
+pub async fn explain(tools: &Tools, call: &Call, args: ExplainArgs) -> Result<Plan, ToolError> {
+    call.note_statement(sql_guard::fingerprint(&args.sql));
     check_size(&args.sql, &args.params)?;
     sql_guard::check_explainable(&args.sql)?;
     let (_, statement) = sql_guard::parse_checked(&args.sql)?;

@@ -131,6 +131,17 @@ impl ServerProcess {
     ) -> std::io::Result<(u16, String, String)> {
         http(self.port, method, path, headers, body).await
     }
+
+    /// [`ServerProcess::request`] with a body that need not be UTF-8.
+    pub async fn request_bytes(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<(u16, String, String)> {
+        pgmcp_tests::http::request_bytes(self.port, method, path, headers, body).await
+    }
 }
 
 pub use pgmcp_tests::http::request as http;
