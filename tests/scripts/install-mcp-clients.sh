@@ -26,6 +26,8 @@ ROOT="$(cd "$HERE/../.." && pwd)"
 CACHE="${PGMCP_CACHE:-$ROOT/.cache}"
 INTEROP="$ROOT/tests/interop"
 SELF="$HERE/$(basename "${BASH_SOURCE[0]}")"
+# shellcheck source=lib/install-once.sh
+source "$HERE/lib/install-once.sh"
 
 REQUIREMENTS="$INTEROP/requirements.txt"
 PACKAGE_JSON="$INTEROP/package.json"
@@ -84,21 +86,7 @@ installed() {
 		-x "$VENV_PY" && -x "$INSPECTOR" ]]
 }
 
-if installed; then
-	print_result
-	exit 0
-fi
-
-mkdir -p "$CACHE"
-exec 9>"$CACHE/mcp-clients.lock"
-if command -v flock >/dev/null 2>&1; then
-	flock 9
-fi
-if installed; then # another run finished it while we waited
-	print_result
-	exit 0
-fi
-rm -f "$STAMP"
+install_once "$CACHE/mcp-clients.lock"
 start=$SECONDS
 
 # --------------------------------------------------------- Python SDK in a venv
