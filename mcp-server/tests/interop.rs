@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -168,31 +169,374 @@ async fn mcp_inspector_cli_lists_and_calls_tools() {
     );
 }
 
+/// The protocol revisions the conformance suite runs against pgmcp: the newest with sessions
+/// and the `initialize` handshake, and the stateless one that follows it.
+const SESSIONS: &str = "2025-11-25";
+const STATELESS: &str = "2026-07-28";
+
+/// Why a check of a required scenario does not apply.
+const DEMO_TOOL: &str = "needs one of the suite's demo tools (test_*)";
+const NO_PROMPTS: &str = "pgmcp declares no prompts: -32601 is its answer to prompts/*";
+const NO_RESOURCES: &str = "pgmcp declares no resources: -32601 is its answer to resources/*";
+const NO_SUBSCRIPTIONS: &str = "pgmcp declares no subscriptions and no listChanged";
+
+/// The scenarios pgmcp must pass, at every revision of [`SESSIONS`] and [`STATELESS`] the suite
+/// runs them at, each with the checks in it that do not apply to a database server and why.
+/// Every other check must succeed (or be informational): a FAILURE, WARNING or SKIPPED one fails
+/// the scenario, so that a check the suite could not make does not count as passed.
+const REQUIRED: &[(&str, &[(&str, &str)])] = &[
+    ("server-initialize", &[]),
+    ("server-session-lifecycle", &[]),
+    ("ping", &[]),
+    ("tools-list", &[]),
+    ("server-sse-multiple-streams", &[]),
+    ("dns-rebinding-protection", &[]),
+    (
+        "server-stateless",
+        &[
+            ("sep-2575-server-rejects-undeclared-capability", DEMO_TOOL),
+            ("sep-2575-missing-capability-http-400", DEMO_TOOL),
+            (
+                "sep-2575-http-server-no-independent-requests-on-stream",
+                DEMO_TOOL,
+            ),
+            ("sep-2575-server-no-log-without-loglevel", DEMO_TOOL),
+            ("sep-2575-server-sends-subscription-ack", NO_SUBSCRIPTIONS),
+            ("sep-2575-server-tags-subscription-id", NO_SUBSCRIPTIONS),
+            (
+                "sep-2575-server-honors-notification-filter",
+                NO_SUBSCRIPTIONS,
+            ),
+            (
+                "sep-2575-server-sends-prompts-list-changed-on-subscription",
+                NO_SUBSCRIPTIONS,
+            ),
+            (
+                "sep-2575-server-sends-tools-list-changed-on-subscription",
+                NO_SUBSCRIPTIONS,
+            ),
+        ],
+    ),
+    (
+        "caching",
+        &[
+            ("sep-2549-prompts-list-caching-hints", NO_PROMPTS),
+            ("sep-2549-resources-list-caching-hints", NO_RESOURCES),
+            (
+                "sep-2549-resources-templates-list-caching-hints",
+                NO_RESOURCES,
+            ),
+            ("sep-2549-resources-read-caching-hints", NO_RESOURCES),
+        ],
+    ),
+    (
+        "sep-2164-resource-not-found",
+        &[
+            ("sep-2164-error-code", NO_RESOURCES),
+            ("sep-2164-data-uri", NO_RESOURCES),
+        ],
+    ),
+    ("http-header-validation", &[]),
+    ("input-required-result-unsupported-methods", &[]),
+];
+
+/// The suite's other scenarios at those revisions, grouped by why they do not apply to pgmcp, a
+/// server with only its own database tools. tests/interop/README.md names what each one needs.
+/// A scenario the pinned suite runs that is in neither list fails the test: a new pin gets its
+/// scenarios sorted here.
+const NOT_APPLICABLE: &[(&str, &[&str])] = &[
+    (
+        "they call the suite's demo tools (test_simple_text, test_reconnection, ...)",
+        &[
+            "tools-call-simple-text",
+            "tools-call-image",
+            "tools-call-audio",
+            "tools-call-embedded-resource",
+            "tools-call-mixed-content",
+            "tools-call-with-logging",
+            "tools-call-error",
+            "tools-call-with-progress",
+            "tools-call-sampling",
+            "tools-call-elicitation",
+            "json-schema-2020-12",
+            "elicitation-sep1034-defaults",
+            "elicitation-sep1330-enums",
+            "server-sse-polling",
+            "input-required-result-basic-elicitation",
+            "input-required-result-basic-sampling",
+            "input-required-result-basic-list-roots",
+            "input-required-result-request-state",
+            "input-required-result-multiple-input-requests",
+            "input-required-result-multi-round",
+            "input-required-result-missing-input-response",
+            "input-required-result-non-tool-request",
+            "input-required-result-result-type",
+            "input-required-result-tampered-state",
+            "input-required-result-capability-check",
+            "input-required-result-ignore-extra-params",
+            // Passes without the tool, because calling a missing tool is an error too.
+            "input-required-result-validate-input",
+        ],
+    ),
+    (
+        "they need the suite's demo prompts and resources; pgmcp declares neither",
+        &[
+            "prompts-list",
+            "prompts-get-simple",
+            "prompts-get-with-args",
+            "prompts-get-embedded-resource",
+            "prompts-get-with-image",
+            "completion-complete",
+            "resources-list",
+            "resources-read-text",
+            "resources-read-binary",
+            "resources-templates-read",
+            "resources-subscribe",
+            "resources-unsubscribe",
+        ],
+    ),
+    (
+        "pgmcp declares no logging capability",
+        &["logging-set-level"],
+    ),
+    (
+        "it needs a tool with an x-mcp-header parameter; pgmcp's arguments travel in the body",
+        &["http-custom-header-server-validation"],
+    ),
+    (
+        "the tasks extension (never scored), which pgmcp does not declare",
+        &[
+            "tasks-lifecycle",
+            "tasks-capability-negotiation",
+            "tasks-wire-fields",
+            "tasks-request-state-removal",
+            "tasks-mrtr-input",
+            "tasks-request-headers",
+            "tasks-dispatch-and-envelope",
+            "tasks-status-notifications",
+            "tasks-required-task-error",
+            "tasks-mrtr-composition",
+        ],
+    ),
+];
+
+/// Checks of required scenarios that fail today: (revision, scenario, check, what the server must
+/// do). The test asserts that each still fails, so fixing one fails the test until its line goes.
+const KNOWN_FAILING: &[(&str, &str, &str, &str)] = &[(
+    SESSIONS,
+    "server-session-lifecycle",
+    "server-session-terminated-returns-404",
+    "answer 404 to a request bearing a session id that DELETE /mcp terminated (now 200)",
+)];
+
+/// One check from a scenario's checks.json: (id, status, message).
+type Check = (String, String, String);
+
+/// Runs every server scenario the suite has for `revision` against `url`, in one process: the
+/// revision's requirement set and what the suite runs without scoring (pending scenarios,
+/// extensions, scenarios added after the revision shipped). Each scenario's checks, by name.
+async fn run_suite(
+    conformance: &std::path::Path,
+    url: &str,
+    revision: &str,
+) -> Result<BTreeMap<String, Vec<Check>>, String> {
+    let dir = tempfile::tempdir().unwrap();
+    let run = tokio::process::Command::new(conformance)
+        .args([
+            "server",
+            "--url",
+            url,
+            "--requirements",
+            revision,
+            "--output-dir",
+        ])
+        .arg(dir.path())
+        .kill_on_drop(true)
+        .output();
+    // Its exit status counts the scenarios that do not apply: the checks are what we judge.
+    let out = tokio::time::timeout(std::time::Duration::from_secs(300), run)
+        .await
+        .map_err(|_| "the suite timed out after 300 s".to_owned())?
+        .expect("conformance server");
+    let mut scenarios = BTreeMap::new();
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().into_string().unwrap();
+        let scenario =
+            scenario_of(&name).unwrap_or_else(|| panic!("unexpected result directory {name}"));
+        let checks = std::fs::read(entry.path().join("checks.json")).unwrap();
+        let checks: Vec<Value> = serde_json::from_slice(&checks).expect("checks.json");
+        let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+        let checks = checks.iter().map(|c| {
+            let message = [
+                &c["errorMessage"],
+                &c["details"]["message"],
+                &c["details"]["note"],
+                &c["description"],
+            ]
+            .into_iter()
+            .map(text)
+            .find(|m| !m.is_empty())
+            .unwrap_or_default();
+            (text(&c["id"]), text(&c["status"]), message)
+        });
+        scenarios.insert(scenario.to_owned(), checks.collect());
+    }
+    if scenarios.is_empty() {
+        return Err(format!(
+            "the suite wrote no results ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(scenarios)
+}
+
+/// The scenario a result directory of the suite is for: `server-<scenario>-<time>`, the time
+/// being ISO 8601 with `-` for `:` and `.`.
+fn scenario_of(dir: &str) -> Option<&str> {
+    let rest = dir.strip_prefix("server-")?;
+    let time = "-2026-07-28T09-30-00-000Z".len();
+    let (scenario, time) = rest.split_at_checked(rest.len().checked_sub(time)?)?;
+    time.ends_with('Z').then_some(scenario)
+}
+
+#[test]
+fn result_directories_name_their_scenario() {
+    let dir = "server-server-sse-multiple-streams-2026-12-07T00-31-10-068Z";
+    assert_eq!(scenario_of(dir), Some("server-sse-multiple-streams"));
+    assert_eq!(scenario_of("server-ping"), None);
+    assert_eq!(scenario_of("client-ping-2026-12-07T00-31-10-068Z"), None);
+}
+
+/// What the suite found at one revision.
+#[derive(Default)]
+struct Outcome {
+    /// The scenarios the suite ran at this revision, required or not.
+    ran: Vec<String>,
+    /// One line per required scenario.
+    report: Vec<String>,
+    /// A scenario the lists above do not name, a failing check, a known failure that passes now.
+    problems: Vec<String>,
+}
+
+/// Runs the suite at `revision` and judges the required scenarios.
+async fn conformance_at(conformance: &std::path::Path, url: &str, revision: &str) -> Outcome {
+    let started = std::time::Instant::now();
+    let scenarios = match run_suite(conformance, url, revision).await {
+        Ok(scenarios) => scenarios,
+        Err(why) => {
+            return Outcome {
+                problems: vec![format!("{revision}: {why}")],
+                ..Outcome::default()
+            };
+        }
+    };
+    let mut report = Vec::new();
+    let mut problems = Vec::new();
+    for (scenario, checks) in &scenarios {
+        let Some((_, not_applicable)) = REQUIRED.iter().find(|(name, _)| name == scenario) else {
+            if !NOT_APPLICABLE
+                .iter()
+                .any(|(_, names)| names.contains(&scenario.as_str()))
+            {
+                problems.push(format!(
+                    "{revision} {scenario}: a scenario of the suite that is neither in REQUIRED \
+                     nor in NOT_APPLICABLE (and tests/interop/README.md)"
+                ));
+            }
+            continue;
+        };
+        let applies = |id: &str| !not_applicable.iter().any(|(check, _)| *check == id);
+        let passed = |status: &str| matches!(status, "SUCCESS" | "INFO");
+        let failing: Vec<&Check> = checks
+            .iter()
+            .filter(|(id, status, _)| applies(id) && !passed(status))
+            .collect();
+        let known: Vec<&str> = KNOWN_FAILING
+            .iter()
+            .filter(|(rev, name, _, _)| *rev == revision && name == scenario)
+            .map(|(_, _, check, _)| *check)
+            .collect();
+        for (id, status, message) in &failing {
+            if !known.contains(&id.as_str()) {
+                problems.push(format!("{revision} {scenario}: {status} {id}: {message}"));
+            }
+        }
+        for check in &known {
+            if !failing.iter().any(|(id, _, _)| id == check) {
+                problems.push(format!(
+                    "{revision} {scenario}: {check} passes now: remove it from KNOWN_FAILING"
+                ));
+            }
+        }
+        if !checks
+            .iter()
+            .any(|(id, status, _)| applies(id) && status == "SUCCESS")
+        {
+            problems.push(format!("{revision} {scenario}: no check succeeded"));
+        }
+        for (check, _) in *not_applicable {
+            if !checks.iter().any(|(id, _, _)| id == check) {
+                problems.push(format!(
+                    "{revision} {scenario}: no check {check} made (listed as not applicable)"
+                ));
+            }
+        }
+        let verdict = if failing.is_empty() { "PASS" } else { "FAIL" };
+        let known = if known.is_empty() {
+            ""
+        } else {
+            " [known failure]"
+        };
+        report.push(format!(
+            "{verdict} {revision} {scenario} ({} checks){known}",
+            checks.len()
+        ));
+    }
+    report.push(format!(
+        "{revision}: {} scenarios run in {:.1} s, {} of them required",
+        scenarios.len(),
+        started.elapsed().as_secs_f64(),
+        report.len()
+    ));
+    Outcome {
+        ran: scenarios.into_keys().collect(),
+        report,
+        problems,
+    }
+}
+
+/// The MCP conformance suite at both revisions, against one server.
 #[tokio::test]
 async fn mcp_conformance_suite_passes_every_applicable_scenario() {
     let shop = shop("conformance").await;
     let server = ServerProcess::start(&shop, &[]).await;
     let c = clients();
-    let out = Command::new("bash")
-        .arg(&c.conformance)
-        .arg(server.url())
-        .output()
-        .expect("conformance");
-    let report = String::from_utf8_lossy(&out.stdout).into_owned();
-    for scenario in [
-        "server-initialize",
-        "ping",
-        "tools-list",
-        "server-sse-multiple-streams",
-        "dns-rebinding-protection",
-    ] {
-        assert!(
-            report.lines().any(|l| l == format!("PASS {scenario}")),
-            "{scenario} did not pass:\n{report}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    let url = server.url();
+    let (sessions, stateless) = tokio::join!(
+        conformance_at(&c.conformance, &url, SESSIONS),
+        conformance_at(&c.conformance, &url, STATELESS),
+    );
+    let ran = [sessions.ran, stateless.ran].concat();
+    let report = [sessions.report, stateless.report].concat();
+    let mut problems = [sessions.problems, stateless.problems].concat();
+    let not_applicable = NOT_APPLICABLE.iter().flat_map(|(_, names)| names.iter());
+    for scenario in REQUIRED.iter().map(|(name, _)| name).chain(not_applicable) {
+        if !ran.iter().any(|s| s == scenario) {
+            problems.push(format!(
+                "{scenario}: listed, but the suite runs it at neither {SESSIONS} nor {STATELESS}"
+            ));
+        }
     }
-    assert!(out.status.success(), "{report}");
+    println!("{}", report.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "{}\n\nproblems:\n{}",
+        report.join("\n"),
+        problems.join("\n")
+    );
 }
 
 /// Accepts connections on a free port and hands each to the next backend in turn.

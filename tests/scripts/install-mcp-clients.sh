@@ -2,9 +2,10 @@
 # Installs the third-party MCP clients the interop tests drive against pgmcp:
 #   * the official MCP Python SDK (pinned in tests/interop/requirements.txt)
 #     in a venv at $PGMCP_CACHE/venv/mcp, used by tests/interop/mcp_client.py;
-#   * @modelcontextprotocol/inspector (its --cli mode) and
-#     @modelcontextprotocol/conformance from npm, pinned by
-#     tests/interop/package.json + package-lock.json, in $PGMCP_CACHE/node.
+#   * @modelcontextprotocol/inspector (its --cli mode) from npm, pinned by
+#     tests/interop/package.json + package-lock.json, in $PGMCP_CACHE/node;
+#   * through install-conformance.sh, @modelcontextprotocol/conformance and the
+#     Node 22 it runs on, in $PGMCP_CACHE/conformance.
 # PGMCP_CACHE defaults to <repo root>/.cache; pip's and npm's caches live there too.
 #
 # Idempotent: a stamp (sha256 of the pin files, this script, and the python3 and
@@ -14,7 +15,9 @@
 #   MCP_PYTHON=…       venv python with the MCP SDK
 #   MCP_CLIENT=…       tests/interop/mcp_client.py (run it with MCP_PYTHON)
 #   MCP_INSPECTOR=…    inspector launcher; use as: MCP_INSPECTOR --cli URL --transport http --method tools/list
-#   MCP_CONFORMANCE=…  conformance CLI;    use as: MCP_CONFORMANCE server --url URL --scenario NAME
+#   MCP_CONFORMANCE=…  conformance CLI on Node 22; use as:
+#                      MCP_CONFORMANCE server --url URL --scenario NAME --spec-version REVISION
+#   MCP_NODE22=…       the Node 22 it runs on
 # and, as the last line, the cache directory.
 set -euo pipefail
 
@@ -23,6 +26,8 @@ ROOT="$(cd "$HERE/../.." && pwd)"
 CACHE="${PGMCP_CACHE:-$ROOT/.cache}"
 INTEROP="$ROOT/tests/interop"
 SELF="$HERE/$(basename "${BASH_SOURCE[0]}")"
+# shellcheck source=lib/install-once.sh
+source "$HERE/lib/install-once.sh"
 
 REQUIREMENTS="$INTEROP/requirements.txt"
 PACKAGE_JSON="$INTEROP/package.json"
@@ -32,13 +37,11 @@ VENV="$CACHE/venv/mcp"
 VENV_PY="$VENV/bin/python"
 NODE_DIR="$CACHE/node"
 INSPECTOR="$NODE_DIR/node_modules/.bin/mcp-inspector"
-CONFORMANCE="$NODE_DIR/node_modules/.bin/conformance"
 STAMP="$CACHE/mcp-clients.stamp"
 
 # Expected versions, read back after the install as a sanity check.
 MCP_VERSION="$(sed -n 's/^mcp==\([^ ;]*\).*/\1/p' "$REQUIREMENTS")"
 INSPECTOR_VERSION="$(sed -n 's/.*"@modelcontextprotocol\/inspector": *"\([^"]*\)".*/\1/p' "$PACKAGE_JSON")"
-CONFORMANCE_VERSION="$(sed -n 's/.*"@modelcontextprotocol\/conformance": *"\([^"]*\)".*/\1/p' "$PACKAGE_JSON")"
 
 exec 3>&1 1>&2 # stdout is for the result lines only
 
@@ -51,9 +54,12 @@ print_result() {
 	echo "MCP_PYTHON=$VENV_PY" >&3
 	echo "MCP_CLIENT=$INTEROP/mcp_client.py" >&3
 	echo "MCP_INSPECTOR=$INSPECTOR" >&3
-	echo "MCP_CONFORMANCE=$CONFORMANCE" >&3
+	echo "$CONFORMANCE_RESULT" >&3
 	echo "$CACHE" >&3
 }
+
+# The conformance suite has its own pins, stamp and lock (and needs no system Node).
+CONFORMANCE_RESULT="$(PGMCP_CACHE="$CACHE" bash "$HERE/install-conformance.sh")"
 
 # ------------------------------------------------------------------ toolchains
 command -v python3 >/dev/null 2>&1 || die "'python3' not found in PATH"
@@ -63,7 +69,7 @@ NODE_VERSION="$(node --version)"
 NODE_MAJOR="${NODE_VERSION#v}"
 NODE_MAJOR="${NODE_MAJOR%%.*}"
 if ((NODE_MAJOR < 20)); then
-	die "Node >= 20 is needed (conformance $CONFORMANCE_VERSION targets node20), found $NODE_VERSION"
+	die "Node >= 20 is needed (the inspector's --cli mode), found $NODE_VERSION"
 fi
 PY_VERSION="$(python3 -c 'import sys; print(sys.version.split()[0])')"
 
@@ -77,24 +83,10 @@ stamp_value() {
 
 installed() {
 	[[ -f "$STAMP" && "$(cat "$STAMP")" == "$(stamp_value)" &&
-		-x "$VENV_PY" && -x "$INSPECTOR" && -x "$CONFORMANCE" ]]
+		-x "$VENV_PY" && -x "$INSPECTOR" ]]
 }
 
-if installed; then
-	print_result
-	exit 0
-fi
-
-mkdir -p "$CACHE"
-exec 9>"$CACHE/mcp-clients.lock"
-if command -v flock >/dev/null 2>&1; then
-	flock 9
-fi
-if installed; then # another run finished it while we waited
-	print_result
-	exit 0
-fi
-rm -f "$STAMP"
+install_once "$CACHE/mcp-clients.lock"
 start=$SECONDS
 
 # --------------------------------------------------------- Python SDK in a venv
@@ -120,8 +112,8 @@ got="$("$VENV_PY" -c 'import importlib.metadata as m, mcp.client.streamable_http
 [[ "$got" == "$MCP_VERSION" ]] || die "expected mcp $MCP_VERSION in $VENV, got '$got'"
 echo "mcp $got ok"
 
-# ------------------------------------------------ Inspector + conformance (npm)
-echo "installing @modelcontextprotocol/inspector@$INSPECTOR_VERSION and @modelcontextprotocol/conformance@$CONFORMANCE_VERSION into $NODE_DIR"
+# ------------------------------------------------------------- Inspector (npm)
+echo "installing @modelcontextprotocol/inspector@$INSPECTOR_VERSION into $NODE_DIR"
 mkdir -p "$NODE_DIR" "$CACHE/npm"
 cp -f "$PACKAGE_JSON" "$PACKAGE_LOCK" "$NODE_DIR/"
 # No package in the lock has an install script; --ignore-scripts and the *_SKIP_*
@@ -134,13 +126,10 @@ env PUPPETEER_SKIP_DOWNLOAD=1 PUPPETEER_SKIP_CHROMIUM_DOWNLOAD=1 \
 	--ignore-scripts --no-audit --no-fund --engine-strict=false \
 	--update-notifier=false --loglevel=error
 [[ -x "$INSPECTOR" ]] || die "npm ci did not produce $INSPECTOR"
-[[ -x "$CONFORMANCE" ]] || die "npm ci did not produce $CONFORMANCE"
 pkg_version() { node -p "require('$NODE_DIR/node_modules/$1/package.json').version"; }
 got="$(pkg_version @modelcontextprotocol/inspector)"
 [[ "$got" == "$INSPECTOR_VERSION" ]] || die "expected inspector $INSPECTOR_VERSION, got '$got'"
-got="$("$CONFORMANCE" --version)"
-[[ "$got" == "$CONFORMANCE_VERSION" ]] || die "expected conformance $CONFORMANCE_VERSION, got '$got'"
-echo "inspector $INSPECTOR_VERSION, conformance $got ok"
+echo "inspector $INSPECTOR_VERSION ok"
 
 stamp_value >"$STAMP"
 echo "MCP clients installed in $((SECONDS - start))s"

@@ -202,7 +202,8 @@ pub const MCP_HEADERS: [(&str, &str); 2] = [
     ("Accept", "application/json, text/event-stream"),
 ];
 
-/// Paths of the third-party clients installed by tests/scripts/install-mcp-clients.sh.
+/// Paths of the third-party clients installed by tests/scripts/install-mcp-clients.sh (the
+/// conformance suite through tests/scripts/install-conformance.sh).
 pub struct Clients {
     pub python: PathBuf,
     pub client: PathBuf,
@@ -217,9 +218,9 @@ pub fn clients() -> Clients {
         python: cache.join("venv/mcp/bin/python"),
         client: root.join("tests/interop/mcp_client.py"),
         inspector: cache.join("node/node_modules/.bin/mcp-inspector"),
-        conformance: root.join("tests/interop/run-conformance.sh"),
+        conformance: cache.join("conformance/bin/conformance"),
     };
-    for path in [&clients.python, &clients.inspector] {
+    for path in [&clients.python, &clients.inspector, &clients.conformance] {
         assert!(
             path.exists(),
             "{} missing: run `make mcp-clients` (tests/scripts/install-mcp-clients.sh)",
