@@ -322,12 +322,7 @@ const NOT_APPLICABLE: &[(&str, &[&str])] = &[
 
 /// Checks of required scenarios that fail today: (revision, scenario, check, what the server must
 /// do). The test asserts that each still fails, so fixing one fails the test until its line goes.
-const KNOWN_FAILING: &[(&str, &str, &str, &str)] = &[(
-    SESSIONS,
-    "server-session-lifecycle",
-    "server-session-terminated-returns-404",
-    "answer 404 to a request bearing a session id that DELETE /mcp terminated (now 200)",
-)];
+const KNOWN_FAILING: &[(&str, &str, &str, &str)] = &[];
 
 /// One check from a scenario's checks.json: (id, status, message).
 type Check = (String, String, String);
