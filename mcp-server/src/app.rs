@@ -5,15 +5,16 @@
 //! arguments.
 
 use std::future::IntoFuture as _;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use axum::serve::ListenerExt as _;
+use tokio::task::JoinError;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Auth;
 use crate::auth::jwt::EntraValidator;
-use crate::config::{Args, Settings};
+use crate::config::{Args, ConfigError, Settings};
 use crate::db::Database;
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
@@ -21,26 +22,64 @@ use crate::scope::Scope;
 use crate::tools::Tools;
 use crate::{AppState, PgMcpServer, router, startup};
 
+/// Why the server stopped before SIGTERM. `main` prints it with its causes, one per line.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("failed to start the async runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error("the server panicked")]
+    Panicked(#[source] JoinError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// [`Database::new`]'s reason.
+    #[error("{0}")]
+    Database(String),
+    /// [`EntraValidator::new`]'s reason.
+    #[error("{0}")]
+    Entra(String),
+    #[error(
+        "refusing to serve without caller authentication on {listen}: configure Entra ID \
+         (--entra-tenant-id, --entra-audience, --entra-required-role), listen on \
+         127.0.0.1, or pass --insecure-allow-unauthenticated (development only)"
+    )]
+    Unauthenticated { listen: SocketAddr },
+    #[error("failed to listen on {listen}")]
+    Listen {
+        listen: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Serving HTTP failed.
+    #[error(transparent)]
+    Io(std::io::Error),
+    /// Serving stdio failed.
+    #[error(transparent)]
+    Stdio(anyhow::Error),
+    /// The start-up sequence refused to go on.
+    #[error(transparent)]
+    Startup(#[from] startup::Error),
+    #[error(transparent)]
+    StartupPanicked(JoinError),
+}
+
 /// Starts logging and the async runtime, and serves until SIGTERM or a start-up failure.
-pub fn run(args: Args) -> anyhow::Result<()> {
+pub fn run(args: Args) -> Result<(), Error> {
     init_logging(&args.log_format);
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(usize::from(args.worker_threads))
         .enable_all()
         .build()
-        .context("failed to start the async runtime")?
+        .map_err(Error::Runtime)?
         .block_on(async {
             // On a worker, not on this thread: with the one default worker, the stdio loop,
             // the accept loop and every call then share a thread, and none wakes another.
-            tokio::spawn(serve(args))
-                .await
-                .context("the server panicked")?
+            tokio::spawn(serve(args)).await.map_err(Error::Panicked)?
         })
 }
 
-async fn serve(args: Args) -> anyhow::Result<()> {
+async fn serve(args: Args) -> Result<(), Error> {
     let settings = Settings::resolve(&args, |var| std::env::var(var).ok())?;
-    let db = Database::new(&settings.connect).map_err(anyhow::Error::msg)?;
+    let db = Database::new(&settings.connect).map_err(Error::Database)?;
     let scope = Scope::new(settings.file.scope.grants.clone())
         .with_functions(settings.file.scope.functions.clone());
     // Tool calls wait for the start-up sequence, and fail with its reason while it waits for
@@ -60,15 +99,15 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         let serve = crate::stdio::serve(PgMcpServer::new(tools, metrics));
         tokio::pin!(serve);
         tokio::select! {
-            served = &mut serve => return served,
-            started = &mut started => started??,
+            served = &mut serve => return served.map_err(Error::Stdio),
+            started = &mut started => started.map_err(Error::StartupPanicked)??,
         }
-        return serve.await;
+        return serve.await.map_err(Error::Stdio);
     }
 
     let validator = match &settings.entra {
         Some(entra) => {
-            let validator = EntraValidator::new(entra.clone()).map_err(anyhow::Error::msg)?;
+            let validator = EntraValidator::new(entra.clone()).map_err(Error::Entra)?;
             tracing::info!(
                 tenant = %entra.tenant_id,
                 audience = %entra.audience,
@@ -88,12 +127,9 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         }
         None => {
             if !settings.listen.ip().is_loopback() && !settings.insecure_allow_unauthenticated {
-                anyhow::bail!(
-                    "refusing to serve without caller authentication on {}: configure Entra ID \
-                     (--entra-tenant-id, --entra-audience, --entra-required-role), listen on \
-                     127.0.0.1, or pass --insecure-allow-unauthenticated (development only)",
-                    settings.listen
-                );
+                return Err(Error::Unauthenticated {
+                    listen: settings.listen,
+                });
             }
             tracing::warn!(listen = %settings.listen, "serving WITHOUT caller authentication: anyone who can reach this address can read the granted tables");
             None
@@ -120,13 +156,16 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             // A refused role or an untrusted authority is the more useful reason; the first
             // attempt's outcome is known within seconds.
             tokio::select! {
-                started = &mut started => started??,
+                started = &mut started => started.map_err(Error::StartupPanicked)??,
                 _ = readiness.past_start() => {}
             }
-            return Err(err).with_context(|| format!("failed to listen on {}", settings.listen));
+            return Err(Error::Listen {
+                listen: settings.listen,
+                source: err,
+            });
         }
     };
-    tracing::info!(listen = %listener.local_addr()?, "serving MCP at /mcp");
+    tracing::info!(listen = %listener.local_addr().map_err(Error::Io)?, "serving MCP at /mcp");
     // Responses go out in more than one write (head, then body): without TCP_NODELAY, Nagle's
     // algorithm holds the second write until the client's delayed ACK, ~40 ms per call.
     let listener = listener.tap_io(|tcp| {
@@ -145,11 +184,10 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         .into_future();
     tokio::pin!(serve);
     tokio::select! {
-        served = &mut serve => return Ok(served?),
-        started = &mut started => started??,
+        served = &mut serve => return served.map_err(Error::Io),
+        started = &mut started => started.map_err(Error::StartupPanicked)??,
     }
-    serve.await?;
-    Ok(())
+    serve.await.map_err(Error::Io)
 }
 
 fn init_logging(format: &str) {

@@ -13,5 +13,5 @@ use pgmcp_server::config::Args;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
-    pgmcp_server::run(Args::parse())
+    Ok(pgmcp_server::run(Args::parse())?)
 }
