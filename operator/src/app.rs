@@ -2,23 +2,66 @@
 //! endpoints → leader election ([`crate::leader`]) → controller, until SIGTERM. `main.rs` only
 //! parses the arguments.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError};
 use kube::{Api, Client, Config};
 use tokio_util::sync::CancellationToken;
 
+use crate::azure::{arm, graph};
 use crate::controller::{self, Options};
 use crate::http;
-use crate::leader::run_as_leader;
+use crate::leader::{self, run_as_leader};
 use crate::metrics::Metrics;
 use crate::settings::Args;
 
+/// Why the operator stopped before SIGTERM. `main` prints it with its causes, one per line.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("failed to create a Kubernetes client from the in-cluster config or ~/.kube/config")]
+    DefaultClient(#[source] kube::Error),
+    #[error("failed to read kubeconfig {}", .path.display())]
+    ReadKubeconfig {
+        path: PathBuf,
+        #[source]
+        source: KubeconfigError,
+    },
+    #[error("failed to load kubeconfig {}", .path.display())]
+    LoadKubeconfig {
+        path: PathBuf,
+        #[source]
+        source: KubeconfigError,
+    },
+    #[error("failed to create a Kubernetes client")]
+    Client(#[source] kube::Error),
+    #[error(
+        "CustomResourceDefinition {crd} is not installed: kubectl apply -f crds/pgmcp.dev_postgresmcpbindings.yaml \
+         (or install the Helm chart, which includes it)",
+        crd = pgmcp_crds::CRD_NAME
+    )]
+    CrdNotInstalled,
+    #[error("failed to read CustomResourceDefinition {crd}", crd = pgmcp_crds::CRD_NAME)]
+    ReadCrd(#[source] kube::Error),
+    #[error("failed to listen on {listen}")]
+    Listen {
+        listen: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to set up the Microsoft Graph client")]
+    Graph(#[source] graph::Error),
+    #[error("failed to set up the Azure Resource Manager client")]
+    Arm(#[source] arm::Error),
+    #[error(transparent)]
+    Leader(#[from] leader::Error),
+}
+
 /// Starts logging, checks the cluster and runs the controller (as leader, if elected) until
 /// SIGTERM.
-pub async fn run(args: Args) -> anyhow::Result<()> {
+pub async fn run(args: Args) -> Result<(), Error> {
     init_logging(&args.log_format);
     let client = client(&args).await?;
     check_crd(&client).await?;
@@ -27,7 +70,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let serve = http::bind(args.metrics_listen, metrics.clone(), shutdown.clone())
         .await
-        .with_context(|| format!("failed to listen on {}", args.metrics_listen))?;
+        .map_err(|source| Error::Listen {
+            listen: args.metrics_listen,
+            source,
+        })?;
     let server = tokio::spawn(serve);
     let stop = shutdown.clone();
     tokio::spawn(async move {
@@ -58,17 +104,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let token = pgmcp_identity::TokenProvider::new(identity.clone(), args.arm_scope());
         let graph_token = pgmcp_identity::TokenProvider::new(identity, args.graph_scope());
         options.graph = Some(
-            crate::azure::graph::GraphClient::new(
-                &args.graph_endpoint,
-                graph_token,
-                metrics.clone(),
-            )
-            .context("failed to set up the Microsoft Graph client")?,
+            graph::GraphClient::new(&args.graph_endpoint, graph_token, metrics.clone())
+                .map_err(Error::Graph)?,
         );
-        options.arm = Some(
-            crate::azure::arm::ArmClient::new(settings, token, metrics.clone())
-                .context("failed to set up the Azure Resource Manager client")?,
-        );
+        options.arm =
+            Some(arm::ArmClient::new(settings, token, metrics.clone()).map_err(Error::Arm)?);
     }
     tracing::info!(
         namespaces = ?options.namespaces,
@@ -78,7 +118,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "starting"
     );
     let result = if args.leader_election {
-        run_as_leader(&client, &args, identity, options, metrics, shutdown.clone()).await
+        run_as_leader(&client, &args, identity, options, metrics, shutdown.clone())
+            .await
+            .map_err(Error::from)
     } else {
         controller::run(client, options, metrics, shutdown.clone()).await;
         Ok(())
@@ -88,35 +130,29 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     result
 }
 
-async fn client(args: &Args) -> anyhow::Result<Client> {
+async fn client(args: &Args) -> Result<Client, Error> {
     let Some(path) = &args.kubeconfig else {
-        return Client::try_default().await.context(
-            "failed to create a Kubernetes client from the in-cluster config or ~/.kube/config",
-        );
+        return Client::try_default().await.map_err(Error::DefaultClient);
     };
-    let kubeconfig = Kubeconfig::read_from(path)
-        .with_context(|| format!("failed to read kubeconfig {}", path.display()))?;
+    let kubeconfig = Kubeconfig::read_from(path).map_err(|source| Error::ReadKubeconfig {
+        path: path.clone(),
+        source,
+    })?;
     let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
-        .with_context(|| format!("failed to load kubeconfig {}", path.display()))?;
-    Client::try_from(config).context("failed to create a Kubernetes client")
+        .map_err(|source| Error::LoadKubeconfig {
+            path: path.clone(),
+            source,
+        })?;
+    Client::try_from(config).map_err(Error::Client)
 }
 
-async fn check_crd(client: &Client) -> anyhow::Result<()> {
+async fn check_crd(client: &Client) -> Result<(), Error> {
     let crds = Api::<CustomResourceDefinition>::all(client.clone());
     match crds.get_opt(pgmcp_crds::CRD_NAME).await {
         Ok(Some(_)) => Ok(()),
-        Ok(None) => anyhow::bail!(
-            "CustomResourceDefinition {} is not installed: kubectl apply -f crds/pgmcp.dev_postgresmcpbindings.yaml \
-             (or install the Helm chart, which includes it)",
-            pgmcp_crds::CRD_NAME
-        ),
-        Err(err) => Err(err).with_context(|| {
-            format!(
-                "failed to read CustomResourceDefinition {}",
-                pgmcp_crds::CRD_NAME
-            )
-        }),
+        Ok(None) => Err(Error::CrdNotInstalled),
+        Err(err) => Err(Error::ReadCrd(err)),
     }
 }
 

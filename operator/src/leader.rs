@@ -3,7 +3,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use kube::Client;
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder, LeaseManagerError};
 use tokio::sync::watch;
@@ -14,6 +13,22 @@ use crate::controller::{self, Options};
 use crate::metrics::Metrics;
 use crate::settings::Args;
 
+/// Why leader election ended the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("failed to set up leader election with Lease {lease}")]
+    Setup {
+        /// `namespace/name`.
+        lease: String,
+        #[source]
+        source: LeaseManagerError,
+    },
+    #[error(
+        "lost the leader Lease to another replica; exiting so a restart begins from a clean state"
+    )]
+    Lost,
+}
+
 /// Waits for the Lease, runs the controller while holding it, releases it on shutdown. Losing
 /// the Lease ends the process: a restart begins from a clean state, as controller-runtime does.
 pub(crate) async fn run_as_leader(
@@ -23,12 +38,13 @@ pub(crate) async fn run_as_leader(
     options: Options,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+) -> Result<(), Error> {
     let namespace = args
         .lease_namespace
         .clone()
         .unwrap_or_else(|| client.default_namespace().to_owned());
     let duration = args.lease_duration.as_secs().max(2);
+    let lease = format!("{namespace}/{}", args.lease_name);
     let manager = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
         .with_namespace(&namespace)
         .with_identity(&identity)
@@ -36,13 +52,10 @@ pub(crate) async fn run_as_leader(
         .with_grace((duration / 3).max(1))
         .build()
         .await
-        .with_context(|| {
-            format!(
-                "failed to set up leader election with Lease {namespace}/{}",
-                args.lease_name
-            )
+        .map_err(|source| Error::Setup {
+            lease: lease.clone(),
+            source,
         })?;
-    let lease = format!("{namespace}/{}", args.lease_name);
     let (mut leader, lease_task) = hold_lease(manager, lease.clone());
     tracing::info!(%lease, "waiting for the leader Lease");
     let became_leader = loop {
@@ -80,9 +93,7 @@ pub(crate) async fn run_as_leader(
         Err(err) => tracing::warn!(error = %err, "leader election task failed"),
     }
     if lost {
-        anyhow::bail!(
-            "lost the leader Lease to another replica; exiting so a restart begins from a clean state"
-        );
+        return Err(Error::Lost);
     }
     Ok(())
 }

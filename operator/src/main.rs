@@ -5,5 +5,5 @@ use pgmcp_operator::settings::Args;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    pgmcp_operator::run(Args::parse()).await
+    Ok(pgmcp_operator::run(Args::parse()).await?)
 }
