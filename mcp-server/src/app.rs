@@ -13,7 +13,7 @@ use tokio::task::JoinError;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Auth;
-use crate::auth::jwt::EntraValidator;
+use crate::auth::jwt::{DiscoveryError, EntraValidator};
 use crate::config::{Args, ConfigError, Settings};
 use crate::db::Database;
 use crate::metrics::Metrics;
@@ -34,9 +34,8 @@ pub enum Error {
     /// [`Database::new`]'s reason.
     #[error("{0}")]
     Database(String),
-    /// [`EntraValidator::new`]'s reason.
-    #[error("{0}")]
-    Entra(String),
+    #[error(transparent)]
+    Entra(DiscoveryError),
     #[error(
         "refusing to serve without caller authentication on {listen}: configure Entra ID \
          (--entra-tenant-id, --entra-audience, --entra-required-role), listen on \
