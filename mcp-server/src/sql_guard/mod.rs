@@ -1,4 +1,4 @@
-//! The AST layer of the read-only defence (DESIGN §5, layer 3): decides whether one SQL text is a
+//! Layer three of the read-only defence (docs/architecture.md): decides whether one SQL text is a
 //! single read-only statement, and fingerprints SQL for audit logs. Pure: no database, no I/O.
 //!
 //! It is one of three layers (the role has SELECT only; every query runs in a `READ ONLY`
