@@ -73,8 +73,8 @@ pub(super) fn normalize_tokens<'a>(tokens: impl Iterator<Item = &'a Token>) -> S
     pieces.finish()
 }
 
-/// Normalised pieces of a statement; collapses `?, ?, ?` to `?`.
-/// The normalized text being built: pieces joined by single spaces, in one string.
+/// The normalized text being built: pieces joined by single spaces, in one string; a list of
+/// literals (`?, ?, ?`) collapses to one `?`.
 #[derive(Debug, Default)]
 struct Pieces {
     text: String,

@@ -14,7 +14,6 @@ use super::{GuardError, MAX_SQL_BYTES};
 /// cap keeps that under ~1 MiB, safe on a 2 MiB tokio worker thread.
 pub(super) const MAX_OPERATOR_TOKENS: usize = 10_000;
 
-/// Bounds and tokenises `sql`, and returns the tokens of its single statement (no `;`).
 /// Bounds the input and tokenizes it as PostgreSQL's lexer would.
 pub(super) fn tokenize(sql: &str) -> Result<Vec<TokenWithSpan>, GuardError> {
     if sql.len() > MAX_SQL_BYTES {
