@@ -1,9 +1,10 @@
 //! pgmcp-server: a read-only PostgreSQL MCP server.
 //!
 //! `router()` builds the HTTP application (`/mcp`, `/healthz`, `/readyz`, `/metrics`,
-//! `/.well-known/oauth-protected-resource`);
-//! `main.rs` only parses arguments and serves it (or stdio).
+//! `/.well-known/oauth-protected-resource`); [`run`] starts the server from its arguments and
+//! serves that application (or stdio); `main.rs` only parses the arguments.
 
+pub mod app;
 pub mod auth;
 pub mod config;
 pub mod db;
@@ -22,5 +23,6 @@ pub mod stdio;
 pub mod tls;
 pub mod tools;
 
+pub use app::run;
 pub use http::{AppState, router};
 pub use server::PgMcpServer;

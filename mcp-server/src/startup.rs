@@ -16,7 +16,7 @@ use pgmcp_identity::TokenProvider;
 use serde_json::Value;
 
 use crate::readiness::{Readiness, State};
-use crate::tools::{Call, Tools};
+use crate::tools::{Call, ToolError, Tools};
 
 /// Why the server must not start. Never contains a token or password.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +28,15 @@ pub enum Error {
          creates), or pass --allow-unsafe-role for development"
     )]
     UnsafeRole(String),
+}
+
+/// Why the role could not be checked: which catalog read failed, and the database's reason.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to inspect {what}: {cause}")]
+pub struct RoleCheckError {
+    /// `the database role`, `table privileges` or `schema privileges`.
+    pub what: &'static str,
+    pub cause: ToolError,
 }
 
 /// Waits between attempts: `first`, doubling up to `max`.
@@ -53,7 +62,7 @@ enum Failure {
     /// Entra did not issue the database token.
     Token(pgmcp_identity::Error),
     /// The database could not be reached, or its catalog read.
-    Database(String),
+    Database(RoleCheckError),
     /// Nothing changes without new settings.
     Fatal(Error),
 }
@@ -162,7 +171,7 @@ where
 }
 
 /// What makes a role unsafe to serve with, one sentence each; empty when it is safe.
-pub async fn role_problems(tools: &Tools) -> Result<Vec<String>, String> {
+pub async fn role_problems(tools: &Tools) -> Result<Vec<String>, RoleCheckError> {
     // Three independent queries, run at once: the server answers only after them.
     let call = Call::default();
     let role = tools.catalog_plain(
@@ -194,7 +203,8 @@ pub async fn role_problems(tools: &Tools) -> Result<Vec<String>, String> {
         &params,
     );
     let (role, writable, creatable) = futures::join!(role, writable, creatable);
-    let role = role.map_err(|e| format!("failed to inspect the database role: {e}"))?;
+    let failed = |what| move |cause| RoleCheckError { what, cause };
+    let role = role.map_err(failed("the database role"))?;
     let mut problems = Vec::new();
     if let Some(row) = role.rows.rows.values().first() {
         let name = row[0].as_str().unwrap_or("?");
@@ -209,14 +219,14 @@ pub async fn role_problems(tools: &Tools) -> Result<Vec<String>, String> {
             }
         }
     }
-    let writable = writable.map_err(|e| format!("failed to inspect table privileges: {e}"))?;
+    let writable = writable.map_err(failed("table privileges"))?;
     for row in &writable.rows.rows.values() {
         problems.push(format!(
             "the role can write to or owns {}",
             row[0].as_str().unwrap_or("?")
         ));
     }
-    let creatable = creatable.map_err(|e| format!("failed to inspect schema privileges: {e}"))?;
+    let creatable = creatable.map_err(failed("schema privileges"))?;
     for row in &creatable.rows.rows.values() {
         problems.push(format!(
             "the role can create objects in schema {}",
@@ -257,7 +267,10 @@ mod tests {
         let mut failures = vec![
             Failure::Token(refused()),
             Failure::Token(refused()),
-            Failure::Database("connection refused".into()),
+            Failure::Database(RoleCheckError {
+                what: "the database role",
+                cause: ToolError::Db(crate::db::DbError::Unavailable("connection refused".into())),
+            }),
             Failure::Token(refused()),
         ]
         .into_iter();

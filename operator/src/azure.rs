@@ -1,4 +1,4 @@
-//! The Azure resources a binding asks for, kept through Azure Resource Manager (DESIGN §6):
+//! The Azure resources a binding asks for, kept through Azure Resource Manager:
 //! the federated identity credential that lets the server's ServiceAccount act as its managed
 //! identity ([`fic`]) and the Azure AI Foundry project connection that points agents at the
 //! server ([`foundry`]). [`arm`] is the client both use: the operator's own workload-identity

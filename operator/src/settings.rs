@@ -135,12 +135,25 @@ impl Args {
     }
 }
 
+/// Why [`parse_duration`] could not read a duration; `text` is the input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("empty duration")]
+    Empty,
+    #[error("{text}: expected a duration such as 30s, 5m or 1h30m")]
+    NotANumber { text: String },
+    #[error("{text}: unknown unit {unit:?} (use ms, s, m or h)")]
+    UnknownUnit { text: String, unit: String },
+    #[error("{text}: too large")]
+    TooLarge { text: String },
+}
+
 /// Parses `90s`, `5m`, `1h30m`, `500ms`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     let mut total = Duration::ZERO;
     let mut rest = text.trim();
     if rest.is_empty() {
-        return Err("empty duration".to_owned());
+        return Err(DurationError::Empty);
     }
     while !rest.is_empty() {
         let digits = rest
@@ -148,7 +161,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             .unwrap_or(rest.len());
         let value: u64 = rest[..digits]
             .parse()
-            .map_err(|_| format!("{text}: expected a duration such as 30s, 5m or 1h30m"))?;
+            .map_err(|_| DurationError::NotANumber {
+                text: text.to_owned(),
+            })?;
         rest = &rest[digits..];
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit())
@@ -159,16 +174,19 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "m" => Duration::from_secs(60),
             "h" => Duration::from_secs(3600),
             other => {
-                return Err(format!(
-                    "{text}: unknown unit {other:?} (use ms, s, m or h)"
-                ));
+                return Err(DurationError::UnknownUnit {
+                    text: text.to_owned(),
+                    unit: other.to_owned(),
+                });
             }
         };
         total = u32::try_from(value)
             .ok()
             .and_then(|value| unit.checked_mul(value))
             .and_then(|part| total.checked_add(part))
-            .ok_or_else(|| format!("{text}: too large"))?;
+            .ok_or_else(|| DurationError::TooLarge {
+                text: text.to_owned(),
+            })?;
         rest = &rest[unit_len..];
     }
     Ok(total)
@@ -217,7 +235,10 @@ mod tests {
         assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
-        assert!(parse_duration("15").unwrap_err().contains("unknown unit"));
+        assert_eq!(
+            parse_duration("15").unwrap_err().to_string(),
+            "15: unknown unit \"\" (use ms, s, m or h)"
+        );
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("").is_err());
     }

@@ -65,7 +65,7 @@ async fn a_foundry_binding_gets_its_credential_connection_and_principal_and_lose
         "FederatedCredentialPropagating"
     );
 
-    // What ARM now holds, in the shapes of DESIGN §6.
+    // What ARM now holds, in the shapes operator/src/azure/fic.rs and foundry.rs write.
     let subject = format!("system:serviceaccount:{}:sales-mcp", ns.name);
     let status = binding.status.clone().unwrap();
     let fic_id = status.federated_credential.as_ref().unwrap().id.clone();

@@ -60,6 +60,36 @@ fn invalid(reason: impl Into<String>) -> Rejection {
     Rejection::Invalid(reason.into())
 }
 
+/// Why the validator could not be set up, or the tenant's signing keys not fetched. The causes
+/// are part of the message (the log shows only the message).
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    #[error("failed to set up the HTTP client for Entra discovery: {0}")]
+    HttpClient(reqwest::Error),
+    /// [`EntraValidator::with_keys`] got no key it can use.
+    #[error("the key set has no usable signing key")]
+    NoUsableKey,
+    #[error("failed to fetch {url}: {}", with_causes(.cause))]
+    Fetch { url: String, cause: reqwest::Error },
+    #[error("failed to fetch {url}: HTTP {status}")]
+    Status {
+        url: String,
+        status: reqwest::StatusCode,
+    },
+    #[error("failed to read {url}: {cause}")]
+    Read { url: String, cause: reqwest::Error },
+    #[error("{url} is larger than {MAX_DOCUMENT_BYTES} bytes")]
+    TooLarge { url: String },
+    #[error("failed to parse {url}: {cause}")]
+    Parse {
+        url: String,
+        cause: serde_json::Error,
+    },
+    /// None of the key sets the discovery documents name has a key this library can use.
+    #[error("{jwks_uris} publishes no usable signing key")]
+    NoSigningKey { jwks_uris: String },
+}
+
 /// The claims read from a validated token.
 #[derive(Debug, Deserialize)]
 struct Claims {
@@ -121,13 +151,13 @@ pub fn audiences(audience: &str) -> Vec<String> {
 }
 
 impl EntraValidator {
-    pub fn new(config: EntraAuthConfig) -> Result<Self, String> {
+    pub fn new(config: EntraAuthConfig) -> Result<Self, DiscoveryError> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(10))
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|e| format!("failed to set up the HTTP client for Entra discovery: {e}"))?;
+            .map_err(DiscoveryError::HttpClient)?;
         Ok(Self {
             audiences: audiences(&config.audience),
             config,
@@ -144,7 +174,7 @@ impl EntraValidator {
         config: EntraAuthConfig,
         issuers: Vec<String>,
         jwks: &JwkSet,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, DiscoveryError> {
         let mut validator = Self::new(config)?;
         let keys: HashMap<String, DecodingKey> = jwks
             .keys
@@ -155,7 +185,7 @@ impl EntraValidator {
             })
             .collect();
         if keys.is_empty() {
-            return Err("the key set has no usable signing key".to_owned());
+            return Err(DiscoveryError::NoUsableKey);
         }
         validator.keys = tokio::sync::RwLock::new(Some(KeySet {
             issuers,
@@ -184,7 +214,7 @@ impl EntraValidator {
     }
 
     /// Fetches discovery documents and keys now (start-up warm-up; errors are also returned).
-    pub async fn prefetch(&self) -> Result<(), String> {
+    pub async fn prefetch(&self) -> Result<(), DiscoveryError> {
         let mut last = self.last_fetch.lock().await;
         *last = Some(Instant::now());
         let set = self.fetch().await?;
@@ -192,30 +222,47 @@ impl EntraValidator {
         Ok(())
     }
 
-    async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, String> {
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        url: &str,
+    ) -> Result<T, DiscoveryError> {
         let response = self
             .http
             .get(url)
             .header("accept", "application/json")
             .send()
             .await
-            .map_err(|e| format!("failed to fetch {url}: {}", with_causes(&e)))?;
+            .map_err(|cause| DiscoveryError::Fetch {
+                url: url.to_owned(),
+                cause,
+            })?;
         let status = response.status();
         if !status.is_success() {
-            return Err(format!("failed to fetch {url}: HTTP {status}"));
+            return Err(DiscoveryError::Status {
+                url: url.to_owned(),
+                status,
+            });
         }
         let body = response
             .bytes()
             .await
-            .map_err(|e| format!("failed to read {url}: {e}"))?;
+            .map_err(|cause| DiscoveryError::Read {
+                url: url.to_owned(),
+                cause,
+            })?;
         if body.len() > MAX_DOCUMENT_BYTES {
-            return Err(format!("{url} is larger than {MAX_DOCUMENT_BYTES} bytes"));
+            return Err(DiscoveryError::TooLarge {
+                url: url.to_owned(),
+            });
         }
-        serde_json::from_slice(&body).map_err(|e| format!("failed to parse {url}: {e}"))
+        serde_json::from_slice(&body).map_err(|cause| DiscoveryError::Parse {
+            url: url.to_owned(),
+            cause,
+        })
     }
 
     /// Both discovery documents, then every distinct JWKS they name.
-    async fn fetch(&self) -> Result<KeySet, String> {
+    async fn fetch(&self) -> Result<KeySet, DiscoveryError> {
         let authority = self.authority();
         let v2: Discovery = self
             .get_json(&format!(
@@ -254,10 +301,9 @@ impl EntraValidator {
             }
         }
         if keys.is_empty() {
-            return Err(format!(
-                "{} publishes no usable signing key",
-                jwks_uris.join(", ")
-            ));
+            return Err(DiscoveryError::NoSigningKey {
+                jwks_uris: jwks_uris.join(", "),
+            });
         }
         tracing::info!(tenant = %self.config.tenant_id, keys = keys.len(), issuers = ?issuers, "fetched Entra signing keys");
         Ok(KeySet {

@@ -109,14 +109,14 @@ pub enum Error {
         resource: String,
         message: String,
     },
-    #[error("invalid ARM resource id {resource:?} for a {kind}: {message}")]
+    #[error("invalid ARM resource id {resource:?} for a {kind}: {problem}")]
     InvalidResourceId {
         kind: &'static str,
         resource: String,
-        message: String,
+        problem: ResourceIdError,
     },
     #[error("invalid ARM client setting: {0}")]
-    Config(String),
+    Config(rest::ConfigError),
 }
 
 impl Error {
@@ -365,10 +365,10 @@ impl ArmClient {
 
     /// `{endpoint}{resource_id}?api-version=…`.
     fn url(&self, kind: &ResourceKind, resource_id: &str, api_version: &str) -> Result<Url, Error> {
-        check_resource_id(resource_id).map_err(|message| Error::InvalidResourceId {
+        check_resource_id(resource_id).map_err(|problem| Error::InvalidResourceId {
             kind: kind.noun,
             resource: resource_id.to_owned(),
-            message,
+            problem,
         })?;
         let endpoint = self.rest.endpoint();
         let mut url = endpoint.clone();
@@ -562,26 +562,37 @@ fn arm_id(answer: &Value, fallback: &str) -> String {
         .to_owned()
 }
 
+/// What is wrong with a resource id, as the end of a sentence about it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResourceIdError {
+    #[error("it must start with /subscriptions/")]
+    NotInASubscription,
+    #[error("it must not contain {0:?}")]
+    Character(char),
+    #[error("it has an empty, '.' or '..' segment")]
+    Segment,
+}
+
 /// An ARM resource id: `/subscriptions/…`, plain path segments, nothing that would change the
 /// URL's meaning (query, fragment, escapes, dot segments).
-fn check_resource_id(id: &str) -> Result<(), String> {
+fn check_resource_id(id: &str) -> Result<(), ResourceIdError> {
     if !id
         .get(..15)
         .is_some_and(|p| p.eq_ignore_ascii_case("/subscriptions/"))
     {
-        return Err("it must start with /subscriptions/".to_owned());
+        return Err(ResourceIdError::NotInASubscription);
     }
     if let Some(c) = id
         .chars()
         .find(|c| c.is_control() || c.is_whitespace() || matches!(c, '?' | '#' | '%' | '\\'))
     {
-        return Err(format!("it must not contain {c:?}"));
+        return Err(ResourceIdError::Character(c));
     }
     if id[1..]
         .split('/')
         .any(|segment| segment.is_empty() || segment == "." || segment == "..")
     {
-        return Err("it has an empty, '.' or '..' segment".to_owned());
+        return Err(ResourceIdError::Segment);
     }
     Ok(())
 }

@@ -1,8 +1,9 @@
 //! The Azure AI Foundry project connection that makes a binding's MCP server a tool for the
 //! project's agents: category `RemoteTool` (group `GenericProtocol`), authenticated with the
 //! project's managed identity (`ProjectManagedIdentity`) for the server's Entra app, `target`
-//! the server's public URL (DESIGN §6; body as in Azure-Samples/azure-postgres-mcp-demo, enum
-//! values from azure-mgmt-cognitiveservices).
+//! the server's public URL (body as in Azure-Samples/azure-postgres-mcp-demo, enum values from
+//! azure-mgmt-cognitiveservices; the whole body is in the test
+//! `body_is_a_remote_tool_with_the_project_identity`).
 //!
 //! `PUT {projectResourceId}/connections/{connectionName}?api-version=2025-04-01-preview`, only
 //! when what ARM holds differs in a field we set. No Kubernetes here.
@@ -136,7 +137,7 @@ mod tests {
     }
 
     #[test]
-    fn body_is_the_design_body() {
+    fn body_is_a_remote_tool_with_the_project_identity() {
         assert_eq!(
             body(&desired()),
             json!({ "properties": {

@@ -60,7 +60,7 @@ pub enum Error {
         message: String,
     },
     #[error("invalid Microsoft Graph client setting: {0}")]
-    Config(String),
+    Config(rest::ConfigError),
 }
 
 impl Error {

@@ -27,6 +27,33 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// The services' messages are short; anything longer is cut (a proxy's HTML page, say).
 const MAX_MESSAGE_CHARS: usize = 1000;
 
+/// Why a client could not be set up: its endpoint, its CA certificates or its HTTP client.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{service} endpoint {endpoint:?} is not a URL: {cause}")]
+    NotAUrl {
+        service: String,
+        endpoint: String,
+        cause: UrlError,
+    },
+    #[error(
+        "{service} endpoint {endpoint} is not an https:// URL (the bearer token must not travel in clear text)"
+    )]
+    NotHttps { service: String, endpoint: String },
+    #[error("{service} endpoint {endpoint} must not carry a query or fragment")]
+    QueryOrFragment { service: String, endpoint: String },
+    #[error("failed to read CA certificates: {0}")]
+    Certificates(reqwest::Error),
+    #[error("failed to set up the HTTP client for {service}: {}", describe(.cause))]
+    HttpClient {
+        service: String,
+        cause: reqwest::Error,
+    },
+}
+
+/// `url::ParseError`, named through reqwest's `Url` (the operator does not depend on `url`).
+pub type UrlError = <Url as std::str::FromStr>::Err;
+
 /// How hard one call tries before it gives the error back to the controller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -141,7 +168,7 @@ impl Rest {
         endpoint: &str,
         token: TokenProvider,
         metrics: Arc<Metrics>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ConfigError> {
         Ok(Self {
             service,
             http: http_client(service, &[])?,
@@ -153,9 +180,9 @@ impl Rest {
     }
 
     /// Also trusts the CA certificates in `pem` (a private cloud's, or a test's).
-    pub fn with_root_certificates(mut self, pem: &[u8]) -> Result<Self, String> {
-        let certs = reqwest::Certificate::from_pem_bundle(pem)
-            .map_err(|e| format!("failed to read CA certificates: {e}"))?;
+    pub fn with_root_certificates(mut self, pem: &[u8]) -> Result<Self, ConfigError> {
+        let certs =
+            reqwest::Certificate::from_pem_bundle(pem).map_err(ConfigError::Certificates)?;
         self.http = http_client(self.service, &certs)?;
         Ok(self)
     }
@@ -301,18 +328,23 @@ where
 }
 
 /// `endpoint` as an `https://` URL without query or fragment; `service` names it in messages.
-pub fn parse_endpoint(service: &str, endpoint: &str) -> Result<Url, String> {
-    let url = Url::parse(endpoint.trim())
-        .map_err(|e| format!("{service} endpoint {endpoint:?} is not a URL: {e}"))?;
+pub fn parse_endpoint(service: &str, endpoint: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(endpoint.trim()).map_err(|cause| ConfigError::NotAUrl {
+        service: service.to_owned(),
+        endpoint: endpoint.to_owned(),
+        cause,
+    })?;
     if url.scheme() != "https" {
-        return Err(format!(
-            "{service} endpoint {endpoint} is not an https:// URL (the bearer token must not travel in clear text)"
-        ));
+        return Err(ConfigError::NotHttps {
+            service: service.to_owned(),
+            endpoint: endpoint.to_owned(),
+        });
     }
     if url.query().is_some() || url.fragment().is_some() {
-        return Err(format!(
-            "{service} endpoint {endpoint} must not carry a query or fragment"
-        ));
+        return Err(ConfigError::QueryOrFragment {
+            service: service.to_owned(),
+            endpoint: endpoint.to_owned(),
+        });
     }
     Ok(url)
 }
@@ -330,7 +362,10 @@ pub fn scope_for(endpoint: &str) -> String {
 
 /// The HTTP client of a bearer-token API: https only, no redirects (following one would carry
 /// the token along), bounded timeouts, `roots` trusted besides the platform's.
-fn http_client(service: &str, roots: &[reqwest::Certificate]) -> Result<reqwest::Client, String> {
+fn http_client(
+    service: &str,
+    roots: &[reqwest::Certificate],
+) -> Result<reqwest::Client, ConfigError> {
     let mut builder = reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(REQUEST_TIMEOUT)
@@ -340,11 +375,9 @@ fn http_client(service: &str, roots: &[reqwest::Certificate]) -> Result<reqwest:
     for cert in roots {
         builder = builder.add_root_certificate(cert.clone());
     }
-    builder.build().map_err(|e| {
-        format!(
-            "failed to set up the HTTP client for {service}: {}",
-            describe(&e)
-        )
+    builder.build().map_err(|cause| ConfigError::HttpClient {
+        service: service.to_owned(),
+        cause,
     })
 }
 
@@ -482,9 +515,20 @@ mod tests {
     fn endpoints_must_be_https_without_query() {
         assert!(parse_endpoint("ARM", "https://management.azure.com").is_ok());
         assert!(parse_endpoint("ARM", "https://127.0.0.1:8443/").is_ok());
-        assert!(parse_endpoint("ARM", "http://management.azure.com").is_err());
+        assert_eq!(
+            parse_endpoint("ARM", "http://management.azure.com")
+                .unwrap_err()
+                .to_string(),
+            "ARM endpoint http://management.azure.com is not an https:// URL (the bearer token \
+             must not travel in clear text)"
+        );
         assert!(parse_endpoint("ARM", "https://x/?a=b").is_err());
-        assert!(parse_endpoint("ARM", "management.azure.com").is_err());
+        assert_eq!(
+            parse_endpoint("ARM", "management.azure.com")
+                .unwrap_err()
+                .to_string(),
+            "ARM endpoint \"management.azure.com\" is not a URL: relative URL without a base"
+        );
     }
 
     #[test]

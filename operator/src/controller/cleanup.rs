@@ -40,11 +40,27 @@ pub const ORDER: [External; 5] = [
 
 /// A step that could not remove its state (transient: retried with backoff).
 #[derive(Debug, thiserror::Error)]
-#[error("failed to remove the {step:?} of binding {binding}: {message}")]
+#[error("failed to remove the {step:?} of binding {binding}: {cause}")]
 pub struct Error {
     pub step: External,
     pub binding: String,
-    pub message: String,
+    pub cause: StepError,
+}
+
+/// What stopped a step: the error of the module that does the work, shown as it is.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// Reading the record of a binding that kept none.
+    #[error(transparent)]
+    Record(Box<super::Error>),
+    #[error(transparent)]
+    Azure(#[from] azure::Error),
+    #[error(transparent)]
+    Fetch(#[from] fetch::Error),
+    #[error(transparent)]
+    Database(#[from] database::Error),
+    #[error(transparent)]
+    Protect(#[from] protect::Error),
 }
 
 /// Runs every step in [`ORDER`] against the binding's record; stops at the first failure.
@@ -56,33 +72,33 @@ pub async fn cleanup(ctx: &Context, binding: &PostgresMcpBinding) -> Result<(), 
     );
     let fail = |step: External| {
         let binding = key.clone();
-        move |message: String| Error {
+        move |cause: StepError| Error {
             step,
             binding: binding.clone(),
-            message,
+            cause,
         }
     };
     // A binding written by an operator that kept no record: what the spec names is what exists.
     let mut record = super::load_record(ctx, binding)
         .await
-        .map_err(|e| fail(External::FoundryConnection)(e.to_string()))?;
+        .map_err(|e| fail(External::FoundryConnection)(StepError::Record(Box::new(e))))?;
     for step in ORDER {
         let result = match step {
             External::FoundryConnection => azure::remove(ctx, &mut record, Part::FoundryConnection)
                 .await
-                .map_err(|e| e.to_string()),
+                .map_err(StepError::from),
             External::AppRole => azure::remove(ctx, &mut record, Part::AppRole)
                 .await
-                .map_err(|e| e.to_string()),
+                .map_err(StepError::from),
             External::Database => remove_database(ctx, binding, &mut record).await,
             External::FederatedCredential => {
                 azure::remove(ctx, &mut record, Part::FederatedCredential)
                     .await
-                    .map_err(|e| e.to_string())
+                    .map_err(StepError::from)
             }
             External::AdminSecret => protect::release(ctx, binding, &mut record)
                 .await
-                .map_err(|e| e.to_string()),
+                .map_err(StepError::from),
         };
         result.map_err(fail(step))?;
         tracing::info!(binding = %key, step = ?step, "cleanup step done");
@@ -94,14 +110,11 @@ async fn remove_database(
     ctx: &Context,
     binding: &PostgresMcpBinding,
     record: &mut Record,
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     if record.get().role.is_none() {
         return Ok(());
     }
-    let inputs = fetch::fetch(&ctx.client, binding)
-        .await
-        .map_err(|e| e.to_string())?;
-    database::remove(ctx, binding, record, inputs.admin_secret.as_ref())
-        .await
-        .map_err(|e| e.to_string())
+    let inputs = fetch::fetch(&ctx.client, binding).await?;
+    database::remove(ctx, binding, record, inputs.admin_secret.as_ref()).await?;
+    Ok(())
 }

@@ -183,7 +183,7 @@ fn check_limits(limits: &pgmcp_crds::v1alpha1::ServerLimits) -> Result<LimitsCon
     let max_bytes = parse_quantity(&limits.max_bytes).map_err(|problem| Error::Field {
         field: "spec.server.limits.maxBytes",
         value: limits.max_bytes.clone(),
-        problem,
+        problem: problem.to_string(),
     })?;
     if !MAX_BYTES.contains(&max_bytes) {
         return Err(out_of_range(
@@ -197,7 +197,7 @@ fn check_limits(limits: &pgmcp_crds::v1alpha1::ServerLimits) -> Result<LimitsCon
         .map_err(|problem| Error::Field {
             field: "spec.server.limits.statementTimeout",
             value: limits.statement_timeout.clone(),
-            problem,
+            problem: problem.to_string(),
         })?;
     if !STATEMENT_TIMEOUT_MS.contains(&statement_timeout_ms) {
         return Err(out_of_range(
@@ -246,8 +246,23 @@ fn check_secret(
     Ok(())
 }
 
+/// Why [`parse_quantity`] could not read a quantity.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QuantityError {
+    #[error("unsupported suffix {0:?} (use Ki, Mi, Gi, k, M or G)")]
+    UnsupportedSuffix(String),
+    #[error("expected a number such as 1Mi")]
+    NotANumber,
+    #[error("expected a number such as 1.5Mi")]
+    NotAFraction,
+    #[error("too many digits")]
+    TooManyDigits,
+    #[error("too large")]
+    TooLarge,
+}
+
 /// Bytes in a Kubernetes quantity such as `1Mi`, `512Ki`, `2M` or `1048576`.
-pub fn parse_quantity(text: &str) -> Result<u64, String> {
+pub fn parse_quantity(text: &str) -> Result<u64, QuantityError> {
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(text.len());
@@ -260,33 +275,23 @@ pub fn parse_quantity(text: &str) -> Result<u64, String> {
         "Ki" => 1 << 10,
         "Mi" => 1 << 20,
         "Gi" => 1 << 30,
-        other => {
-            return Err(format!(
-                "unsupported suffix {other:?} (use Ki, Mi, Gi, k, M or G)"
-            ));
-        }
+        other => return Err(QuantityError::UnsupportedSuffix(other.to_owned())),
     };
     let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
-    let whole: u64 = whole
-        .parse()
-        .map_err(|_| "expected a number such as 1Mi".to_owned())?;
-    let mut bytes = whole
-        .checked_mul(factor)
-        .ok_or_else(|| "too large".to_owned())?;
+    let whole: u64 = whole.parse().map_err(|_| QuantityError::NotANumber)?;
+    let mut bytes = whole.checked_mul(factor).ok_or(QuantityError::TooLarge)?;
     if !fraction.is_empty() {
-        let digits = u32::try_from(fraction.len()).map_err(|_| "too many digits".to_owned())?;
+        let digits = u32::try_from(fraction.len()).map_err(|_| QuantityError::TooManyDigits)?;
         let scale = 10u64
             .checked_pow(digits)
-            .ok_or_else(|| "too many digits".to_owned())?;
-        let fraction: u64 = fraction
-            .parse()
-            .map_err(|_| "expected a number such as 1.5Mi".to_owned())?;
+            .ok_or(QuantityError::TooManyDigits)?;
+        let fraction: u64 = fraction.parse().map_err(|_| QuantityError::NotAFraction)?;
         // fraction < scale, so this is below `factor` and fits a u64.
         let part = u128::from(fraction) * u128::from(factor) / u128::from(scale);
         bytes = u64::try_from(part)
             .ok()
             .and_then(|part| bytes.checked_add(part))
-            .ok_or_else(|| "too large".to_owned())?;
+            .ok_or(QuantityError::TooLarge)?;
     }
     Ok(bytes)
 }
@@ -318,7 +323,10 @@ mod tests {
         assert_eq!(parse_quantity("2M"), Ok(2_000_000));
         assert_eq!(parse_quantity("1.5Mi"), Ok(1_572_864));
         assert_eq!(parse_quantity("4096"), Ok(4096));
-        assert!(parse_quantity("1Ti").unwrap_err().contains("Ki, Mi"));
+        assert_eq!(
+            parse_quantity("1Ti").unwrap_err().to_string(),
+            "unsupported suffix \"Ti\" (use Ki, Mi, Gi, k, M or G)"
+        );
         assert!(parse_quantity("Mi").is_err());
     }
 
