@@ -418,7 +418,9 @@ impl Database {
             pg.password(password.as_bytes());
         }
         let (ssl_mode, tls) =
-            crate::tls::connector(&options.ssl_mode, options.ssl_root_cert.as_deref())?;
+            pgmcp_postgres_wire::Tls::new(&options.ssl_mode, options.ssl_root_cert.as_deref())
+                .map_err(|e| e.to_string())?
+                .tokio_postgres();
         pg.ssl_mode(ssl_mode);
         let search_path = if options.search_path.is_empty() {
             "public".to_owned()

@@ -19,7 +19,6 @@ pub mod sessions;
 pub mod sql_guard;
 pub mod startup;
 pub mod stdio;
-pub mod tls;
 pub mod tools;
 
 pub use http::{AppState, router};

@@ -1,0 +1,5 @@
+//! How pgmcp talks to PostgreSQL.
+
+mod tls;
+
+pub use tls::{SSL_MODES, SslMode, Tls, TlsError};
