@@ -6,15 +6,13 @@
 //! reads string literals) and a fixed `search_path` (startup options, so no statement can skip
 //! them), and every statement runs inside `BEGIN READ ONLY` through the extended protocol,
 //! which carries exactly one statement. Rows are fetched through a portal limited to
-//! `max_rows + 1`, so a huge result is never read past the cap. [`wire`] sends all of that as
-//! one pipeline: one round trip per statement.
+//! `max_rows + 1`, so a huge result is never read past the cap. [`pgmcp_postgres_wire`] sends
+//! all of that as one pipeline: one round trip per statement.
 //!
 //! With workload identity every new connection gets a current Entra token as its password
 //! ([`Connector`]); an open connection stays open past its token's expiry (Azure only checks the
 //! token at login), and a failed token exchange fails only the connection attempt, so the pool
 //! recovers on its own once Entra answers again.
-
-mod wire;
 
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
@@ -22,14 +20,10 @@ use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use pgmcp_identity::TokenProvider;
-use serde::Serialize;
+use pgmcp_postgres_wire::{self as wire, Connection, Statement, Target, TypeCache};
+pub use pgmcp_postgres_wire::{Caps, Column, JsonRows, Rows};
 use serde_json::Value;
-use tokio_postgres::error::SqlState;
 use tokio_postgres_rustls::MakeRustlsConnect;
-
-use crate::pgvalue::ParamError;
-pub use wire::STATEMENT_CACHE_SIZE;
-use wire::{Connection, Statement, Target, TypeCache};
 
 type Pool = managed::Pool<Connector>;
 
@@ -76,7 +70,7 @@ pub enum ConnectError {
     #[error(transparent)]
     Connect(#[from] wire::ConnectError),
     #[error("failed to read the catalog of a new connection: {0}")]
-    Catalog(DbError),
+    Catalog(wire::Error),
 }
 
 /// How long a call keeps trying while the database is unreachable (a restart, a failover)
@@ -178,52 +172,28 @@ impl std::fmt::Debug for ConnectOptions {
 pub enum DbError {
     #[error("the database is unavailable ({0}); try again in a moment")]
     Unavailable(String),
-    /// An established connection died (terminated, failover): another one may work.
-    #[error("the database connection was lost ({0}); try again in a moment")]
-    ConnectionLost(String),
     #[error(
         "the statement was cancelled after the {0:?} statement timeout: add filters or a LIMIT, or aggregate in SQL"
     )]
     Timeout(Duration),
-    #[error("{}", sql_message(.code, .message, .detail, .hint, .position))]
-    Sql {
-        code: String,
-        message: String,
-        detail: Option<String>,
-        hint: Option<String>,
-        position: Option<u32>,
-    },
-    #[error(transparent)]
-    Param(#[from] ParamError),
-    #[error(
-        "the statement has {expected} parameter(s) ($1..${expected}) but {got} value(s) were given in params"
-    )]
-    ParamCount { expected: usize, got: usize },
-    /// A value PostgreSQL sent that could not be read, or a message that could not be written.
-    #[error("{0}")]
-    Decode(String),
+    /// What the connection reported; SQL errors with what this server adds for the model.
+    #[error("{}", explain(.0))]
+    Statement(#[from] wire::Error),
 }
 
-fn sql_message(
-    code: &str,
-    message: &str,
-    detail: &Option<String>,
-    hint: &Option<String>,
-    position: &Option<u32>,
-) -> String {
-    let mut out = format!("PostgreSQL error {code}: {message}");
-    if let Some(position) = position {
-        out.push_str(&format!(" (at character {position})"));
-    }
-    if let Some(detail) = detail {
-        out.push_str(&format!(". Detail: {detail}"));
-    }
-    if let Some(hint) = hint {
-        out.push_str(&format!(". Hint: {hint}"));
-    }
-    if code == SqlState::READ_ONLY_SQL_TRANSACTION.code() {
+/// SQLSTATEs this server explains or maps.
+const READ_ONLY_SQL_TRANSACTION: &str = "25006";
+const INSUFFICIENT_PRIVILEGE: &str = "42501";
+const QUERY_CANCELED: &str = "57014";
+
+fn explain(error: &wire::Error) -> String {
+    let wire::Error::Sql(sql) = error else {
+        return error.to_string();
+    };
+    let mut out = sql.to_string();
+    if sql.code == READ_ONLY_SQL_TRANSACTION {
         out.push_str(". This server is read-only: only SELECT-style statements can run");
-    } else if code == SqlState::INSUFFICIENT_PRIVILEGE.code() {
+    } else if sql.code == INSUFFICIENT_PRIVILEGE {
         out.push_str(
             ". The server's role cannot read this object: use list_tables to see what is available",
         );
@@ -236,11 +206,8 @@ impl DbError {
     /// unavailable, or a cached plan went stale.
     fn is_transient(&self) -> bool {
         match self {
-            DbError::Unavailable(_) | DbError::ConnectionLost(_) => true,
-            DbError::Sql { code, message, .. } => {
-                code == SqlState::FEATURE_NOT_SUPPORTED.code()
-                    && message.starts_with(wire::STALE_PLAN)
-            }
+            DbError::Unavailable(_) | DbError::Statement(wire::Error::ConnectionLost(_)) => true,
+            DbError::Statement(wire::Error::Sql(sql)) => sql.is_stale_plan(),
             _ => false,
         }
     }
@@ -248,44 +215,25 @@ impl DbError {
     /// Bounded label for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            DbError::Unavailable(_) | DbError::ConnectionLost(_) => "unavailable",
+            DbError::Unavailable(_) => "unavailable",
             DbError::Timeout(_) => "timeout",
-            DbError::Sql { .. } => "sql_error",
-            DbError::Param(_) | DbError::ParamCount { .. } => "bad_params",
-            DbError::Decode(_) => "decode_error",
+            DbError::Statement(e) => match e {
+                wire::Error::ConnectionLost(_) => "unavailable",
+                wire::Error::Sql(_) => "sql_error",
+                wire::Error::Param(_) | wire::Error::ParamCount { .. } => "bad_params",
+                wire::Error::Decode(_) => "decode_error",
+            },
         }
     }
 
     /// A cancelled statement (SQLSTATE 57014) is the statement timeout `timeout`.
     fn timed_out_after(self, timeout: Duration) -> Self {
         match self {
-            DbError::Sql { code, .. } if code == SqlState::QUERY_CANCELED.code() => {
+            DbError::Statement(wire::Error::Sql(sql)) if sql.code == QUERY_CANCELED => {
                 DbError::Timeout(timeout)
             }
             other => other,
         }
-    }
-}
-
-/// An error PostgreSQL reported: `fatal` (severity FATAL or PANIC) ends the session.
-fn classify(
-    code: String,
-    message: String,
-    detail: Option<String>,
-    hint: Option<String>,
-    position: Option<u32>,
-    fatal: bool,
-) -> DbError {
-    // The connection is gone (terminated, server shutting down or restarting).
-    if fatal || code.starts_with("57P") {
-        return DbError::ConnectionLost(format!("{code}: {message}"));
-    }
-    DbError::Sql {
-        code,
-        message,
-        detail,
-        hint,
-        position,
     }
 }
 
@@ -325,78 +273,11 @@ impl From<managed::PoolError<ConnectError>> for DbError {
     }
 }
 
-/// A column of a result: its name and PostgreSQL type.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Column {
-    pub name: String,
-    #[serde(rename = "type")]
-    pub type_name: String,
-}
-
-/// The rows of one statement, capped.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Rows {
-    pub columns: Vec<Column>,
-    pub rows: JsonRows,
-    pub row_count: usize,
-    /// True when more rows existed than were returned.
-    pub truncated: bool,
-    /// `max_rows` or `max_bytes` when truncated.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub truncated_by: Option<&'static str>,
-    pub elapsed_ms: u64,
-    /// Columns whose type could not be decoded (shown as hex of the binary value).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub undecoded_columns: Vec<String>,
-}
-
-/// Result rows as the JSON they are sent in, an array of arrays (`[[1,"a"],[2,null]]`),
-/// written straight from PostgreSQL's binary values ([`crate::pgvalue::write_cell`]): no
-/// `Value` per cell, nothing serialized twice. [`JsonRows::values`] parses them for the
-/// server's own use of small results.
-#[derive(Debug, Clone, Serialize)]
-#[serde(transparent)]
-pub struct JsonRows(Box<serde_json::value::RawValue>);
-
-impl JsonRows {
-    /// `json` must be a JSON array of arrays.
-    pub(crate) fn new(json: String) -> Result<Self, DbError> {
-        serde_json::value::RawValue::from_string(json)
-            .map(JsonRows)
-            .map_err(|e| DbError::Decode(format!("failed to encode the rows: {e}")))
-    }
-
-    /// The rows as JSON values.
-    pub fn values(&self) -> Vec<Vec<Value>> {
-        serde_json::from_str(self.0.get()).unwrap_or_default()
-    }
-
-    /// The JSON text.
-    pub fn json(&self) -> &str {
-        self.0.get()
-    }
-}
-
-impl PartialEq for JsonRows {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.get() == other.0.get()
-    }
-}
-
-/// Caps of one statement.
-#[derive(Debug, Clone, Copy)]
-pub struct Caps {
-    pub max_rows: usize,
-    pub max_bytes: usize,
-}
-
-impl Caps {
-    /// The server's own one-row statements.
-    const ONE_ROW: Caps = Caps {
-        max_rows: 1,
-        max_bytes: usize::MAX,
-    };
-}
+/// The server's own one-row statements.
+const ONE_ROW: Caps = Caps {
+    max_rows: 1,
+    max_bytes: usize::MAX,
+};
 
 fn escape_option(value: &str) -> String {
     value.replace('\\', "\\\\").replace(' ', "\\ ")
@@ -464,7 +345,7 @@ impl Database {
 
     /// `SELECT 1` on a pooled connection (readiness).
     pub async fn ping(&self) -> Result<(), DbError> {
-        self.query("SELECT 1", &[], Caps::ONE_ROW, None).await?;
+        self.query("SELECT 1", &[], ONE_ROW, None).await?;
         Ok(())
     }
 
@@ -572,6 +453,6 @@ impl Database {
             timeout: (effective < self.statement_timeout).then_some(effective),
         })
         .await
-        .map_err(|e| e.timed_out_after(effective))
+        .map_err(|e| DbError::from(e).timed_out_after(effective))
     }
 }

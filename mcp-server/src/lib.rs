@@ -11,7 +11,6 @@ pub mod definer;
 pub mod direct;
 pub mod http;
 pub mod metrics;
-pub mod pgvalue;
 pub mod readiness;
 pub mod scope;
 pub mod server;

@@ -1,23 +1,3 @@
-//! One PostgreSQL connection, driven with the extended query protocol directly: every statement
-//! goes out as one pipeline — `BEGIN READ ONLY`, the statement through a portal capped at
-//! `max_rows + 1`, `Sync`, `ROLLBACK` — and its answers come back in one round trip.
-//!
-//! tokio-postgres cannot express that: it awaits `BEGIN` on its own, binds a portal in a round
-//! trip of its own and prepares every new statement in another, so each call cost three or four
-//! round trips, and every message passed through its connection task. Here the caller owns the
-//! socket while it holds the pooled connection, and nothing else runs in between.
-//!
-//! Connecting is still tokio-postgres's job ([`connect`]): it negotiates TLS (with channel
-//! binding) and authenticates (cleartext for Entra tokens, MD5, SCRAM), and hands the
-//! authenticated stream back.
-//!
-//! Statements without parameters need no round trip before they run: PostgreSQL infers
-//! everything and describes the portal in the same pipeline. A statement with parameters is
-//! prepared once per connection (its parameter types decide how the JSON values are bound); a
-//! statement seen a second time is kept prepared, so its parse and plan are not repeated.
-//! Both are bounded ([`STATEMENT_CACHE_SIZE`]); an evicted statement is closed in the next
-//! pipeline.
-
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher as _, RandomState};
 use std::io;
@@ -28,28 +8,25 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use fallible_iterator::FallibleIterator as _;
-use postgres_protocol::message::backend::{DataRowBody, ErrorResponseBody, Message};
+use postgres_protocol::message::backend::{DataRowBody, Message};
 use postgres_protocol::message::frontend;
+use postgres_types::{Kind, Type};
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
-use tokio_postgres::types::{Kind, Type};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::{Caps, Column, DbError, JsonRows, Rows};
-use crate::pgvalue::{self, Param};
+use crate::error::{bind_error, db_error, encode, lost, parse, unsendable};
+use crate::value::{self, Param};
+use crate::{Caps, Column, ConnectError, Error, JsonRows, Rows};
 
 /// Prepared statements kept per connection; the least recently used one is closed first.
-pub const STATEMENT_CACHE_SIZE: usize = 64;
+const STATEMENT_CACHE_SIZE: usize = 64;
 
 /// Statements without parameters remembered as seen once (by hash), to prepare those that
 /// come back.
 const SEEN_SIZE: usize = 256;
-
-/// PostgreSQL's message when a prepared statement's result columns changed since it was
-/// prepared (SQLSTATE 0A000).
-pub const STALE_PLAN: &str = "cached plan must not change result type";
 
 /// The prepared `BEGIN READ ONLY` every pipeline starts with.
 const BEGIN: &str = "pgmcp_begin";
@@ -221,22 +198,6 @@ pub struct Target<'a> {
     pub connect_timeout: Duration,
 }
 
-/// Why a connection could not be opened.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    #[error("failed to connect to {host}:{port}: {source}")]
-    Tcp {
-        host: String,
-        port: u16,
-        source: io::Error,
-    },
-    /// TLS or authentication, as tokio-postgres reports it.
-    #[error(transparent)]
-    Startup(#[from] tokio_postgres::Error),
-    #[error("the connection failed right after it opened: {0}")]
-    Setup(DbError),
-}
-
 /// Opens a connection: TCP, then TLS and authentication by tokio-postgres as `pg` says (user,
 /// password, database, options, sslmode), then the statement every pipeline starts with.
 pub async fn connect(
@@ -245,10 +206,10 @@ pub async fn connect(
     tls: &mut MakeRustlsConnect,
     types: Arc<TypeCache>,
 ) -> Result<Connection, ConnectError> {
-    let tcp_error = |source| ConnectError::Tcp {
+    let tcp_error = |error| ConnectError::Tcp {
         host: target.host.to_owned(),
         port: target.port,
-        source,
+        error,
     };
     let tcp = tokio::time::timeout(
         target.connect_timeout,
@@ -284,7 +245,7 @@ pub async fn connect(
         (Some(tls), _) => Stream::Tls(Box::new(tls)),
         (None, Some(tcp)) => Stream::Plain(tcp),
         (None, None) => {
-            return Err(ConnectError::Setup(DbError::ConnectionLost(
+            return Err(ConnectError::Setup(Error::ConnectionLost(
                 "the stream was lost while starting".to_owned(),
             )));
         }
@@ -463,8 +424,8 @@ struct Answer {
     bytes: usize,
     truncated_by: Option<&'static str>,
     /// The first error PostgreSQL reported.
-    error: Option<DbError>,
-    decode_error: Option<DbError>,
+    error: Option<Error>,
+    decode_error: Option<Error>,
     /// ParseComplete messages.
     parsed: usize,
     /// Parameters of a statement parsed in this pipeline.
@@ -477,7 +438,7 @@ impl Connection {
         !self.busy
     }
 
-    async fn prepare_begin(&mut self) -> Result<(), DbError> {
+    async fn prepare_begin(&mut self) -> Result<(), Error> {
         frontend::parse(BEGIN, "BEGIN READ ONLY", None, &mut self.write).map_err(encode)?;
         frontend::sync(&mut self.write);
         self.send().await?;
@@ -485,7 +446,7 @@ impl Connection {
     }
 
     /// Reads up to the next ReadyForQuery; the first error PostgreSQL reported is the result.
-    async fn until_ready(&mut self) -> Result<(), DbError> {
+    async fn until_ready(&mut self) -> Result<(), Error> {
         let mut error = None;
         loop {
             match self.next().await? {
@@ -501,7 +462,7 @@ impl Connection {
     }
 
     /// Runs `statement` in a read-only transaction and returns at most its caps of rows.
-    pub async fn run(&mut self, statement: Statement<'_>) -> Result<Rows, DbError> {
+    pub async fn run(&mut self, statement: Statement<'_>) -> Result<Rows, Error> {
         let started = Instant::now();
         let plan = self.plan(statement).await?;
         self.pipeline(&plan, statement)?;
@@ -511,14 +472,14 @@ impl Connection {
         self.keep_or_close(&plan, &answer, statement);
         if answer.parameters > statement.params.len() && answer.error.is_some() {
             // `$1` in the SQL and no value for it: PostgreSQL refused the Bind.
-            return Err(DbError::ParamCount {
+            return Err(Error::ParamCount {
                 expected: answer.parameters,
                 got: statement.params.len(),
             });
         }
         if let Some(error) = answer.error.take() {
-            if let (Plan::Cached(_), DbError::Sql { message, .. }) = (&plan, &error)
-                && message.starts_with(STALE_PLAN)
+            if let (Plan::Cached(_), Error::Sql(sql)) = (&plan, &error)
+                && sql.is_stale_plan()
                 && let Some(name) = self.statements.remove(statement.sql)
             {
                 // Prepared again on the next attempt.
@@ -560,7 +521,7 @@ impl Connection {
         }
         json.push(b']');
         let json = String::from_utf8(json)
-            .map_err(|e| DbError::Decode(format!("failed to encode the rows: {e}")))?;
+            .map_err(|e| Error::Decode(format!("failed to encode the rows: {e}")))?;
         Ok(Rows {
             row_count: answer.row_count,
             rows: JsonRows::new(json)?,
@@ -574,7 +535,7 @@ impl Connection {
 
     /// Decides how `statement` is sent; prepares it first (one round trip) when it has
     /// parameters and is not prepared yet, since their types decide how they are bound.
-    async fn plan(&mut self, statement: Statement<'_>) -> Result<Plan, DbError> {
+    async fn plan(&mut self, statement: Statement<'_>) -> Result<Plan, Error> {
         if let Some(prepared) = self.statements.get(statement.sql) {
             return Ok(Plan::Cached(prepared));
         }
@@ -657,11 +618,11 @@ impl Connection {
     /// Bind [Describe] Execute(max_rows + 1), Sync, then ROLLBACK as a simple query, which runs
     /// whether or not the statement failed. Any error before the Sync skips the rest up to it,
     /// so the statement never runs outside the read-only transaction.
-    fn pipeline(&mut self, plan: &Plan, statement: Statement<'_>) -> Result<(), DbError> {
+    fn pipeline(&mut self, plan: &Plan, statement: Statement<'_>) -> Result<(), Error> {
         let bound = match plan {
             Plan::Cached(prepared) => {
                 if prepared.params.len() != statement.params.len() {
-                    return Err(DbError::ParamCount {
+                    return Err(Error::ParamCount {
                         expected: prepared.params.len(),
                         got: statement.params.len(),
                     });
@@ -687,7 +648,7 @@ impl Connection {
 
     /// Reads the pipeline's answers: up to the ReadyForQuery of its Sync, then that of
     /// ROLLBACK.
-    async fn answers(&mut self, plan: &Plan, statement: Statement<'_>) -> Result<Answer, DbError> {
+    async fn answers(&mut self, plan: &Plan, statement: Statement<'_>) -> Result<Answer, Error> {
         let mut answer = Answer::default();
         if let Plan::Cached(prepared) = plan {
             answer.columns = prepared
@@ -767,7 +728,7 @@ impl Connection {
 
     /// Looks up the column types PostgreSQL named that are not built in, then decodes the
     /// rows kept for them.
-    async fn resolve_columns(&mut self, answer: &mut Answer, caps: Caps) -> Result<(), DbError> {
+    async fn resolve_columns(&mut self, answer: &mut Answer, caps: Caps) -> Result<(), Error> {
         let oids: Vec<u32> = answer.columns.iter().map(|c| c.oid).collect();
         self.resolve_types(&oids).await?;
         for column in &mut answer.columns {
@@ -784,7 +745,7 @@ impl Connection {
 
     /// Describes the types in `oids` that are neither built in nor known yet, from `pg_type`
     /// (enums, domains, arrays of them, extension types; base and element types too).
-    async fn resolve_types(&mut self, oids: &[u32]) -> Result<(), DbError> {
+    async fn resolve_types(&mut self, oids: &[u32]) -> Result<(), Error> {
         let mut wanted: Vec<u32> = oids
             .iter()
             .copied()
@@ -840,7 +801,7 @@ impl Connection {
         Ok(())
     }
 
-    async fn send(&mut self) -> Result<(), DbError> {
+    async fn send(&mut self) -> Result<(), Error> {
         self.busy = true;
         let result = self.stream.write_all(&self.write).await;
         self.write.clear();
@@ -848,14 +809,14 @@ impl Connection {
         self.stream.flush().await.map_err(lost)
     }
 
-    async fn next(&mut self) -> Result<Message, DbError> {
+    async fn next(&mut self) -> Result<Message, Error> {
         loop {
             if let Some(message) = Message::parse(&mut self.read).map_err(parse)? {
                 return Ok(message);
             }
             self.read.reserve(8 * 1024);
             if self.stream.read_buf(&mut self.read).await.map_err(lost)? == 0 {
-                return Err(DbError::ConnectionLost(
+                return Err(Error::ConnectionLost(
                     "the server closed the connection".to_owned(),
                 ));
             }
@@ -967,7 +928,7 @@ fn write_pipeline(
     plan: &Plan,
     statement: Statement<'_>,
     bound: &[Param],
-) -> Result<(), DbError> {
+) -> Result<(), Error> {
     bind_plain(write, BEGIN, None)?;
     frontend::execute("", 0, write).map_err(encode)?;
     if let Some(timeout) = statement.timeout {
@@ -1011,7 +972,7 @@ fn write_pipeline(
 
 /// Bind of a statement without parameters to the unnamed portal; `results` the result format
 /// for every column (binary: `Some(1)`).
-fn bind_plain(write: &mut BytesMut, statement: &str, results: Option<i16>) -> Result<(), DbError> {
+fn bind_plain(write: &mut BytesMut, statement: &str, results: Option<i16>) -> Result<(), Error> {
     frontend::bind(
         "",
         statement,
@@ -1035,7 +996,7 @@ fn encode_row(
     row: &DataRowBody,
     undecoded: &mut [bool],
     out: &mut Vec<u8>,
-) -> Result<(), DbError> {
+) -> Result<(), Error> {
     let buffer = row.buffer();
     let mut ranges = row.ranges();
     out.push(b'[');
@@ -1046,10 +1007,10 @@ fn encode_row(
         let range = ranges
             .next()
             .map_err(parse)?
-            .ok_or_else(|| DbError::Decode(format!("row ended before column {}", column.name)))?;
+            .ok_or_else(|| Error::Decode(format!("row ended before column {}", column.name)))?;
         let ty = column.ty.as_ref().unwrap_or(&Type::UNKNOWN);
-        let failed = pgvalue::write_cell(ty, range.map(|r| &buffer[r]), out).map_err(|e| {
-            DbError::Decode(format!(
+        let failed = value::write_cell(ty, range.map(|r| &buffer[r]), out).map_err(|e| {
+            Error::Decode(format!(
                 "failed to read column {} ({}): {e}; cast it in SQL, e.g. {}::text",
                 column.name,
                 ty.name(),
@@ -1062,66 +1023,6 @@ fn encode_row(
     }
     out.push(b']');
     Ok(())
-}
-
-fn db_error(body: &ErrorResponseBody) -> DbError {
-    let mut code = String::new();
-    let mut message = String::new();
-    let mut detail = None;
-    let mut hint = None;
-    let mut position = None;
-    let mut severity = None;
-    let mut localized_severity = None;
-    let mut fields = body.fields();
-    while let Ok(Some(field)) = fields.next() {
-        let value = || String::from_utf8_lossy(field.value_bytes()).into_owned();
-        match field.type_() {
-            b'C' => code = value(),
-            b'M' => message = value(),
-            b'D' => detail = Some(value()),
-            b'H' => hint = Some(value()),
-            b'P' => position = value().parse().ok(),
-            b'V' => severity = Some(value()),
-            b'S' => localized_severity = Some(value()),
-            _ => {}
-        }
-    }
-    // `V` (never translated) since PostgreSQL 9.6; `S` may be translated.
-    let fatal = matches!(
-        severity.or(localized_severity).as_deref(),
-        Some("FATAL" | "PANIC")
-    );
-    super::classify(code, message, detail, hint, position, fatal)
-}
-
-fn lost(err: io::Error) -> DbError {
-    DbError::ConnectionLost(err.to_string())
-}
-
-fn parse(err: io::Error) -> DbError {
-    DbError::ConnectionLost(format!("unexpected answer from the server: {err}"))
-}
-
-/// SQL PostgreSQL's protocol cannot carry (a NUL character).
-fn unsendable(err: io::Error) -> DbError {
-    DbError::Sql {
-        code: "22021".to_owned(),
-        message: format!("the statement cannot be sent: {err}"),
-        detail: None,
-        hint: Some("remove NUL characters from the SQL".to_owned()),
-        position: None,
-    }
-}
-
-fn encode(err: io::Error) -> DbError {
-    DbError::Decode(format!("failed to encode a message: {err}"))
-}
-
-fn bind_error(err: frontend::BindError) -> DbError {
-    match err {
-        frontend::BindError::Conversion(e) => DbError::Decode(e.to_string()),
-        frontend::BindError::Serialization(e) => encode(e),
-    }
 }
 
 #[cfg(test)]
