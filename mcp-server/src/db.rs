@@ -20,10 +20,10 @@ use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use pgmcp_identity::TokenProvider;
-use pgmcp_postgres_wire::{self as wire, Connection, Statement, Target, TypeCache};
+use pgmcp_postgres_wire::{self as wire, Connection, Statement, TypeCache};
 pub use pgmcp_postgres_wire::{Caps, Column, JsonRows, Rows};
 use serde_json::Value;
-use tokio_postgres_rustls::MakeRustlsConnect;
+use tokio_util::sync::CancellationToken;
 
 type Pool = managed::Pool<Connector>;
 
@@ -37,10 +37,9 @@ pub struct Database {
 /// Opens pooled connections. With a token provider, the password of each new connection is the
 /// provider's current token (fetched or refreshed as needed).
 pub struct Connector {
-    pg: tokio_postgres::Config,
-    host: String,
-    port: u16,
-    tls: MakeRustlsConnect,
+    /// Where, as whom, with which startup options; the password is a token's with workload
+    /// identity.
+    config: wire::Config,
     token: Option<TokenProvider>,
     /// Names of the relations in `pg_catalog`, read by every new connection (see
     /// [`Database::system_relations`]).
@@ -55,8 +54,8 @@ pub type SystemRelations = Arc<HashSet<Box<str>>>;
 impl std::fmt::Debug for Connector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connector")
-            .field("host", &self.host)
-            .field("port", &self.port)
+            .field("host", &self.config.host)
+            .field("port", &self.config.port)
             .field("token", &self.token.as_ref().map(TokenProvider::scope))
             .finish_non_exhaustive()
     }
@@ -87,29 +86,30 @@ impl managed::Manager for Connector {
     type Error = ConnectError;
 
     async fn create(&self) -> Result<Conn, ConnectError> {
-        let mut pg = self.pg.clone();
-        if let Some(provider) = &self.token {
-            let token = provider.token().await?;
-            pg.password(token.secret().as_bytes());
-        }
-        let target = Target {
-            host: &self.host,
-            port: self.port,
-            connect_timeout: CONNECT_TIMEOUT,
+        let mut conn = match &self.token {
+            Some(provider) => {
+                let token = provider.token().await?;
+                let config = wire::Config {
+                    password: Some(token.secret().to_owned()),
+                    ..self.config.clone()
+                };
+                wire::connect(&config, self.types.clone()).await?
+            }
+            None => wire::connect(&self.config, self.types.clone()).await?,
         };
-        let mut conn =
-            wire::connect(&pg, target, &mut self.tls.clone(), self.types.clone()).await?;
+        let catalog = Statement {
+            sql: "SELECT relname::text FROM pg_class \
+                  WHERE relnamespace = 'pg_catalog'::regnamespace",
+            params: &[],
+            caps: Caps {
+                max_rows: 100_000,
+                max_bytes: usize::MAX,
+            },
+            timeout: None,
+        };
+        // The pool bounds this with its create timeout; no caller waits to cancel it.
         let names = conn
-            .run(Statement {
-                sql: "SELECT relname::text FROM pg_class \
-                      WHERE relnamespace = 'pg_catalog'::regnamespace",
-                params: &[],
-                caps: Caps {
-                    max_rows: 100_000,
-                    max_bytes: usize::MAX,
-                },
-                timeout: None,
-            })
+            .run(catalog, &CancellationToken::new())
             .await
             .map_err(ConnectError::Catalog)?
             .rows
@@ -222,6 +222,7 @@ impl DbError {
                 wire::Error::Sql(_) => "sql_error",
                 wire::Error::Param(_) | wire::Error::ParamCount { .. } => "bad_params",
                 wire::Error::Decode(_) => "decode_error",
+                wire::Error::Cancelled => "cancelled",
             },
         }
     }
@@ -237,8 +238,7 @@ impl DbError {
     }
 }
 
-/// An error with its causes (`error performing TLS handshake: invalid peer certificate: …`).
-/// tokio-postgres errors never contain the password or connection string.
+/// An error with its causes (a pool timeout and what it waited for).
 fn with_causes(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
@@ -253,21 +253,7 @@ fn with_causes(err: &dyn std::error::Error) -> String {
 impl From<managed::PoolError<ConnectError>> for DbError {
     fn from(err: managed::PoolError<ConnectError>) -> Self {
         match err {
-            managed::PoolError::Backend(ConnectError::Connect(wire::ConnectError::Startup(e))) => {
-                DbError::Unavailable(match e.as_db_error() {
-                    Some(db) => format!("{}: {}", db.code().code(), db.message()),
-                    None => with_causes(&e),
-                })
-            }
-            managed::PoolError::Backend(ConnectError::Connect(e)) => {
-                DbError::Unavailable(with_causes(&e))
-            }
-            managed::PoolError::Backend(ConnectError::Token(e)) => {
-                DbError::Unavailable(e.to_string())
-            }
-            managed::PoolError::Backend(ConnectError::Catalog(e)) => {
-                DbError::Unavailable(e.to_string())
-            }
+            managed::PoolError::Backend(e) => DbError::Unavailable(e.to_string()),
             other => DbError::Unavailable(with_causes(&other)),
         }
     }
@@ -290,19 +276,8 @@ fn quote_ident(name: &str) -> String {
 impl Database {
     /// Creates the pool. Connections are opened lazily; see [`Database::ping`].
     pub fn new(options: &ConnectOptions) -> Result<Self, String> {
-        // TLS, authentication and the startup options; the socket is wire::connect's.
-        let mut pg = tokio_postgres::Config::new();
-        pg.dbname(&options.dbname)
-            .user(&options.user)
-            .application_name("pgmcp-server");
-        if let Some(password) = &options.password {
-            pg.password(password.as_bytes());
-        }
-        let (ssl_mode, tls) =
-            pgmcp_postgres_wire::Tls::new(&options.ssl_mode, options.ssl_root_cert.as_deref())
-                .map_err(|e| e.to_string())?
-                .tokio_postgres();
-        pg.ssl_mode(ssl_mode);
+        let tls = wire::Tls::new(&options.ssl_mode, options.ssl_root_cert.as_deref())
+            .map_err(|e| e.to_string())?;
         let search_path = if options.search_path.is_empty() {
             "public".to_owned()
         } else {
@@ -314,18 +289,26 @@ impl Database {
                 .join(",")
         };
         let timeout_ms = options.statement_timeout.as_millis();
-        pg.options(format!(
+        let startup_options = format!(
             "-c default_transaction_read_only=on -c statement_timeout={timeout_ms} \
              -c idle_in_transaction_session_timeout={} -c standard_conforming_strings=on \
              -c search_path={}",
             timeout_ms * 2 + 1000,
             escape_option(&search_path)
-        ));
-        let manager = Connector {
-            pg,
+        );
+        let config = wire::Config {
             host: options.host.clone(),
             port: options.port,
+            user: options.user.clone(),
+            password: options.password.clone(),
+            dbname: options.dbname.clone(),
+            options: Some(startup_options),
+            application_name: Some("pgmcp-server".to_owned()),
+            connect_timeout: CONNECT_TIMEOUT,
             tls,
+        };
+        let manager = Connector {
+            config,
             token: options.token.clone(),
             system_relations: RwLock::new(None),
             types: Arc::default(),
@@ -446,13 +429,14 @@ impl Database {
     ) -> Result<Rows, DbError> {
         let effective = timeout.map_or(self.statement_timeout, |t| t.min(self.statement_timeout));
         let mut conn = self.pool.get().await?;
-        conn.run(Statement {
+        let statement = Statement {
             sql,
             params,
             caps,
             timeout: (effective < self.statement_timeout).then_some(effective),
-        })
-        .await
-        .map_err(|e| DbError::from(e).timed_out_after(effective))
+        };
+        conn.run(statement, &CancellationToken::new())
+            .await
+            .map_err(|e| DbError::from(e).timed_out_after(effective))
     }
 }

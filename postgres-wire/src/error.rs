@@ -2,11 +2,13 @@
 //! ([`SqlError`]) or as the connection met them, and a login's ([`ConnectError`]).
 
 use std::io;
+use std::time::Duration;
 
 use fallible_iterator::FallibleIterator as _;
 use postgres_protocol::message::backend::ErrorResponseBody;
 use postgres_protocol::message::frontend;
 
+use crate::SslMode;
 pub use crate::value::ParamError;
 
 /// PostgreSQL's message when a prepared statement's result columns changed since it was
@@ -31,6 +33,9 @@ pub enum Error {
     /// A value PostgreSQL sent that could not be read, or a message that could not be written.
     #[error("{0}")]
     Decode(String),
+    /// The caller's token fired ([`crate::Connection::run`]).
+    #[error("the statement was cancelled")]
+    Cancelled,
 }
 
 /// An error PostgreSQL reported, with its SQLSTATE.
@@ -68,7 +73,7 @@ impl SqlError {
     }
 }
 
-/// Why a connection could not be opened.
+/// Why a connection could not be opened (or a cancel request not sent).
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error("failed to connect to {host}:{port}: {error}")]
@@ -77,11 +82,34 @@ pub enum ConnectError {
         port: u16,
         error: io::Error,
     },
-    /// TLS or authentication, as tokio-postgres reports it.
-    #[error(transparent)]
-    Startup(#[from] tokio_postgres::Error),
+    #[error("no answer from {host}:{port} within {timeout:?}")]
+    Timeout {
+        host: String,
+        port: u16,
+        timeout: Duration,
+    },
+    #[error("failed to set up TLS with {host}: {error}")]
+    Tls { host: String, error: io::Error },
+    #[error("{host} does not accept TLS, which sslmode {mode} requires")]
+    TlsRefused { host: String, mode: SslMode },
+    /// PostgreSQL refused the login: a wrong password, no such role or database, too many
+    /// connections.
+    #[error("{}: {}", .0.code, .0.message)]
+    Refused(SqlError),
+    /// This side could not authenticate: no password, a method pgmcp does not speak, a SCRAM
+    /// server signature that does not verify.
+    #[error("failed to authenticate: {0}")]
+    Auth(String),
+    #[error("the connection failed during the login: {0}")]
+    Lost(io::Error),
+    #[error("the server closed the connection during the login")]
+    Closed,
+    #[error("unexpected message from the server during the login")]
+    Unexpected,
     #[error("the connection failed right after it opened: {0}")]
     Setup(Error),
+    #[error("the server gave no key to cancel statements with")]
+    NoCancelKey,
 }
 
 /// An ErrorResponse: the error, and whether it ended the session (severity FATAL or PANIC).

@@ -12,17 +12,33 @@
 //! certificates in that PEM file. rustls runs on aws-lc-rs, passed explicitly so no process-wide
 //! provider has to be installed.
 //!
+//! TLS starts as PostgreSQL's protocol says: an SSLRequest on the new TCP connection, a one-byte
+//! answer, then the handshake. SCRAM binds to the TLS session through the server certificate
+//! (`tls-server-end-point`, [`channel_binding`]).
+//!
 //! The same settings serve the operator's tokio-postgres connections (feature `tokio-postgres`),
 //! so both binaries read `sslmode` alike.
 
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use bytes::BytesMut;
+use postgres_protocol::message::frontend;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use sha2::Digest as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use x509_cert::der::Decode as _;
+use x509_cert::der::oid::ObjectIdentifier;
+use x509_cert::der::oid::db::rfc5912;
+
+use crate::ConnectError;
+use crate::stream::Stream;
 
 /// The `sslmode` values understood.
 pub const SSL_MODES: [&str; 4] = ["disable", "prefer", "require", "verify-full"];
@@ -148,6 +164,116 @@ impl Tls {
     }
 }
 
+impl Tls {
+    /// TLS on a new connection as the mode says. The plain socket for `disable`, and for
+    /// `prefer` when the server declines.
+    pub(crate) async fn negotiate(
+        &self,
+        tcp: TcpStream,
+        host: &str,
+    ) -> Result<Stream, ConnectError> {
+        match self.mode {
+            SslMode::Disable => Ok(Stream::Plain(tcp)),
+            SslMode::Prefer => self.request(tcp, host, false).await,
+            SslMode::Require | SslMode::VerifyFull => self.request(tcp, host, true).await,
+        }
+    }
+
+    /// TLS whatever the mode: the cancel connection of an encrypted session.
+    pub(crate) async fn encrypt(&self, tcp: TcpStream, host: &str) -> Result<Stream, ConnectError> {
+        self.request(tcp, host, true).await
+    }
+
+    /// SSLRequest, then the handshake if the server agrees ('S'). Only the one byte of the
+    /// answer is read before the handshake: nothing sent in the clear can pass for encrypted.
+    async fn request(
+        &self,
+        mut tcp: TcpStream,
+        host: &str,
+        required: bool,
+    ) -> Result<Stream, ConnectError> {
+        let failed = |error| ConnectError::Tls {
+            host: host.to_owned(),
+            error,
+        };
+        let mut request = BytesMut::with_capacity(8);
+        frontend::ssl_request(&mut request);
+        tcp.write_all(&request).await.map_err(failed)?;
+        let mut answer = [0u8; 1];
+        tcp.read_exact(&mut answer).await.map_err(failed)?;
+        match answer {
+            [b'S'] => {}
+            _ if required => {
+                return Err(ConnectError::TlsRefused {
+                    host: host.to_owned(),
+                    mode: self.mode,
+                });
+            }
+            _ => return Ok(Stream::Plain(tcp)),
+        }
+        let name = ServerName::try_from(host.to_owned())
+            .map_err(|e| failed(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+        let tls = tokio_rustls::TlsConnector::from(self.config.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(failed)?;
+        Ok(Stream::Tls(Box::new(tls)))
+    }
+}
+
+/// The `tls-server-end-point` channel binding data of an encrypted stream (RFC 5929 §4.1): the
+/// server certificate hashed with the hash function of its signature, SHA-256 when that is
+/// MD5 or SHA-1. `None` unencrypted, or when the signature names no hash (Ed25519,
+/// RSASSA-PSS): SCRAM then goes without binding.
+pub(crate) fn channel_binding(stream: &Stream) -> Option<Vec<u8>> {
+    let Stream::Tls(tls) = stream else {
+        return None;
+    };
+    let certificate = tls.get_ref().1.peer_certificates()?.first()?;
+    end_point_hash(certificate.as_ref())
+}
+
+/// ecdsa-with-SHA1 (RFC 5758 names only the SHA-2 ones).
+const ECDSA_WITH_SHA_1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.1");
+
+fn end_point_hash(der: &[u8]) -> Option<Vec<u8>> {
+    let certificate = x509_cert::Certificate::from_der(der).ok()?;
+    let algorithm = certificate.signature_algorithm.oid;
+    let sha256 = [
+        rfc5912::MD_5_WITH_RSA_ENCRYPTION,
+        rfc5912::SHA_1_WITH_RSA_ENCRYPTION,
+        rfc5912::SHA_256_WITH_RSA_ENCRYPTION,
+        rfc5912::DSA_WITH_SHA_1,
+        rfc5912::DSA_WITH_SHA_256,
+        ECDSA_WITH_SHA_1,
+        rfc5912::ECDSA_WITH_SHA_256,
+    ];
+    let sha224 = [
+        rfc5912::SHA_224_WITH_RSA_ENCRYPTION,
+        rfc5912::DSA_WITH_SHA_224,
+        rfc5912::ECDSA_WITH_SHA_224,
+    ];
+    let sha384 = [
+        rfc5912::SHA_384_WITH_RSA_ENCRYPTION,
+        rfc5912::ECDSA_WITH_SHA_384,
+    ];
+    let sha512 = [
+        rfc5912::SHA_512_WITH_RSA_ENCRYPTION,
+        rfc5912::ECDSA_WITH_SHA_512,
+    ];
+    if sha256.contains(&algorithm) {
+        Some(sha2::Sha256::digest(der).to_vec())
+    } else if sha224.contains(&algorithm) {
+        Some(sha2::Sha224::digest(der).to_vec())
+    } else if sha384.contains(&algorithm) {
+        Some(sha2::Sha384::digest(der).to_vec())
+    } else if sha512.contains(&algorithm) {
+        Some(sha2::Sha512::digest(der).to_vec())
+    } else {
+        None
+    }
+}
+
 fn roots(root_cert: Option<&Path>) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     match root_cert {
@@ -246,6 +372,43 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("sslRootCert /nonexistent/ca.crt"), "{err}");
+    }
+
+    /// A certificate signed by a new CA with `algorithm`.
+    fn signed_with(algorithm: &'static rcgen::SignatureAlgorithm) -> Vec<u8> {
+        let ca_key = rcgen::KeyPair::generate_for(algorithm).unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        rcgen::CertificateParams::new(vec!["db.example".to_owned()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap()
+            .der()
+            .to_vec()
+    }
+
+    #[test]
+    fn the_end_point_hash_follows_the_signature_hash() {
+        let p256 = signed_with(&rcgen::PKCS_ECDSA_P256_SHA256);
+        assert_eq!(
+            end_point_hash(&p256),
+            Some(sha2::Sha256::digest(&p256).to_vec())
+        );
+        let p384 = signed_with(&rcgen::PKCS_ECDSA_P384_SHA384);
+        assert_eq!(
+            end_point_hash(&p384),
+            Some(sha2::Sha384::digest(&p384).to_vec())
+        );
+        let rsa = signed_with(&rcgen::PKCS_RSA_SHA512);
+        assert_eq!(
+            end_point_hash(&rsa),
+            Some(sha2::Sha512::digest(&rsa).to_vec())
+        );
+        // Ed25519 names no hash: no binding rather than a made-up one.
+        assert_eq!(end_point_hash(&signed_with(&rcgen::PKCS_ED25519)), None);
+        assert_eq!(end_point_hash(b"not a certificate"), None);
     }
 
     #[cfg(feature = "tokio-postgres")]
