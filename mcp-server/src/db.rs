@@ -125,9 +125,11 @@ impl managed::Manager for Connector {
     }
 
     async fn recycle(&self, conn: &mut Conn, _: &Metrics) -> RecycleResult<ConnectError> {
+        // A cancelled call leaves its connection settled; a dropped one (or one whose cancel
+        // request failed) does not.
         if !conn.is_settled() {
             return Err(RecycleError::message(
-                "a call was cancelled before all its answers were read",
+                "a call was dropped before all its answers were read",
             ));
         }
         Ok(())
@@ -210,6 +212,11 @@ impl DbError {
             DbError::Statement(wire::Error::Sql(sql)) => sql.is_stale_plan(),
             _ => false,
         }
+    }
+
+    /// The caller cancelled the call.
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, DbError::Statement(wire::Error::Cancelled))
     }
 
     /// Bounded label for metrics.
@@ -328,7 +335,8 @@ impl Database {
 
     /// `SELECT 1` on a pooled connection (readiness).
     pub async fn ping(&self) -> Result<(), DbError> {
-        self.query("SELECT 1", &[], ONE_ROW, None).await?;
+        self.query("SELECT 1", &[], ONE_ROW, None, &CancellationToken::new())
+            .await?;
         Ok(())
     }
 
@@ -351,6 +359,7 @@ impl Database {
     pub async fn resolve_relations(
         &self,
         names: &[String],
+        cancel: &CancellationToken,
     ) -> Result<Vec<Option<String>>, DbError> {
         const SQL: &str = "SELECT n.nspname::text
              FROM unnest($1::text[]) WITH ORDINALITY AS r(name, i)
@@ -362,7 +371,7 @@ impl Database {
             max_bytes: usize::MAX,
         };
         let rows = self
-            .query(SQL, &[serde_json::json!(names)], caps, None)
+            .query(SQL, &[serde_json::json!(names)], caps, None, cancel)
             .await?;
         Ok(rows
             .rows
@@ -376,8 +385,10 @@ impl Database {
     /// [`OUTAGE_WAIT`]: a pooled connection that died (each failure discards one), the
     /// database restarting or failing over, a cached statement whose result type changed
     /// (`once` dropped it, so the next attempt prepares it again). Everything run here is
-    /// read-only, so running it again is always safe.
-    async fn retrying<T, F, Fut>(&self, once: F) -> Result<T, DbError>
+    /// read-only, so running it again is always safe. A cancelled call is not tried again; a
+    /// cancel during the pause between attempts is seen when the next one starts (no statement
+    /// runs meanwhile).
+    async fn retrying<T, F, Fut>(&self, cancel: &CancellationToken, once: F) -> Result<T, DbError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, DbError>>,
@@ -392,7 +403,9 @@ impl Database {
         once.retry(policy)
             .sleep(tokio::time::sleep)
             // Wall-clock bound: an attempt itself can take long (a pool wait, a connect).
-            .when(|err| err.is_transient() && started.elapsed() < OUTAGE_WAIT)
+            .when(|err| {
+                err.is_transient() && !cancel.is_cancelled() && started.elapsed() < OUTAGE_WAIT
+            })
             .notify(|err, delay| {
                 tracing::warn!(error = %err, ?delay, "database call failed; trying again");
             })
@@ -409,15 +422,22 @@ impl Database {
     /// `sql` must already have passed the SQL guard (or be the server's own catalog SQL).
     /// `timeout` lowers the statement timeout for this call (it never raises it). A dead
     /// pooled connection or a database restart costs a retry, not an error ([`OUTAGE_WAIT`]).
+    ///
+    /// `cancel` stops the call: the statement is cancelled in PostgreSQL (the connection goes
+    /// back to the pool, settled), a wait for a connection ends, and the error is
+    /// [`DbError::is_cancelled`], never retried.
     pub async fn query(
         &self,
         sql: &str,
         params: &[Value],
         caps: Caps,
         timeout: Option<Duration>,
+        cancel: &CancellationToken,
     ) -> Result<Rows, DbError> {
-        self.retrying(|| self.query_once(sql, params, caps, timeout))
-            .await
+        self.retrying(cancel, || {
+            self.query_once(sql, params, caps, timeout, cancel)
+        })
+        .await
     }
 
     async fn query_once(
@@ -426,16 +446,21 @@ impl Database {
         params: &[Value],
         caps: Caps,
         timeout: Option<Duration>,
+        cancel: &CancellationToken,
     ) -> Result<Rows, DbError> {
         let effective = timeout.map_or(self.statement_timeout, |t| t.min(self.statement_timeout));
-        let mut conn = self.pool.get().await?;
+        let mut conn = tokio::select! {
+            biased;
+            conn = self.pool.get() => conn?,
+            () = cancel.cancelled() => return Err(wire::Error::Cancelled.into()),
+        };
         let statement = Statement {
             sql,
             params,
             caps,
             timeout: (effective < self.statement_timeout).then_some(effective),
         };
-        conn.run(statement, &CancellationToken::new())
+        conn.run(statement, cancel)
             .await
             .map_err(|e| DbError::from(e).timed_out_after(effective))
     }

@@ -167,13 +167,29 @@ async fn read_only_transactions_hold_without_the_sql_guard() {
         "UPDATE products SET price = 0",
         "CREATE TABLE t (x int)",
     ] {
-        let err = tools.db.query(write, &[], caps, None).await.unwrap_err();
+        let err = tools
+            .db
+            .query(
+                write,
+                &[],
+                caps,
+                None,
+                &tokio_util::sync::CancellationToken::new(),
+            )
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("25006"), "{write}: {err}");
         assert!(err.to_string().contains("read-only"), "{err}");
     }
     let err = tools
         .db
-        .query("SELECT 1; DELETE FROM orders", &[], caps, None)
+        .query(
+            "SELECT 1; DELETE FROM orders",
+            &[],
+            caps,
+            None,
+            &tokio_util::sync::CancellationToken::new(),
+        )
         .await
         .unwrap_err();
     assert!(

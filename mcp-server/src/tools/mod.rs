@@ -131,7 +131,13 @@ impl Tools {
         };
         let rows = self
             .db
-            .query(crate::definer::SNAPSHOT_SQL, &[], caps, None)
+            .query(
+                crate::definer::SNAPSHOT_SQL,
+                &[],
+                caps,
+                None,
+                &tokio_util::sync::CancellationToken::new(),
+            )
             .await?;
         let text = |value: &Value| value.as_str().unwrap_or_default().to_owned();
         let snapshot = Arc::new(Snapshot::new(
@@ -238,7 +244,16 @@ impl Tools {
         params: &[Value],
     ) -> Result<RowsResult, ToolError> {
         let caps = self.caps(None);
-        let rows = self.db.query(sql, params, caps, None).await?;
+        let rows = self
+            .db
+            .query(
+                sql,
+                params,
+                caps,
+                None,
+                &tokio_util::sync::CancellationToken::new(),
+            )
+            .await?;
         Ok(RowsResult {
             rows,
             limits: self.limits_for(caps),
