@@ -61,6 +61,15 @@ impl std::fmt::Debug for Connector {
     }
 }
 
+/// Why the pool could not be set up (a configuration the server cannot start with).
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    Tls(#[from] wire::TlsError),
+    #[error("failed to create the connection pool: {0}")]
+    Pool(#[from] managed::BuildError),
+}
+
 /// Why a new connection could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -282,9 +291,8 @@ fn quote_ident(name: &str) -> String {
 
 impl Database {
     /// Creates the pool. Connections are opened lazily; see [`Database::ping`].
-    pub fn new(options: &ConnectOptions) -> Result<Self, String> {
-        let tls = wire::Tls::new(&options.ssl_mode, options.ssl_root_cert.as_deref())
-            .map_err(|e| e.to_string())?;
+    pub fn new(options: &ConnectOptions) -> Result<Self, SetupError> {
+        let tls = wire::Tls::new(&options.ssl_mode, options.ssl_root_cert.as_deref())?;
         let search_path = if options.search_path.is_empty() {
             "public".to_owned()
         } else {
@@ -325,8 +333,7 @@ impl Database {
             .wait_timeout(Some(Duration::from_secs(10)))
             .create_timeout(Some(Duration::from_secs(10)))
             .runtime(deadpool::Runtime::Tokio1)
-            .build()
-            .map_err(|e| format!("failed to create the connection pool: {e}"))?;
+            .build()?;
         Ok(Self {
             pool,
             statement_timeout: options.statement_timeout,
