@@ -611,11 +611,11 @@ impl Connection {
         for column in &mut answer.columns {
             column.ty = Some(self.types.get(column.oid).unwrap_or(Type::UNKNOWN));
         }
+        // Kept within max_rows as they came (a truncation by max_rows is already noted).
         for row in std::mem::take(&mut answer.raw) {
-            if answer.truncated_by.is_some() || answer.decode_error.is_some() {
+            if !answer.write_row(&row, caps) {
                 break;
             }
-            answer.write_row(&row, caps);
         }
         Ok(())
     }
@@ -735,8 +735,9 @@ impl Answer {
         self.write_row(&row, caps);
     }
 
-    /// Appends `row` as a JSON array, unless it would take the rows past `max_bytes`.
-    fn write_row(&mut self, row: &DataRowBody, caps: Caps) {
+    /// Appends `row` as a JSON array, unless it would take the rows past `max_bytes` or
+    /// cannot be decoded; whether it did.
+    fn write_row(&mut self, row: &DataRowBody, caps: Caps) -> bool {
         let start = self.json.len();
         self.json
             .push(if self.row_count == 0 { b'[' } else { b',' });
@@ -744,16 +745,17 @@ impl Answer {
         if let Err(error) = encode_row(&self.columns, row, &mut self.undecoded, &mut self.json) {
             self.json.truncate(start);
             self.decode_error = Some(error);
-            return;
+            return false;
         }
         let size = self.json.len() - begin;
         if self.bytes + size > caps.max_bytes {
             self.json.truncate(start);
             self.truncated_by = Some("max_bytes");
-            return;
+            return false;
         }
         self.bytes += size;
         self.row_count += 1;
+        true
     }
 }
 
