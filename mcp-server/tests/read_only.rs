@@ -161,6 +161,7 @@ async fn read_only_transactions_hold_without_the_sql_guard() {
         max_rows: 10,
         max_bytes: 1 << 20,
     };
+    let never = tokio_util::sync::CancellationToken::new();
     let before = shop.checksum().await;
     for write in [
         "DELETE FROM orders",
@@ -169,13 +170,7 @@ async fn read_only_transactions_hold_without_the_sql_guard() {
     ] {
         let err = tools
             .db
-            .query(
-                write,
-                &[],
-                caps,
-                None,
-                &tokio_util::sync::CancellationToken::new(),
-            )
+            .query(write, &[], caps, None, &never)
             .await
             .unwrap_err();
         assert!(err.to_string().contains("25006"), "{write}: {err}");
@@ -183,13 +178,7 @@ async fn read_only_transactions_hold_without_the_sql_guard() {
     }
     let err = tools
         .db
-        .query(
-            "SELECT 1; DELETE FROM orders",
-            &[],
-            caps,
-            None,
-            &tokio_util::sync::CancellationToken::new(),
-        )
+        .query("SELECT 1; DELETE FROM orders", &[], caps, None, &never)
         .await
         .unwrap_err();
     assert!(

@@ -391,21 +391,22 @@ mod tests {
 
     #[test]
     fn the_end_point_hash_follows_the_signature_hash() {
-        let p256 = signed_with(&rcgen::PKCS_ECDSA_P256_SHA256);
-        assert_eq!(
-            end_point_hash(&p256),
-            Some(sha2::Sha256::digest(&p256).to_vec())
-        );
-        let p384 = signed_with(&rcgen::PKCS_ECDSA_P384_SHA384);
-        assert_eq!(
-            end_point_hash(&p384),
-            Some(sha2::Sha384::digest(&p384).to_vec())
-        );
-        let rsa = signed_with(&rcgen::PKCS_RSA_SHA512);
-        assert_eq!(
-            end_point_hash(&rsa),
-            Some(sha2::Sha512::digest(&rsa).to_vec())
-        );
+        type Hash = fn(&[u8]) -> Vec<u8>;
+        let cases: [(&rcgen::SignatureAlgorithm, Hash); 3] = [
+            (&rcgen::PKCS_ECDSA_P256_SHA256, |der| {
+                sha2::Sha256::digest(der).to_vec()
+            }),
+            (&rcgen::PKCS_ECDSA_P384_SHA384, |der| {
+                sha2::Sha384::digest(der).to_vec()
+            }),
+            (&rcgen::PKCS_RSA_SHA512, |der| {
+                sha2::Sha512::digest(der).to_vec()
+            }),
+        ];
+        for (algorithm, hash) in cases {
+            let der = signed_with(algorithm);
+            assert_eq!(end_point_hash(&der), Some(hash(&der)), "{algorithm:?}");
+        }
         // Ed25519 names no hash: no binding rather than a made-up one.
         assert_eq!(end_point_hash(&signed_with(&rcgen::PKCS_ED25519)), None);
         assert_eq!(end_point_hash(b"not a certificate"), None);

@@ -25,9 +25,21 @@ const PATIENCE: Duration = Duration::from_secs(10);
 
 const SLEEP: &str = "SELECT pg_sleep(30)";
 
-async fn database(test: &str) -> TestDatabase {
-    Postgres::shared().create_database(test).await.unwrap()
+/// A database of the test's own on the shared server, `setup` run in it.
+async fn database(test: &str, setup: &str) -> TestDatabase {
+    let db = Postgres::shared().create_database(test).await.unwrap();
+    if !setup.is_empty() {
+        db.connect()
+            .await
+            .unwrap()
+            .batch_execute(setup)
+            .await
+            .unwrap();
+    }
+    db
 }
+
+const MOOD: &str = "CREATE TYPE mood AS ENUM ('sad', 'happy')";
 
 /// The superuser on `db`, TLS as `ssl_mode` says (the harness's CA trusted).
 fn config(db: &TestDatabase, ssl_mode: &str) -> Config {
@@ -67,23 +79,52 @@ async fn rows(conn: &mut Connection, sql: &str) -> Value {
     serde_json::from_str(run(conn, sql).await.unwrap().rows.json()).unwrap()
 }
 
-async fn backend_pid(conn: &mut Connection) -> i32 {
-    let pid = rows(conn, "SELECT pg_backend_pid()").await;
-    i32::try_from(pid[0][0].as_i64().unwrap()).unwrap()
+/// A connection under test, its session's pid, and an administrator's connection that
+/// watches the session in `pg_stat_activity`.
+struct Watched {
+    conn: Connection,
+    pid: i32,
+    admin: tokio_postgres::Client,
+}
+
+async fn watched(db: &TestDatabase, ssl_mode: &str) -> Watched {
+    let mut conn = open(&config(db, ssl_mode)).await;
+    let pid = rows(&mut conn, "SELECT pg_backend_pid()").await;
+    Watched {
+        conn,
+        pid: i32::try_from(pid[0][0].as_i64().unwrap()).unwrap(),
+        admin: db.connect().await.unwrap(),
+    }
+}
+
+impl Watched {
+    /// Runs `sql` with `cancel`, and `meanwhile` once the session shows it running; the
+    /// statement's result, which must come within the test's patience.
+    async fn run_while(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+        cancel: &CancellationToken,
+        meanwhile: impl AsyncFnOnce(&tokio_postgres::Client, i32),
+    ) -> Result<Rows, Error> {
+        let (result, ()) = tokio::join!(
+            tokio::time::timeout(
+                PATIENCE,
+                self.conn.run(statement(sql, params, CAPS), cancel)
+            ),
+            async {
+                wait_running(&self.admin, self.pid, sql).await;
+                meanwhile(&self.admin, self.pid).await;
+            }
+        );
+        result.unwrap_or_else(|_| panic!("{sql} did not stop"))
+    }
 }
 
 #[tokio::test]
 async fn every_result_type_comes_back_as_its_json() {
-    let db = database("wire result types").await;
-    db.connect()
-        .await
-        .unwrap()
-        .batch_execute(
-            "CREATE TYPE mood AS ENUM ('sad', 'happy');
-             CREATE DOMAIN positive AS int CHECK (VALUE > 0);",
-        )
-        .await
-        .unwrap();
+    let setup = format!("{MOOD}; CREATE DOMAIN positive AS int CHECK (VALUE > 0)");
+    let db = database("wire result types", &setup).await;
     let mut conn = open(&config(&db, "disable")).await;
     let result = run(
         &mut conn,
@@ -191,13 +232,7 @@ async fn every_result_type_comes_back_as_its_json() {
 
 #[tokio::test]
 async fn parameters_are_bound_as_the_types_postgresql_inferred() {
-    let db = database("wire parameters").await;
-    db.connect()
-        .await
-        .unwrap()
-        .batch_execute("CREATE TYPE mood AS ENUM ('sad', 'happy')")
-        .await
-        .unwrap();
+    let db = database("wire parameters", MOOD).await;
     let mut conn = open(&config(&db, "disable")).await;
     let sql = "SELECT $1::int8, $2::text, $3::bool, $4::numeric, $5::jsonb, $6::date,
                       $7::timestamptz, $8::uuid, $9::text[], $10::float8, $11::mood, $12::int4";
@@ -261,7 +296,7 @@ async fn parameters_are_bound_as_the_types_postgresql_inferred() {
 
 #[tokio::test]
 async fn an_error_among_the_rows_fails_the_statement_and_the_connection_goes_on() {
-    let db = database("wire errors mid-stream").await;
+    let db = database("wire errors mid-stream", "").await;
     let mut conn = open(&config(&db, "disable")).await;
     // Rows 1 and 2 are sent before row 3 divides by zero; a statement seen again is kept
     // prepared, so the second and third runs take the other paths.
@@ -294,16 +329,12 @@ async fn an_error_among_the_rows_fails_the_statement_and_the_connection_goes_on(
 
 #[tokio::test]
 async fn notices_and_parameter_changes_between_the_answers_are_passed_over() {
-    let db = database("wire notices").await;
-    db.connect()
-        .await
-        .unwrap()
-        .batch_execute(
-            "CREATE FUNCTION noisy() RETURNS int LANGUAGE plpgsql AS $$
-             BEGIN RAISE NOTICE 'a notice'; RAISE WARNING 'a warning'; RETURN 1; END $$",
-        )
-        .await
-        .unwrap();
+    let db = database(
+        "wire notices",
+        "CREATE FUNCTION noisy() RETURNS int LANGUAGE plpgsql AS $$
+         BEGIN RAISE NOTICE 'a notice'; RAISE WARNING 'a warning'; RETURN 1; END $$",
+    )
+    .await;
     let mut conn = open(&config(&db, "disable")).await;
     // set_config reports application_name (ParameterStatus) now and again at ROLLBACK.
     assert_eq!(
@@ -323,13 +354,7 @@ async fn notices_and_parameter_changes_between_the_answers_are_passed_over() {
 
 #[tokio::test]
 async fn rows_stop_at_the_row_cap_and_at_the_byte_cap() {
-    let db = database("wire caps").await;
-    db.connect()
-        .await
-        .unwrap()
-        .batch_execute("CREATE TYPE mood AS ENUM ('sad', 'happy')")
-        .await
-        .unwrap();
+    let db = database("wire caps", MOOD).await;
     let mut conn = open(&config(&db, "disable")).await;
     let capped = |max_rows, max_bytes| Caps {
         max_rows,
@@ -433,7 +458,7 @@ async fn role_with_method(db: &TestDatabase, roles: &[(&str, &str, &str)]) {
 
 #[tokio::test]
 async fn every_login_method_signs_in_and_a_wrong_password_is_named() {
-    let db = database("wire login").await;
+    let db = database("wire login", "").await;
     let md5 = format!("{}_md5", db.name);
     let clear = format!("{}_clear", db.name);
     role_with_method(
@@ -501,54 +526,36 @@ async fn every_login_method_signs_in_and_a_wrong_password_is_named() {
     );
 }
 
-/// Runs `sql` (with `params`) on `conn` and cancels it once `pg_stat_activity` shows it.
-async fn cancel_while_running(
-    db: &TestDatabase,
-    conn: &mut Connection,
-    sql: &str,
-    params: &[Value],
-) -> Result<Rows, Error> {
-    let pid = backend_pid(conn).await;
-    let admin = db.connect().await.unwrap();
-    let cancel = CancellationToken::new();
-    let canceller = async {
-        wait_running(&admin, pid, sql).await;
-        cancel.cancel();
-    };
-    let running_sql = statement(sql, params, CAPS);
-    let (result, ()) = tokio::join!(
-        tokio::time::timeout(PATIENCE, conn.run(running_sql, &cancel)),
-        canceller
-    );
-    let result = result.unwrap_or_else(|_| panic!("{sql} was not cancelled"));
-    assert!(
-        stops_within(&admin, pid, sql, Duration::from_secs(1)).await,
-        "{sql} still runs in PostgreSQL"
-    );
-    result
-}
-
 #[tokio::test]
 async fn a_cancelled_statement_stops_in_postgresql_and_the_connection_runs_the_next() {
-    let db = database("wire cancel").await;
+    let db = database("wire cancel", "").await;
     for ssl_mode in ["disable", "require"] {
-        let mut conn = open(&config(&db, ssl_mode)).await;
+        let mut session = watched(&db, ssl_mode).await;
         // Without parameters (one pipeline), and with (prepared, then bound).
         for (sql, params) in [(SLEEP, vec![]), ("SELECT pg_sleep($1)", vec![json!(30)])] {
-            let result = cancel_while_running(&db, &mut conn, sql, &params).await;
+            let cancel = CancellationToken::new();
+            let result = session
+                .run_while(sql, &params, &cancel, async |_, _| cancel.cancel())
+                .await;
             assert!(matches!(result, Err(Error::Cancelled)), "{result:?}");
-            assert!(conn.is_settled(), "{ssl_mode}: the connection is settled");
-            assert_eq!(rows(&mut conn, "SELECT 1").await, json!([[1]]));
+            assert!(
+                stops_within(&session.admin, session.pid, sql, Duration::from_secs(1)).await,
+                "{sql} still runs in PostgreSQL"
+            );
+            assert!(session.conn.is_settled(), "{ssl_mode}: settled");
+            assert_eq!(rows(&mut session.conn, "SELECT 1").await, json!([[1]]));
         }
     }
 }
 
 #[tokio::test]
 async fn a_token_cancelled_before_the_call_sends_nothing() {
-    let db = database("wire cancel before").await;
-    let mut conn = open(&config(&db, "disable")).await;
-    let pid = backend_pid(&mut conn).await;
-    let admin = db.connect().await.unwrap();
+    let db = database("wire cancel before", "").await;
+    let Watched {
+        mut conn,
+        pid,
+        admin,
+    } = watched(&db, "disable").await;
     let last_start = || async {
         admin
             .query_one(
@@ -581,68 +588,54 @@ async fn a_token_cancelled_before_the_call_sends_nothing() {
 
 #[tokio::test]
 async fn a_cancel_that_finds_the_session_idle_stops_nothing_later() {
-    let db = database("wire cancel idle").await;
-    let mut conn = open(&config(&db, "require")).await;
-    let handle = conn.cancel_handle();
+    let db = database("wire cancel idle", "").await;
+    let mut session = watched(&db, "require").await;
+    let handle = session.conn.cancel_handle();
     for _ in 0..3 {
         handle.cancel().await.unwrap();
         // The request was passed on before cancel returned: it cannot reach this statement.
         assert_eq!(
-            rows(&mut conn, "SELECT 1 FROM pg_sleep(0.05)").await,
+            rows(&mut session.conn, "SELECT 1 FROM pg_sleep(0.05)").await,
             json!([[1]])
         );
     }
     // From another task while a statement runs, without the caller's token: PostgreSQL's own
     // error for a cancelled statement.
-    let pid = backend_pid(&mut conn).await;
-    let admin = db.connect().await.unwrap();
-    let canceller = async {
-        wait_running(&admin, pid, SLEEP).await;
-        tokio::spawn(async move { handle.cancel().await })
-            .await
-            .unwrap()
-            .unwrap();
-    };
-    let (result, ()) = tokio::join!(
-        tokio::time::timeout(PATIENCE, run(&mut conn, SLEEP)),
-        canceller
-    );
-    let err = result.unwrap().unwrap_err();
+    let err = session
+        .run_while(SLEEP, &[], &CancellationToken::new(), async |_, _| {
+            let cancelled = tokio::spawn(async move { handle.cancel().await });
+            cancelled.await.unwrap().unwrap();
+        })
+        .await
+        .unwrap_err();
     assert!(
         matches!(&err, Error::Sql(sql) if sql.code == "57014"),
         "{err}"
     );
-    assert!(conn.is_settled());
+    assert!(session.conn.is_settled());
 }
 
 #[tokio::test]
 async fn a_terminated_session_fails_the_statement_and_the_connection_is_not_reused() {
-    let db = database("wire terminate").await;
-    let mut conn = open(&config(&db, "disable")).await;
-    let pid = backend_pid(&mut conn).await;
-    let admin = db.connect().await.unwrap();
-    let terminator = async {
-        wait_running(&admin, pid, SLEEP).await;
-        admin
-            .execute("SELECT pg_terminate_backend($1)", &[&pid])
-            .await
-            .unwrap();
-    };
-    let (result, ()) = tokio::join!(
-        tokio::time::timeout(PATIENCE, run(&mut conn, SLEEP)),
-        terminator
-    );
-    let err = result.unwrap().unwrap_err();
+    let db = database("wire terminate", "").await;
+    let mut session = watched(&db, "disable").await;
+    let err = session
+        .run_while(SLEEP, &[], &CancellationToken::new(), async |admin, pid| {
+            let terminate = "SELECT pg_terminate_backend($1)";
+            admin.execute(terminate, &[&pid]).await.unwrap();
+        })
+        .await
+        .unwrap_err();
     assert!(
         matches!(&err, Error::ConnectionLost(reason) if reason.contains("57P01")),
         "the reason PostgreSQL gave: {err}"
     );
-    assert!(!conn.is_settled(), "a pool must not keep it");
+    assert!(!session.conn.is_settled(), "a pool must not keep it");
 }
 
 #[tokio::test]
 async fn a_server_that_closes_the_connection_fails_the_login() {
-    let db = database("wire closed").await;
+    let db = database("wire closed", "").await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
