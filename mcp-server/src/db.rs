@@ -95,6 +95,27 @@ impl managed::Manager for Connector {
     type Error = ConnectError;
 
     async fn create(&self) -> Result<Conn, ConnectError> {
+        // Boxed: a login (TCP, TLS, authentication, the catalog read) is a large future, and
+        // every call's future would otherwise carry one for the rare call that opens a
+        // connection. One allocation per new connection.
+        Box::pin(self.open()).await
+    }
+
+    async fn recycle(&self, conn: &mut Conn, _: &Metrics) -> RecycleResult<ConnectError> {
+        // A cancelled call leaves its connection settled; a dropped one (or one whose cancel
+        // request failed) does not.
+        if !conn.is_settled() {
+            return Err(RecycleError::message(
+                "a call was dropped before all its answers were read",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Connector {
+    /// Opens a connection and reads the catalog's relation names on it.
+    async fn open(&self) -> Result<Conn, ConnectError> {
         let mut conn = match &self.token {
             Some(provider) => {
                 let token = provider.token().await?;
@@ -131,17 +152,6 @@ impl managed::Manager for Connector {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(names));
         Ok(conn)
-    }
-
-    async fn recycle(&self, conn: &mut Conn, _: &Metrics) -> RecycleResult<ConnectError> {
-        // A cancelled call leaves its connection settled; a dropped one (or one whose cancel
-        // request failed) does not.
-        if !conn.is_settled() {
-            return Err(RecycleError::message(
-                "a call was dropped before all its answers were read",
-            ));
-        }
-        Ok(())
     }
 }
 

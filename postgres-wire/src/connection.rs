@@ -698,7 +698,9 @@ impl Connection {
                     read = self.io.fill() => read,
                     () = token.cancelled() => {
                         watch.requested = true;
-                        if let Err(error) = self.cancel.cancel().await {
+                        // Boxed: a new connection's future (TCP, TLS) is large, and every
+                        // call would carry it for the rare one that cancels.
+                        if let Err(error) = Box::pin(self.cancel.cancel()).await {
                             // The statement runs on (to its timeout at most); the caller
                             // stops waiting, and the connection, mid-answer, is discarded.
                             tracing::warn!(%error, "failed to cancel a statement");
