@@ -246,11 +246,11 @@ impl Settings {
         if let Some(path) = &args.ssl_root_cert {
             file.database.ssl_root_cert = Some(path.display().to_string());
         }
-        if !crate::tls::SSL_MODES.contains(&file.database.ssl_mode.as_str()) {
+        if !pgmcp_postgres_wire::SSL_MODES.contains(&file.database.ssl_mode.as_str()) {
             return Err(err(format!(
                 "sslmode {} is not supported: use one of {}",
                 file.database.ssl_mode,
-                crate::tls::SSL_MODES.join(", ")
+                pgmcp_postgres_wire::SSL_MODES.join(", ")
             )));
         }
         if let Some(listen) = &args.listen {

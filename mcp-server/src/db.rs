@@ -6,15 +6,13 @@
 //! reads string literals) and a fixed `search_path` (startup options, so no statement can skip
 //! them), and every statement runs inside `BEGIN READ ONLY` through the extended protocol,
 //! which carries exactly one statement. Rows are fetched through a portal limited to
-//! `max_rows + 1`, so a huge result is never read past the cap. [`wire`] sends all of that as
-//! one pipeline: one round trip per statement.
+//! `max_rows + 1`, so a huge result is never read past the cap. [`pgmcp_postgres_wire`] sends
+//! all of that as one pipeline: one round trip per statement.
 //!
 //! With workload identity every new connection gets a current Entra token as its password
 //! ([`Connector`]); an open connection stays open past its token's expiry (Azure only checks the
 //! token at login), and a failed token exchange fails only the connection attempt, so the pool
 //! recovers on its own once Entra answers again.
-
-mod wire;
 
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
@@ -22,14 +20,10 @@ use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use pgmcp_identity::TokenProvider;
-use serde::Serialize;
+use pgmcp_postgres_wire::{self as wire, Connection, Statement, TypeCache};
+pub use pgmcp_postgres_wire::{Caps, Column, JsonRows, Rows};
 use serde_json::Value;
-use tokio_postgres::error::SqlState;
-use tokio_postgres_rustls::MakeRustlsConnect;
-
-use crate::pgvalue::ParamError;
-pub use wire::STATEMENT_CACHE_SIZE;
-use wire::{Connection, Statement, Target, TypeCache};
+use tokio_util::sync::CancellationToken;
 
 type Pool = managed::Pool<Connector>;
 
@@ -43,10 +37,9 @@ pub struct Database {
 /// Opens pooled connections. With a token provider, the password of each new connection is the
 /// provider's current token (fetched or refreshed as needed).
 pub struct Connector {
-    pg: tokio_postgres::Config,
-    host: String,
-    port: u16,
-    tls: MakeRustlsConnect,
+    /// Where, as whom, with which startup options; the password is a token's with workload
+    /// identity.
+    config: wire::Config,
     token: Option<TokenProvider>,
     /// Names of the relations in `pg_catalog`, read by every new connection (see
     /// [`Database::system_relations`]).
@@ -61,11 +54,20 @@ pub type SystemRelations = Arc<HashSet<Box<str>>>;
 impl std::fmt::Debug for Connector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connector")
-            .field("host", &self.host)
-            .field("port", &self.port)
+            .field("host", &self.config.host)
+            .field("port", &self.config.port)
             .field("token", &self.token.as_ref().map(TokenProvider::scope))
             .finish_non_exhaustive()
     }
+}
+
+/// Why the pool could not be set up (a configuration the server cannot start with).
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    Tls(#[from] wire::TlsError),
+    #[error("failed to create the connection pool: {0}")]
+    Pool(#[from] managed::BuildError),
 }
 
 /// Why a new connection could not be opened.
@@ -76,7 +78,7 @@ pub enum ConnectError {
     #[error(transparent)]
     Connect(#[from] wire::ConnectError),
     #[error("failed to read the catalog of a new connection: {0}")]
-    Catalog(DbError),
+    Catalog(wire::Error),
 }
 
 /// How long a call keeps trying while the database is unreachable (a restart, a failover)
@@ -93,29 +95,51 @@ impl managed::Manager for Connector {
     type Error = ConnectError;
 
     async fn create(&self) -> Result<Conn, ConnectError> {
-        let mut pg = self.pg.clone();
-        if let Some(provider) = &self.token {
-            let token = provider.token().await?;
-            pg.password(token.secret().as_bytes());
+        // Boxed: a login (TCP, TLS, authentication, the catalog read) is a large future, and
+        // every call's future would otherwise carry one for the rare call that opens a
+        // connection. One allocation per new connection.
+        Box::pin(self.open()).await
+    }
+
+    async fn recycle(&self, conn: &mut Conn, _: &Metrics) -> RecycleResult<ConnectError> {
+        // A cancelled call leaves its connection settled; a dropped one (or one whose cancel
+        // request failed) does not.
+        if !conn.is_settled() {
+            return Err(RecycleError::message(
+                "a call was dropped before all its answers were read",
+            ));
         }
-        let target = Target {
-            host: &self.host,
-            port: self.port,
-            connect_timeout: CONNECT_TIMEOUT,
+        Ok(())
+    }
+}
+
+impl Connector {
+    /// Opens a connection and reads the catalog's relation names on it.
+    async fn open(&self) -> Result<Conn, ConnectError> {
+        let mut conn = match &self.token {
+            Some(provider) => {
+                let token = provider.token().await?;
+                let config = wire::Config {
+                    password: Some(token.secret().to_owned()),
+                    ..self.config.clone()
+                };
+                wire::connect(&config, self.types.clone()).await?
+            }
+            None => wire::connect(&self.config, self.types.clone()).await?,
         };
-        let mut conn =
-            wire::connect(&pg, target, &mut self.tls.clone(), self.types.clone()).await?;
+        let catalog = Statement {
+            sql: "SELECT relname::text FROM pg_class \
+                  WHERE relnamespace = 'pg_catalog'::regnamespace",
+            params: &[],
+            caps: Caps {
+                max_rows: 100_000,
+                max_bytes: usize::MAX,
+            },
+            timeout: None,
+        };
+        // The pool bounds this with its create timeout; no caller waits to cancel it.
         let names = conn
-            .run(Statement {
-                sql: "SELECT relname::text FROM pg_class \
-                      WHERE relnamespace = 'pg_catalog'::regnamespace",
-                params: &[],
-                caps: Caps {
-                    max_rows: 100_000,
-                    max_bytes: usize::MAX,
-                },
-                timeout: None,
-            })
+            .run(catalog, &CancellationToken::new())
             .await
             .map_err(ConnectError::Catalog)?
             .rows
@@ -128,15 +152,6 @@ impl managed::Manager for Connector {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(names));
         Ok(conn)
-    }
-
-    async fn recycle(&self, conn: &mut Conn, _: &Metrics) -> RecycleResult<ConnectError> {
-        if !conn.is_settled() {
-            return Err(RecycleError::message(
-                "a call was cancelled before all its answers were read",
-            ));
-        }
-        Ok(())
     }
 }
 
@@ -178,52 +193,28 @@ impl std::fmt::Debug for ConnectOptions {
 pub enum DbError {
     #[error("the database is unavailable ({0}); try again in a moment")]
     Unavailable(String),
-    /// An established connection died (terminated, failover): another one may work.
-    #[error("the database connection was lost ({0}); try again in a moment")]
-    ConnectionLost(String),
     #[error(
         "the statement was cancelled after the {0:?} statement timeout: add filters or a LIMIT, or aggregate in SQL"
     )]
     Timeout(Duration),
-    #[error("{}", sql_message(.code, .message, .detail, .hint, .position))]
-    Sql {
-        code: String,
-        message: String,
-        detail: Option<String>,
-        hint: Option<String>,
-        position: Option<u32>,
-    },
-    #[error(transparent)]
-    Param(#[from] ParamError),
-    #[error(
-        "the statement has {expected} parameter(s) ($1..${expected}) but {got} value(s) were given in params"
-    )]
-    ParamCount { expected: usize, got: usize },
-    /// A value PostgreSQL sent that could not be read, or a message that could not be written.
-    #[error("{0}")]
-    Decode(String),
+    /// What the connection reported; SQL errors with what this server adds for the model.
+    #[error("{}", explain(.0))]
+    Statement(#[from] wire::Error),
 }
 
-fn sql_message(
-    code: &str,
-    message: &str,
-    detail: &Option<String>,
-    hint: &Option<String>,
-    position: &Option<u32>,
-) -> String {
-    let mut out = format!("PostgreSQL error {code}: {message}");
-    if let Some(position) = position {
-        out.push_str(&format!(" (at character {position})"));
-    }
-    if let Some(detail) = detail {
-        out.push_str(&format!(". Detail: {detail}"));
-    }
-    if let Some(hint) = hint {
-        out.push_str(&format!(". Hint: {hint}"));
-    }
-    if code == SqlState::READ_ONLY_SQL_TRANSACTION.code() {
+/// SQLSTATEs this server explains or maps.
+const READ_ONLY_SQL_TRANSACTION: &str = "25006";
+const INSUFFICIENT_PRIVILEGE: &str = "42501";
+const QUERY_CANCELED: &str = "57014";
+
+fn explain(error: &wire::Error) -> String {
+    let wire::Error::Sql(sql) = error else {
+        return error.to_string();
+    };
+    let mut out = sql.to_string();
+    if sql.code == READ_ONLY_SQL_TRANSACTION {
         out.push_str(". This server is read-only: only SELECT-style statements can run");
-    } else if code == SqlState::INSUFFICIENT_PRIVILEGE.code() {
+    } else if sql.code == INSUFFICIENT_PRIVILEGE {
         out.push_str(
             ". The server's role cannot read this object: use list_tables to see what is available",
         );
@@ -236,30 +227,36 @@ impl DbError {
     /// unavailable, or a cached plan went stale.
     fn is_transient(&self) -> bool {
         match self {
-            DbError::Unavailable(_) | DbError::ConnectionLost(_) => true,
-            DbError::Sql { code, message, .. } => {
-                code == SqlState::FEATURE_NOT_SUPPORTED.code()
-                    && message.starts_with(wire::STALE_PLAN)
-            }
+            DbError::Unavailable(_) | DbError::Statement(wire::Error::ConnectionLost(_)) => true,
+            DbError::Statement(wire::Error::Sql(sql)) => sql.is_stale_plan(),
             _ => false,
         }
+    }
+
+    /// The caller cancelled the call.
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, DbError::Statement(wire::Error::Cancelled))
     }
 
     /// Bounded label for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            DbError::Unavailable(_) | DbError::ConnectionLost(_) => "unavailable",
+            DbError::Unavailable(_) => "unavailable",
             DbError::Timeout(_) => "timeout",
-            DbError::Sql { .. } => "sql_error",
-            DbError::Param(_) | DbError::ParamCount { .. } => "bad_params",
-            DbError::Decode(_) => "decode_error",
+            DbError::Statement(e) => match e {
+                wire::Error::ConnectionLost(_) => "unavailable",
+                wire::Error::Sql(_) => "sql_error",
+                wire::Error::Param(_) | wire::Error::ParamCount { .. } => "bad_params",
+                wire::Error::Decode(_) => "decode_error",
+                wire::Error::Cancelled => "cancelled",
+            },
         }
     }
 
     /// A cancelled statement (SQLSTATE 57014) is the statement timeout `timeout`.
     fn timed_out_after(self, timeout: Duration) -> Self {
         match self {
-            DbError::Sql { code, .. } if code == SqlState::QUERY_CANCELED.code() => {
+            DbError::Statement(wire::Error::Sql(sql)) if sql.code == QUERY_CANCELED => {
                 DbError::Timeout(timeout)
             }
             other => other,
@@ -267,30 +264,7 @@ impl DbError {
     }
 }
 
-/// An error PostgreSQL reported: `fatal` (severity FATAL or PANIC) ends the session.
-fn classify(
-    code: String,
-    message: String,
-    detail: Option<String>,
-    hint: Option<String>,
-    position: Option<u32>,
-    fatal: bool,
-) -> DbError {
-    // The connection is gone (terminated, server shutting down or restarting).
-    if fatal || code.starts_with("57P") {
-        return DbError::ConnectionLost(format!("{code}: {message}"));
-    }
-    DbError::Sql {
-        code,
-        message,
-        detail,
-        hint,
-        position,
-    }
-}
-
-/// An error with its causes (`error performing TLS handshake: invalid peer certificate: …`).
-/// tokio-postgres errors never contain the password or connection string.
+/// An error with its causes (a pool timeout and what it waited for).
 fn with_causes(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
@@ -305,98 +279,17 @@ fn with_causes(err: &dyn std::error::Error) -> String {
 impl From<managed::PoolError<ConnectError>> for DbError {
     fn from(err: managed::PoolError<ConnectError>) -> Self {
         match err {
-            managed::PoolError::Backend(ConnectError::Connect(wire::ConnectError::Startup(e))) => {
-                DbError::Unavailable(match e.as_db_error() {
-                    Some(db) => format!("{}: {}", db.code().code(), db.message()),
-                    None => with_causes(&e),
-                })
-            }
-            managed::PoolError::Backend(ConnectError::Connect(e)) => {
-                DbError::Unavailable(with_causes(&e))
-            }
-            managed::PoolError::Backend(ConnectError::Token(e)) => {
-                DbError::Unavailable(e.to_string())
-            }
-            managed::PoolError::Backend(ConnectError::Catalog(e)) => {
-                DbError::Unavailable(e.to_string())
-            }
+            managed::PoolError::Backend(e) => DbError::Unavailable(e.to_string()),
             other => DbError::Unavailable(with_causes(&other)),
         }
     }
 }
 
-/// A column of a result: its name and PostgreSQL type.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Column {
-    pub name: String,
-    #[serde(rename = "type")]
-    pub type_name: String,
-}
-
-/// The rows of one statement, capped.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Rows {
-    pub columns: Vec<Column>,
-    pub rows: JsonRows,
-    pub row_count: usize,
-    /// True when more rows existed than were returned.
-    pub truncated: bool,
-    /// `max_rows` or `max_bytes` when truncated.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub truncated_by: Option<&'static str>,
-    pub elapsed_ms: u64,
-    /// Columns whose type could not be decoded (shown as hex of the binary value).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub undecoded_columns: Vec<String>,
-}
-
-/// Result rows as the JSON they are sent in, an array of arrays (`[[1,"a"],[2,null]]`),
-/// written straight from PostgreSQL's binary values ([`crate::pgvalue::write_cell`]): no
-/// `Value` per cell, nothing serialized twice. [`JsonRows::values`] parses them for the
-/// server's own use of small results.
-#[derive(Debug, Clone, Serialize)]
-#[serde(transparent)]
-pub struct JsonRows(Box<serde_json::value::RawValue>);
-
-impl JsonRows {
-    /// `json` must be a JSON array of arrays.
-    pub(crate) fn new(json: String) -> Result<Self, DbError> {
-        serde_json::value::RawValue::from_string(json)
-            .map(JsonRows)
-            .map_err(|e| DbError::Decode(format!("failed to encode the rows: {e}")))
-    }
-
-    /// The rows as JSON values.
-    pub fn values(&self) -> Vec<Vec<Value>> {
-        serde_json::from_str(self.0.get()).unwrap_or_default()
-    }
-
-    /// The JSON text.
-    pub fn json(&self) -> &str {
-        self.0.get()
-    }
-}
-
-impl PartialEq for JsonRows {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.get() == other.0.get()
-    }
-}
-
-/// Caps of one statement.
-#[derive(Debug, Clone, Copy)]
-pub struct Caps {
-    pub max_rows: usize,
-    pub max_bytes: usize,
-}
-
-impl Caps {
-    /// The server's own one-row statements.
-    const ONE_ROW: Caps = Caps {
-        max_rows: 1,
-        max_bytes: usize::MAX,
-    };
-}
+/// The server's own one-row statements.
+const ONE_ROW: Caps = Caps {
+    max_rows: 1,
+    max_bytes: usize::MAX,
+};
 
 fn escape_option(value: &str) -> String {
     value.replace('\\', "\\\\").replace(' ', "\\ ")
@@ -408,18 +301,8 @@ fn quote_ident(name: &str) -> String {
 
 impl Database {
     /// Creates the pool. Connections are opened lazily; see [`Database::ping`].
-    pub fn new(options: &ConnectOptions) -> Result<Self, String> {
-        // TLS, authentication and the startup options; the socket is wire::connect's.
-        let mut pg = tokio_postgres::Config::new();
-        pg.dbname(&options.dbname)
-            .user(&options.user)
-            .application_name("pgmcp-server");
-        if let Some(password) = &options.password {
-            pg.password(password.as_bytes());
-        }
-        let (ssl_mode, tls) =
-            crate::tls::connector(&options.ssl_mode, options.ssl_root_cert.as_deref())?;
-        pg.ssl_mode(ssl_mode);
+    pub fn new(options: &ConnectOptions) -> Result<Self, SetupError> {
+        let tls = wire::Tls::new(&options.ssl_mode, options.ssl_root_cert.as_deref())?;
         let search_path = if options.search_path.is_empty() {
             "public".to_owned()
         } else {
@@ -431,18 +314,26 @@ impl Database {
                 .join(",")
         };
         let timeout_ms = options.statement_timeout.as_millis();
-        pg.options(format!(
+        let startup_options = format!(
             "-c default_transaction_read_only=on -c statement_timeout={timeout_ms} \
              -c idle_in_transaction_session_timeout={} -c standard_conforming_strings=on \
              -c search_path={}",
             timeout_ms * 2 + 1000,
             escape_option(&search_path)
-        ));
-        let manager = Connector {
-            pg,
+        );
+        let config = wire::Config {
             host: options.host.clone(),
             port: options.port,
+            user: options.user.clone(),
+            password: options.password.clone(),
+            dbname: options.dbname.clone(),
+            options: Some(startup_options),
+            application_name: Some("pgmcp-server".to_owned()),
+            connect_timeout: CONNECT_TIMEOUT,
             tls,
+        };
+        let manager = Connector {
+            config,
             token: options.token.clone(),
             system_relations: RwLock::new(None),
             types: Arc::default(),
@@ -452,8 +343,7 @@ impl Database {
             .wait_timeout(Some(Duration::from_secs(10)))
             .create_timeout(Some(Duration::from_secs(10)))
             .runtime(deadpool::Runtime::Tokio1)
-            .build()
-            .map_err(|e| format!("failed to create the connection pool: {e}"))?;
+            .build()?;
         Ok(Self {
             pool,
             statement_timeout: options.statement_timeout,
@@ -462,7 +352,8 @@ impl Database {
 
     /// `SELECT 1` on a pooled connection (readiness).
     pub async fn ping(&self) -> Result<(), DbError> {
-        self.query("SELECT 1", &[], Caps::ONE_ROW, None).await?;
+        self.query("SELECT 1", &[], ONE_ROW, None, &CancellationToken::new())
+            .await?;
         Ok(())
     }
 
@@ -485,6 +376,7 @@ impl Database {
     pub async fn resolve_relations(
         &self,
         names: &[String],
+        cancel: &CancellationToken,
     ) -> Result<Vec<Option<String>>, DbError> {
         const SQL: &str = "SELECT n.nspname::text
              FROM unnest($1::text[]) WITH ORDINALITY AS r(name, i)
@@ -496,7 +388,7 @@ impl Database {
             max_bytes: usize::MAX,
         };
         let rows = self
-            .query(SQL, &[serde_json::json!(names)], caps, None)
+            .query(SQL, &[serde_json::json!(names)], caps, None, cancel)
             .await?;
         Ok(rows
             .rows
@@ -510,8 +402,10 @@ impl Database {
     /// [`OUTAGE_WAIT`]: a pooled connection that died (each failure discards one), the
     /// database restarting or failing over, a cached statement whose result type changed
     /// (`once` dropped it, so the next attempt prepares it again). Everything run here is
-    /// read-only, so running it again is always safe.
-    async fn retrying<T, F, Fut>(&self, once: F) -> Result<T, DbError>
+    /// read-only, so running it again is always safe. A cancelled call is not tried again; a
+    /// cancel during the pause between attempts is seen when the next one starts (no statement
+    /// runs meanwhile).
+    async fn retrying<T, F, Fut>(&self, cancel: &CancellationToken, once: F) -> Result<T, DbError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, DbError>>,
@@ -526,7 +420,9 @@ impl Database {
         once.retry(policy)
             .sleep(tokio::time::sleep)
             // Wall-clock bound: an attempt itself can take long (a pool wait, a connect).
-            .when(|err| err.is_transient() && started.elapsed() < OUTAGE_WAIT)
+            .when(|err| {
+                err.is_transient() && !cancel.is_cancelled() && started.elapsed() < OUTAGE_WAIT
+            })
             .notify(|err, delay| {
                 tracing::warn!(error = %err, ?delay, "database call failed; trying again");
             })
@@ -543,15 +439,22 @@ impl Database {
     /// `sql` must already have passed the SQL guard (or be the server's own catalog SQL).
     /// `timeout` lowers the statement timeout for this call (it never raises it). A dead
     /// pooled connection or a database restart costs a retry, not an error ([`OUTAGE_WAIT`]).
+    ///
+    /// `cancel` stops the call: the statement is cancelled in PostgreSQL (the connection goes
+    /// back to the pool, settled), a wait for a connection ends, and the error is
+    /// [`DbError::is_cancelled`], never retried.
     pub async fn query(
         &self,
         sql: &str,
         params: &[Value],
         caps: Caps,
         timeout: Option<Duration>,
+        cancel: &CancellationToken,
     ) -> Result<Rows, DbError> {
-        self.retrying(|| self.query_once(sql, params, caps, timeout))
-            .await
+        self.retrying(cancel, || {
+            self.query_once(sql, params, caps, timeout, cancel)
+        })
+        .await
     }
 
     async fn query_once(
@@ -560,16 +463,22 @@ impl Database {
         params: &[Value],
         caps: Caps,
         timeout: Option<Duration>,
+        cancel: &CancellationToken,
     ) -> Result<Rows, DbError> {
         let effective = timeout.map_or(self.statement_timeout, |t| t.min(self.statement_timeout));
-        let mut conn = self.pool.get().await?;
-        conn.run(Statement {
+        let mut conn = tokio::select! {
+            biased;
+            conn = self.pool.get() => conn?,
+            () = cancel.cancelled() => return Err(wire::Error::Cancelled.into()),
+        };
+        let statement = Statement {
             sql,
             params,
             caps,
             timeout: (effective < self.statement_timeout).then_some(effective),
-        })
-        .await
-        .map_err(|e| e.timed_out_after(effective))
+        };
+        conn.run(statement, cancel)
+            .await
+            .map_err(|e| DbError::from(e).timed_out_after(effective))
     }
 }

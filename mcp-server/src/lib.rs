@@ -12,7 +12,6 @@ pub mod definer;
 pub mod dispatch;
 pub mod http;
 pub mod metrics;
-pub mod pgvalue;
 pub mod readiness;
 pub mod scope;
 pub mod server;
@@ -20,7 +19,6 @@ pub mod sessions;
 pub mod sql_guard;
 pub mod startup;
 pub mod stdio;
-pub mod tls;
 pub mod tools;
 
 pub use app::run;

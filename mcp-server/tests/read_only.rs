@@ -162,19 +162,24 @@ async fn read_only_transactions_hold_without_the_sql_guard() {
         max_rows: 10,
         max_bytes: 1 << 20,
     };
+    let never = tokio_util::sync::CancellationToken::new();
     let before = shop.checksum().await;
     for write in [
         "DELETE FROM orders",
         "UPDATE products SET price = 0",
         "CREATE TABLE t (x int)",
     ] {
-        let err = tools.db.query(write, &[], caps, None).await.unwrap_err();
+        let err = tools
+            .db
+            .query(write, &[], caps, None, &never)
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("25006"), "{write}: {err}");
         assert!(err.to_string().contains("read-only"), "{err}");
     }
     let err = tools
         .db
-        .query("SELECT 1; DELETE FROM orders", &[], caps, None)
+        .query("SELECT 1; DELETE FROM orders", &[], caps, None, &never)
         .await
         .unwrap_err();
     assert!(

@@ -19,7 +19,7 @@ async fn connect(shop: &common::Shop, mode: &str, host: &str, ca: bool) -> Resul
     options.ssl_mode = mode.to_owned();
     options.host = host.to_owned();
     options.ssl_root_cert = ca.then(|| shop.db.server().ca_cert().to_path_buf());
-    let db = Database::new(&options)?;
+    let db = Database::new(&options).map_err(|e| e.to_string())?;
     let tools = Tools::new(db, Scope::new(public_only()), LimitsConfig::default());
     let info = catalog::server_info(&tools, &Call::default(), ServerInfoArgs::default())
         .await

@@ -199,7 +199,9 @@ impl Admin<'_> {
             user: self.user.clone(),
             message,
         };
-        let (mode, tls) = pgmcp_pgconn::connector(self.ssl_mode, None).map_err(fail)?;
+        let (mode, tls) = pgmcp_postgres_wire::Tls::new(self.ssl_mode, None)
+            .map_err(|e| fail(e.to_string()))?
+            .tokio_postgres();
         let mut config = tokio_postgres::Config::new();
         config
             .host(&self.host)

@@ -9,6 +9,7 @@
 //! isolation comes from namespaces and databases. Every process is started under a lifeline
 //! ([`daemon`]) so it stops when the test binary exits, also on panic or SIGKILL.
 
+pub mod activity;
 pub mod arm;
 pub mod bindings;
 pub mod controlplane;

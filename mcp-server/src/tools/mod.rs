@@ -168,7 +168,13 @@ impl Tools {
         };
         let rows = self
             .db
-            .query(crate::definer::SNAPSHOT_SQL, &[], caps, None)
+            .query(
+                crate::definer::SNAPSHOT_SQL,
+                &[],
+                caps,
+                None,
+                &tokio_util::sync::CancellationToken::new(),
+            )
             .await?;
         let text = |value: &Value| value.as_str().unwrap_or_default().to_owned();
         let snapshot = Arc::new(Snapshot::new(
@@ -278,7 +284,16 @@ impl Tools {
     ) -> Result<RowsResult, ToolError> {
         let _ = call; // the token reaches the database with the wire client's cancel
         let caps = self.caps(None);
-        let rows = self.db.query(sql, params, caps, None).await?;
+        let rows = self
+            .db
+            .query(
+                sql,
+                params,
+                caps,
+                None,
+                &tokio_util::sync::CancellationToken::new(),
+            )
+            .await?;
         Ok(RowsResult {
             rows,
             limits: self.limits_for(caps),

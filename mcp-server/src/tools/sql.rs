@@ -123,7 +123,10 @@ async fn check_scope(tools: &Tools, statement: &Statement) -> Result<(), ToolErr
             .iter()
             .map(|name| format!("\"{}\"", name.replace('"', "\"\"")))
             .collect();
-        let resolved = tools.db.resolve_relations(&quoted).await?;
+        let resolved = tools
+            .db
+            .resolve_relations(&quoted, &tokio_util::sync::CancellationToken::new())
+            .await?;
         // No such relation (or the name of one of the statement's CTEs): nothing to hide,
         // PostgreSQL resolves or reports it.
         checks.extend(
@@ -149,7 +152,16 @@ pub async fn query(tools: &Tools, call: &Call, args: QueryArgs) -> Result<RowsRe
     tools.check_definers(&args.sql, &statement).await?;
     check_scope(tools, &statement).await?;
     let caps = tools.caps(args.max_rows);
-    let rows = tools.db.query(&args.sql, &args.params, caps, None).await?;
+    let rows = tools
+        .db
+        .query(
+            &args.sql,
+            &args.params,
+            caps,
+            None,
+            &tokio_util::sync::CancellationToken::new(),
+        )
+        .await?;
     Ok(RowsResult {
         rows,
         limits: tools.limits_for(caps),
@@ -186,7 +198,13 @@ pub async fn explain(tools: &Tools, call: &Call, args: ExplainArgs) -> Result<Pl
     let timeout: Duration = tools.statement_timeout();
     let result = tools
         .db
-        .query(&sql, &args.params, tools.caps(None), Some(timeout))
+        .query(
+            &sql,
+            &args.params,
+            tools.caps(None),
+            Some(timeout),
+            &tokio_util::sync::CancellationToken::new(),
+        )
         .await?;
     let plan = result
         .rows

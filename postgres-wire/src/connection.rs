@@ -1,314 +1,38 @@
-//! One PostgreSQL connection, driven with the extended query protocol directly: every statement
-//! goes out as one pipeline — `BEGIN READ ONLY`, the statement through a portal capped at
-//! `max_rows + 1`, `Sync`, `ROLLBACK` — and its answers come back in one round trip.
-//!
-//! tokio-postgres cannot express that: it awaits `BEGIN` on its own, binds a portal in a round
-//! trip of its own and prepares every new statement in another, so each call cost three or four
-//! round trips, and every message passed through its connection task. Here the caller owns the
-//! socket while it holds the pooled connection, and nothing else runs in between.
-//!
-//! Connecting is still tokio-postgres's job ([`connect`]): it negotiates TLS (with channel
-//! binding) and authenticates (cleartext for Entra tokens, MD5, SCRAM), and hands the
-//! authenticated stream back.
-//!
-//! Statements without parameters need no round trip before they run: PostgreSQL infers
-//! everything and describes the portal in the same pipeline. A statement with parameters is
-//! prepared once per connection (its parameter types decide how the JSON values are bound); a
-//! statement seen a second time is kept prepared, so its parse and plan are not repeated.
-//! Both are bounded ([`STATEMENT_CACHE_SIZE`]); an evicted statement is closed in the next
-//! pipeline.
+//! One connection's statements: the read-only pipeline, the statements kept prepared, the
+//! answers read into capped JSON rows, and cancellation while answers are awaited.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher as _, RandomState};
-use std::io;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::task::{Context, Poll};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use fallible_iterator::FallibleIterator as _;
-use postgres_protocol::message::backend::{DataRowBody, ErrorResponseBody, Message};
+use postgres_protocol::message::backend::{DataRowBody, Message};
 use postgres_protocol::message::frontend;
+use postgres_types::Type;
 use serde_json::Value;
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
-use tokio::net::TcpStream;
-use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
-use tokio_postgres::types::{Kind, Type};
-use tokio_postgres_rustls::MakeRustlsConnect;
+use tokio_util::sync::CancellationToken;
 
-use super::{Caps, Column, DbError, JsonRows, Rows};
-use crate::pgvalue::{self, Param};
+use crate::cancel::CancelHandle;
+use crate::error::{bind_error, db_error, encode, lost, parse, unsendable};
+use crate::stream::Io;
+use crate::types::{self, PgType, TypeCache};
+use crate::value::{self, Param};
+use crate::{Caps, Column, Error, JsonRows, Rows};
 
 /// Prepared statements kept per connection; the least recently used one is closed first.
-pub const STATEMENT_CACHE_SIZE: usize = 64;
+const STATEMENT_CACHE_SIZE: usize = 64;
 
 /// Statements without parameters remembered as seen once (by hash), to prepare those that
 /// come back.
 const SEEN_SIZE: usize = 256;
 
-/// PostgreSQL's message when a prepared statement's result columns changed since it was
-/// prepared (SQLSTATE 0A000).
-pub const STALE_PLAN: &str = "cached plan must not change result type";
-
 /// The prepared `BEGIN READ ONLY` every pipeline starts with.
 const BEGIN: &str = "pgmcp_begin";
 
-type RustlsStream = <MakeRustlsConnect as MakeTlsConnect<TcpStream>>::Stream;
-
-/// The authenticated socket.
-enum Stream {
-    Plain(TcpStream),
-    Tls(Box<RustlsStream>),
-}
-
-impl std::fmt::Debug for Stream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Stream::Plain(_) => "Stream::Plain",
-            Stream::Tls(_) => "Stream::Tls",
-        })
-    }
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
-// Connecting: tokio-postgres negotiates and authenticates over a stream it borrows.
-
-/// A stream lent to tokio-postgres for the start-up: it reads and writes through the slot, and
-/// once it is done the owner takes the stream back out.
-#[derive(Debug)]
-struct Lent<T>(Arc<Mutex<Option<T>>>);
-
-impl<T> Lent<T> {
-    fn new(stream: T) -> Self {
-        Lent(Arc::new(Mutex::new(Some(stream))))
-    }
-
-    fn share(&self) -> Self {
-        Lent(self.0.clone())
-    }
-
-    fn take_back(&self) -> Option<T> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
-    }
-
-    fn with<R>(&self, f: impl FnOnce(Pin<&mut T>) -> Poll<io::Result<R>>) -> Poll<io::Result<R>>
-    where
-        T: Unpin,
-    {
-        let mut slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        match slot.as_mut() {
-            Some(stream) => f(Pin::new(stream)),
-            None => Poll::Ready(Err(io::Error::other("the stream was taken back"))),
-        }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Lent<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        self.with(|s| s.poll_read(cx, buf))
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Lent<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.with(|s| s.poll_write(cx, buf))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.with(|s| s.poll_flush(cx))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.with(|s| s.poll_shutdown(cx))
-    }
-}
-
-impl TlsStream for Lent<RustlsStream> {
-    fn channel_binding(&self) -> ChannelBinding {
-        match self
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-        {
-            Some(stream) => stream.channel_binding(),
-            None => ChannelBinding::none(),
-        }
-    }
-}
-
-/// The TLS handshake tokio-postgres asks for, on the TCP stream taken out of its slot; the TLS
-/// stream is lent in turn.
-struct LendTls {
-    connect: <MakeRustlsConnect as MakeTlsConnect<TcpStream>>::TlsConnect,
-    tls: Lent<RustlsStream>,
-}
-
-type TlsFuture =
-    Pin<Box<dyn std::future::Future<Output = io::Result<Lent<RustlsStream>>> + Send + 'static>>;
-
-impl TlsConnect<Lent<TcpStream>> for LendTls {
-    type Stream = Lent<RustlsStream>;
-    type Error = io::Error;
-    type Future = TlsFuture;
-
-    fn connect(self, stream: Lent<TcpStream>) -> TlsFuture {
-        Box::pin(async move {
-            let tcp = stream
-                .take_back()
-                .ok_or_else(|| io::Error::other("the TCP stream is gone"))?;
-            let tls = TlsConnect::<TcpStream>::connect(self.connect, tcp).await?;
-            *self.tls.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(tls);
-            Ok(self.tls)
-        })
-    }
-}
-
-/// Where to connect.
-#[derive(Debug, Clone, Copy)]
-pub struct Target<'a> {
-    pub host: &'a str,
-    pub port: u16,
-    pub connect_timeout: Duration,
-}
-
-/// Why a connection could not be opened.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    #[error("failed to connect to {host}:{port}: {source}")]
-    Tcp {
-        host: String,
-        port: u16,
-        source: io::Error,
-    },
-    /// TLS or authentication, as tokio-postgres reports it.
-    #[error(transparent)]
-    Startup(#[from] tokio_postgres::Error),
-    #[error("the connection failed right after it opened: {0}")]
-    Setup(DbError),
-}
-
-/// Opens a connection: TCP, then TLS and authentication by tokio-postgres as `pg` says (user,
-/// password, database, options, sslmode), then the statement every pipeline starts with.
-pub async fn connect(
-    pg: &tokio_postgres::Config,
-    target: Target<'_>,
-    tls: &mut MakeRustlsConnect,
-    types: Arc<TypeCache>,
-) -> Result<Connection, ConnectError> {
-    let tcp_error = |source| ConnectError::Tcp {
-        host: target.host.to_owned(),
-        port: target.port,
-        source,
-    };
-    let tcp = tokio::time::timeout(
-        target.connect_timeout,
-        TcpStream::connect((target.host, target.port)),
-    )
-    .await
-    .map_err(|_| {
-        tcp_error(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("no answer within {:?}", target.connect_timeout),
-        ))
-    })?
-    .map_err(tcp_error)?;
-    tcp.set_nodelay(true).map_err(tcp_error)?;
-    // Dead peers (a failover, a dropped NAT entry) are noticed even on idle pooled connections.
-    socket2::SockRef::from(&tcp)
-        .set_keepalive(true)
-        .map_err(tcp_error)?;
-    let plain = Lent::new(tcp);
-    let tls_slot = Lent(Arc::new(Mutex::new(None)));
-    let connect_tls = LendTls {
-        connect: match MakeTlsConnect::<TcpStream>::make_tls_connect(tls, target.host) {
-            Ok(connect) => connect,
-            Err(never) => match never {},
-        },
-        tls: tls_slot.share(),
-    };
-    let (client, connection) = pg.connect_raw(plain.share(), connect_tls).await?;
-    // Neither was polled: nothing was or will be written on their behalf.
-    drop(client);
-    drop(connection);
-    let stream = match (tls_slot.take_back(), plain.take_back()) {
-        (Some(tls), _) => Stream::Tls(Box::new(tls)),
-        (None, Some(tcp)) => Stream::Plain(tcp),
-        (None, None) => {
-            return Err(ConnectError::Setup(DbError::ConnectionLost(
-                "the stream was lost while starting".to_owned(),
-            )));
-        }
-    };
-    let mut connection = Connection {
-        stream,
-        read: BytesMut::with_capacity(8 * 1024),
-        write: BytesMut::with_capacity(1024),
-        statements: Statements::default(),
-        seen: Seen::default(),
-        close: Vec::new(),
-        next_name: 0,
-        busy: false,
-        types,
-    };
-    connection
-        .prepare_begin()
-        .await
-        .map_err(ConnectError::Setup)?;
-    Ok(connection)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Statements and types.
+// Statements.
 
 /// A statement prepared on this connection.
 #[derive(Debug)]
@@ -384,41 +108,23 @@ impl Seen {
     }
 }
 
-/// Types that are not built in (enums, domains, arrays of those, extension types), by OID, as
-/// the database described them; shared by the pool's connections.
-#[derive(Debug, Default)]
-pub struct TypeCache(RwLock<HashMap<u32, Type>>);
-
-impl TypeCache {
-    fn get(&self, oid: u32) -> Option<Type> {
-        Type::from_oid(oid).or_else(|| {
-            self.0
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get(&oid)
-                .cloned()
-        })
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Running statements.
 
-/// A pooled connection.
+/// A connection that runs statements read-only ([`Connection::run`]), one at a time.
 #[derive(Debug)]
 pub struct Connection {
-    stream: Stream,
-    read: BytesMut,
-    write: BytesMut,
+    io: Io,
     statements: Statements,
     seen: Seen,
     /// Prepared statements to close with the next pipeline.
     close: Vec<Box<str>>,
     next_name: u64,
-    /// Set while a pipeline is out and not fully answered. A call cancelled in between leaves
-    /// the connection in an unknown state: the pool discards it.
+    /// Set while a round trip is out and not fully answered, or a transaction was left open.
+    /// A call dropped in between leaves the connection in an unknown state: a pool discards it.
     busy: bool,
     types: Arc<TypeCache>,
+    cancel: CancelHandle,
 }
 
 /// One statement to run read-only.
@@ -463,62 +169,155 @@ struct Answer {
     bytes: usize,
     truncated_by: Option<&'static str>,
     /// The first error PostgreSQL reported.
-    error: Option<DbError>,
-    decode_error: Option<DbError>,
+    error: Option<Error>,
+    decode_error: Option<Error>,
     /// ParseComplete messages.
     parsed: usize,
     /// Parameters of a statement parsed in this pipeline.
     parameters: usize,
 }
 
+/// The caller's cancellation, watched while one round trip's answers are awaited.
+struct Watch<'a> {
+    token: Option<&'a CancellationToken>,
+    /// The CancelRequest went out: the rest of the answers are read without watching.
+    requested: bool,
+}
+
+impl<'a> Watch<'a> {
+    fn new(token: &'a CancellationToken) -> Self {
+        Watch {
+            token: Some(token),
+            requested: false,
+        }
+    }
+
+    /// The connection's own round trips, which nobody cancels.
+    fn none() -> Self {
+        Watch {
+            token: None,
+            requested: false,
+        }
+    }
+}
+
 impl Connection {
-    /// Whether the connection may be used again (no pipeline left half-answered).
+    /// A logged-in session made ready: the statement every pipeline starts with is prepared.
+    pub(crate) async fn start(
+        io: Io,
+        types: Arc<TypeCache>,
+        cancel: CancelHandle,
+    ) -> Result<Self, Error> {
+        let mut connection = Connection {
+            io,
+            statements: Statements::default(),
+            seen: Seen::default(),
+            close: Vec::new(),
+            next_name: 0,
+            busy: false,
+            types,
+            cancel,
+        };
+        frontend::parse(BEGIN, "BEGIN READ ONLY", None, &mut connection.io.write)
+            .map_err(encode)?;
+        frontend::sync(&mut connection.io.write);
+        connection.send().await?;
+        connection.until_ready().await?;
+        Ok(connection)
+    }
+
+    /// Whether the connection may be used again: no round trip left half-answered, no
+    /// transaction left open.
     pub fn is_settled(&self) -> bool {
         !self.busy
     }
 
-    async fn prepare_begin(&mut self) -> Result<(), DbError> {
-        frontend::parse(BEGIN, "BEGIN READ ONLY", None, &mut self.write).map_err(encode)?;
-        frontend::sync(&mut self.write);
-        self.send().await?;
-        self.until_ready().await
+    /// Cancels what this connection runs, from anywhere ([`Connection::run`] does it itself
+    /// when its token fires).
+    pub fn cancel_handle(&self) -> CancelHandle {
+        self.cancel.clone()
     }
 
     /// Reads up to the next ReadyForQuery; the first error PostgreSQL reported is the result.
-    async fn until_ready(&mut self) -> Result<(), DbError> {
+    async fn until_ready(&mut self) -> Result<(), Error> {
         let mut error = None;
         loop {
-            match self.next().await? {
-                Message::ReadyForQuery(_) => break,
+            match self.next(&mut Watch::none()).await? {
+                Message::ReadyForQuery(body) => {
+                    self.settle(body.status());
+                    break;
+                }
                 Message::ErrorResponse(body) => {
                     error.get_or_insert_with(|| db_error(&body));
                 }
                 _ => {}
             }
         }
-        self.busy = false;
         error.map_or(Ok(()), Err)
     }
 
+    /// The session's transaction status from ReadyForQuery: idle (`I`) is settled; in a
+    /// transaction (`T`) or a failed one (`E`) is not.
+    fn settle(&mut self, status: u8) {
+        self.busy = status != b'I';
+    }
+
     /// Runs `statement` in a read-only transaction and returns at most its caps of rows.
-    pub async fn run(&mut self, statement: Statement<'_>) -> Result<Rows, DbError> {
+    ///
+    /// `cancel` stops it. Already cancelled: nothing is sent. Cancelled while answers are
+    /// awaited: the CancelRequest goes out ([`CancelHandle::cancel`]), the answers are read on
+    /// to the end of the pipeline, and the result is [`Error::Cancelled`] with the connection
+    /// settled, ready for the next statement. Only the waits are watched, reading first: answers
+    /// already there are taken as they are. The races, and why each is harmless:
+    /// - The statement finished before the request reached the session: PostgreSQL ignores a
+    ///   cancel that finds the session idle, and the request was passed on before this
+    ///   returns (the server closed the cancel connection), so it cannot reach a later
+    ///   statement.
+    /// - The request reached the pipeline's ROLLBACK: that ROLLBACK fails and the session stays
+    ///   in the aborted transaction; ReadyForQuery says so, and one more ROLLBACK ends it
+    ///   before this returns.
+    /// - It reached BEGIN or `SET LOCAL`: everything up to Sync is skipped as after any error,
+    ///   and ROLLBACK runs as always. It reached the prepare round trip of a statement with
+    ///   parameters: that statement is closed with the next pipeline.
+    /// - A CancelRequest stops only what its own session runs: never another connection's
+    ///   statement.
+    /// - The request could not be sent (the server unreachable): the call returns `Cancelled`
+    ///   at once, and the connection, left mid-answer, is not settled, as when the future is
+    ///   dropped: a pool discards it.
+    pub async fn run(
+        &mut self,
+        statement: Statement<'_>,
+        cancel: &CancellationToken,
+    ) -> Result<Rows, Error> {
         let started = Instant::now();
-        let plan = self.plan(statement).await?;
+        if cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        let plan = self.plan(statement, cancel).await?;
+        if cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
         self.pipeline(&plan, statement)?;
         self.send().await?;
-        let mut answer = self.answers(&plan, statement).await?;
-        self.busy = false;
+        let mut watch = Watch::new(cancel);
+        let mut answer = self.answers(&plan, statement, &mut watch).await?;
         self.keep_or_close(&plan, &answer, statement);
+        if !self.is_settled() {
+            self.roll_back().await?;
+        }
+        if watch.requested {
+            return Err(Error::Cancelled);
+        }
         if answer.parameters > statement.params.len() && answer.error.is_some() {
             // `$1` in the SQL and no value for it: PostgreSQL refused the Bind.
-            return Err(DbError::ParamCount {
+            return Err(Error::ParamCount {
                 expected: answer.parameters,
                 got: statement.params.len(),
             });
         }
         if let Some(error) = answer.error.take() {
-            if let (Plan::Cached(_), DbError::Sql { message, .. }) = (&plan, &error)
-                && message.starts_with(STALE_PLAN)
+            if let (Plan::Cached(_), Error::Sql(sql)) = (&plan, &error)
+                && sql.is_stale_plan()
                 && let Some(name) = self.statements.remove(statement.sql)
             {
                 // Prepared again on the next attempt.
@@ -530,7 +329,8 @@ impl Connection {
             return Err(error);
         }
         if answer.columns.iter().any(|c| c.ty.is_none()) {
-            self.resolve_columns(&mut answer, statement.caps).await?;
+            self.resolve_columns(&mut answer, statement.caps, cancel)
+                .await?;
             if let Some(error) = answer.decode_error.take() {
                 return Err(error);
             }
@@ -560,7 +360,7 @@ impl Connection {
         }
         json.push(b']');
         let json = String::from_utf8(json)
-            .map_err(|e| DbError::Decode(format!("failed to encode the rows: {e}")))?;
+            .map_err(|e| Error::Decode(format!("failed to encode the rows: {e}")))?;
         Ok(Rows {
             row_count: answer.row_count,
             rows: JsonRows::new(json)?,
@@ -574,7 +374,11 @@ impl Connection {
 
     /// Decides how `statement` is sent; prepares it first (one round trip) when it has
     /// parameters and is not prepared yet, since their types decide how they are bound.
-    async fn plan(&mut self, statement: Statement<'_>) -> Result<Plan, DbError> {
+    async fn plan(
+        &mut self,
+        statement: Statement<'_>,
+        cancel: &CancellationToken,
+    ) -> Result<Plan, Error> {
         if let Some(prepared) = self.statements.get(statement.sql) {
             return Ok(Plan::Cached(prepared));
         }
@@ -587,19 +391,21 @@ impl Connection {
         }
         let name = self.new_name();
         self.closes();
-        let start = self.write.len();
-        if let Err(err) = frontend::parse(&name, statement.sql, None, &mut self.write) {
-            self.write.truncate(start);
+        let write = &mut self.io.write;
+        let start = write.len();
+        if let Err(err) = frontend::parse(&name, statement.sql, None, write) {
+            write.truncate(start);
             return Err(unsendable(err));
         }
-        frontend::describe(b'S', &name, &mut self.write).map_err(encode)?;
-        frontend::sync(&mut self.write);
+        frontend::describe(b'S', &name, write).map_err(encode)?;
+        frontend::sync(write);
         self.send().await?;
         let mut params = Vec::new();
         let mut columns = Vec::new();
         let mut error = None;
+        let mut watch = Watch::new(cancel);
         loop {
-            match self.next().await? {
+            match self.next(&mut watch).await? {
                 Message::ParameterDescription(body) => {
                     params = body.parameters().collect::<Vec<u32>>().map_err(parse)?;
                 }
@@ -612,11 +418,17 @@ impl Connection {
                 Message::ErrorResponse(body) => {
                     error.get_or_insert_with(|| db_error(&body));
                 }
-                Message::ReadyForQuery(_) => break,
+                Message::ReadyForQuery(body) => {
+                    self.settle(body.status());
+                    break;
+                }
                 _ => {}
             }
         }
-        self.busy = false;
+        if watch.requested {
+            self.close.push(name);
+            return Err(Error::Cancelled);
+        }
         if let Some(error) = error {
             // Nothing to close if the Parse itself failed, but harmless.
             self.close.push(name);
@@ -627,7 +439,7 @@ impl Connection {
             .chain(columns.iter().map(|(_, oid)| oid))
             .copied()
             .collect();
-        self.resolve_types(&oids).await?;
+        self.resolve_types(&oids, cancel).await?;
         let ty = |oid| self.types.get(oid).unwrap_or(Type::UNKNOWN);
         let prepared = Arc::new(Prepared {
             name,
@@ -649,7 +461,7 @@ impl Connection {
     fn closes(&mut self) {
         for name in self.close.drain(..) {
             // A name we made holds no NUL: encoding cannot fail.
-            let _ = frontend::close(b'S', &name, &mut self.write);
+            let _ = frontend::close(b'S', &name, &mut self.io.write);
         }
     }
 
@@ -657,11 +469,11 @@ impl Connection {
     /// Bind [Describe] Execute(max_rows + 1), Sync, then ROLLBACK as a simple query, which runs
     /// whether or not the statement failed. Any error before the Sync skips the rest up to it,
     /// so the statement never runs outside the read-only transaction.
-    fn pipeline(&mut self, plan: &Plan, statement: Statement<'_>) -> Result<(), DbError> {
+    fn pipeline(&mut self, plan: &Plan, statement: Statement<'_>) -> Result<(), Error> {
         let bound = match plan {
             Plan::Cached(prepared) => {
                 if prepared.params.len() != statement.params.len() {
-                    return Err(DbError::ParamCount {
+                    return Err(Error::ParamCount {
                         expected: prepared.params.len(),
                         got: statement.params.len(),
                     });
@@ -677,17 +489,22 @@ impl Connection {
             Plan::Keep(_) | Plan::Once => Vec::new(),
         };
         self.closes();
-        let start = self.write.len();
-        let written = write_pipeline(&mut self.write, plan, statement, &bound);
+        let start = self.io.write.len();
+        let written = write_pipeline(&mut self.io.write, plan, statement, &bound);
         if written.is_err() {
-            self.write.truncate(start);
+            self.io.write.truncate(start);
         }
         written
     }
 
     /// Reads the pipeline's answers: up to the ReadyForQuery of its Sync, then that of
     /// ROLLBACK.
-    async fn answers(&mut self, plan: &Plan, statement: Statement<'_>) -> Result<Answer, DbError> {
+    async fn answers(
+        &mut self,
+        plan: &Plan,
+        statement: Statement<'_>,
+        watch: &mut Watch<'_>,
+    ) -> Result<Answer, Error> {
         let mut answer = Answer::default();
         if let Plan::Cached(prepared) = plan {
             answer.columns = prepared
@@ -702,9 +519,24 @@ impl Connection {
             answer.undecoded = vec![false; answer.columns.len()];
         }
         let mut ready = 0;
+        let mut status = b'I';
         while ready < 2 {
-            match self.next().await? {
-                Message::ReadyForQuery(_) => ready += 1,
+            let message = match self.next(watch).await {
+                Ok(message) => message,
+                // A session that ends says why before it closes (terminated, shutting down).
+                Err(Error::ConnectionLost(closed)) => {
+                    return Err(match answer.error {
+                        Some(lost @ Error::ConnectionLost(_)) => lost,
+                        _ => Error::ConnectionLost(closed),
+                    });
+                }
+                Err(error) => return Err(error),
+            };
+            match message {
+                Message::ReadyForQuery(body) => {
+                    ready += 1;
+                    status = body.status();
+                }
                 Message::DataRow(row) => answer.row(row, statement.caps),
                 Message::RowDescription(body) => {
                     let mut fields = body.fields();
@@ -732,6 +564,7 @@ impl Connection {
                 _ => {}
             }
         }
+        self.settle(status);
         Ok(answer)
     }
 
@@ -767,24 +600,33 @@ impl Connection {
 
     /// Looks up the column types PostgreSQL named that are not built in, then decodes the
     /// rows kept for them.
-    async fn resolve_columns(&mut self, answer: &mut Answer, caps: Caps) -> Result<(), DbError> {
+    async fn resolve_columns(
+        &mut self,
+        answer: &mut Answer,
+        caps: Caps,
+        cancel: &CancellationToken,
+    ) -> Result<(), Error> {
         let oids: Vec<u32> = answer.columns.iter().map(|c| c.oid).collect();
-        self.resolve_types(&oids).await?;
+        self.resolve_types(&oids, cancel).await?;
         for column in &mut answer.columns {
             column.ty = Some(self.types.get(column.oid).unwrap_or(Type::UNKNOWN));
         }
+        // Kept within max_rows as they came (a truncation by max_rows is already noted).
         for row in std::mem::take(&mut answer.raw) {
-            if answer.truncated_by.is_some() || answer.decode_error.is_some() {
+            if !answer.write_row(&row, caps) {
                 break;
             }
-            answer.write_row(&row, caps);
         }
         Ok(())
     }
 
     /// Describes the types in `oids` that are neither built in nor known yet, from `pg_type`
     /// (enums, domains, arrays of them, extension types; base and element types too).
-    async fn resolve_types(&mut self, oids: &[u32]) -> Result<(), DbError> {
+    async fn resolve_types(
+        &mut self,
+        oids: &[u32],
+        cancel: &CancellationToken,
+    ) -> Result<(), Error> {
         let mut wanted: Vec<u32> = oids
             .iter()
             .copied()
@@ -797,19 +639,9 @@ impl Connection {
             if wanted.is_empty() {
                 return Ok(());
             }
-            let list = wanted
-                .iter()
-                .map(u32::to_string)
-                .collect::<Vec<_>>()
-                .join(",");
-            let sql = format!(
-                "SELECT t.oid::int8, t.typname::text, n.nspname::text, t.typtype::text, \
-                 t.typbasetype::int8, t.typelem::int8, t.typcategory::text \
-                 FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace \
-                 WHERE t.oid IN ({list})"
-            );
+            let sql = types::describe(&wanted);
             // Only built-in column types here, so this does not come back.
-            let described = Box::pin(self.run(Statement {
+            let statement = Statement {
                 sql: &sql,
                 params: &[],
                 caps: Caps {
@@ -817,8 +649,8 @@ impl Connection {
                     max_bytes: usize::MAX,
                 },
                 timeout: None,
-            }))
-            .await?;
+            };
+            let described = Box::pin(self.run(statement, cancel)).await?;
             let mut next = Vec::new();
             for row in &described.rows.values() {
                 let Some(pg_type) = PgType::from_row(row) else {
@@ -840,22 +672,47 @@ impl Connection {
         Ok(())
     }
 
-    async fn send(&mut self) -> Result<(), DbError> {
-        self.busy = true;
-        let result = self.stream.write_all(&self.write).await;
-        self.write.clear();
-        result.map_err(lost)?;
-        self.stream.flush().await.map_err(lost)
+    /// Ends a transaction the pipeline's ROLLBACK did not end (a cancel that reached the
+    /// ROLLBACK itself): the next pipeline must start outside any transaction.
+    async fn roll_back(&mut self) -> Result<(), Error> {
+        frontend::query("ROLLBACK", &mut self.io.write).map_err(encode)?;
+        self.send().await?;
+        self.until_ready().await
     }
 
-    async fn next(&mut self) -> Result<Message, DbError> {
+    async fn send(&mut self) -> Result<(), Error> {
+        self.busy = true;
+        self.io.send().await.map_err(lost)
+    }
+
+    /// The next message. While it waits for the socket, a fired `watch` sends the
+    /// CancelRequest, once; the answers are then read on as usual.
+    async fn next(&mut self, watch: &mut Watch<'_>) -> Result<Message, Error> {
         loop {
-            if let Some(message) = Message::parse(&mut self.read).map_err(parse)? {
+            if let Some(message) = self.io.parse().map_err(parse)? {
                 return Ok(message);
             }
-            self.read.reserve(8 * 1024);
-            if self.stream.read_buf(&mut self.read).await.map_err(lost)? == 0 {
-                return Err(DbError::ConnectionLost(
+            let read = match watch.token {
+                Some(token) if !watch.requested => tokio::select! {
+                    biased;
+                    read = self.io.fill() => read,
+                    () = token.cancelled() => {
+                        watch.requested = true;
+                        // Boxed: a new connection's future (TCP, TLS) is large, and every
+                        // call would carry it for the rare one that cancels.
+                        if let Err(error) = Box::pin(self.cancel.cancel()).await {
+                            // The statement runs on (to its timeout at most); the caller
+                            // stops waiting, and the connection, mid-answer, is discarded.
+                            tracing::warn!(%error, "failed to cancel a statement");
+                            return Err(Error::Cancelled);
+                        }
+                        continue;
+                    }
+                },
+                _ => self.io.fill().await,
+            };
+            if read.map_err(lost)? == 0 {
+                return Err(Error::ConnectionLost(
                     "the server closed the connection".to_owned(),
                 ));
             }
@@ -880,8 +737,9 @@ impl Answer {
         self.write_row(&row, caps);
     }
 
-    /// Appends `row` as a JSON array, unless it would take the rows past `max_bytes`.
-    fn write_row(&mut self, row: &DataRowBody, caps: Caps) {
+    /// Appends `row` as a JSON array, unless it would take the rows past `max_bytes` or
+    /// cannot be decoded; whether it did.
+    fn write_row(&mut self, row: &DataRowBody, caps: Caps) -> bool {
         let start = self.json.len();
         self.json
             .push(if self.row_count == 0 { b'[' } else { b',' });
@@ -889,76 +747,17 @@ impl Answer {
         if let Err(error) = encode_row(&self.columns, row, &mut self.undecoded, &mut self.json) {
             self.json.truncate(start);
             self.decode_error = Some(error);
-            return;
+            return false;
         }
         let size = self.json.len() - begin;
         if self.bytes + size > caps.max_bytes {
             self.json.truncate(start);
             self.truncated_by = Some("max_bytes");
-            return;
+            return false;
         }
         self.bytes += size;
         self.row_count += 1;
-    }
-}
-
-/// A row of the `pg_type` query in [`Connection::resolve_types`].
-struct PgType {
-    oid: u32,
-    name: String,
-    schema: String,
-    kind: String,
-    base: u32,
-    element: u32,
-    category: String,
-}
-
-impl PgType {
-    fn from_row(row: &[Value]) -> Option<PgType> {
-        let [oid, name, schema, kind, base, element, category] = row else {
-            return None;
-        };
-        let oid_of = |v: &Value| v.as_u64().and_then(|o| u32::try_from(o).ok());
-        let text = |v: &Value| v.as_str().map(str::to_owned);
-        Some(PgType {
-            oid: oid_of(oid)?,
-            name: text(name)?,
-            schema: text(schema)?,
-            kind: text(kind)?,
-            base: oid_of(base)?,
-            element: oid_of(element)?,
-            category: text(category)?,
-        })
-    }
-
-    /// The type this one is built on: a domain's base, an array's element.
-    fn dependency(&self) -> Option<u32> {
-        match self.kind.as_str() {
-            "d" => Some(self.base),
-            _ if self.category == "A" && self.element != 0 => Some(self.element),
-            _ => None,
-        }
-    }
-
-    fn build(self, inner: Option<Type>) -> Type {
-        let kind = match (self.kind.as_str(), inner) {
-            ("e", _) => Kind::Enum(Vec::new()),
-            ("p", _) => Kind::Pseudo,
-            ("d", Some(base)) => Kind::Domain(base),
-            (_, Some(element)) => Kind::Array(element),
-            // Composites, ranges and base types of extensions: decoded by name or shown as hex.
-            _ => Kind::Simple,
-        };
-        Type::new(self.name, self.oid, kind, self.schema)
-    }
-}
-
-impl TypeCache {
-    fn insert(&self, ty: Type) {
-        self.0
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(ty.oid(), ty);
+        true
     }
 }
 
@@ -967,7 +766,7 @@ fn write_pipeline(
     plan: &Plan,
     statement: Statement<'_>,
     bound: &[Param],
-) -> Result<(), DbError> {
+) -> Result<(), Error> {
     bind_plain(write, BEGIN, None)?;
     frontend::execute("", 0, write).map_err(encode)?;
     if let Some(timeout) = statement.timeout {
@@ -1011,7 +810,7 @@ fn write_pipeline(
 
 /// Bind of a statement without parameters to the unnamed portal; `results` the result format
 /// for every column (binary: `Some(1)`).
-fn bind_plain(write: &mut BytesMut, statement: &str, results: Option<i16>) -> Result<(), DbError> {
+fn bind_plain(write: &mut BytesMut, statement: &str, results: Option<i16>) -> Result<(), Error> {
     frontend::bind(
         "",
         statement,
@@ -1035,7 +834,7 @@ fn encode_row(
     row: &DataRowBody,
     undecoded: &mut [bool],
     out: &mut Vec<u8>,
-) -> Result<(), DbError> {
+) -> Result<(), Error> {
     let buffer = row.buffer();
     let mut ranges = row.ranges();
     out.push(b'[');
@@ -1046,10 +845,10 @@ fn encode_row(
         let range = ranges
             .next()
             .map_err(parse)?
-            .ok_or_else(|| DbError::Decode(format!("row ended before column {}", column.name)))?;
+            .ok_or_else(|| Error::Decode(format!("row ended before column {}", column.name)))?;
         let ty = column.ty.as_ref().unwrap_or(&Type::UNKNOWN);
-        let failed = pgvalue::write_cell(ty, range.map(|r| &buffer[r]), out).map_err(|e| {
-            DbError::Decode(format!(
+        let failed = value::write_cell(ty, range.map(|r| &buffer[r]), out).map_err(|e| {
+            Error::Decode(format!(
                 "failed to read column {} ({}): {e}; cast it in SQL, e.g. {}::text",
                 column.name,
                 ty.name(),
@@ -1062,66 +861,6 @@ fn encode_row(
     }
     out.push(b']');
     Ok(())
-}
-
-fn db_error(body: &ErrorResponseBody) -> DbError {
-    let mut code = String::new();
-    let mut message = String::new();
-    let mut detail = None;
-    let mut hint = None;
-    let mut position = None;
-    let mut severity = None;
-    let mut localized_severity = None;
-    let mut fields = body.fields();
-    while let Ok(Some(field)) = fields.next() {
-        let value = || String::from_utf8_lossy(field.value_bytes()).into_owned();
-        match field.type_() {
-            b'C' => code = value(),
-            b'M' => message = value(),
-            b'D' => detail = Some(value()),
-            b'H' => hint = Some(value()),
-            b'P' => position = value().parse().ok(),
-            b'V' => severity = Some(value()),
-            b'S' => localized_severity = Some(value()),
-            _ => {}
-        }
-    }
-    // `V` (never translated) since PostgreSQL 9.6; `S` may be translated.
-    let fatal = matches!(
-        severity.or(localized_severity).as_deref(),
-        Some("FATAL" | "PANIC")
-    );
-    super::classify(code, message, detail, hint, position, fatal)
-}
-
-fn lost(err: io::Error) -> DbError {
-    DbError::ConnectionLost(err.to_string())
-}
-
-fn parse(err: io::Error) -> DbError {
-    DbError::ConnectionLost(format!("unexpected answer from the server: {err}"))
-}
-
-/// SQL PostgreSQL's protocol cannot carry (a NUL character).
-fn unsendable(err: io::Error) -> DbError {
-    DbError::Sql {
-        code: "22021".to_owned(),
-        message: format!("the statement cannot be sent: {err}"),
-        detail: None,
-        hint: Some("remove NUL characters from the SQL".to_owned()),
-        position: None,
-    }
-}
-
-fn encode(err: io::Error) -> DbError {
-    DbError::Decode(format!("failed to encode a message: {err}"))
-}
-
-fn bind_error(err: frontend::BindError) -> DbError {
-    match err {
-        frontend::BindError::Conversion(e) => DbError::Decode(e.to_string()),
-        frontend::BindError::Serialization(e) => encode(e),
-    }
 }
 
 #[cfg(test)]

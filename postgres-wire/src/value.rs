@@ -1,4 +1,4 @@
-//! PostgreSQL values to JSON and back, for the `query` tool.
+//! PostgreSQL values to JSON and back: result cells and statement parameters.
 //!
 //! Results keep their meaning: numbers stay numbers, NULL stays null, booleans stay booleans,
 //! timestamps become ISO-8601 strings, json/jsonb become JSON, arrays become arrays. bytea is
@@ -12,8 +12,8 @@ use std::fmt::Write as _;
 use bytes::{BufMut, BytesMut};
 use fallible_iterator::FallibleIterator as _;
 use postgres_protocol::types as pg;
+use postgres_types::{FromSql as _, IsNull, Kind, ToSql, Type, to_sql_checked};
 use serde_json::{Number, Value};
-use tokio_postgres::types::{FromSql as _, IsNull, Kind, ToSql, Type, to_sql_checked};
 
 type BoxError = Box<dyn StdError + Sync + Send>;
 
