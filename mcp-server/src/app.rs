@@ -31,9 +31,8 @@ pub enum Error {
     Panicked(#[source] JoinError),
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// [`Database::new`]'s reason.
-    #[error("{0}")]
-    Database(String),
+    #[error(transparent)]
+    Database(#[from] crate::db::SetupError),
     #[error(transparent)]
     Entra(DiscoveryError),
     #[error(

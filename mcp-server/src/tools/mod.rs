@@ -166,15 +166,11 @@ impl Tools {
             max_rows: 1_000_000,
             max_bytes: usize::MAX,
         };
+        // Shared by every call: the caller whose call first needed it cannot cancel it.
+        let uncancelled = CancellationToken::new();
         let rows = self
             .db
-            .query(
-                crate::definer::SNAPSHOT_SQL,
-                &[],
-                caps,
-                None,
-                &tokio_util::sync::CancellationToken::new(),
-            )
+            .query(crate::definer::SNAPSHOT_SQL, &[], caps, None, &uncancelled)
             .await?;
         let text = |value: &Value| value.as_str().unwrap_or_default().to_owned();
         let snapshot = Arc::new(Snapshot::new(
@@ -282,18 +278,8 @@ impl Tools {
         sql: &str,
         params: &[Value],
     ) -> Result<RowsResult, ToolError> {
-        let _ = call; // the token reaches the database with the wire client's cancel
         let caps = self.caps(None);
-        let rows = self
-            .db
-            .query(
-                sql,
-                params,
-                caps,
-                None,
-                &tokio_util::sync::CancellationToken::new(),
-            )
-            .await?;
+        let rows = self.db.query(sql, params, caps, None, &call.cancel).await?;
         Ok(RowsResult {
             rows,
             limits: self.limits_for(caps),

@@ -99,7 +99,7 @@ fn resolve_locally(scope: &Scope, system: &SystemRelations, name: &str) -> Optio
 /// Refuses any relation outside the scope. Unqualified names are resolved the way PostgreSQL
 /// will resolve them, through the session's `search_path` (with `pg_catalog` first): locally
 /// where that is certain ([`resolve_locally`]), else by PostgreSQL in one round trip.
-async fn check_scope(tools: &Tools, statement: &Statement) -> Result<(), ToolError> {
+async fn check_scope(tools: &Tools, call: &Call, statement: &Statement) -> Result<(), ToolError> {
     if tools.scope.is_unrestricted() {
         return Ok(());
     }
@@ -123,10 +123,7 @@ async fn check_scope(tools: &Tools, statement: &Statement) -> Result<(), ToolErr
             .iter()
             .map(|name| format!("\"{}\"", name.replace('"', "\"\"")))
             .collect();
-        let resolved = tools
-            .db
-            .resolve_relations(&quoted, &tokio_util::sync::CancellationToken::new())
-            .await?;
+        let resolved = tools.db.resolve_relations(&quoted, &call.cancel).await?;
         // No such relation (or the name of one of the statement's CTEs): nothing to hide,
         // PostgreSQL resolves or reports it.
         checks.extend(
@@ -150,17 +147,11 @@ pub async fn query(tools: &Tools, call: &Call, args: QueryArgs) -> Result<RowsRe
     check_size(&args.sql, &args.params)?;
     let (_, statement) = inspection.verdict?;
     tools.check_definers(&args.sql, &statement).await?;
-    check_scope(tools, &statement).await?;
+    check_scope(tools, call, &statement).await?;
     let caps = tools.caps(args.max_rows);
     let rows = tools
         .db
-        .query(
-            &args.sql,
-            &args.params,
-            caps,
-            None,
-            &tokio_util::sync::CancellationToken::new(),
-        )
+        .query(&args.sql, &args.params, caps, None, &call.cancel)
         .await?;
     Ok(RowsResult {
         rows,
@@ -185,7 +176,7 @@ pub async fn explain(tools: &Tools, call: &Call, args: ExplainArgs) -> Result<Pl
     let (_, statement) = sql_guard::parse_checked(&args.sql)?;
     // Planning alone can run a function (constant folding of an immutable one).
     tools.check_definers(&args.sql, &statement).await?;
-    check_scope(tools, &statement).await?;
+    check_scope(tools, call, &statement).await?;
     let options = if args.analyze {
         "ANALYZE, BUFFERS, FORMAT JSON"
     } else {
@@ -203,7 +194,7 @@ pub async fn explain(tools: &Tools, call: &Call, args: ExplainArgs) -> Result<Pl
             &args.params,
             tools.caps(None),
             Some(timeout),
-            &tokio_util::sync::CancellationToken::new(),
+            &call.cancel,
         )
         .await?;
     let plan = result
