@@ -400,17 +400,7 @@ mod tests {
     use rmcp::model::ErrorCode;
 
     use super::*;
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.append(
-                header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                HeaderValue::from_str(value).unwrap(),
-            );
-        }
-        map
-    }
+    use crate::dispatch::fast::headers;
 
     const SESSION: &str = "6f1c2f8e-8a4e-4c1b-9a59-0c7f0b1c2d3e";
 

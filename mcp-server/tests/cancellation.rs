@@ -11,7 +11,7 @@ mod common;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::server::{BIN, MCP_HEADERS, ServerProcess, shop_args};
+use common::server::{BIN, ServerProcess, open_session, refs, shop_args};
 use common::{Shop, shop};
 use pgmcp_tests::wait_for_opt;
 use serde_json::{Value, json};
@@ -76,44 +76,12 @@ async fn stopped_and_kept(shop: &Shop, pid: i32, cancelled_at: Instant) {
     );
 }
 
-/// Opens a 2025-11-25 session: the headers of its later requests.
-async fn session(server: &ServerProcess) -> Vec<(String, String)> {
-    let initialize = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-        "protocolVersion": "2025-11-25", "capabilities": {},
-        "clientInfo": {"name": "cancel-test", "version": "1"}}});
-    let (status, head, body) = server
-        .request("POST", "/mcp", &MCP_HEADERS, &initialize.to_string())
-        .await
-        .unwrap();
-    assert_eq!(status, 200, "{head}\n{body}");
-    let mut headers: Vec<(String, String)> = MCP_HEADERS
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    headers.push((
-        "Mcp-Session-Id".into(),
-        pgmcp_tests::http::header(&head, "mcp-session-id").unwrap(),
-    ));
-    headers.push(("MCP-Protocol-Version".into(), "2025-11-25".into()));
-    let (status, _, _) = post(
-        server,
-        &headers,
-        &json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
-    )
-    .await;
-    assert_eq!(status, 202);
-    headers
-}
-
 async fn post(
     server: &ServerProcess,
     headers: &[(String, String)],
     message: &Value,
 ) -> (u16, String, String) {
-    let refs: Vec<(&str, &str)> = headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+    let refs = refs(headers);
     server
         .request("POST", "/mcp", &refs, &message.to_string())
         .await
@@ -134,16 +102,13 @@ fn cancelled(id: i64) -> Value {
 async fn cancel_in_a_session(test: &str, tool: &str, arguments: Value, needle: &str) {
     let shop = shop(test).await;
     let server = ServerProcess::start(&shop, &[]).await;
-    let headers = session(&server).await;
+    let headers = open_session(&server).await;
     let request = tokio::spawn({
         let headers = headers.clone();
         let port = server.port;
         let message = call(7, tool, arguments);
         async move {
-            let refs: Vec<(&str, &str)> = headers
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
+            let refs = refs(&headers);
             pgmcp_tests::http::request(port, "POST", "/mcp", &refs, &message.to_string())
                 .await
                 .unwrap()
@@ -222,7 +187,7 @@ async fn a_cancelled_explain_analyze_stops_in_postgres() {
 async fn an_http_client_that_goes_away_stops_its_statement() {
     let shop = shop("cancel http gone").await;
     let server = ServerProcess::start(&shop, &[]).await;
-    let headers = session(&server).await;
+    let headers = open_session(&server).await;
     let message = call(7, "query", json!({"sql": LONG})).to_string();
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", server.port))
         .await

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::server::{BIN, MCP_HEADERS, ServerProcess, http, shop_args};
+use common::server::{BIN, MCP_HEADERS, ServerProcess, http, open_session, refs, shop_args};
 use common::shop;
 use serde_json::{Value, json};
 
@@ -18,47 +18,8 @@ fn message(body: &str) -> Value {
         .unwrap_or_else(|| panic!("no JSON-RPC message in: {body}"))
 }
 
-fn session_id(head: &str) -> String {
-    pgmcp_tests::http::header(head, "mcp-session-id")
-        .unwrap_or_else(|| panic!("no Mcp-Session-Id in:\n{head}"))
-}
-
-/// Initializes a session and returns the headers later requests need.
-async fn open_session(server: &ServerProcess) -> Vec<(String, String)> {
-    let (status, head, body) = server
-        .request("POST", "/mcp", &MCP_HEADERS, INITIALIZE)
-        .await
-        .unwrap();
-    assert_eq!(status, 200, "{head}\n{body}");
-    assert_eq!(
-        message(&body)["result"]["serverInfo"]["name"],
-        json!("pgmcp-server")
-    );
-    let sid = session_id(&head);
-    let initialized = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
-    let mut headers: Vec<(String, String)> = MCP_HEADERS
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    headers.push(("Mcp-Session-Id".into(), sid));
-    headers.push(("MCP-Protocol-Version".into(), "2025-11-25".into()));
-    let refs: Vec<(&str, &str)> = headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let (status, _, _) = server
-        .request("POST", "/mcp", &refs, initialized)
-        .await
-        .unwrap();
-    assert_eq!(status, 202);
-    headers
-}
-
 async fn call(server: &ServerProcess, headers: &[(String, String)], body: &str) -> (u16, Value) {
-    let refs: Vec<(&str, &str)> = headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+    let refs = refs(headers);
     let (status, _, body) = server.request("POST", "/mcp", &refs, body).await.unwrap();
     let value = if status == 200 {
         message(&body)
@@ -197,10 +158,7 @@ async fn malformed_requests_get_protocol_errors_and_the_server_keeps_serving() {
             -32600,
         ),
     ] {
-        let refs: Vec<(&str, &str)> = headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        let refs = refs(&headers);
         let (status, _, answer) = server
             .request_bytes("POST", "/mcp", &refs, body)
             .await
@@ -465,10 +423,7 @@ async fn plain_tool_calls_are_answered_directly_with_what_rmcp_would_answer() {
     let shop = shop("http direct").await;
     let server = ServerProcess::start(&shop, &[]).await;
     let headers = open_session(&server).await;
-    let refs: Vec<(&str, &str)> = headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+    let refs = refs(&headers);
     let post = |body: Value| {
         let refs = refs.clone();
         let server = &server;
@@ -524,10 +479,7 @@ async fn a_terminated_session_gets_404() {
     let shop = shop("http session end").await;
     let server = ServerProcess::start(&shop, &[]).await;
     let headers = open_session(&server).await;
-    let refs: Vec<(&str, &str)> = headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+    let refs = refs(&headers);
     let list = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
     let plain_call = r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"list_tables","arguments":{}}}"#;
     for body in [list, plain_call] {

@@ -231,24 +231,26 @@ pub(crate) fn cancelled(body: &[u8]) -> Option<RequestId> {
     })
 }
 
+/// `pairs` as request headers, for tests.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+    use axum::http::{HeaderValue, header};
+    let mut map = HeaderMap::new();
+    for (name, value) in pairs {
+        map.append(
+            header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from_str(value).unwrap(),
+        );
+    }
+    map
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use axum::http::{HeaderValue, header};
-
     use super::*;
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.append(
-                header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                HeaderValue::from_str(value).unwrap(),
-            );
-        }
-        map
-    }
 
     fn stateless_body(name: &str, arguments: &str) -> String {
         format!(

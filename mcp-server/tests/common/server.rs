@@ -146,6 +146,14 @@ impl ServerProcess {
 
 pub use pgmcp_tests::http::request as http;
 
+/// Owned header pairs as the `&[(&str, &str)]` requests take.
+pub fn refs(headers: &[(String, String)]) -> Vec<(&str, &str)> {
+    headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
+}
+
 /// Opens a 2025-11-25 session with `extra` headers on every request (e.g. `Authorization`) and
 /// calls `tool`: the `tools/call` result, or the status and head of the first refused request.
 pub async fn call_tool(
@@ -228,4 +236,33 @@ pub fn clients() -> Clients {
         );
     }
     clients
+}
+
+/// Initializes a 2025-11-25 session on `server` and returns the headers later requests need.
+pub async fn open_session(server: &ServerProcess) -> Vec<(String, String)> {
+    let initialize = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "raw-test", "version": "1"}}});
+    let (status, head, body) = server
+        .request("POST", "/mcp", &MCP_HEADERS, &initialize.to_string())
+        .await
+        .expect("initialize");
+    assert_eq!(status, 200, "{head}\n{body}");
+    let answer = pgmcp_tests::http::jsonrpc_message(&body).expect("an answer to initialize");
+    assert_eq!(answer["result"]["serverInfo"]["name"], "pgmcp-server");
+    let session = pgmcp_tests::http::header(&head, "mcp-session-id")
+        .unwrap_or_else(|| panic!("no Mcp-Session-Id in:\n{head}"));
+    let mut headers: Vec<(String, String)> = MCP_HEADERS
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    headers.push(("Mcp-Session-Id".into(), session));
+    headers.push(("MCP-Protocol-Version".into(), "2025-11-25".into()));
+    let initialized = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+    let (status, _, _) = server
+        .request("POST", "/mcp", &refs(&headers), initialized)
+        .await
+        .expect("notifications/initialized");
+    assert_eq!(status, 202);
+    headers
 }
