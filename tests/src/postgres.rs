@@ -407,7 +407,9 @@ fn as_user(user: Option<&str>, program: &Path) -> Command {
     }
 }
 
-fn running_as_root() -> anyhow::Result<bool> {
+/// Whether this process runs as root (then PostgreSQL, and pgbouncer in the benchmark, which
+/// both refuse root, run as `postgres`).
+pub fn running_as_root() -> anyhow::Result<bool> {
     Ok(output(Command::new("id").arg("-u"))?.trim() == "0")
 }
 

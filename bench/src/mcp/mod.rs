@@ -1,13 +1,14 @@
-//! `make bench-mcp`: pgmcp-server against its peers and against pgbench on the same seeded
-//! PostgreSQL — throughput, latency, errors, the server's memory, CPU per call and start-up
+//! `make bench-mcp`: pgmcp-server against its peers and against pgbench (directly and through
+//! pgbouncer) on the same seeded PostgreSQL — throughput, latency, errors, the server's memory, CPU per call and start-up
 //! time — then a soak with a PostgreSQL restart, written to BENCHMARKS.md. `--smoke` runs a few
 //! seconds of the same code (part of `make test`) and checks the numbers are real.
 //!
-//! Every server and PostgreSQL are children of this process and stopped by it.
+//! Every server, pgbouncer and PostgreSQL are children of this process and stopped by it.
 
 pub mod client;
 pub mod load;
 pub mod pgbench;
+pub mod pgbouncer;
 pub mod procfs;
 pub mod report;
 pub mod seed;
@@ -152,6 +153,10 @@ pub struct Results {
     pub seeded: seed::Seeded,
     pub pgbench_version: String,
     pub pgbench: Vec<pgbench::PgbenchResult>,
+    /// `PgBouncer 1.18.0`.
+    pub pgbouncer_version: String,
+    /// The same pgbench runs through pgbouncer (the one-hop limit), one per client count.
+    pub pgbouncer: Vec<pgbench::PgbenchResult>,
     pub targets: Vec<TargetRun>,
     pub soak: Option<soak::SoakResult>,
     pub skipped: Vec<String>,
@@ -230,13 +235,31 @@ pub async fn main(options: Options) -> anyhow::Result<()> {
 
     let duration = Duration::from_secs_f64(options.duration);
     let warmup = Duration::from_secs_f64(options.warmup);
+    let pgbench_duration = duration.max(Duration::from_secs(1));
     let mut pgbench_results = Vec::new();
-    pgbench::run(&seeded, 1, Duration::from_secs(1))?; // warm the cache
+    let mut pgbouncer_results = Vec::new();
+    let pool = pgbouncer::pgmcp_pool_size();
+    let largest = options.clients.iter().copied().max().unwrap_or(1);
+    let pooler = pgbouncer::Pgbouncer::start(&seeded, largest.max(pool)).await?;
+    let through_pooler = |clients, duration| {
+        pgbench::run(&seeded, pooler.port(), clients, duration)
+            .with_context(|| format!("through pgbouncer; its log:\n{}", pooler.log_tail()))
+    };
+    pgbench::run(&seeded, seeded.port, 1, Duration::from_secs(1))?; // warm the cache
+    // Open every server connection of the pooler before measuring, as pgmcp's warm-up does.
+    through_pooler(pool, Duration::from_secs(1))?;
+    // Direct and pooled back to back per client count, so both see the same machine.
     for &clients in &options.clients {
-        let r = pgbench::run(&seeded, clients, duration.max(Duration::from_secs(1)))?;
-        eprintln!("pgbench -S -c {clients}: {:.0} tps", r.tps);
-        pgbench_results.push(r);
+        let direct = pgbench::run(&seeded, seeded.port, clients, pgbench_duration)?;
+        let pooled = through_pooler(clients, pgbench_duration)?;
+        eprintln!(
+            "pgbench -S -c {clients}: {:.0} tps; through pgbouncer: {:.0} tps",
+            direct.tps, pooled.tps
+        );
+        pgbench_results.push(direct);
+        pgbouncer_results.push(pooled);
     }
+    drop(pooler);
 
     let mut runs = Vec::new();
     for target in targets {
@@ -290,6 +313,8 @@ pub async fn main(options: Options) -> anyhow::Result<()> {
         seeded: (*seeded).clone(),
         pgbench_version: pgbench::version(),
         pgbench: pgbench_results,
+        pgbouncer_version: pgbouncer::version(),
+        pgbouncer: pgbouncer_results,
         targets: runs,
         soak,
         skipped,
@@ -449,7 +474,7 @@ async fn run_level(
 }
 
 /// The smoke's claims: pgmcp answered every tool with no errors and right content, pgbench
-/// ran, the soak served calls after the restart, and the report has its table.
+/// ran directly and through pgbouncer, the soak served calls after the restart, and the report has its table.
 fn smoke_checks(results: &Results, output: &std::path::Path) -> anyhow::Result<()> {
     let mut problems = Vec::new();
     for run in results
@@ -491,6 +516,17 @@ fn smoke_checks(results: &Results, output: &std::path::Path) -> anyhow::Result<(
     if results.pgbench.iter().any(|p| p.tps <= 0.0) || results.pgbench.is_empty() {
         problems.push("pgbench reported no throughput".into());
     }
+    if results.pgbouncer.len() != results.options.clients.len()
+        || results
+            .pgbouncer
+            .iter()
+            .any(|p| p.tps <= 0.0 || p.failed > 0)
+    {
+        problems.push(format!(
+            "pgbench through pgbouncer did not report throughput at every client count: {:?}",
+            results.pgbouncer
+        ));
+    }
     if let Some(soak) = &results.soak {
         if soak.calls == 0 {
             problems.push("soak: no calls answered".into());
@@ -505,7 +541,9 @@ fn smoke_checks(results: &Results, output: &std::path::Path) -> anyhow::Result<(
         }
     }
     let written = std::fs::read_to_string(output)?;
-    if !written.contains(report::BEGIN) || !written.contains("| clients | pgbench -S TPS |") {
+    if !written.contains(report::BEGIN)
+        || !written.contains("| clients | pgbench -S TPS | pgbouncer + pgbench -S TPS |")
+    {
         problems.push(format!("{} lacks the report table", output.display()));
     }
     anyhow::ensure!(

@@ -1,6 +1,7 @@
 //! The physical limit: `pgbench -S` (select-only: `SELECT abalance FROM pgbench_accounts WHERE
 //! aid = N`, simple protocol) with the same client count, as the same read-only role, against
-//! the same PostgreSQL.
+//! the same PostgreSQL — directly, or through pgbouncer (the one-hop limit, see
+//! [`super::pgbouncer`]).
 
 use std::process::Command;
 use std::time::Duration;
@@ -18,15 +19,21 @@ pub struct PgbenchResult {
     pub failed: u64,
 }
 
-/// `pgbench -S -n -c clients -j min(clients, nproc) -T secs`.
-pub fn run(seeded: &Seeded, clients: usize, duration: Duration) -> anyhow::Result<PgbenchResult> {
+/// `pgbench -S -n -c clients -j min(clients, nproc) -T secs` against `port` on the seeded host:
+/// PostgreSQL's own (`seeded.port`) or pgbouncer's.
+pub fn run(
+    seeded: &Seeded,
+    port: u16,
+    clients: usize,
+    duration: Duration,
+) -> anyhow::Result<PgbenchResult> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let out = Command::new(pgbench())
         .args(["-S", "-n"])
         .args(["-c", &clients.to_string()])
         .args(["-j", &clients.min(cpus).to_string()])
         .args(["-T", &duration.as_secs().max(1).to_string()])
-        .args(["-h", &seeded.host, "-p", &seeded.port.to_string()])
+        .args(["-h", &seeded.host, "-p", &port.to_string()])
         .args(["-U", READER, DATABASE])
         .env("PGPASSWORD", &seeded.reader_password)
         .output()

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
+use super::pgbench::PgbenchResult;
 use super::servers::{Op, Peer, Target, Transport};
 use super::{Results, TargetRun};
 
@@ -29,6 +30,7 @@ pub fn render(r: &Results) -> String {
         "- PostgreSQL: {} (the harness's, local, fsync off); {}",
         r.seeded.postgres_version, r.pgbench_version
     );
+    let _ = writeln!(out, "- pgbouncer: {}", r.pgbouncer_version);
     let mut listed: Vec<Peer> = Vec::new();
     for run in &r.targets {
         if !listed.contains(&run.target.peer) {
@@ -50,10 +52,12 @@ pub fn render(r: &Results) -> String {
          one is answered). N clients over HTTP are N TCP connections, each its own MCP session \
          (protocol 2025-11-25, or what the server answers); over stdio they are N requests in \
          flight on the one server process. Every server runs with its default settings (pgmcp: a \
-         pool of 8 PostgreSQL connections and one worker thread; pgbench opens one per client). Server CPU is \
+         pool of {} PostgreSQL connections and one worker thread; pgbench opens one per client). Server CPU is \
          utime+stime from /proc over the measured window ÷ answered calls; the generator's CPU \
          (this process, both its threads) is in the last column, in cores.\n",
-        o.warmup, o.duration
+        o.warmup,
+        o.duration,
+        super::pgbouncer::pgmcp_pool_size()
     );
 
     // pgbench comparison.
@@ -63,40 +67,49 @@ pub fn render(r: &Results) -> String {
         .iter()
         .filter(|t| t.target.peer == Peer::Pgmcp)
         .collect();
-    let mut header = String::from("| clients | pgbench -S TPS |");
-    let mut rule = String::from("| ---: | ---: |");
+    let mut header = String::from("| clients | pgbench -S TPS | pgbouncer + pgbench -S TPS |");
+    let mut rule = String::from("| ---: | ---: | ---: |");
     for t in &pgmcp_targets {
-        let _ = write!(header, " {} calls/s | % of pgbench |", t.target.name());
-        rule.push_str(" ---: | ---: |");
+        let _ = write!(
+            header,
+            " {} calls/s | % of pgbench | % of pgbouncer |",
+            t.target.name()
+        );
+        rule.push_str(" ---: | ---: | ---: |");
     }
     let _ = writeln!(out, "{header}\n{rule}");
     for p in &r.pgbench {
-        let mut row = format!("| {} | {:.0} |", p.clients, p.tps);
-        for t in &pgmcp_targets {
-            match t.measured(p.clients, Op::PkLookup) {
-                Some(m) => {
-                    let _ = write!(
-                        row,
-                        " {:.0} | {} |",
-                        m.calls_per_sec(),
-                        percent(m.calls_per_sec() / p.tps)
-                    );
-                }
-                None => row.push_str(" – | – |"),
-            }
-        }
-        let _ = writeln!(out, "{row}");
+        let pooled = r.pgbouncer.iter().find(|b| b.clients == p.clients);
+        let _ = writeln!(out, "{}", pgbench_row(p, pooled, &pgmcp_targets));
     }
+    let latencies = |runs: &[PgbenchResult]| {
+        runs.iter()
+            .map(|p| format!("{:.3} ms at {}", p.latency_avg_ms, p.clients))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let _ = writeln!(
         out,
         "\npgbench: `pgbench -S -n -c N -j min(N, nproc) -T {:.0}` (simple protocol, one statement \
          per transaction); its average latency was {}.\n",
         o.duration.max(1.0),
-        r.pgbench
-            .iter()
-            .map(|p| format!("{:.3} ms at {}", p.latency_avg_ms, p.clients))
-            .collect::<Vec<_>>()
-            .join(", ")
+        latencies(&r.pgbench)
+    );
+    let _ = writeln!(
+        out,
+        "pgbouncer + pgbench: the same pgbench, in the same run, through {} on loopback \
+         (transaction pooling, {} server connections like pgmcp's pool, the same role; average \
+         latency {}). That is one hop more than pgbench — a process that takes each statement \
+         from the client's connection and runs it on a pooled PostgreSQL connection — as an MCP \
+         call is, so % of pgbouncer is the ratio that matters: what pgmcp costs beyond that hop \
+         (MCP framing, JSON, its checks).\n",
+        if r.pgbouncer_version.is_empty() {
+            "pgbouncer"
+        } else {
+            r.pgbouncer_version.as_str()
+        },
+        super::pgbouncer::pgmcp_pool_size(),
+        latencies(&r.pgbouncer)
     );
 
     targets(&mut out, r);
@@ -123,6 +136,36 @@ pub fn render(r: &Results) -> String {
     }
     let _ = write!(out, "{END}");
     out
+}
+
+/// A row of the pgbench table: the client count, pgbench's TPS directly and through pgbouncer,
+/// then for each pgmcp target its PK-lookup calls/s, ÷ pgbench and ÷ pgbouncer.
+fn pgbench_row(
+    direct: &PgbenchResult,
+    pooled: Option<&PgbenchResult>,
+    pgmcp_targets: &[&TargetRun],
+) -> String {
+    let mut row = format!(
+        "| {} | {:.0} | {} |",
+        direct.clients,
+        direct.tps,
+        pooled.map_or("–".into(), |b| format!("{:.0}", b.tps))
+    );
+    for t in pgmcp_targets {
+        match t.measured(direct.clients, Op::PkLookup) {
+            Some(m) => {
+                let calls = m.calls_per_sec();
+                let _ = write!(
+                    row,
+                    " {calls:.0} | {} | {} |",
+                    percent(calls / direct.tps),
+                    pooled.map_or("–".into(), |b| percent(calls / b.tps))
+                );
+            }
+            None => row.push_str(" – | – | – |"),
+        }
+    }
+    row
 }
 
 fn targets(out: &mut String, r: &Results) {
@@ -570,10 +613,13 @@ plain server). Tried: a private mount namespace (`unshare -m`) with an /etc/host
 asks for TLS. Benchmarking it would take a TLS PostgreSQL (or a forwarder) on port 5432 plus \
 the hosts override, i.e. a different network path from every other server; left out.\n";
 
-/// A share as a percentage, one decimal below 10 %.
+/// A share as a percentage, one decimal below 10 % ("–" when there is none: nothing to divide
+/// by).
 fn percent(share: f64) -> String {
     let p = share * 100.0;
-    if p < 10.0 {
+    if !p.is_finite() {
+        "–".into()
+    } else if p < 10.0 {
         format!("{p:.1} %")
     } else {
         format!("{p:.0} %")
@@ -655,6 +701,74 @@ pub fn write_section(path: &Path, section: &str) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mcp::LevelRun;
+    use crate::mcp::load::Measured;
+
+    fn pgbench(clients: usize, tps: f64) -> PgbenchResult {
+        PgbenchResult {
+            clients,
+            tps,
+            latency_avg_ms: 0.2,
+            failed: 0,
+        }
+    }
+
+    /// pgmcp over `transport` answering `calls` PK lookups in one second at each client count.
+    fn pgmcp(transport: Transport, levels: &[(usize, u64)]) -> TargetRun {
+        TargetRun {
+            target: Target {
+                peer: Peer::Pgmcp,
+                transport,
+            },
+            version: String::new(),
+            levels: levels
+                .iter()
+                .map(|&(clients, calls)| LevelRun {
+                    clients,
+                    start_to_ready: Duration::from_millis(5),
+                    idle_rss_kib: 1,
+                    peak_rss_kib: 1,
+                    ops: vec![(
+                        Op::PkLookup,
+                        Measured {
+                            calls,
+                            window: Duration::from_secs(1),
+                            ..Measured::default()
+                        },
+                    )],
+                })
+                .collect(),
+            failure: None,
+            wrong_answers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn pgbench_row_divides_pgmcp_by_pgbench_and_by_pgbouncer() {
+        let http = pgmcp(Transport::Http, &[(8, 6000)]);
+        let stdio = pgmcp(Transport::Stdio, &[(1, 2000)]);
+        assert_eq!(
+            pgbench_row(
+                &pgbench(8, 30000.0),
+                Some(&pgbench(8, 12000.0)),
+                &[&http, &stdio]
+            ),
+            "| 8 | 30000 | 12000 | 6000 | 20 % | 50 % | – | – | – |"
+        );
+    }
+
+    #[test]
+    fn pgbench_row_without_a_pgbouncer_run_leaves_its_columns_empty() {
+        let http = pgmcp(Transport::Http, &[(1, 500)]);
+        assert_eq!(
+            pgbench_row(&pgbench(1, 5000.0), None, &[&http]),
+            "| 1 | 5000 | – | 500 | 10 % | – |"
+        );
+        assert_eq!(
+            pgbench_row(&pgbench(1, 5000.0), Some(&pgbench(1, 0.0)), &[&http]),
+            "| 1 | 5000 | 0 | 500 | 10 % | – |"
+        );
+    }
 
     #[test]
     fn only_the_mcp_section_is_replaced() {
