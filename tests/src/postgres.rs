@@ -1,6 +1,10 @@
-//! A real PostgreSQL 15 for tests: initdb into a temporary directory, the server on a free
+//! A real PostgreSQL for tests: initdb into a temporary directory, the server on a free
 //! loopback port (TCP only, SCRAM passwords, no fsync), run as the `postgres` user when the
 //! tests run as root. Each test gets a database of its own.
+//!
+//! Which PostgreSQL: Debian's 15 unless `PGMCP_POSTGRES_VERSION` names another major (14 to 18,
+//! see [`paths::postgres_build`]). Once a server runs, every failing test of the binary names
+//! it after its panic message.
 
 use std::path::Path;
 use std::process::Command;
@@ -56,6 +60,7 @@ pub struct Postgres {
     port: u16,
     password: String,
     version: String,
+    major: u32,
     ca_cert: std::path::PathBuf,
     daemon: std::sync::Mutex<Option<Daemon>>,
     /// How to start the server again after [`Postgres::stop`].
@@ -129,18 +134,22 @@ impl Postgres {
 
     async fn start_with(restartable: bool) -> anyhow::Result<Self> {
         let started = Instant::now();
-        let bindir = paths::postgres_bindir();
+        let build = paths::postgres_build()?;
+        let bindir = &build.bindir;
         let postgres_bin = bindir.join("postgres");
-        paths::require(
-            &postgres_bin,
-            "install PostgreSQL 15 (`apt-get install postgresql-15`, done by `make deps`) or set PGMCP_PG_BINDIR",
-        )?;
+        paths::require(&postgres_bin, &build.install_hint)?;
         let version = output(Command::new(&postgres_bin).arg("--version"))?;
+        // "postgres (PostgreSQL) 18.4", "postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"
         anyhow::ensure!(
-            version.contains(" 15."),
-            "{} is not PostgreSQL 15: {version}",
-            postgres_bin.display()
+            version
+                .split_whitespace()
+                .nth(2)
+                .is_some_and(|v| v.starts_with(&format!("{}.", build.major))),
+            "{} is not PostgreSQL {}: {version}",
+            postgres_bin.display(),
+            build.major
         );
+        report_on_failure(&format!("{} in {}", version.trim(), bindir.display()));
 
         let dir = tempfile::Builder::new()
             .prefix("pgmcp-postgres-")
@@ -225,11 +234,22 @@ impl Postgres {
             port,
             password,
             version: version.trim().to_owned(),
+            major: build.major,
             ca_cert: tls.ca_cert.clone(),
             daemon: std::sync::Mutex::new(Some(daemon)),
             spec,
             own_dir: restartable.then(|| dir.clone()),
         };
+        if pg.major <= 14 {
+            // PostgreSQL 14 lets PUBLIC create objects in schema public, so every role could
+            // write there; 15 stopped, and so does every database the tests create, as users of
+            // 14 are told to (README). Tests that need PUBLIC's CREATE grant it themselves.
+            pg.connect("template1")
+                .await?
+                .batch_execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+                .await
+                .context("failed to revoke PUBLIC's CREATE on schema public in template1")?;
+        }
         eprintln!(
             "test PostgreSQL ({}) ready on 127.0.0.1:{port} in {:.1}s",
             pg.version,
@@ -256,9 +276,14 @@ impl Postgres {
         &self.ca_cert
     }
 
-    /// `postgres (PostgreSQL) 15.x`.
+    /// `postgres (PostgreSQL) 18.4`, as `postgres --version` says.
     pub fn version(&self) -> &str {
         &self.version
+    }
+
+    /// The major version: 14 to 18.
+    pub fn major(&self) -> u32 {
+        self.major
     }
 
     /// Connects as the superuser to `database`; the connection runs on the caller's runtime.
@@ -339,6 +364,20 @@ impl TestDatabase {
         ))
         .await
     }
+}
+
+/// From now on, a panic (a failing test) of this process ends with a line naming the PostgreSQL
+/// under test, so a failure in the matrix says on which version it failed. Once per process.
+fn report_on_failure(postgres: &str) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    let postgres = postgres.to_owned();
+    ONCE.call_once(move || {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            previous(info);
+            eprintln!("(the test PostgreSQL is {postgres})");
+        }));
+    });
 }
 
 /// Waits until the server accepts a superuser connection (up to a minute from `started`).
