@@ -23,23 +23,35 @@ use crate::paths;
 /// grant EXECUTE on them to the Entra administrator ([`PGAADAUTH_GRANT`]): like Azure's, they
 /// are not PUBLIC's to call (they run as a superuser, and the read-only probe would rightly
 /// name them).
+///
+/// Since PostgreSQL 16 only a role with ADMIN OPTION on a role may comment on, alter or drop
+/// it, and CREATE ROLE gives that to the CREATEROLE user who ran it. Azure's Entra administrator
+/// may drop the principals it created (`DROP ROLE` is how Azure's documentation removes one), so
+/// on 16 and later the functions give the caller ADMIN OPTION on the new role, without its
+/// privileges, as CREATE ROLE would. `UPDATE fixture.options SET creator_admin = false` makes a
+/// server that does not.
 pub const PGAADAUTH_FIXTURE: &str = r#"
 CREATE SCHEMA fixture;
 CREATE TABLE fixture.pgaadauth_principals (rolname text PRIMARY KEY, object_id text, object_type text);
-CREATE FUNCTION pgaadauth_create_principal(rolename text, isadmin boolean, ismfa boolean)
-RETURNS text LANGUAGE plpgsql SECURITY DEFINER AS $$
+CREATE TABLE fixture.options (creator_admin boolean NOT NULL);
+INSERT INTO fixture.options VALUES (true);
+CREATE FUNCTION fixture.create_principal(rolename text, objectid text, objecttype text)
+RETURNS text LANGUAGE plpgsql AS $$
 BEGIN
   EXECUTE format('CREATE ROLE %I LOGIN', rolename);
-  INSERT INTO fixture.pgaadauth_principals VALUES (rolename, NULL, 'user');
-  RETURN format('Created role for "%s"', rolename);
-END $$;
-CREATE FUNCTION pgaadauth_create_principal_with_oid(rolename text, objectid text, objecttype text, isadmin boolean, ismfa boolean)
-RETURNS text LANGUAGE plpgsql SECURITY DEFINER AS $$
-BEGIN
-  EXECUTE format('CREATE ROLE %I LOGIN', rolename);
+  IF current_setting('server_version_num')::int >= 160000 AND (SELECT creator_admin FROM fixture.options) THEN
+    EXECUTE format('GRANT %I TO %I WITH ADMIN TRUE, INHERIT FALSE, SET FALSE', rolename, session_user);
+  END IF;
   INSERT INTO fixture.pgaadauth_principals VALUES (rolename, objectid, objecttype);
   RETURN format('Created role for "%s"', rolename);
 END $$;
+REVOKE EXECUTE ON FUNCTION fixture.create_principal(text, text, text) FROM PUBLIC;
+CREATE FUNCTION pgaadauth_create_principal(rolename text, isadmin boolean, ismfa boolean)
+RETURNS text LANGUAGE sql SECURITY DEFINER
+AS $$ SELECT fixture.create_principal(rolename, NULL, 'user') $$;
+CREATE FUNCTION pgaadauth_create_principal_with_oid(rolename text, objectid text, objecttype text, isadmin boolean, ismfa boolean)
+RETURNS text LANGUAGE sql SECURITY DEFINER
+AS $$ SELECT fixture.create_principal(rolename, objectid, objecttype) $$;
 REVOKE EXECUTE ON FUNCTION pgaadauth_create_principal(text, boolean, boolean),
   pgaadauth_create_principal_with_oid(text, text, text, boolean, boolean) FROM PUBLIC;
 "#;
