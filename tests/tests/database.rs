@@ -545,10 +545,20 @@ async fn each_way_to_write_or_read_beyond_the_grants_is_named_until_removed_or_a
         ))
         .await
         .unwrap();
-    // PostgreSQL 17's MAINTAIN: VACUUM, REFRESH MATERIALIZED VIEW, LOCK TABLE and more; 18's
-    // predefined role that signals autovacuum workers.
+    // PostgreSQL 15's parameter privileges (SET on work_mem is no power: anyone may set it);
+    // 17's MAINTAIN: VACUUM, REFRESH MATERIALIZED VIEW, LOCK TABLE and more; 18's predefined
+    // role that signals autovacuum workers.
     let major = f.db.server().major();
-    let (maintain, autovacuum) = (major >= 17, major >= 18);
+    let (parameters, maintain, autovacuum) = (major >= 15, major >= 17, major >= 18);
+    if parameters {
+        admin
+            .batch_execute(&format!(
+                "GRANT SET ON PARAMETER lo_compat_privileges TO {ops};
+                 GRANT SET, ALTER SYSTEM ON PARAMETER work_mem TO {ops};"
+            ))
+            .await
+            .unwrap();
+    }
     if maintain {
         admin
             .batch_execute(&format!("GRANT MAINTAIN ON public.products TO {ops}"))
@@ -586,6 +596,16 @@ async fn each_way_to_write_or_read_beyond_the_grants_is_named_until_removed_or_a
         "list {schema: \"public\", name: \"salary_of\"} in spec.access.functions".to_owned(),
     ] {
         assert!(probe.contains(&named), "{named:?} is not named in: {probe}");
+    }
+    for named in [
+        format!(
+            "has SET on parameter lo_compat_privileges through role {ops} (REVOKE SET ON PARAMETER lo_compat_privileges FROM {ops})"
+        ),
+        format!(
+            "has ALTER SYSTEM on parameter work_mem through role {ops} (REVOKE ALTER SYSTEM ON PARAMETER work_mem FROM {ops})"
+        ),
+    ] {
+        assert_eq!(probe.contains(&named), parameters, "{named:?} in: {probe}");
     }
     let named = format!(
         "has MAINTAIN on table public.products through role {ops} (REVOKE MAINTAIN ON TABLE public.products FROM {ops})"

@@ -25,6 +25,8 @@
 //!                member of
 //! definer        SECURITY DEFINER functions it can execute outside pg_catalog (they run with
 //!                their owner's rights), except those listed in spec.access.functions
+//! parameter      (PostgreSQL 15+) ALTER SYSTEM on any parameter; SET on one only superusers may
+//!                set (lo_compat_privileges, session_replication_role, ...)
 //! ```
 //!
 //! Objects owned by the role (or a role it is a member of) are reported once, as owned, not again
@@ -83,7 +85,13 @@ fn holders(alias: &str, privileges: &str) -> String {
 /// Whole ACLs are exploded one item at a time (`unnest`, then `aclexplode(ARRAY[item])`), and
 /// only for the objects named: `aclexplode` of a long ACL (one entry per binding's role)
 /// detoasts it again for every row. The privilege functions decide what is held.
-static PROBE: LazyLock<String> = LazyLock::new(|| {
+static PROBE: LazyLock<String> = LazyLock::new(|| probe(false));
+
+/// [`PROBE`] with the parameter privileges of PostgreSQL 15 and later (`pg_parameter_acl`, which
+/// 14 does not have).
+static PROBE_15: LazyLock<String> = LazyLock::new(|| probe(true));
+
+fn probe(parameters: bool) -> String {
     let system = "n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema'";
     let limit = LIST_LIMIT;
     let relation_holders = holders(
@@ -107,6 +115,28 @@ static PROBE: LazyLock<String> = LazyLock::new(|| {
         "(SELECT coalesce(p.proacl, acldefault('f', p.proowner)) FROM pg_proc p WHERE p.oid = t.oid) x(acl)",
         "ARRAY['EXECUTE']",
     );
+    let parameter_holders = holders(
+        "(SELECT pa.paracl FROM pg_parameter_acl pa WHERE pa.oid = t.oid) x(acl)",
+        "t.privileges",
+    );
+    let parameters = if parameters {
+        format!(
+            r"
+UNION ALL
+(SELECT 'parameter', t.object, t.target, t.privileges, h.names, NULL, t.total
+ FROM me CROSS JOIN (
+   SELECT pa.oid, format('parameter %s', pa.parname) AS object, format('PARAMETER %s', pa.parname) AS target,
+          array_agg(p.privilege ORDER BY p.privilege) AS privileges, count(*) OVER () AS total
+   FROM pg_parameter_acl pa CROSS JOIN unnest(ARRAY['SET', 'ALTER SYSTEM']) AS p(privilege)
+   WHERE (p.privilege = 'ALTER SYSTEM'
+          OR EXISTS (SELECT FROM pg_settings s WHERE s.name = pa.parname AND s.context = 'superuser'))
+     AND EXISTS (SELECT FROM reach r WHERE has_parameter_privilege(r.oid, pa.parname, p.privilege))
+   GROUP BY pa.oid, pa.parname ORDER BY 2 LIMIT {limit}) t
+ CROSS JOIN LATERAL ({parameter_holders}) h)"
+        )
+    } else {
+        String::new()
+    };
     format!(
         r"WITH RECURSIVE me AS (SELECT to_regrole($1) AS oid),
 -- The role and every role it is a member of, whatever the membership's options.
@@ -223,9 +253,9 @@ UNION ALL
                  WHERE has_schema_privilege(r.oid, n.oid, 'USAGE') AND has_function_privilege(r.oid, p.oid, 'EXECUTE'))
      AND NOT EXISTS (SELECT FROM allowed WHERE allowed.schema = n.nspname AND allowed.name = p.proname)
    ORDER BY 2 LIMIT {limit}) t
- CROSS JOIN LATERAL ({function_holders}) h)"
+ CROSS JOIN LATERAL ({function_holders}) h){parameters}"
     )
-});
+}
 
 /// One row of [`PROBE`].
 #[derive(Debug, Clone, PartialEq)]
@@ -249,8 +279,17 @@ pub async fn read_only(
 ) -> Result<Findings, tokio_postgres::Error> {
     let schemas: Vec<&str> = allowed.iter().map(|f| f.schema.as_str()).collect();
     let names: Vec<&str> = allowed.iter().map(|f| f.name.as_str()).collect();
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await?
+        .get(0);
+    let probe = if version >= 150_000 {
+        &PROBE_15
+    } else {
+        &PROBE
+    };
     let rows = client
-        .query(PROBE.as_str(), &[&quote(role), &schemas, &names])
+        .query(probe.as_str(), &[&quote(role), &schemas, &names])
         .await?;
     let found = rows
         .iter()
@@ -341,6 +380,7 @@ fn more(kind: &str, count: i64) -> String {
         "large object" => "large objects it can read or write",
         "owner" => "objects it owns",
         "definer" => "SECURITY DEFINER functions it can execute",
+        "parameter" => "parameters it can set or change with ALTER SYSTEM",
         _ => "more of the same",
     };
     format!("and {count} more {what}")
