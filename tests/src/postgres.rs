@@ -20,8 +20,8 @@ use crate::paths;
 /// Azure Database for PostgreSQL's principal functions, as far as the operator can tell: same
 /// names, same signatures; they create the role and record what they were given in
 /// `fixture.pgaadauth_principals`. Install it in the database the operator calls them in, and
-/// grant EXECUTE on them to the Entra administrator ([`PGAADAUTH_GRANT`]): like Azure's, they
-/// are not PUBLIC's to call (they run as a superuser, and the read-only probe would rightly
+/// let the Entra administrator call them ([`entra_admin_sql`]): like Azure's, they are not
+/// PUBLIC's to call (they run as a superuser, and the read-only probe would rightly
 /// name them).
 ///
 /// Since PostgreSQL 16 only a role with ADMIN OPTION on a role may comment on, alter or drop
@@ -56,11 +56,22 @@ REVOKE EXECUTE ON FUNCTION pgaadauth_create_principal(text, boolean, boolean),
   pgaadauth_create_principal_with_oid(text, text, text, boolean, boolean) FROM PUBLIC;
 "#;
 
-/// Lets the Entra administrator `{admin}` (replace it with the quoted role name) call the
-/// [`PGAADAUTH_FIXTURE`] functions.
-pub const PGAADAUTH_GRANT: &str =
-    "GRANT EXECUTE ON FUNCTION pgaadauth_create_principal(text, boolean, boolean),
-  pgaadauth_create_principal_with_oid(text, text, text, boolean, boolean) TO {admin};";
+/// Makes `admin` the Entra administrator of a database with [`PGAADAUTH_FIXTURE`] installed:
+/// CREATEROLE like azure_pg_admin's members, allowed to call the fixture's functions, owner of
+/// `public.sales` (two rows). Run it as the superuser.
+pub fn entra_admin_sql(admin: &str) -> String {
+    let admin = postgres_protocol::escape::escape_identifier(admin);
+    format!(
+        "CREATE ROLE {admin} LOGIN CREATEROLE;
+         GRANT EXECUTE ON FUNCTION pgaadauth_create_principal(text, boolean, boolean),
+           pgaadauth_create_principal_with_oid(text, text, text, boolean, boolean) TO {admin};
+         GRANT CREATE ON SCHEMA public TO {admin};
+         SET ROLE {admin};
+         CREATE TABLE public.sales (id int, amount numeric);
+         INSERT INTO public.sales VALUES (1, 9.5), (2, 12);
+         RESET ROLE;"
+    )
+}
 
 /// Name of the superuser created by initdb.
 pub const SUPERUSER: &str = "postgres";

@@ -78,6 +78,18 @@ impl Fixture {
         wait_condition(&self.bindings(), NAME, type_, status, reason, WAIT).await
     }
 
+    /// Waits for the probe to find that the role can write, and checks it names `finding`.
+    async fn wait_can_write_naming(&self, finding: &str) {
+        let binding = self
+            .wait("ReadOnlyVerified", "False", Some("CanWrite"))
+            .await;
+        let probe = condition(&binding, "ReadOnlyVerified").unwrap().message;
+        assert!(
+            probe.contains(finding),
+            "{finding:?} is not named in: {probe}"
+        );
+    }
+
     /// The generated password, from the Secret the binding owns.
     async fn password(&self) -> String {
         let secrets: Api<Secret> = self.ns.api();
@@ -470,9 +482,7 @@ async fn a_membership_the_role_does_not_inherit_from_still_fails_the_probe() {
     let named = format!(
         "has INSERT on table public.orders through role {writers} (REVOKE INSERT ON TABLE public.orders FROM {writers})"
     );
-    let binding = f.wait("ReadOnlyVerified", "False", Some("CanWrite")).await;
-    let probe = condition(&binding, "ReadOnlyVerified").unwrap().message;
-    assert!(probe.contains(&named), "{named:?} is not named in: {probe}");
+    f.wait_can_write_naming(&named).await;
 
     admin
         .batch_execute(&format!("REVOKE {writers} FROM {role}"))
@@ -492,9 +502,7 @@ async fn a_membership_the_role_does_not_inherit_from_still_fails_the_probe() {
             sqlstate(reader.execute(&format!("SET ROLE {writers}"), &[]).await),
             "42501"
         );
-        let binding = f.wait("ReadOnlyVerified", "False", Some("CanWrite")).await;
-        let probe = condition(&binding, "ReadOnlyVerified").unwrap().message;
-        assert!(probe.contains(&named), "{named:?} is not named in: {probe}");
+        f.wait_can_write_naming(&named).await;
         reader
             .batch_execute(&format!("GRANT {writers} TO {role}"))
             .await

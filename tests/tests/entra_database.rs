@@ -16,7 +16,7 @@ use pgmcp_crds::v1alpha1::PostgresMcpBinding;
 use pgmcp_tests::bindings::{condition, kubectl_apply, wait_condition};
 use pgmcp_tests::entra::{EntraFake, POSTGRES_RESOURCE};
 use pgmcp_tests::operator::{Operator, WorkloadIdentity};
-use pgmcp_tests::postgres::{PGAADAUTH_FIXTURE, PGAADAUTH_GRANT};
+use pgmcp_tests::postgres::{PGAADAUTH_FIXTURE, entra_admin_sql};
 use pgmcp_tests::{Postgres, TestEnv};
 use serde_json::json;
 
@@ -75,16 +75,7 @@ impl Entra {
         admin.batch_execute(PGAADAUTH_FIXTURE).await.unwrap();
         admin.batch_execute(fixture_options).await.unwrap();
         admin
-            .batch_execute(&format!(
-                "CREATE ROLE \"{entra_admin}\" LOGIN CREATEROLE;
-                 {grant}
-                 GRANT CREATE ON SCHEMA public TO \"{entra_admin}\";
-                 SET ROLE \"{entra_admin}\";
-                 CREATE TABLE public.sales (id int, amount numeric);
-                 INSERT INTO public.sales VALUES (1, 9.5);
-                 RESET ROLE;",
-                grant = PGAADAUTH_GRANT.replace("{admin}", &format!("\"{entra_admin}\""))
-            ))
+            .batch_execute(&entra_admin_sql(&entra_admin))
             .await
             .unwrap();
 
