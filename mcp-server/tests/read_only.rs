@@ -218,6 +218,46 @@ async fn the_binding_role_cannot_write_even_in_a_read_write_transaction() {
     assert_eq!(shop.checksum().await, before);
 }
 
+/// The server's own check of its role (layer one) on what differs between versions: MAINTAIN
+/// (VACUUM, REFRESH MATERIALIZED VIEW, LOCK TABLE) is a table privilege since PostgreSQL 17, and
+/// PUBLIC may create in schema public by default up to 14, which the harness revokes as 15 does.
+#[tokio::test]
+async fn the_role_check_names_maintain_and_publics_create_with_the_fix() {
+    let shop = shop("role check versions").await;
+    let tools = shop.tools();
+    assert_eq!(
+        pgmcp_server::startup::role_problems(&tools).await.unwrap(),
+        Vec::<String>::new()
+    );
+    let admin = shop.db.connect().await.unwrap();
+    admin
+        .batch_execute("GRANT CREATE ON SCHEMA public TO PUBLIC")
+        .await
+        .unwrap();
+    assert_eq!(
+        pgmcp_server::startup::role_problems(&tools).await.unwrap(),
+        [
+            "the role can create objects in schema public, as every role can: PUBLIC holds CREATE \
+          there (PostgreSQL 14 and earlier grant it in schema public by default; REVOKE CREATE \
+          ON SCHEMA public FROM PUBLIC)"
+        ]
+    );
+    admin
+        .batch_execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        .await
+        .unwrap();
+    if shop.db.server().major() >= 17 {
+        admin
+            .batch_execute(&format!("GRANT MAINTAIN ON orders TO \"{}\"", shop.role))
+            .await
+            .unwrap();
+        assert_eq!(
+            pgmcp_server::startup::role_problems(&tools).await.unwrap(),
+            ["the role can write to or owns public.orders"]
+        );
+    }
+}
+
 /// A SECURITY DEFINER function in the granted schema reading a table the role may not read:
 /// PUBLIC may execute it, as every new function, and it reads with its owner's rights.
 const KEY_COUNT: &str = "CREATE FUNCTION public.key_count() RETURNS bigint LANGUAGE sql

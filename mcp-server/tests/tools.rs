@@ -1,5 +1,6 @@
 //! Every tool, called directly on the seeded shop database as the binding's read-only role,
-//! against a real PostgreSQL 15. Includes the questions an agent must be able to answer.
+//! against a real PostgreSQL (14 to 18, see the harness). Includes the questions an agent must be
+//! able to answer.
 #![allow(clippy::unwrap_used)] // a failed step fails the test: panicking is the point
 
 mod common;
@@ -641,7 +642,13 @@ async fn explain_returns_a_json_plan_and_analyze_only_when_asked() {
     )
     .await
     .unwrap();
-    assert_eq!(analyzed.plan[0]["Plan"]["Actual Rows"], json!(1));
+    // PostgreSQL 18 reports actual rows as an average per loop, with two decimals (1.00).
+    assert_eq!(
+        analyzed.plan[0]["Plan"]["Actual Rows"].as_f64(),
+        Some(1.0),
+        "{}",
+        analyzed.plan
+    );
     assert!(analyzed.analyzed);
     let write = sql::explain(
         &tools,
@@ -659,8 +666,9 @@ async fn server_info_reports_version_read_only_mode_and_caps() {
     let info = catalog::server_info(&shop.tools(), &Call::default(), ServerInfoArgs::default())
         .await
         .unwrap();
+    let major = shop.db.server().major();
     assert!(
-        info.version.starts_with("PostgreSQL 15."),
+        info.version.starts_with(&format!("PostgreSQL {major}.")),
         "{}",
         info.version
     );
@@ -673,8 +681,86 @@ async fn server_info_reports_version_read_only_mode_and_caps() {
         .collect();
     assert!(settings.contains(&"statement_timeout"));
     assert!(!settings.contains(&"data_directory"), "no paths are shown");
+    // The database's locale on every version (the harness's initdb --no-locale: C, libc),
+    // though PostgreSQL 16 dropped the lc_collate and lc_ctype settings.
+    assert_eq!(
+        locale(&info),
+        [
+            ("lc_collate", "C"),
+            ("lc_ctype", "C"),
+            ("locale_provider", "libc")
+        ],
+        "{:?}",
+        info.settings
+    );
     assert_eq!(info.extensions[0]["name"], json!("plpgsql"));
     assert_eq!(info.limits.statement_timeout_ms, 15_000);
+}
+
+/// The locale rows of `server_info`'s settings, in order.
+fn locale(info: &ServerInfo) -> Vec<(&str, &str)> {
+    info.settings
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap(),
+                s["setting"].as_str().unwrap_or(""),
+            )
+        })
+        .filter(|(name, _)| name.starts_with("lc_") || name.starts_with("locale"))
+        .collect()
+}
+
+/// A database with another locale provider: ICU since PostgreSQL 15 (its locale in
+/// `pg_database.daticulocale`, renamed `datlocale` in 17), PostgreSQL's own since 17.
+#[tokio::test]
+async fn server_info_names_the_locale_provider_the_database_uses() {
+    let shop = shop("server info locale").await;
+    let pg = shop.db.server();
+    let mut providers = Vec::new();
+    if pg.major() >= 15 {
+        providers.push(("icu", "LOCALE_PROVIDER icu ICU_LOCALE 'und'", "und"));
+    }
+    if pg.major() >= 17 {
+        providers.push((
+            "builtin",
+            "LOCALE_PROVIDER builtin BUILTIN_LOCALE 'C.UTF-8'",
+            "C.UTF-8",
+        ));
+    }
+    let admin = pg.connect("postgres").await.unwrap();
+    for (provider, clause, locale_name) in providers {
+        let database = format!("{}_{provider}", shop.db.name);
+        admin
+            .batch_execute(&format!(
+                "CREATE DATABASE \"{database}\" TEMPLATE template0 LOCALE 'C' {clause}"
+            ))
+            .await
+            .unwrap();
+        let mut options = shop.connect_options(&public_only(), std::time::Duration::from_secs(15));
+        options.dbname = database;
+        options.user = pgmcp_tests::postgres::SUPERUSER.to_owned();
+        options.password = Some(pg.password().to_owned());
+        let tools = pgmcp_server::tools::Tools::new(
+            pgmcp_server::db::Database::new(&options).unwrap(),
+            pgmcp_server::scope::Scope::new(public_only()),
+            LimitsConfig::default(),
+        );
+        let info = catalog::server_info(&tools, &Call::default(), ServerInfoArgs::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            locale(&info),
+            [
+                ("lc_collate", "C"),
+                ("lc_ctype", "C"),
+                ("locale", locale_name),
+                ("locale_provider", provider)
+            ],
+            "{:?}",
+            info.settings
+        );
+    }
 }
 
 #[tokio::test]

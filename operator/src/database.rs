@@ -133,10 +133,15 @@ fn role_conflict(role: &str, server: &str, binding: &str, owner: Option<&str>) -
     }
 }
 
-/// `SQLSTATE: message` of a PostgreSQL error, or its display.
+/// `SQLSTATE: message (detail)` of a PostgreSQL error, or its display. The detail is where
+/// PostgreSQL says why (since 16, "permission denied" on a role comes with which ADMIN OPTION is
+/// missing).
 fn describe(err: &tokio_postgres::Error) -> String {
     match err.as_db_error() {
-        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        Some(db) => match db.detail() {
+            Some(detail) => format!("{}: {} ({detail})", db.code().code(), db.message()),
+            None => format!("{}: {}", db.code().code(), db.message()),
+        },
         None => {
             let mut text = err.to_string();
             let mut source = std::error::Error::source(err);

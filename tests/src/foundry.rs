@@ -11,7 +11,7 @@ use crate::arm::{ArmFake, Role};
 use crate::entra::{App, EntraFake};
 use crate::graph::{APP_ROLE_ASSIGNMENT_READ_WRITE_ALL, APPLICATION_READ_ALL, AppRole, GraphFake};
 use crate::operator::{Operator, WorkloadIdentity};
-use crate::postgres::{PGAADAUTH_FIXTURE, PGAADAUTH_GRANT};
+use crate::postgres::{PGAADAUTH_FIXTURE, entra_admin_sql};
 use crate::{TestEnv, TestNamespace};
 
 pub const TENANT: &str = "22222222-2222-4222-8222-222222222222";
@@ -66,18 +66,7 @@ impl Foundry {
         let principal = format!("{}_mi", target.database);
         let admin = Arc::new(admin);
         admin.batch_execute(PGAADAUTH_FIXTURE).await?;
-        admin
-            .batch_execute(&format!(
-                "CREATE ROLE \"{entra_admin}\" LOGIN CREATEROLE;
-                 {grant}
-                 GRANT CREATE ON SCHEMA public TO \"{entra_admin}\";
-                 SET ROLE \"{entra_admin}\";
-                 CREATE TABLE public.sales (id int, amount numeric);
-                 INSERT INTO public.sales VALUES (1, 9.5), (2, 12);
-                 RESET ROLE;",
-                grant = PGAADAUTH_GRANT.replace("{admin}", &format!("\"{entra_admin}\""))
-            ))
-            .await?;
+        admin.batch_execute(&entra_admin_sql(&entra_admin)).await?;
 
         let entra = Arc::new(EntraFake::start().await?);
         entra.add_tenant(TENANT)?;

@@ -3,7 +3,8 @@
 //! - [`TestEnv`]: etcd + kube-apiserver + kube-controller-manager built from Kubernetes' own Go
 //!   modules (`tests/controlplane/build.sh`), with the pgmcp CRD installed and a fresh namespace
 //!   per test.
-//! - [`Postgres`]: a PostgreSQL 15 instance in a temporary directory, a fresh database per test.
+//! - [`Postgres`]: a PostgreSQL instance in a temporary directory, a fresh database per test
+//!   (Debian's 15, or the major `PGMCP_POSTGRES_VERSION` names: 14 to 18).
 //!
 //! Each test binary shares one control plane and one PostgreSQL (starting them takes seconds);
 //! isolation comes from namespaces and databases. Every process is started under a lifeline

@@ -52,11 +52,80 @@ pub fn helm() -> PathBuf {
     tool("PGMCP_HELM", "helm")
 }
 
-/// Directory of the PostgreSQL 15 server binaries (`$PGMCP_PG_BINDIR`).
-pub fn postgres_bindir() -> PathBuf {
-    std::env::var_os("PGMCP_PG_BINDIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
+/// The PostgreSQL major version the harness runs when `$PGMCP_POSTGRES_VERSION` is not set.
+pub const DEFAULT_POSTGRES_MAJOR: u32 = 15;
+
+/// Which PostgreSQL the harness starts, from `$PGMCP_POSTGRES_VERSION`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresBuild {
+    /// The major version its `postgres --version` must report.
+    pub major: u32,
+    /// Directory of `initdb` and `postgres`.
+    pub bindir: PathBuf,
+    /// How to install it, for the message when it is missing.
+    pub install_hint: String,
+}
+
+/// `$PGMCP_POSTGRES_VERSION` unset or empty: Debian's PostgreSQL 15 (package postgresql-15,
+/// installed by `make deps`), which `make test`, the demo and the benchmarks run with pgbench
+/// from the same package. A major pinned in `tests/postgres/versions.txt` (14 to 18): the npm
+/// build `tests/scripts/install-postgres.sh` put in `.cache/postgres/<major>`, one build family
+/// for the whole matrix. `$PGMCP_PG_BINDIR` overrides the directory either way.
+pub fn postgres_build() -> anyhow::Result<PostgresBuild> {
+    let requested = std::env::var("PGMCP_POSTGRES_VERSION").unwrap_or_default();
+    let pins = std::fs::read_to_string(postgres_pins())?;
+    let mut build = postgres_build_for(&requested, &pins)?;
+    if let Some(bindir) = std::env::var_os("PGMCP_PG_BINDIR") {
+        build.bindir = bindir.into();
+    }
+    Ok(build)
+}
+
+/// [`postgres_build`] for `PGMCP_POSTGRES_VERSION=requested` and the pins file `pins`.
+fn postgres_build_for(requested: &str, pins: &str) -> anyhow::Result<PostgresBuild> {
+    let requested = requested.trim();
+    if requested.is_empty() {
+        return Ok(PostgresBuild {
+            major: DEFAULT_POSTGRES_MAJOR,
+            bindir: PathBuf::from("/usr/lib/postgresql/15/bin"),
+            install_hint: "install PostgreSQL 15 (`apt-get install postgresql-15`, done by \
+                           `make deps`), or set PGMCP_PG_BINDIR"
+                .to_owned(),
+        });
+    }
+    let pinned: Vec<&str> = pins
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|major| major.parse::<u32>().is_ok())
+        .collect();
+    let major = requested
+        .parse()
+        .ok()
+        .filter(|_| pinned.contains(&requested));
+    let Some(major) = major else {
+        anyhow::bail!(
+            "PGMCP_POSTGRES_VERSION={requested} is not a major version pinned in {} (pinned: {}; \
+             unset: Debian's PostgreSQL 15)",
+            postgres_pins().display(),
+            pinned.join(", ")
+        );
+    };
+    Ok(PostgresBuild {
+        major,
+        bindir: cache_dir().join("postgres").join(requested).join("bin"),
+        install_hint: format!(
+            "install it with `bash tests/scripts/install-postgres.sh {requested}` (done by \
+             `make test-pg-matrix`), or set PGMCP_PG_BINDIR"
+        ),
+    })
+}
+
+/// `tests/postgres/versions.txt`: the npm builds of each major the matrix runs.
+pub fn postgres_pins() -> PathBuf {
+    workspace_root()
+        .join("tests")
+        .join("postgres")
+        .join("versions.txt")
 }
 
 /// The MCP server binary (`$PGMCP_SERVER_BIN`, else the workspace's debug build).
@@ -104,4 +173,43 @@ pub fn free_port() -> std::io::Result<u16> {
 pub fn require(path: &Path, hint: &str) -> anyhow::Result<()> {
     anyhow::ensure!(path.is_file(), "{} not found: {hint}", path.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PINS: &str =
+        "# major  npm version  sha256\n14 14.23.0-beta.17 aa\n18 18.4.0-beta.17 bb\n";
+
+    #[test]
+    fn no_version_is_debians_postgresql_15() {
+        let build = postgres_build_for("", PINS).unwrap();
+        assert_eq!(build.major, 15);
+        assert_eq!(build.bindir, Path::new("/usr/lib/postgresql/15/bin"));
+    }
+
+    #[test]
+    fn a_pinned_major_is_its_npm_build_in_the_cache() {
+        let build = postgres_build_for("18", PINS).unwrap();
+        assert_eq!(build.major, 18);
+        assert_eq!(build.bindir, cache_dir().join("postgres/18/bin"));
+        assert!(
+            build.install_hint.contains("install-postgres.sh 18"),
+            "{}",
+            build.install_hint
+        );
+    }
+
+    #[test]
+    fn a_version_that_is_not_pinned_is_refused_with_the_pinned_ones() {
+        for requested in ["16", "18.4", "latest", "#"] {
+            let err = postgres_build_for(requested, PINS).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("PGMCP_POSTGRES_VERSION={requested} is not"))
+                    && err.contains("(pinned: 14, 18;"),
+                "{err}"
+            );
+        }
+    }
 }

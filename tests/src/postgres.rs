@@ -1,6 +1,10 @@
-//! A real PostgreSQL 15 for tests: initdb into a temporary directory, the server on a free
+//! A real PostgreSQL for tests: initdb into a temporary directory, the server on a free
 //! loopback port (TCP only, SCRAM passwords, no fsync), run as the `postgres` user when the
 //! tests run as root. Each test gets a database of its own.
+//!
+//! Which PostgreSQL: Debian's 15 unless `PGMCP_POSTGRES_VERSION` names another major (14 to 18,
+//! see [`paths::postgres_build`]). Once a server runs, every failing test of the binary names
+//! it after its panic message.
 
 use std::path::Path;
 use std::process::Command;
@@ -16,35 +20,58 @@ use crate::paths;
 /// Azure Database for PostgreSQL's principal functions, as far as the operator can tell: same
 /// names, same signatures; they create the role and record what they were given in
 /// `fixture.pgaadauth_principals`. Install it in the database the operator calls them in, and
-/// grant EXECUTE on them to the Entra administrator ([`PGAADAUTH_GRANT`]): like Azure's, they
-/// are not PUBLIC's to call (they run as a superuser, and the read-only probe would rightly
+/// let the Entra administrator call them ([`entra_admin_sql`]): like Azure's, they are not
+/// PUBLIC's to call (they run as a superuser, and the read-only probe would rightly
 /// name them).
+///
+/// Since PostgreSQL 16 only a role with ADMIN OPTION on a role may comment on, alter or drop
+/// it, and CREATE ROLE gives that to the CREATEROLE user who ran it. Azure's Entra administrator
+/// may drop the principals it created (`DROP ROLE` is how Azure's documentation removes one), so
+/// on 16 and later the functions give the caller ADMIN OPTION on the new role, without its
+/// privileges, as CREATE ROLE would. `UPDATE fixture.options SET creator_admin = false` makes a
+/// server that does not.
 pub const PGAADAUTH_FIXTURE: &str = r#"
 CREATE SCHEMA fixture;
 CREATE TABLE fixture.pgaadauth_principals (rolname text PRIMARY KEY, object_id text, object_type text);
-CREATE FUNCTION pgaadauth_create_principal(rolename text, isadmin boolean, ismfa boolean)
-RETURNS text LANGUAGE plpgsql SECURITY DEFINER AS $$
+CREATE TABLE fixture.options (creator_admin boolean NOT NULL);
+INSERT INTO fixture.options VALUES (true);
+CREATE FUNCTION fixture.create_principal(rolename text, objectid text, objecttype text)
+RETURNS text LANGUAGE plpgsql AS $$
 BEGIN
   EXECUTE format('CREATE ROLE %I LOGIN', rolename);
-  INSERT INTO fixture.pgaadauth_principals VALUES (rolename, NULL, 'user');
-  RETURN format('Created role for "%s"', rolename);
-END $$;
-CREATE FUNCTION pgaadauth_create_principal_with_oid(rolename text, objectid text, objecttype text, isadmin boolean, ismfa boolean)
-RETURNS text LANGUAGE plpgsql SECURITY DEFINER AS $$
-BEGIN
-  EXECUTE format('CREATE ROLE %I LOGIN', rolename);
+  IF current_setting('server_version_num')::int >= 160000 AND (SELECT creator_admin FROM fixture.options) THEN
+    EXECUTE format('GRANT %I TO %I WITH ADMIN TRUE, INHERIT FALSE, SET FALSE', rolename, session_user);
+  END IF;
   INSERT INTO fixture.pgaadauth_principals VALUES (rolename, objectid, objecttype);
   RETURN format('Created role for "%s"', rolename);
 END $$;
+REVOKE EXECUTE ON FUNCTION fixture.create_principal(text, text, text) FROM PUBLIC;
+CREATE FUNCTION pgaadauth_create_principal(rolename text, isadmin boolean, ismfa boolean)
+RETURNS text LANGUAGE sql SECURITY DEFINER
+AS $$ SELECT fixture.create_principal(rolename, NULL, 'user') $$;
+CREATE FUNCTION pgaadauth_create_principal_with_oid(rolename text, objectid text, objecttype text, isadmin boolean, ismfa boolean)
+RETURNS text LANGUAGE sql SECURITY DEFINER
+AS $$ SELECT fixture.create_principal(rolename, objectid, objecttype) $$;
 REVOKE EXECUTE ON FUNCTION pgaadauth_create_principal(text, boolean, boolean),
   pgaadauth_create_principal_with_oid(text, text, text, boolean, boolean) FROM PUBLIC;
 "#;
 
-/// Lets the Entra administrator `{admin}` (replace it with the quoted role name) call the
-/// [`PGAADAUTH_FIXTURE`] functions.
-pub const PGAADAUTH_GRANT: &str =
-    "GRANT EXECUTE ON FUNCTION pgaadauth_create_principal(text, boolean, boolean),
-  pgaadauth_create_principal_with_oid(text, text, text, boolean, boolean) TO {admin};";
+/// Makes `admin` the Entra administrator of a database with [`PGAADAUTH_FIXTURE`] installed:
+/// CREATEROLE like azure_pg_admin's members, allowed to call the fixture's functions, owner of
+/// `public.sales` (two rows). Run it as the superuser.
+pub fn entra_admin_sql(admin: &str) -> String {
+    let admin = postgres_protocol::escape::escape_identifier(admin);
+    format!(
+        "CREATE ROLE {admin} LOGIN CREATEROLE;
+         GRANT EXECUTE ON FUNCTION pgaadauth_create_principal(text, boolean, boolean),
+           pgaadauth_create_principal_with_oid(text, text, text, boolean, boolean) TO {admin};
+         GRANT CREATE ON SCHEMA public TO {admin};
+         SET ROLE {admin};
+         CREATE TABLE public.sales (id int, amount numeric);
+         INSERT INTO public.sales VALUES (1, 9.5), (2, 12);
+         RESET ROLE;"
+    )
+}
 
 /// Name of the superuser created by initdb.
 pub const SUPERUSER: &str = "postgres";
@@ -56,6 +83,7 @@ pub struct Postgres {
     port: u16,
     password: String,
     version: String,
+    major: u32,
     ca_cert: std::path::PathBuf,
     daemon: std::sync::Mutex<Option<Daemon>>,
     /// How to start the server again after [`Postgres::stop`].
@@ -129,18 +157,22 @@ impl Postgres {
 
     async fn start_with(restartable: bool) -> anyhow::Result<Self> {
         let started = Instant::now();
-        let bindir = paths::postgres_bindir();
+        let build = paths::postgres_build()?;
+        let bindir = &build.bindir;
         let postgres_bin = bindir.join("postgres");
-        paths::require(
-            &postgres_bin,
-            "install PostgreSQL 15 (`apt-get install postgresql-15`, done by `make deps`) or set PGMCP_PG_BINDIR",
-        )?;
+        paths::require(&postgres_bin, &build.install_hint)?;
         let version = output(Command::new(&postgres_bin).arg("--version"))?;
+        // "postgres (PostgreSQL) 18.4", "postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"
         anyhow::ensure!(
-            version.contains(" 15."),
-            "{} is not PostgreSQL 15: {version}",
-            postgres_bin.display()
+            version
+                .split_whitespace()
+                .nth(2)
+                .is_some_and(|v| v.starts_with(&format!("{}.", build.major))),
+            "{} is not PostgreSQL {}: {version}",
+            postgres_bin.display(),
+            build.major
         );
+        report_on_failure(&format!("{} in {}", version.trim(), bindir.display()));
 
         let dir = tempfile::Builder::new()
             .prefix("pgmcp-postgres-")
@@ -225,11 +257,22 @@ impl Postgres {
             port,
             password,
             version: version.trim().to_owned(),
+            major: build.major,
             ca_cert: tls.ca_cert.clone(),
             daemon: std::sync::Mutex::new(Some(daemon)),
             spec,
             own_dir: restartable.then(|| dir.clone()),
         };
+        if pg.major <= 14 {
+            // PostgreSQL 14 lets PUBLIC create objects in schema public, so every role could
+            // write there; 15 stopped, and so does every database the tests create, as users of
+            // 14 are told to (README). Tests that need PUBLIC's CREATE grant it themselves.
+            pg.connect("template1")
+                .await?
+                .batch_execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+                .await
+                .context("failed to revoke PUBLIC's CREATE on schema public in template1")?;
+        }
         eprintln!(
             "test PostgreSQL ({}) ready on 127.0.0.1:{port} in {:.1}s",
             pg.version,
@@ -256,9 +299,14 @@ impl Postgres {
         &self.ca_cert
     }
 
-    /// `postgres (PostgreSQL) 15.x`.
+    /// `postgres (PostgreSQL) 18.4`, as `postgres --version` says.
     pub fn version(&self) -> &str {
         &self.version
+    }
+
+    /// The major version: 14 to 18.
+    pub fn major(&self) -> u32 {
+        self.major
     }
 
     /// Connects as the superuser to `database`; the connection runs on the caller's runtime.
@@ -339,6 +387,20 @@ impl TestDatabase {
         ))
         .await
     }
+}
+
+/// From now on, a panic (a failing test) of this process ends with a line naming the PostgreSQL
+/// under test, so a failure in the matrix says on which version it failed. Once per process.
+fn report_on_failure(postgres: &str) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    let postgres = postgres.to_owned();
+    ONCE.call_once(move || {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            previous(info);
+            eprintln!("(the test PostgreSQL is {postgres})");
+        }));
+    });
 }
 
 /// Waits until the server accepts a superuser connection (up to a minute from `started`).

@@ -78,6 +78,18 @@ impl Fixture {
         wait_condition(&self.bindings(), NAME, type_, status, reason, WAIT).await
     }
 
+    /// Waits for the probe to find that the role can write, and checks it names `finding`.
+    async fn wait_can_write_naming(&self, finding: &str) {
+        let binding = self
+            .wait("ReadOnlyVerified", "False", Some("CanWrite"))
+            .await;
+        let probe = condition(&binding, "ReadOnlyVerified").unwrap().message;
+        assert!(
+            probe.contains(finding),
+            "{finding:?} is not named in: {probe}"
+        );
+    }
+
     /// The generated password, from the Secret the binding owns.
     async fn password(&self) -> String {
         let secrets: Api<Secret> = self.ns.api();
@@ -273,15 +285,25 @@ async fn drift_made_by_hand_is_repaired_and_a_steady_state_issues_no_sql() {
         "equal state issued SQL"
     );
 
-    // A hand-made INSERT grant is revoked; a hand-made revoke is undone.
+    // A hand-made INSERT grant is revoked (MAINTAIN too, a table privilege since PostgreSQL
+    // 17); a hand-made revoke is undone.
+    let maintain = f.db.server().major() >= 17;
     admin
         .batch_execute(&format!(
-            "GRANT INSERT ON public.customers TO {role}; REVOKE SELECT ON public.orders FROM {role};"
+            "GRANT INSERT ON public.customers TO {role}; REVOKE SELECT ON public.orders FROM {role};
+             {}",
+            if maintain {
+                format!("GRANT MAINTAIN ON public.products TO {role};")
+            } else {
+                String::new()
+            }
         ))
         .await
         .unwrap();
     eventually("INSERT revoked and SELECT restored", WAIT, || async {
-        !f.has("INSERT", "public.customers").await && f.has("SELECT", "public.orders").await
+        !f.has("INSERT", "public.customers").await
+            && f.has("SELECT", "public.orders").await
+            && !(maintain && f.has("MAINTAIN", "public.products").await)
     })
     .await;
     let binding = wait_for("a repair counted in status", WAIT, || async {
@@ -304,6 +326,11 @@ async fn drift_made_by_hand_is_repaired_and_a_steady_state_issues_no_sql() {
     assert!(
         events.contains("revoked INSERT on table public.customers")
             && events.contains("granted SELECT on table public.orders"),
+        "{events}"
+    );
+    assert_eq!(
+        events.contains("revoked MAINTAIN on table public.products"),
+        maintain,
         "{events}"
     );
     assert!(
@@ -421,6 +448,74 @@ async fn write_access_given_by_hand_fails_the_read_only_probe_until_removed() {
     f.wait("ReadOnlyVerified", "True", Some("ReadOnly")).await;
 }
 
+/// A membership the role does not inherit from still lets it act as that role: `SET ROLE` (the
+/// NOINHERIT attribute; since PostgreSQL 16 a grant `WITH INHERIT FALSE`), or since 16 a grant
+/// `WITH ADMIN TRUE` alone, which lets it grant itself the role. PostgreSQL's privilege functions
+/// answer for inherited privileges only, so the probe must ask them for each such role too.
+#[tokio::test]
+async fn a_membership_the_role_does_not_inherit_from_still_fails_the_probe() {
+    let f = Fixture::start("db-probe-set-role", &["--resync=1s"]).await;
+    kubectl_apply(&f.ns, &f.example());
+    f.wait("ReadOnlyVerified", "True", Some("ReadOnly")).await;
+    let (role, writers) = (quote(&f.role), format!("{}_writers", f.db.name));
+    let admin = f.admin().await;
+    let set_only = if f.db.server().major() >= 16 {
+        format!("GRANT {writers} TO {role} WITH INHERIT FALSE")
+    } else {
+        format!("GRANT {writers} TO {role}; ALTER ROLE {role} NOINHERIT")
+    };
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {writers}; GRANT INSERT ON public.orders TO {writers}; {set_only}"
+        ))
+        .await
+        .unwrap();
+    // What it gives: no INSERT as the role itself, but INSERT after SET ROLE.
+    assert!(!f.has("INSERT", "public.orders").await);
+    let reader = f.as_role().await;
+    reader
+        .batch_execute(&format!(
+            "SET ROLE {writers}; INSERT INTO public.orders (customer_id, ordered_at, status) VALUES (1, now(), 'open'); RESET ROLE"
+        ))
+        .await
+        .unwrap();
+    let named = format!(
+        "has INSERT on table public.orders through role {writers} (REVOKE INSERT ON TABLE public.orders FROM {writers})"
+    );
+    f.wait_can_write_naming(&named).await;
+
+    admin
+        .batch_execute(&format!("REVOKE {writers} FROM {role}"))
+        .await
+        .unwrap();
+    f.wait("ReadOnlyVerified", "True", Some("ReadOnly")).await;
+
+    if f.db.server().major() >= 16 {
+        // ADMIN OPTION alone: neither inherited nor SET ROLE, yet the role can grant it to itself.
+        admin
+            .batch_execute(&format!(
+                "GRANT {writers} TO {role} WITH ADMIN TRUE, INHERIT FALSE, SET FALSE"
+            ))
+            .await
+            .unwrap();
+        assert_eq!(
+            sqlstate(reader.execute(&format!("SET ROLE {writers}"), &[]).await),
+            "42501"
+        );
+        f.wait_can_write_naming(&named).await;
+        reader
+            .batch_execute(&format!("GRANT {writers} TO {role}"))
+            .await
+            .unwrap();
+        assert!(f.has("INSERT", "public.orders").await);
+        admin
+            .batch_execute(&format!("REVOKE {writers} FROM {role} CASCADE"))
+            .await
+            .unwrap();
+        f.wait("ReadOnlyVerified", "True", Some("ReadOnly")).await;
+    }
+}
+
 #[tokio::test]
 async fn each_way_to_write_or_read_beyond_the_grants_is_named_until_removed_or_allowed() {
     let f = Fixture::start("db-probe-all", &["--resync=1s"]).await;
@@ -458,6 +553,32 @@ async fn each_way_to_write_or_read_beyond_the_grants_is_named_until_removed_or_a
         ))
         .await
         .unwrap();
+    // PostgreSQL 15's parameter privileges (SET on work_mem is no power: anyone may set it);
+    // 17's MAINTAIN: VACUUM, REFRESH MATERIALIZED VIEW, LOCK TABLE and more; 18's predefined
+    // role that signals autovacuum workers.
+    let major = f.db.server().major();
+    let (parameters, maintain, autovacuum) = (major >= 15, major >= 17, major >= 18);
+    if parameters {
+        admin
+            .batch_execute(&format!(
+                "GRANT SET ON PARAMETER lo_compat_privileges TO {ops};
+                 GRANT SET, ALTER SYSTEM ON PARAMETER work_mem TO {ops};"
+            ))
+            .await
+            .unwrap();
+    }
+    if maintain {
+        admin
+            .batch_execute(&format!("GRANT MAINTAIN ON public.products TO {ops}"))
+            .await
+            .unwrap();
+    }
+    if autovacuum {
+        admin
+            .batch_execute(&format!("GRANT pg_signal_autovacuum_worker TO {ops}"))
+            .await
+            .unwrap();
+    }
     // The function reads a table the binding never granted, with its owner's rights.
     let reader = f.as_role().await;
     let salary: String = reader
@@ -475,7 +596,7 @@ async fn each_way_to_write_or_read_beyond_the_grants_is_named_until_removed_or_a
     for named in [
         "has CREATE on schema hr through PUBLIC (REVOKE CREATE ON SCHEMA hr FROM PUBLIC)".to_owned(),
         format!("is a member of pg_signal_backend, which cancels and terminates other sessions, through role {ops} (REVOKE {ops} FROM {role})"),
-        format!("owns table hr.salaries through role {owners}, its owner, whose privileges it inherits (REVOKE {owners} FROM {role})"),
+        format!("owns table hr.salaries through role {owners}, its owner, of which it is a member (REVOKE {owners} FROM {role})"),
         format!("owns type public.mood, which lets it change or drop it (REASSIGN OWNED BY {role} TO another role)"),
         "has SELECT on large object 4242 through PUBLIC (REVOKE SELECT ON LARGE OBJECT 4242 FROM PUBLIC)".to_owned(),
         format!("has TEMPORARY on database {db} through role {ops}, so it can create temporary tables (REVOKE TEMPORARY ON DATABASE {db} FROM {ops})"),
@@ -484,6 +605,24 @@ async fn each_way_to_write_or_read_beyond_the_grants_is_named_until_removed_or_a
     ] {
         assert!(probe.contains(&named), "{named:?} is not named in: {probe}");
     }
+    for named in [
+        format!(
+            "has SET on parameter lo_compat_privileges through role {ops} (REVOKE SET ON PARAMETER lo_compat_privileges FROM {ops})"
+        ),
+        format!(
+            "has ALTER SYSTEM on parameter work_mem through role {ops} (REVOKE ALTER SYSTEM ON PARAMETER work_mem FROM {ops})"
+        ),
+    ] {
+        assert_eq!(probe.contains(&named), parameters, "{named:?} in: {probe}");
+    }
+    let named = format!(
+        "has MAINTAIN on table public.products through role {ops} (REVOKE MAINTAIN ON TABLE public.products FROM {ops})"
+    );
+    assert_eq!(probe.contains(&named), maintain, "{named:?} in: {probe}");
+    let named = format!(
+        "is a member of pg_signal_autovacuum_worker, which cancels and terminates autovacuum workers, through role {ops} (REVOKE {ops} FROM {role})"
+    );
+    assert_eq!(probe.contains(&named), autovacuum, "{named:?} in: {probe}");
     assert_eq!(condition(&binding, "Ready").unwrap().status, "False");
 
     // Undone, except the function: the role now only reads beyond its grants.

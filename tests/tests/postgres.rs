@@ -1,5 +1,6 @@
-//! The PostgreSQL harness itself: a real PostgreSQL 15 started by the test binary, and a
-//! database of its own for every test, also when tests run in parallel.
+//! The PostgreSQL harness itself: a real PostgreSQL started by the test binary (the major
+//! `PGMCP_POSTGRES_VERSION` names, 15 by default), and a database of its own for every test,
+//! also when tests run in parallel.
 
 use pgmcp_tests::Postgres;
 
@@ -67,18 +68,25 @@ async fn concurrent_requests_get_distinct_databases() {
 }
 
 #[tokio::test]
-async fn server_is_postgresql_15_with_password_authentication() {
+async fn server_is_the_requested_major_with_password_authentication() {
+    let requested = std::env::var("PGMCP_POSTGRES_VERSION")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .map_or(15, |v| {
+            v.parse().expect("PGMCP_POSTGRES_VERSION is a number")
+        });
     let pg = Postgres::shared();
+    assert_eq!(pg.major(), requested);
     let client = pg
         .connect("postgres")
         .await
         .expect("superuser connects with its password");
-    let version: String = client
-        .query_one("SHOW server_version", &[])
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
         .await
         .expect("version")
         .get(0);
-    assert!(version.starts_with("15."), "server_version {version}");
+    assert_eq!(i64::from(version / 10_000), i64::from(requested));
 
     let db = pg.create_database("password auth").await.expect("database");
     let err = db

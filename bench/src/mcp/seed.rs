@@ -121,16 +121,15 @@ pub async fn seed(pg: &Postgres, scale: u32, tables: u32) -> anyhow::Result<Seed
     })
 }
 
-/// `$PGMCP_PGBENCH`, else the pgbench next to the harness's PostgreSQL 15 (package
-/// postgresql-15, which `make deps` installs), else pgbench from PATH.
+/// `$PGMCP_PGBENCH`, else the pgbench next to the harness's PostgreSQL (Debian's postgresql-15,
+/// which `make deps` installs, has one; the npm builds of `PGMCP_POSTGRES_VERSION` have none),
+/// else pgbench from PATH.
 pub fn pgbench() -> std::path::PathBuf {
     if let Some(path) = std::env::var_os("PGMCP_PGBENCH") {
         return path.into();
     }
-    let beside = pgmcp_tests::paths::postgres_bindir().join("pgbench");
-    if beside.exists() {
-        beside
-    } else {
-        "pgbench".into()
+    match pgmcp_tests::paths::postgres_build() {
+        Ok(build) if build.bindir.join("pgbench").exists() => build.bindir.join("pgbench"),
+        _ => "pgbench".into(),
     }
 }

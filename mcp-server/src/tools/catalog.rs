@@ -459,13 +459,12 @@ pub struct ServerInfo {
     pub limits: Limits,
 }
 
-/// Settings a model may see: none reveals paths, hosts or credentials.
+/// Settings a model may see: none reveals paths, hosts or credentials. The database's locale
+/// comes from `pg_database` instead ([`server_info`]).
 const SAFE_SETTINGS: &[&str] = &[
     "server_version",
     "server_encoding",
     "client_encoding",
-    "lc_collate",
-    "lc_ctype",
     "TimeZone",
     "DateStyle",
     "IntervalStyle",
@@ -501,10 +500,21 @@ pub async fn server_info(
             &[],
         )
         .await?;
+    // The current database's locale, as settings: PostgreSQL 16 dropped the lc_collate and
+    // lc_ctype settings, and the provider (15+) and its locale (daticulocale in 15 and 16,
+    // datlocale since 17) are columns only some versions have, hence to_jsonb of the row.
     let settings = tools
         .catalog_plain(
             call,
             "SELECT name, setting, unit FROM pg_settings WHERE name = ANY($1::text[])
+             UNION ALL
+             SELECT x.name, x.setting, NULL
+             FROM pg_database d, to_jsonb(d) j,
+                  LATERAL (VALUES ('lc_collate', d.datcollate::text), ('lc_ctype', d.datctype::text),
+                                  ('locale_provider', CASE j ->> 'datlocprovider' WHEN 'i' THEN 'icu'
+                                                      WHEN 'b' THEN 'builtin' ELSE 'libc' END),
+                                  ('locale', coalesce(j ->> 'datlocale', j ->> 'daticulocale'))) x(name, setting)
+             WHERE d.datname = current_database() AND x.setting IS NOT NULL
              ORDER BY name",
             &[json!(SAFE_SETTINGS)],
         )

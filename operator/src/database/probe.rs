@@ -1,28 +1,37 @@
 //! The read-only probe: everything the role can do beyond reading what the binding grants, as
-//! PostgreSQL itself answers it (its privilege functions and `pg_has_role`, so grants to PUBLIC
-//! and inherited memberships count), each named with what gives it and how to take it away.
-//! Reads the catalog only; never changes a privilege.
+//! PostgreSQL itself answers it (its privilege functions, so grants to PUBLIC and inherited
+//! memberships count), each named with what gives it and how to take it away. Reads the catalog
+//! only; never changes a privilege.
+//!
+//! Every role the role is a member of counts, inherited or not: a membership that does not
+//! inherit (the NOINHERIT attribute; since PostgreSQL 16 also a grant `WITH INHERIT FALSE`) still
+//! lets it `SET ROLE` and act as that role, and since 16 one with ADMIN OPTION alone lets it
+//! grant that role to itself. So the privilege functions are asked for each of them ("reach").
 //!
 //! What it looks for, in one statement:
 //!
 //! ```text
 //! attribute      SUPERUSER, CREATEROLE, CREATEDB, REPLICATION; BYPASSRLS (reads past row security)
 //! member         pg_write_all_data, pg_write_server_files, pg_execute_server_program,
-//!                pg_signal_backend, pg_checkpoint, pg_maintain, pg_create_subscription,
-//!                azure_pg_admin; pg_read_all_data, pg_read_server_files (read beyond the grants)
+//!                pg_signal_backend, pg_signal_autovacuum_worker, pg_checkpoint, pg_maintain,
+//!                pg_create_subscription, azure_pg_admin; pg_read_all_data,
+//!                pg_read_server_files (read beyond the grants)
 //! table          INSERT UPDATE DELETE TRUNCATE REFERENCES TRIGGER (MAINTAIN), columns included
 //! sequence       USAGE, UPDATE (nextval, setval)
 //! schema         CREATE
 //! database       CREATE; TEMPORARY unless only PUBLIC's default gives it (see Findings)
 //! large object   SELECT (reads beyond the grants), UPDATE; lo_compat_privileges = on
-//! owner          any object in the database, or shared, owned by the role or a role it inherits
+//! owner          any object in the database, or shared, owned by the role or a role it is a
+//!                member of
 //! definer        SECURITY DEFINER functions it can execute outside pg_catalog (they run with
 //!                their owner's rights), except those listed in spec.access.functions
+//! parameter      (PostgreSQL 15+) ALTER SYSTEM on any parameter; SET on one only superusers may
+//!                set (lo_compat_privileges, session_replication_role, ...)
 //! ```
 //!
-//! Objects owned by the role (or a role it inherits) are reported once, as owned, not again for
-//! the privileges ownership brings. Each list stops at [`LIST_LIMIT`] entries and says how many
-//! more there are.
+//! Objects owned by the role (or a role it is a member of) are reported once, as owned, not again
+//! for the privileges ownership brings. Each list stops at [`LIST_LIMIT`] entries and says how
+//! many more there are.
 
 use std::sync::LazyLock;
 
@@ -64,7 +73,7 @@ fn holders(alias: &str, privileges: &str) -> String {
         "SELECT array_agg(DISTINCT CASE WHEN a.grantee = 0 THEN NULL WHEN a.grantee = me.oid THEN ''
                                        ELSE quote_ident(pg_get_userbyid(a.grantee)) END) AS names
          FROM {alias}, unnest(x.acl) item, aclexplode(ARRAY[item]) a
-         WHERE a.privilege_type = ANY({privileges}) AND (a.grantee = 0 OR pg_has_role(me.oid, a.grantee, 'USAGE'))"
+         WHERE a.privilege_type = ANY({privileges}) AND (a.grantee = 0 OR a.grantee IN (SELECT oid FROM reach))"
     )
 }
 
@@ -76,7 +85,13 @@ fn holders(alias: &str, privileges: &str) -> String {
 /// Whole ACLs are exploded one item at a time (`unnest`, then `aclexplode(ARRAY[item])`), and
 /// only for the objects named: `aclexplode` of a long ACL (one entry per binding's role)
 /// detoasts it again for every row. The privilege functions decide what is held.
-static PROBE: LazyLock<String> = LazyLock::new(|| {
+static PROBE: LazyLock<String> = LazyLock::new(|| probe(false));
+
+/// [`PROBE`] with the parameter privileges of PostgreSQL 15 and later (`pg_parameter_acl`, which
+/// 14 does not have).
+static PROBE_15: LazyLock<String> = LazyLock::new(|| probe(true));
+
+fn probe(parameters: bool) -> String {
     let system = "n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema'";
     let limit = LIST_LIMIT;
     let relation_holders = holders(
@@ -100,15 +115,39 @@ static PROBE: LazyLock<String> = LazyLock::new(|| {
         "(SELECT coalesce(p.proacl, acldefault('f', p.proowner)) FROM pg_proc p WHERE p.oid = t.oid) x(acl)",
         "ARRAY['EXECUTE']",
     );
+    let parameter_holders = holders(
+        "(SELECT pa.paracl FROM pg_parameter_acl pa WHERE pa.oid = t.oid) x(acl)",
+        "t.privileges",
+    );
+    let parameters = if parameters {
+        format!(
+            r"
+UNION ALL
+(SELECT 'parameter', t.object, t.target, t.privileges, h.names, NULL, t.total
+ FROM me CROSS JOIN (
+   SELECT pa.oid, format('parameter %s', pa.parname) AS object, format('PARAMETER %s', pa.parname) AS target,
+          array_agg(p.privilege ORDER BY p.privilege) AS privileges, count(*) OVER () AS total
+   FROM pg_parameter_acl pa CROSS JOIN unnest(ARRAY['SET', 'ALTER SYSTEM']) AS p(privilege)
+   WHERE (p.privilege = 'ALTER SYSTEM'
+          OR EXISTS (SELECT FROM pg_settings s WHERE s.name = pa.parname AND s.context = 'superuser'))
+     AND EXISTS (SELECT FROM reach r WHERE has_parameter_privilege(r.oid, pa.parname, p.privilege))
+   GROUP BY pa.oid, pa.parname ORDER BY 2 LIMIT {limit}) t
+ CROSS JOIN LATERAL ({parameter_holders}) h)"
+        )
+    } else {
+        String::new()
+    };
     format!(
-        r"WITH me AS (SELECT to_regrole($1) AS oid),
+        r"WITH RECURSIVE me AS (SELECT to_regrole($1) AS oid),
+-- The role and every role it is a member of, whatever the membership's options.
+reach AS (SELECT me.oid FROM me WHERE me.oid IS NOT NULL
+          UNION SELECT m.roleid FROM reach JOIN pg_auth_members m ON m.member = reach.oid),
 allowed AS (SELECT a.schema, a.name FROM unnest($2::text[], $3::text[]) AS a(schema, name)),
 db AS (SELECT d.oid, d.datname, d.datdba, d.datacl FROM pg_database d WHERE d.datname = current_database()),
 -- Members of these predefined roles hold those privileges on every table: named once, as members.
 everything AS (
-  SELECT coalesce(pg_has_role(me.oid, to_regrole('pg_write_all_data'), 'USAGE'), false) AS writes,
-         coalesce(pg_has_role(me.oid, to_regrole('pg_maintain'), 'USAGE'), false) AS maintains
-  FROM me)
+  SELECT coalesce(to_regrole('pg_write_all_data') IN (SELECT oid FROM reach), false) AS writes,
+         coalesce(to_regrole('pg_maintain') IN (SELECT oid FROM reach), false) AS maintains)
 SELECT 'attribute'::text AS kind, x.attribute AS object, ''::text AS target, ARRAY[]::text[] AS privileges,
        ARRAY['']::text[] AS holders, NULL::text AS detail, 0::bigint AS total
 FROM me JOIN pg_roles r ON r.oid = me.oid
@@ -123,23 +162,23 @@ SELECT 'member', quote_ident(p.rolname), '', ARRAY[]::text[],
        NULL, 0
 FROM me CROSS JOIN pg_roles p
 WHERE p.rolname IN ('pg_read_all_data', 'pg_read_server_files', 'pg_write_all_data', 'pg_write_server_files',
-                    'pg_execute_server_program', 'pg_signal_backend', 'pg_checkpoint', 'pg_maintain',
-                    'pg_create_subscription', 'azure_pg_admin')
+                    'pg_execute_server_program', 'pg_signal_backend', 'pg_signal_autovacuum_worker',
+                    'pg_checkpoint', 'pg_maintain', 'pg_create_subscription', 'azure_pg_admin')
   AND pg_has_role(me.oid, p.oid, 'MEMBER')
 UNION ALL
 (SELECT 'table', t.object, t.target, t.privileges, h.names, NULL, t.total
  FROM me CROSS JOIN (
    SELECT c.oid, format('table %I.%I', n.nspname, c.relname) AS object, format('TABLE %I.%I', n.nspname, c.relname) AS target,
           array_agg(p.privilege ORDER BY p.privilege) AS privileges, count(*) OVER () AS total
-   FROM me CROSS JOIN everything CROSS JOIN pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+   FROM everything CROSS JOIN pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
      CROSS JOIN unnest(ARRAY['INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER']
                        || CASE WHEN current_setting('server_version_num')::int >= 170000 THEN ARRAY['MAINTAIN'] ELSE ARRAY[]::text[] END) AS p(privilege)
    WHERE c.relkind IN ('r', 'v', 'm', 'f', 'p') AND {system}
-     AND NOT pg_has_role(me.oid, c.relowner, 'USAGE')
+     AND c.relowner NOT IN (SELECT oid FROM reach)
      AND NOT (everything.writes AND p.privilege IN ('INSERT', 'UPDATE', 'DELETE'))
      AND NOT (everything.maintains AND p.privilege = 'MAINTAIN')
-     AND (has_table_privilege(me.oid, c.oid, p.privilege)
-          OR (p.privilege IN ('INSERT', 'UPDATE', 'REFERENCES') AND has_any_column_privilege(me.oid, c.oid, p.privilege)))
+     AND EXISTS (SELECT FROM reach r WHERE has_table_privilege(r.oid, c.oid, p.privilege)
+          OR (p.privilege IN ('INSERT', 'UPDATE', 'REFERENCES') AND has_any_column_privilege(r.oid, c.oid, p.privilege)))
    GROUP BY c.oid, n.nspname, c.relname ORDER BY 2 LIMIT {limit}) t
  CROSS JOIN LATERAL ({relation_holders}) h)
 UNION ALL
@@ -147,27 +186,29 @@ UNION ALL
  FROM me CROSS JOIN (
    SELECT c.oid, format('sequence %I.%I', n.nspname, c.relname) AS object, format('SEQUENCE %I.%I', n.nspname, c.relname) AS target,
           array_agg(p.privilege ORDER BY p.privilege) AS privileges, count(*) OVER () AS total
-   FROM me CROSS JOIN everything CROSS JOIN pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+   FROM everything CROSS JOIN pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
      CROSS JOIN unnest(ARRAY['USAGE', 'UPDATE']) AS p(privilege)
    WHERE c.relkind = 'S' AND {system}
-     AND NOT pg_has_role(me.oid, c.relowner, 'USAGE')
+     AND c.relowner NOT IN (SELECT oid FROM reach)
      AND NOT (everything.writes AND p.privilege = 'UPDATE')
-     AND has_sequence_privilege(me.oid, c.oid, p.privilege)
+     AND EXISTS (SELECT FROM reach r WHERE has_sequence_privilege(r.oid, c.oid, p.privilege))
    GROUP BY c.oid, n.nspname, c.relname ORDER BY 2 LIMIT {limit}) t
  CROSS JOIN LATERAL ({sequence_holders}) h)
 UNION ALL
 (SELECT 'schema', t.object, t.target, ARRAY['CREATE'], h.names, NULL, t.total
  FROM me CROSS JOIN (
    SELECT n.oid, format('schema %I', n.nspname) AS object, format('SCHEMA %I', n.nspname) AS target, count(*) OVER () AS total
-   FROM me CROSS JOIN pg_namespace n
-   WHERE {system} AND NOT pg_has_role(me.oid, n.nspowner, 'USAGE') AND has_schema_privilege(me.oid, n.oid, 'CREATE')
+   FROM pg_namespace n
+   WHERE {system} AND n.nspowner NOT IN (SELECT oid FROM reach)
+     AND EXISTS (SELECT FROM reach r WHERE has_schema_privilege(r.oid, n.oid, 'CREATE'))
    ORDER BY 2 LIMIT {limit}) t
  CROSS JOIN LATERAL ({schema_holders}) h)
 UNION ALL
 SELECT 'database', format('database %I', d.datname), format('DATABASE %I', d.datname), ARRAY[p.privilege], h.names, NULL, 1
 FROM me CROSS JOIN db d CROSS JOIN unnest(ARRAY['CREATE', 'TEMPORARY']) AS p(privilege)
   CROSS JOIN LATERAL ({database_holders}) h
-WHERE NOT pg_has_role(me.oid, d.datdba, 'USAGE') AND has_database_privilege(me.oid, d.oid, p.privilege)
+WHERE d.datdba NOT IN (SELECT oid FROM reach)
+  AND EXISTS (SELECT FROM reach r WHERE has_database_privilege(r.oid, d.oid, p.privilege))
 UNION ALL
 -- No privilege function for large objects before PostgreSQL 17: their ACLs decide.
 (SELECT 'large object', format('large object %s', t.oid), format('LARGE OBJECT %s', t.oid), t.privileges, t.names, NULL, t.total
@@ -177,8 +218,8 @@ UNION ALL
                                   ELSE quote_ident(pg_get_userbyid(a.grantee)) END) AS names,
           count(*) OVER () AS total
    FROM me CROSS JOIN pg_largeobject_metadata l, unnest(l.lomacl) item, aclexplode(ARRAY[item]) a
-   WHERE a.privilege_type IN ('SELECT', 'UPDATE') AND NOT pg_has_role(me.oid, l.lomowner, 'USAGE')
-     AND (a.grantee = 0 OR pg_has_role(me.oid, a.grantee, 'USAGE'))
+   WHERE a.privilege_type IN ('SELECT', 'UPDATE') AND l.lomowner NOT IN (SELECT oid FROM reach)
+     AND (a.grantee = 0 OR a.grantee IN (SELECT oid FROM reach))
    GROUP BY l.oid ORDER BY l.oid LIMIT {limit}) t)
 UNION ALL
 SELECT 'lo_compat_privileges', '', '', ARRAY[]::text[], ARRAY[]::text[], NULL, 1
@@ -190,12 +231,12 @@ UNION ALL
    SELECT i.type || ' ' || i.identity AS object, quote_ident(pg_get_userbyid(s.refobjid)) AS owner,
           CASE WHEN s.refobjid = me.oid THEN ARRAY['']
                ELSE ARRAY(SELECT DISTINCT quote_ident(pg_get_userbyid(m.roleid)) FROM pg_auth_members m
-                          WHERE m.member = me.oid AND pg_has_role(m.roleid, s.refobjid, 'USAGE') ORDER BY 1) END AS via,
+                          WHERE m.member = me.oid AND pg_has_role(m.roleid, s.refobjid, 'MEMBER') ORDER BY 1) END AS via,
           count(*) OVER () AS total
    FROM me CROSS JOIN db CROSS JOIN pg_shdepend s
      CROSS JOIN LATERAL pg_identify_object(s.classid, s.objid, s.objsubid) i
    WHERE s.deptype = 'o' AND s.refclassid = 'pg_authid'::regclass AND s.dbid IN (0, db.oid)
-     AND pg_has_role(me.oid, s.refobjid, 'USAGE')
+     AND s.refobjid IN (SELECT oid FROM reach)
    ORDER BY 1 LIMIT {limit}) t)
 UNION ALL
 -- detail: the owner, then the entry of spec.access.functions that allows it
@@ -205,15 +246,16 @@ UNION ALL
           format('ROUTINE %I.%I(%s)', n.nspname, p.proname, pg_get_function_identity_arguments(p.oid)) AS target,
           format('%s {{schema: %s, name: %s}}', quote_ident(pg_get_userbyid(p.proowner)), to_json(n.nspname::text), to_json(p.proname::text)) AS detail,
           count(*) OVER () AS total
-   FROM me CROSS JOIN pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+   FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
    WHERE p.prosecdef AND {system}
-     AND NOT pg_has_role(me.oid, p.proowner, 'USAGE')
-     AND has_schema_privilege(me.oid, n.oid, 'USAGE') AND has_function_privilege(me.oid, p.oid, 'EXECUTE')
+     AND p.proowner NOT IN (SELECT oid FROM reach)
+     AND EXISTS (SELECT FROM reach r
+                 WHERE has_schema_privilege(r.oid, n.oid, 'USAGE') AND has_function_privilege(r.oid, p.oid, 'EXECUTE'))
      AND NOT EXISTS (SELECT FROM allowed WHERE allowed.schema = n.nspname AND allowed.name = p.proname)
    ORDER BY 2 LIMIT {limit}) t
- CROSS JOIN LATERAL ({function_holders}) h)"
+ CROSS JOIN LATERAL ({function_holders}) h){parameters}"
     )
-});
+}
 
 /// One row of [`PROBE`].
 #[derive(Debug, Clone, PartialEq)]
@@ -237,8 +279,17 @@ pub async fn read_only(
 ) -> Result<Findings, tokio_postgres::Error> {
     let schemas: Vec<&str> = allowed.iter().map(|f| f.schema.as_str()).collect();
     let names: Vec<&str> = allowed.iter().map(|f| f.name.as_str()).collect();
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await?
+        .get(0);
+    let probe = if version >= 150_000 {
+        &PROBE_15
+    } else {
+        &PROBE
+    };
     let rows = client
-        .query(PROBE.as_str(), &[&quote(role), &schemas, &names])
+        .query(probe.as_str(), &[&quote(role), &schemas, &names])
         .await?;
     let found = rows
         .iter()
@@ -267,6 +318,7 @@ fn powers(role: &str) -> (&'static str, bool) {
         "pg_write_server_files" => ("writes files on the database server", false),
         "pg_execute_server_program" => ("runs programs on the database server", false),
         "pg_signal_backend" => ("cancels and terminates other sessions", false),
+        "pg_signal_autovacuum_worker" => ("cancels and terminates autovacuum workers", false),
         "pg_checkpoint" => ("runs CHECKPOINT", false),
         "pg_maintain" => (
             "runs VACUUM, ANALYZE, REINDEX, CLUSTER, REFRESH MATERIALIZED VIEW and LOCK TABLE on every table",
@@ -328,6 +380,7 @@ fn more(kind: &str, count: i64) -> String {
         "large object" => "large objects it can read or write",
         "owner" => "objects it owns",
         "definer" => "SECURITY DEFINER functions it can execute",
+        "parameter" => "parameters it can set or change with ALTER SYSTEM",
         _ => "more of the same",
     };
     format!("and {count} more {what}")
@@ -434,7 +487,7 @@ fn judge(role: &str, found: Vec<Found>) -> Findings {
                     };
                     (
                         format!(
-                            "owns {} through role {owner}, its owner, whose privileges it inherits{path} (REVOKE {} FROM {who})",
+                            "owns {} through role {owner}, its owner, of which it is a member{path} (REVOKE {} FROM {who})",
                             f.object,
                             parents.join(", ")
                         ),
@@ -709,7 +762,7 @@ mod tests {
                 "has TEMPORARY on database shop through role ops, so it can create temporary tables (REVOKE TEMPORARY ON DATABASE shop FROM ops)",
                 "has SELECT, UPDATE on large object 4243 through a grant to the role itself (REVOKE SELECT, UPDATE ON LARGE OBJECT 4243 FROM \"shop_r\")",
                 "owns type public.mood, which lets it change or drop it (REASSIGN OWNED BY \"shop_r\" TO another role)",
-                "owns table hr.salaries through role owners, its owner, whose privileges it inherits through role staff (REVOKE staff FROM \"shop_r\")",
+                "owns table hr.salaries through role owners, its owner, of which it is a member through role staff (REVOKE staff FROM \"shop_r\")",
             ]
         );
         assert_eq!(
