@@ -222,13 +222,17 @@ fn is_json(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .eq_ignore_ascii_case("application/json")
-        })
+        .is_some_and(is_json_type)
+}
+
+/// Whether a `Content-Type` value is `application/json` (parameters aside).
+fn is_json_type(content_type: &str) -> bool {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .eq_ignore_ascii_case("application/json")
 }
 
 /// The body, up to [`MAX_REQUEST_BYTES`].
@@ -311,9 +315,7 @@ fn eligible_headers(headers: &HeaderMap, host_allowed: impl Fn(&str) -> bool) ->
     if !accepts_json_and_sse(text(header::ACCEPT)?) {
         return None;
     }
-    let content_type = text(header::CONTENT_TYPE)?;
-    let essence = content_type.split(';').next().unwrap_or_default().trim();
-    if !essence.eq_ignore_ascii_case("application/json") {
+    if !is_json_type(text(header::CONTENT_TYPE)?) {
         return None;
     }
     let length: usize = text(header::CONTENT_LENGTH)?.parse().ok()?;
