@@ -1,7 +1,7 @@
 //! Cancelling a call stops its statement in PostgreSQL: `notifications/cancelled` in an HTTP
 //! session and on stdio, and an HTTP client that goes away. Each test starts a statement that
-//! would run for a minute, waits until PostgreSQL shows it running, cancels it, and checks
-//! `pg_stat_activity` the way an operator would: the statement is gone within a second, the
+//! runs until stopped (it waits for a lock the test holds), waits until PostgreSQL shows it
+//! running, cancels it, and checks `pg_stat_activity` the way an operator would: the statement is gone within a second, the
 //! server's connection is still there (back in the pool, not discarded), and the next call
 //! works.
 #![allow(clippy::unwrap_used)] // a failed step fails the test: panicking is the point
@@ -17,12 +17,23 @@ use pgmcp_tests::wait_for_opt;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 
-/// The statement each test cancels: 5^13 rows of a cross join, minutes of work (the SQL guard
-/// refuses `pg_sleep`).
-const LONG: &str = "SELECT count(*) AS n FROM orders a, orders b, orders c, orders d, orders e, \
-                    orders f, orders g, orders h, orders i, orders j, orders k, orders l, orders m";
+/// The statement each test cancels. It waits for the lock [`lock_orders`] holds, for as long
+/// as that is held: a statement that runs until stopped without using CPU, so the tests time
+/// the cancellation and not a busy machine (the SQL guard refuses `pg_sleep`).
+const LONG: &str = "SELECT count(*) AS blocked FROM orders";
 /// What `pg_stat_activity.query` shows of it.
-const NEEDLE: &str = "orders l, orders m";
+const NEEDLE: &str = "AS blocked FROM orders";
+
+/// An administrator's open transaction holding an exclusive lock on `orders`; `ROLLBACK` on it
+/// lets readers in again.
+async fn lock_orders(shop: &Shop) -> tokio_postgres::Client {
+    let admin = shop.db.connect().await.unwrap();
+    admin
+        .batch_execute("BEGIN; LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    admin
+}
 
 /// The backend running `needle` as the shop's reader role, once PostgreSQL shows it.
 async fn running(shop: &Shop, needle: &str) -> i32 {
@@ -103,6 +114,7 @@ async fn cancel_in_a_session(test: &str, tool: &str, arguments: Value, needle: &
     let shop = shop(test).await;
     let server = ServerProcess::start(&shop, &[]).await;
     let headers = open_session(&server).await;
+    let lock = lock_orders(&shop).await;
     let request = tokio::spawn({
         let headers = headers.clone();
         let port = server.port;
@@ -120,6 +132,7 @@ async fn cancel_in_a_session(test: &str, tool: &str, arguments: Value, needle: &
     let cancelled_at = Instant::now();
     assert_eq!(status, 202);
     stopped_and_kept(&shop, pid, cancelled_at).await;
+    lock.batch_execute("ROLLBACK").await.unwrap();
     let (status, _, body) = request.await.unwrap();
     assert_eq!(status, 200);
     assert_eq!(
@@ -188,6 +201,7 @@ async fn an_http_client_that_goes_away_stops_its_statement() {
     let shop = shop("cancel http gone").await;
     let server = ServerProcess::start(&shop, &[]).await;
     let headers = open_session(&server).await;
+    let lock = lock_orders(&shop).await;
     let message = call(7, "query", json!({"sql": LONG})).to_string();
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", server.port))
         .await
@@ -208,6 +222,7 @@ async fn an_http_client_that_goes_away_stops_its_statement() {
     drop(stream);
     let cancelled_at = Instant::now();
     stopped_and_kept(&shop, pid, cancelled_at).await;
+    lock.batch_execute("ROLLBACK").await.unwrap();
     next_call_works(&shop, &server, &headers, pid).await;
 }
 
@@ -243,11 +258,13 @@ async fn a_cancelled_call_on_stdio_stops_in_postgres_and_gets_no_answer() {
     assert_eq!(initialized["id"], json!(0));
     send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).await;
 
+    let lock = lock_orders(&shop).await;
     send(call(7, "query", json!({"sql": LONG}))).await;
     let pid = running(&shop, NEEDLE).await;
     send(cancelled(7)).await;
     let cancelled_at = Instant::now();
     stopped_and_kept(&shop, pid, cancelled_at).await;
+    lock.batch_execute("ROLLBACK").await.unwrap();
 
     // The next line is the answer to the next request: none came for the cancelled one.
     send(call(
