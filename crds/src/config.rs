@@ -87,6 +87,73 @@ pub struct ScopeConfig {
     /// any other SECURITY DEFINER function outside `pg_catalog` are refused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub functions: Vec<ScopeFunction>,
+    /// Caller classes, in order: the first whose `match` fits a caller's verified token
+    /// decides the role its statements run as and what it sees. With classes, `grants` (when
+    /// not empty) is the default class of callers that match none; empty, such callers are
+    /// refused. Needs Entra caller authentication.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub callers: Vec<CallerClassConfig>,
+}
+
+/// One caller class.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CallerClassConfig {
+    /// The class's name (audit log, messages, the `class` claim).
+    pub name: String,
+    /// The NOLOGIN role the class's statements run as (`SET LOCAL ROLE`); the server's role is
+    /// a member of it.
+    pub role: String,
+    /// Which callers belong to the class.
+    #[serde(rename = "match")]
+    pub matches: CallerMatchConfig,
+    /// What the class sees and reads.
+    pub grants: Vec<ScopeGrant>,
+    /// SECURITY DEFINER functions the class may call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub functions: Vec<ScopeFunction>,
+}
+
+/// Token values that place a caller in a class: any one is enough.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CallerMatchConfig {
+    /// App roles (the `roles` claim).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub app_roles: Vec<String>,
+    /// Group object ids (the `groups` claim).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// Caller object ids (`oid`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub object_ids: Vec<String>,
+    /// Calling application client ids (`azp`, or `appid` in v1 tokens).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub app_ids: Vec<String>,
+}
+
+/// Longest PostgreSQL identifier (NAMEDATALEN - 1 bytes).
+pub const MAX_ROLE_NAME: usize = 63;
+
+/// The PostgreSQL role of caller class `class` of the binding whose role is `principal`:
+/// `<principal>__<class>`, or, when that is longer than PostgreSQL keeps, the principal cut
+/// short (at a character boundary) followed by `_` and 8 hex digits of a hash of the whole
+/// principal name, so two long principals never share class roles.
+pub fn class_role_name(principal: &str, class: &str) -> String {
+    let full = format!("{principal}__{class}");
+    if full.len() <= MAX_ROLE_NAME {
+        return full;
+    }
+    // FNV-1a: stable across builds and platforms, unlike std's hasher.
+    let hash = principal.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    let room = MAX_ROLE_NAME - class.len() - 2 - 9;
+    let mut cut = room.min(principal.len());
+    while !principal.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}_{hash:08x}__{class}", &principal[..cut])
 }
 
 /// One granted schema: `["*"]` or table names.
@@ -190,4 +257,31 @@ pub const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";
 
 fn default_authority_host() -> String {
     DEFAULT_AUTHORITY_HOST.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn class_role_names_fit_postgresql_and_stay_distinct() {
+        assert_eq!(
+            class_role_name("sales-mcp", "support"),
+            "sales-mcp__support"
+        );
+        let long_a = "a".repeat(60);
+        let long_b = format!("{}b", "a".repeat(59));
+        let a = class_role_name(&long_a, "support-agents");
+        let b = class_role_name(&long_b, "support-agents");
+        assert!(
+            a.len() <= MAX_ROLE_NAME && b.len() <= MAX_ROLE_NAME,
+            "{a} {b}"
+        );
+        assert!(a.ends_with("__support-agents"), "{a}");
+        assert_ne!(a, b);
+        let accents = "é".repeat(31);
+        let c = class_role_name(&accents, "x");
+        assert!(c.len() <= MAX_ROLE_NAME, "{c}");
+        assert_eq!(c, class_role_name(&accents, "x"));
+    }
 }

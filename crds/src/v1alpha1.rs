@@ -50,6 +50,9 @@ use serde::{Deserialize, Serialize};
     validation = Rule::new("!(has(self.identity.entra) || has(self.postgres.admin.entra)) || self.postgres.sslMode in ['require', 'verify-full']")
         .message("sslMode must be require or verify-full when Entra tokens are used: the token is sent as the password")
         .field_path(".postgres.sslMode"),
+    validation = Rule::new("!has(self.access.callers) || size(self.access.callers) == 0 || has(self.server.auth.entra)")
+        .message("access.callers requires server.auth.entra: caller classes are matched on the claims of the caller's verified Entra token")
+        .field_path(".server.auth"),
     validation = Rule::new("!has(self.foundry) || has(self.server.auth.entra)")
         .message("foundry requires server.auth.entra: Foundry calls the MCP server with Entra tokens of the project's managed identity")
         .field_path(".server.auth"),
@@ -310,9 +313,18 @@ pub struct PasswordIdentity {
 /// What the agent may read.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("(has(self.grants) && size(self.grants) > 0) || (has(self.callers) && size(self.callers) > 0)")
+        .message("grants must not be empty: list the schemas and tables to grant, or define caller classes in callers")
+        .field_path(".grants")
+        .reason(Reason::FieldValueRequired),
+)]
 pub struct AccessSpec {
-    /// Schemas and tables to grant SELECT on; one entry per schema.
-    #[schemars(length(min = 1, max = 64))]
+    /// Schemas and tables to grant SELECT on; one entry per schema. With callers, these are the
+    /// grants of every caller that matches no caller class (the default class); leave them out
+    /// to refuse such callers (403).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["schema".to_owned()]))]
     pub grants: Vec<Grant>,
     /// Also make tables created later readable (ALTER DEFAULT PRIVILEGES), in the schemas granted
@@ -334,6 +346,86 @@ pub struct AccessSpec {
     #[schemars(length(max = 64))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["schema".to_owned(), "name".to_owned()]))]
     pub functions: Vec<AllowedFunction>,
+    /// Caller classes: who may read what, decided per request from the caller's verified Entra
+    /// token (server.auth.entra is required). The first class whose match fits the caller
+    /// wins; each class has its own PostgreSQL role (NOLOGIN, named
+    /// <principal>__<class>) holding exactly its grants, and every statement of the caller
+    /// runs as that role (SET LOCAL ROLE), with the caller's verified claims readable by
+    /// row-level security policies as current_setting('pgmcp.caller', true) (JSON: oid, tid,
+    /// appid, roles, groups, name, preferred_username, class). The MCP server's own role is a
+    /// member of every class role without inheriting its privileges, so a statement that does
+    /// not switch role reads nothing of a class. A caller that matches no class is refused with
+    /// 403 unless grants is set, which then acts as the default class. At most 16.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".to_owned()]))]
+    pub callers: Vec<CallerClass>,
+}
+
+/// A class of callers and what it may read.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CallerClass {
+    /// The class's name: a DNS label of at most 20 characters. It becomes part of the class's
+    /// PostgreSQL role name and of the audit log.
+    #[schemars(length(min = 1, max = 20))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')")
+        .message("name must be a DNS label: lower-case letters, digits and '-', starting with a letter"))]
+    pub name: String,
+    /// Which callers belong to the class: a caller matches when its token carries any of the
+    /// listed values.
+    #[serde(rename = "match")]
+    pub matches: CallerMatch,
+    /// Schemas and tables the class may read (SELECT); one entry per schema.
+    #[schemars(length(min = 1, max = 64))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["schema".to_owned()]))]
+    pub grants: Vec<Grant>,
+    /// Also make tables created later readable by the class (ALTER DEFAULT PRIVILEGES), in its
+    /// schemas granted with tables: ["*"].
+    #[serde(default = "default_true")]
+    pub default_privileges: bool,
+    /// SECURITY DEFINER functions callers of this class may call (as access.functions). At
+    /// most 64.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["schema".to_owned(), "name".to_owned()]))]
+    pub functions: Vec<AllowedFunction>,
+}
+
+/// Values of a caller's verified Entra token that place it in a class; any one of them is
+/// enough.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("(has(self.appRoles) ? size(self.appRoles) : 0) + (has(self.groups) ? size(self.groups) : 0) + (has(self.objectIds) ? size(self.objectIds) : 0) + (has(self.appIds) ? size(self.appIds) : 0) > 0")
+        .message("match must list at least one of appRoles, groups, objectIds or appIds: a class no caller can match grants nothing")
+        .reason(Reason::FieldValueRequired),
+)]
+pub struct CallerMatch {
+    /// App roles of the MCP server's app registration (the token's roles claim), such as
+    /// Sales.Read: how app-only callers (a Foundry project's managed identity) are told apart.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 120)))]
+    pub app_roles: Vec<String>,
+    /// Object ids of Entra security groups (the token's groups claim; the app registration
+    /// must emit it, and a user in more than 200 groups gets no groups claim at all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 36, max = 36)))]
+    #[x_kube(validation = Rule::new("self.all(id, id.matches('^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$'))")
+        .message("groups must be group object ids (GUIDs)"))]
+    pub groups: Vec<String>,
+    /// Object ids of users, managed identities or service principals (the token's oid claim).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 36, max = 36)))]
+    #[x_kube(validation = Rule::new("self.all(id, id.matches('^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$'))")
+        .message("objectIds must be object ids (GUIDs)"))]
+    pub object_ids: Vec<String>,
+    /// Client ids of calling applications (the token's azp claim, appid in v1 tokens).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 36, max = 36)))]
+    #[x_kube(validation = Rule::new("self.all(id, id.matches('^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$'))")
+        .message("appIds must be application (client) ids (GUIDs)"))]
+    pub app_ids: Vec<String>,
 }
 
 /// A function the MCP server may call even though it is SECURITY DEFINER: every overload of
@@ -627,6 +719,11 @@ pub struct PostgresMcpBindingStatus {
     /// The grants as last compared with the database catalog.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grants: Option<GrantsStatus>,
+    /// Each caller class (access.callers): its role and its grants as last compared with the
+    /// database catalog.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".to_owned()]))]
+    pub callers: Vec<CallerClassStatus>,
     /// The federated identity credential the operator manages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub federated_credential: Option<FederatedCredentialStatus>,
@@ -690,6 +787,24 @@ pub struct RoleRecord {
     /// Orphan when the role is to be left in place on removal.
     #[serde(default, skip_serializing_if = "DeletionPolicy::is_delete")]
     pub deletion_policy: DeletionPolicy,
+    /// The NOLOGIN roles of the caller classes (access.callers), on the same server and in the
+    /// same databases: a class no longer asked for has its role's grants revoked and the role
+    /// dropped; removal drops them all, before the role itself.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub class_roles: Vec<ClassRoleRecord>,
+}
+
+/// The role of one caller class.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClassRoleRecord {
+    /// The class (access.callers[].name).
+    pub class: String,
+    /// Role name.
+    pub name: String,
+    /// pg_roles.oid of the role once it exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oid: Option<i64>,
 }
 
 /// Kinds of Azure Resource Manager resources the operator creates.
@@ -769,6 +884,18 @@ pub struct GrantsStatus {
     /// How many times drift between the spec and the catalog was repaired.
     #[serde(default)]
     pub repairs: i64,
+}
+
+/// One caller class as the database holds it.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CallerClassStatus {
+    /// The class (access.callers[].name).
+    pub name: String,
+    /// The class's PostgreSQL role.
+    pub role: String,
+    /// Its grants as last compared with the catalog.
+    pub grants: GrantsStatus,
 }
 
 /// The federated identity credential.

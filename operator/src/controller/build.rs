@@ -154,6 +154,7 @@ pub fn server_config(valid: &Valid, defaults: &Defaults) -> ServerConfig {
                     name: f.name.clone(),
                 })
                 .collect(),
+            callers: Vec::new(),
         },
         limits: valid.limits.clone(),
         http: HttpConfig {

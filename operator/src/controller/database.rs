@@ -355,6 +355,7 @@ fn set_role(
         server: admin.server(),
         databases: databases.to_vec(),
         deletion_policy: policy,
+        class_roles: Vec::new(),
     });
 }
 
@@ -410,6 +411,7 @@ pub fn adopt_legacy(binding: &PostgresMcpBinding, record: &mut Record) {
             server: format!("{}:{}", spec.postgres.host, spec.postgres.port),
             databases: vec![spec.postgres.database.clone()],
             deletion_policy: spec.access.deletion_policy,
+            class_roles: Vec::new(),
         });
     }
 }
