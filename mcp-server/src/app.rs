@@ -12,13 +12,13 @@ use axum::serve::ListenerExt as _;
 use tokio::task::JoinError;
 use tokio_util::sync::CancellationToken;
 
+use crate::access::Access;
 use crate::auth::Auth;
 use crate::auth::jwt::{DiscoveryError, EntraValidator};
 use crate::config::{Args, ConfigError, Settings};
 use crate::db::Database;
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
-use crate::scope::Scope;
 use crate::tools::Tools;
 use crate::{AppState, PgMcpServer, router, startup};
 
@@ -41,6 +41,13 @@ pub enum Error {
          127.0.0.1, or pass --insecure-allow-unauthenticated (development only)"
     )]
     Unauthenticated { listen: SocketAddr },
+    #[error(
+        "refusing to serve caller classes ({classes}) {how}: a caller's class is decided from \
+         the claims of its verified Microsoft Entra token, so every caller would be refused. \
+         Configure Entra ID (--entra-tenant-id, --entra-audience; spec.server.auth.entra) or \
+         remove scope.callers"
+    )]
+    ClassesWithoutEntra { classes: String, how: &'static str },
     #[error("failed to listen on {listen}")]
     Listen {
         listen: SocketAddr,
@@ -78,13 +85,24 @@ pub fn run(args: Args) -> Result<(), Error> {
 async fn serve(args: Args) -> Result<(), Error> {
     let settings = Settings::resolve(&args, |var| std::env::var(var).ok())?;
     let db = Database::new(&settings.connect).map_err(Error::Database)?;
-    let scope = Scope::new(settings.file.scope.grants.clone())
-        .with_functions(settings.file.scope.functions.clone());
+    let access = Arc::new(Access::new(&settings.file.scope, &settings.connect.user));
+    if access.per_caller() && (settings.stdio || settings.entra.is_none()) {
+        return Err(Error::ClassesWithoutEntra {
+            classes: access.class_names().join(", "),
+            how: if settings.stdio {
+                "over stdio"
+            } else {
+                "without Entra ID caller authentication"
+            },
+        });
+    }
     // Tool calls wait for the start-up sequence, and fail with its reason while it waits for
     // something that passes by itself; the transport answers meanwhile.
     let readiness = Readiness::starting();
-    let tools =
-        Arc::new(Tools::new(db, scope, settings.file.limits.clone()).gated(readiness.clone()));
+    let tools = Arc::new(
+        Tools::with_access(db, access.clone(), settings.file.limits.clone())
+            .gated(readiness.clone()),
+    );
     let mut started = tokio::spawn(startup::run(
         tools.clone(),
         settings.connect.token.clone(),
@@ -137,6 +155,7 @@ async fn serve(args: Args) -> Result<(), Error> {
         validator,
         public_url: settings.file.http.public_url.clone(),
         allowed_hosts: settings.file.http.allowed_hosts.clone(),
+        access,
     });
     let shutdown = CancellationToken::new();
     let app = router(

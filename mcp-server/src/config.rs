@@ -371,7 +371,22 @@ impl Settings {
             ssl_root_cert: file.database.ssl_root_cert.as_ref().map(PathBuf::from),
             pool_size: file.database.pool_size,
             statement_timeout: Duration::from_millis(file.limits.statement_timeout_ms),
-            search_path: file.scope.grants.iter().map(|g| g.schema.clone()).collect(),
+            // Every class's schemas: a class's role resolves names through the same path, and
+            // its scope check refuses what it may not read.
+            search_path: {
+                let mut schemas: Vec<String> = Vec::new();
+                for grant in file
+                    .scope
+                    .grants
+                    .iter()
+                    .chain(file.scope.callers.iter().flat_map(|c| &c.grants))
+                {
+                    if !schemas.contains(&grant.schema) {
+                        schemas.push(grant.schema.clone());
+                    }
+                }
+                schemas
+            },
         };
         Ok(Self {
             connect,

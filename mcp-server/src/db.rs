@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use pgmcp_identity::TokenProvider;
+pub use pgmcp_postgres_wire::Identity;
 use pgmcp_postgres_wire::{self as wire, Connection, Statement, TypeCache};
 pub use pgmcp_postgres_wire::{Caps, Column, JsonRows, Rows};
 use serde_json::Value;
@@ -136,6 +137,7 @@ impl Connector {
                 max_bytes: usize::MAX,
             },
             timeout: None,
+            identity: None,
         };
         // The pool bounds this with its create timeout; no caller waits to cancel it.
         let names = conn
@@ -208,6 +210,12 @@ const INSUFFICIENT_PRIVILEGE: &str = "42501";
 const QUERY_CANCELED: &str = "57014";
 
 fn explain(error: &wire::Error) -> String {
+    if let wire::Error::Identity { .. } = error {
+        return format!(
+            "{error}. The server's role must be a member of the role of each caller class (the \
+             operator keeps it so; see the binding's DatabaseReady condition)"
+        );
+    }
     let wire::Error::Sql(sql) = error else {
         return error.to_string();
     };
@@ -249,6 +257,8 @@ impl DbError {
                 wire::Error::Param(_) | wire::Error::ParamCount { .. } => "bad_params",
                 wire::Error::Decode(_) => "decode_error",
                 wire::Error::Cancelled => "cancelled",
+                wire::Error::Identity { .. } => "identity_refused",
+                wire::Error::IdentityChanged => "refused_identity_change",
             },
         }
     }
@@ -352,8 +362,15 @@ impl Database {
 
     /// `SELECT 1` on a pooled connection (readiness).
     pub async fn ping(&self) -> Result<(), DbError> {
-        self.query("SELECT 1", &[], ONE_ROW, None, &CancellationToken::new())
-            .await?;
+        self.query(
+            "SELECT 1",
+            &[],
+            ONE_ROW,
+            None,
+            None,
+            &CancellationToken::new(),
+        )
+        .await?;
         Ok(())
     }
 
@@ -388,7 +405,7 @@ impl Database {
             max_bytes: usize::MAX,
         };
         let rows = self
-            .query(SQL, &[serde_json::json!(names)], caps, None, cancel)
+            .query(SQL, &[serde_json::json!(names)], caps, None, None, cancel)
             .await?;
         Ok(rows
             .rows
@@ -440,6 +457,9 @@ impl Database {
     /// `timeout` lowers the statement timeout for this call (it never raises it). A dead
     /// pooled connection or a database restart costs a retry, not an error ([`OUTAGE_WAIT`]).
     ///
+    /// `identity` is the role and caller claims the statement runs with (per-caller access);
+    /// `None` runs it as the server's own role.
+    ///
     /// `cancel` stops the call: the statement is cancelled in PostgreSQL (the connection goes
     /// back to the pool, settled), a wait for a connection ends, and the error is
     /// [`DbError::is_cancelled`], never retried.
@@ -449,10 +469,11 @@ impl Database {
         params: &[Value],
         caps: Caps,
         timeout: Option<Duration>,
+        identity: Option<Identity<'_>>,
         cancel: &CancellationToken,
     ) -> Result<Rows, DbError> {
         self.retrying(cancel, || {
-            self.query_once(sql, params, caps, timeout, cancel)
+            self.query_once(sql, params, caps, timeout, identity, cancel)
         })
         .await
     }
@@ -463,6 +484,7 @@ impl Database {
         params: &[Value],
         caps: Caps,
         timeout: Option<Duration>,
+        identity: Option<Identity<'_>>,
         cancel: &CancellationToken,
     ) -> Result<Rows, DbError> {
         let effective = timeout.map_or(self.statement_timeout, |t| t.min(self.statement_timeout));
@@ -476,6 +498,7 @@ impl Database {
             params,
             caps,
             timeout: (effective < self.statement_timeout).then_some(effective),
+            identity,
         };
         conn.run(statement, cancel)
             .await

@@ -77,6 +77,9 @@ pub struct Entry {
     pub name: String,
     /// The SECURITY DEFINER function it runs, `schema.name`.
     pub definer: String,
+    /// That function's schema and name, as an allowed function names it.
+    definer_schema: String,
+    definer_name: String,
     /// The name as the SQL text must contain it to name it (a `"` doubled, as in a quoted
     /// identifier).
     pattern: String,
@@ -121,15 +124,11 @@ fn refusal(call: &DefinerCall) -> String {
 }
 
 impl Snapshot {
-    /// The snapshot from [`SNAPSHOT_SQL`]'s rows, without what `allowed` lists.
-    pub fn new(rows: impl IntoIterator<Item = [String; 5]>, allowed: &[ScopeFunction]) -> Self {
+    /// The snapshot from [`SNAPSHOT_SQL`]'s rows. Which functions a call may call anyway is
+    /// its scope's to say ([`Snapshot::check`]): caller classes allow different ones.
+    pub fn new(rows: impl IntoIterator<Item = [String; 5]>) -> Self {
         let entries = rows
             .into_iter()
-            .filter(|[_, _, _, schema, name]| {
-                !allowed
-                    .iter()
-                    .any(|a| &a.schema == schema && &a.name == name)
-            })
             .filter_map(|[kind, schema, name, definer_schema, definer_name]| {
                 let kind = match kind.as_str() {
                     "function" => Kind::Function,
@@ -143,28 +142,35 @@ impl Snapshot {
                     schema,
                     name,
                     definer: format!("{definer_schema}.{definer_name}"),
+                    definer_schema,
+                    definer_name,
                 })
             })
             .collect();
         Self { entries }
     }
 
-    /// Whether no call is refused.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    /// The refused functions, `schema.name` each, for the log.
-    pub fn definers(&self) -> Vec<&str> {
-        let mut names: Vec<&str> = self.entries.iter().map(|e| e.definer.as_str()).collect();
+    /// The refused functions but those `allowed`, `schema.name` each, for the log.
+    pub fn definers(&self, allowed: &[ScopeFunction]) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .entries
+            .iter()
+            .filter(|e| !e.allowed_by(allowed))
+            .map(|e| e.definer.as_str())
+            .collect();
         names.sort_unstable();
         names.dedup();
         names
     }
 
-    /// Refuses `statement` (parsed from `sql` by the SQL guard) when it names a refused
-    /// function, aggregate or operator.
-    pub fn check(&self, sql: &str, statement: &Statement) -> Result<(), DefinerCall> {
+    /// Refuses `statement` (parsed from `sql` by the SQL guard) when it names a function,
+    /// aggregate or operator that runs a SECURITY DEFINER function `allowed` does not list.
+    pub fn check(
+        &self,
+        sql: &str,
+        statement: &Statement,
+        allowed: &[ScopeFunction],
+    ) -> Result<(), DefinerCall> {
         if self.entries.is_empty() {
             return Ok(());
         }
@@ -172,7 +178,7 @@ impl Snapshot {
         let named: Vec<&Entry> = self
             .entries
             .iter()
-            .filter(|e| contains_ignoring_ascii_case(sql, &e.pattern))
+            .filter(|e| contains_ignoring_ascii_case(sql, &e.pattern) && !e.allowed_by(allowed))
             .collect();
         if named.is_empty() {
             return Ok(());
@@ -188,6 +194,14 @@ impl Snapshot {
             ControlFlow::Break(call) => Err(call),
             ControlFlow::Continue(()) => Ok(()),
         }
+    }
+}
+
+impl Entry {
+    fn allowed_by(&self, allowed: &[ScopeFunction]) -> bool {
+        allowed
+            .iter()
+            .any(|a| a.schema == self.definer_schema && a.name == self.definer_name)
     }
 }
 
@@ -333,24 +347,28 @@ impl Definers {
 mod tests {
     use super::*;
 
-    fn snapshot(allowed: &[ScopeFunction]) -> Snapshot {
+    /// A snapshot and the functions its checks allow.
+    fn snapshot(allowed: &[ScopeFunction]) -> (Snapshot, Vec<ScopeFunction>) {
         let row = |kind: &str, schema: &str, name: &str, definer: &str| {
             [kind, schema, name, "public", definer].map(str::to_owned)
         };
-        Snapshot::new(
-            [
+        (
+            Snapshot::new([
                 row("function", "public", "salary_of", "salary_of"),
                 row("function", "public", "key_count", "key_count"),
                 row("aggregate", "public", "secret_sum", "add_secret"),
                 row("operator", "public", "&&&", "add_secret"),
-            ],
-            allowed,
+            ]),
+            allowed.to_vec(),
         )
     }
 
-    fn check(snapshot: &Snapshot, sql: &str) -> Result<(), DefinerCall> {
+    fn check(
+        (snapshot, allowed): &(Snapshot, Vec<ScopeFunction>),
+        sql: &str,
+    ) -> Result<(), DefinerCall> {
         let (_, statement) = crate::sql_guard::parse_checked(sql).expect("the guard accepts it");
-        snapshot.check(sql, &statement)
+        snapshot.check(sql, &statement, allowed)
     }
 
     fn refused(sql: &str) -> String {
@@ -411,7 +429,10 @@ mod tests {
         ] {
             assert_eq!(check(&s, sql), Ok(()), "{sql}");
         }
-        assert_eq!(check(&Snapshot::default(), "SELECT salary_of(1)"), Ok(()));
+        assert_eq!(
+            check(&(Snapshot::default(), vec![]), "SELECT salary_of(1)"),
+            Ok(())
+        );
     }
 
     #[test]
@@ -435,7 +456,7 @@ mod tests {
             assert_eq!(check(&s, sql), Ok(()), "{sql}");
         }
         assert!(check(&s, "SELECT key_count()").is_err());
-        assert_eq!(s.definers(), ["public.key_count"]);
+        assert_eq!(s.0.definers(&s.1), ["public.key_count"]);
     }
 
     #[test]

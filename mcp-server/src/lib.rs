@@ -4,6 +4,7 @@
 //! `/.well-known/oauth-protected-resource`); [`run`] starts the server from its arguments and
 //! serves that application (or stdio); `main.rs` only parses the arguments.
 
+pub mod access;
 pub mod app;
 pub mod auth;
 pub mod config;

@@ -19,7 +19,7 @@ use rmcp::{ErrorData, RoleServer, ServerHandler};
 use crate::auth::Caller;
 use crate::metrics::{CallLabels, Metrics, ToolLabels};
 use crate::tools::registry::{self, ParseError, ToolCall};
-use crate::tools::{Call, Tools};
+use crate::tools::{Call, ToolError, Tools};
 
 const INSTRUCTIONS: &str = "Read-only access to one PostgreSQL database. Start with list_tables \
 (or search_objects to find tables about a topic), use describe_table for columns and keys and \
@@ -70,6 +70,12 @@ impl PgMcpServer {
         let name = tool.name();
         let started = Instant::now();
         let result = match self.tools.ready().await {
+            // Per-caller access runs nothing without the caller's class: the HTTP layer
+            // refuses such callers, stdio refuses to start; this holds whatever path a call
+            // came by.
+            Ok(()) if self.tools.access.per_caller() && call.class().is_none() => {
+                Err(ToolError::NoClass)
+            }
             Ok(()) => tool.run(&self.tools, call).await,
             Err(err) => Err(err),
         };
@@ -101,6 +107,7 @@ impl PgMcpServer {
             caller = crate::auth::audit_caller(caller),
             caller_app_id = field(|c| c.app_id.as_ref()),
             caller_name = field(|c| c.name.as_ref()),
+            class = call.class().map_or("", |c| c.label()),
             tool = name,
             statement = call.statement().unwrap_or(""),
             rows,

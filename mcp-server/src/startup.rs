@@ -128,10 +128,16 @@ pub async fn run(
 /// log. A failure is retried at the first query.
 async fn load_definers(tools: &Tools) {
     match tools.refresh_definers().await {
-        Ok(snapshot) if !snapshot.is_empty() => tracing::warn!(
-            functions = %snapshot.definers().join(", "),
-            "calls to these SECURITY DEFINER functions are refused (they run with their owner's rights); allow one with --allow-function SCHEMA.NAME (spec.access.functions) if agents may call it"
-        ),
+        Ok(snapshot)
+            if !snapshot
+                .definers(tools.access.server_scope().functions())
+                .is_empty() =>
+        {
+            tracing::warn!(
+                functions = %snapshot.definers(tools.access.server_scope().functions()).join(", "),
+                "calls to these SECURITY DEFINER functions are refused (they run with their owner's rights); allow one with --allow-function SCHEMA.NAME (spec.access.functions) if agents may call it"
+            )
+        }
         Ok(_) => {}
         Err(err) => {
             tracing::warn!(error = %err, "failed to read the SECURITY DEFINER functions; reading them at the first query");
@@ -195,8 +201,9 @@ pub async fn role_problems(tools: &Tools) -> Result<Vec<String>, RoleCheckError>
              ORDER BY 1 LIMIT 5",
         &[],
     );
-    let schemas = serde_json::json!(tools.scope.schemas());
-    let params = [Value::Bool(tools.scope.is_unrestricted()), schemas];
+    let scope = tools.scope_of(&call);
+    let schemas = serde_json::json!(scope.schemas());
+    let params = [Value::Bool(scope.is_unrestricted()), schemas];
     // Whether PUBLIC may create there: every role can, which is PostgreSQL 14's default in
     // schema public (15 revoked it).
     let creatable = tools.catalog_plain(

@@ -18,7 +18,7 @@ const CAPS: Caps = Caps {
 const SLEEP: &str = "SELECT pg_sleep(30)";
 
 async fn query(db: &Database, sql: &str, cancel: &CancellationToken) -> Result<Rows, DbError> {
-    db.query(sql, &[], CAPS, None, cancel).await
+    db.query(sql, &[], CAPS, None, None, cancel).await
 }
 
 async fn backend_pid(db: &Database) -> i32 {

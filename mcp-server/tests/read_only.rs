@@ -171,7 +171,7 @@ async fn read_only_transactions_hold_without_the_sql_guard() {
     ] {
         let err = tools
             .db
-            .query(write, &[], caps, None, &never)
+            .query(write, &[], caps, None, None, &never)
             .await
             .unwrap_err();
         assert!(err.to_string().contains("25006"), "{write}: {err}");
@@ -179,7 +179,14 @@ async fn read_only_transactions_hold_without_the_sql_guard() {
     }
     let err = tools
         .db
-        .query("SELECT 1; DELETE FROM orders", &[], caps, None, &never)
+        .query(
+            "SELECT 1; DELETE FROM orders",
+            &[],
+            caps,
+            None,
+            None,
+            &never,
+        )
         .await
         .unwrap_err();
     assert!(

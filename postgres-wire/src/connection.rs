@@ -31,6 +31,23 @@ const SEEN_SIZE: usize = 256;
 /// The prepared `BEGIN READ ONLY` every pipeline starts with.
 const BEGIN: &str = "pgmcp_begin";
 
+/// The prepared switch to a statement's [`Identity`]: `SET LOCAL ROLE` and the caller's claims,
+/// both ended by the transaction. `set_config('role', …)` is what `SET LOCAL ROLE` does, with
+/// the name as a parameter instead of quoted into SQL.
+const ACT_AS: &str = "pgmcp_act_as";
+const ACT_AS_SQL: &str =
+    "SELECT set_config('role', $1, true), set_config('pgmcp.caller', $2, true)";
+
+/// The prepared check, after the statement, that it still ran as its [`Identity`]: a row means
+/// something in the statement (a function calling `set_config` or `SET ROLE`) changed the role
+/// or the claims.
+const STILL_AS: &str = "pgmcp_still_as";
+const STILL_AS_SQL: &str = "SELECT 1 WHERE current_user::text IS DISTINCT FROM $1 \
+     OR current_setting('pgmcp.caller', true) IS DISTINCT FROM $2";
+
+/// Text, for the parameters of [`ACT_AS`] and [`STILL_AS`].
+const TEXT_OID: u32 = 25;
+
 // ---------------------------------------------------------------------------------------------
 // Statements.
 
@@ -125,6 +142,8 @@ pub struct Connection {
     busy: bool,
     types: Arc<TypeCache>,
     cancel: CancelHandle,
+    /// Pipelines sent, login excluded.
+    round_trips: u64,
 }
 
 /// One statement to run read-only.
@@ -135,6 +154,20 @@ pub struct Statement<'a> {
     pub caps: Caps,
     /// Lower than the session's statement_timeout for this statement only.
     pub timeout: Option<Duration>,
+    /// Run as this role, with these claims readable (`current_setting('pgmcp.caller', true)`),
+    /// for this statement only.
+    pub identity: Option<Identity<'a>>,
+}
+
+/// Whom a statement runs as: a role the session's user is a member of (`SET LOCAL ROLE`), and
+/// the verified claims of the caller it runs for, in the setting `pgmcp.caller`. Both are set
+/// inside the statement's transaction, in the same pipeline (no round trip of their own), and
+/// end with it; after the statement the pipeline checks that both are still what was set
+/// ([`Error::IdentityChanged`] otherwise, and no row is returned).
+#[derive(Debug, Clone, Copy)]
+pub struct Identity<'a> {
+    pub role: &'a str,
+    pub claims: &'a str,
 }
 
 /// How the statement goes into the pipeline.
@@ -175,6 +208,15 @@ struct Answer {
     parsed: usize,
     /// Parameters of a statement parsed in this pipeline.
     parameters: usize,
+    /// Commands of the pipeline completed so far (BEGIN, `SET LOCAL`, the identity switch, the
+    /// statement, the identity check): which one a DataRow or an error belongs to.
+    completed: usize,
+    /// The commands before the statement.
+    preamble: usize,
+    /// The first error came from the identity switch.
+    identity_refused: bool,
+    /// The identity check after the statement returned a row.
+    identity_changed: bool,
 }
 
 /// The caller's cancellation, watched while one round trip's answers are awaited.
@@ -217,10 +259,13 @@ impl Connection {
             busy: false,
             types,
             cancel,
+            round_trips: 0,
         };
-        frontend::parse(BEGIN, "BEGIN READ ONLY", None, &mut connection.io.write)
-            .map_err(encode)?;
-        frontend::sync(&mut connection.io.write);
+        let write = &mut connection.io.write;
+        frontend::parse(BEGIN, "BEGIN READ ONLY", None, write).map_err(encode)?;
+        frontend::parse(ACT_AS, ACT_AS_SQL, [TEXT_OID, TEXT_OID], write).map_err(encode)?;
+        frontend::parse(STILL_AS, STILL_AS_SQL, [TEXT_OID, TEXT_OID], write).map_err(encode)?;
+        frontend::sync(write);
         connection.send().await?;
         connection.until_ready().await?;
         Ok(connection)
@@ -230,6 +275,12 @@ impl Connection {
     /// transaction left open.
     pub fn is_settled(&self) -> bool {
         !self.busy
+    }
+
+    /// How many times the connection has sent something and waited for the answer, since it
+    /// logged in: one per statement once prepared, whatever the statement carries.
+    pub fn round_trips(&self) -> u64 {
+        self.round_trips
     }
 
     /// Cancels what this connection runs, from anywhere ([`Connection::run`] does it itself
@@ -316,6 +367,14 @@ impl Connection {
             });
         }
         if let Some(error) = answer.error.take() {
+            if let (true, Some(identity), Error::Sql(sql)) =
+                (answer.identity_refused, statement.identity, &error)
+            {
+                return Err(Error::Identity {
+                    role: identity.role.to_owned(),
+                    cause: Box::new(sql.clone()),
+                });
+            }
             if let (Plan::Cached(_), Error::Sql(sql)) = (&plan, &error)
                 && sql.is_stale_plan()
                 && let Some(name) = self.statements.remove(statement.sql)
@@ -324,6 +383,9 @@ impl Connection {
                 self.close.push(name);
             }
             return Err(error);
+        }
+        if answer.identity_changed {
+            return Err(Error::IdentityChanged);
         }
         if let Some(error) = answer.decode_error.take() {
             return Err(error);
@@ -465,9 +527,9 @@ impl Connection {
         }
     }
 
-    /// Writes the pipeline: [Close…] BEGIN READ ONLY, [SET LOCAL statement_timeout], [Parse]
-    /// Bind [Describe] Execute(max_rows + 1), Sync, then ROLLBACK as a simple query, which runs
-    /// whether or not the statement failed. Any error before the Sync skips the rest up to it,
+    /// Writes the pipeline: [Close…] BEGIN READ ONLY, [SET LOCAL statement_timeout], [the
+    /// identity switch], [Parse] Bind [Describe] Execute(max_rows + 1), [the identity check],
+    /// Sync, then ROLLBACK as a simple query, which runs whether or not the statement failed. Any error before the Sync skips the rest up to it,
     /// so the statement never runs outside the read-only transaction.
     fn pipeline(&mut self, plan: &Plan, statement: Statement<'_>) -> Result<(), Error> {
         let bound = match plan {
@@ -505,7 +567,12 @@ impl Connection {
         statement: Statement<'_>,
         watch: &mut Watch<'_>,
     ) -> Result<Answer, Error> {
-        let mut answer = Answer::default();
+        let mut answer = Answer {
+            preamble: 1
+                + usize::from(statement.timeout.is_some())
+                + usize::from(statement.identity.is_some()),
+            ..Answer::default()
+        };
         if let Plan::Cached(prepared) = plan {
             answer.columns = prepared
                 .columns
@@ -537,7 +604,15 @@ impl Connection {
                     ready += 1;
                     status = body.status();
                 }
+                // The identity switch's row, and the check's when something changed it.
+                Message::DataRow(_) if answer.completed < answer.preamble => {}
+                Message::DataRow(_) if answer.completed > answer.preamble => {
+                    answer.identity_changed = true;
+                }
                 Message::DataRow(row) => answer.row(row, statement.caps),
+                Message::CommandComplete(_) | Message::EmptyQueryResponse => {
+                    answer.completed += 1;
+                }
                 Message::RowDescription(body) => {
                     let mut fields = body.fields();
                     answer.columns.clear();
@@ -551,6 +626,7 @@ impl Connection {
                     answer.undecoded = vec![false; answer.columns.len()];
                 }
                 Message::PortalSuspended => {
+                    answer.completed += 1;
                     answer.truncated_by.get_or_insert("max_rows");
                 }
                 Message::ParseComplete => answer.parsed += 1,
@@ -558,8 +634,10 @@ impl Connection {
                     answer.parameters = body.parameters().count().map_err(parse)?;
                 }
                 // The statement's error, or (after the Sync) ROLLBACK's in a broken session.
-                Message::ErrorResponse(body) => {
-                    answer.error.get_or_insert_with(|| db_error(&body));
+                Message::ErrorResponse(body) if answer.error.is_none() => {
+                    answer.identity_refused =
+                        statement.identity.is_some() && answer.completed == answer.preamble - 1;
+                    answer.error = Some(db_error(&body));
                 }
                 _ => {}
             }
@@ -649,6 +727,7 @@ impl Connection {
                     max_bytes: usize::MAX,
                 },
                 timeout: None,
+                identity: None,
             };
             let described = Box::pin(self.run(statement, cancel)).await?;
             let mut next = Vec::new();
@@ -682,6 +761,7 @@ impl Connection {
 
     async fn send(&mut self) -> Result<(), Error> {
         self.busy = true;
+        self.round_trips += 1;
         self.io.send().await.map_err(lost)
     }
 
@@ -778,6 +858,10 @@ fn write_pipeline(
         bind_plain(write, "", None)?;
         frontend::execute("", 0, write).map_err(encode)?;
     }
+    if let Some(identity) = statement.identity {
+        bind_text(write, ACT_AS, identity)?;
+        frontend::execute("", 0, write).map_err(encode)?;
+    }
     match plan {
         Plan::Cached(prepared) => {
             frontend::bind(
@@ -804,6 +888,10 @@ fn write_pipeline(
         }
     }
     frontend::execute("", cap(statement.caps), write).map_err(encode)?;
+    if let Some(identity) = statement.identity {
+        bind_text(write, STILL_AS, identity)?;
+        frontend::execute("", 0, write).map_err(encode)?;
+    }
     frontend::sync(write);
     frontend::query("ROLLBACK", write).map_err(encode)
 }
@@ -818,6 +906,23 @@ fn bind_plain(write: &mut BytesMut, statement: &str, results: Option<i16>) -> Re
         std::iter::empty::<()>(),
         |(), _| Ok(postgres_protocol::IsNull::No),
         results,
+        write,
+    )
+    .map_err(bind_error)
+}
+
+/// Bind of [`ACT_AS`] or [`STILL_AS`] with the identity's role and claims, as text.
+fn bind_text(write: &mut BytesMut, statement: &str, identity: Identity<'_>) -> Result<(), Error> {
+    frontend::bind(
+        "",
+        statement,
+        Some(0),
+        [identity.role, identity.claims],
+        |value, buf| {
+            buf.extend_from_slice(value.as_bytes());
+            Ok(postgres_protocol::IsNull::No)
+        },
+        Some(1),
         write,
     )
     .map_err(bind_error)

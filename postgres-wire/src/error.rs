@@ -36,6 +36,16 @@ pub enum Error {
     /// The caller's token fired ([`crate::Connection::run`]).
     #[error("the statement was cancelled")]
     Cancelled,
+    /// The statement's [`crate::Identity`] could not be taken on: the session's user is not a
+    /// member of the role (or may not SET it), or the role does not exist.
+    #[error("failed to act as role {role}: {cause}")]
+    Identity { role: String, cause: Box<SqlError> },
+    /// Something in the statement changed the role or the claims of its
+    /// [`crate::Identity`]; its rows were not returned.
+    #[error(
+        "the statement changed the role or the caller claims (pgmcp.caller) it runs with, so its result was withheld: a statement cannot change whom it runs as, not through a function either"
+    )]
+    IdentityChanged,
 }
 
 /// An error PostgreSQL reported, with its SQLSTATE.

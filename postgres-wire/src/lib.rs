@@ -35,7 +35,7 @@ mod types;
 mod value;
 
 pub use cancel::CancelHandle;
-pub use connection::{Connection, Statement};
+pub use connection::{Connection, Identity, Statement};
 pub use error::{ConnectError, Error, ParamError, SqlError};
 pub use login::{Config, connect};
 pub use rows::{Caps, Column, JsonRows, Rows};

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pgmcp_postgres_wire::{
-    Caps, Config, ConnectError, Connection, Error, Rows, Statement, Tls, TypeCache, connect,
+    Caps, Config, ConnectError, Connection, Error, Identity, Rows, Statement, Tls, TypeCache,
+    connect,
 };
 use pgmcp_tests::activity::{stops_within, wait_running};
 use pgmcp_tests::postgres::SUPERUSER;
@@ -67,6 +68,7 @@ fn statement<'a>(sql: &'a str, params: &'a [Value], caps: Caps) -> Statement<'a>
         params,
         caps,
         timeout: None,
+        identity: None,
     }
 }
 
@@ -659,4 +661,198 @@ async fn a_server_that_closes_the_connection_fails_the_login() {
             "{ssl_mode}: {err}"
         );
     }
+}
+
+/// Roles as the operator makes them for caller classes: `<p>_login` (NOINHERIT) is a member of
+/// `<p>__sales` and `<p>__support`, each of which alone reads its own table. Roles belong to
+/// the whole server: each test has its own prefix `p`.
+fn classes(p: &str) -> String {
+    CLASSES.replace("mcp_", &format!("{p}_"))
+}
+
+const CLASSES: &str = "
+    CREATE TABLE sales (id int, owner text);
+    INSERT INTO sales VALUES (1, 'o1'), (2, 'o2');
+    CREATE TABLE support (id int);
+    INSERT INTO support VALUES (7);
+    CREATE ROLE mcp__sales NOLOGIN;
+    CREATE ROLE mcp__support NOLOGIN;
+    GRANT SELECT ON sales TO mcp__sales;
+    GRANT SELECT ON support TO mcp__support;
+    ALTER TABLE sales ENABLE ROW LEVEL SECURITY;
+    CREATE POLICY mine ON sales USING (owner = current_setting('pgmcp.caller', true)::jsonb ->> 'oid');
+    CREATE FUNCTION forge(claims text) RETURNS text LANGUAGE sql
+        AS $$ SELECT set_config('pgmcp.caller', claims, true) $$;
+    CREATE FUNCTION become(role text) RETURNS text LANGUAGE plpgsql
+        AS $$ BEGIN EXECUTE format('SET LOCAL ROLE %I', role); RETURN role; END $$;
+";
+
+/// `db` as the NOINHERIT login role `<p>_login`, a member of both class roles.
+async fn class_login(db: &TestDatabase, login: &str) -> Config {
+    db.connect()
+        .await
+        .unwrap()
+        .batch_execute(&format!(
+            "CREATE ROLE {login}_login LOGIN NOINHERIT PASSWORD 'class-login-pw';
+             GRANT CONNECT ON DATABASE \"{db}\" TO {login}_login;
+             GRANT {login}__sales, {login}__support TO {login}_login;",
+            db = db.name
+        ))
+        .await
+        .unwrap();
+    Config {
+        user: format!("{login}_login"),
+        password: Some("class-login-pw".to_owned()),
+        ..config(db, "disable")
+    }
+}
+
+fn as_class<'a>(sql: &'a str, role: &'a str, claims: &'a str) -> Statement<'a> {
+    Statement {
+        identity: Some(Identity { role, claims }),
+        ..statement(sql, &[], CAPS)
+    }
+}
+
+async fn run_as(
+    conn: &mut Connection,
+    sql: &str,
+    role: &str,
+    claims: &str,
+) -> Result<Value, Error> {
+    let rows = conn
+        .run(as_class(sql, role, claims), &CancellationToken::new())
+        .await?;
+    Ok(serde_json::from_str(rows.rows.json()).unwrap())
+}
+
+#[tokio::test]
+async fn a_statement_runs_as_its_class_role_with_the_claims_and_nothing_outlives_it() {
+    let db = database("wire identity", &classes("wid")).await;
+    let mut conn = open(&class_login(&db, "wid").await).await;
+    let claims = r#"{"oid": "o1", "class": "sales"}"#;
+    let who = "SELECT current_user::text, current_setting('pgmcp.caller', true)";
+    for _ in 0..3 {
+        // First sight, seen again (kept prepared), prepared: each path of the pipeline.
+        assert_eq!(
+            run_as(&mut conn, who, "wid__sales", claims).await.unwrap(),
+            json!([["wid__sales", claims]])
+        );
+        // Row-level security reads the claims.
+        assert_eq!(
+            run_as(&mut conn, "SELECT id FROM sales", "wid__sales", claims)
+                .await
+                .unwrap(),
+            json!([[1]])
+        );
+        assert_eq!(
+            run_as(
+                &mut conn,
+                "SELECT id FROM sales",
+                "wid__sales",
+                r#"{"oid": "o2"}"#
+            )
+            .await
+            .unwrap(),
+            json!([[2]])
+        );
+        // The next statement without an identity is the login role again, without claims.
+        let after = rows(&mut conn, who).await;
+        assert_eq!(after[0][0], json!("wid_login"));
+        assert_ne!(after[0][1], json!(claims));
+    }
+    // With parameters (prepared first): the identity goes with the Bind.
+    let rows = conn
+        .run(
+            Statement {
+                identity: Some(Identity {
+                    role: "wid__support",
+                    claims: "{}",
+                }),
+                ..statement("SELECT id FROM support WHERE id = $1", &[json!(7)], CAPS)
+            },
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.rows.json(), "[[7]]");
+}
+
+#[tokio::test]
+async fn without_switching_role_the_login_role_reads_nothing_of_a_class() {
+    let db = database("wire identity noinherit", &classes("win")).await;
+    let mut conn = open(&class_login(&db, "win").await).await;
+    for table in ["sales", "support"] {
+        let err = run(&mut conn, &format!("SELECT * FROM {table}"))
+            .await
+            .unwrap_err();
+        let Error::Sql(sql) = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(sql.code, "42501", "{table}: {err}");
+    }
+    // A class reads only its own table.
+    let err = run_as(&mut conn, "SELECT * FROM support", "win__sales", "{}")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Sql(sql) if sql.code == "42501"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn the_identity_costs_no_round_trip() {
+    let db = database("wire identity round trips", &classes("wrt")).await;
+    let mut conn = open(&class_login(&db, "wrt").await).await;
+    let sql = "SELECT count(*) FROM support";
+    // Prepared (seen twice), then measured: one round trip a statement, identity or not.
+    for _ in 0..2 {
+        run_as(&mut conn, sql, "wrt__support", "{}").await.unwrap();
+    }
+    let before = conn.round_trips();
+    run_as(&mut conn, sql, "wrt__support", "{}").await.unwrap();
+    assert_eq!(conn.round_trips() - before, 1, "with an identity");
+    let mut plain = open(&config(&db, "disable")).await;
+    for _ in 0..2 {
+        run(&mut plain, sql).await.unwrap();
+    }
+    let before = plain.round_trips();
+    run(&mut plain, sql).await.unwrap();
+    assert_eq!(plain.round_trips() - before, 1, "without");
+}
+
+#[tokio::test]
+async fn a_statement_that_changes_its_role_or_claims_is_withheld() {
+    let db = database("wire identity forged", &classes("wfg")).await;
+    let mut conn = open(&class_login(&db, "wfg").await).await;
+    let claims = r#"{"oid": "o1"}"#;
+    for sql in [
+        r#"SELECT forge('{"oid": "o2"}'), id FROM sales"#,
+        "SELECT become('wfg__support')",
+    ] {
+        let err = run_as(&mut conn, sql, "wfg__sales", claims)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::IdentityChanged), "{sql}: {err:?}");
+        assert!(conn.is_settled());
+    }
+    // The connection goes on, as itself.
+    assert_eq!(
+        rows(&mut conn, "SELECT current_user::text").await,
+        json!([["wfg_login"]])
+    );
+    // A role the login role is not a member of: refused, naming the role.
+    let err = run_as(&mut conn, "SELECT 1", "pg_read_all_data", claims)
+        .await
+        .unwrap_err();
+    let Error::Identity { role, cause } = &err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(
+        (role.as_str(), cause.code.as_str()),
+        ("pg_read_all_data", "42501"),
+        "{err}"
+    );
+    assert_eq!(rows(&mut conn, "SELECT 3").await, json!([[3]]));
 }

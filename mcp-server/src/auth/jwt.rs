@@ -105,6 +105,18 @@ struct Claims {
     azp: Option<String>,
     #[serde(default)]
     name: Option<String>,
+    #[serde(default)]
+    tid: Option<String>,
+    #[serde(default)]
+    groups: Vec<String>,
+    /// Where the groups are when the token cannot list them all (`{"groups": "src1"}`).
+    #[serde(default, rename = "_claim_names")]
+    claim_names: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    preferred_username: Option<String>,
+    /// v1 tokens: the user's name.
+    #[serde(default)]
+    upn: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -453,6 +465,15 @@ impl EntraValidator {
             oid: claims.oid,
             app_id: claims.azp.or(claims.appid),
             name: claims.name,
+            tenant_id: claims.tid,
+            roles: claims.roles,
+            groups: claims.groups,
+            groups_overage: claims
+                .claim_names
+                .is_some_and(|names| names.contains_key("groups")),
+            preferred_username: claims.preferred_username.or(claims.upn),
+            class: None,
+            claims: None,
         })
     }
 }

@@ -18,6 +18,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use crate::access::{Access, Class};
 use crate::http::AppState;
 use crate::metrics::AuthLabels;
 use jwt::{EntraValidator, Rejection};
@@ -32,9 +33,55 @@ pub struct Caller {
     pub app_id: Option<String>,
     /// Display name, for users.
     pub name: Option<String>,
+    /// The tenant that issued the token (`tid`).
+    pub tenant_id: Option<String>,
+    /// App roles of this server's app the caller holds (`roles`).
+    pub roles: Vec<String>,
+    /// Object ids of the caller's groups (`groups`, when the app registration emits it).
+    pub groups: Vec<String>,
+    /// The token names a source for the groups instead of listing them (a user in more
+    /// groups than a token holds): `groups` is empty whatever the membership.
+    pub groups_overage: bool,
+    /// The signed-in user's name (`preferred_username`, `upn` in v1 tokens).
+    pub preferred_username: Option<String>,
+    /// The caller class it belongs to ([`crate::access`]), once resolved.
+    pub class: Option<Arc<Class>>,
+    /// The verified claims as the JSON its statements read from `pgmcp.caller`, set with the
+    /// class when the binding has classes.
+    pub claims: Option<Arc<str>>,
 }
 
 impl Caller {
+    /// `self` placed in `class`; with per-caller access its statements carry the claims JSON:
+    /// `oid`, `tid`, `appid`, `roles`, `groups`, `name`, `preferred_username` and `class` (the
+    /// class's name, or null for the default class). Every value comes from the verified token.
+    pub fn in_class(mut self, class: Arc<Class>) -> Self {
+        if class.role.is_some() {
+            let claims = serde_json::json!({
+                "oid": self.oid,
+                "tid": self.tenant_id,
+                "appid": self.app_id,
+                "roles": self.roles,
+                "groups": self.groups,
+                "name": self.name,
+                "preferred_username": self.preferred_username,
+                "class": class.name,
+            });
+            self.claims = Some(claims.to_string().into());
+        }
+        self.class = Some(class);
+        self
+    }
+
+    /// The role and claims its statements run with, under per-caller access.
+    pub fn identity(&self) -> Option<crate::db::Identity<'_>> {
+        let role = self.class.as_ref()?.role.as_deref()?;
+        Some(crate::db::Identity {
+            role,
+            claims: self.claims.as_deref().unwrap_or("{}"),
+        })
+    }
+
     /// The caller of an MCP request: set by [`require_token`] on HTTP, absent on stdio or
     /// without authentication.
     pub fn of(extensions: &rmcp::model::Extensions) -> Option<Caller> {
@@ -54,6 +101,8 @@ pub struct Auth {
     pub public_url: Option<String>,
     /// Accepted `Host` values besides loopback (as for `/mcp` itself).
     pub allowed_hosts: Vec<String>,
+    /// The caller classes a validated caller is placed in.
+    pub access: Arc<Access>,
 }
 
 impl Auth {
@@ -115,7 +164,14 @@ pub async fn require_token(
     let outcome = match bearer(request.headers()) {
         None => Err(Rejection::Missing),
         Some(token) => validator.validate(token).await,
-    };
+    }
+    .and_then(|caller| match state.auth.access.resolve(&caller) {
+        Ok(class) => Ok(caller.in_class(class)),
+        Err(refused) => Err(Rejection::Forbidden {
+            reason: refused.to_string(),
+            label: "no_caller_class",
+        }),
+    });
     let label = match &outcome {
         Ok(_) => "ok",
         Err(rejection) => rejection.metric_label(),
@@ -210,6 +266,7 @@ mod tests {
             validator: None,
             public_url: public_url.map(str::to_owned),
             allowed_hosts: vec!["sales-mcp.agents.svc".into(), "mcp.example.com:8443".into()],
+            access: Arc::new(Access::plain(crate::scope::Scope::default())),
         }
     }
 

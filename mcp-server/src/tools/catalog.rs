@@ -140,7 +140,7 @@ pub async fn list_databases(
              FROM pg_database d
              WHERE NOT d.datistemplate AND ($1::bool OR d.datname = current_database())
              ORDER BY d.datname",
-            &[Value::Bool(tools.scope.is_unrestricted())],
+            &[Value::Bool(tools.scope_of(call).is_unrestricted())],
         )
         .await
 }

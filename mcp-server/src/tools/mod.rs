@@ -16,6 +16,7 @@ use std::sync::{Arc, OnceLock};
 use sqlparser::ast::Statement;
 use tokio_util::sync::CancellationToken;
 
+use crate::access::Access;
 use crate::db::{Caps, Database, DbError, Rows};
 use crate::definer::{DefinerCall, Definers, Snapshot};
 use crate::readiness::Readiness;
@@ -52,7 +53,8 @@ pub(crate) fn name_the_field<E: serde::de::Error>(error: E, path: &serde_path_to
 #[derive(Debug, Clone)]
 pub struct Tools {
     pub db: Database,
-    pub scope: Scope,
+    /// The caller classes and what each sees ([`crate::access`]).
+    pub access: Arc<Access>,
     pub limits: LimitsConfig,
     /// Ready once the start-up sequence found the database role safe (see [`Tools::gated`]).
     readiness: Readiness,
@@ -90,6 +92,16 @@ impl Call {
     pub fn statement(&self) -> Option<&str> {
         self.statement.get().map(String::as_str)
     }
+
+    /// The role and claims the call's statements run with (per-caller access).
+    pub fn identity(&self) -> Option<crate::db::Identity<'_>> {
+        self.caller.as_ref()?.identity()
+    }
+
+    /// The caller class of the call, once resolved.
+    pub fn class(&self) -> Option<&crate::access::Class> {
+        self.caller.as_ref()?.class.as_deref()
+    }
 }
 
 /// Why a tool call failed, phrased for the model (it becomes the text of an MCP tool error).
@@ -107,6 +119,11 @@ pub enum ToolError {
     NotFound(String),
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// Per-caller access is on and the call has no caller class (no verified caller).
+    #[error(
+        "refused: this server decides what a caller may read from its verified Microsoft Entra token, and the call has none"
+    )]
+    NoClass,
     /// The start-up sequence is waiting for something that passes by itself (see
     /// [`crate::readiness::State::Waiting`]).
     #[error("the server is not ready yet: {0}. Try again in a minute")]
@@ -125,6 +142,7 @@ impl ToolError {
             ToolError::Definer(_) => "refused_definer",
             ToolError::Db(e) => e.metric_label(),
             ToolError::NotFound(_) => "not_found",
+            ToolError::NoClass => "no_caller_class",
             ToolError::InvalidArgument(_) => "invalid_argument",
             ToolError::NotReady(_) => "not_ready",
             ToolError::Internal(_) => "internal",
@@ -149,18 +167,24 @@ pub struct RowsResult {
 }
 
 impl Tools {
+    /// Tools for one scope, as the server's own role (no caller classes).
     pub fn new(db: Database, scope: Scope, limits: LimitsConfig) -> Self {
+        Self::with_access(db, Arc::new(Access::plain(scope)), limits)
+    }
+
+    /// Tools whose calls see and run as their caller's class.
+    pub fn with_access(db: Database, access: Arc<Access>, limits: LimitsConfig) -> Self {
         Self {
             db,
-            scope,
+            access,
             limits,
             readiness: Readiness::ready(),
             definers: Definers::default(),
         }
     }
 
-    /// Reads the catalog's SECURITY DEFINER functions again ([`crate::definer::SNAPSHOT_SQL`]),
-    /// keeping those the scope allows callable.
+    /// Reads the catalog's SECURITY DEFINER functions again ([`crate::definer::SNAPSHOT_SQL`]);
+    /// each call's scope decides which of them it may call.
     pub async fn refresh_definers(&self) -> Result<Arc<Snapshot>, ToolError> {
         let caps = Caps {
             max_rows: 1_000_000,
@@ -170,7 +194,14 @@ impl Tools {
         let uncancelled = CancellationToken::new();
         let rows = self
             .db
-            .query(crate::definer::SNAPSHOT_SQL, &[], caps, None, &uncancelled)
+            .query(
+                crate::definer::SNAPSHOT_SQL,
+                &[],
+                caps,
+                None,
+                None,
+                &uncancelled,
+            )
             .await?;
         let text = |value: &Value| value.as_str().unwrap_or_default().to_owned();
         let snapshot = Arc::new(Snapshot::new(
@@ -179,7 +210,6 @@ impl Tools {
                 .iter()
                 .filter(|row| row.len() == 5)
                 .map(|row| [0, 1, 2, 3, 4].map(|i| text(&row[i]))),
-            self.scope.functions(),
         ));
         self.definers.set(snapshot.clone());
         Ok(snapshot)
@@ -203,6 +233,7 @@ impl Tools {
     /// (the snapshot is read first if it never was).
     pub(crate) async fn check_definers(
         &self,
+        call: &Call,
         sql: &str,
         statement: &Statement,
     ) -> Result<(), ToolError> {
@@ -210,8 +241,21 @@ impl Tools {
             Some(snapshot) => snapshot,
             None => self.refresh_definers().await?,
         };
-        snapshot.check(sql, statement)?;
+        snapshot.check(sql, statement, self.scope_of(call).functions())?;
         Ok(())
+    }
+
+    /// What `call` sees and reads: its caller's class, the default class for calls without
+    /// a caller, or (the server's own calls, per-caller access without a default class)
+    /// everything any class may read.
+    pub fn scope_of<'a>(&'a self, call: &'a Call) -> &'a Scope {
+        match call.class() {
+            Some(class) => &class.scope,
+            None => match self.access.default_class() {
+                Some(class) => &class.scope,
+                None => self.access.server_scope(),
+            },
+        }
     }
 
     /// Runs tool calls only once `readiness` is ready, so the server can answer (tools/list,
@@ -266,7 +310,7 @@ impl Tools {
         sql: &str,
         extra: &[Value],
     ) -> Result<RowsResult, ToolError> {
-        let mut params = self.scope_params();
+        let mut params = self.scope_params(call);
         params.extend_from_slice(extra);
         self.catalog_plain(call, sql, &params).await
     }
@@ -279,7 +323,10 @@ impl Tools {
         params: &[Value],
     ) -> Result<RowsResult, ToolError> {
         let caps = self.caps(None);
-        let rows = self.db.query(sql, params, caps, None, &call.cancel).await?;
+        let rows = self
+            .db
+            .query(sql, params, caps, None, call.identity(), &call.cancel)
+            .await?;
         Ok(RowsResult {
             rows,
             limits: self.limits_for(caps),
@@ -288,8 +335,9 @@ impl Tools {
 
     /// `$1` unrestricted, `$2` schemas granted with "*", `$3` explicitly granted tables as
     /// `schema.table`.
-    fn scope_params(&self) -> Vec<Value> {
-        let grants = self.scope.grants();
+    fn scope_params(&self, call: &Call) -> Vec<Value> {
+        let scope = self.scope_of(call);
+        let grants = scope.grants();
         let star: Vec<&str> = grants
             .iter()
             .filter(|g| g.tables.iter().any(|t| t == "*"))
@@ -305,7 +353,7 @@ impl Tools {
             })
             .collect();
         vec![
-            Value::Bool(self.scope.is_unrestricted()),
+            Value::Bool(scope.is_unrestricted()),
             serde_json::json!(star),
             serde_json::json!(explicit),
         ]

@@ -100,7 +100,8 @@ fn resolve_locally(scope: &Scope, system: &SystemRelations, name: &str) -> Optio
 /// will resolve them, through the session's `search_path` (with `pg_catalog` first): locally
 /// where that is certain ([`resolve_locally`]), else by PostgreSQL in one round trip.
 async fn check_scope(tools: &Tools, call: &Call, statement: &Statement) -> Result<(), ToolError> {
-    if tools.scope.is_unrestricted() {
+    let scope = tools.scope_of(call);
+    if scope.is_unrestricted() {
         return Ok(());
     }
     let system = tools.db.system_relations();
@@ -109,7 +110,7 @@ async fn check_scope(tools: &Tools, call: &Call, statement: &Statement) -> Resul
     for relation in referenced_relations(statement) {
         let local = match (&relation.schema, &system) {
             (Some(schema), _) => Some(Some(schema.clone())),
-            (None, Some(system)) => resolve_locally(&tools.scope, system, &relation.name),
+            (None, Some(system)) => resolve_locally(scope, system, &relation.name),
             (None, None) => None,
         };
         match local {
@@ -134,7 +135,7 @@ async fn check_scope(tools: &Tools, call: &Call, statement: &Statement) -> Resul
         );
     }
     for (schema, name) in checks {
-        tools.scope.check(&schema, &name)?;
+        scope.check(&schema, &name)?;
     }
     Ok(())
 }
@@ -146,12 +147,19 @@ pub async fn query(tools: &Tools, call: &Call, args: QueryArgs) -> Result<RowsRe
     call.note_statement(inspection.fingerprint);
     check_size(&args.sql, &args.params)?;
     let (_, statement) = inspection.verdict?;
-    tools.check_definers(&args.sql, &statement).await?;
+    tools.check_definers(call, &args.sql, &statement).await?;
     check_scope(tools, call, &statement).await?;
     let caps = tools.caps(args.max_rows);
     let rows = tools
         .db
-        .query(&args.sql, &args.params, caps, None, &call.cancel)
+        .query(
+            &args.sql,
+            &args.params,
+            caps,
+            None,
+            call.identity(),
+            &call.cancel,
+        )
         .await?;
     Ok(RowsResult {
         rows,
@@ -175,7 +183,7 @@ pub async fn explain(tools: &Tools, call: &Call, args: ExplainArgs) -> Result<Pl
     sql_guard::check_explainable(&args.sql)?;
     let (_, statement) = sql_guard::parse_checked(&args.sql)?;
     // Planning alone can run a function (constant folding of an immutable one).
-    tools.check_definers(&args.sql, &statement).await?;
+    tools.check_definers(call, &args.sql, &statement).await?;
     check_scope(tools, call, &statement).await?;
     let options = if args.analyze {
         "ANALYZE, BUFFERS, FORMAT JSON"
@@ -194,6 +202,7 @@ pub async fn explain(tools: &Tools, call: &Call, args: ExplainArgs) -> Result<Pl
             &args.params,
             tools.caps(None),
             Some(timeout),
+            call.identity(),
             &call.cancel,
         )
         .await?;
