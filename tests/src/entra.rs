@@ -13,6 +13,13 @@
 //!   error format and today's AADSTS codes: HTTP 401 `invalid_client` with AADSTS700211 (no
 //!   credential for the issuer), AADSTS700213 (none for the subject), AADSTS7002138 (the
 //!   subject matches only ignoring case) or AADSTS700212 (none for the audience).
+//! - Users and delegated tokens: `grant_type=password` (resource owner password credentials,
+//!   the same token endpoint) for a user added with [`EntraFake::add_user`], through a
+//!   registered public client app. The token is what a signed-in user's client (VS Code) gets:
+//!   `scp`, the user's `oid`, `name`, `preferred_username` (v2) or `upn` (v1), the client in
+//!   `azp`/`appid`, the app roles assigned to the user, and — when the resource app emits
+//!   them (`groupMembershipClaims`) — `groups`, or past 200 groups Entra's overage indicator
+//!   (`_claim_names`/`_claim_sources`) instead. A wrong password is AADSTS50126.
 //! - Propagation ([`EntraFake::set_propagation_delay`]): Entra refuses a new federated
 //!   credential for a while after it was created, with AADSTS700213 as if it did not exist.
 //! - Access tokens like Entra's: RS256 JWTs, v1 (`https://sts.windows.net/{tenant}/`, the
@@ -74,7 +81,25 @@ pub struct App {
     /// `accessTokenAcceptedVersion`; 1 unless the manifest says 2).
     pub access_token_version: u8,
     pub federated_credentials: Vec<FederatedCredential>,
+    /// Tokens for this app as a resource carry the user's security groups (the manifest's
+    /// `groupMembershipClaims: "SecurityGroup"`).
+    pub group_membership_claims: bool,
 }
+
+/// A user of a tenant.
+#[derive(Clone, Debug, Default)]
+pub struct User {
+    pub object_id: String,
+    /// Sign-in name, `alice@contoso.com`.
+    pub user_principal_name: String,
+    pub display_name: String,
+    pub password: String,
+    /// Object ids of the security groups the user is in.
+    pub groups: Vec<String>,
+}
+
+/// Most groups Entra lists in a JWT before it names a source instead (the overage claim).
+pub const MAX_TOKEN_GROUPS: usize = 200;
 
 /// One access token the fake issued.
 #[derive(Clone, Debug)]
@@ -108,7 +133,9 @@ struct Tenant {
     /// The kid new tokens are signed with.
     current: String,
     apps: HashMap<String, App>,
-    /// (resource client id, principal client id) -> app roles.
+    /// Users by lower-case user principal name.
+    users: HashMap<String, User>,
+    /// (resource client id, principal client id or user object id) -> app roles.
     role_assignments: HashMap<(String, String), Vec<String>>,
     key_fetches: usize,
     /// When each federated credential, (client id, issuer, subject), was first seen.
@@ -247,6 +274,18 @@ impl EntraFake {
         Ok(())
     }
 
+    /// Adds a user to `tenant`.
+    pub fn add_user(&self, tenant: &str, user: User) -> anyhow::Result<()> {
+        let mut inner = lock(&self.inner);
+        let t = inner
+            .tenants
+            .get_mut(tenant)
+            .with_context(|| format!("no tenant {tenant}"))?;
+        t.users
+            .insert(user.user_principal_name.to_ascii_lowercase(), user);
+        Ok(())
+    }
+
     /// Adds a federated identity credential to app `client_id`.
     pub fn add_federated_credential(
         &self,
@@ -269,7 +308,8 @@ impl EntraFake {
         Ok(())
     }
 
-    /// Assigns app role `role` of app `resource` to the service principal of app `principal`.
+    /// Assigns app role `role` of app `resource` to the service principal of app `principal`
+    /// (a client id), or to a user (its object id).
     pub fn assign_app_role(&self, tenant: &str, resource: &str, principal: &str, role: &str) {
         let mut inner = lock(&self.inner);
         if let Some(t) = inner.tenants.get_mut(tenant) {
@@ -764,6 +804,9 @@ async fn exchange(
         let Some(t) = inner.tenants.get(tenant) else {
             return Err(tenant_not_found(tenant));
         };
+        if field("grant_type") == "password" {
+            return password_grant(&inner, t, tenant, form);
+        }
         if field("grant_type") != "client_credentials" {
             return Err(aad_error(
                 StatusCode::BAD_REQUEST,
@@ -933,6 +976,131 @@ async fn exchange(
         access_token,
         expires_at: SystemTime::now() + lifetime,
         assertion,
+    })
+}
+
+/// The resource owner password credentials grant: a user's delegated token for a public client.
+fn password_grant(
+    inner: &Inner,
+    t: &Tenant,
+    tenant: &str,
+    form: &HashMap<String, String>,
+) -> Result<Issued, Response> {
+    let field = |name: &str| form.get(name).map(String::as_str).unwrap_or("");
+    let client_id = field("client_id");
+    let Some(client) = t.apps.get(client_id) else {
+        return Err(aad_error(
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            700016,
+            &format!(
+                "Application with identifier '{client_id}' was not found in the directory '{tenant}'."
+            ),
+        ));
+    };
+    let user = t
+        .users
+        .get(&field("username").to_ascii_lowercase())
+        .filter(|u| u.password == field("password"))
+        .ok_or_else(|| {
+            aad_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_grant",
+                50126,
+                "Error validating credentials due to invalid username or password.",
+            )
+        })?;
+    // `api://<client id>/<scope>` or `<resource>/.default`.
+    let scope = field("scope")
+        .split(' ')
+        .find(|s| !matches!(*s, "openid" | "profile" | "offline_access" | ""))
+        .unwrap_or("");
+    let (resource, scope_name) = scope.rsplit_once('/').unwrap_or((scope, ""));
+    let Some(resource_app) = t.apps.values().find(|a| {
+        a.client_id == resource || resource.strip_prefix("api://") == Some(a.client_id.as_str())
+    }) else {
+        return Err(aad_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_resource",
+            500011,
+            &format!(
+                "The resource principal named {resource} was not found in the tenant named {tenant}."
+            ),
+        ));
+    };
+    let now = unix_now();
+    let life = i64::try_from(inner.token_lifetime.as_secs()).unwrap_or(3599);
+    let version = resource_app.access_token_version;
+    let scp = if scope_name == ".default" || scope_name.is_empty() {
+        "user_impersonation"
+    } else {
+        scope_name
+    };
+    let mut claims = json!({
+        "aud": if version == 2 { resource_app.client_id.clone() } else { resource.to_owned() },
+        "iat": now,
+        "nbf": now,
+        "exp": now + life,
+        "oid": user.object_id,
+        "sub": user.object_id,
+        "tid": tenant,
+        "scp": scp,
+        "name": user.display_name,
+    });
+    if let Some(roles) = t
+        .role_assignments
+        .get(&(resource_app.client_id.clone(), user.object_id.clone()))
+        .filter(|r| !r.is_empty())
+    {
+        claims["roles"] = json!(roles);
+    }
+    if resource_app.group_membership_claims {
+        if user.groups.len() > MAX_TOKEN_GROUPS {
+            claims["_claim_names"] = json!({"groups": "src1"});
+            claims["_claim_sources"] = json!({"src1": {"endpoint": format!(
+                "https://graph.microsoft.com/v1.0/users/{}/getMemberObjects", user.object_id
+            )}});
+        } else {
+            claims["groups"] = json!(user.groups);
+        }
+    }
+    if version == 2 {
+        claims["iss"] = json!(format!("{}/{tenant}/v2.0", inner.url));
+        claims["azp"] = json!(client.client_id);
+        claims["azpacr"] = json!("0");
+        claims["preferred_username"] = json!(user.user_principal_name);
+        claims["ver"] = json!("2.0");
+    } else {
+        claims["iss"] = json!(EntraFake::issuer_v1(tenant));
+        claims["appid"] = json!(client.client_id);
+        claims["appidacr"] = json!("0");
+        claims["upn"] = json!(user.user_principal_name);
+        claims["unique_name"] = json!(user.user_principal_name);
+        claims["ver"] = json!("1.0");
+    }
+    let key = t.keys.iter().find(|k| k.kid == t.current).ok_or_else(|| {
+        aad_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            0,
+            "no signing key",
+        )
+    })?;
+    let access_token = sign(key, &claims).map_err(|e| {
+        aad_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            0,
+            &format!("signing failed: {e}"),
+        )
+    })?;
+    Ok(Issued {
+        tenant: tenant.to_owned(),
+        client_id: client.client_id.clone(),
+        resource: resource.to_owned(),
+        access_token,
+        expires_at: SystemTime::now() + inner.token_lifetime,
+        assertion: None,
     })
 }
 
