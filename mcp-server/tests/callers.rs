@@ -32,12 +32,16 @@ const VSCODE_APP: &str = "aebc6443-996d-45c2-90f0-388ff96faa56";
 const SUPPORT_GROUP: &str = "0c5e8a1b-2d3f-4a6b-9c7d-8e9f0a1b2c3d";
 const ALICE_OID: &str = "a11ce000-0000-4000-8000-000000000001";
 const BOB_OID: &str = "b0b00000-0000-4000-8000-000000000002";
+/// A team lead in the support group: the example's second policy shows her every ticket.
+const CAROL_OID: &str = "ca401000-0000-4000-8000-000000000003";
+const LEAD_ROLE: &str = "Support.Lead";
 const PASSWORD: &str = "user-password-1";
 
 /// The shop plus what the operator makes for two caller classes: a NOINHERIT login role with
 /// CONNECT only, member of `<login>__sales` (orders and customers) and `<login>__support`
-/// (products and tickets, tickets under row-level security on the caller's oid). The login role
-/// is made like the operator makes it on PostgreSQL 15 (ALTER ROLE … NOINHERIT); also a
+/// (products, and `support.tickets` under the row-level security of
+/// `manifests/examples/per-caller-access.sql`, loaded as the README tells users to). The login
+/// role is made like the operator makes it on PostgreSQL 15 (ALTER ROLE … NOINHERIT); also a
 /// function anyone may call that writes the claims setting.
 async fn classes_shop(test: &str) -> (Shop, String) {
     let shop = shop(test).await;
@@ -53,18 +57,22 @@ async fn classes_shop(test: &str) -> (Shop, String) {
              GRANT USAGE ON SCHEMA public TO \"{login}__sales\", \"{login}__support\";
              GRANT SELECT ON orders, customers TO \"{login}__sales\";
              GRANT SELECT ON products TO \"{login}__support\";
-             CREATE TABLE tickets (id int PRIMARY KEY, owner_oid uuid NOT NULL, subject text);
-             INSERT INTO tickets VALUES (1, '{ALICE_OID}', 'Keyboard arrived broken'),
-                                        (2, '{ALICE_OID}', 'Invoice address'),
-                                        (3, '{BOB_OID}', 'Refund for the monitor');
-             ALTER TABLE tickets ENABLE ROW LEVEL SECURITY;
-             ALTER TABLE tickets FORCE ROW LEVEL SECURITY;
-             CREATE POLICY own_tickets ON tickets USING (
-                 owner_oid = (current_setting('pgmcp.caller', true)::jsonb ->> 'oid')::uuid);
-             GRANT SELECT ON tickets TO \"{login}__support\";
+             CREATE SCHEMA support;
+             CREATE TABLE support.tickets (id int PRIMARY KEY, owner_oid uuid NOT NULL, subject text);
+             INSERT INTO support.tickets VALUES (1, '{ALICE_OID}', 'Keyboard arrived broken'),
+                                                (2, '{ALICE_OID}', 'Invoice address'),
+                                                (3, '{BOB_OID}', 'Refund for the monitor');
+             GRANT USAGE ON SCHEMA support TO \"{login}__support\";
+             GRANT SELECT ON support.tickets TO \"{login}__support\";
              CREATE FUNCTION claim(claims text) RETURNS text LANGUAGE sql
                  AS $$ SELECT set_config('pgmcp.caller', claims, true) $$;",
             db = shop.db.name
+        ))
+        .await
+        .unwrap();
+    admin
+        .batch_execute(include_str!(
+            "../../manifests/examples/per-caller-access.sql"
         ))
         .await
         .unwrap();
@@ -86,7 +94,8 @@ fn config(login: &str) -> Value {
                  "grants": tables(&["orders", "customers"])},
                 {"name": "support", "role": format!("{login}__support"),
                  "match": {"groups": [SUPPORT_GROUP]},
-                 "grants": tables(&["products", "tickets"])},
+                 "grants": [{"schema": "public", "tables": ["products"]},
+                            {"schema": "support", "tables": ["tickets"]}]},
             ]
         }
     })
@@ -171,6 +180,7 @@ async fn tenant() -> EntraFake {
     for (oid, upn, name) in [
         (ALICE_OID, "alice@contoso.com", "Alice"),
         (BOB_OID, "bob@contoso.com", "Bob"),
+        (CAROL_OID, "carol@contoso.com", "Carol"),
     ] {
         fake.add_user(
             TENANT,
@@ -189,6 +199,7 @@ async fn tenant() -> EntraFake {
         fake.assign_app_role(TENANT, SERVER_APP, client, ROLE);
     }
     fake.assign_app_role(TENANT, SERVER_APP, AGENT_APP, SALES_ROLE);
+    fake.assign_app_role(TENANT, SERVER_APP, CAROL_OID, LEAD_ROLE);
     fake
 }
 
@@ -365,6 +376,20 @@ async fn an_agent_and_a_user_each_read_only_what_their_class_grants() {
     assert_eq!(
         doc["results"][0]["structuredContent"]["rows"],
         json!([[3, "Refund for the monitor"]])
+    );
+    // Carol leads the team (app role Support.Lead): every ticket.
+    let carol = user_token(&fake, "carol@contoso.com").await;
+    let doc = python(
+        &server,
+        &carol,
+        &[(
+            "query",
+            json!({"sql": "SELECT id FROM tickets ORDER BY id"}),
+        )],
+    );
+    assert_eq!(
+        doc["results"][0]["structuredContent"]["rows"],
+        json!([[1], [2], [3]])
     );
 
     // The audit line names the class.
