@@ -136,6 +136,9 @@ pub async fn run_deployment_pod_with(
             "the pod uses workload identity but the runner was given no webhook configuration",
         )?;
         env.extend(workload_identity_env(client, namespace, &spec, webhook, root.path()).await?);
+    } else if let Some(webhook) = webhook {
+        // What the node provides (a CA bundle trusting the Entra fake) applies to every pod.
+        env.extend(webhook.env.iter().cloned());
     }
     let port = paths::free_port()?;
     let mut args: Vec<String> = container
