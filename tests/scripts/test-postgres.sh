@@ -7,8 +7,8 @@
 #
 # The tests are those whose outcome depends on what PostgreSQL answers: the server's catalog
 # and SQL tools, its read-only layers and role check, the SQL guard against PostgreSQL's parser,
-# its connections (TLS, restarts, stdio and HTTP end to end); the operator's grants, read-only
-# probe and Entra principal. Not the tests of caller authentication, MCP interoperability or
+# its connections (TLS, restarts, stdio and HTTP end to end), per-caller access and the wire
+# client's protocol; the operator's grants, read-only probe and Entra principal. Not the tests of caller authentication, MCP interoperability or
 # Kubernetes objects, which PostgreSQL's version does not change (they run once, on 15, in
 # `make integration`). A new test file that exercises PostgreSQL belongs in these lists.
 #
@@ -22,7 +22,7 @@ ROOT="$(cd "$HERE/../.." && pwd)"
 CARGO="${CARGO:-cargo}"
 read -r -a CARGO_FLAGS <<<"${CARGO_FLAGS:---locked}"
 
-SERVER_TESTS=(tools read_only guard_properties faults http stdio tls)
+SERVER_TESTS=(tools read_only guard_properties faults http stdio tls callers protocol)
 OPERATOR_TESTS=(database entra_database postgres)
 
 if (($# == 0)); then
@@ -34,7 +34,7 @@ bash "$HERE/install-postgres.sh" "$@" >/dev/null
 # The operator's tests select pgmcp-server too, as `make integration` does: pgmcp-tests alone
 # resolves other dependency features and would build everything again. (The server's alone
 # resolve the same; with both, `--test faults` would also pick the operator's Kubernetes faults.)
-server=(-p pgmcp-server)
+server=(-p pgmcp-server -p pgmcp-postgres-wire)
 for name in "${SERVER_TESTS[@]}"; do server+=(--test "$name"); done
 operator=(-p pgmcp-tests -p pgmcp-server)
 for name in "${OPERATOR_TESTS[@]}"; do operator+=(--test "$name"); done
