@@ -156,6 +156,11 @@ impl Access {
         !self.classes.is_empty()
     }
 
+    /// The classes, in order (without the default class).
+    pub fn classes(&self) -> &[Arc<Class>] {
+        &self.classes
+    }
+
     /// The class names, in order.
     pub fn class_names(&self) -> Vec<&str> {
         self.classes.iter().map(|c| c.label()).collect()

@@ -176,20 +176,38 @@ where
     }
 }
 
-/// What makes a role unsafe to serve with, one sentence each; empty when it is safe.
+/// What makes a role unsafe to serve with, one sentence each; empty when it is safe. With
+/// caller classes, each class's role is checked too, as the statements of its callers run
+/// (switched to it): a class role that can write is named with its class, and one the server
+/// cannot switch to keeps the server waiting with PostgreSQL's reason (the operator creates the
+/// roles and memberships before the server's Deployment).
 pub async fn role_problems(tools: &Tools) -> Result<Vec<String>, RoleCheckError> {
+    let mut problems = role_problems_as(tools, &Call::default()).await?;
+    for class in tools.access.classes() {
+        let caller = crate::auth::Caller::default().in_class(class.clone());
+        let call = Call::new(Default::default(), Some(caller));
+        let found = role_problems_as(tools, &call).await?;
+        problems.extend(
+            found
+                .into_iter()
+                .map(|p| format!("caller class {}: {p}", class.label())),
+        );
+    }
+    Ok(problems)
+}
+
+async fn role_problems_as(tools: &Tools, call: &Call) -> Result<Vec<String>, RoleCheckError> {
     // Three independent queries, run at once: the server answers only after them. MAINTAIN
     // (VACUUM, REFRESH MATERIALIZED VIEW, LOCK TABLE, ...) is a table privilege since
     // PostgreSQL 17; earlier servers reject the word.
-    let call = Call::default();
     let role = tools.catalog_plain(
-        &call,
+        call,
         "SELECT current_user::text, rolsuper, rolcreaterole, rolcreatedb, rolbypassrls
              FROM pg_roles WHERE rolname = current_user",
         &[],
     );
     let writable = tools.catalog(
-        &call,
+        call,
         "SELECT n.nspname || '.' || c.relname
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE c.relkind IN ('r','p','m','f') AND n.nspname NOT IN ('pg_catalog','information_schema')
@@ -201,13 +219,13 @@ pub async fn role_problems(tools: &Tools) -> Result<Vec<String>, RoleCheckError>
              ORDER BY 1 LIMIT 5",
         &[],
     );
-    let scope = tools.scope_of(&call);
+    let scope = tools.scope_of(call);
     let schemas = serde_json::json!(scope.schemas());
     let params = [Value::Bool(scope.is_unrestricted()), schemas];
     // Whether PUBLIC may create there: every role can, which is PostgreSQL 14's default in
     // schema public (15 revoked it).
     let creatable = tools.catalog_plain(
-        &call,
+        call,
         "SELECT nspname::text, has_schema_privilege('public', oid, 'CREATE'), quote_ident(nspname)
              FROM pg_namespace
              WHERE nspname NOT IN ('pg_catalog','information_schema') AND nspname NOT LIKE 'pg\\_%'

@@ -530,3 +530,52 @@ async fn caller_classes_without_entra_refuse_to_start_naming_why() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_class_role_that_can_write_stops_the_server_naming_its_class() {
+    let fake = tenant().await;
+    let (shop, login) = classes_shop("callers unsafe class").await;
+    shop.db
+        .connect()
+        .await
+        .unwrap()
+        .batch_execute(&format!("GRANT INSERT ON orders TO \"{login}__sales\""))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config_file = dir.path().join("config.json");
+    std::fs::write(&config_file, config(&login).to_string()).unwrap();
+    let password_file = dir.path().join("password");
+    std::fs::write(&password_file, READER_PASSWORD).unwrap();
+    let pg = shop.db.server();
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        tokio::process::Command::new(common::server::BIN)
+            .args(["--config", config_file.to_str().unwrap()])
+            .arg("--database-url")
+            .arg(format!(
+                "postgres://{login}@{}:{}/{}?sslmode=disable",
+                pg.host(),
+                pg.port(),
+                shop.db.name
+            ))
+            .args(["--password-file", password_file.to_str().unwrap()])
+            .args(["--entra-tenant-id", TENANT, "--entra-audience", SERVER_APP])
+            .args(["--entra-required-role", ROLE])
+            .args(["--entra-authority-host", fake.url()])
+            .args(["--listen", "127.0.0.1:0"])
+            .env("SSL_CERT_FILE", fake.ca_cert())
+            .stdin(std::process::Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("the server stops by itself")
+    .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("caller class sales: the role can write to or owns public.orders"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("caller class support"), "{stderr}");
+}
