@@ -376,8 +376,9 @@ pub struct CallerClass {
     /// listed values.
     #[serde(rename = "match")]
     pub matches: CallerMatch,
-    /// Schemas and tables the class may read (SELECT); one entry per schema.
-    #[schemars(length(min = 1, max = 64))]
+    /// Schemas and tables the class may read (SELECT); one entry per schema. At most 16: the
+    /// apiserver bounds the cost of the table rules by how many tables 16 classes could list.
+    #[schemars(length(min = 1, max = 16))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["schema".to_owned()]))]
     pub grants: Vec<Grant>,
     /// Also make tables created later readable by the class (ALTER DEFAULT PRIVILEGES), in its
