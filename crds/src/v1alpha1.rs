@@ -354,8 +354,11 @@ pub struct AccessSpec {
     /// row-level security policies as current_setting('pgmcp.caller', true) (JSON: oid, tid,
     /// appid, roles, groups, name, preferred_username, class). The MCP server's own role is a
     /// member of every class role without inheriting its privileges, so a statement that does
-    /// not switch role reads nothing of a class. A caller that matches no class is refused with
-    /// 403 unless grants is set, which then acts as the default class. At most 16.
+    /// not switch role reads nothing of a class (on PostgreSQL 14 and 15, where only a whole
+    /// role can be NOINHERIT, the operator makes the server's role NOINHERIT: it then inherits
+    /// no role's privileges, only its own grants count). A caller that matches no class is
+    /// refused with 403 unless grants is set, which then acts as the default class. Removing a
+    /// class revokes its role's grants and drops the role. At most 16.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".to_owned()]))]
@@ -376,8 +379,9 @@ pub struct CallerClass {
     /// listed values.
     #[serde(rename = "match")]
     pub matches: CallerMatch,
-    /// Schemas and tables the class may read (SELECT); one entry per schema.
-    #[schemars(length(min = 1, max = 64))]
+    /// Schemas and tables the class may read (SELECT); one entry per schema. At most 16: the
+    /// apiserver bounds the cost of the table rules by how many tables 16 classes could list.
+    #[schemars(length(min = 1, max = 16))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["schema".to_owned()]))]
     pub grants: Vec<Grant>,
     /// Also make tables created later readable by the class (ALTER DEFAULT PRIVILEGES), in its

@@ -449,17 +449,47 @@ impl Notes {
         self.0.push((EventType::Normal, reason, note, related));
     }
 
-    /// The grants made or repaired.
+    /// The grants made or repaired, the principal's and each caller class's, and memberships
+    /// in class roles made or repaired.
     fn database(&mut self, database: &Result<database::Report, database::Error>) {
-        if let Ok(report) = database
-            && let Some(plan) = &report.changed
-        {
-            let reason = if report.repaired {
+        let Ok(report) = database else {
+            return;
+        };
+        let reason = |repaired: bool| {
+            if repaired {
                 "GrantsRepaired"
             } else {
                 "Granted"
-            };
-            self.normal(reason, truncate(&plan.to_string(), 1000));
+            }
+        };
+        if let Some(plan) = &report.changed {
+            self.normal(reason(report.repaired), truncate(&plan.to_string(), 1000));
+        }
+        for class in &report.callers {
+            if !class.membership.is_empty() {
+                self.normal(
+                    "Granted",
+                    truncate(
+                        &format!(
+                            "caller class {}: made role {} a member of role {} that does not inherit it ({})",
+                            class.name,
+                            report.principal.name,
+                            class.role,
+                            class.membership.join("; ")
+                        ),
+                        1000,
+                    ),
+                );
+            }
+            if let Some(plan) = &class.changed {
+                self.normal(
+                    reason(class.repaired),
+                    truncate(
+                        &format!("caller class {} (role {}): {plan}", class.name, class.role),
+                        1000,
+                    ),
+                );
+            }
         }
     }
 

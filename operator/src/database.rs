@@ -6,6 +6,9 @@
 //! ```text
 //! principal   CREATE ROLE … LOGIN / pgaadauth_create_principal[_with_oid] and its ownership
 //!             mark in one transaction; the caller never takes over a role someone else made
+//! class role  CREATE ROLE … NOLOGIN per caller class, marked the same way
+//! membership  the principal a member of each class role, able to SET ROLE to it but not
+//!             inheriting its privileges (WITH INHERIT FALSE since 16, NOINHERIT before)
 //! grants      read the catalog, diff against the request, REVOKE extras, GRANT what is
 //!             missing, in one transaction; equal → no statement at all
 //! revoke all  every privilege the role holds in one database (removal, or a database the
@@ -72,13 +75,16 @@ pub enum Error {
         objects: String,
     },
     #[error(
-        "{user} cannot grant {privileges} in PostgreSQL {server} database {database} (it neither owns the objects nor holds these privileges WITH GRANT OPTION): grant them to {user} WITH GRANT OPTION, make {user} the owner, or narrow spec.access.grants"
+        "{user} cannot grant {privileges} in PostgreSQL {server} database {database} (it neither owns the objects nor holds these privileges WITH GRANT OPTION): grant them to {user} WITH GRANT OPTION, make {user} the owner, or narrow {field}"
     )]
     GrantRefused {
         user: String,
         server: String,
         database: String,
         privileges: String,
+        /// The spec field the grants come from (boxed: a fifth `String` would make every
+        /// `Result` of this crate larger).
+        field: Box<str>,
     },
     #[error(
         "{user} cannot revoke {privileges} from role {role} in PostgreSQL {server} database {database}: another role granted them, so only that role (or a superuser) can revoke them; until then the role may be able to write"
@@ -382,6 +388,172 @@ pub async fn create_principal(
     Ok(oid)
 }
 
+/// Creates the NOLOGIN role of a caller class with its ownership mark, in one transaction (as
+/// [`create_principal`]). It has no attribute that gives more than its grants: the MCP server
+/// switches to it (`SET LOCAL ROLE`) for each statement of a caller of the class. Returns the
+/// new role's oid.
+pub async fn create_class_role(
+    admin: &Admin<'_>,
+    database: &str,
+    role: &str,
+    marker: &str,
+) -> Result<u32, Error> {
+    let mut client = admin.connect(database).await?;
+    let sql = |action: &str| admin.sql(database, action.to_owned());
+    let tx = client
+        .transaction()
+        .await
+        .map_err(sql("begin a transaction"))?;
+    tx.batch_execute(&format!(
+        "CREATE ROLE {} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+         COMMENT ON ROLE {} IS {}",
+        quote(role),
+        quote(role),
+        literal(marker)
+    ))
+    .await
+    .map_err(sql(&format!("create caller class role {role}")))?;
+    let oid: u32 = tx
+        .query_one("SELECT oid FROM pg_roles WHERE rolname = $1", &[&role])
+        .await
+        .map_err(sql(&format!("read the oid of role {role}")))?
+        .get(0);
+    tx.commit()
+        .await
+        .map_err(sql(&format!("commit the creation of role {role}")))?;
+    admin.metrics.sql_statements("role", 2);
+    admin.release(database, client);
+    Ok(oid)
+}
+
+/// One grant of a role to a member, as `pg_auth_members` holds it (a membership can have one per
+/// grantor since PostgreSQL 16).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    pub grantor: String,
+    pub admin: bool,
+    /// Always true before PostgreSQL 16 (the member's INHERIT attribute decides there).
+    pub inherit: bool,
+    pub set: bool,
+}
+
+/// What it takes to make `login` a member of a class role that may `SET ROLE` to it but does not
+/// inherit its privileges: the statements, none when it already is. `version` is
+/// `server_version_num`; `login_inherits` the login role's INHERIT attribute; `grants` the
+/// membership's rows.
+///
+/// Since PostgreSQL 16 a grant carries its own INHERIT and SET options: a wrong row is revoked
+/// (by its grantor) and the membership granted anew `WITH INHERIT FALSE, SET TRUE`. Before 16
+/// only the member's attribute decides, so the login role becomes NOINHERIT (its own grants are
+/// direct, so it loses nothing it reads itself). ADMIN OPTION is never kept: it would let the
+/// login role grant the class to other roles.
+pub fn membership_plan(
+    version: i32,
+    class: &str,
+    login: &str,
+    login_inherits: bool,
+    grants: &[Membership],
+) -> Vec<String> {
+    let (class_q, login_q) = (quote(class), quote(login));
+    let mut statements = Vec::new();
+    if version >= 160_000 {
+        let right = |m: &Membership| !m.admin && !m.inherit && m.set;
+        if grants.len() == 1 && right(&grants[0]) {
+            return statements;
+        }
+        for grant in grants {
+            statements.push(format!(
+                "REVOKE {class_q} FROM {login_q} GRANTED BY {}",
+                quote(&grant.grantor)
+            ));
+        }
+        statements.push(format!(
+            "GRANT {class_q} TO {login_q} WITH INHERIT FALSE, SET TRUE"
+        ));
+    } else {
+        if login_inherits {
+            statements.push(format!("ALTER ROLE {login_q} NOINHERIT"));
+        }
+        if grants.iter().any(|m| m.admin) {
+            statements.push(format!("REVOKE ADMIN OPTION FOR {class_q} FROM {login_q}"));
+        }
+        if grants.is_empty() {
+            statements.push(format!("GRANT {class_q} TO {login_q}"));
+        }
+    }
+    statements
+}
+
+/// Makes `login` a member of the caller class role `class` without inheriting its privileges
+/// ([`membership_plan`]), in one transaction; a membership already so sends no statement.
+/// Returns the statements run.
+pub async fn converge_membership(
+    admin: &Admin<'_>,
+    database: &str,
+    class: &str,
+    login: &str,
+) -> Result<Vec<String>, Error> {
+    let mut client = admin.connect(database).await?;
+    let sql = |action: &str| admin.sql(database, action.to_owned());
+    let tx = client
+        .transaction()
+        .await
+        .map_err(sql("begin a transaction"))?;
+    let version: i32 = tx
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .map_err(sql("read the server version"))?
+        .get(0);
+    let login_inherits: bool = tx
+        .query_one(
+            "SELECT rolinherit FROM pg_roles WHERE rolname = $1",
+            &[&login],
+        )
+        .await
+        .map_err(sql(&format!("read the INHERIT attribute of role {login}")))?
+        .get(0);
+    // inherit_option and set_option exist since PostgreSQL 16.
+    let options = if version >= 160_000 {
+        "m.inherit_option, m.set_option"
+    } else {
+        "true, true"
+    };
+    let grants: Vec<Membership> = tx
+        .query(
+            &format!(
+                "SELECT pg_get_userbyid(m.grantor), m.admin_option, {options}
+                 FROM pg_auth_members m
+                 WHERE m.roleid = to_regrole($1) AND m.member = to_regrole($2)
+                 ORDER BY 1"
+            ),
+            &[&quote(class), &quote(login)],
+        )
+        .await
+        .map_err(sql(&format!(
+            "read the membership of role {login} in role {class}"
+        )))?
+        .iter()
+        .map(|r| Membership {
+            grantor: r.get(0),
+            admin: r.get(1),
+            inherit: r.get(2),
+            set: r.get(3),
+        })
+        .collect();
+    let statements = membership_plan(version, class, login, login_inherits, &grants);
+    for statement in &statements {
+        tx.batch_execute(statement)
+            .await
+            .map_err(sql(&format!("run {statement}")))?;
+    }
+    tx.commit().await.map_err(sql(&format!(
+        "commit the membership of role {login} in role {class}"
+    )))?;
+    admin.metrics.sql_statements("role", statements.len());
+    admin.release(database, client);
+    Ok(statements)
+}
+
 /// Sets `role`'s password.
 pub async fn set_password(
     admin: &Admin<'_>,
@@ -416,12 +588,14 @@ pub struct Granted {
 
 /// Makes `role`'s privileges in `request.database` exactly what `request` resolves to, in one
 /// transaction, then probes what the role can effectively do (`allowed`: the SECURITY DEFINER
-/// functions the binding lists).
+/// functions the binding lists; `classes`: the caller class roles `role` is a member of without
+/// inheriting, probed on their own, see [`probe::read_only`]).
 pub async fn converge_grants(
     admin: &Admin<'_>,
     role: &str,
     request: &Request,
     allowed: &[pgmcp_crds::v1alpha1::AllowedFunction],
+    classes: &[String],
 ) -> Result<Granted, Error> {
     let database = &request.database;
     let mut client = admin.connect(database).await?;
@@ -459,6 +633,7 @@ pub async fn converge_grants(
             server: admin.server(),
             database: database.clone(),
             privileges: list(&refused),
+            field: request.field.as_str().into(),
         });
     }
     if !plan.is_empty() {
@@ -495,7 +670,7 @@ pub async fn converge_grants(
     tx.commit().await.map_err(sql("commit the grants"))?;
     admin.metrics.sql_statements("revoke", plan.revoke.len());
     admin.metrics.sql_statements("grant", plan.grant.len());
-    let read_only = probe::read_only(&client, role, allowed)
+    let read_only = probe::read_only(&client, role, allowed, classes)
         .await
         .map_err(sql("probe the role's privileges"))?;
     admin.release(database, client);
@@ -591,4 +766,72 @@ pub async fn drop_role(admin: &Admin<'_>, database: &str, role: &str) -> Result<
     admin.metrics.sql_statements("role", 1);
     admin.release(database, client);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(grantor: &str, admin: bool, inherit: bool, set: bool) -> Membership {
+        Membership {
+            grantor: grantor.to_owned(),
+            admin,
+            inherit,
+            set,
+        }
+    }
+
+    #[test]
+    fn since_16_the_membership_is_one_grant_that_sets_and_does_not_inherit() {
+        let plan =
+            |grants: &[Membership]| membership_plan(160_004, "shop__support", "shop", true, grants);
+        assert_eq!(
+            plan(&[]),
+            [r#"GRANT "shop__support" TO "shop" WITH INHERIT FALSE, SET TRUE"#]
+        );
+        assert!(plan(&[grant("postgres", false, false, true)]).is_empty());
+        // Made inheriting (or given ADMIN, or a second grantor) by hand: granted anew.
+        for wrong in [
+            vec![grant("postgres", false, true, true)],
+            vec![grant("postgres", true, false, true)],
+            vec![grant("postgres", false, false, false)],
+            vec![
+                grant("ops", false, false, true),
+                grant("postgres", false, true, true),
+            ],
+        ] {
+            let statements = plan(&wrong);
+            assert_eq!(statements.len(), wrong.len() + 1, "{wrong:?}");
+            assert_eq!(
+                statements.last().unwrap(),
+                r#"GRANT "shop__support" TO "shop" WITH INHERIT FALSE, SET TRUE"#
+            );
+            assert_eq!(
+                statements[0],
+                format!(
+                    r#"REVOKE "shop__support" FROM "shop" GRANTED BY "{}""#,
+                    wrong[0].grantor
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn before_16_the_login_role_does_not_inherit_at_all() {
+        let plan = |inherits: bool, grants: &[Membership]| {
+            membership_plan(150_008, "shop__support", "shop", inherits, grants)
+        };
+        assert_eq!(
+            plan(true, &[]),
+            [
+                r#"ALTER ROLE "shop" NOINHERIT"#,
+                r#"GRANT "shop__support" TO "shop""#
+            ]
+        );
+        assert!(plan(false, &[grant("postgres", false, true, true)]).is_empty());
+        assert_eq!(
+            plan(false, &[grant("postgres", true, true, true)]),
+            [r#"REVOKE ADMIN OPTION FOR "shop__support" FROM "shop""#]
+        );
+    }
 }

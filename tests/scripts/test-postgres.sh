@@ -23,7 +23,7 @@ CARGO="${CARGO:-cargo}"
 read -r -a CARGO_FLAGS <<<"${CARGO_FLAGS:---locked}"
 
 SERVER_TESTS=(tools read_only guard_properties faults http stdio tls callers protocol)
-OPERATOR_TESTS=(database entra_database postgres)
+OPERATOR_TESTS=(database caller_classes entra_database postgres)
 
 if (($# == 0)); then
 	echo "usage: $0 MAJOR... (pinned: $(awk '$1 ~ /^[0-9]+$/ { printf "%s ", $1 }' "$ROOT/tests/postgres/versions.txt"))" >&2

@@ -369,7 +369,29 @@ fn invalid_corpus() -> Vec<Invalid> {
             base: ENTRA,
             change: c(vec![("spec/access/grants", json!([]))]),
             field: "spec.access.grants",
-            message: "at least 1",
+            message: "or define caller classes in callers",
+        },
+        Invalid {
+            name: "caller classes without Entra caller authentication",
+            base: PASSWORD,
+            change: c(vec![(
+                "spec/access/callers",
+                json!([{"name": "support", "match": {"appRoles": ["Support.Read"]},
+                        "grants": [{"schema": "public", "tables": ["*"]}]}]),
+            )]),
+            field: "spec.server.auth",
+            message: "access.callers requires server.auth.entra",
+        },
+        Invalid {
+            name: "a caller class with more grants than the rule cost budget allows",
+            base: ENTRA,
+            change: c(vec![(
+                "spec/access/callers",
+                json!([{"name": "support", "match": {"appRoles": ["Support.Read"]},
+                        "grants": (0..17).map(|i| json!({"schema": format!("s{i}"), "tables": ["*"]})).collect::<Vec<_>>()}]),
+            )]),
+            field: "spec.access.callers[0].grants",
+            message: "must have at most 16 items",
         },
         Invalid {
             name: "system schema",

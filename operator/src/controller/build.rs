@@ -18,9 +18,10 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use pgmcp_crds::config::{
-    AuthConfig, DatabaseConfig, EntraAuthConfig, HttpConfig, ScopeConfig, ScopeFunction,
-    ScopeGrant, ServerConfig,
+    AuthConfig, CallerClassConfig, CallerMatchConfig, DatabaseConfig, EntraAuthConfig, HttpConfig,
+    ScopeConfig, ScopeFunction, ScopeGrant, ServerConfig, class_role_name,
 };
+use pgmcp_crds::v1alpha1::{AllowedFunction, Grant};
 use pgmcp_crds::{labels, workload_identity};
 use sha2::{Digest as _, Sha256};
 
@@ -136,25 +137,25 @@ pub fn server_config(valid: &Valid, defaults: &Defaults) -> ServerConfig {
             ..DatabaseConfig::default()
         },
         scope: ScopeConfig {
-            grants: spec
+            grants: scope_grants(&spec.access.grants),
+            functions: scope_functions(&spec.access.functions),
+            callers: spec
                 .access
-                .grants
+                .callers
                 .iter()
-                .map(|g| ScopeGrant {
-                    schema: g.schema.clone(),
-                    tables: g.tables.clone(),
+                .map(|class| CallerClassConfig {
+                    name: class.name.clone(),
+                    role: class_role_name(valid.identity.role(), &class.name),
+                    matches: CallerMatchConfig {
+                        app_roles: class.matches.app_roles.clone(),
+                        groups: class.matches.groups.clone(),
+                        object_ids: class.matches.object_ids.clone(),
+                        app_ids: class.matches.app_ids.clone(),
+                    },
+                    grants: scope_grants(&class.grants),
+                    functions: scope_functions(&class.functions),
                 })
                 .collect(),
-            functions: spec
-                .access
-                .functions
-                .iter()
-                .map(|f| ScopeFunction {
-                    schema: f.schema.clone(),
-                    name: f.name.clone(),
-                })
-                .collect(),
-            callers: Vec::new(),
         },
         limits: valid.limits.clone(),
         http: HttpConfig {
@@ -177,6 +178,26 @@ pub fn server_config(valid: &Valid, defaults: &Defaults) -> ServerConfig {
             insecure_allow_unauthenticated: spec.server.auth.none.is_some(),
         },
     }
+}
+
+fn scope_grants(grants: &[Grant]) -> Vec<ScopeGrant> {
+    grants
+        .iter()
+        .map(|g| ScopeGrant {
+            schema: g.schema.clone(),
+            tables: g.tables.clone(),
+        })
+        .collect()
+}
+
+fn scope_functions(functions: &[AllowedFunction]) -> Vec<ScopeFunction> {
+    functions
+        .iter()
+        .map(|f| ScopeFunction {
+            schema: f.schema.clone(),
+            name: f.name.clone(),
+        })
+        .collect()
 }
 
 /// The host of an absolute URL (`https://host[:port]/path`).
@@ -475,7 +496,7 @@ fn network_policy(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use serde_json::{Value, json};
 
     use super::*;
@@ -717,6 +738,58 @@ mod tests {
                 "functions": [{"schema": "public", "name": "order_total"}]
             })
         );
+    }
+
+    /// Two caller classes and no default class, as a binding that serves only known callers.
+    pub(crate) fn with_callers(b: &mut pgmcp_crds::v1alpha1::PostgresMcpBinding) {
+        let callers = json!([
+            {
+                "name": "support",
+                "match": {"appRoles": ["Support.Read"], "groups": ["33333333-3333-3333-3333-333333333333"]},
+                "grants": [{"schema": "public", "tables": ["customers", "orders"]}],
+                "functions": [{"schema": "public", "name": "order_total"}]
+            },
+            {
+                "name": "finance",
+                "match": {"objectIds": ["44444444-4444-4444-4444-444444444444"], "appIds": ["55555555-5555-5555-5555-555555555555"]},
+                "grants": [{"schema": "sales", "tables": ["*"]}],
+                "defaultPrivileges": false
+            }
+        ]);
+        b.spec.access.callers = serde_json::from_value(callers).unwrap();
+        b.spec.access.grants = Vec::new();
+    }
+
+    #[test]
+    fn caller_classes_reach_the_server_config_in_spec_order_with_their_roles() {
+        let d = desired("azure-entra.yaml", with_callers);
+        let config: Value =
+            serde_json::from_str(&d.config_map.data.as_ref().unwrap()[CONFIG_KEY]).unwrap();
+        assert_eq!(
+            config["scope"],
+            json!({
+                "grants": [],
+                "callers": [
+                    {
+                        "name": "support",
+                        "role": "inventory-mcp__support",
+                        "match": {"appRoles": ["Support.Read"], "groups": ["33333333-3333-3333-3333-333333333333"]},
+                        "grants": [{"schema": "public", "tables": ["customers", "orders"]}],
+                        "functions": [{"schema": "public", "name": "order_total"}]
+                    },
+                    {
+                        "name": "finance",
+                        "role": "inventory-mcp__finance",
+                        "match": {"objectIds": ["44444444-4444-4444-4444-444444444444"], "appIds": ["55555555-5555-5555-5555-555555555555"]},
+                        "grants": [{"schema": "sales", "tables": ["*"]}]
+                    }
+                ]
+            })
+        );
+        // What the server reads back is what was meant.
+        let parsed: ServerConfig =
+            serde_json::from_str(&d.config_map.data.as_ref().unwrap()[CONFIG_KEY]).unwrap();
+        assert_eq!(parsed.scope.callers[1].role, "inventory-mcp__finance");
     }
 
     #[test]

@@ -5,21 +5,27 @@
 //! ```text
 //! password Secret   generate (or rotate on request) the LOGIN role's password     (password mode)
 //! principal         created when missing, with its ownership mark
-//! grants            equal to spec.access in spec.postgres.database, then the read-only probe
+//! class roles       one NOLOGIN role per caller class (spec.access.callers), recorded, then
+//!                   created with the same mark; the principal a member of each that may
+//!                   SET ROLE to it but does not inherit its privileges
+//! grants            equal to spec.access in spec.postgres.database, then the read-only probe;
+//!                   the same for each class role with the class's grants
+//! removed classes   a recorded class no longer in the spec: its grants revoked, its role dropped
 //! ```
 //!
 //! The administrator is the Secret fetch read (`postgres.admin.passwordSecretRef`) or the
 //! operator's own Entra token (`postgres.admin.entra`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use pgmcp_crds::config::class_role_name;
 use pgmcp_crds::v1alpha1::{
-    DeletionPolicy, GrantsStatus, PostgresMcpBinding, PostgresMcpBindingSpec, PrincipalKind,
-    PrincipalStatus, RoleRecord,
+    CallerClass, ClassRoleRecord, DeletionPolicy, GrantsStatus, PostgresMcpBinding,
+    PostgresMcpBindingSpec, PrincipalKind, PrincipalStatus, RoleRecord,
 };
 use serde_json::json;
 
@@ -50,6 +56,28 @@ pub struct Report {
     pub changed: Option<Plan>,
     /// True when grants existed before and had drifted.
     pub repaired: bool,
+    /// Each caller class, in spec order.
+    pub callers: Vec<ClassReport>,
+}
+
+/// What the step found and did for one caller class.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClassReport {
+    /// The class (spec.access.callers[].name).
+    pub name: String,
+    /// Its NOLOGIN role.
+    pub role: String,
+    pub grants: GrantsStatus,
+    /// What the class's grants name that the database lacks.
+    pub missing: Vec<String>,
+    /// What the class role can do beyond reading its grants.
+    pub read_only: crate::database::probe::Findings,
+    /// The grants and revocations made, if any.
+    pub changed: Option<Plan>,
+    /// True when the class's grants existed before and had drifted.
+    pub repaired: bool,
+    /// The statements that made (or repaired) the principal's membership in the class role.
+    pub membership: Vec<String>,
 }
 
 /// Why the step failed.
@@ -57,6 +85,13 @@ pub struct Report {
 pub enum Error {
     #[error(transparent)]
     Sql(#[from] sql::Error),
+    /// A failure that concerns one caller class's role.
+    #[error("caller class {class}: {source}")]
+    Class {
+        class: String,
+        #[source]
+        source: Box<sql::Error>,
+    },
     #[error(transparent)]
     Record(#[from] record::Error),
     #[error(
@@ -91,6 +126,7 @@ impl Error {
     pub fn reason(&self) -> &'static str {
         match self {
             Error::Sql(e) => e.reason(),
+            Error::Class { source, .. } => source.reason(),
             Error::Record(_) => "StatusWriteFailed",
             Error::AdminSecretGone { .. } => "SecretNotFound",
             Error::NoWorkloadIdentity => "NoWorkloadIdentity",
@@ -104,6 +140,7 @@ impl Error {
     pub fn needs_user(&self) -> bool {
         match self {
             Error::Sql(e) => e.needs_user(),
+            Error::Class { source, .. } => source.needs_user(),
             Error::NoWorkloadIdentity | Error::AdminSecretGone { .. } => true,
             Error::Token { .. } | Error::Random(_) | Error::Secret { .. } | Error::Record(_) => {
                 false
@@ -160,22 +197,58 @@ pub async fn admin<'a>(
     })
 }
 
-/// What spec.access asks for in spec.postgres.database.
+/// What spec.access asks for in spec.postgres.database. Empty grants (only caller classes) leave
+/// the principal CONNECT on the database and nothing else.
 fn request(valid: &Valid, admin: &Admin<'_>) -> Request {
     Request {
         database: valid.spec.postgres.database.clone(),
-        grants: valid
-            .spec
-            .access
-            .grants
-            .iter()
-            .map(|g| SchemaGrant {
-                schema: g.schema.clone(),
-                tables: (g.tables != ["*"]).then(|| g.tables.clone()),
-            })
-            .collect(),
+        grants: schema_grants(&valid.spec.access.grants),
         default_privileges: valid.spec.access.default_privileges,
         admin: admin.user.clone(),
+        field: "spec.access.grants".to_owned(),
+    }
+}
+
+/// What caller class `class` asks for in spec.postgres.database.
+fn class_request(valid: &Valid, admin: &Admin<'_>, class: &CallerClass) -> Request {
+    Request {
+        database: valid.spec.postgres.database.clone(),
+        grants: schema_grants(&class.grants),
+        default_privileges: class.default_privileges,
+        admin: admin.user.clone(),
+        field: format!(
+            "the grants of caller class {} (spec.access.callers)",
+            class.name
+        ),
+    }
+}
+
+fn schema_grants(grants: &[pgmcp_crds::v1alpha1::Grant]) -> Vec<SchemaGrant> {
+    grants
+        .iter()
+        .map(|g| SchemaGrant {
+            schema: g.schema.clone(),
+            tables: (g.tables != ["*"]).then(|| g.tables.clone()),
+        })
+        .collect()
+}
+
+/// The caller classes of the spec with their role names, in spec order.
+fn classes(valid: &Valid) -> Vec<(&CallerClass, String)> {
+    valid
+        .spec
+        .access
+        .callers
+        .iter()
+        .map(|class| (class, class_role_name(valid.identity.role(), &class.name)))
+        .collect()
+}
+
+/// Tags an error of one caller class's role with the class.
+fn for_class(class: &str) -> impl Fn(sql::Error) -> Error + '_ {
+    move |source| Error::Class {
+        class: class.to_owned(),
+        source: Box::new(source),
     }
 }
 
@@ -283,18 +356,69 @@ pub async fn reconcile(
         mark_password_applied(ctx, valid, secret_name).await?;
     }
 
+    // Caller class roles, each recorded before it is created, and the principal's membership.
+    let classes = classes(valid);
+    let mut memberships = Vec::with_capacity(classes.len());
+    for (class, class_role) in &classes {
+        ensure_class_role(ctx, &admin, record, valid, class, class_role).await?;
+        let statements = sql::converge_membership(&admin, &admin_db, class_role, &role)
+            .await
+            .map_err(for_class(&class.name))?;
+        memberships.push(statements);
+    }
+
     // Grants, in the target database, in one transaction; recorded before they are made.
     record.save(ctx).await?;
+    // Every class role the principal may still be a member of, removed ones included (they go
+    // at the end of this step): its own probe, or their removal, answers for them.
+    let recorded_classes: Vec<String> = record
+        .get()
+        .role
+        .iter()
+        .flat_map(|r| r.class_roles.iter().map(|c| c.name.clone()))
+        .collect();
     let granted = sql::converge_grants(
         &admin,
         &role,
         &request(valid, &admin),
         &valid.spec.access.functions,
+        &recorded_classes,
     )
     .await?;
+    let previous = binding.status.as_ref();
+    let mut callers = Vec::with_capacity(classes.len());
+    for ((class, class_role), membership) in classes.iter().zip(memberships) {
+        let granted = sql::converge_grants(
+            &admin,
+            class_role,
+            &class_request(valid, &admin, class),
+            &class.functions,
+            &[],
+        )
+        .await
+        .map_err(for_class(&class.name))?;
+        let previous = previous
+            .and_then(|s| s.callers.iter().find(|c| c.name == class.name))
+            .map(|c| c.grants.clone());
+        let (grants, changed, repaired) =
+            grants_status(ctx, &granted.desired.privileges, granted.plan, previous);
+        callers.push(ClassReport {
+            name: class.name.clone(),
+            role: class_role.clone(),
+            grants,
+            missing: granted.desired.missing,
+            read_only: granted.read_only,
+            changed,
+            repaired,
+            membership,
+        });
+    }
 
-    // Grants left in a database the binding no longer names.
+    // Grants left in a database the binding no longer names, the class roles' too.
     for old in databases.iter().filter(|d| **d != database) {
+        for class_role in &recorded_classes {
+            sql::revoke_all(&admin, class_role, old).await?;
+        }
         sql::revoke_all(&admin, &role, old).await?;
         if let Some(recorded) = &mut record.get_mut().role {
             recorded.databases.retain(|d| d != old);
@@ -302,19 +426,33 @@ pub async fn reconcile(
         record.save(ctx).await?;
     }
 
-    let plan = granted.plan;
-    let previous = binding.status.as_ref().and_then(|s| s.grants.clone());
-    let repaired = !plan.is_empty() && previous.is_some();
-    if repaired {
-        ctx.metrics.grant_repair();
-    }
-    let tables = granted
-        .desired
-        .privileges
+    // Classes recorded but no longer in the spec: their grants revoked, their roles dropped,
+    // then forgotten.
+    let stale: Vec<ClassRoleRecord> = record
+        .get()
+        .role
         .iter()
-        .filter(|p| matches!(p.object, plan::Object::Table { .. }))
-        .count();
-    let previous = previous.unwrap_or_default();
+        .flat_map(|r| r.class_roles.iter())
+        .filter(|c| !classes.iter().any(|(_, name)| *name == c.name))
+        .cloned()
+        .collect();
+    for class in stale {
+        let databases = record
+            .get()
+            .role
+            .as_ref()
+            .map(|r| r.databases.clone())
+            .unwrap_or_default();
+        remove_class_role(&admin, &admin_db, &databases, &class, &marker).await?;
+        if let Some(recorded) = &mut record.get_mut().role {
+            recorded.class_roles.retain(|c| c.name != class.name);
+        }
+        record.save(ctx).await?;
+    }
+
+    let previous = previous.and_then(|s| s.grants.clone());
+    let (grants, changed, repaired) =
+        grants_status(ctx, &granted.desired.privileges, granted.plan, previous);
     Ok(Report {
         principal: PrincipalStatus {
             name: role,
@@ -323,24 +461,101 @@ pub async fn reconcile(
                 Identity::Password { .. } => PrincipalKind::Password,
             },
         },
-        grants: GrantsStatus {
-            tables: i32::try_from(tables).unwrap_or(i32::MAX),
-            fingerprint: plan::fingerprint(&granted.desired.privileges),
-            last_repair_time: if repaired {
-                Some(now())
-            } else {
-                previous.last_repair_time
-            },
-            repairs: previous.repairs + i64::from(repaired),
-        },
+        grants,
         missing: granted.desired.missing,
         read_only: granted.read_only,
-        changed: (!plan.is_empty()).then_some(plan),
+        changed,
         repaired,
+        callers,
     })
 }
 
-/// Records the binding's role.
+/// The status of one role's grants after `plan` brought them to `desired`, from the previous
+/// one (`None`: never reported, so a change is the first grant, not a repair); the plan when it
+/// changed something; whether that was a repair (counted in the metrics).
+fn grants_status(
+    ctx: &Context,
+    desired: &BTreeSet<plan::Privilege>,
+    plan: Plan,
+    previous: Option<GrantsStatus>,
+) -> (GrantsStatus, Option<Plan>, bool) {
+    let repaired = !plan.is_empty() && previous.is_some();
+    if repaired {
+        ctx.metrics.grant_repair();
+    }
+    let tables = desired
+        .iter()
+        .filter(|p| matches!(p.object, plan::Object::Table { .. }))
+        .count();
+    let previous = previous.unwrap_or_default();
+    let status = GrantsStatus {
+        tables: i32::try_from(tables).unwrap_or(i32::MAX),
+        fingerprint: plan::fingerprint(desired),
+        last_repair_time: if repaired {
+            Some(now())
+        } else {
+            previous.last_repair_time
+        },
+        repairs: previous.repairs + i64::from(repaired),
+    };
+    (status, (!plan.is_empty()).then_some(plan), repaired)
+}
+
+/// Makes the role of caller class `class` exist with this binding's mark: recorded first, then
+/// created when missing; a role of that name someone else made is never taken over.
+async fn ensure_class_role(
+    ctx: &Context,
+    admin: &Admin<'_>,
+    record: &mut Record,
+    valid: &Valid,
+    class: &CallerClass,
+    role: &str,
+) -> Result<(), Error> {
+    let admin_db = &valid.spec.postgres.admin.database;
+    let marker = sql::ownership_marker(&valid.namespace, &valid.name);
+    let existing = sql::find_role(admin, admin_db, role)
+        .await
+        .map_err(for_class(&class.name))?;
+    let oid = match existing {
+        Some(existing) if existing.comment != marker => {
+            return Err(for_class(&class.name)(sql::Error::RoleConflict {
+                role: role.to_owned(),
+                server: admin.server(),
+                binding: format!("{}/{}", valid.namespace, valid.name),
+                owner: existing.owner().map(str::to_owned),
+            }));
+        }
+        Some(existing) => existing.oid,
+        None => {
+            set_class_role(record, &class.name, role, None);
+            record.save(ctx).await?;
+            sql::create_class_role(admin, admin_db, role, &marker)
+                .await
+                .map_err(for_class(&class.name))?
+        }
+    };
+    set_class_role(record, &class.name, role, Some(oid));
+    Ok(())
+}
+
+/// Records the role of caller class `class` (by role name: a name the class no longer gets is
+/// another role, removed as stale).
+fn set_class_role(record: &mut Record, class: &str, role: &str, oid: Option<u32>) {
+    let Some(recorded) = &mut record.get_mut().role else {
+        return;
+    };
+    let entry = ClassRoleRecord {
+        class: class.to_owned(),
+        name: role.to_owned(),
+        oid: oid.map(i64::from),
+    };
+    match recorded.class_roles.iter_mut().find(|c| c.name == role) {
+        Some(existing) => *existing = entry,
+        None => recorded.class_roles.push(entry),
+    }
+}
+
+/// Records the binding's role, keeping the class roles already recorded.
 fn set_role(
     record: &mut Record,
     role: &str,
@@ -349,13 +564,19 @@ fn set_role(
     databases: &[String],
     policy: DeletionPolicy,
 ) {
+    let class_roles = record
+        .get()
+        .role
+        .as_ref()
+        .map(|r| r.class_roles.clone())
+        .unwrap_or_default();
     record.get_mut().role = Some(RoleRecord {
         name: role.to_owned(),
         oid: oid.map(i64::from),
         server: admin.server(),
         databases: databases.to_vec(),
         deletion_policy: policy,
-        class_roles: Vec::new(),
+        class_roles,
     });
 }
 
@@ -376,14 +597,17 @@ fn on_server<'a>(admin: &Admin<'a>, server: &str) -> Admin<'a> {
     }
 }
 
-/// Revokes `recorded`'s grants in each of its databases and drops it, when it still carries
-/// this binding's mark; gone, or someone else's, is left alone.
+/// Revokes `recorded`'s grants in each of its databases and drops it, its class roles first,
+/// each when it still carries this binding's mark; gone, or someone else's, is left alone.
 async fn remove_role(
     admin: &Admin<'_>,
     admin_db: &str,
     recorded: &RoleRecord,
     marker: &str,
 ) -> Result<(), Error> {
+    for class in &recorded.class_roles {
+        remove_class_role(admin, admin_db, &recorded.databases, class, marker).await?;
+    }
     match sql::find_role(admin, admin_db, &recorded.name).await? {
         Some(existing) if existing.comment == marker => {}
         _ => return Ok(()),
@@ -392,6 +616,34 @@ async fn remove_role(
         sql::revoke_all(admin, &recorded.name, database).await?;
     }
     sql::drop_role(admin, admin_db, &recorded.name).await?;
+    Ok(())
+}
+
+/// Revokes the grants of a caller class's role in each of `databases` and drops it (which ends
+/// the principal's membership in it), when it still carries this binding's mark.
+async fn remove_class_role(
+    admin: &Admin<'_>,
+    admin_db: &str,
+    databases: &[String],
+    class: &ClassRoleRecord,
+    marker: &str,
+) -> Result<(), Error> {
+    let tag = for_class(&class.class);
+    match sql::find_role(admin, admin_db, &class.name)
+        .await
+        .map_err(&tag)?
+    {
+        Some(existing) if existing.comment == marker => {}
+        _ => return Ok(()),
+    }
+    for database in databases {
+        sql::revoke_all(admin, &class.name, database)
+            .await
+            .map_err(&tag)?;
+    }
+    sql::drop_role(admin, admin_db, &class.name)
+        .await
+        .map_err(&tag)?;
     Ok(())
 }
 
@@ -416,9 +668,10 @@ pub fn adopt_legacy(binding: &PostgresMcpBinding, record: &mut Record) {
     }
 }
 
-/// Removes the recorded role: its grants in every recorded database, then the role (policy
-/// Delete; Orphan leaves both). Needs only the record and the administrator's credentials, not
-/// a valid spec.
+/// Removes the recorded role: its class roles first (each one's grants, then the role, dropped
+/// from the record as it goes, so a retry resumes), then its grants in every recorded database
+/// and the role (policy Delete; Orphan leaves them all). Needs only the record and the
+/// administrator's credentials, not a valid spec.
 pub async fn remove(
     ctx: &Context,
     binding: &PostgresMcpBinding,
@@ -447,7 +700,19 @@ pub async fn remove(
         );
         // The server the role was made on: the record's.
         let admin = on_server(&admin, &recorded.server);
-        remove_role(&admin, &spec.postgres.admin.database, &recorded, &marker).await?;
+        let admin_db = &spec.postgres.admin.database;
+        for class in &recorded.class_roles {
+            remove_class_role(&admin, admin_db, &recorded.databases, class, &marker).await?;
+            if let Some(role) = &mut record.get_mut().role {
+                role.class_roles.retain(|c| c.name != class.name);
+            }
+            record.save(ctx).await?;
+        }
+        let recorded = RoleRecord {
+            class_roles: Vec::new(),
+            ..recorded
+        };
+        remove_role(&admin, admin_db, &recorded, &marker).await?;
     }
     record.get_mut().role = None;
     record.save(ctx).await?;

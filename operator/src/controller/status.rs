@@ -10,7 +10,7 @@ use kube::ResourceExt as _;
 use kube::api::{Api, Patch, PatchParams};
 use pgmcp_crds::conditions as ty;
 use pgmcp_crds::v1alpha1::{
-    PostgresMcpBinding, PostgresMcpBindingStatus, PrincipalKind, PrincipalStatus,
+    CallerClassStatus, PostgresMcpBinding, PostgresMcpBindingStatus, PrincipalKind, PrincipalStatus,
 };
 use serde_json::json;
 
@@ -85,13 +85,40 @@ fn database_steps(
             ),
         ],
         Ok(report) => {
-            let ready = if report.missing.is_empty() {
+            // What is missing, the classes' named with their class.
+            let missing: Vec<String> = report
+                .missing
+                .iter()
+                .cloned()
+                .chain(report.callers.iter().flat_map(|class| {
+                    class
+                        .missing
+                        .iter()
+                        .map(move |m| format!("{m} (caller class {})", class.name))
+                }))
+                .collect();
+            let ready = if missing.is_empty() {
+                let classes = if report.callers.is_empty() {
+                    String::new()
+                } else {
+                    let each: Vec<String> = report
+                        .callers
+                        .iter()
+                        .map(|c| {
+                            format!(
+                                "{} tables as caller class {} (role {})",
+                                c.grants.tables, c.name, c.role
+                            )
+                        })
+                        .collect();
+                    format!(", {}", each.join(", "))
+                };
                 Step::new(
                     ty::DATABASE_READY,
                     "True",
                     "GrantsMatch",
                     format!(
-                        "role {role} can read {} tables in database {db}; its privileges match the spec",
+                        "role {role} can read {} tables in database {db}{classes}; its privileges match the spec",
                         report.grants.tables
                     ),
                 )
@@ -102,11 +129,18 @@ fn database_steps(
                     "NotFound",
                     format!(
                         "database {db} has no {}: the rest is granted, and these will be once they exist",
-                        report.missing.join(", ")
+                        missing.join(", ")
                     ),
                 )
             };
-            let read_only = read_only_step(role, db, &report.read_only);
+            let mut probed = vec![(role.to_owned(), &report.read_only)];
+            probed.extend(report.callers.iter().map(|c| {
+                (
+                    format!("{} (caller class {})", c.role, c.name),
+                    &c.read_only,
+                )
+            }));
+            let read_only = read_only_step(db, &probed);
             [ready, read_only]
         }
     }
@@ -116,52 +150,75 @@ fn database_steps(
 /// at 32 KiB, and a status that exceeds it is refused as a whole.
 const MAX_FINDINGS_CHARS: usize = 8 * 1024;
 
-/// ReadOnlyVerified: `ReadOnly`, else `CanWrite` (any way to write) or `ReadsBeyondGrants`,
-/// naming each finding with its fix.
-fn read_only_step(role: &str, db: &str, found: &crate::database::probe::Findings) -> Step {
-    if found.is_read_only() {
-        let temp = if found.temp_through_public {
+/// ReadOnlyVerified over the binding's role and each caller class's (`probed`: each named as
+/// the message names it, with what its probe found): `ReadOnly`, else `CanWrite` (any way to
+/// write) or `ReadsBeyondGrants`, naming each role at fault and each finding with its fix.
+fn read_only_step(db: &str, probed: &[(String, &crate::database::probe::Findings)]) -> Step {
+    let faulty: Vec<&(String, &crate::database::probe::Findings)> =
+        probed.iter().filter(|(_, f)| !f.is_read_only()).collect();
+    if faulty.is_empty() {
+        let temp = if probed.iter().any(|(_, f)| f.temp_through_public) {
             format!(
                 "; it can create temporary tables through PUBLIC's default TEMPORARY privilege on database {db}, which the MCP server's read-only transactions refuse (REVOKE TEMPORARY ON DATABASE {db} FROM PUBLIC removes it)"
             )
         } else {
             String::new()
         };
+        let roles = match probed {
+            [(role, _)] => format!("role {role} can"),
+            [(role, _), classes @ ..] => format!(
+                "role {role} and the roles of its caller classes ({}) can each",
+                classes
+                    .iter()
+                    .map(|(name, _)| name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            [] => "no role can".to_owned(),
+        };
         return Step::new(
             ty::READ_ONLY_VERIFIED,
             "True",
             "ReadOnly",
             format!(
-                "role {role} can only read what the binding grants: no write privilege, no CREATE, no ownership, no privileged attribute or membership, no large object, no SECURITY DEFINER function outside spec.access.functions{temp}"
+                "{roles} only read what the binding grants: no write privilege, no CREATE, no ownership, no privileged attribute or membership, no large object, no SECURITY DEFINER function outside spec.access.functions{temp}"
             ),
         );
     }
-    let (reason, what) = if found.write.is_empty() {
-        (
-            "ReadsBeyondGrants",
-            "can read beyond what the binding grants",
-        )
+    let reason = if faulty.iter().all(|(_, f)| f.write.is_empty()) {
+        "ReadsBeyondGrants"
     } else {
-        ("CanWrite", "can write")
+        "CanWrite"
     };
-    let mut items = String::new();
-    let all: Vec<&String> = found.write.iter().chain(&found.beyond_grants).collect();
-    for (i, item) in all.iter().enumerate() {
-        if items.len() + item.len() > MAX_FINDINGS_CHARS {
-            items.push_str(&format!("; and {} more findings", all.len() - i));
-            break;
+    let total: usize = faulty
+        .iter()
+        .map(|(_, f)| f.write.len() + f.beyond_grants.len())
+        .sum();
+    let mut shown = 0;
+    let mut message = String::new();
+    'roles: for (role, found) in &faulty {
+        let what = if found.write.is_empty() {
+            "can read beyond what the binding grants"
+        } else {
+            "can write"
+        };
+        if !message.is_empty() {
+            message.push_str(". ");
         }
-        if i > 0 {
-            items.push_str("; ");
+        message.push_str(&format!("role {role} {what}: it "));
+        for (i, item) in found.write.iter().chain(&found.beyond_grants).enumerate() {
+            if message.len() + item.len() > MAX_FINDINGS_CHARS {
+                message.push_str(&format!("; and {} more findings", total - shown));
+                break 'roles;
+            }
+            if i > 0 {
+                message.push_str("; ");
+            }
+            message.push_str(item);
+            shown += 1;
         }
-        items.push_str(item);
     }
-    Step::new(
-        ty::READ_ONLY_VERIFIED,
-        "False",
-        reason,
-        format!("role {role} {what}: it {items}"),
-    )
+    Step::new(ty::READ_ONLY_VERIFIED, "False", reason, message)
 }
 
 fn steps(
@@ -405,6 +462,15 @@ pub fn compute(
             });
             if let Ok(report) = database {
                 status.grants = Some(report.grants.clone());
+                status.callers = report
+                    .callers
+                    .iter()
+                    .map(|c| CallerClassStatus {
+                        name: c.name.clone(),
+                        role: c.role.clone(),
+                        grants: c.grants.clone(),
+                    })
+                    .collect();
             }
             match &azure.federated_credential {
                 Some(Ok(ensured)) => {
@@ -549,6 +615,7 @@ mod tests {
             read_only: Default::default(),
             changed: None,
             repaired: false,
+            callers: Vec::new(),
         })
     }
 
@@ -874,6 +941,88 @@ mod tests {
             "{}",
             &flood.message[flood.message.len() - 40..]
         );
+    }
+
+    #[test]
+    fn caller_classes_are_reported_each_with_its_role_and_named_when_at_fault() {
+        let mut b = entra();
+        crate::controller::build::tests::with_callers(&mut b);
+        let class = |name: &str, tables: i32| database::ClassReport {
+            name: name.to_owned(),
+            role: format!("inventory-mcp__{name}"),
+            grants: pgmcp_crds::v1alpha1::GrantsStatus {
+                tables,
+                fingerprint: name.to_owned(),
+                last_repair_time: None,
+                repairs: 0,
+            },
+            missing: Vec::new(),
+            read_only: Default::default(),
+            changed: None,
+            repaired: false,
+            membership: Vec::new(),
+        };
+        let with = |edit: &dyn Fn(&mut database::Report)| {
+            let mut report = granted();
+            if let Ok(report) = &mut report {
+                report.grants.tables = 0;
+                report.callers = vec![class("support", 2), class("finance", 5)];
+                edit(report);
+            }
+            applied(&b, &deployment(2, "True"), &report, 100)
+        };
+
+        let status = with(&|_| {});
+        assert_eq!(
+            status
+                .callers
+                .iter()
+                .map(|c| (c.name.as_str(), c.role.as_str(), c.grants.tables))
+                .collect::<Vec<_>>(),
+            [
+                ("support", "inventory-mcp__support", 2),
+                ("finance", "inventory-mcp__finance", 5)
+            ]
+        );
+        assert_eq!(
+            get(&status, "DatabaseReady").message,
+            "role inventory-mcp can read 0 tables in database inventory, 2 tables as caller class support (role inventory-mcp__support), 5 tables as caller class finance (role inventory-mcp__finance); its privileges match the spec"
+        );
+        let verified = get(&status, "ReadOnlyVerified");
+        assert_eq!(verified.status, "True");
+        assert!(
+            verified.message.starts_with("role inventory-mcp and the roles of its caller classes (inventory-mcp__support (caller class support), inventory-mcp__finance (caller class finance)) can each only read"),
+            "{}",
+            verified.message
+        );
+
+        let status = with(&|r| {
+            r.callers[1].missing = vec!["schema sales".to_owned()];
+            r.callers[1].read_only.write =
+                vec!["has CREATE on schema sales through PUBLIC (…)".to_owned()];
+        });
+        let ready = get(&status, "DatabaseReady");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "NotFound")
+        );
+        assert_eq!(
+            ready.message,
+            "database inventory has no schema sales (caller class finance): the rest is granted, and these will be once they exist"
+        );
+        let verified = get(&status, "ReadOnlyVerified");
+        assert_eq!(
+            (verified.status.as_str(), verified.reason.as_str()),
+            ("False", "CanWrite")
+        );
+        assert_eq!(
+            verified.message,
+            "role inventory-mcp__finance (caller class finance) can write: it has CREATE on schema sales through PUBLIC (…)"
+        );
+
+        // A class removed from the spec leaves status.callers.
+        let status = with(&|r| r.callers.truncate(1));
+        assert_eq!(status.callers.len(), 1);
     }
 
     #[test]

@@ -446,6 +446,15 @@ mod tests {
     }
 
     #[test]
+    fn caller_classes_without_default_grants_are_accepted() {
+        let mut binding = binding("azure-entra.yaml");
+        crate::controller::build::tests::with_callers(&mut binding);
+        let valid = validate(&binding, &Inputs::default()).unwrap();
+        assert!(valid.spec.access.grants.is_empty());
+        assert_eq!(valid.spec.access.callers.len(), 2);
+    }
+
+    #[test]
     fn both_identities_are_refused() {
         let mut binding = binding("azure-entra-foundry.yaml");
         binding.spec.identity.password = self::binding("password.yaml").spec.identity.password;

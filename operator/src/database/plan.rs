@@ -96,6 +96,9 @@ pub struct Request {
     pub default_privileges: bool,
     /// The administrator the operator connects as: tables it creates later are covered too.
     pub admin: String,
+    /// The spec field the grants come from (`spec.access.grants`, or a caller class's), for
+    /// messages that tell the user what to change.
+    pub field: String,
 }
 
 /// The desired privileges, and what the spec names that the catalog lacks.
@@ -359,6 +362,7 @@ mod tests {
             ],
             default_privileges: true,
             admin: "postgres".to_owned(),
+            field: "spec.access.grants".to_owned(),
         }
     }
 

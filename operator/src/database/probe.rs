@@ -12,6 +12,7 @@
 //!
 //! ```text
 //! attribute      SUPERUSER, CREATEROLE, CREATEDB, REPLICATION; BYPASSRLS (reads past row security)
+//! class          (the login role) inheriting the privileges of a caller class role
 //! member         pg_write_all_data, pg_write_server_files, pg_execute_server_program,
 //!                pg_signal_backend, pg_signal_autovacuum_worker, pg_checkpoint, pg_maintain,
 //!                pg_create_subscription, azure_pg_admin; pg_read_all_data,
@@ -28,6 +29,10 @@
 //! parameter      (PostgreSQL 15+) ALTER SYSTEM on any parameter; SET on one only superusers may
 //!                set (lo_compat_privileges, session_replication_role, ...)
 //! ```
+//!
+//! The binding's caller class roles are left out of what the login role reaches: the login role
+//! is a member of each (the MCP server switches to it per request), and each class role is
+//! probed on its own. What is checked instead is that the login role does not inherit them.
 //!
 //! Objects owned by the role (or a role it is a member of) are reported once, as owned, not again
 //! for the privileges ownership brings. Each list stops at [`LIST_LIMIT`] entries and says how
@@ -139,9 +144,13 @@ UNION ALL
     };
     format!(
         r"WITH RECURSIVE me AS (SELECT to_regrole($1) AS oid),
--- The role and every role it is a member of, whatever the membership's options.
+-- The binding's caller class roles ($4, quoted), probed on their own.
+excluded AS (SELECT to_regrole(x) AS oid FROM unnest($4::text[]) AS x WHERE to_regrole(x) IS NOT NULL),
+-- The role and every role it is a member of, whatever the membership's options, except the
+-- caller class roles and what is reached only through them.
 reach AS (SELECT me.oid FROM me WHERE me.oid IS NOT NULL
-          UNION SELECT m.roleid FROM reach JOIN pg_auth_members m ON m.member = reach.oid),
+          UNION SELECT m.roleid FROM reach JOIN pg_auth_members m ON m.member = reach.oid
+                WHERE m.roleid NOT IN (SELECT oid FROM excluded)),
 allowed AS (SELECT a.schema, a.name FROM unnest($2::text[], $3::text[]) AS a(schema, name)),
 db AS (SELECT d.oid, d.datname, d.datdba, d.datacl FROM pg_database d WHERE d.datname = current_database()),
 -- Members of these predefined roles hold those privileges on every table: named once, as members.
@@ -158,13 +167,24 @@ UNION ALL
 -- holders: the role's own memberships that lead there
 SELECT 'member', quote_ident(p.rolname), '', ARRAY[]::text[],
        ARRAY(SELECT DISTINCT quote_ident(pg_get_userbyid(m.roleid)) FROM pg_auth_members m
-             WHERE m.member = me.oid AND pg_has_role(m.roleid, p.oid, 'MEMBER') ORDER BY 1),
+             WHERE m.member = me.oid AND m.roleid NOT IN (SELECT oid FROM excluded)
+               AND pg_has_role(m.roleid, p.oid, 'MEMBER') ORDER BY 1),
        NULL, 0
 FROM me CROSS JOIN pg_roles p
 WHERE p.rolname IN ('pg_read_all_data', 'pg_read_server_files', 'pg_write_all_data', 'pg_write_server_files',
                     'pg_execute_server_program', 'pg_signal_backend', 'pg_signal_autovacuum_worker',
                     'pg_checkpoint', 'pg_maintain', 'pg_create_subscription', 'azure_pg_admin')
-  AND pg_has_role(me.oid, p.oid, 'MEMBER')
+  AND p.oid IN (SELECT oid FROM reach)
+UNION ALL
+-- A caller class role whose privileges the role uses without SET ROLE; holders: the role's own
+-- memberships in other roles that inherit it (none: its own membership in it inherits)
+SELECT 'class', quote_ident(pg_get_userbyid(e.oid)), '', ARRAY[]::text[],
+       ARRAY(SELECT DISTINCT quote_ident(pg_get_userbyid(m.roleid)) FROM pg_auth_members m
+             WHERE m.member = me.oid AND m.roleid NOT IN (SELECT oid FROM excluded)
+               AND pg_has_role(m.roleid, e.oid, 'USAGE') ORDER BY 1),
+       NULL, 0
+FROM me CROSS JOIN excluded e
+WHERE pg_has_role(me.oid, e.oid, 'USAGE')
 UNION ALL
 (SELECT 'table', t.object, t.target, t.privileges, h.names, NULL, t.total
  FROM me CROSS JOIN (
@@ -231,7 +251,8 @@ UNION ALL
    SELECT i.type || ' ' || i.identity AS object, quote_ident(pg_get_userbyid(s.refobjid)) AS owner,
           CASE WHEN s.refobjid = me.oid THEN ARRAY['']
                ELSE ARRAY(SELECT DISTINCT quote_ident(pg_get_userbyid(m.roleid)) FROM pg_auth_members m
-                          WHERE m.member = me.oid AND pg_has_role(m.roleid, s.refobjid, 'MEMBER') ORDER BY 1) END AS via,
+                          WHERE m.member = me.oid AND m.roleid NOT IN (SELECT oid FROM excluded)
+                            AND pg_has_role(m.roleid, s.refobjid, 'MEMBER') ORDER BY 1) END AS via,
           count(*) OVER () AS total
    FROM me CROSS JOIN db CROSS JOIN pg_shdepend s
      CROSS JOIN LATERAL pg_identify_object(s.classid, s.objid, s.objsubid) i
@@ -272,13 +293,21 @@ struct Found {
 
 /// Everything that lets `role` write, or read more than the binding grants, with
 /// `allowed` SECURITY DEFINER functions accepted.
+///
+/// `classes`: the binding's caller class roles, when `role` is the binding's login role. It is
+/// a member of each so the MCP server can `SET LOCAL ROLE` to it; what a class role may do is
+/// its own probe's to report, so those memberships are not followed here. That the role does
+/// not *inherit* a class role's privileges (a statement that does not switch role would read
+/// what the class reads) is checked instead, and reported as reading beyond its grants.
 pub async fn read_only(
     client: &impl GenericClient,
     role: &str,
     allowed: &[AllowedFunction],
+    classes: &[String],
 ) -> Result<Findings, tokio_postgres::Error> {
     let schemas: Vec<&str> = allowed.iter().map(|f| f.schema.as_str()).collect();
     let names: Vec<&str> = allowed.iter().map(|f| f.name.as_str()).collect();
+    let classes: Vec<String> = classes.iter().map(|c| quote(c)).collect();
     let version: i32 = client
         .query_one("SELECT current_setting('server_version_num')::int", &[])
         .await?
@@ -289,7 +318,7 @@ pub async fn read_only(
         &PROBE
     };
     let rows = client
-        .query(probe.as_str(), &[&quote(role), &schemas, &names])
+        .query(probe.as_str(), &[&quote(role), &schemas, &names, &classes])
         .await?;
     let found = rows
         .iter()
@@ -442,6 +471,30 @@ fn judge(role: &str, found: Vec<Found>) -> Findings {
                         parents.join(", ")
                     ),
                     beyond,
+                )
+            }
+            "class" => {
+                let parents: Vec<&str> = f.holders.iter().flatten().map(String::as_str).collect();
+                let (path, fix) = if parents.is_empty() {
+                    (
+                        " through its own membership in it".to_owned(),
+                        format!(
+                            "GRANT {} TO {who} WITH INHERIT FALSE, or ALTER ROLE {who} NOINHERIT before PostgreSQL 16",
+                            f.object
+                        ),
+                    )
+                } else {
+                    (
+                        format!(" through role {}", parents.join(" and role ")),
+                        format!("REVOKE {} FROM {who}", parents.join(", ")),
+                    )
+                };
+                (
+                    format!(
+                        "inherits the privileges of caller class role {}{path}, so a statement that does not switch role reads what the class reads ({fix})",
+                        f.object
+                    ),
+                    true,
                 )
             }
             "database" if f.privileges == ["TEMPORARY"] => {
@@ -775,6 +828,31 @@ mod tests {
             ]
         );
         assert!(findings.temp_through_public);
+    }
+
+    #[test]
+    fn inheriting_a_caller_class_role_is_reading_beyond_the_grants() {
+        let found = vec![
+            row("class", "shop_r__support", "", &[], &[], None, 0),
+            row(
+                "class",
+                "shop_r__finance",
+                "",
+                &[],
+                &[Some("staff")],
+                None,
+                0,
+            ),
+        ];
+        let findings = judge("shop_r", found);
+        assert!(findings.write.is_empty());
+        assert_eq!(
+            findings.beyond_grants,
+            [
+                "inherits the privileges of caller class role shop_r__support through its own membership in it, so a statement that does not switch role reads what the class reads (GRANT shop_r__support TO \"shop_r\" WITH INHERIT FALSE, or ALTER ROLE \"shop_r\" NOINHERIT before PostgreSQL 16)",
+                "inherits the privileges of caller class role shop_r__finance through role staff, so a statement that does not switch role reads what the class reads (REVOKE staff FROM \"shop_r\")",
+            ]
+        );
     }
 
     #[test]
