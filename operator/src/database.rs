@@ -368,6 +368,20 @@ pub async fn create_principal(
             .map_err(sql(&format!("create role {role}")))?;
         }
     }
+    let oid = mark_and_commit(admin, database, tx, role, marker).await?;
+    admin.release(database, client);
+    Ok(oid)
+}
+
+/// Marks the role just created in `tx` as the binding's, commits, and returns its oid.
+async fn mark_and_commit(
+    admin: &Admin<'_>,
+    database: &str,
+    tx: tokio_postgres::Transaction<'_>,
+    role: &str,
+    marker: &str,
+) -> Result<u32, Error> {
+    let sql = |action: &str| admin.sql(database, action.to_owned());
     tx.batch_execute(&format!(
         "COMMENT ON ROLE {} IS {}",
         quote(role),
@@ -384,7 +398,6 @@ pub async fn create_principal(
         .await
         .map_err(sql(&format!("commit the creation of role {role}")))?;
     admin.metrics.sql_statements("role", 2);
-    admin.release(database, client);
     Ok(oid)
 }
 
@@ -405,23 +418,12 @@ pub async fn create_class_role(
         .await
         .map_err(sql("begin a transaction"))?;
     tx.batch_execute(&format!(
-        "CREATE ROLE {} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
-         COMMENT ON ROLE {} IS {}",
+        "CREATE ROLE {} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS",
         quote(role),
-        quote(role),
-        literal(marker)
     ))
     .await
     .map_err(sql(&format!("create caller class role {role}")))?;
-    let oid: u32 = tx
-        .query_one("SELECT oid FROM pg_roles WHERE rolname = $1", &[&role])
-        .await
-        .map_err(sql(&format!("read the oid of role {role}")))?
-        .get(0);
-    tx.commit()
-        .await
-        .map_err(sql(&format!("commit the creation of role {role}")))?;
-    admin.metrics.sql_statements("role", 2);
+    let oid = mark_and_commit(admin, database, tx, role, marker).await?;
     admin.release(database, client);
     Ok(oid)
 }

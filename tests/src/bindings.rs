@@ -109,3 +109,46 @@ pub async fn apply_password_example(ns: &crate::TestNamespace) -> crate::TestDat
     );
     db
 }
+
+/// What the operator's database tests start from: a namespace with the admin Secret, a
+/// database with the shop data plus a schema no example grants (`hr.salaries`), the role name
+/// the binding will use, and an operator watching the namespace.
+#[allow(missing_debug_implementations)] // the operator process has no useful Debug
+pub struct ShopFixture {
+    pub ns: crate::TestNamespace,
+    pub db: crate::TestDatabase,
+    pub role: String,
+    pub operator: crate::operator::Operator,
+}
+
+impl ShopFixture {
+    pub async fn start(test: &str, operator_args: &[&str]) -> Self {
+        let env = crate::TestEnv::shared();
+        let pg = crate::Postgres::shared();
+        let ns = env.namespace(test).await.expect("namespace");
+        let db = pg.create_database(test).await.expect("database");
+        let shop =
+            std::fs::read_to_string(crate::paths::workspace_root().join("tests/fixtures/shop.sql"))
+                .expect("tests/fixtures/shop.sql");
+        let admin = db.connect().await.expect("connect");
+        admin.batch_execute(&shop).await.expect("load the shop");
+        admin
+            .batch_execute(
+                "CREATE SCHEMA hr; CREATE TABLE hr.salaries (id int, amount numeric);
+                 INSERT INTO hr.salaries VALUES (1, 100);",
+            )
+            .await
+            .expect("create hr.salaries");
+        create_admin_secret(&ns, pg);
+        let operator = crate::operator::Operator::start(env, &ns.name, test, operator_args)
+            .await
+            .expect("start the operator");
+        let role = format!("{}_r", db.name);
+        ShopFixture {
+            ns,
+            db,
+            role,
+            operator,
+        }
+    }
+}

@@ -583,6 +583,25 @@ fn sign(key: &SigningKey, claims: &Value) -> anyhow::Result<String> {
     Ok(jsonwebtoken::encode(&header, claims, &key.encoding)?)
 }
 
+/// `claims` signed with `t`'s current key, or the 500 Entra would answer.
+#[allow(clippy::result_large_err)] // the response as sent, as the token endpoint's refusals
+fn sign_current(t: &Tenant, claims: &Value) -> Result<String, Response> {
+    let failed = |message: &str| {
+        aad_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            0,
+            message,
+        )
+    };
+    let key = t
+        .keys
+        .iter()
+        .find(|k| k.kid == t.current)
+        .ok_or_else(|| failed("no signing key"))?;
+    sign(key, claims).map_err(|e| failed(&format!("signing failed: {e}")))
+}
+
 /// An Entra-style error: `AADSTSnnnn: message` plus trace ids, as JSON.
 fn aad_error(status: StatusCode, error: &str, code: u32, message: &str) -> Response {
     let trace = random_id();
@@ -953,22 +972,7 @@ async fn exchange(
         claims["appid"] = json!(app.client_id);
         claims["ver"] = json!("1.0");
     }
-    let key = t.keys.iter().find(|k| k.kid == t.current).ok_or_else(|| {
-        aad_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "server_error",
-            0,
-            "no signing key",
-        )
-    })?;
-    let access_token = sign(key, &claims).map_err(|e| {
-        aad_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "server_error",
-            0,
-            &format!("signing failed: {e}"),
-        )
-    })?;
+    let access_token = sign_current(t, &claims)?;
     Ok(Issued {
         tenant: tenant.to_owned(),
         client_id: app.client_id.clone(),
@@ -1081,22 +1085,7 @@ fn password_grant(
         claims["unique_name"] = json!(user.user_principal_name);
         claims["ver"] = json!("1.0");
     }
-    let key = t.keys.iter().find(|k| k.kid == t.current).ok_or_else(|| {
-        aad_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "server_error",
-            0,
-            "no signing key",
-        )
-    })?;
-    let access_token = sign(key, &claims).map_err(|e| {
-        aad_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "server_error",
-            0,
-            &format!("signing failed: {e}"),
-        )
-    })?;
+    let access_token = sign_current(t, &claims)?;
     Ok(Issued {
         tenant: tenant.to_owned(),
         client_id: client.client_id.clone(),

@@ -18,55 +18,29 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use pgmcp_crds::v1alpha1::PostgresMcpBinding;
 use pgmcp_tests::bindings::{
-    condition, create_admin_secret, kubectl_apply, kubectl_ok, password_example, wait_condition,
+    ShopFixture, condition, kubectl_apply, kubectl_ok, password_example, wait_condition,
 };
-use pgmcp_tests::operator::Operator;
-use pgmcp_tests::{Postgres, TestDatabase, TestEnv, TestNamespace, eventually, wait_for};
+use pgmcp_tests::{eventually, wait_for};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(45);
 const NAME: &str = "shop";
 const FINANCE_OID: &str = "44444444-4444-4444-4444-444444444444";
 
-/// A namespace, a database with the shop data and an `hr` schema, and an operator watching the
-/// namespace.
-struct Fixture {
-    ns: TestNamespace,
-    db: TestDatabase,
-    role: String,
-    operator: Operator,
+/// The shared start (`ShopFixture`), with this file's helpers.
+struct Fixture(ShopFixture);
+
+impl std::ops::Deref for Fixture {
+    type Target = ShopFixture;
+
+    fn deref(&self) -> &ShopFixture {
+        &self.0
+    }
 }
 
 impl Fixture {
     async fn start(test: &str, operator_args: &[&str]) -> Self {
-        let env = TestEnv::shared();
-        let pg = Postgres::shared();
-        let ns = env.namespace(test).await.unwrap();
-        let db = pg.create_database(test).await.unwrap();
-        let shop = std::fs::read_to_string(
-            pgmcp_tests::paths::workspace_root().join("tests/fixtures/shop.sql"),
-        )
-        .unwrap();
-        let admin = db.connect().await.unwrap();
-        admin.batch_execute(&shop).await.unwrap();
-        admin
-            .batch_execute(
-                "CREATE SCHEMA hr; CREATE TABLE hr.salaries (id int, amount numeric);
-                 INSERT INTO hr.salaries VALUES (1, 100);",
-            )
-            .await
-            .unwrap();
-        create_admin_secret(&ns, pg);
-        let operator = Operator::start(env, &ns.name, test, operator_args)
-            .await
-            .unwrap();
-        let role = format!("{}_r", db.name);
-        Fixture {
-            ns,
-            db,
-            role,
-            operator,
-        }
+        Fixture(ShopFixture::start(test, operator_args).await)
     }
 
     /// The password example with Entra caller authentication and `callers`; `grants` the
