@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::pgbench::PgbenchResult;
-use super::servers::{Op, Peer, Target, Transport};
+use super::servers::{Auth, Op, Peer, Target, Transport};
 use super::{Results, TargetRun};
 
 pub const BEGIN: &str = "<!-- mcp:begin -->";
@@ -62,10 +62,11 @@ pub fn render(r: &Results) -> String {
 
     // pgbench comparison.
     let _ = writeln!(out, "### `query` PK lookup against pgbench -S\n");
+    // Without caller authentication, like pgbench.
     let pgmcp_targets: Vec<&TargetRun> = r
         .targets
         .iter()
-        .filter(|t| t.target.peer == Peer::Pgmcp)
+        .filter(|t| t.target.peer == Peer::Pgmcp && t.target.auth == Auth::Open)
         .collect();
     let mut header = String::from("| clients | pgbench -S TPS | pgbouncer + pgbench -S TPS |");
     let mut rule = String::from("| ---: | ---: | ---: |");
@@ -169,13 +170,7 @@ fn pgbench_row(
 }
 
 fn targets(out: &mut String, r: &Results) {
-    let Some(http) = r.targets.iter().find(|t| {
-        t.target
-            == Target {
-                peer: Peer::Pgmcp,
-                transport: Transport::Http,
-            }
-    }) else {
+    let Some(http) = find(r, Target::open(Peer::Pgmcp, Transport::Http)) else {
         return;
     };
     let _ = writeln!(out, "### Targets (pgmcp over HTTP)\n");
@@ -303,6 +298,11 @@ fn targets(out: &mut String, r: &Results) {
     let _ = writeln!(out);
 }
 
+/// The run of `target`, if it ran.
+fn find(r: &Results, target: Target) -> Option<&TargetRun> {
+    r.targets.iter().find(|t| t.target == target)
+}
+
 fn all_results(out: &mut String, r: &Results) {
     let _ = writeln!(out, "### All results\n");
     let _ = writeln!(
@@ -419,15 +419,7 @@ fn ratios(out: &mut String, r: &Results) {
         return;
     }
     // pgmcp's run on the transport a peer was measured on.
-    let pgmcp_on = |transport| {
-        r.targets.iter().find(|t| {
-            t.target
-                == Target {
-                    peer: Peer::Pgmcp,
-                    transport,
-                }
-        })
-    };
+    let pgmcp_on = |transport| find(r, Target::open(Peer::Pgmcp, transport));
     let _ = writeln!(out, "### pgmcp against each peer (same transport)\n");
     let _ = writeln!(
         out,
@@ -716,10 +708,7 @@ mod tests {
     /// pgmcp over `transport` answering `calls` PK lookups in one second at each client count.
     fn pgmcp(transport: Transport, levels: &[(usize, u64)]) -> TargetRun {
         TargetRun {
-            target: Target {
-                peer: Peer::Pgmcp,
-                transport,
-            },
+            target: Target::open(Peer::Pgmcp, transport),
             version: String::new(),
             levels: levels
                 .iter()
