@@ -478,9 +478,10 @@ fn caller_class_table(
             .collect();
         let _ = writeln!(
             out,
-            "\nWithin 10 %: {}; not within: {}. One run on a shared machine: the same binary's \
-             cells move by several per cent between runs, so a miss by a few per cent is worth \
-             a second run before it is believed.\n",
+            "\nWithin 10 %: {}; not within: {}. This is one run: on a shared machine the two rows \
+             have moved apart by up to a third between runs of the same binaries (BENCHMARKS.md, \
+             per-caller access), so compare several runs, alternating, before believing a hit \
+             or a miss.\n",
             if held.is_empty() {
                 "at no client count".to_owned()
             } else {
