@@ -137,7 +137,8 @@ bench-peers: ## Install the MCP servers bench-mcp compares with (npm, PyPI; cach
 
 # The MCP server (issue 9) against pgbench -S (directly and through pgbouncer, the one-hop limit)
 # and its peers on a seeded PostgreSQL of its own, with release builds; rewrites the MCP section
-# of BENCHMARKS.md. Extra flags:
+# of BENCHMARKS.md. pgmcp-http-entra and pgmcp-http-class are pgmcp with Entra caller authentication
+# (the bench hosts the Entra fake), without and with a caller class (issue 19). Extra flags:
 # BENCH_MCP_ARGS='--clients 1,8 --duration 5 --targets pgmcp-http,toolbox-http --soak 0'.
 .PHONY: bench-mcp
 bench-mcp: deps bench-peers ## The MCP server against its peers and pgbench (release builds, ~20 min); updates BENCHMARKS.md
@@ -146,7 +147,7 @@ bench-mcp: deps bench-peers ## The MCP server against its peers and pgbench (rel
 	target/release/pgmcp-bench-mcp --server-bin target/release/pgmcp-server $(BENCH_MCP_ARGS)
 
 .PHONY: bench-mcp-smoke
-bench-mcp-smoke: deps bins ## A few seconds of bench-mcp: pgmcp (HTTP, stdio) and pgbench (direct, through pgbouncer), soak with a restart; checks every tool answered
+bench-mcp-smoke: deps bins ## A few seconds of bench-mcp: pgmcp (HTTP, with a caller class, stateless, stdio) and pgbench (direct, through pgbouncer), soak with a restart; checks every tool answered
 	$(BIN_ENV) $(CARGO) run $(CARGO_FLAGS) --quiet -p pgmcp-bench --bin pgmcp-bench-mcp -- --smoke
 
 # Fuzzing and property tests (issue 10). The property tests (`properties` unit tests, and

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use http::header::{ACCEPT, CONTENT_TYPE, HOST};
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HOST};
 use http::{HeaderValue, Request};
 use http_body_util::{BodyExt as _, Full};
 use hyper::client::conn::http1::SendRequest;
@@ -85,12 +85,22 @@ pub struct HttpSession {
     next_id: u64,
     /// 2026-07-28: `_meta` in params and `Mcp-Method`/`Mcp-Name` headers instead of a session.
     stateless: bool,
+    /// `Bearer <token>`, sent with every request (a server with caller authentication).
+    authorization: Option<HeaderValue>,
 }
 
 impl HttpSession {
     /// Connects to `addr` and runs initialize + notifications/initialized.
     pub async fn open(addr: SocketAddr) -> anyhow::Result<Self> {
+        Self::open_as(addr, None).await
+    }
+
+    /// [`HttpSession::open`] with `Authorization: Bearer <token>` on every request.
+    pub async fn open_as(addr: SocketAddr, token: Option<&str>) -> anyhow::Result<Self> {
         let sender = connect(addr).await?;
+        let authorization = token
+            .map(|t| HeaderValue::from_str(&format!("Bearer {t}")))
+            .transpose()?;
         let mut session = Self {
             addr,
             host: HeaderValue::from_str(&addr.to_string())?,
@@ -99,6 +109,7 @@ impl HttpSession {
             protocol: HeaderValue::from_static(PROTOCOL_VERSION),
             next_id: 0,
             stateless: false,
+            authorization,
         };
         let (head, message) = session
             .post(&json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": initialize_params()}))
@@ -127,6 +138,7 @@ impl HttpSession {
             protocol: HeaderValue::from_static(STATELESS_VERSION),
             next_id: 0,
             stateless: true,
+            authorization: None,
         })
     }
 
@@ -190,6 +202,9 @@ impl HttpSession {
             .header("mcp-protocol-version", self.protocol.clone());
         if let Some(id) = &self.session_id {
             request = request.header("mcp-session-id", id.clone());
+        }
+        if let Some(authorization) = &self.authorization {
+            request = request.header(AUTHORIZATION, authorization.clone());
         }
         if let Some((method, name)) = routing {
             request = request.header("mcp-method", method);

@@ -5,6 +5,7 @@
 //!
 //! Every server, pgbouncer and PostgreSQL are children of this process and stopped by it.
 
+pub mod callers;
 pub mod client;
 pub mod load;
 pub mod pgbench;
@@ -23,7 +24,7 @@ use anyhow::Context as _;
 use pgmcp_tests::Postgres;
 
 use load::Measured;
-use servers::{Op, Paths, Peer, Running, Target, Transport};
+use servers::{Auth, Op, Paths, Peer, Running, Target, Transport};
 
 /// `pgmcp-bench-mcp` arguments.
 #[derive(clap::Parser, Debug, Clone)]
@@ -33,8 +34,10 @@ pub struct Options {
     /// checks that every tool answered; the report goes to target/bench-mcp-smoke.md.
     #[arg(long)]
     pub smoke: bool,
-    /// Servers to run (comma-separated): pgmcp-http, pgmcp-stdio, toolbox-http, toolbox-stdio,
-    /// server-postgres-stdio, postgres-mcp-stdio. Default: all that are installed.
+    /// Servers to run (comma-separated): pgmcp-http, pgmcp-http-entra (Entra caller
+    /// authentication), pgmcp-http-class (Entra and a caller class), pgmcp-stateless,
+    /// pgmcp-stdio, toolbox-http, toolbox-stdio, server-postgres-stdio, postgres-mcp-stdio.
+    /// Default: all that are installed.
     #[arg(long, value_delimiter = ',')]
     pub targets: Vec<String>,
     /// Concurrent sessions (and pgbench clients), comma-separated.
@@ -101,6 +104,7 @@ impl Options {
             if self.targets.is_empty() {
                 self.targets = vec![
                     "pgmcp-http".into(),
+                    "pgmcp-http-class".into(),
                     "pgmcp-stateless".into(),
                     "pgmcp-stdio".into(),
                 ];
@@ -170,7 +174,7 @@ pub async fn main(options: Options) -> anyhow::Result<()> {
         .join(" ");
     let options = options.effective();
     let root = pgmcp_tests::paths::workspace_root();
-    let paths = Paths {
+    let mut paths = Paths {
         pgmcp_server: options
             .server_bin
             .clone()
@@ -180,6 +184,7 @@ pub async fn main(options: Options) -> anyhow::Result<()> {
             .peers_dir
             .clone()
             .unwrap_or_else(|| pgmcp_tests::paths::cache_dir().join("bench")),
+        entra: None,
     };
     anyhow::ensure!(
         paths.pgmcp_server.exists(),
@@ -206,6 +211,10 @@ pub async fn main(options: Options) -> anyhow::Result<()> {
                 target.name()
             ));
         }
+    }
+
+    if targets.iter().any(|t| t.auth != Auth::Open) {
+        paths.entra = Some(Arc::new(callers::Entra::start().await?));
     }
 
     let scratch = tempfile::Builder::new()
@@ -278,10 +287,7 @@ pub async fn main(options: Options) -> anyhow::Result<()> {
 
     let soak = if options.soak > 0.0 && paths.installed(Peer::Pgmcp) {
         let duration = Duration::from_secs_f64(options.soak);
-        let target = Target {
-            peer: Peer::Pgmcp,
-            transport: Transport::Http,
-        };
+        let target = Target::open(Peer::Pgmcp, Transport::Http);
         let running = Running::start(target, &paths, &seeded, &dir).await?;
         let mut sessions = Vec::new();
         for _ in 0..options.soak_sessions {

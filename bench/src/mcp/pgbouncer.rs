@@ -241,6 +241,7 @@ mod tests {
             host: "127.0.0.1".into(),
             port: 5432,
             reader_password: "pw".into(),
+            login_password: "pw2".into(),
             accounts: 100_000,
             tables: 1,
             postgres_version: String::new(),

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::pgbench::PgbenchResult;
-use super::servers::{Op, Peer, Target, Transport};
+use super::servers::{Auth, Op, Peer, Target, Transport};
 use super::{Results, TargetRun};
 
 pub const BEGIN: &str = "<!-- mcp:begin -->";
@@ -62,10 +62,12 @@ pub fn render(r: &Results) -> String {
 
     // pgbench comparison.
     let _ = writeln!(out, "### `query` PK lookup against pgbench -S\n");
+    // Without caller authentication, like pgbench; the authenticated targets have their own
+    // table (per-caller access).
     let pgmcp_targets: Vec<&TargetRun> = r
         .targets
         .iter()
-        .filter(|t| t.target.peer == Peer::Pgmcp)
+        .filter(|t| t.target.peer == Peer::Pgmcp && t.target.auth == Auth::Open)
         .collect();
     let mut header = String::from("| clients | pgbench -S TPS | pgbouncer + pgbench -S TPS |");
     let mut rule = String::from("| ---: | ---: | ---: |");
@@ -113,6 +115,7 @@ pub fn render(r: &Results) -> String {
     );
 
     targets(&mut out, r);
+    caller_class(&mut out, r);
     all_results(&mut out, r);
     memory(&mut out, r);
     ratios(&mut out, r);
@@ -169,13 +172,7 @@ fn pgbench_row(
 }
 
 fn targets(out: &mut String, r: &Results) {
-    let Some(http) = r.targets.iter().find(|t| {
-        t.target
-            == Target {
-                peer: Peer::Pgmcp,
-                transport: Transport::Http,
-            }
-    }) else {
+    let Some(http) = find(r, Target::open(Peer::Pgmcp, Transport::Http)) else {
         return;
     };
     let _ = writeln!(out, "### Targets (pgmcp over HTTP)\n");
@@ -243,6 +240,21 @@ fn targets(out: &mut String, r: &Results) {
             );
         }
     }
+    if let Some((twin, class)) = class_and_twin(r) {
+        let costs = class_costs(twin, class);
+        if !costs.is_empty() {
+            let _ = writeln!(
+                out,
+                "| `query` PK lookup with caller class within 10 % of without (class ÷ Entra twin: calls/s ≥ 0.90×, server CPU per call ≤ 1.10×) | {} | {} |",
+                costs
+                    .iter()
+                    .map(|c| format!("{:.2}× / {:.2}× at {}", c.calls, c.cpu, c.clients))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                verdict(costs.iter().all(ClassCost::within_ten_percent))
+            );
+        }
+    }
     if let Some(idle) = http.levels.iter().map(|l| l.idle_rss_kib).max() {
         let _ = writeln!(
             out,
@@ -301,6 +313,187 @@ fn targets(out: &mut String, r: &Results) {
         }
     }
     let _ = writeln!(out);
+}
+
+/// The run of `target`, if it ran.
+fn find(r: &Results, target: Target) -> Option<&TargetRun> {
+    r.targets.iter().find(|t| t.target == target)
+}
+
+/// `pgmcp (HTTP, Entra)` and `pgmcp (HTTP, Entra, caller class)`, when the class target ran
+/// (the twin is `None` when it did not).
+fn class_and_twin(r: &Results) -> Option<(Option<&TargetRun>, &TargetRun)> {
+    let authenticated = |auth| Target {
+        peer: Peer::Pgmcp,
+        transport: Transport::Http,
+        auth,
+    };
+    let class = find(r, authenticated(Auth::CallerClass))?;
+    Some((find(r, authenticated(Auth::Entra)), class))
+}
+
+/// What the caller class costs at one client count: class ÷ its Entra twin, PK lookup.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct ClassCost {
+    clients: usize,
+    /// calls/s, class ÷ twin (below 1: the class is slower).
+    calls: f64,
+    /// Server CPU per call, class ÷ twin (above 1: the class costs more).
+    cpu: f64,
+}
+
+impl ClassCost {
+    /// Issue 19's target: the class's row within 10 % of the row without.
+    fn within_ten_percent(&self) -> bool {
+        self.calls >= 0.90 && self.cpu <= 1.10
+    }
+}
+
+/// [`ClassCost`] at every client count both targets measured.
+fn class_costs(twin: Option<&TargetRun>, class: &TargetRun) -> Vec<ClassCost> {
+    let Some(twin) = twin else {
+        return Vec::new();
+    };
+    class
+        .levels
+        .iter()
+        .filter_map(|l| {
+            let with = class.measured(l.clients, Op::PkLookup)?;
+            let without = twin.measured(l.clients, Op::PkLookup)?;
+            let cost = ClassCost {
+                clients: l.clients,
+                calls: with.calls_per_sec() / without.calls_per_sec(),
+                cpu: with.server_cpu_per_call_us() / without.server_cpu_per_call_us(),
+            };
+            (cost.calls.is_finite() && cost.cpu.is_finite()).then_some(cost)
+        })
+        .collect()
+}
+
+/// `query` PK lookup with a caller class next to its Entra twin (and pgmcp without
+/// authentication, when it ran), with the ratio issue 19 sets a target for.
+fn caller_class(out: &mut String, r: &Results) {
+    let Some((twin, class)) = class_and_twin(r) else {
+        return;
+    };
+    let open = find(r, Target::open(Peer::Pgmcp, Transport::Http));
+    caller_class_table(out, open, twin, class);
+}
+
+fn caller_class_table(
+    out: &mut String,
+    open: Option<&TargetRun>,
+    twin: Option<&TargetRun>,
+    class: &TargetRun,
+) {
+    let _ = writeln!(
+        out,
+        "### Per-caller access: `query` PK lookup with a caller class
+"
+    );
+    let _ = writeln!(
+        out,
+        "{} and {} serve the same database with the same Entra caller authentication (a bearer \
+         token from the Entra fake this process hosts on every request). With the class, the \
+         server logs in as a NOINHERIT role with CONNECT only, as the operator makes it, and \
+         each statement runs as the class's role (which holds the reader's grants) with the \
+         caller's claims: `set_config('role', …, true)` and `set_config('pgmcp.caller', …, true)` \
+         in the statement's own pipeline, and a check after it. The target: the class's row \
+         within 10 % of the row without — class ÷ no class ≥ 0.90× in calls/s and ≤ 1.10× in \
+         server CPU per call.\n",
+        Target {
+            auth: Auth::Entra,
+            ..class.target
+        }
+        .name(),
+        class.target.name()
+    );
+    let _ = writeln!(
+        out,
+        "| clients | row | calls/s | p50 ms | p99 ms | server CPU/call µs | class ÷ no class, calls/s | class ÷ no class, CPU/call |"
+    );
+    let _ = writeln!(
+        out,
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    let costs = class_costs(twin, class);
+    let row = |out: &mut String,
+               clients: usize,
+               label: &str,
+               run: Option<&TargetRun>,
+               cost: Option<&ClassCost>| {
+        let Some(m) = run.and_then(|t| t.measured(clients, Op::PkLookup)) else {
+            return;
+        };
+        let _ = writeln!(
+            out,
+            "| {clients} | {label} | {:.0} | {:.2} | {:.2} | {:.0} | {} | {} |",
+            m.calls_per_sec(),
+            m.percentile_ms(50.0),
+            m.percentile_ms(99.0),
+            m.server_cpu_per_call_us(),
+            cost.map_or("".into(), |c| format!("{:.2}×", c.calls)),
+            cost.map_or("".into(), |c| format!("{:.2}×", c.cpu)),
+        );
+    };
+    for l in &class.levels {
+        let cost = costs.iter().find(|c| c.clients == l.clients);
+        row(
+            out,
+            l.clients,
+            "query PK lookup, no authentication",
+            open,
+            None,
+        );
+        row(
+            out,
+            l.clients,
+            "query PK lookup, Entra, no class",
+            twin,
+            None,
+        );
+        row(
+            out,
+            l.clients,
+            "**query PK lookup with caller class**",
+            Some(class),
+            cost,
+        );
+    }
+    if costs.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nNo ratio: the Entra twin (`--targets pgmcp-http-entra`) did not run.\n"
+        );
+    } else {
+        let held: Vec<String> = costs
+            .iter()
+            .filter(|c| c.within_ten_percent())
+            .map(|c| c.clients.to_string())
+            .collect();
+        let missed: Vec<String> = costs
+            .iter()
+            .filter(|c| !c.within_ten_percent())
+            .map(|c| c.clients.to_string())
+            .collect();
+        let _ = writeln!(
+            out,
+            "\nWithin 10 %: {}; not within: {}. This is one run: on a shared machine the two rows \
+             have moved apart by up to a third between runs of the same binaries (BENCHMARKS.md, \
+             per-caller access), so compare several runs, alternating, before believing a hit \
+             or a miss.\n",
+            if held.is_empty() {
+                "at no client count".to_owned()
+            } else {
+                format!("at {} clients", held.join(", "))
+            },
+            if missed.is_empty() {
+                "none".to_owned()
+            } else {
+                format!("at {} clients", missed.join(", "))
+            }
+        );
+    }
 }
 
 fn all_results(out: &mut String, r: &Results) {
@@ -419,15 +612,7 @@ fn ratios(out: &mut String, r: &Results) {
         return;
     }
     // pgmcp's run on the transport a peer was measured on.
-    let pgmcp_on = |transport| {
-        r.targets.iter().find(|t| {
-            t.target
-                == Target {
-                    peer: Peer::Pgmcp,
-                    transport,
-                }
-        })
-    };
+    let pgmcp_on = |transport| find(r, Target::open(Peer::Pgmcp, transport));
     let _ = writeln!(out, "### pgmcp against each peer (same transport)\n");
     let _ = writeln!(
         out,
@@ -716,10 +901,7 @@ mod tests {
     /// pgmcp over `transport` answering `calls` PK lookups in one second at each client count.
     fn pgmcp(transport: Transport, levels: &[(usize, u64)]) -> TargetRun {
         TargetRun {
-            target: Target {
-                peer: Peer::Pgmcp,
-                transport,
-            },
+            target: Target::open(Peer::Pgmcp, transport),
             version: String::new(),
             levels: levels
                 .iter()
@@ -767,6 +949,76 @@ mod tests {
         assert_eq!(
             pgbench_row(&pgbench(1, 5000.0), Some(&pgbench(1, 0.0)), &[&http]),
             "| 1 | 5000 | 0 | 500 | 10 % | – |"
+        );
+    }
+
+    /// pgmcp over HTTP with `auth`: `(clients, calls, server CPU ms)` of PK lookups in a
+    /// one-second window.
+    fn authenticated(auth: Auth, levels: &[(usize, u64, u64)]) -> TargetRun {
+        let mut run = pgmcp(
+            Transport::Http,
+            &levels
+                .iter()
+                .map(|&(c, calls, _)| (c, calls))
+                .collect::<Vec<_>>(),
+        );
+        run.target.auth = auth;
+        for (level, &(_, _, cpu_ms)) in run.levels.iter_mut().zip(levels) {
+            level.ops[0].1.server_cpu = Duration::from_millis(cpu_ms);
+        }
+        run
+    }
+
+    #[test]
+    fn the_caller_class_row_stands_next_to_its_twin_with_the_ratios() {
+        let open = authenticated(Auth::Open, &[(1, 2200, 400), (8, 8000, 800)]);
+        let twin = authenticated(Auth::Entra, &[(1, 2000, 400), (8, 8000, 800)]);
+        // 1 client: 0.95× the calls at 1.05× the CPU per call; 8: 0.80× the calls.
+        let class = authenticated(Auth::CallerClass, &[(1, 1900, 399), (8, 6400, 800)]);
+        let costs = class_costs(Some(&twin), &class);
+        assert_eq!(costs.len(), 2);
+        assert!(costs[0].within_ten_percent(), "{:?}", costs[0]);
+        assert!(!costs[1].within_ten_percent(), "{:?}", costs[1]);
+
+        let mut out = String::new();
+        caller_class_table(&mut out, Some(&open), Some(&twin), &class);
+        assert!(
+            out.contains("| 1 | query PK lookup, no authentication | 2200 |"),
+            "{out}"
+        );
+        assert!(
+            out.contains("| 1 | query PK lookup, Entra, no class | 2000 |"),
+            "{out}"
+        );
+        assert!(
+            out.contains("| 1 | **query PK lookup with caller class** | 1900 |"),
+            "{out}"
+        );
+        assert!(out.contains("| 0.95× | 1.05× |"), "{out}");
+        assert!(out.contains("| 0.80× | 1.25× |"), "{out}");
+        assert!(
+            out.contains("Within 10 %: at 1 clients; not within: at 8 clients."),
+            "{out}"
+        );
+
+        let mut alone = String::new();
+        caller_class_table(&mut alone, None, None, &class);
+        assert!(alone.contains("did not run"), "{alone}");
+    }
+
+    #[test]
+    fn target_keys_name_the_authentication() {
+        for key in [
+            "pgmcp-http",
+            "pgmcp-http-entra",
+            "pgmcp-http-class",
+            "toolbox-stdio",
+        ] {
+            assert_eq!(Target::parse(key).expect(key).key(), key);
+        }
+        assert_eq!(
+            Target::parse("pgmcp-http-class").expect("class").name(),
+            "pgmcp (HTTP, Entra, caller class)"
         );
     }
 

@@ -1,7 +1,8 @@
 //! The benchmark database on a PostgreSQL of its own (the harness's, restartable for the soak):
 //! `pgbench -i` (pgbench_accounts with 100,000 rows per scale unit) plus `tables` wide tables
-//! in schema public with keys, foreign keys, indexes and comments for the discovery tools, and a
-//! LOGIN role with SELECT only that every server under test and pgbench connect as.
+//! in schema public with keys, foreign keys, indexes and comments for the discovery tools, a
+//! LOGIN role with SELECT only that every server under test and pgbench connect as, and the
+//! roles of one caller class as the operator makes them (for `pgmcp-http-class`).
 
 use std::process::Command;
 use std::time::Instant;
@@ -13,6 +14,11 @@ use pgmcp_tests::Postgres;
 pub const DATABASE: &str = "bench";
 /// The read-only role every server (and pgbench) logs in as.
 pub const READER: &str = "bench_reader";
+/// The login role of the caller-class target: NOINHERIT, CONNECT only, member of
+/// [`CLASS_ROLE`] — what the operator makes for a binding with caller classes.
+pub const LOGIN: &str = "bench_login";
+/// The NOLOGIN role of the class (`<login>__<class>`), holding exactly the reader's grants.
+pub const CLASS_ROLE: &str = "bench_login__bench";
 
 /// What was seeded.
 #[derive(Debug, Clone)]
@@ -20,6 +26,8 @@ pub struct Seeded {
     pub host: String,
     pub port: u16,
     pub reader_password: String,
+    /// [`LOGIN`]'s password.
+    pub login_password: String,
     /// Rows in pgbench_accounts (100,000 × scale).
     pub accounts: u64,
     /// Number of wide tables (`wide_0001` …).
@@ -103,6 +111,20 @@ pub async fn seed(pg: &Postgres, scale: u32, tables: u32) -> anyhow::Result<Seed
     ))
     .await
     .context("failed to create the reader role")?;
+    // The caller class: the login role reads nothing itself (NOINHERIT: its membership gives it
+    // no privileges until a statement switches to the class role), the class role what the
+    // reader reads.
+    let login_password = pgmcp_tests::postgres::random_password()?;
+    db.batch_execute(&format!(
+        "CREATE ROLE {LOGIN} LOGIN NOINHERIT PASSWORD '{login_password}';
+         GRANT CONNECT ON DATABASE {DATABASE} TO {LOGIN};
+         CREATE ROLE {CLASS_ROLE} NOLOGIN;
+         GRANT {CLASS_ROLE} TO {LOGIN};
+         GRANT USAGE ON SCHEMA public TO {CLASS_ROLE};
+         GRANT SELECT ON ALL TABLES IN SCHEMA public TO {CLASS_ROLE};"
+    ))
+    .await
+    .context("failed to create the caller-class roles")?;
     let row = db
         .query_one("SELECT count(*) FROM pgbench_accounts", &[])
         .await?;
@@ -115,6 +137,7 @@ pub async fn seed(pg: &Postgres, scale: u32, tables: u32) -> anyhow::Result<Seed
         host: pg.host().to_owned(),
         port: pg.port(),
         reader_password,
+        login_password,
         accounts: u64::try_from(accounts)?,
         tables,
         postgres_version: pg.version().to_owned(),

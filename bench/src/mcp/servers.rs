@@ -13,6 +13,7 @@ use anyhow::Context as _;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
+use super::callers::{self, Entra};
 use super::client::{HttpSession, Session, StdioConnection};
 use super::seed::Seeded;
 
@@ -95,48 +96,91 @@ pub enum Transport {
     Stdio,
 }
 
+/// Who the server lets in and whose role its statements run as (authentication is pgmcp's
+/// only, over HTTP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    /// No caller authentication; statements run as the server's login role (every peer).
+    Open,
+    /// Entra ID bearer tokens (from the fake this process hosts), no caller classes:
+    /// statements still run as the server's login role.
+    Entra,
+    /// Entra ID bearer tokens and one caller class: each statement runs as the class's role
+    /// with the caller's claims (super::callers).
+    CallerClass,
+}
+
 /// One server in one transport: a row of the report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Target {
     pub peer: Peer,
     pub transport: Transport,
+    pub auth: Auth,
 }
 
 impl Target {
+    /// `peer` over `transport`, no caller authentication.
+    pub const fn open(peer: Peer, transport: Transport) -> Target {
+        Target {
+            peer,
+            transport,
+            auth: Auth::Open,
+        }
+    }
+
     pub fn name(self) -> String {
         let transport = match self.transport {
             Transport::Http => "HTTP",
             Transport::HttpStateless => "HTTP, stateless 2026-07-28",
             Transport::Stdio => "stdio",
         };
-        format!("{} ({transport})", self.peer.name())
+        let auth = match self.auth {
+            Auth::Open => "",
+            Auth::Entra => ", Entra",
+            Auth::CallerClass => ", Entra, caller class",
+        };
+        format!("{} ({transport}{auth})", self.peer.name())
     }
 
-    /// Key for `--targets`: `pgmcp-http`, `toolbox-stdio`, …
+    /// Key for `--targets`: `pgmcp-http`, `pgmcp-http-class`, `toolbox-stdio`, …
     pub fn key(self) -> String {
         let transport = match self.transport {
             Transport::Http => "http",
             Transport::HttpStateless => "stateless",
             Transport::Stdio => "stdio",
         };
-        format!("{}-{transport}", self.peer.key())
+        let auth = match self.auth {
+            Auth::Open => "",
+            Auth::Entra => "-entra",
+            Auth::CallerClass => "-class",
+        };
+        format!("{}-{transport}{auth}", self.peer.key())
     }
 
+    /// Every target, in the order a full run measures them (the caller-class target right
+    /// after its Entra twin, so the two see the same machine).
     pub fn all() -> Vec<Target> {
         use Peer::*;
         use Transport::*;
-        [
-            (Pgmcp, Http),
-            (Pgmcp, HttpStateless),
-            (Pgmcp, Stdio),
-            (Toolbox, Http),
-            (Toolbox, Stdio),
-            (ServerPostgres, Stdio),
-            (PostgresMcp, Stdio),
-        ]
-        .into_iter()
-        .map(|(peer, transport)| Target { peer, transport })
-        .collect()
+        let authenticated = [Auth::Entra, Auth::CallerClass].map(|auth| Target {
+            peer: Pgmcp,
+            transport: Http,
+            auth,
+        });
+        std::iter::once(Target::open(Pgmcp, Http))
+            .chain(authenticated)
+            .chain(
+                [
+                    (Pgmcp, HttpStateless),
+                    (Pgmcp, Stdio),
+                    (Toolbox, Http),
+                    (Toolbox, Stdio),
+                    (ServerPostgres, Stdio),
+                    (PostgresMcp, Stdio),
+                ]
+                .map(|(peer, transport)| Target::open(peer, transport)),
+            )
+            .collect()
     }
 
     pub fn parse(key: &str) -> anyhow::Result<Target> {
@@ -244,12 +288,14 @@ impl Peer {
     }
 }
 
-/// Where the binaries are.
+/// Where the binaries are, and the Entra fake the authenticated pgmcp targets trust.
 #[derive(Debug, Clone)]
 pub struct Paths {
     pub pgmcp_server: PathBuf,
     /// `.cache/bench` as filled by bench/scripts/install-peers.sh.
     pub peers: PathBuf,
+    /// Started when a target with [`Auth::Entra`] or [`Auth::CallerClass`] is to run.
+    pub entra: Option<Arc<Entra>>,
 }
 
 impl Paths {
@@ -314,6 +360,8 @@ pub struct Running {
     /// Process spawn → first answered tools/list.
     pub start_to_ready: Duration,
     pub log: PathBuf,
+    /// Where each session's bearer token comes from (authenticated targets).
+    entra: Option<Arc<Entra>>,
 }
 
 impl Running {
@@ -324,6 +372,15 @@ impl Running {
         seeded: &Seeded,
         dir: &Path,
     ) -> anyhow::Result<Running> {
+        let entra = match target.auth {
+            Auth::Open => None,
+            Auth::Entra | Auth::CallerClass => Some(
+                paths
+                    .entra
+                    .clone()
+                    .context("no Entra fake for an authenticated target")?,
+            ),
+        };
         let port = pgmcp_tests::paths::free_port()?;
         let log = dir.join(format!("{}.log", target.key()));
         let mut command = command(target, paths, seeded, port, dir)?;
@@ -347,6 +404,7 @@ impl Running {
         let pid = child.id().context("the server exited at once")?;
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let pipes = child.stdin.take().zip(child.stdout.take());
+        let token = entra.as_ref().map(|e| e.token()).transpose()?;
         let ready = async move {
             match target.transport {
                 Transport::Http | Transport::HttpStateless => {
@@ -355,7 +413,7 @@ impl Running {
                         let opened = if stateless {
                             HttpSession::open_stateless(addr).await
                         } else {
-                            HttpSession::open(addr).await
+                            HttpSession::open_as(addr, token.as_deref()).await
                         };
                         match opened {
                             Ok(session) => break session,
@@ -397,17 +455,24 @@ impl Running {
             stdio,
             start_to_ready,
             log,
+            entra,
         })
     }
 
-    /// A new session: a new connection and MCP session over HTTP, the shared one over stdio.
+    /// A new session: a new connection and MCP session over HTTP (with a fresh bearer token
+    /// when the server authenticates callers), the shared one over stdio.
     pub async fn session(&self) -> anyhow::Result<Session> {
         match (&self.stdio, self.addr) {
             (Some(stdio), _) => Ok(Session::Stdio(stdio.clone())),
             (None, Some(addr)) if self.target.transport == Transport::HttpStateless => Ok(
                 Session::Http(Box::new(HttpSession::open_stateless(addr).await?)),
             ),
-            (None, Some(addr)) => Ok(Session::Http(Box::new(HttpSession::open(addr).await?))),
+            (None, Some(addr)) => {
+                let token = self.entra.as_ref().map(|e| e.token()).transpose()?;
+                Ok(Session::Http(Box::new(
+                    HttpSession::open_as(addr, token.as_deref()).await?,
+                )))
+            }
             (None, None) => anyhow::bail!("no transport"),
         }
     }
@@ -442,20 +507,41 @@ fn command(
     let http = target.transport != Transport::Stdio;
     let command = match target.peer {
         Peer::Pgmcp => {
-            let password_file = dir.join("reader-password");
-            std::fs::write(&password_file, &seeded.reader_password)?;
             let mut c = Command::new(&paths.pgmcp_server);
-            c.arg("--database-url")
-                .arg(format!(
-                    "postgres://{}@{}:{}/{}?sslmode=disable",
-                    super::seed::READER,
-                    seeded.host,
-                    seeded.port,
-                    super::seed::DATABASE
-                ))
-                .arg("--password-file")
-                .arg(&password_file)
-                .args(["--grant", "public"]);
+            if target.auth == Auth::CallerClass {
+                // As the operator runs it: the NOINHERIT login role, the class in the config.
+                let password_file = dir.join("login-password");
+                std::fs::write(&password_file, &seeded.login_password)?;
+                c.arg("--database-url")
+                    .arg(callers::login_url(seeded))
+                    .arg("--password-file")
+                    .arg(&password_file)
+                    .arg("--config")
+                    .arg(callers::class_config(dir)?);
+            } else {
+                let password_file = dir.join("reader-password");
+                std::fs::write(&password_file, &seeded.reader_password)?;
+                c.arg("--database-url")
+                    .arg(format!(
+                        "postgres://{}@{}:{}/{}?sslmode=disable",
+                        super::seed::READER,
+                        seeded.host,
+                        seeded.port,
+                        super::seed::DATABASE
+                    ))
+                    .arg("--password-file")
+                    .arg(&password_file)
+                    .args(["--grant", "public"]);
+            }
+            if target.auth != Auth::Open {
+                anyhow::ensure!(http, "caller authentication is measured over HTTP");
+                let entra = paths
+                    .entra
+                    .as_ref()
+                    .context("no Entra fake for an authenticated target")?;
+                let (args, env) = entra.server_args();
+                c.args(args).envs(env);
+            }
             if http {
                 c.args(["--listen", &format!("127.0.0.1:{port}")]);
             } else {
