@@ -102,6 +102,17 @@ fn config(login: &str) -> Value {
 }
 
 async fn start(shop: &Shop, login: &str, fake: &EntraFake, config: &Value) -> ServerProcess {
+    let (dir, args, env) = server_args(shop, login, fake, config);
+    ServerProcess::start_args(dir, args, &env).await
+}
+
+/// The directory, arguments and environment of the server for `config`, logging in as `login`.
+fn server_args(
+    shop: &Shop,
+    login: &str,
+    fake: &EntraFake,
+    config: &Value,
+) -> (tempfile::TempDir, Vec<String>, Vec<(String, String)>) {
     let dir = tempfile::tempdir().unwrap();
     let password_file = dir.path().join("password");
     std::fs::write(&password_file, READER_PASSWORD).unwrap();
@@ -129,11 +140,11 @@ async fn start(shop: &Shop, login: &str, fake: &EntraFake, config: &Value) -> Se
         "--entra-authority-host".to_owned(),
         fake.url().to_owned(),
     ];
-    let env = [(
+    let env = vec![(
         "SSL_CERT_FILE".to_owned(),
         fake.ca_cert().display().to_string(),
     )];
-    ServerProcess::start_args(dir, args, &env).await
+    (dir, args, env)
 }
 
 /// The tenant: the server's app (emitting groups), the agent and another app (client
@@ -578,4 +589,66 @@ async fn a_class_role_that_can_write_stops_the_server_naming_its_class() {
         "{stderr}"
     );
     assert!(!stderr.contains("caller class support"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_class_role_the_server_cannot_switch_to_keeps_it_waiting_with_the_reason() {
+    let fake = tenant().await;
+    let (shop, login) = classes_shop("callers not a member").await;
+    let admin = shop.db.connect().await.unwrap();
+    // As if the operator had not made the membership yet.
+    admin
+        .batch_execute(&format!("REVOKE \"{login}__support\" FROM \"{login}\""))
+        .await
+        .unwrap();
+    let (dir, args, env) = server_args(&shop, &login, &fake, &config(&login));
+    let server = ServerProcess::start_args_live(dir, args, &env).await;
+    let reason = pgmcp_tests::wait_for(
+        "/readyz to say why the server is not ready",
+        std::time::Duration::from_secs(30),
+        || async {
+            let (status, _, body) = server.request("GET", "/readyz", &[], "").await.ok()?;
+            (status == 503 && body.contains("failed to act as role")).then_some(body)
+        },
+    )
+    .await;
+    assert!(
+        reason.contains(&format!("{login}__support")) && reason.contains("42501"),
+        "{reason}"
+    );
+    // A tool call meanwhile says the same.
+    let alice = user_token(&fake, "alice@contoso.com").await;
+    let bearer = format!("Bearer {alice}");
+    let waiting = call_tool(
+        server.port,
+        &[("Authorization", &bearer)],
+        "list_tables",
+        json!({}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(waiting["isError"], json!(true), "{waiting}");
+    // Once the membership exists, the server is ready by itself.
+    admin
+        .batch_execute(&format!("GRANT \"{login}__support\" TO \"{login}\""))
+        .await
+        .unwrap();
+    pgmcp_tests::wait_for(
+        "the server ready",
+        std::time::Duration::from_secs(60),
+        || async {
+            let (status, _, _) = server.request("GET", "/readyz", &[], "").await.ok()?;
+            (status == 200).then_some(())
+        },
+    )
+    .await;
+    let ready = call_tool(
+        server.port,
+        &[("Authorization", &bearer)],
+        "list_tables",
+        json!({}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ready["isError"], json!(false), "{ready}");
 }
