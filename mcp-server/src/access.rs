@@ -93,14 +93,6 @@ impl Access {
         let per_caller = !config.callers.is_empty();
         let default_scope =
             Scope::new(config.grants.clone()).with_functions(config.functions.clone());
-        let default = (!per_caller || !config.grants.is_empty()).then(|| {
-            Arc::new(Class {
-                name: None,
-                role: per_caller.then(|| login_role.to_owned()),
-                matches: CallerMatchConfig::default(),
-                scope: default_scope,
-            })
-        });
         let classes: Vec<Arc<Class>> = config
             .callers
             .iter()
@@ -113,23 +105,31 @@ impl Access {
                 })
             })
             .collect();
-        let server_scope = if per_caller {
-            let grants = config
+        // With classes: the default class's grants and every class's together.
+        let server_scope = Scope::new(
+            config
                 .grants
                 .iter()
                 .chain(config.callers.iter().flat_map(|c| &c.grants))
                 .cloned()
-                .collect();
-            let functions = config
+                .collect(),
+        )
+        .with_functions(
+            config
                 .functions
                 .iter()
                 .chain(config.callers.iter().flat_map(|c| &c.functions))
                 .cloned()
-                .collect();
-            Scope::new(grants).with_functions(functions)
-        } else {
-            Scope::new(config.grants.clone()).with_functions(config.functions.clone())
-        };
+                .collect(),
+        );
+        let default = (!per_caller || !config.grants.is_empty()).then(|| {
+            Arc::new(Class {
+                name: None,
+                role: per_caller.then(|| login_role.to_owned()),
+                matches: CallerMatchConfig::default(),
+                scope: default_scope,
+            })
+        });
         Access {
             classes,
             default,

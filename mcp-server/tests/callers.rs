@@ -283,6 +283,25 @@ fn python(server: &ServerProcess, token: &str, calls: &[(&str, Value)]) -> Value
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// The rows `sql` returns to the caller of `token`, through the Python SDK.
+fn rows_as(server: &ServerProcess, token: &str, sql: &str) -> Value {
+    let doc = python(server, token, &[("query", json!({ "sql": sql }))]);
+    doc["results"][0]["structuredContent"]["rows"].clone()
+}
+
+/// `list_tables` over raw HTTP as the caller of `token`: the tool result, or the status and
+/// head of a refusal.
+async fn list_tables_as(server: &ServerProcess, token: &str) -> Result<Value, (u16, String)> {
+    let bearer = format!("Bearer {token}");
+    call_tool(
+        server.port,
+        &[("Authorization", &bearer)],
+        "list_tables",
+        json!({}),
+    )
+    .await
+}
+
 fn listed(result: &Value) -> Vec<String> {
     let content = &result["structuredContent"];
     let name = content["columns"]
@@ -376,30 +395,14 @@ async fn an_agent_and_a_user_each_read_only_what_their_class_grants() {
 
     // Bob, same class: the same query returns his rows only.
     let bob = user_token(&fake, "bob@contoso.com").await;
-    let doc = python(
-        &server,
-        &bob,
-        &[(
-            "query",
-            json!({"sql": "SELECT id, subject FROM tickets ORDER BY id"}),
-        )],
-    );
     assert_eq!(
-        doc["results"][0]["structuredContent"]["rows"],
+        rows_as(&server, &bob, "SELECT id, subject FROM tickets ORDER BY id"),
         json!([[3, "Refund for the monitor"]])
     );
     // Carol leads the team (app role Support.Lead): every ticket.
     let carol = user_token(&fake, "carol@contoso.com").await;
-    let doc = python(
-        &server,
-        &carol,
-        &[(
-            "query",
-            json!({"sql": "SELECT id FROM tickets ORDER BY id"}),
-        )],
-    );
     assert_eq!(
-        doc["results"][0]["structuredContent"]["rows"],
+        rows_as(&server, &carol, "SELECT id FROM tickets ORDER BY id"),
         json!([[1], [2], [3]])
     );
 
@@ -417,15 +420,7 @@ async fn an_agent_and_a_user_each_read_only_what_their_class_grants() {
 
     // A third caller, with the server's app role but in no class: 403 naming the mapping.
     let other = app_token(&fake, OTHER_APP).await;
-    let bearer = format!("Bearer {other}");
-    let (status, head) = call_tool(
-        server.port,
-        &[("Authorization", &bearer)],
-        "list_tables",
-        json!({}),
-    )
-    .await
-    .unwrap_err();
+    let (status, head) = list_tables_as(&server, &other).await.unwrap_err();
     assert_eq!(status, 403, "{head}");
     let challenge = pgmcp_tests::http::header(&head, "www-authenticate").unwrap();
     assert!(
@@ -618,15 +613,7 @@ async fn a_class_role_the_server_cannot_switch_to_keeps_it_waiting_with_the_reas
     );
     // A tool call meanwhile says the same.
     let alice = user_token(&fake, "alice@contoso.com").await;
-    let bearer = format!("Bearer {alice}");
-    let waiting = call_tool(
-        server.port,
-        &[("Authorization", &bearer)],
-        "list_tables",
-        json!({}),
-    )
-    .await
-    .unwrap();
+    let waiting = list_tables_as(&server, &alice).await.unwrap();
     assert_eq!(waiting["isError"], json!(true), "{waiting}");
     // Once the membership exists, the server is ready by itself.
     admin
@@ -642,13 +629,6 @@ async fn a_class_role_the_server_cannot_switch_to_keeps_it_waiting_with_the_reas
         },
     )
     .await;
-    let ready = call_tool(
-        server.port,
-        &[("Authorization", &bearer)],
-        "list_tables",
-        json!({}),
-    )
-    .await
-    .unwrap();
+    let ready = list_tables_as(&server, &alice).await.unwrap();
     assert_eq!(ready["isError"], json!(false), "{ready}");
 }

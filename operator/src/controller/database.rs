@@ -436,14 +436,15 @@ pub async fn reconcile(
         .filter(|c| !classes.iter().any(|(_, name)| *name == c.name))
         .cloned()
         .collect();
+    // The databases the role still holds grants in (those just left are pruned above).
+    let held_in = record
+        .get()
+        .role
+        .as_ref()
+        .map(|r| r.databases.clone())
+        .unwrap_or_default();
     for class in stale {
-        let databases = record
-            .get()
-            .role
-            .as_ref()
-            .map(|r| r.databases.clone())
-            .unwrap_or_default();
-        remove_class_role(&admin, &admin_db, &databases, &class, &marker).await?;
+        remove_class_role(&admin, &admin_db, &held_in, &class, &marker).await?;
         if let Some(recorded) = &mut record.get_mut().role {
             recorded.class_roles.retain(|c| c.name != class.name);
         }
