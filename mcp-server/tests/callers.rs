@@ -615,6 +615,11 @@ async fn a_class_role_the_server_cannot_switch_to_keeps_it_waiting_with_the_reas
     let alice = user_token(&fake, "alice@contoso.com").await;
     let waiting = list_tables_as(&server, &alice).await.unwrap();
     assert_eq!(waiting["isError"], json!(true), "{waiting}");
+    let text = waiting["content"][0]["text"].as_str().unwrap();
+    assert!(
+        text.contains("not ready yet") && text.contains(&format!("{login}__support")),
+        "{text}"
+    );
     // Once the membership exists, the server is ready by itself.
     admin
         .batch_execute(&format!("GRANT \"{login}__support\" TO \"{login}\""))
