@@ -24,6 +24,90 @@ pub struct ServerConfig {
     /// How callers authenticate.
     #[serde(default)]
     pub auth: AuthConfig,
+    /// How tool results are presented to the model.
+    #[serde(default, skip_serializing_if = "ResultsConfig::is_default")]
+    pub results: ResultsConfig,
+    /// What the audit event of each tool call records.
+    #[serde(default, skip_serializing_if = "AuditConfig::is_default")]
+    pub audit: AuditConfig,
+}
+
+/// How tool results are presented to the model.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResultsConfig {
+    /// Wrap the database data in each result's text in a boundary unique to the answer, with a
+    /// sentence before and after telling the model it is data whose instructions must not be
+    /// followed. `structuredContent` is never wrapped.
+    pub untrusted_data_framing: bool,
+}
+
+impl Default for ResultsConfig {
+    fn default() -> Self {
+        Self {
+            untrusted_data_framing: true,
+        }
+    }
+}
+
+impl ResultsConfig {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// What the audit event of each tool call records.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuditConfig {
+    /// How the caller's SQL appears in audit events (and trace spans).
+    #[serde(default)]
+    pub statements: AuditStatements,
+}
+
+impl AuditConfig {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// How the caller's SQL appears in audit events and trace spans.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum AuditStatements {
+    /// The statement as the caller sent it.
+    #[default]
+    Full,
+    /// The statement with every literal replaced by `?` (comments dropped, layout normalised).
+    Redacted,
+    /// Only a 16-hex-digit fingerprint of the redacted statement.
+    Fingerprint,
+}
+
+impl AuditStatements {
+    /// The value as written in configuration and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditStatements::Full => "full",
+            AuditStatements::Redacted => "redacted",
+            AuditStatements::Fingerprint => "fingerprint",
+        }
+    }
+}
+
+impl std::str::FromStr for AuditStatements {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "full" => Ok(AuditStatements::Full),
+            "redacted" => Ok(AuditStatements::Redacted),
+            "fingerprint" => Ok(AuditStatements::Fingerprint),
+            other => Err(format!(
+                "unknown audit statements mode {other:?}: expected full, redacted or fingerprint"
+            )),
+        }
+    }
 }
 
 /// Connection settings of the server's own (read-only) role.

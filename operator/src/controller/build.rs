@@ -177,6 +177,9 @@ pub fn server_config(valid: &Valid, defaults: &Defaults) -> ServerConfig {
             }),
             insecure_allow_unauthenticated: spec.server.auth.none.is_some(),
         },
+        // Set from `spec.server.results` and `spec.server.audit` (issue 20, operator side).
+        results: Default::default(),
+        audit: Default::default(),
     }
 }
 
