@@ -63,6 +63,9 @@ pub struct AuditConfig {
     /// How the caller's SQL appears in audit events (and trace spans).
     #[serde(default)]
     pub statements: AuditStatements,
+    /// `namespace/name` of the binding the server serves, named in every audit event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding: Option<String>,
 }
 
 impl AuditConfig {

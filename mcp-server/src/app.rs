@@ -13,6 +13,7 @@ use tokio::task::JoinError;
 use tokio_util::sync::CancellationToken;
 
 use crate::access::Access;
+use crate::audit::{Audit, Sink};
 use crate::auth::Auth;
 use crate::auth::jwt::{DiscoveryError, EntraValidator};
 use crate::config::{Args, ConfigError, Settings};
@@ -101,6 +102,17 @@ async fn serve(args: Args) -> Result<(), Error> {
     let readiness = Readiness::starting();
     let tools = Arc::new(
         Tools::with_access(db, access.clone(), settings.file.limits.clone())
+            .with_results(settings.file.results.clone())
+            .with_audit(Audit::new(
+                settings.file.audit.statements,
+                settings.file.audit.binding.clone(),
+                // Over stdio, stdout is the MCP channel.
+                if settings.stdio {
+                    Sink::Stderr
+                } else {
+                    Sink::Stdout
+                },
+            ))
             .gated(readiness.clone()),
     );
     let mut started = tokio::spawn(startup::run(

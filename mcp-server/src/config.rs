@@ -96,6 +96,18 @@ pub struct Args {
     /// the host name belongs to (Azure Government, Azure China, else the public cloud).
     #[arg(long, env = "PGMCP_DATABASE_TOKEN_SCOPE")]
     pub database_token_scope: Option<String>,
+    /// Send results' text without the untrusted-data frame (the boundary and the sentences
+    /// telling the model not to follow instructions in the data). Keep it on: rows are written
+    /// by people, and a cell can carry instructions aimed at the agent.
+    #[arg(long)]
+    pub no_untrusted_data_framing: bool,
+    /// How the caller's SQL appears in audit events and trace spans: full (as sent), redacted
+    /// (literals replaced by ?) or fingerprint (16 hex digits only). Default: full.
+    #[arg(long, value_parser = clap::builder::TypedValueParser::map(
+        clap::builder::PossibleValuesParser::new(["full", "redacted", "fingerprint"]),
+        |s: String| s.parse::<pgmcp_crds::config::AuditStatements>().unwrap_or_default(),
+    ))]
+    pub audit_statements: Option<pgmcp_crds::config::AuditStatements>,
     /// Log format: json (default) or text.
     #[arg(long, default_value = "json")]
     pub log_format: String,
@@ -286,6 +298,12 @@ impl Settings {
             return Err(err("max rows and statement timeout must be greater than 0"));
         }
 
+        if args.no_untrusted_data_framing {
+            file.results.untrusted_data_framing = false;
+        }
+        if let Some(statements) = args.audit_statements {
+            file.audit.statements = statements;
+        }
         if let Some(url) = &args.public_url {
             file.http.public_url = Some(url.clone());
         }

@@ -263,6 +263,16 @@ impl DbError {
         }
     }
 
+    /// The SQLSTATE PostgreSQL answered with, for the audit log.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            DbError::Timeout(_) => Some(QUERY_CANCELED),
+            DbError::Statement(wire::Error::Sql(sql)) => Some(&sql.code),
+            DbError::Statement(wire::Error::Identity { cause, .. }) => Some(&cause.code),
+            DbError::Unavailable(_) | DbError::Statement(_) => None,
+        }
+    }
+
     /// A cancelled statement (SQLSTATE 57014) is the statement timeout `timeout`.
     fn timed_out_after(self, timeout: Duration) -> Self {
         match self {

@@ -84,11 +84,9 @@ impl Dispatch {
         if let Some(call) = fast::parse(message, context.revision, headers) {
             let answer = match ToolCall::parse(&call.name, call.arguments) {
                 Ok(tool) => return Route::Call(Box::new(self.pending(tool, call.id, context))),
-                Err(err @ ParseError::Arguments(_)) => fast::reply(
-                    &call.id,
-                    &Outcome::ToolError(err.to_string()),
-                    context.revision,
-                ),
+                Err(err @ ParseError::Arguments(_)) => {
+                    fast::reply(&call.id, &Outcome::error(err.to_string()), context.revision)
+                }
                 Err(err @ ParseError::UnknownTool) => {
                     serde_json::to_vec(&ServerJsonRpcMessage::error(
                         ErrorData::invalid_params(err.to_string(), None),
@@ -180,7 +178,7 @@ impl Pending {
         }
         let outcome = outcome.unwrap_or_else(|err| {
             tracing::error!(error = %err, "a tool call panicked");
-            Outcome::ToolError("internal error: the call failed; see the server's log".to_owned())
+            Outcome::error("internal error: the call failed; see the server's log".to_owned())
         });
         fast::reply(&id, &outcome, revision)
             .inspect_err(|err| tracing::error!(error = %err, "failed to encode an answer"))

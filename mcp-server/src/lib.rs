@@ -6,11 +6,13 @@
 
 pub mod access;
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod db;
 pub mod definer;
 pub mod dispatch;
+pub mod framing;
 pub mod http;
 pub mod metrics;
 pub mod readiness;
@@ -20,6 +22,7 @@ pub mod sessions;
 pub mod sql_guard;
 pub mod startup;
 pub mod stdio;
+pub mod telemetry;
 pub mod tools;
 
 pub use app::run;

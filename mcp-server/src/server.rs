@@ -2,9 +2,10 @@
 //! rmcp, the requests [`crate::dispatch`] leaves to it (initialize, tools/list, ping, …).
 //!
 //! [`PgMcpServer::answer`] is where every tool call ends, whichever way it came in: it times
-//! the call, writes one audit line (with the caller's Entra identity when the request was
-//! authenticated), updates the metrics, and turns the result into MCP terms: structured JSON
-//! on success, a tool error (`isError: true`) with a sentence the model can act on otherwise.
+//! the call, records its audit event ([`crate::audit`]), updates the metrics, and turns the
+//! result into MCP terms: structured JSON on success (its text framed as untrusted data,
+//! [`crate::framing`]), a tool error (`isError: true`) with a sentence the model can act on
+//! otherwise.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,6 +18,7 @@ use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 
 use crate::auth::Caller;
+use crate::framing::Frame;
 use crate::metrics::{CallLabels, Metrics, ToolLabels};
 use crate::tools::registry::{self, ParseError, ToolCall};
 use crate::tools::{Call, ToolError, Tools};
@@ -37,24 +39,58 @@ pub struct PgMcpServer {
 /// What a tool call produced, before it is put into MCP terms.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// The result as JSON text: an MCP result's structured content, and its text content.
-    Result(String),
-    /// A sentence for the model: the text of an MCP tool error (`isError: true`).
-    ToolError(String),
+    /// The result as JSON: an MCP result's structured content, and its text content (framed
+    /// as untrusted data when `frame` is set).
+    Result { json: String, frame: Option<Frame> },
+    /// A sentence for the model: the text of an MCP tool error (`isError: true`), framed when
+    /// it carries PostgreSQL's words (which can quote data).
+    ToolError { text: String, frame: Option<Frame> },
 }
 
 impl Outcome {
-    pub fn into_call_tool_result(self) -> Result<CallToolResult, ErrorData> {
+    /// A result, unframed.
+    pub fn result(json: String) -> Self {
+        Outcome::Result { json, frame: None }
+    }
+
+    /// A tool error, unframed.
+    pub fn error(text: String) -> Self {
+        Outcome::ToolError { text, frame: None }
+    }
+
+    /// The text content in three pieces: what the frame puts before, the body, what it puts
+    /// after (both empty without a frame).
+    pub fn text(&self) -> [&str; 3] {
+        let (body, frame) = match self {
+            Outcome::Result { json, frame } => (json, frame),
+            Outcome::ToolError { text, frame } => (text, frame),
+        };
+        match frame {
+            Some(frame) => [frame.before(), body, frame.after()],
+            None => ["", body, ""],
+        }
+    }
+
+    /// The structured content's JSON (results only).
+    pub fn structured(&self) -> Option<&str> {
         match self {
-            Outcome::Result(json) => {
-                let value = serde_json::from_str(&json).map_err(|err| {
+            Outcome::Result { json, .. } => Some(json),
+            Outcome::ToolError { .. } => None,
+        }
+    }
+
+    pub fn into_call_tool_result(self) -> Result<CallToolResult, ErrorData> {
+        let text = self.text().concat();
+        match self.structured() {
+            Some(json) => {
+                let value = serde_json::from_str(json).map_err(|err| {
                     ErrorData::internal_error(format!("failed to encode the result: {err}"), None)
                 })?;
-                let mut result = CallToolResult::success(vec![ContentBlock::text(json)]);
+                let mut result = CallToolResult::success(vec![ContentBlock::text(text)]);
                 result.structured_content = Some(value);
                 Ok(result)
             }
-            Outcome::ToolError(text) => Ok(CallToolResult::error(vec![ContentBlock::text(text)])),
+            None => Ok(CallToolResult::error(vec![ContentBlock::text(text)])),
         }
     }
 }
@@ -99,25 +135,22 @@ impl PgMcpServer {
             .rows_returned
             .get_or_create(&ToolLabels { tool: name })
             .inc_by(rows as u64);
-        let caller = call.caller.as_ref();
-        let field =
-            |f: fn(&Caller) -> Option<&String>| caller.and_then(f).cloned().unwrap_or_default();
-        tracing::info!(
-            target: "audit",
-            caller = crate::auth::audit_caller(caller),
-            caller_app_id = field(|c| c.app_id.as_ref()),
-            caller_name = field(|c| c.name.as_ref()),
-            class = call.class().map_or("", |c| c.label()),
-            tool = name,
-            statement = call.statement().unwrap_or(""),
-            rows,
-            ms = elapsed.as_millis() as u64,
-            outcome,
-            "tool call"
-        );
+        let audit = &self.tools.audit;
+        audit.record(&audit.event(name, call, &result, elapsed));
+        let framing = self.tools.results.untrusted_data_framing;
         match result {
-            Ok(output) => Outcome::Result(output.json),
-            Err(err) => Outcome::ToolError(err.to_string()),
+            Ok(output) => Outcome::Result {
+                frame: framing.then(|| Frame::around(&output.json)),
+                json: output.json,
+            },
+            Err(err) => {
+                let text = err.to_string();
+                Outcome::ToolError {
+                    frame: (framing && matches!(err, ToolError::Db(_)))
+                        .then(|| Frame::around(&text)),
+                    text,
+                }
+            }
         }
     }
 }

@@ -293,18 +293,13 @@ async fn tokens_are_checked_as_entra_issues_them() {
     assert_eq!(answer.status, 403, "{answer:?}");
 
     // The audit log names the caller; metrics count outcomes without naming anyone.
-    let log = server.log();
-    let audit: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("\"target\":\"audit\"") || l.contains("tool call"))
-        .collect();
+    let audit = server.audit_events();
     assert!(
         audit
             .iter()
-            .any(|l| l.contains(&format!("\"caller\":\"{AGENT_OID}\""))
-                && l.contains(&format!("\"caller_app_id\":\"{AGENT_APP}\""))),
-        "audit lines name the caller:\n{}",
-        audit.join("\n")
+            .any(|event| event["caller"]["oid"] == json!(AGENT_OID)
+                && event["caller"]["app_id"] == json!(AGENT_APP)),
+        "audit events name the caller: {audit:#?}"
     );
     let (_, _, metrics) = server.request("GET", "/metrics", &[], "").await.unwrap();
     for outcome in ["ok", "missing_token", "invalid_token", "missing_role"] {
@@ -317,7 +312,7 @@ async fn tokens_are_checked_as_entra_issues_them() {
     }
     assert!(!metrics.contains(AGENT_OID), "no caller ids in metrics");
     assert!(
-        !log.contains(&sign(&good)[..40]),
+        !server.log().contains(&sign(&good)[..40]),
         "tokens never reach the log"
     );
 }

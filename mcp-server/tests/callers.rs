@@ -406,16 +406,20 @@ async fn an_agent_and_a_user_each_read_only_what_their_class_grants() {
         json!([[1], [2], [3]])
     );
 
-    // The audit line names the class.
-    let log = server.log();
+    // The audit events name the caller and its class.
+    let audit = server.audit_events();
     assert!(
-        log.lines()
-            .any(|l| l.contains("\"class\":\"support\"") && l.contains(BOB_OID)),
-        "{log}"
+        audit
+            .iter()
+            .any(|event| event["caller"]["class"] == json!("support")
+                && event["caller"]["oid"] == json!(BOB_OID)),
+        "{audit:#?}"
     );
     assert!(
-        log.lines().any(|l| l.contains("\"class\":\"sales\"")),
-        "{log}"
+        audit
+            .iter()
+            .any(|event| event["caller"]["class"] == json!("sales")),
+        "{audit:#?}"
     );
 
     // A third caller, with the server's app role but in no class: 403 naming the mapping.

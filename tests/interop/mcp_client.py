@@ -16,7 +16,8 @@ Prints ONE JSON document on stdout:
      "sessionId": "<Mcp-Session-Id or null>",
      "capabilities": {...server capabilities...},
      "tools":   [{"name", "title", "description", "inputSchema", "outputSchema", "annotations"}],
-     "results": [{"tool", "isError", "structuredContent", "text", "content", "error"}]}
+     "results": [{"tool", "isError", "structuredContent", "text", "content", "error",
+                  "schemaErrors"}]}
 With --sessions N (N > 1) the document is {"sessions": [<doc>, ...]} with one
 such document per session, opened one after another against the same URL.
 
@@ -31,6 +32,12 @@ Exit status: 0 when the server answered everything; 1 on a transport or
 protocol failure (cannot connect, HTTP error status, malformed message,
 structuredContent that does not match the tool's outputSchema, timeout), with
 a one-line reason on stderr starting with "mcp_client: ". 2 on bad usage.
+
+Besides the SDK's own check, every result's structuredContent is validated
+against the tool's outputSchema with `jsonschema`'s Draft 2020-12 validator (the
+schema itself checked first): schemaErrors lists what it found, [] when valid
+(and null when the tool declares no outputSchema or the result has no
+structuredContent).
 
 The environment is passed through to a --stdio server unchanged; the
 server's stderr goes to this process's stderr.
@@ -53,6 +60,8 @@ try:
     from mcp.client.stdio import stdio_client
     from mcp.shared._httpx_utils import create_mcp_http_client
     import mcp.types as types
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError
 except ImportError as exc:  # pragma: no cover - depends on the environment
     print(
         f"mcp_client: cannot import the MCP Python SDK ({exc}); run "
@@ -178,6 +187,23 @@ def dump(model: Any) -> Any:
     return model
 
 
+def schema_errors(tools: list[dict[str, Any]], name: str, structured: Any) -> list[str] | None:
+    """What jsonschema's Draft 2020-12 validator finds wrong with `structured` against tool
+    `name`'s outputSchema ([] when valid); None when there is nothing to validate."""
+    schema = next((t["outputSchema"] for t in tools if t["name"] == name), None)
+    if schema is None or structured is None:
+        return None
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        return [f"the outputSchema is not a valid 2020-12 schema: {exc.message}"]
+    validator = Draft202012Validator(schema)
+    return [
+        f"{'/'.join(str(p) for p in error.absolute_path) or '(root)'}: {error.message}"
+        for error in validator.iter_errors(structured)
+    ]
+
+
 async def run_session(read, write, get_session_id, calls, timeout: float) -> dict[str, Any]:
     async with ClientSession(
         read,
@@ -226,6 +252,7 @@ async def run_session(read, write, get_session_id, calls, timeout: float) -> dic
                         "text": "",
                         "content": [],
                         "error": {"code": err.code, "message": err.message, "data": err.data},
+                        "schemaErrors": None,
                     }
                 )
                 continue
@@ -240,6 +267,7 @@ async def run_session(read, write, get_session_id, calls, timeout: float) -> dic
                     "text": text,
                     "content": [dump(c) for c in res.content],
                     "error": None,
+                    "schemaErrors": schema_errors(tools, name, res.structuredContent),
                 }
             )
 

@@ -94,11 +94,9 @@ pub(crate) fn reply(
     outcome: &Outcome,
     revision: Revision,
 ) -> serde_json::Result<Vec<u8>> {
-    let (text, structured) = match outcome {
-        Outcome::Result(json) => (json.as_str(), Some(json.as_str())),
-        Outcome::ToolError(text) => (text.as_str(), None),
-    };
-    let mut out = Vec::with_capacity(text.len() * 2 + 160);
+    let text = outcome.text();
+    let structured = outcome.structured();
+    let mut out = Vec::with_capacity(text[1].len() * 2 + text[0].len() + text[2].len() + 160);
     out.extend_from_slice(br#"{"jsonrpc":"2.0","id":"#);
     serde_json::to_writer(&mut out, id)?;
     out.extend_from_slice(br#","result":{"#);
@@ -106,7 +104,7 @@ pub(crate) fn reply(
         out.extend_from_slice(br#""resultType":"complete","#);
     }
     out.extend_from_slice(br#""content":[{"type":"text","text":"#);
-    write_json_string(text, &mut out)?;
+    write_json_string(&text, &mut out)?;
     out.extend_from_slice(b"}]");
     if let Some(json) = structured {
         out.extend_from_slice(br#","structuredContent":"#);
@@ -120,21 +118,30 @@ pub(crate) fn reply(
     Ok(out)
 }
 
-/// `text` as a JSON string. A tool result's JSON (compact serde_json output) holds no control
-/// characters, so only `"` and `\` need escaping: found with memchr instead of byte by byte.
-fn write_json_string(text: &str, out: &mut Vec<u8>) -> serde_json::Result<()> {
-    if text.bytes().any(|b| b < 0x20) {
-        return serde_json::to_writer(out, text);
-    }
+/// The pieces of `text`, joined, as one JSON string. A tool result's JSON (compact serde_json
+/// output) holds no control characters, so only `"` and `\` need escaping: found with memchr
+/// instead of byte by byte. Pieces with control characters (the frame's line breaks, an
+/// error's) are escaped by serde_json.
+fn write_json_string(text: &[&str], out: &mut Vec<u8>) -> serde_json::Result<()> {
     out.push(b'"');
-    let mut rest = text.as_bytes();
-    while let Some(at) = memchr::memchr2(b'"', b'\\', rest) {
-        out.extend_from_slice(&rest[..at]);
-        out.push(b'\\');
-        out.push(rest[at]);
-        rest = &rest[at + 1..];
+    for piece in text {
+        if piece.bytes().any(|b| b < 0x20) {
+            let start = out.len();
+            serde_json::to_writer(&mut *out, piece)?;
+            // Without the quotes serde_json put around it.
+            out.remove(start);
+            out.pop();
+            continue;
+        }
+        let mut rest = piece.as_bytes();
+        while let Some(at) = memchr::memchr2(b'"', b'\\', rest) {
+            out.extend_from_slice(&rest[..at]);
+            out.push(b'\\');
+            out.push(rest[at]);
+            rest = &rest[at + 1..];
+        }
+        out.extend_from_slice(rest);
     }
-    out.extend_from_slice(rest);
     out.push(b'"');
     Ok(())
 }
@@ -251,6 +258,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use crate::framing::Frame;
 
     fn stateless_body(name: &str, arguments: &str) -> String {
         format!(
@@ -320,12 +328,19 @@ mod tests {
 
     #[test]
     fn replies_are_what_rmcp_sends_for_the_same_result() {
+        let json = r#"{"columns":[{"name":"x","type":"int4"}],"rows":[[1],["a \"b\" \u00e9"]],"truncated":false}"#;
+        let error = "ERROR: invalid input syntax for type integer: \"x\"\n";
         let outcomes = [
-            Outcome::Result(
-                r#"{"columns":[{"name":"x","type":"int4"}],"rows":[[1],["a \"b\" \u00e9"]],"truncated":false}"#
-                    .to_owned(),
-            ),
-            Outcome::ToolError("refused: only SELECT \"statements\"\n".to_owned()),
+            Outcome::result(json.to_owned()),
+            Outcome::Result {
+                json: json.to_owned(),
+                frame: Some(Frame::around(json)),
+            },
+            Outcome::error("refused: only SELECT \"statements\"\n".to_owned()),
+            Outcome::ToolError {
+                text: error.to_owned(),
+                frame: Some(Frame::around(error)),
+            },
         ];
         for outcome in &outcomes {
             for revision in [Revision::Session, Revision::Stateless] {

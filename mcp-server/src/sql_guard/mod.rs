@@ -46,11 +46,11 @@ use sqlparser::ast::{SetExpr, Statement};
 use sqlparser::tokenizer::TokenWithSpan;
 
 pub use error::{GuardError, METRIC_LABELS};
-pub use fingerprint::fingerprint;
+pub use fingerprint::{fingerprint, fingerprint_redacted, redact};
 
 use backstop::backstop;
 use classify::{classify, parse_statement};
-use fingerprint::{hash, normalize_tokens};
+use fingerprint::normalize_tokens;
 use tokens::{statement_tokens, tokenize};
 
 /// Longest SQL text the guard looks at; longer input is refused without parsing.
@@ -85,24 +85,25 @@ pub fn parse_checked(sql: &str) -> Result<(StatementKind, Statement), GuardError
     parse_tokens(tokenize(sql)?)
 }
 
-/// The guard's verdict on one SQL text together with its [`fingerprint`], from one
+/// The guard's verdict on one SQL text together with its [`redact`]ed text, from one
 /// tokenization: what the `query` tool checks and the audit log records.
 #[derive(Debug)]
 pub struct Inspection {
-    pub fingerprint: String,
+    /// The statement without literals and comments ([`redact`]).
+    pub redacted: String,
     /// The statement is boxed: sqlparser's `Statement` is kilobytes, and moves with the call.
     pub verdict: Result<(StatementKind, Box<Statement>), GuardError>,
 }
 
-/// [`parse_checked`] and [`fingerprint`] at once.
+/// [`parse_checked`] and [`redact`] at once.
 pub fn inspect(sql: &str) -> Inspection {
     match tokenize(sql) {
         Ok(tokens) => Inspection {
-            fingerprint: hash(&normalize_tokens(tokens.iter().map(|t| &t.token))),
+            redacted: normalize_tokens(tokens.iter().map(|t| &t.token)),
             verdict: parse_tokens(tokens).map(|(kind, statement)| (kind, Box::new(statement))),
         },
         Err(error) => Inspection {
-            fingerprint: fingerprint(sql),
+            redacted: redact(sql),
             verdict: Err(error),
         },
     }

@@ -3,11 +3,12 @@
 
 pub mod catalog;
 pub mod registry;
+pub mod schemas;
 pub mod sql;
 
 use std::time::Duration;
 
-use pgmcp_crds::config::LimitsConfig;
+use pgmcp_crds::config::{LimitsConfig, ResultsConfig};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -17,6 +18,7 @@ use sqlparser::ast::Statement;
 use tokio_util::sync::CancellationToken;
 
 use crate::access::Access;
+use crate::audit::Audit;
 use crate::db::{Caps, Database, DbError, Rows};
 use crate::definer::{DefinerCall, Definers, Snapshot};
 use crate::readiness::Readiness;
@@ -56,6 +58,10 @@ pub struct Tools {
     /// The caller classes and what each sees ([`crate::access`]).
     pub access: Arc<Access>,
     pub limits: LimitsConfig,
+    /// How results are presented to the model ([`crate::framing`]).
+    pub results: ResultsConfig,
+    /// Where each call's audit event goes ([`crate::audit`]).
+    pub audit: Audit,
     /// Ready once the start-up sequence found the database role safe (see [`Tools::gated`]).
     readiness: Readiness,
     /// The SECURITY DEFINER functions calls are refused to, read on first use and by
@@ -70,8 +76,8 @@ pub struct Call {
     pub cancel: CancellationToken,
     /// Who asked: set on authenticated HTTP requests.
     pub caller: Option<crate::auth::Caller>,
-    /// The statement's fingerprint, set by the tools that run the caller's SQL.
-    statement: OnceLock<String>,
+    /// The caller's SQL, noted by the tools that run it, for the audit log.
+    statement: OnceLock<crate::audit::NotedStatement>,
 }
 
 impl Call {
@@ -83,14 +89,19 @@ impl Call {
         }
     }
 
-    /// Records the fingerprint of the statement the call runs, for the audit log.
-    pub(crate) fn note_statement(&self, fingerprint: String) {
-        let _ = self.statement.set(fingerprint);
+    /// Notes the caller's statement the call runs (`redacted`: [`crate::sql_guard::redact`]
+    /// of it) and how many parameters came with it, for the audit log.
+    pub(crate) fn note_statement(&self, sql: &str, redacted: String, params: usize) {
+        let _ = self.statement.set(crate::audit::NotedStatement {
+            sql: sql.to_owned(),
+            redacted,
+            params,
+        });
     }
 
-    /// The fingerprint of the statement the call ran, if it ran the caller's SQL.
-    pub fn statement(&self) -> Option<&str> {
-        self.statement.get().map(String::as_str)
+    /// The caller's statement the call ran, if it ran one.
+    pub fn statement(&self) -> Option<&crate::audit::NotedStatement> {
+        self.statement.get()
     }
 
     /// The role and claims the call's statements run with (per-caller access).
@@ -134,6 +145,15 @@ pub enum ToolError {
 }
 
 impl ToolError {
+    /// Whether the server refused the call (the SQL guard, the scope, a SECURITY DEFINER
+    /// function, no caller class), rather than failing to run it.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            ToolError::Guard(_) | ToolError::Scope(_) | ToolError::Definer(_) | ToolError::NoClass
+        )
+    }
+
     /// Bounded label for metrics and the audit log.
     pub fn metric_label(&self) -> &'static str {
         match self {
@@ -178,6 +198,8 @@ impl Tools {
             db,
             access,
             limits,
+            results: ResultsConfig::default(),
+            audit: Audit::default(),
             readiness: Readiness::ready(),
             definers: Definers::default(),
         }
@@ -256,6 +278,18 @@ impl Tools {
                 None => self.access.server_scope(),
             },
         }
+    }
+
+    /// Presents results as `results` says.
+    pub fn with_results(mut self, results: ResultsConfig) -> Self {
+        self.results = results;
+        self
+    }
+
+    /// Writes each call's audit event to `audit`.
+    pub fn with_audit(mut self, audit: Audit) -> Self {
+        self.audit = audit;
+        self
     }
 
     /// Runs tool calls only once `readiness` is ready, so the server can answer (tools/list,

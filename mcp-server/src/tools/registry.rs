@@ -18,15 +18,17 @@ use super::catalog::{
     self, DescribeTableArgs, ListDatabasesArgs, ListRelationshipsArgs, ListSchemasArgs,
     ListTablesArgs, SearchObjectsArgs, ServerInfoArgs,
 };
+use super::schemas;
 use super::sql::{self, ExplainArgs, QueryArgs};
 use super::{Call, RowsResult, ToolError, Tools};
 
-/// What a finished call hands the audit log and the metrics: its result as JSON, and how many
-/// rows it holds.
+/// What a finished call hands the audit log and the metrics: its result as JSON, how many
+/// rows it holds, and whether more existed.
 #[derive(Debug)]
 pub struct Output {
     pub json: String,
     pub rows: usize,
+    pub truncated: bool,
 }
 
 /// A running call, whatever its tool: boxed, because inline every call would carry (and move,
@@ -44,20 +46,29 @@ pub enum ParseError {
     Arguments(String),
 }
 
-/// Rows in a result, for metrics and the audit log.
+/// Rows in a result and whether it was cut, for metrics and the audit log.
 trait RowCount {
     fn row_count(&self) -> usize;
+    fn truncated(&self) -> bool {
+        false
+    }
 }
 
 impl RowCount for RowsResult {
     fn row_count(&self) -> usize {
         self.rows.row_count
     }
+    fn truncated(&self) -> bool {
+        self.rows.truncated
+    }
 }
 
 impl RowCount for catalog::TableDescription {
     fn row_count(&self) -> usize {
         self.columns.row_count
+    }
+    fn truncated(&self) -> bool {
+        self.columns.truncated
     }
 }
 
@@ -83,6 +94,7 @@ async fn output<T: Serialize + RowCount>(
     Ok(Output {
         json,
         rows: value.row_count(),
+        truncated: value.truncated(),
     })
 }
 
@@ -123,6 +135,7 @@ macro_rules! tools {
             title: $title:literal,
             description: $description:literal,
             arguments: $args:ty,
+            output: $output:path,
             call: $call:path $(,)?
         }
     ),+ $(,)?) => {
@@ -159,11 +172,13 @@ macro_rules! tools {
         /// Every tool's `tools/list` entry, sorted by name.
         fn declared() -> Vec<Tool> {
             let mut list = vec![$(
-                Tool::new($name, $description, input_schema::<$args>()).with_annotations(
-                    ToolAnnotations::with_title($title)
-                        .read_only(true)
-                        .open_world(false),
-                ),
+                Tool::new($name, $description, input_schema::<$args>())
+                    .with_raw_output_schema(Arc::new($output()))
+                    .with_annotations(
+                        ToolAnnotations::with_title($title)
+                            .read_only(true)
+                            .open_world(false),
+                    ),
             )+];
             list.sort_by(|a, b| a.name.cmp(&b.name));
             list
@@ -177,6 +192,7 @@ tools! {
         title: "List databases",
         description: "List the database this server reads (name, encoding, size in bytes, comment).",
         arguments: ListDatabasesArgs,
+        output: schemas::rows,
         call: catalog::list_databases,
     },
     ListSchemas {
@@ -184,6 +200,7 @@ tools! {
         title: "List schemas",
         description: "List the schemas you can read, with their comment and number of tables.",
         arguments: ListSchemasArgs,
+        output: schemas::rows,
         call: catalog::list_schemas,
     },
     ListTables {
@@ -191,6 +208,7 @@ tools! {
         title: "List tables",
         description: "List the tables, views and materialized views you can read: schema, name, kind, estimated row count (null if never analyzed), size in bytes and comment. Start here to see what data exists.",
         arguments: ListTablesArgs,
+        output: schemas::rows,
         call: catalog::list_tables,
     },
     DescribeTable {
@@ -198,6 +216,7 @@ tools! {
         title: "Describe a table",
         description: "Describe one table or view: its columns (name, type, nullable, default, comment), primary key, foreign keys (with the referenced table and columns), tables that reference it, indexes, check constraints, and a view's SQL. Use it before writing a query.",
         arguments: DescribeTableArgs,
+        output: schemas::table_description,
         call: catalog::describe_table,
     },
     ListRelationships {
@@ -205,6 +224,7 @@ tools! {
         title: "List relationships",
         description: "List foreign keys (how tables are related): from table and columns to table and columns, with update/delete actions. Filter by schema and/or table; a table filter matches both directions.",
         arguments: ListRelationshipsArgs,
+        output: schemas::rows,
         call: catalog::list_relationships,
     },
     SearchObjects {
@@ -212,6 +232,7 @@ tools! {
         title: "Search tables and columns",
         description: "Find tables, views and columns whose name or comment contains a word (case-insensitive), e.g. 'customer' to find where customer information is kept.",
         arguments: SearchObjectsArgs,
+        output: schemas::rows,
         call: catalog::search_objects,
     },
     Query {
@@ -219,6 +240,7 @@ tools! {
         title: "Run a read-only query",
         description: "Run one read-only SQL statement (SELECT, WITH … SELECT, VALUES, TABLE, EXPLAIN, SHOW) and get columns (name, type) and rows as JSON. Pass values as params ($1, $2, …) instead of writing them into the SQL. Results are capped at max_rows and a byte limit; truncated: true means more rows exist, so aggregate or add LIMIT. Writes, DDL, session changes and unsafe functions are refused.",
         arguments: QueryArgs,
+        output: schemas::rows,
         call: sql::query,
     },
     Explain {
@@ -226,6 +248,7 @@ tools! {
         title: "Explain a query",
         description: "Show PostgreSQL's plan for a read-only statement (EXPLAIN FORMAT JSON). Set analyze: true to also run it and get actual rows and timings; it stays read-only and time-limited.",
         arguments: ExplainArgs,
+        output: schemas::plan,
         call: sql::explain,
     },
     ServerInfo {
@@ -233,6 +256,7 @@ tools! {
         title: "Server information",
         description: "Facts about the database server: version, database, user, installed extensions, selected settings, and this server's limits (max rows, max bytes, statement timeout).",
         arguments: ServerInfoArgs,
+        output: schemas::server_info,
         call: catalog::server_info,
     },
 }

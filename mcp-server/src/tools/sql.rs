@@ -144,7 +144,7 @@ async fn check_scope(tools: &Tools, call: &Call, statement: &Statement) -> Resul
 /// for the audit log), the SECURITY DEFINER check and the scope allow it.
 pub async fn query(tools: &Tools, call: &Call, args: QueryArgs) -> Result<RowsResult, ToolError> {
     let inspection = sql_guard::inspect(&args.sql);
-    call.note_statement(inspection.fingerprint);
+    call.note_statement(&args.sql, inspection.redacted, args.params.len());
     check_size(&args.sql, &args.params)?;
     let (_, statement) = inspection.verdict?;
     tools.check_definers(call, &args.sql, &statement).await?;
@@ -178,7 +178,7 @@ pub struct Plan {
 }
 
 pub async fn explain(tools: &Tools, call: &Call, args: ExplainArgs) -> Result<Plan, ToolError> {
-    call.note_statement(sql_guard::fingerprint(&args.sql));
+    call.note_statement(&args.sql, sql_guard::redact(&args.sql), args.params.len());
     check_size(&args.sql, &args.params)?;
     sql_guard::check_explainable(&args.sql)?;
     let (_, statement) = sql_guard::parse_checked(&args.sql)?;

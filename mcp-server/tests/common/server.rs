@@ -122,6 +122,15 @@ impl ServerProcess {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
 
+    /// The audit events the server wrote (JSON lines of type `pgmcp.audit`), in order.
+    pub fn audit_events(&self) -> Vec<serde_json::Value> {
+        self.log()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|event| event["type"] == "pgmcp.audit")
+            .collect()
+    }
+
     pub async fn request(
         &self,
         method: &str,
