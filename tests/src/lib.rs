@@ -5,6 +5,8 @@
 //!   per test.
 //! - [`Postgres`]: a PostgreSQL instance in a temporary directory, a fresh database per test
 //!   (Debian's 15, or the major `PGMCP_POSTGRES_VERSION` names: 14 to 18).
+//! - [`otel::Collector`]: an OpenTelemetry Collector (`tests/otelcol/build.sh`) receiving OTLP/HTTP
+//!   and writing what it received to files the tests read back.
 //!
 //! Each test binary shares one control plane and one PostgreSQL (starting them takes seconds);
 //! isolation comes from namespaces and databases. Every process is started under a lifeline
@@ -21,6 +23,7 @@ pub mod graph;
 pub mod http;
 pub mod mcp;
 pub mod operator;
+pub mod otel;
 pub mod paths;
 pub mod pki;
 pub mod podrunner;

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 pub const KUBERNETES_VERSION: &str = "v1.34.4";
 /// Version of the npm package carrying kubectl and helm.
 pub const KUBECTL_LAYER_VERSION: &str = "2.2.2";
+/// OpenTelemetry Collector release `tests/otelcol/build.sh` builds (its go.mod pins it).
+pub const OTELCOL_VERSION: &str = "v0.161.0";
 
 /// The repository root.
 pub fn workspace_root() -> PathBuf {
@@ -30,6 +32,19 @@ pub fn controlplane_bin(name: &str) -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| cache_dir().join("controlplane").join(KUBERNETES_VERSION))
         .join(name)
+}
+
+/// The OpenTelemetry Collector of the telemetry tests (`$PGMCP_OTELCOL_BIN`, else what
+/// `make otelcol` built).
+pub fn otelcol_bin() -> PathBuf {
+    std::env::var_os("PGMCP_OTELCOL_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            cache_dir()
+                .join("otelcol")
+                .join(OTELCOL_VERSION)
+                .join("otelcol")
+        })
 }
 
 fn tool(env: &str, name: &str) -> PathBuf {
@@ -181,6 +196,19 @@ mod tests {
 
     const PINS: &str =
         "# major  npm version  sha256\n14 14.23.0-beta.17 aa\n18 18.4.0-beta.17 bb\n";
+
+    #[test]
+    fn otelcol_version_is_the_release_its_go_mod_pins() {
+        let go_mod =
+            std::fs::read_to_string(workspace_root().join("tests/otelcol/go.mod")).unwrap();
+        let pinned = go_mod.lines().find_map(|line| {
+            let mut words = line.split_whitespace();
+            (words.next() == Some("go.opentelemetry.io/collector/otelcol"))
+                .then(|| words.next())
+                .flatten()
+        });
+        assert_eq!(pinned, Some(OTELCOL_VERSION));
+    }
 
     #[test]
     fn no_version_is_debians_postgresql_15() {
