@@ -548,6 +548,17 @@ pub struct ServerSpec {
     /// the listed peers. Omit it to create no NetworkPolicy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_policy: Option<NetworkPolicySpec>,
+    /// How tool results present database data to the model.
+    #[serde(default)]
+    pub results: ResultsSpec,
+    /// What the audit event of each tool call records of the caller's SQL.
+    #[serde(default)]
+    pub audit: AuditSpec,
+    /// OpenTelemetry export of the MCP server's traces and logs (OTLP over HTTP, protobuf).
+    /// Omit it to export nothing. The server's pods always carry OTEL_SERVICE_NAME=pgmcp-server
+    /// and the resource attributes k8s.namespace.name and pgmcp.binding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub telemetry: Option<TelemetrySpec>,
 }
 
 /// Ingress allowed to the MCP server pods.
@@ -609,6 +620,133 @@ fn default_max_bytes() -> String {
 
 fn default_statement_timeout() -> String {
     "15s".to_owned()
+}
+
+/// How tool results present database data to the model.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ResultsSpec {
+    /// Wrap the database data in the text of each tool result between two copies of a random
+    /// boundary, new for every answer, with a sentence telling the model that what lies between
+    /// them is data and that instructions inside it must not be followed. structuredContent is
+    /// never wrapped. Keep it on: rows are written by people, and any cell (a support ticket,
+    /// a product review, a customer's name) can carry instructions aimed at the agent that
+    /// reads it. Turn it off only for clients that parse the text themselves and never hand it
+    /// to a model.
+    #[serde(default = "default_true")]
+    pub untrusted_data_framing: bool,
+}
+
+impl Default for ResultsSpec {
+    fn default() -> Self {
+        Self {
+            untrusted_data_framing: true,
+        }
+    }
+}
+
+/// What the audit event of each tool call records.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditSpec {
+    /// How the caller's SQL appears in the audit event of each tool call and in its trace
+    /// span: full (the default) records the statement as the caller sent it; redacted records
+    /// it with every literal replaced by ? (comments dropped, layout normalised), so values
+    /// typed into a query (an e-mail address, an account number) stay out of the logs;
+    /// fingerprint records only 16 hex digits identifying the redacted statement, enough to
+    /// count and correlate queries without their text.
+    #[serde(default)]
+    pub statements: AuditStatements,
+}
+
+/// How the caller's SQL appears in audit events and trace spans.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditStatements {
+    /// The statement as the caller sent it.
+    #[default]
+    Full,
+    /// The statement with every literal replaced by `?`.
+    Redacted,
+    /// Only a 16-hex-digit fingerprint of the redacted statement.
+    Fingerprint,
+}
+
+impl From<AuditStatements> for crate::config::AuditStatements {
+    fn from(value: AuditStatements) -> Self {
+        match value {
+            AuditStatements::Full => Self::Full,
+            AuditStatements::Redacted => Self::Redacted,
+            AuditStatements::Fingerprint => Self::Fingerprint,
+        }
+    }
+}
+
+/// OpenTelemetry export of the MCP server (OTLP/HTTP with protobuf), given to the server
+/// as the standard OTEL_* environment variables.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TelemetrySpec {
+    /// Base URL of an OTLP/HTTP receiver, such as an OpenTelemetry Collector:
+    /// http://otel-collector.observability.svc:4318. The server sends traces to
+    /// <otlpEndpoint>/v1/traces and logs to <otlpEndpoint>/v1/logs
+    /// (OTEL_EXPORTER_OTLP_ENDPOINT).
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new("isURL(self) && (self.startsWith('https://') || self.startsWith('http://')) && url(self).getHostname() != '' && !self.contains('?') && !self.contains('#')")
+        .message("otlpEndpoint must be an absolute http:// or https:// URL with a host and no query or fragment, such as http://otel-collector.observability.svc:4318 (the server appends /v1/traces and /v1/logs)"))]
+    pub otlp_endpoint: String,
+    /// A key of a Secret in the binding's namespace whose value is sent as the headers of
+    /// every export request, in the OTEL_EXPORTER_OTLP_HEADERS format: comma-separated
+    /// name=value pairs, such as Authorization=Bearer%20<token> (values percent-encoded). The
+    /// binding stalls, naming the Secret, until it exists with that key. A changed value
+    /// reaches the server when its pods next restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers_secret_ref: Option<SecretValueRef>,
+    /// Percentage (0 to 100) of traces recorded, chosen at random per trace
+    /// (OTEL_TRACES_SAMPLER parentbased_traceidratio with OTEL_TRACES_SAMPLER_ARG
+    /// samplingPercent/100; at 100, parentbased_always_on). Parent-based: a span whose parent
+    /// trace context was already sampled, or not, keeps that decision. Logs are not sampled.
+    /// Default 100.
+    #[serde(default = "default_sampling_percent")]
+    #[schemars(range(min = 0, max = 100))]
+    pub sampling_percent: i32,
+    /// Extra OpenTelemetry resource attributes of the server's traces and logs, such as
+    /// deployment.environment.name: production (added to OTEL_RESOURCE_ATTRIBUTES,
+    /// percent-encoded). At most 16; keys are at most 128 letters, digits, '.', '_' or '-',
+    /// values at most 256 characters. service.name, k8s.namespace.name and pgmcp.binding are
+    /// set by the operator and cannot be given here.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend(
+        "maxProperties" = 16,
+        "additionalProperties" = {"type": "string", "maxLength": 256}
+    ))]
+    #[x_kube(
+        validation = Rule::new("self.all(k, size(k) <= 128 && k.matches('^[A-Za-z0-9_][-A-Za-z0-9._]*$'))")
+            .message("resourceAttributes keys must be 1 to 128 letters, digits, '.', '_' or '-', such as deployment.environment.name"),
+        validation = Rule::new("self.all(k, !(k in ['service.name', 'k8s.namespace.name', 'pgmcp.binding']))")
+            .message("resourceAttributes cannot set service.name, k8s.namespace.name or pgmcp.binding: the operator sets them"),
+    )]
+    pub resource_attributes: BTreeMap<String, String>,
+}
+
+fn default_sampling_percent() -> i32 {
+    100
+}
+
+/// One key of a Secret in the binding's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretValueRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')")
+        .message("name must be a Secret name: lower-case letters, digits, '-' and '.'"))]
+    pub name: String,
+    /// The key in the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[-._a-zA-Z0-9]+$')")
+        .message("key must be a Secret key: letters, digits, '-', '_' and '.'"))]
+    pub key: String,
 }
 
 /// Caller authentication of the MCP server.
@@ -1163,6 +1301,39 @@ spec:
                 statement_timeout: "15s".into()
             }
         );
+        assert!(spec.server.results.untrusted_data_framing);
+        assert_eq!(spec.server.audit.statements, AuditStatements::Full);
+        assert!(spec.server.telemetry.is_none());
         assert!(spec.foundry.is_none());
+    }
+
+    #[test]
+    fn telemetry_takes_its_defaults_and_audit_modes_are_lower_case() {
+        let server: ServerSpec = serde_json::from_value(serde_json::json!({
+            "auth": {"none": {"acknowledgeInsecure": true}},
+            "audit": {"statements": "fingerprint"},
+            "results": {},
+            "telemetry": {"otlpEndpoint": "http://otel-collector:4318"}
+        }))
+        .unwrap();
+        let telemetry = server.telemetry.unwrap();
+        assert_eq!(telemetry.sampling_percent, 100);
+        assert!(telemetry.headers_secret_ref.is_none());
+        assert!(telemetry.resource_attributes.is_empty());
+        assert!(server.results.untrusted_data_framing);
+        assert_eq!(
+            crate::config::AuditStatements::from(server.audit.statements).as_str(),
+            "fingerprint"
+        );
+        let statements = &schema()["properties"]["spec"]["properties"]["server"]["properties"]["audit"]
+            ["properties"]["statements"];
+        assert_eq!(
+            statements["enum"],
+            serde_json::json!(["full", "redacted", "fingerprint"])
+        );
+        let attributes = &schema()["properties"]["spec"]["properties"]["server"]["properties"]["telemetry"]
+            ["properties"]["resourceAttributes"];
+        assert_eq!(attributes["maxProperties"], 16);
+        assert_eq!(attributes["additionalProperties"]["maxLength"], 256);
     }
 }

@@ -105,6 +105,17 @@ async fn crd_is_established_and_kubectl_explain_prints_our_docs() {
         text.contains("Immutable"),
         "principalName says it is immutable:\n{text}"
     );
+
+    let (ok, text) = run(env
+        .kubectl()
+        .args(["explain", "pmb.spec.server.results.untrustedDataFraming"]));
+    assert!(ok, "{text}");
+    // kubectl wraps the description to the terminal's width.
+    let joined = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        joined.contains("instructions aimed at the agent"),
+        "untrustedDataFraming says why to keep it on:\n{text}"
+    );
 }
 
 #[tokio::test]
@@ -558,6 +569,148 @@ fn invalid_corpus() -> Vec<Invalid> {
             field: "spec.server.publicUrl",
             message: "absolute http:// or https:// URL",
         },
+        Invalid {
+            name: "audit statements mode not one of the three",
+            base: PASSWORD,
+            change: c(vec![("spec/server/audit/statements", json!("verbose"))]),
+            field: "spec.server.audit.statements",
+            message: r#"supported values: "full", "redacted", "fingerprint""#,
+        },
+        Invalid {
+            name: "untrustedDataFraming not a boolean",
+            base: PASSWORD,
+            change: c(vec![(
+                "spec/server/results/untrustedDataFraming",
+                json!("yes"),
+            )]),
+            field: "spec.server.results.untrustedDataFraming",
+            message: "must be of type boolean",
+        },
+        Invalid {
+            name: "OTLP endpoint without a scheme",
+            base: PASSWORD,
+            change: c(vec![(
+                "spec/server/telemetry",
+                json!({"otlpEndpoint": "otel-collector:4318"}),
+            )]),
+            field: "spec.server.telemetry.otlpEndpoint",
+            message: "otlpEndpoint must be an absolute http:// or https:// URL",
+        },
+        Invalid {
+            name: "OTLP endpoint over gRPC",
+            base: PASSWORD,
+            change: c(vec![(
+                "spec/server/telemetry",
+                json!({"otlpEndpoint": "grpc://otel-collector:4317"}),
+            )]),
+            field: "spec.server.telemetry.otlpEndpoint",
+            message: "otlpEndpoint must be an absolute http:// or https:// URL",
+        },
+        Invalid {
+            name: "OTLP endpoint without a host",
+            base: PASSWORD,
+            change: c(vec![(
+                "spec/server/telemetry",
+                json!({"otlpEndpoint": "http:///v1"}),
+            )]),
+            field: "spec.server.telemetry.otlpEndpoint",
+            message: "with a host",
+        },
+        Invalid {
+            name: "OTLP endpoint with a query",
+            base: PASSWORD,
+            change: c(vec![(
+                "spec/server/telemetry",
+                json!({"otlpEndpoint": "https://otlp.example.com/?tenant=a"}),
+            )]),
+            field: "spec.server.telemetry.otlpEndpoint",
+            message: "no query or fragment",
+        },
+        Invalid {
+            name: "telemetry without an OTLP endpoint",
+            base: PASSWORD,
+            change: c(vec![(
+                "spec/server/telemetry",
+                json!({"samplingPercent": 50}),
+            )]),
+            field: "spec.server.telemetry.otlpEndpoint",
+            message: "Required value",
+        },
+        Invalid {
+            name: "samplingPercent 101",
+            base: PASSWORD,
+            change: c(vec![(
+                "spec/server/telemetry",
+                json!({"otlpEndpoint": "http://otel-collector:4318", "samplingPercent": 101}),
+            )]),
+            field: "spec.server.telemetry.samplingPercent",
+            message: "less than or equal to 100",
+        },
+        Invalid {
+            name: "samplingPercent below 0",
+            base: PASSWORD,
+            change: c(vec![(
+                "spec/server/telemetry",
+                json!({"otlpEndpoint": "http://otel-collector:4318", "samplingPercent": -1}),
+            )]),
+            field: "spec.server.telemetry.samplingPercent",
+            message: "greater than or equal to 0",
+        },
+        Invalid {
+            name: "headers Secret without a key",
+            base: PASSWORD,
+            change: c(vec![(
+                "spec/server/telemetry",
+                json!({"otlpEndpoint": "http://otel-collector:4318",
+                       "headersSecretRef": {"name": "otel-headers"}}),
+            )]),
+            field: "spec.server.telemetry.headersSecretRef.key",
+            message: "Required value",
+        },
+        Invalid {
+            name: "resource attribute overriding the binding's own",
+            base: PASSWORD,
+            change: c(vec![(
+                "spec/server/telemetry",
+                json!({"otlpEndpoint": "http://otel-collector:4318",
+                       "resourceAttributes": {"pgmcp.binding": "other"}}),
+            )]),
+            field: "spec.server.telemetry.resourceAttributes",
+            message: "the operator sets them",
+        },
+        Invalid {
+            name: "resource attribute key with a comma",
+            base: PASSWORD,
+            change: c(vec![(
+                "spec/server/telemetry",
+                json!({"otlpEndpoint": "http://otel-collector:4318",
+                       "resourceAttributes": {"team,x": "a"}}),
+            )]),
+            field: "spec.server.telemetry.resourceAttributes",
+            message: "keys must be 1 to 128 letters",
+        },
+        Invalid {
+            name: "17 resource attributes",
+            base: PASSWORD,
+            change: c(vec![(
+                "spec/server/telemetry",
+                json!({"otlpEndpoint": "http://otel-collector:4318",
+                       "resourceAttributes": (0..17).map(|i| (format!("k{i}"), json!("v"))).collect::<serde_json::Map<_, _>>()}),
+            )]),
+            field: "spec.server.telemetry.resourceAttributes",
+            message: "must have at most 16 items",
+        },
+        Invalid {
+            name: "resource attribute value over 256 characters",
+            base: PASSWORD,
+            change: c(vec![(
+                "spec/server/telemetry",
+                json!({"otlpEndpoint": "http://otel-collector:4318",
+                       "resourceAttributes": {"team": "a".repeat(257)}}),
+            )]),
+            field: "spec.server.telemetry.resourceAttributes.team",
+            message: "may not be more than 256",
+        },
     ]
 }
 
@@ -659,6 +812,97 @@ async fn invalid_bindings_are_rejected_by_the_apiserver_naming_the_field() {
             case.name
         );
     }
+}
+
+#[tokio::test]
+async fn results_audit_and_telemetry_take_their_defaults_and_a_full_telemetry_block_is_accepted() {
+    let ns = TestEnv::shared()
+        .namespace("telemetry")
+        .await
+        .expect("namespace");
+    let api: Api<PostgresMcpBinding> = ns.api();
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let create = |doc: Value| {
+        let api = api.clone();
+        let dry_run = dry_run.clone();
+        async move {
+            let binding: PostgresMcpBinding = serde_json::from_value(doc).expect("fits the type");
+            api.create(&dry_run, &binding).await
+        }
+    };
+
+    // Left out: framing on, full statements, no telemetry, as the apiserver stores it.
+    let stored = create(example("password.yaml"))
+        .await
+        .expect("the example is accepted");
+    let stored = serde_json::to_value(&stored.spec.server).expect("json");
+    assert_eq!(stored["results"], json!({"untrustedDataFraming": true}));
+    assert_eq!(stored["audit"], json!({"statements": "full"}));
+    assert!(stored.get("telemetry").is_none(), "{stored}");
+
+    // Everything set, at its bounds: 16 attributes with the longest key and value, 0 %.
+    let mut doc = example("password.yaml");
+    let attributes: serde_json::Map<String, Value> = (0..16)
+        .map(|i| {
+            (
+                format!("{i:02}{}", "k".repeat(126)),
+                json!("é,=%".repeat(64)),
+            )
+        })
+        .collect();
+    set(
+        &mut doc,
+        "spec/server/telemetry",
+        json!({
+            "otlpEndpoint": format!("https://otlp.example.com/{}", "p".repeat(2000)),
+            "headersSecretRef": {"name": "otel-headers", "key": "headers"},
+            "samplingPercent": 0,
+            "resourceAttributes": attributes,
+        }),
+    );
+    set(
+        &mut doc,
+        "spec/server/audit/statements",
+        json!("fingerprint"),
+    );
+    set(
+        &mut doc,
+        "spec/server/results/untrustedDataFraming",
+        json!(false),
+    );
+    let stored = create(doc)
+        .await
+        .expect("a full telemetry block is accepted");
+    let server = stored.spec.server;
+    let telemetry = server.telemetry.expect("telemetry kept");
+    assert_eq!(telemetry.sampling_percent, 0);
+    assert_eq!(telemetry.resource_attributes.len(), 16);
+    assert_eq!(
+        server.audit.statements,
+        pgmcp_crds::v1alpha1::AuditStatements::Fingerprint
+    );
+    assert!(!server.results.untrusted_data_framing);
+
+    // samplingPercent defaults to 100.
+    let mut doc = example("password.yaml");
+    set(
+        &mut doc,
+        "spec/server/telemetry",
+        json!({"otlpEndpoint": "http://otel-collector.observability.svc:4318"}),
+    );
+    let stored = create(doc).await.expect("an endpoint alone is accepted");
+    assert_eq!(
+        stored
+            .spec
+            .server
+            .telemetry
+            .expect("telemetry")
+            .sampling_percent,
+        100
+    );
 }
 
 #[tokio::test]

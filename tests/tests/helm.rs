@@ -26,7 +26,7 @@ use pgmcp_crds::v1alpha1::PostgresMcpBinding;
 use pgmcp_tests::bindings::{apply_password_example, condition};
 use pgmcp_tests::operator::Operator;
 use pgmcp_tests::{TestEnv, TestNamespace, eventually, paths};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(45);
 const BINDING: &str = "shop";
@@ -381,6 +381,14 @@ async fn bad_values_are_refused_by_the_schema_naming_the_value() {
         ("watchNamespaces: [Agents]\n", "/watchNamespaces/0"),
         ("logFormat: yaml\n", "/logFormat"),
         ("resync: 5\n", "/resync': got number, want string"),
+        (
+            "telemetry:\n  otlpEndpoint: otel-collector:4318\n",
+            "/telemetry/otlpEndpoint",
+        ),
+        (
+            "telemetry:\n  otlpEndpoint: http://otel:4318\n  headersSecret:\n    name: otel-headers\n",
+            "/telemetry/headersSecret/key",
+        ),
     ] {
         let file = dir.path().join("values.yaml");
         std::fs::write(&file, values).unwrap();
@@ -400,6 +408,18 @@ async fn bad_values_are_refused_by_the_schema_naming_the_value() {
     );
     assert!(
         !ok && text.contains("replicaCount > 1 needs leaderElection.enabled"),
+        "{text}"
+    );
+    let (ok, text) = helm.template(
+        "pgmcp",
+        "pgmcp-system",
+        &[
+            "--set",
+            "telemetry.headersSecret.name=otel-headers,telemetry.headersSecret.key=headers",
+        ],
+    );
+    assert!(
+        !ok && text.contains("telemetry.headersSecret needs telemetry.otlpEndpoint"),
         "{text}"
     );
 }
@@ -526,6 +546,31 @@ async fn every_values_file_renders_objects_the_apiserver_accepts() {
                 assert!(
                     find(&objects, "PodDisruptionBudget", "pgmcp-operator").is_none(),
                     "no PDB for one replica"
+                );
+            }
+            "telemetry-values.yaml" => {
+                let deployment = find(&objects, "Deployment", "pgmcp-operator").unwrap();
+                let env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+                    .as_array()
+                    .unwrap();
+                let var = |name: &str| {
+                    env.iter()
+                        .find(|e| e["name"] == name)
+                        .unwrap_or_else(|| panic!("{file}: no {name} in {env:?}"))
+                };
+                assert_eq!(var("OTEL_SERVICE_NAME")["value"], "pgmcp-operator");
+                assert_eq!(
+                    var("OTEL_EXPORTER_OTLP_ENDPOINT")["value"],
+                    "http://otel-collector.observability.svc:4318"
+                );
+                assert_eq!(var("OTEL_EXPORTER_OTLP_PROTOCOL")["value"], "http/protobuf");
+                assert_eq!(
+                    var("OTEL_RESOURCE_ATTRIBUTES")["value"],
+                    format!("k8s.namespace.name={},k8s.pod.name=$(POD_NAME)", ns.name)
+                );
+                assert_eq!(
+                    var("OTEL_EXPORTER_OTLP_HEADERS")["valueFrom"]["secretKeyRef"],
+                    json!({"name": "otel-headers", "key": "headers"})
                 );
             }
             "servicemonitor-values.yaml" => {

@@ -1,9 +1,10 @@
 //! The operator against the real control plane (apiserver + controller-manager): an example
 //! binding becomes a ServiceAccount, ConfigMap, Service and Deployment with owner references;
 //! Ready follows the Deployment's availability; edits roll the pods; deleted or edited children
-//! are repaired; deletion runs the finalizer and garbage collection; a missing Secret stalls the
-//! binding until it appears; a steady state makes no write calls; and of two replicas only the
-//! Lease holder reconciles.
+//! are repaired; deletion runs the finalizer and garbage collection; a missing Secret (the admin
+//! Secret, the telemetry headers Secret) stalls the binding until it appears; telemetry reaches
+//! the server's environment and leaves it with the section; a steady state makes no write calls;
+//! and of two replicas only the Lease holder reconciles.
 //!
 //! There is no kubelet: pods stay Pending until a test marks them Ready through the pod status
 //! subresource, exactly the write a kubelet makes; the controller-manager then turns that into
@@ -461,6 +462,155 @@ async fn a_missing_admin_secret_stalls_the_binding_naming_it_until_it_appears() 
     .await;
     assert_eq!(condition(&binding, "Stalled").unwrap().status, "False");
     assert!(deployments.get_opt(CHILD).await.unwrap().is_some());
+}
+
+/// The server container's environment in the Deployment, as `(name, value or source)` pairs.
+async fn server_env(deployments: &Api<Deployment>) -> Option<Vec<(String, serde_json::Value)>> {
+    let deploy = deployments.get_opt(CHILD).await.ok()??;
+    let container = deploy.spec?.template.spec?.containers.into_iter().next()?;
+    Some(
+        container
+            .env
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| {
+                let value = match (e.value, e.value_from) {
+                    (Some(value), _) => json!(value),
+                    (None, from) => serde_json::to_value(from).unwrap(),
+                };
+                (e.name, value)
+            })
+            .collect(),
+    )
+}
+
+#[tokio::test]
+async fn telemetry_waits_for_its_headers_secret_then_rolls_the_pods_and_leaves_with_the_section() {
+    let env = TestEnv::shared();
+    let ns = env.namespace("operator-telemetry").await.unwrap();
+    let _operator = Operator::start(env, &ns.name, "op-telemetry", &[])
+        .await
+        .unwrap();
+    apply_password_example(&ns).await;
+    let bindings: Api<PostgresMcpBinding> = ns.api();
+    let deployments: Api<Deployment> = ns.api();
+    wait_condition(&bindings, "ServerAvailable", "False", None).await;
+    let names = |env: &[(String, serde_json::Value)]| -> Vec<String> {
+        env.iter().map(|(name, _)| name.clone()).collect()
+    };
+    let before = server_env(&deployments).await.unwrap();
+    assert_eq!(
+        before,
+        [
+            ("OTEL_SERVICE_NAME".to_owned(), json!("pgmcp-server")),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES".to_owned(),
+                json!(format!(
+                    "k8s.namespace.name={},pgmcp.binding={NAME}",
+                    ns.name
+                ))
+            ),
+        ]
+    );
+
+    // Telemetry whose headers Secret does not exist yet: the binding says so, naming the
+    // Secret and the field, and the running pods are left alone (new ones could not start).
+    patch_spec(
+        &bindings,
+        json!({"spec": {"server": {"telemetry": {
+            "otlpEndpoint": "http://otel-collector.observability.svc:4318",
+            "headersSecretRef": {"name": "otel-headers", "key": "headers"},
+            "samplingPercent": 20,
+            "resourceAttributes": {"team": "data, platform"}
+        }}}}),
+    )
+    .await;
+    let binding = wait_condition(&bindings, "Stalled", "True", Some("SecretNotFound")).await;
+    let stalled = condition(&binding, "Stalled").unwrap();
+    assert!(
+        stalled
+            .message
+            .contains(&format!("secret {}/otel-headers", ns.name))
+            && stalled
+                .message
+                .contains("spec.server.telemetry.headersSecretRef")
+            && stalled.message.contains("the key headers"),
+        "{}",
+        stalled.message
+    );
+    assert_eq!(server_env(&deployments).await.unwrap(), before);
+
+    // The Secret appears: the next check (within seconds) rolls the pods with the exporter.
+    let mut create = ns.kubectl();
+    create.args([
+        "create",
+        "secret",
+        "generic",
+        "otel-headers",
+        "--from-literal=headers=Authorization=Bearer%20token",
+    ]);
+    kubectl_ok(create);
+    let traced = wait_for("the exporter in the server's environment", WAIT, || async {
+        let env = server_env(&deployments).await?;
+        (env.len() > 2).then_some(env)
+    })
+    .await;
+    assert_eq!(
+        names(&traced),
+        [
+            "OTEL_SERVICE_NAME",
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "OTEL_TRACES_SAMPLER",
+            "OTEL_TRACES_SAMPLER_ARG",
+        ]
+    );
+    let value = |name: &str| {
+        traced
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .unwrap()
+    };
+    assert_eq!(
+        value("OTEL_RESOURCE_ATTRIBUTES"),
+        json!(format!(
+            "k8s.namespace.name={},pgmcp.binding={NAME},team=data%2C%20platform",
+            ns.name
+        ))
+    );
+    assert_eq!(
+        value("OTEL_EXPORTER_OTLP_HEADERS"),
+        json!({"secretKeyRef": {"name": "otel-headers", "key": "headers", "optional": false}})
+    );
+    assert_eq!(value("OTEL_TRACES_SAMPLER_ARG"), json!("0.20"));
+    let binding = wait_condition(&bindings, "Stalled", "False", None).await;
+    assert_ne!(
+        condition(&binding, "Ready").unwrap().reason,
+        "SecretNotFound"
+    );
+    let replica_sets: Api<ReplicaSet> = ns.api();
+    eventually("a second ReplicaSet (rollout)", WAIT, || async {
+        replica_sets
+            .list(&ListParams::default())
+            .await
+            .is_ok_and(|l| l.items.len() >= 2)
+    })
+    .await;
+
+    // Removing the section removes the exporter again.
+    patch_spec(&bindings, json!({"spec": {"server": {"telemetry": null}}})).await;
+    wait_for(
+        "the exporter gone from the server's environment",
+        WAIT,
+        || async {
+            let env = server_env(&deployments).await?;
+            (env == before).then_some(())
+        },
+    )
+    .await;
 }
 
 /// Write requests the apiserver served for the kinds the operator writes, from its own

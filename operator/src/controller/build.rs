@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    HTTPGetAction, KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Service,
-    ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+    EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec,
+    Probe, ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource,
+    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPort, NetworkPolicySpec,
@@ -18,10 +18,11 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use pgmcp_crds::config::{
-    AuthConfig, CallerClassConfig, CallerMatchConfig, DatabaseConfig, EntraAuthConfig, HttpConfig,
-    ScopeConfig, ScopeFunction, ScopeGrant, ServerConfig, class_role_name,
+    AuditConfig, AuthConfig, CallerClassConfig, CallerMatchConfig, DatabaseConfig, EntraAuthConfig,
+    HttpConfig, ResultsConfig, ScopeConfig, ScopeFunction, ScopeGrant, ServerConfig,
+    class_role_name,
 };
-use pgmcp_crds::v1alpha1::{AllowedFunction, Grant};
+use pgmcp_crds::v1alpha1::{AllowedFunction, Grant, TelemetrySpec};
 use pgmcp_crds::{labels, workload_identity};
 use sha2::{Digest as _, Sha256};
 
@@ -47,6 +48,8 @@ pub const PASSWORD_KEY: &str = "password";
 pub const CONTAINER: &str = "mcp-server";
 /// The unprivileged user and group the server runs as (distroless `nonroot`).
 const NON_ROOT: i64 = 65532;
+/// `OTEL_SERVICE_NAME` of every MCP server, whether or not it exports telemetry.
+pub const OTEL_SERVICE_NAME: &str = "pgmcp-server";
 
 /// Everything the binding should have in the cluster.
 #[derive(Debug, Clone, PartialEq)]
@@ -177,9 +180,13 @@ pub fn server_config(valid: &Valid, defaults: &Defaults) -> ServerConfig {
             }),
             insecure_allow_unauthenticated: spec.server.auth.none.is_some(),
         },
-        // Set from `spec.server.results` and `spec.server.audit` (issue 20, operator side).
-        results: Default::default(),
-        audit: Default::default(),
+        results: ResultsConfig {
+            untrusted_data_framing: spec.server.results.untrusted_data_framing,
+        },
+        audit: AuditConfig {
+            statements: spec.server.audit.statements.into(),
+            binding: Some(format!("{ns}/{}", valid.name)),
+        },
     }
 }
 
@@ -335,6 +342,107 @@ fn default_resources() -> ResourceRequirements {
     }
 }
 
+/// The server container's OpenTelemetry environment, in the standard `OTEL_*` variables the
+/// server's SDK reads: its name and resource attributes always, the exporter only with
+/// `spec.server.telemetry`. It is part of the pod template, so any change rolls the pods; the
+/// headers come from the Secret by reference, so a new value there waits for the next restart.
+fn otel_env(valid: &Valid) -> Vec<EnvVar> {
+    let plain = |name: &str, value: String| EnvVar {
+        name: name.to_owned(),
+        value: Some(value),
+        ..Default::default()
+    };
+    let telemetry = valid.spec.server.telemetry.as_ref();
+    let mut env = vec![
+        plain("OTEL_SERVICE_NAME", OTEL_SERVICE_NAME.to_owned()),
+        plain(
+            "OTEL_RESOURCE_ATTRIBUTES",
+            resource_attributes(valid, telemetry),
+        ),
+    ];
+    let Some(telemetry) = telemetry else {
+        return env;
+    };
+    env.push(plain(
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        telemetry.otlp_endpoint.clone(),
+    ));
+    env.push(plain(
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "http/protobuf".to_owned(),
+    ));
+    if let Some(reference) = &telemetry.headers_secret_ref {
+        env.push(EnvVar {
+            name: "OTEL_EXPORTER_OTLP_HEADERS".to_owned(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: reference.name.clone(),
+                    key: reference.key.clone(),
+                    optional: Some(false),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    match sampler_ratio(telemetry.sampling_percent) {
+        None => env.push(plain(
+            "OTEL_TRACES_SAMPLER",
+            "parentbased_always_on".to_owned(),
+        )),
+        Some(ratio) => {
+            env.push(plain(
+                "OTEL_TRACES_SAMPLER",
+                "parentbased_traceidratio".to_owned(),
+            ));
+            env.push(plain("OTEL_TRACES_SAMPLER_ARG", ratio));
+        }
+    }
+    env
+}
+
+/// `OTEL_TRACES_SAMPLER_ARG` for `percent`: `0.25` for 25, `0.00` for 0 (written from the
+/// integer, so never `0.07000000000000001`); `None` at 100 (or above): every trace.
+fn sampler_ratio(percent: i32) -> Option<String> {
+    (percent < 100).then(|| format!("0.{:02}", percent.max(0)))
+}
+
+/// `OTEL_RESOURCE_ATTRIBUTES`: where the server runs, then the binding's own attributes (keys
+/// sorted; the CRD refuses the operator's keys there).
+fn resource_attributes(valid: &Valid, telemetry: Option<&TelemetrySpec>) -> String {
+    let ours = [
+        ("k8s.namespace.name", valid.namespace.as_str()),
+        ("pgmcp.binding", valid.name.as_str()),
+    ];
+    let theirs = telemetry
+        .into_iter()
+        .flat_map(|t| &t.resource_attributes)
+        .map(|(k, v)| (k.as_str(), v.as_str()));
+    ours.into_iter()
+        .chain(theirs)
+        .map(|(k, v)| format!("{}={}", encode_attribute(k), encode_attribute(v)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A key or value of `OTEL_RESOURCE_ATTRIBUTES`, percent-encoded as the OpenTelemetry
+/// specification asks (its format is W3C Baggage's): every byte outside baggage-octet (controls,
+/// space, `"`, `,`, `;`, `\`, non-ASCII as UTF-8 bytes), and also `%` (the escape itself), `=`
+/// (the separator of key and value) and `$` (the kubelet expands `$(NAME)` in env values).
+fn encode_attribute(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        let baggage_octet =
+            matches!(byte, 0x21 | 0x23..=0x2B | 0x2D..=0x3A | 0x3C..=0x5B | 0x5D..=0x7E);
+        if baggage_octet && !matches!(byte, b'%' | b'=' | b'$') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
 fn deployment(valid: &Valid, defaults: &Defaults, name: &str, config_hash: &str) -> Deployment {
     let server = &valid.spec.server;
     let mut pod_labels = common_labels(valid);
@@ -410,6 +518,7 @@ fn deployment(valid: &Valid, defaults: &Defaults, name: &str, config_hash: &str)
             "--config".to_owned(),
             format!("{CONFIG_DIR}/{CONFIG_KEY}"),
         ]),
+        env: Some(otel_env(valid)),
         ports: Some(vec![ContainerPort {
             name: Some(PORT_NAME.to_owned()),
             container_port: PORT,
@@ -515,16 +624,20 @@ pub(crate) mod tests {
         }
     }
 
-    /// What fetch reads for the examples: the admin Secret they name.
+    /// What fetch reads for the examples: the admin Secret they name, and the telemetry
+    /// headers Secret the tests here name.
     fn admin_inputs() -> Inputs {
+        let secret = |keys: &[&str]| k8s_openapi::api::core::v1::Secret {
+            string_data: Some(
+                keys.iter()
+                    .map(|k| ((*k).to_owned(), "x".to_owned()))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
         Inputs {
-            admin_secret: Some(k8s_openapi::api::core::v1::Secret {
-                string_data: Some(BTreeMap::from([
-                    ("username".to_owned(), "postgres".to_owned()),
-                    ("password".to_owned(), "x".to_owned()),
-                ])),
-                ..Default::default()
-            }),
+            admin_secret: Some(secret(&["username", "password"])),
+            telemetry_headers_secret: Some(secret(&["headers"])),
             ..Default::default()
         }
     }
@@ -616,6 +729,10 @@ pub(crate) mod tests {
                             "automountServiceAccountToken": false,
                             "containers": [{
                                 "args": ["--config", "/etc/pgmcp/config.json"],
+                                "env": [
+                                    {"name": "OTEL_SERVICE_NAME", "value": "pgmcp-server"},
+                                    {"name": "OTEL_RESOURCE_ATTRIBUTES", "value": "k8s.namespace.name=agents,pgmcp.binding=shop"}
+                                ],
                                 "image": "ghcr.io/pgmcp/pgmcp-server:test",
                                 "livenessProbe": probe("/healthz", 10, 3),
                                 "name": "mcp-server",
@@ -686,7 +803,8 @@ pub(crate) mod tests {
                     "allowedHosts": ["shop-mcp", "shop-mcp.agents", "shop-mcp.agents.svc", "shop-mcp.agents.svc.cluster.local"],
                     "allowedOrigins": []
                 },
-                "auth": {"insecureAllowUnauthenticated": true}
+                "auth": {"insecureAllowUnauthenticated": true},
+                "audit": {"statements": "full", "binding": "agents/shop"}
             })
         );
         // The server parses what the operator writes.
@@ -939,6 +1057,216 @@ pub(crate) mod tests {
         assert_ne!(hash(&base), hash(&other_schema));
         let scaled = desired("password.yaml", |b| b.spec.server.replicas = 3);
         assert_eq!(hash(&base), hash(&scaled), "replicas are not config");
+    }
+
+    fn container_env(d: &Desired) -> Value {
+        to_json(&d.deployment)["spec"]["template"]["spec"]["containers"][0]["env"].clone()
+    }
+
+    fn with_telemetry(b: &mut pgmcp_crds::v1alpha1::PostgresMcpBinding, telemetry: Value) {
+        b.spec.server.telemetry = Some(serde_json::from_value(telemetry).unwrap());
+    }
+
+    #[test]
+    fn without_telemetry_the_server_gets_its_name_and_resource_attributes_only() {
+        let d = desired("password.yaml", |_| {});
+        assert_eq!(
+            container_env(&d),
+            json!([
+                {"name": "OTEL_SERVICE_NAME", "value": "pgmcp-server"},
+                {"name": "OTEL_RESOURCE_ATTRIBUTES", "value": "k8s.namespace.name=agents,pgmcp.binding=shop"}
+            ])
+        );
+    }
+
+    #[test]
+    fn telemetry_renders_the_standard_otel_variables_with_headers_from_the_secret() {
+        let d = desired("password.yaml", |b| {
+            with_telemetry(
+                b,
+                json!({
+                    "otlpEndpoint": "https://otlp.example.com:4318",
+                    "headersSecretRef": {"name": "otel-headers", "key": "headers"},
+                    "samplingPercent": 25,
+                    "resourceAttributes": {
+                        "deployment.environment.name": "production",
+                        "team": "data, platform=ops"
+                    }
+                }),
+            );
+        });
+        assert_eq!(
+            container_env(&d),
+            json!([
+                {"name": "OTEL_SERVICE_NAME", "value": "pgmcp-server"},
+                {"name": "OTEL_RESOURCE_ATTRIBUTES", "value": "k8s.namespace.name=agents,pgmcp.binding=shop,deployment.environment.name=production,team=data%2C%20platform%3Dops"},
+                {"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": "https://otlp.example.com:4318"},
+                {"name": "OTEL_EXPORTER_OTLP_PROTOCOL", "value": "http/protobuf"},
+                {"name": "OTEL_EXPORTER_OTLP_HEADERS", "valueFrom": {"secretKeyRef": {
+                    "name": "otel-headers", "key": "headers", "optional": false
+                }}},
+                {"name": "OTEL_TRACES_SAMPLER", "value": "parentbased_traceidratio"},
+                {"name": "OTEL_TRACES_SAMPLER_ARG", "value": "0.25"}
+            ])
+        );
+        // Telemetry is the pod's environment, not the server's config.
+        let config: Value =
+            serde_json::from_str(&d.config_map.data.as_ref().unwrap()[CONFIG_KEY]).unwrap();
+        assert!(config.get("telemetry").is_none(), "{config}");
+    }
+
+    #[test]
+    fn the_telemetry_example_exports_a_quarter_of_its_traces_and_redacts_statements() {
+        let d = desired("telemetry.yaml", |_| {});
+        let env = container_env(&d);
+        assert_eq!(
+            env[1]["value"],
+            "k8s.namespace.name=agents,pgmcp.binding=support,\
+             deployment.environment.name=production,team=support-tools"
+        );
+        assert_eq!(
+            env[6],
+            json!({"name": "OTEL_TRACES_SAMPLER_ARG", "value": "0.25"})
+        );
+        let config: Value =
+            serde_json::from_str(&d.config_map.data.as_ref().unwrap()[CONFIG_KEY]).unwrap();
+        assert_eq!(config["audit"]["statements"], "redacted");
+        assert!(config.get("results").is_none(), "framing on is the default");
+    }
+
+    #[test]
+    fn full_sampling_sets_parent_based_always_on_and_no_headers_without_a_secret() {
+        let d = desired("password.yaml", |b| {
+            with_telemetry(b, json!({"otlpEndpoint": "http://otel-collector:4318"}));
+        });
+        let env = container_env(&d);
+        let names: Vec<&str> = env
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "OTEL_SERVICE_NAME",
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "OTEL_EXPORTER_OTLP_PROTOCOL",
+                "OTEL_TRACES_SAMPLER"
+            ]
+        );
+        assert_eq!(env[4]["value"], "parentbased_always_on");
+    }
+
+    #[test]
+    fn sampling_percentages_become_exact_ratios() {
+        assert_eq!(sampler_ratio(0).as_deref(), Some("0.00"));
+        assert_eq!(sampler_ratio(1).as_deref(), Some("0.01"));
+        assert_eq!(sampler_ratio(7).as_deref(), Some("0.07"));
+        assert_eq!(sampler_ratio(25).as_deref(), Some("0.25"));
+        assert_eq!(sampler_ratio(50).as_deref(), Some("0.50"));
+        assert_eq!(sampler_ratio(99).as_deref(), Some("0.99"));
+        assert_eq!(sampler_ratio(100), None);
+        // Outside the CRD's bounds (a binding stored under an older CRD): clamped.
+        assert_eq!(sampler_ratio(-5).as_deref(), Some("0.00"));
+        assert_eq!(sampler_ratio(250), None);
+        for percent in 0..100 {
+            let ratio: f64 = sampler_ratio(percent).unwrap().parse().unwrap();
+            assert!(
+                (ratio * 100.0 - f64::from(percent)).abs() < 1e-9,
+                "{percent}"
+            );
+        }
+    }
+
+    #[test]
+    fn resource_attribute_text_outside_baggage_octets_is_percent_encoded() {
+        assert_eq!(
+            encode_attribute("deployment.environment.name"),
+            "deployment.environment.name"
+        );
+        assert_eq!(encode_attribute("a,b=c"), "a%2Cb%3Dc");
+        assert_eq!(encode_attribute("50% off"), "50%25%20off");
+        assert_eq!(encode_attribute("Zürich"), "Z%C3%BCrich");
+        assert_eq!(encode_attribute("say \"hi\";\\"), "say%20%22hi%22%3B%5C");
+        assert_eq!(encode_attribute("$(HOME)"), "%24(HOME)");
+        assert_eq!(encode_attribute("tab\there"), "tab%09here");
+        assert_eq!(encode_attribute("a/b:c@d[e]~!#&'*+"), "a/b:c@d[e]~!#&'*+");
+    }
+
+    #[test]
+    fn results_and_audit_reach_the_server_config() {
+        let d = desired("password.yaml", |b| {
+            b.spec.server.results.untrusted_data_framing = false;
+            b.spec.server.audit.statements = pgmcp_crds::v1alpha1::AuditStatements::Redacted;
+        });
+        let config: Value =
+            serde_json::from_str(&d.config_map.data.as_ref().unwrap()[CONFIG_KEY]).unwrap();
+        assert_eq!(config["results"], json!({"untrustedDataFraming": false}));
+        assert_eq!(
+            config["audit"],
+            json!({"statements": "redacted", "binding": "agents/shop"})
+        );
+        let parsed: ServerConfig = serde_json::from_value(config).unwrap();
+        assert_eq!(
+            parsed.audit.statements,
+            pgmcp_crds::config::AuditStatements::Redacted
+        );
+        for (statements, text) in [
+            (
+                pgmcp_crds::v1alpha1::AuditStatements::Fingerprint,
+                "fingerprint",
+            ),
+            (pgmcp_crds::v1alpha1::AuditStatements::Full, "full"),
+        ] {
+            let valid = {
+                let mut b = binding("password.yaml");
+                b.spec.server.audit.statements = statements;
+                validate(&b, &admin_inputs()).unwrap()
+            };
+            assert_eq!(
+                server_config(&valid, &defaults()).audit.statements.as_str(),
+                text
+            );
+        }
+        // Framing on is the default, left out of the file (password_mode_config_… compares
+        // the whole file).
+        let default = server_config(
+            &validate(&binding("password.yaml"), &admin_inputs()).unwrap(),
+            &defaults(),
+        );
+        assert!(default.results.untrusted_data_framing);
+        assert_eq!(
+            default.audit.statements,
+            pgmcp_crds::config::AuditStatements::Full
+        );
+    }
+
+    #[test]
+    fn a_telemetry_change_rolls_the_pods_without_touching_the_config() {
+        let template = |d: &Desired| to_json(&d.deployment)["spec"]["template"].clone();
+        let base = desired("password.yaml", |_| {});
+        let traced = desired("password.yaml", |b| {
+            with_telemetry(b, json!({"otlpEndpoint": "http://otel-collector:4318"}));
+        });
+        let sampled = desired("password.yaml", |b| {
+            with_telemetry(
+                b,
+                json!({"otlpEndpoint": "http://otel-collector:4318", "samplingPercent": 10}),
+            );
+        });
+        assert_ne!(template(&base), template(&traced));
+        assert_ne!(template(&traced), template(&sampled));
+        assert_eq!(base.config_map, traced.config_map);
+        let redacted = desired("password.yaml", |b| {
+            b.spec.server.audit.statements = pgmcp_crds::v1alpha1::AuditStatements::Redacted;
+        });
+        assert_ne!(
+            template(&base)["metadata"]["annotations"][CONFIG_HASH_ANNOTATION],
+            template(&redacted)["metadata"]["annotations"][CONFIG_HASH_ANNOTATION],
+            "audit is config: the hash changes"
+        );
     }
 
     #[test]

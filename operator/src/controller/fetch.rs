@@ -12,6 +12,10 @@ pub struct Inputs {
     pub admin_secret: Option<Secret>,
     /// The generated password Secret the binding owns (password mode), if it exists yet.
     pub password_secret: Option<Secret>,
+    /// The Secret holding the OTLP export headers (`spec.server.telemetry.headersSecretRef`),
+    /// if it exists. Read only to tell a missing one apart: its value reaches the server
+    /// through the pod's environment, never through the operator.
+    pub telemetry_headers_secret: Option<Secret>,
 }
 
 /// Reading from the apiserver failed (transient: retried with backoff).
@@ -50,6 +54,15 @@ pub async fn fetch(client: &Client, binding: &PostgresMcpBinding) -> Result<Inpu
             )
         });
         inputs.password_secret = get(name).await?;
+    }
+    let headers = binding
+        .spec
+        .server
+        .telemetry
+        .as_ref()
+        .and_then(|t| t.headers_secret_ref.as_ref());
+    if let Some(reference) = headers {
+        inputs.telemetry_headers_secret = get(reference.name.clone()).await?;
     }
     Ok(inputs)
 }

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Resource as _;
 use pgmcp_crds::config::LimitsConfig;
-use pgmcp_crds::v1alpha1::{PostgresMcpBinding, PostgresMcpBindingSpec, SecretKeyRef};
+use pgmcp_crds::v1alpha1::{PostgresMcpBinding, PostgresMcpBindingSpec};
 
 use super::fetch::Inputs;
 
@@ -49,13 +49,12 @@ impl Identity {
 pub enum Error {
     #[error("binding has no {0} (it was not read from the apiserver)")]
     Metadata(&'static str),
-    #[error(
-        "secret {namespace}/{name} named in {field} does not exist: create it with the keys {keys}"
-    )]
+    #[error("secret {namespace}/{name} named in {field} does not exist: create it with {keys}")]
     SecretNotFound {
         namespace: String,
         name: String,
         field: &'static str,
+        /// "the keys a and b", "the key c".
         keys: String,
     },
     #[error("secret {namespace}/{name} named in {field} has no key {key}")]
@@ -113,9 +112,26 @@ pub fn validate(binding: &PostgresMcpBinding, inputs: &Inputs) -> Result<Valid, 
     if let Some(reference) = &spec.postgres.admin.password_secret_ref {
         check_secret(
             &namespace,
-            reference,
+            &reference.name,
+            &[&reference.username_key, &reference.password_key],
             inputs.admin_secret.as_ref(),
             "spec.postgres.admin.passwordSecretRef",
+        )?;
+    }
+    // Without this check a missing Secret would leave the server's new pods in
+    // CreateContainerConfigError, saying nothing on the binding.
+    let headers = spec
+        .server
+        .telemetry
+        .as_ref()
+        .and_then(|t| t.headers_secret_ref.as_ref());
+    if let Some(reference) = headers {
+        check_secret(
+            &namespace,
+            &reference.name,
+            &[&reference.key],
+            inputs.telemetry_headers_secret.as_ref(),
+            "spec.server.telemetry.headersSecretRef",
         )?;
     }
 
@@ -213,22 +229,28 @@ fn check_limits(limits: &pgmcp_crds::v1alpha1::ServerLimits) -> Result<LimitsCon
     })
 }
 
+/// Secret `name` (as fetch found it, if it exists) has every one of `keys`.
 fn check_secret(
     namespace: &str,
-    reference: &SecretKeyRef,
+    name: &str,
+    keys: &[&str],
     secret: Option<&Secret>,
     field: &'static str,
 ) -> Result<(), Error> {
-    let keys = [&reference.username_key, &reference.password_key];
     let Some(secret) = secret else {
+        let keys = match keys {
+            [key] => format!("the key {key}"),
+            [first @ .., last] => format!("the keys {} and {last}", first.join(", ")),
+            [] => "any keys".to_owned(),
+        };
         return Err(Error::SecretNotFound {
             namespace: namespace.to_owned(),
-            name: reference.name.clone(),
+            name: name.to_owned(),
             field,
-            keys: format!("{} and {}", keys[0], keys[1]),
+            keys,
         });
     };
-    for key in keys {
+    for &key in keys {
         let present = secret.data.as_ref().is_some_and(|d| d.contains_key(key))
             || secret
                 .string_data
@@ -237,9 +259,9 @@ fn check_secret(
         if !present {
             return Err(Error::SecretKeyMissing {
                 namespace: namespace.to_owned(),
-                name: reference.name.clone(),
+                name: name.to_owned(),
                 field,
-                key: key.clone(),
+                key: key.to_owned(),
             });
         }
     }
@@ -382,6 +404,71 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.reason(), "SecretKeyMissing");
         assert!(err.to_string().contains("has no key password"), "{err}");
+    }
+
+    fn with_headers_secret(example: &str) -> PostgresMcpBinding {
+        let mut binding = binding(example);
+        binding.spec.server.telemetry = Some(
+            serde_json::from_value(serde_json::json!({
+                "otlpEndpoint": "http://otel-collector:4318",
+                "headersSecretRef": {"name": "otel-headers", "key": "headers"}
+            }))
+            .unwrap(),
+        );
+        binding
+    }
+
+    #[test]
+    fn missing_telemetry_headers_secret_names_the_secret_and_the_field() {
+        let err = validate(
+            &with_headers_secret("azure-entra-foundry.yaml"),
+            &Inputs::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.reason(), "SecretNotFound");
+        assert!(err.waits_for_other_object());
+        assert_eq!(
+            err.to_string(),
+            "secret agents/otel-headers named in spec.server.telemetry.headersSecretRef does \
+             not exist: create it with the key headers"
+        );
+    }
+
+    #[test]
+    fn telemetry_headers_secret_without_its_key_is_named_and_with_it_passes() {
+        let binding = with_headers_secret("password.yaml");
+        let inputs = |keys: &[&str]| Inputs {
+            admin_secret: Some(secret(&["username", "password"])),
+            telemetry_headers_secret: Some(secret(keys)),
+            ..Default::default()
+        };
+        let err = validate(&binding, &inputs(&["Authorization"])).unwrap_err();
+        assert_eq!(err.reason(), "SecretKeyMissing");
+        assert_eq!(
+            err.to_string(),
+            "secret agents/otel-headers named in spec.server.telemetry.headersSecretRef has no \
+             key headers"
+        );
+        assert!(validate(&binding, &inputs(&["headers"])).is_ok());
+        // Without a headersSecretRef no Secret is needed.
+        let mut plain = binding.clone();
+        plain
+            .spec
+            .server
+            .telemetry
+            .as_mut()
+            .unwrap()
+            .headers_secret_ref = None;
+        assert!(
+            validate(
+                &plain,
+                &Inputs {
+                    admin_secret: Some(secret(&["username", "password"])),
+                    ..Default::default()
+                }
+            )
+            .is_ok()
+        );
     }
 
     #[test]
