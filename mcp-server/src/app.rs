@@ -70,20 +70,37 @@ pub enum Error {
 
 /// Starts logging and the async runtime, and serves until SIGTERM or a start-up failure.
 pub fn run(args: Args) -> Result<(), Error> {
-    init_logging(&args.log_format);
-    tokio::runtime::Builder::new_multi_thread()
+    // Logs go to stderr: stdout carries MCP in stdio mode, and the audit events.
+    // rmcp logs every stateless request (a service per request) at info.
+    let telemetry = pgmcp_telemetry::init(
+        "pgmcp-server",
+        &args.log_format,
+        "info,rmcp=warn",
+        pgmcp_telemetry::LogWriter::Stderr,
+    );
+    crate::telemetry::install(telemetry.logger_provider());
+    let dropped = telemetry.dropped();
+    let served = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(usize::from(args.worker_threads))
         .enable_all()
         .build()
-        .map_err(Error::Runtime)?
-        .block_on(async {
-            // On a worker, not on this thread: with the one default worker, the stdio loop,
-            // the accept loop and every call then share a thread, and none wakes another.
-            tokio::spawn(serve(args)).await.map_err(Error::Panicked)?
-        })
+        .map_err(Error::Runtime)
+        .and_then(|runtime| {
+            runtime.block_on(async {
+                // On a worker, not on this thread: with the one default worker, the stdio
+                // loop, the accept loop and every call then share a thread, and none wakes
+                // another.
+                tokio::spawn(serve(args, dropped))
+                    .await
+                    .map_err(Error::Panicked)?
+            })
+        });
+    // Off the runtime: the exporters' blocking client sends what waits.
+    telemetry.shutdown();
+    served
 }
 
-async fn serve(args: Args) -> Result<(), Error> {
+async fn serve(args: Args, dropped: pgmcp_telemetry::DroppedCounts) -> Result<(), Error> {
     let settings = Settings::resolve(&args, |var| std::env::var(var).ok())?;
     let db = Database::new(&settings.connect).map_err(Error::Database)?;
     let access = Arc::new(Access::new(&settings.file.scope, &settings.connect.user));
@@ -120,7 +137,7 @@ async fn serve(args: Args) -> Result<(), Error> {
         settings.connect.token.clone(),
         settings.allow_unsafe_role,
     ));
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::default().with_telemetry(&dropped));
 
     if settings.stdio {
         tracing::info!("serving MCP on stdio");
@@ -204,7 +221,7 @@ async fn serve(args: Args) -> Result<(), Error> {
     });
     let stop = shutdown.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        pgmcp_telemetry::wait_for_signal().await;
         tracing::info!("shutting down");
         stop.cancel();
     });
@@ -217,41 +234,4 @@ async fn serve(args: Args) -> Result<(), Error> {
         started = &mut started => started.map_err(Error::StartupPanicked)??,
     }
     serve.await.map_err(Error::Io)
-}
-
-fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        // rmcp logs every stateless request (a service per request) at info.
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rmcp=warn"));
-    // Logs go to stderr: stdout carries MCP in stdio mode.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "text" {
-        builder.init();
-    } else {
-        builder.json().flatten_event(true).init();
-    }
-}
-
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
 }

@@ -130,6 +130,15 @@ impl Audit {
         }
     }
 
+    /// The statement as the audit setting shows it (also in trace spans).
+    pub fn statement_text<'a>(&self, noted: &'a NotedStatement) -> Option<&'a str> {
+        match self.statements {
+            AuditStatements::Full => Some(&noted.sql),
+            AuditStatements::Redacted => Some(&noted.redacted),
+            AuditStatements::Fingerprint => None,
+        }
+    }
+
     /// The event of one finished call.
     pub fn event<'a>(
         &'a self,
@@ -163,11 +172,7 @@ impl Audit {
             binding: self.binding.as_deref(),
             caller: call.caller.as_ref().map(CallerFields::of),
             tool,
-            statement: noted.and_then(|n| match self.statements {
-                AuditStatements::Full => Some(n.sql.as_str()),
-                AuditStatements::Redacted => Some(n.redacted.as_str()),
-                AuditStatements::Fingerprint => None,
-            }),
+            statement: noted.and_then(|n| self.statement_text(n)),
             statement_mode: self.statements.as_str(),
             fingerprint: noted.map(|n| crate::sql_guard::fingerprint_redacted(&n.redacted)),
             params: noted.map(|n| n.params),
@@ -199,7 +204,7 @@ impl Audit {
         if let Err(err) = written {
             tracing::error!(error = %err, "failed to write an audit event");
         }
-        crate::telemetry::export_audit(event);
+        crate::telemetry::export_audit(event, &line);
     }
 }
 

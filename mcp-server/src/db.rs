@@ -33,6 +33,16 @@ type Pool = managed::Pool<Connector>;
 pub struct Database {
     pool: Pool,
     statement_timeout: Duration,
+    /// The database and server, as trace spans name them.
+    target: Arc<Target>,
+}
+
+/// Which database a [`Database`] reads, for trace spans.
+#[derive(Debug)]
+pub struct Target {
+    pub dbname: String,
+    pub host: String,
+    pub port: u16,
 }
 
 /// Opens pooled connections. With a token provider, the password of each new connection is the
@@ -367,7 +377,17 @@ impl Database {
         Ok(Self {
             pool,
             statement_timeout: options.statement_timeout,
+            target: Arc::new(Target {
+                dbname: options.dbname.clone(),
+                host: options.host.clone(),
+                port: options.port,
+            }),
         })
+    }
+
+    /// The database and server, for trace spans.
+    pub fn target(&self) -> &Target {
+        &self.target
     }
 
     /// `SELECT 1` on a pooled connection (readiness).

@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use axum::http::HeaderMap;
 use rmcp::model::{ErrorData, RequestId, ServerJsonRpcMessage};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 pub use fast::Revision;
 
@@ -83,7 +84,9 @@ impl Dispatch {
     pub fn route(&self, message: &[u8], headers: &HeaderMap, context: &Context) -> Route {
         if let Some(call) = fast::parse(message, context.revision, headers) {
             let answer = match ToolCall::parse(&call.name, call.arguments) {
-                Ok(tool) => return Route::Call(Box::new(self.pending(tool, call.id, context))),
+                Ok(tool) => {
+                    return Route::Call(Box::new(self.pending(tool, call.id, call.trace, context)));
+                }
                 Err(err @ ParseError::Arguments(_)) => {
                     fast::reply(&call.id, &Outcome::error(err.to_string()), context.revision)
                 }
@@ -119,7 +122,13 @@ impl Dispatch {
     }
 
     /// `tool`, registered as in flight when a notification may cancel it.
-    fn pending(&self, tool: ToolCall, id: RequestId, context: &Context) -> Pending {
+    fn pending(
+        &self,
+        tool: ToolCall,
+        id: RequestId,
+        trace: Option<crate::telemetry::MetaTrace>,
+        context: &Context,
+    ) -> Pending {
         let token = CancellationToken::new();
         let key = context.conversation.as_ref().map(|conversation| {
             let key = (conversation.clone(), id.clone());
@@ -134,7 +143,7 @@ impl Dispatch {
             tool,
             id,
             revision: context.revision,
-            call: Call::new(token.clone(), context.caller.clone()),
+            call: Call::new(token.clone(), context.caller.clone()).with_trace(trace),
             registration: Registration {
                 in_flight: self.in_flight.clone(),
                 key,
@@ -170,7 +179,11 @@ impl Pending {
             mut registration,
         } = *self;
         let token = call.cancel.clone();
-        let outcome = tokio::spawn(async move { server.answer(tool, &call).await }).await;
+        // In the request's span (HTTP), so the call's span is its child.
+        let outcome = tokio::spawn(
+            async move { server.answer(tool, &call).await }.instrument(tracing::Span::current()),
+        )
+        .await;
         registration.finished = true;
         drop(registration);
         if token.is_cancelled() {

@@ -25,6 +25,7 @@ use rmcp::model::{ErrorData, ServerJsonRpcMessage};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::auth::{self, Auth, Caller};
 use crate::dispatch::fast::{SESSION_REVISIONS, STATELESS};
@@ -112,7 +113,13 @@ pub fn router(state: AppState, http: &HttpConfig, shutdown: CancellationToken) -
     });
     let mcp = any(move |request: Request| {
         let endpoint = endpoint.clone();
-        async move { endpoint.serve(request).await }
+        // A span only for POSTs, the requests that carry calls (and only when exporting).
+        let span = if request.method() == Method::POST {
+            crate::telemetry::request_span(request.headers())
+        } else {
+            tracing::Span::none()
+        };
+        async move { endpoint.serve(request).await }.instrument(span)
     });
     let mcp =
         axum::Router::new()

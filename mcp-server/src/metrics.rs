@@ -40,6 +40,24 @@ pub struct Metrics {
     pub auth_requests: Family<AuthLabels, Counter>,
 }
 
+impl Metrics {
+    /// Also exposes what OpenTelemetry export dropped (`pgmcp_telemetry_dropped_spans_total`,
+    /// `pgmcp_telemetry_dropped_logs_total`; always 0 with export off).
+    pub fn with_telemetry(mut self, dropped: &pgmcp_telemetry::DroppedCounts) -> Self {
+        self.registry.register(
+            "telemetry_dropped_spans",
+            "Spans not exported: the export queue was full, or the collector refused them or could not be reached",
+            dropped.spans(),
+        );
+        self.registry.register(
+            "telemetry_dropped_logs",
+            "Audit log records not exported: the export queue was full, or the collector refused them or could not be reached",
+            dropped.logs(),
+        );
+        self
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("pgmcp");

@@ -16,10 +16,12 @@ use rmcp::model::{
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler};
+use tracing::Instrument as _;
 
 use crate::auth::Caller;
 use crate::framing::Frame;
 use crate::metrics::{CallLabels, Metrics, ToolLabels};
+use crate::telemetry::MetaTrace;
 use crate::tools::registry::{self, ParseError, ToolCall};
 use crate::tools::{Call, ToolError, Tools};
 
@@ -103,6 +105,15 @@ impl PgMcpServer {
     /// Runs one tool call: the one place every call goes through, whichever transport and path
     /// it came by.
     pub async fn answer(&self, tool: ToolCall, call: &Call) -> Outcome {
+        let span = crate::telemetry::call_span(
+            tool.name(),
+            call.trace.as_ref(),
+            call.class().map(|c| c.label()),
+        );
+        self.answer_in(tool, call).instrument(span).await
+    }
+
+    async fn answer_in(&self, tool: ToolCall, call: &Call) -> Outcome {
         let name = tool.name();
         let started = Instant::now();
         let result = match self.tools.ready().await {
@@ -135,6 +146,7 @@ impl PgMcpServer {
             .rows_returned
             .get_or_create(&ToolLabels { tool: name })
             .inc_by(rows as u64);
+        crate::telemetry::end_call(&tracing::Span::current(), outcome);
         let audit = &self.tools.audit;
         audit.record(&audit.event(name, call, &result, elapsed));
         let framing = self.tools.results.untrusted_data_framing;
@@ -197,7 +209,8 @@ impl ServerHandler for PgMcpServer {
             }
         };
         let caller = Caller::of(&context.extensions);
-        let call = Call::new(context.ct.clone(), caller);
+        let call = Call::new(context.ct.clone(), caller)
+            .with_trace(Some(MetaTrace::from_meta(&context.meta)));
         Ok(self
             .answer(tool, &call)
             .await

@@ -59,14 +59,13 @@ pub enum Error {
     Leader(#[from] leader::Error),
 }
 
-/// Starts logging, checks the cluster and runs the controller (as leader, if elected) until
-/// SIGTERM.
-pub async fn run(args: Args) -> Result<(), Error> {
-    init_logging(&args.log_format);
+/// Checks the cluster and runs the controller (as leader, if elected) until SIGTERM; `dropped`
+/// counts what OpenTelemetry export dropped, for the metrics.
+pub async fn run(args: Args, dropped: pgmcp_telemetry::DroppedCounts) -> Result<(), Error> {
     let client = client(&args).await?;
     check_crd(&client).await?;
 
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::default().with_telemetry(&dropped));
     let shutdown = CancellationToken::new();
     let serve = http::bind(args.metrics_listen, metrics.clone(), shutdown.clone())
         .await
@@ -77,7 +76,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
     let server = tokio::spawn(serve);
     let stop = shutdown.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        pgmcp_telemetry::wait_for_signal().await;
         tracing::info!("shutting down");
         stop.cancel();
     });
@@ -179,30 +178,4 @@ fn default_identity() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "pgmcp-operator".to_owned());
     format!("{host}-{}", std::process::id())
-}
-
-fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if format == "text" {
-        builder.init();
-    } else {
-        builder.json().flatten_event(true).init();
-    }
-}
-
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = ctrl_c.await;
-        }
-    }
 }

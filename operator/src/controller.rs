@@ -39,6 +39,7 @@ use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tracing::Instrument as _;
 
 use futures::{Stream, StreamExt as _};
 use k8s_openapi::NamespaceResourceScope;
@@ -260,6 +261,29 @@ fn key(binding: &PostgresMcpBinding) -> String {
 /// Entry point of every reconcile: the finalizer dispatches to [`reconcile_binding`] or
 /// [`cleanup_binding`].
 pub async fn reconcile(
+    binding: Arc<PostgresMcpBinding>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    // One span per reconcile, exported when OpenTelemetry is on (`pgmcp_telemetry`).
+    let span = tracing::info_span!(
+        target: "pgmcp::trace",
+        "reconcile",
+        otel.name = "reconcile PostgresMcpBinding",
+        otel.kind = "internal",
+        otel.status_code = tracing::field::Empty,
+        k8s.namespace.name = binding.namespace().unwrap_or_default(),
+        pgmcp.binding = binding.name_any(),
+        error.type = tracing::field::Empty,
+    );
+    let result = reconcile_in(binding, ctx).instrument(span.clone()).await;
+    if let Err(err) = &result {
+        span.record("otel.status_code", "ERROR");
+        span.record("error.type", err.metric_label());
+    }
+    result
+}
+
+async fn reconcile_in(
     binding: Arc<PostgresMcpBinding>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {

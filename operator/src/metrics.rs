@@ -50,6 +50,20 @@ struct ArmLabels {
     class: &'static str,
 }
 
+impl Metrics {
+    /// Also exposes what OpenTelemetry export dropped (always 0 with export off).
+    pub fn with_telemetry(self, dropped: &pgmcp_telemetry::DroppedCounts) -> Self {
+        if let Ok(mut registry) = self.registry.lock() {
+            registry.register(
+                "telemetry_dropped_spans",
+                "Spans not exported: the export queue was full, or the collector refused them or could not be reached",
+                dropped.spans(),
+            );
+        }
+        self
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("pgmcp_operator");

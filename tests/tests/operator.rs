@@ -813,3 +813,42 @@ async fn an_operator_scoped_to_a_namespace_leaves_other_namespaces_alone() {
     let deployments: Api<Deployment> = other.api();
     assert!(deployments.get_opt(CHILD).await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn the_operator_exports_a_span_per_reconcile_when_telemetry_is_on() {
+    let collector = pgmcp_tests::otel::Collector::start().await.unwrap();
+    let env = TestEnv::shared();
+    let ns = env.namespace("operator-otel").await.unwrap();
+    let _operator = Operator::start_with_env(
+        env,
+        &ns.name,
+        "op-otel",
+        &[],
+        &[(
+            "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(),
+            collector.endpoint(),
+        )],
+    )
+    .await
+    .unwrap();
+    apply_password_example(&ns).await;
+    let spans = collector
+        .wait_for_spans(
+            |spans| {
+                spans.iter().any(|s| {
+                    s.name == "reconcile PostgresMcpBinding"
+                        && s.attributes.get("pgmcp.binding") == Some(&json!(NAME))
+                        && s.attributes.get("k8s.namespace.name") == Some(&json!(ns.name))
+                })
+            },
+            WAIT,
+        )
+        .await
+        .unwrap();
+    assert!(
+        spans
+            .iter()
+            .all(|s| s.resource.get("service.name") == Some(&json!("pgmcp-operator"))),
+        "the operator names itself"
+    );
+}

@@ -17,6 +17,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::server::Outcome;
+use crate::telemetry::MetaTrace;
 
 /// The stateless revision: no session, the version in every request's `_meta`.
 pub(crate) const STATELESS: &str = "2026-07-28";
@@ -56,7 +57,7 @@ struct Params<'a> {
 }
 
 /// `_meta` of a 2026-07-28 request: exactly the three keys that revision requires, well formed
-/// (only the version is used; the others must be there).
+/// (only the version is used; the others must be there), and the W3C trace context.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Meta<'a> {
@@ -66,6 +67,11 @@ struct Meta<'a> {
     _client_info: ClientInfo<'a>,
     #[serde(rename = "io.modelcontextprotocol/clientCapabilities")]
     _client_capabilities: serde_json::Map<String, serde_json::Value>,
+    /// W3C trace context (SEP-414).
+    #[serde(borrow, default)]
+    traceparent: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    tracestate: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -153,6 +159,8 @@ pub(crate) struct PlainCall<'a> {
     pub name: Cow<'a, str>,
     /// The text of a JSON object (`{}` when the request has none).
     pub arguments: &'a str,
+    /// The trace context of `_meta`.
+    pub trace: Option<MetaTrace>,
 }
 
 /// `body` as a plain `tools/call`, when it is one (`headers`: the HTTP request's, empty on
@@ -203,10 +211,15 @@ pub(crate) fn parse<'a>(
         Id::Number(n) => RequestId::Number(n),
         Id::Text(text) => RequestId::String(text.into_owned().into()),
     };
+    let trace = call.params.meta.as_ref().map(|meta| MetaTrace {
+        traceparent: meta.traceparent.as_deref().map(str::to_owned),
+        tracestate: meta.tracestate.as_deref().map(str::to_owned),
+    });
     Some(PlainCall {
         id,
         name: call.params.name,
         arguments: call.params.arguments.map_or("{}", RawValue::get),
+        trace,
     })
 }
 

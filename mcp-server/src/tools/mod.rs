@@ -16,6 +16,7 @@ use std::sync::{Arc, OnceLock};
 
 use sqlparser::ast::Statement;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::access::Access;
 use crate::audit::Audit;
@@ -78,6 +79,8 @@ pub struct Call {
     pub caller: Option<crate::auth::Caller>,
     /// The caller's SQL, noted by the tools that run it, for the audit log.
     statement: OnceLock<crate::audit::NotedStatement>,
+    /// The W3C trace context the request carried in `_meta` (its call's span continues it).
+    pub trace: Option<crate::telemetry::MetaTrace>,
 }
 
 impl Call {
@@ -86,7 +89,14 @@ impl Call {
             cancel,
             caller,
             statement: OnceLock::new(),
+            trace: None,
         }
+    }
+
+    /// `self`, continuing the trace context of the request's `_meta`.
+    pub fn with_trace(mut self, trace: Option<crate::telemetry::MetaTrace>) -> Self {
+        self.trace = trace.filter(|t| t.traceparent.is_some());
+        self
     }
 
     /// Notes the caller's statement the call runs (`redacted`: [`crate::sql_guard::redact`]
@@ -357,14 +367,43 @@ impl Tools {
         params: &[Value],
     ) -> Result<RowsResult, ToolError> {
         let caps = self.caps(None);
-        let rows = self
-            .db
-            .query(sql, params, caps, None, call.identity(), &call.cancel)
-            .await?;
+        let rows = self.run(call, sql, params, caps, None, None).await?;
         Ok(RowsResult {
             rows,
             limits: self.limits_for(caps),
         })
+    }
+
+    /// Runs one statement of `call` as its caller's identity, in a trace span of its own
+    /// (`shown`: the statement's text as the span may show it).
+    pub(crate) async fn run(
+        &self,
+        call: &Call,
+        sql: &str,
+        params: &[Value],
+        caps: Caps,
+        timeout: Option<Duration>,
+        shown: Option<&str>,
+    ) -> Result<Rows, DbError> {
+        let target = self.db.target();
+        let span =
+            crate::telemetry::statement_span(&target.dbname, shown, (&target.host, target.port));
+        let result = self
+            .db
+            .query(sql, params, caps, timeout, call.identity(), &call.cancel)
+            .instrument(span.clone())
+            .await;
+        crate::telemetry::end_statement(
+            &span,
+            result.as_ref().ok().map(|rows| rows.row_count),
+            result.as_ref().err().and_then(DbError::sqlstate),
+        );
+        result
+    }
+
+    /// The caller's statement as trace spans may show it (the audit setting).
+    pub(crate) fn shown<'a>(&self, call: &'a Call) -> Option<&'a str> {
+        self.audit.statement_text(call.statement()?)
     }
 
     /// `$1` unrestricted, `$2` schemas granted with "*", `$3` explicitly granted tables as

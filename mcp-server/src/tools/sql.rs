@@ -8,6 +8,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlparser::ast::Statement;
+use tracing::Instrument as _;
 
 use super::{Call, RowsResult, ToolError, Tools};
 use crate::db::SystemRelations;
@@ -143,23 +144,19 @@ async fn check_scope(tools: &Tools, call: &Call, statement: &Statement) -> Resul
 /// Runs the caller's statement, once the SQL guard (whose one tokenization also fingerprints it
 /// for the audit log), the SECURITY DEFINER check and the scope allow it.
 pub async fn query(tools: &Tools, call: &Call, args: QueryArgs) -> Result<RowsResult, ToolError> {
-    let inspection = sql_guard::inspect(&args.sql);
-    call.note_statement(&args.sql, inspection.redacted, args.params.len());
-    check_size(&args.sql, &args.params)?;
-    let (_, statement) = inspection.verdict?;
-    tools.check_definers(call, &args.sql, &statement).await?;
-    check_scope(tools, call, &statement).await?;
+    async {
+        let inspection = sql_guard::inspect(&args.sql);
+        call.note_statement(&args.sql, inspection.redacted, args.params.len());
+        check_size(&args.sql, &args.params)?;
+        let (_, statement) = inspection.verdict?;
+        tools.check_definers(call, &args.sql, &statement).await?;
+        check_scope(tools, call, &statement).await
+    }
+    .instrument(crate::telemetry::guard_span())
+    .await?;
     let caps = tools.caps(args.max_rows);
     let rows = tools
-        .db
-        .query(
-            &args.sql,
-            &args.params,
-            caps,
-            None,
-            call.identity(),
-            &call.cancel,
-        )
+        .run(call, &args.sql, &args.params, caps, None, tools.shown(call))
         .await?;
     Ok(RowsResult {
         rows,
@@ -179,12 +176,16 @@ pub struct Plan {
 
 pub async fn explain(tools: &Tools, call: &Call, args: ExplainArgs) -> Result<Plan, ToolError> {
     call.note_statement(&args.sql, sql_guard::redact(&args.sql), args.params.len());
-    check_size(&args.sql, &args.params)?;
-    sql_guard::check_explainable(&args.sql)?;
-    let (_, statement) = sql_guard::parse_checked(&args.sql)?;
-    // Planning alone can run a function (constant folding of an immutable one).
-    tools.check_definers(call, &args.sql, &statement).await?;
-    check_scope(tools, call, &statement).await?;
+    async {
+        check_size(&args.sql, &args.params)?;
+        sql_guard::check_explainable(&args.sql)?;
+        let (_, statement) = sql_guard::parse_checked(&args.sql)?;
+        // Planning alone can run a function (constant folding of an immutable one).
+        tools.check_definers(call, &args.sql, &statement).await?;
+        check_scope(tools, call, &statement).await
+    }
+    .instrument(crate::telemetry::guard_span())
+    .await?;
     let options = if args.analyze {
         "ANALYZE, BUFFERS, FORMAT JSON"
     } else {
@@ -195,15 +196,17 @@ pub async fn explain(tools: &Tools, call: &Call, args: ExplainArgs) -> Result<Pl
         args.sql.trim().trim_end_matches(';')
     );
     let timeout: Duration = tools.statement_timeout();
+    let shown = tools
+        .shown(call)
+        .map(|text| format!("EXPLAIN ({options}) {text}"));
     let result = tools
-        .db
-        .query(
+        .run(
+            call,
             &sql,
             &args.params,
             tools.caps(None),
             Some(timeout),
-            call.identity(),
-            &call.cancel,
+            shown.as_deref(),
         )
         .await?;
     let plan = result
