@@ -90,6 +90,7 @@ async fn requests_from_a_file_are_all_answered() {
     std::fs::write(&path, requests).unwrap();
     let output = server(&shop, dir.path())
         .stdin(std::fs::File::open(&path).unwrap())
+        .stderr(Stdio::piped())
         .output();
     let output = tokio::time::timeout(Duration::from_secs(30), output)
         .await
@@ -111,6 +112,29 @@ async fn requests_from_a_file_are_all_answered() {
             "{answers:?}"
         );
     }
+    // Stdout carries MCP only: the audit events go to stderr, one per call.
+    assert!(
+        answers.values().all(|a| a["jsonrpc"] == "2.0"),
+        "{answers:?}"
+    );
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let audit: Vec<Value> = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|event| event["type"] == "pgmcp.audit")
+        .collect();
+    let mut statements: Vec<&str> = audit
+        .iter()
+        .map(|event| event["statement"].as_str().unwrap())
+        .collect();
+    statements.sort_unstable();
+    assert_eq!(
+        statements,
+        (1..=5)
+            .map(|i| format!("SELECT {i} AS n"))
+            .collect::<Vec<_>>(),
+        "{stderr}"
+    );
 }
 
 /// Initializes a session on a running `--stdio` server, sends forty calls and `tools/list` at
