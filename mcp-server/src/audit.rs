@@ -284,4 +284,24 @@ mod tests {
             "{time}"
         );
     }
+
+    #[test]
+    fn the_readme_example_has_every_field_of_an_event() {
+        let readme = include_str!("../../README.md");
+        let example = readme
+            .lines()
+            .find(|l| l.starts_with("{\"time\"") && l.contains(EVENT_TYPE))
+            .expect("an example event in README.md");
+        let example: Value = serde_json::from_str(example).unwrap();
+        let call = call_with("SELECT name FROM customers WHERE id = $1");
+        let event = event_json(AuditStatements::Full, &call);
+        let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+        assert_eq!(keys(&example), keys(&event));
+        let caller = Caller::default();
+        assert_eq!(
+            keys(&example["caller"]),
+            keys(&serde_json::to_value(CallerFields::of(&caller)).unwrap())
+        );
+        assert_eq!(example["fingerprint"], event["fingerprint"]);
+    }
 }
