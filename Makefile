@@ -145,13 +145,13 @@ bench-peers: ## Install the MCP servers bench-mcp compares with (npm, PyPI; cach
 # (the bench hosts the Entra fake), without and with a caller class (issue 19). Extra flags:
 # BENCH_MCP_ARGS='--clients 1,8 --duration 5 --targets pgmcp-http,toolbox-http --soak 0'.
 .PHONY: bench-mcp
-bench-mcp: deps bench-peers ## The MCP server against its peers and pgbench (release builds, ~20 min); updates BENCHMARKS.md
+bench-mcp: deps bench-peers otelcol ## The MCP server against its peers and pgbench (release builds, ~20 min); updates BENCHMARKS.md
 	$(CARGO) build $(CARGO_FLAGS) --release --quiet -p pgmcp-server
 	$(CARGO) build $(CARGO_FLAGS) --release --quiet -p pgmcp-bench --bin pgmcp-bench-mcp
 	target/release/pgmcp-bench-mcp --server-bin target/release/pgmcp-server $(BENCH_MCP_ARGS)
 
 .PHONY: bench-mcp-smoke
-bench-mcp-smoke: deps bins ## A few seconds of bench-mcp: pgmcp (HTTP, with a caller class, stateless, stdio) and pgbench (direct, through pgbouncer), soak with a restart; checks every tool answered
+bench-mcp-smoke: deps bins ## A few seconds of bench-mcp: pgmcp (HTTP, with its OpenTelemetry collector down, with a caller class, stateless, stdio) and pgbench (direct, through pgbouncer), soak with a restart; checks every tool answered and the failed exports were counted
 	$(BIN_ENV) $(CARGO) run $(CARGO_FLAGS) --quiet -p pgmcp-bench --bin pgmcp-bench-mcp -- --smoke
 
 # Fuzzing and property tests (issue 10). The property tests (`properties` unit tests, and

@@ -20,7 +20,7 @@ use std::time::Duration;
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::{Context, InstrumentationScope};
-use opentelemetry_otlp::{LogExporter, SpanExporter, WithExportConfig as _};
+use opentelemetry_otlp::{LogExporter, SpanExporter};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::logs::{
@@ -42,6 +42,10 @@ pub use tracing_opentelemetry;
 
 /// Spans (and log records) that may wait for export at once; more are dropped and counted.
 pub const QUEUE: usize = 2048;
+
+/// The longest each signal's export may take at shutdown: what a live collector takes in
+/// milliseconds, an unreachable one (the exporter retries with backoff) never gets.
+pub const SHUTDOWN: Duration = Duration::from_secs(1);
 
 /// What [`init`] set up; shut it down (flushing what waits) with [`Telemetry::shutdown`].
 #[derive(Debug, Default)]
@@ -158,7 +162,6 @@ impl Exporting {
         let pending = Arc::new(AtomicUsize::new(0));
         let spans = SpanExporter::builder()
             .with_http()
-            .with_timeout(Duration::from_secs(10))
             .build()
             .map_err(|err| format!("cannot build the OTLP span exporter: {err}"))?;
         let spans = BatchSpanProcessor::builder(Counted {
@@ -185,7 +188,6 @@ impl Exporting {
         let pending = Arc::new(AtomicUsize::new(0));
         let logs = LogExporter::builder()
             .with_http()
-            .with_timeout(Duration::from_secs(10))
             .build()
             .map_err(|err| format!("cannot build the OTLP log exporter: {err}"))?;
         let logs = BatchLogProcessor::builder(Counted {
@@ -228,12 +230,13 @@ impl Telemetry {
         DroppedCounts(self.dropped.clone())
     }
 
-    /// Sends what waits (bounded by the exporters' timeout) and stops the export threads.
+    /// Sends what waits and stops the export threads, in at most [`SHUTDOWN`] per signal (a
+    /// collector that does not answer must not hold up a pod's termination).
     pub fn shutdown(self) {
         if let Some(exporting) = self.exporting {
             // Each provider flushes on shutdown; errors are the collector's, already counted.
-            let _ = exporting.tracer.shutdown();
-            let _ = exporting.logger.shutdown();
+            let _ = exporting.tracer.shutdown_with_timeout(SHUTDOWN);
+            let _ = exporting.logger.shutdown_with_timeout(SHUTDOWN);
         }
     }
 }

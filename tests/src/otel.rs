@@ -35,6 +35,16 @@ impl Collector {
     /// Starts a collector with a configuration of its own and waits until its receiver accepts
     /// connections.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(Keep::All).await
+    }
+
+    /// [`Collector::start`] for load: the files rotate, so a long benchmark writes a bounded
+    /// amount (the readers see only the newest file).
+    pub async fn start_for_load() -> anyhow::Result<Self> {
+        Self::start_with(Keep::Newest).await
+    }
+
+    async fn start_with(keep: Keep) -> anyhow::Result<Self> {
         let bin = paths::otelcol_bin();
         paths::require(
             &bin,
@@ -51,7 +61,7 @@ impl Collector {
         let config_file = dir.join("config.json");
         std::fs::write(
             &config_file,
-            serde_json::to_string_pretty(&config(port, &traces, &logs))?,
+            serde_json::to_string_pretty(&config(port, &traces, &logs, keep))?,
         )?;
         let mut spec = Spec::new("otelcol", &bin, dir.join("otelcol.log"))
             .args([format!("--config={}", config_file.display())]);
@@ -143,13 +153,25 @@ impl Collector {
 /// traces and logs each to a file of OTLP JSON lines, flushed every 10 ms (the exporter's
 /// default is 1 s); and no metrics endpoint of the collector's own, which would listen on :8888
 /// in every collector that parallel tests start.
-fn config(port: u16, traces: &Path, logs: &Path) -> Value {
+/// What the file exporters keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    All,
+    /// Files of at most 16 MiB, one older file kept.
+    Newest,
+}
+
+fn config(port: u16, traces: &Path, logs: &Path, keep: Keep) -> Value {
     let file = |path: &Path| {
-        serde_json::json!({
+        let mut exporter = serde_json::json!({
             "path": path,
             "format": "json",
             "flush_interval": "10ms",
-        })
+        });
+        if keep == Keep::Newest {
+            exporter["rotation"] = serde_json::json!({"max_megabytes": 16, "max_backups": 1});
+        }
+        exporter
     };
     serde_json::json!({
         "receivers": {

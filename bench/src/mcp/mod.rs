@@ -1,13 +1,15 @@
 //! `make bench-mcp`: pgmcp-server against its peers and against pgbench (directly and through
-//! pgbouncer) on the same seeded PostgreSQL — throughput, latency, errors, the server's memory, CPU per call and start-up
-//! time — then a soak with a PostgreSQL restart, written to BENCHMARKS.md. `--smoke` runs a few
-//! seconds of the same code (part of `make test`) and checks the numbers are real.
+//! pgbouncer) on the same seeded PostgreSQL — throughput, latency, errors, the server's memory,
+//! CPU per call and start-up time, and what caller classes and OpenTelemetry export cost — then
+//! a soak with a PostgreSQL restart, written to BENCHMARKS.md. `--smoke` runs a few seconds of
+//! the same code (part of `make test`) and checks the numbers are real.
 //!
 //! Every server, pgbouncer and PostgreSQL are children of this process and stopped by it.
 
 pub mod callers;
 pub mod client;
 pub mod load;
+pub mod otel;
 pub mod pgbench;
 pub mod pgbouncer;
 pub mod procfs;
@@ -24,20 +26,22 @@ use anyhow::Context as _;
 use pgmcp_tests::Postgres;
 
 use load::Measured;
-use servers::{Auth, Op, Paths, Peer, Running, Target, Transport};
+use servers::{Auth, Op, Paths, Peer, Running, Target, Telemetry, Transport};
 
 /// `pgmcp-bench-mcp` arguments.
 #[derive(clap::Parser, Debug, Clone)]
 #[command(about = "Benchmark pgmcp-server against other PostgreSQL MCP servers and pgbench")]
 pub struct Options {
     /// A few seconds in total: small data, pgmcp only (unless --targets), short runs, and
-    /// checks that every tool answered; the report goes to target/bench-mcp-smoke.md.
+    /// checks that every tool answered (and, with the collector down, that the server counted
+    /// what it could not export); the report goes to target/bench-mcp-smoke.md.
     #[arg(long)]
     pub smoke: bool,
-    /// Servers to run (comma-separated): pgmcp-http, pgmcp-http-entra (Entra caller
-    /// authentication), pgmcp-http-class (Entra and a caller class), pgmcp-stateless,
-    /// pgmcp-stdio, toolbox-http, toolbox-stdio, server-postgres-stdio, postgres-mcp-stdio.
-    /// Default: all that are installed.
+    /// Servers to run (comma-separated): pgmcp-http, pgmcp-http-otel (OpenTelemetry export to
+    /// a collector this process starts), pgmcp-http-otel-down (export to a loopback port
+    /// nothing listens on), pgmcp-http-entra (Entra caller authentication), pgmcp-http-class
+    /// (Entra and a caller class), pgmcp-stateless, pgmcp-stdio, toolbox-http, toolbox-stdio,
+    /// server-postgres-stdio, postgres-mcp-stdio. Default: all that are installed.
     #[arg(long, value_delimiter = ',')]
     pub targets: Vec<String>,
     /// Concurrent sessions (and pgbench clients), comma-separated.
@@ -104,6 +108,7 @@ impl Options {
             if self.targets.is_empty() {
                 self.targets = vec![
                     "pgmcp-http".into(),
+                    "pgmcp-http-otel-down".into(),
                     "pgmcp-http-class".into(),
                     "pgmcp-stateless".into(),
                     "pgmcp-stdio".into(),
@@ -122,6 +127,9 @@ pub struct LevelRun {
     pub idle_rss_kib: u64,
     pub peak_rss_kib: u64,
     pub ops: Vec<(Op, Measured)>,
+    /// What the server had not exported at the end of the run (OpenTelemetry targets only;
+    /// warm-up and the answer check included).
+    pub telemetry_dropped: Option<otel::Dropped>,
 }
 
 /// One target over all concurrencies.
@@ -185,6 +193,8 @@ pub async fn main(options: Options) -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(|| pgmcp_tests::paths::cache_dir().join("bench")),
         entra: None,
+        collector: None,
+        unreachable: None,
     };
     anyhow::ensure!(
         paths.pgmcp_server.exists(),
@@ -203,18 +213,34 @@ pub async fn main(options: Options) -> anyhow::Result<()> {
             .collect::<anyhow::Result<_>>()?
     };
     for target in wanted {
-        if paths.installed(target.peer) {
-            targets.push(target);
-        } else {
+        if !paths.installed(target.peer) {
             skipped.push(format!(
                 "{}: not installed (make bench-peers)",
                 target.name()
             ));
+        } else if target.telemetry == Telemetry::Collector && !otel::collector_built() {
+            skipped.push(format!(
+                "{}: no OpenTelemetry Collector binary (make otelcol)",
+                target.name()
+            ));
+        } else {
+            targets.push(target);
         }
     }
 
     if targets.iter().any(|t| t.auth != Auth::Open) {
         paths.entra = Some(Arc::new(callers::Entra::start().await?));
+    }
+    if targets.iter().any(|t| t.telemetry == Telemetry::Collector) {
+        paths.collector = Some(Arc::new(
+            pgmcp_tests::otel::Collector::start_for_load().await?,
+        ));
+    }
+    if targets
+        .iter()
+        .any(|t| t.telemetry == Telemetry::CollectorDown)
+    {
+        paths.unreachable = Some(Arc::new(otel::Unreachable::bind()?));
     }
 
     let scratch = tempfile::Builder::new()
@@ -284,6 +310,9 @@ pub async fn main(options: Options) -> anyhow::Result<()> {
         .await;
         runs.push(run);
     }
+    // Stops the collector and removes what it wrote (every span of the run: gigabytes after a
+    // full one) before the soak.
+    paths.collector = None;
 
     let soak = if options.soak > 0.0 && paths.installed(Peer::Pgmcp) {
         let duration = Duration::from_secs_f64(options.soak);
@@ -456,6 +485,7 @@ async fn run_level(
             ops.push((op, measured));
         }
         let peak = procfs::memory(running.pid)?;
+        let telemetry_dropped = running.telemetry_dropped().await?;
         Ok((
             LevelRun {
                 clients,
@@ -463,6 +493,7 @@ async fn run_level(
                 idle_rss_kib: idle.rss_kib,
                 peak_rss_kib: peak.hwm_kib,
                 ops,
+                telemetry_dropped,
             },
             wrong,
         ))
@@ -479,8 +510,9 @@ async fn run_level(
     result
 }
 
-/// The smoke's claims: pgmcp answered every tool with no errors and right content, pgbench
-/// ran directly and through pgbouncer, the soak served calls after the restart, and the report has its table.
+/// The smoke's claims: pgmcp answered every tool with no errors and right content (with the
+/// collector down too, which the server counted as dropped spans), pgbench ran directly and
+/// through pgbouncer, the soak served calls after the restart, and the report has its table.
 fn smoke_checks(results: &Results, output: &std::path::Path) -> anyhow::Result<()> {
     let mut problems = Vec::new();
     for run in results
@@ -514,6 +546,21 @@ fn smoke_checks(results: &Results, output: &std::path::Path) -> anyhow::Result<(
         }
         if run.levels.len() != results.options.clients.len() {
             problems.push(format!("{}: not every concurrency ran", run.target.name()));
+        }
+        if run.target.telemetry == Telemetry::CollectorDown {
+            for level in &run.levels {
+                match level.telemetry_dropped {
+                    Some(dropped) if dropped.spans > 0 => {}
+                    dropped => problems.push(format!(
+                        "{} c={}: {} is {} with the collector down, not above 0: the failed \
+                         exports were not counted",
+                        run.target.name(),
+                        level.clients,
+                        otel::DROPPED_SPANS,
+                        dropped.map_or("unread".to_owned(), |d| d.spans.to_string())
+                    )),
+                }
+            }
         }
     }
     if !results.targets.iter().any(|r| r.target.peer == Peer::Pgmcp) {

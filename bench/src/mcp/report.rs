@@ -5,8 +5,9 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
+use super::load::Measured;
 use super::pgbench::PgbenchResult;
-use super::servers::{Auth, Op, Peer, Target, Transport};
+use super::servers::{Auth, Op, Peer, Target, Telemetry, Transport};
 use super::{Results, TargetRun};
 
 pub const BEGIN: &str = "<!-- mcp:begin -->";
@@ -62,12 +63,16 @@ pub fn render(r: &Results) -> String {
 
     // pgbench comparison.
     let _ = writeln!(out, "### `query` PK lookup against pgbench -S\n");
-    // Without caller authentication, like pgbench; the authenticated targets have their own
-    // table (per-caller access).
+    // Without caller authentication or export, like pgbench; the authenticated and the
+    // exporting targets have their own tables (per-caller access, OpenTelemetry).
     let pgmcp_targets: Vec<&TargetRun> = r
         .targets
         .iter()
-        .filter(|t| t.target.peer == Peer::Pgmcp && t.target.auth == Auth::Open)
+        .filter(|t| {
+            t.target.peer == Peer::Pgmcp
+                && t.target.auth == Auth::Open
+                && t.target.telemetry == Telemetry::Off
+        })
         .collect();
     let mut header = String::from("| clients | pgbench -S TPS | pgbouncer + pgbench -S TPS |");
     let mut rule = String::from("| ---: | ---: | ---: |");
@@ -116,6 +121,7 @@ pub fn render(r: &Results) -> String {
 
     targets(&mut out, r);
     caller_class(&mut out, r);
+    telemetry(&mut out, r);
     all_results(&mut out, r);
     memory(&mut out, r);
     ratios(&mut out, r);
@@ -324,9 +330,8 @@ fn find(r: &Results, target: Target) -> Option<&TargetRun> {
 /// (the twin is `None` when it did not).
 fn class_and_twin(r: &Results) -> Option<(Option<&TargetRun>, &TargetRun)> {
     let authenticated = |auth| Target {
-        peer: Peer::Pgmcp,
-        transport: Transport::Http,
         auth,
+        ..Target::open(Peer::Pgmcp, Transport::Http)
     };
     let class = find(r, authenticated(Auth::CallerClass))?;
     Some((find(r, authenticated(Auth::Entra)), class))
@@ -494,6 +499,126 @@ fn caller_class_table(
             }
         );
     }
+}
+
+/// pgmcp over HTTP exporting as `telemetry`, without caller authentication.
+fn pgmcp_http(telemetry: Telemetry) -> Target {
+    Target {
+        telemetry,
+        ..Target::open(Peer::Pgmcp, Transport::Http)
+    }
+}
+
+/// What OpenTelemetry export costs: the exporting targets next to `pgmcp-http`, when one ran.
+fn telemetry(out: &mut String, r: &Results) {
+    let exporting: Vec<&TargetRun> = [Telemetry::Collector, Telemetry::CollectorDown]
+        .into_iter()
+        .filter_map(|t| find(r, pgmcp_http(t)))
+        .collect();
+    if exporting.is_empty() {
+        return;
+    }
+    telemetry_table(out, find(r, pgmcp_http(Telemetry::Off)), &exporting);
+}
+
+fn telemetry_table(out: &mut String, off: Option<&TargetRun>, exporting: &[&TargetRun]) {
+    let _ = writeln!(
+        out,
+        "### What OpenTelemetry costs
+"
+    );
+    let _ = writeln!(
+        out,
+        "{} exports every call's trace (the HTTP request, the call, its statements and, for \
+         `query`, the SQL guard) and its audit log record over OTLP/HTTP to a real OpenTelemetry Collector \
+         this process starts (it writes them to files); {} is pointed at a loopback port nothing \
+         listens on, so every export fails and is dropped. Export never waits for the \
+         collector: a bounded queue, sent in batches by a thread of its own, and what does not \
+         fit or fails is dropped and counted. Each is ÷ {} (export off) in the same run: below \
+         1× in calls/s, above 1× in p99 and server CPU per call, is what export costs. The \
+         collector's own CPU is not in the server's figure, but it runs on the same cores.\n",
+        pgmcp_http(Telemetry::Collector).name(),
+        pgmcp_http(Telemetry::CollectorDown).name(),
+        pgmcp_http(Telemetry::Off).name(),
+    );
+    let _ = writeln!(
+        out,
+        "| clients | tool | export | calls/s | p99 ms | server CPU/call µs | ÷ off, calls/s | ÷ off, p99 | ÷ off, CPU/call |"
+    );
+    let _ = writeln!(
+        out,
+        "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    let mut levels: Vec<usize> = Vec::new();
+    for run in off.iter().chain(exporting) {
+        for l in &run.levels {
+            if !levels.contains(&l.clients) {
+                levels.push(l.clients);
+            }
+        }
+    }
+    for &clients in &levels {
+        for op in Op::ALL {
+            let base = off.and_then(|t| t.measured(clients, op));
+            for run in off.iter().chain(exporting) {
+                let Some(m) = run.measured(clients, op) else {
+                    continue;
+                };
+                let exports = run.target.telemetry != Telemetry::Off;
+                let versus = |value: fn(&Measured) -> f64| match base {
+                    Some(b) if exports => ratio(value(m), value(b)),
+                    _ => String::new(),
+                };
+                let _ = writeln!(
+                    out,
+                    "| {clients} | {} | `{}` | {:.0} | {:.2} | {:.0} | {} | {} | {} |",
+                    op.label(),
+                    run.target.key(),
+                    m.calls_per_sec(),
+                    m.percentile_ms(99.0),
+                    m.server_cpu_per_call_us(),
+                    versus(Measured::calls_per_sec),
+                    versus(|m| m.percentile_ms(99.0)),
+                    versus(Measured::server_cpu_per_call_us),
+                );
+            }
+        }
+    }
+    if off.is_none() {
+        let _ = writeln!(
+            out,
+            "\nNo ratio: {} without export (`--targets pgmcp-http`) did not run.",
+            pgmcp_http(Telemetry::Off).name()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nWhat each server had not exported when its run ended (`{}` and `{}` from its \
+         `/metrics`; the server is started fresh for each client count, so each row covers the \
+         four tools, their warm-ups and the answer check). To a live collector they should be \
+         0 — more means the queue filled faster than the collector took it; with the collector \
+         down every batch is dropped once its send fails.\n",
+        super::otel::DROPPED_SPANS,
+        super::otel::DROPPED_LOGS
+    );
+    let _ = writeln!(
+        out,
+        "| server | clients | spans dropped | audit log records dropped |\n| --- | ---: | ---: | ---: |"
+    );
+    for run in exporting {
+        for l in &run.levels {
+            let (spans, logs) = l.telemetry_dropped.map_or(("–".into(), "–".into()), |d| {
+                (d.spans.to_string(), d.logs.to_string())
+            });
+            let _ = writeln!(
+                out,
+                "| {} | {} | {spans} | {logs} |",
+                run.target.name(),
+                l.clients
+            );
+        }
+    }
+    let _ = writeln!(out);
 }
 
 fn all_results(out: &mut String, r: &Results) {
@@ -887,7 +1012,6 @@ pub fn write_section(path: &Path, section: &str) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use crate::mcp::LevelRun;
-    use crate::mcp::load::Measured;
 
     fn pgbench(clients: usize, tps: f64) -> PgbenchResult {
         PgbenchResult {
@@ -918,6 +1042,7 @@ mod tests {
                             ..Measured::default()
                         },
                     )],
+                    telemetry_dropped: None,
                 })
                 .collect(),
             failure: None,
@@ -1007,11 +1132,13 @@ mod tests {
     }
 
     #[test]
-    fn target_keys_name_the_authentication() {
+    fn target_keys_name_the_authentication_and_the_export() {
         for key in [
             "pgmcp-http",
             "pgmcp-http-entra",
             "pgmcp-http-class",
+            "pgmcp-http-otel",
+            "pgmcp-http-otel-down",
             "toolbox-stdio",
         ] {
             assert_eq!(Target::parse(key).expect(key).key(), key);
@@ -1019,6 +1146,128 @@ mod tests {
         assert_eq!(
             Target::parse("pgmcp-http-class").expect("class").name(),
             "pgmcp (HTTP, Entra, caller class)"
+        );
+        assert_eq!(
+            Target::parse("pgmcp-http-otel").expect("otel").name(),
+            "pgmcp (HTTP, OpenTelemetry to a collector)"
+        );
+        assert_eq!(
+            Target::parse("pgmcp-http-otel-down").expect("down").name(),
+            "pgmcp (HTTP, OpenTelemetry, collector down)"
+        );
+    }
+
+    /// pgmcp over HTTP exporting as `telemetry`: at 1 client, `(op, calls, p99 ms, server CPU
+    /// ms)` in a one-second window (every latency the p99), and the drops at the end.
+    fn exporting(
+        telemetry: Telemetry,
+        ops: &[(Op, u64, u32, u64)],
+        dropped: Option<(u64, u64)>,
+    ) -> TargetRun {
+        let mut run = pgmcp(Transport::Http, &[(1, 0)]);
+        run.target.telemetry = telemetry;
+        let level = &mut run.levels[0];
+        level.ops = ops
+            .iter()
+            .map(|&(op, calls, p99_ms, cpu_ms)| {
+                (
+                    op,
+                    Measured {
+                        calls,
+                        window: Duration::from_secs(1),
+                        latencies_us: vec![p99_ms * 1000],
+                        server_cpu: Duration::from_millis(cpu_ms),
+                        ..Measured::default()
+                    },
+                )
+            })
+            .collect();
+        level.telemetry_dropped =
+            dropped.map(|(spans, logs)| super::super::otel::Dropped { spans, logs });
+        run
+    }
+
+    #[test]
+    fn the_export_rows_stand_next_to_pgmcp_http_with_the_ratios() {
+        let off = exporting(
+            Telemetry::Off,
+            &[(Op::PkLookup, 2000, 2, 400), (Op::ListTables, 500, 10, 500)],
+            None,
+        );
+        let collector = exporting(
+            Telemetry::Collector,
+            &[(Op::PkLookup, 1800, 3, 450), (Op::ListTables, 500, 10, 500)],
+            Some((0, 0)),
+        );
+        let down = exporting(
+            Telemetry::CollectorDown,
+            &[(Op::PkLookup, 1900, 2, 420)],
+            Some((9000, 2200)),
+        );
+        let mut out = String::new();
+        telemetry_table(&mut out, Some(&off), &[&collector, &down]);
+        assert!(out.contains("### What OpenTelemetry costs"), "{out}");
+        assert!(
+            out.contains("| 1 | query PK lookup | `pgmcp-http` | 2000 | 2.00 | 200 |  |  |  |"),
+            "{out}"
+        );
+        // 1800 calls at 450 ms of CPU: 250 µs a call, 1.25× the 200 without export.
+        assert!(
+            out.contains(
+                "| 1 | query PK lookup | `pgmcp-http-otel` | 1800 | 3.00 | 250 | 0.90× | 1.50× | 1.25× |"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "| 1 | query PK lookup | `pgmcp-http-otel-down` | 1900 | 2.00 | 221 | 0.95× | 1.00× | 1.11× |"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("| 1 | list_tables | `pgmcp-http-otel` | 500 | 10.00 | 1000 | 1.00× | 1.00× | 1.00× |"),
+            "{out}"
+        );
+        // The collector-down target did not measure list_tables: no row, not a row of dashes.
+        assert!(
+            !out.contains("| list_tables | `pgmcp-http-otel-down`"),
+            "{out}"
+        );
+        assert!(
+            out.contains("| pgmcp (HTTP, OpenTelemetry to a collector) | 1 | 0 | 0 |"),
+            "{out}"
+        );
+        assert!(
+            out.contains("| pgmcp (HTTP, OpenTelemetry, collector down) | 1 | 9000 | 2200 |"),
+            "{out}"
+        );
+        assert!(!out.contains("No ratio"), "{out}");
+    }
+
+    #[test]
+    fn without_pgmcp_http_the_export_rows_stand_alone_and_say_why() {
+        let down = exporting(
+            Telemetry::CollectorDown,
+            &[(Op::PkLookup, 1900, 2, 420)],
+            None,
+        );
+        let mut out = String::new();
+        telemetry_table(&mut out, None, &[&down]);
+        assert!(
+            out.contains(
+                "| 1 | query PK lookup | `pgmcp-http-otel-down` | 1900 | 2.00 | 221 |  |  |  |"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "No ratio: pgmcp (HTTP) without export (`--targets pgmcp-http`) did not run."
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("| pgmcp (HTTP, OpenTelemetry, collector down) | 1 | – | – |"),
+            "{out}"
         );
     }
 

@@ -15,6 +15,7 @@ use tokio::process::{Child, Command};
 
 use super::callers::{self, Entra};
 use super::client::{HttpSession, Session, StdioConnection};
+use super::otel::{self, Dropped, Unreachable};
 use super::seed::Seeded;
 
 /// The tool calls the benchmark makes, the same SQL text for every server.
@@ -110,21 +111,36 @@ pub enum Auth {
     CallerClass,
 }
 
+/// Whether, and where to, the server exports OpenTelemetry (pgmcp's only, over HTTP;
+/// super::otel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Telemetry {
+    /// No `OTEL_*` variable reaches the server: export off (every peer).
+    Off,
+    /// Traces and audit log records to the OpenTelemetry Collector this process hosts.
+    Collector,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` names a loopback port nothing listens on: every export
+    /// fails, and the server counts what it drops.
+    CollectorDown,
+}
+
 /// One server in one transport: a row of the report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Target {
     pub peer: Peer,
     pub transport: Transport,
     pub auth: Auth,
+    pub telemetry: Telemetry,
 }
 
 impl Target {
-    /// `peer` over `transport`, no caller authentication.
+    /// `peer` over `transport`, no caller authentication, no OpenTelemetry export.
     pub const fn open(peer: Peer, transport: Transport) -> Target {
         Target {
             peer,
             transport,
             auth: Auth::Open,
+            telemetry: Telemetry::Off,
         }
     }
 
@@ -139,10 +155,16 @@ impl Target {
             Auth::Entra => ", Entra",
             Auth::CallerClass => ", Entra, caller class",
         };
-        format!("{} ({transport}{auth})", self.peer.name())
+        let telemetry = match self.telemetry {
+            Telemetry::Off => "",
+            Telemetry::Collector => ", OpenTelemetry to a collector",
+            Telemetry::CollectorDown => ", OpenTelemetry, collector down",
+        };
+        format!("{} ({transport}{auth}{telemetry})", self.peer.name())
     }
 
-    /// Key for `--targets`: `pgmcp-http`, `pgmcp-http-class`, `toolbox-stdio`, …
+    /// Key for `--targets`: `pgmcp-http`, `pgmcp-http-class`, `pgmcp-http-otel`,
+    /// `toolbox-stdio`, …
     pub fn key(self) -> String {
         let transport = match self.transport {
             Transport::Http => "http",
@@ -154,33 +176,45 @@ impl Target {
             Auth::Entra => "-entra",
             Auth::CallerClass => "-class",
         };
-        format!("{}-{transport}{auth}", self.peer.key())
+        let telemetry = match self.telemetry {
+            Telemetry::Off => "",
+            Telemetry::Collector => "-otel",
+            Telemetry::CollectorDown => "-otel-down",
+        };
+        format!("{}-{transport}{auth}{telemetry}", self.peer.key())
     }
 
-    /// Every target, in the order a full run measures them (the caller-class target right
-    /// after its Entra twin, so the two see the same machine).
+    /// Every target, in the order a full run measures them: the OpenTelemetry targets right
+    /// after `pgmcp-http` and the caller-class target right after its Entra twin, so each sees
+    /// the same machine as the target it is compared with.
     pub fn all() -> Vec<Target> {
         use Peer::*;
         use Transport::*;
-        let authenticated = [Auth::Entra, Auth::CallerClass].map(|auth| Target {
-            peer: Pgmcp,
-            transport: Http,
+        let pgmcp_http = |auth, telemetry| Target {
             auth,
-        });
-        std::iter::once(Target::open(Pgmcp, Http))
-            .chain(authenticated)
-            .chain(
-                [
-                    (Pgmcp, HttpStateless),
-                    (Pgmcp, Stdio),
-                    (Toolbox, Http),
-                    (Toolbox, Stdio),
-                    (ServerPostgres, Stdio),
-                    (PostgresMcp, Stdio),
-                ]
-                .map(|(peer, transport)| Target::open(peer, transport)),
-            )
-            .collect()
+            telemetry,
+            ..Target::open(Pgmcp, Http)
+        };
+        [
+            pgmcp_http(Auth::Open, Telemetry::Off),
+            pgmcp_http(Auth::Open, Telemetry::Collector),
+            pgmcp_http(Auth::Open, Telemetry::CollectorDown),
+            pgmcp_http(Auth::Entra, Telemetry::Off),
+            pgmcp_http(Auth::CallerClass, Telemetry::Off),
+        ]
+        .into_iter()
+        .chain(
+            [
+                (Pgmcp, HttpStateless),
+                (Pgmcp, Stdio),
+                (Toolbox, Http),
+                (Toolbox, Stdio),
+                (ServerPostgres, Stdio),
+                (PostgresMcp, Stdio),
+            ]
+            .map(|(peer, transport)| Target::open(peer, transport)),
+        )
+        .collect()
     }
 
     pub fn parse(key: &str) -> anyhow::Result<Target> {
@@ -288,7 +322,8 @@ impl Peer {
     }
 }
 
-/// Where the binaries are, and the Entra fake the authenticated pgmcp targets trust.
+/// Where the binaries are, the Entra fake the authenticated pgmcp targets trust, and where the
+/// OpenTelemetry targets export to.
 #[derive(Debug, Clone)]
 pub struct Paths {
     pub pgmcp_server: PathBuf,
@@ -296,6 +331,10 @@ pub struct Paths {
     pub peers: PathBuf,
     /// Started when a target with [`Auth::Entra`] or [`Auth::CallerClass`] is to run.
     pub entra: Option<Arc<Entra>>,
+    /// Started when a target with [`Telemetry::Collector`] is to run.
+    pub collector: Option<Arc<pgmcp_tests::otel::Collector>>,
+    /// Bound when a target with [`Telemetry::CollectorDown`] is to run.
+    pub unreachable: Option<Arc<Unreachable>>,
 }
 
 impl Paths {
@@ -312,6 +351,25 @@ impl Paths {
     }
     fn postgres_mcp_python(&self) -> PathBuf {
         self.peers.join("venv/postgres-mcp/bin/python")
+    }
+
+    /// The `OTEL_EXPORTER_OTLP_ENDPOINT` of a server with `telemetry` (none: export off).
+    fn otlp_endpoint(&self, telemetry: Telemetry) -> anyhow::Result<Option<String>> {
+        Ok(match telemetry {
+            Telemetry::Off => None,
+            Telemetry::Collector => Some(
+                self.collector
+                    .as_ref()
+                    .context("no collector for an OpenTelemetry target")?
+                    .endpoint(),
+            ),
+            Telemetry::CollectorDown => Some(
+                self.unreachable
+                    .as_ref()
+                    .context("no unreachable endpoint for the collector-down target")?
+                    .endpoint(),
+            ),
+        })
     }
 
     /// Whether `peer` is installed (peers that are not are skipped).
@@ -477,6 +535,17 @@ impl Running {
         }
     }
 
+    /// What the server has not exported so far, from its `/metrics` (`None`: export is off).
+    pub async fn telemetry_dropped(&self) -> anyhow::Result<Option<Dropped>> {
+        if self.target.telemetry == Telemetry::Off {
+            return Ok(None);
+        }
+        let addr = self
+            .addr
+            .context("OpenTelemetry export is measured over HTTP")?;
+        otel::dropped(addr.port()).await.map(Some)
+    }
+
     /// SIGTERM (through kill(1), to the pid we spawned), up to 5 s, then SIGKILL.
     pub async fn stop(mut self) {
         self.stdio.take(); // closes stdin once the writer task sees no more senders
@@ -505,7 +574,11 @@ fn command(
     dir: &Path,
 ) -> anyhow::Result<Command> {
     let http = target.transport != Transport::Stdio;
-    let command = match target.peer {
+    anyhow::ensure!(
+        target.telemetry == Telemetry::Off || (target.peer == Peer::Pgmcp && http),
+        "OpenTelemetry export is measured for pgmcp over HTTP only"
+    );
+    let mut command = match target.peer {
         Peer::Pgmcp => {
             let mut c = Command::new(&paths.pgmcp_server);
             if target.auth == Auth::CallerClass {
@@ -580,5 +653,43 @@ fn command(
             c
         }
     };
+    // Whether a server exports is the target's choice, not this process's environment's: no
+    // `OTEL_*` variable of ours reaches any server, and only the OpenTelemetry targets get an
+    // endpoint.
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("OTEL_") {
+            command.env_remove(name);
+        }
+    }
+    if let Some(endpoint) = paths.otlp_endpoint(target.telemetry)? {
+        command.env(otel::ENDPOINT, endpoint);
+    }
     Ok(command)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_target_key_parses_back_to_its_target() {
+        let all = Target::all();
+        for target in &all {
+            assert_eq!(Target::parse(&target.key()).expect("key"), *target);
+        }
+        let mut keys: Vec<String> = all.iter().map(|t| t.key()).collect();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), all.len(), "{keys:?}");
+    }
+
+    #[test]
+    fn the_export_targets_run_right_after_pgmcp_http() {
+        let keys: Vec<String> = Target::all().into_iter().map(Target::key).collect();
+        assert_eq!(
+            keys[..3],
+            ["pgmcp-http", "pgmcp-http-otel", "pgmcp-http-otel-down"]
+        );
+        assert!(Target::parse("toolbox-http-otel").is_err());
+    }
 }
