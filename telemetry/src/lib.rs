@@ -43,6 +43,13 @@ pub use tracing_opentelemetry;
 /// Spans (and log records) that may wait for export at once; more are dropped and counted.
 pub const QUEUE: usize = 2048;
 
+/// The batch processors' own queues: never full, because [`Bounded`] drops (and counts) at
+/// [`QUEUE`] first.
+const BATCH_QUEUE: usize = QUEUE * 2;
+
+/// How often the batch processors send what waits.
+const BATCH_DELAY: Duration = Duration::from_millis(500);
+
 /// The longest each signal's export may take at shutdown: what a live collector takes in
 /// milliseconds, an unreachable one (the exporter retries with backoff) never gets.
 pub const SHUTDOWN: Duration = Duration::from_secs(1);
@@ -159,56 +166,39 @@ impl Exporting {
             );
         }
         let resource = resource.build();
-        let pending = Arc::new(AtomicUsize::new(0));
         let spans = SpanExporter::builder()
             .with_http()
             .build()
             .map_err(|err| format!("cannot build the OTLP span exporter: {err}"))?;
-        let spans = BatchSpanProcessor::builder(Counted {
-            inner: spans,
-            pending: pending.clone(),
-            dropped: dropped.clone(),
-        })
-        .with_batch_config(
-            BatchConfigBuilder::default()
-                // Never full: `Bounded` drops (and counts) first.
-                .with_max_queue_size(QUEUE * 2)
-                .with_scheduled_delay(Duration::from_millis(500))
-                .build(),
-        )
-        .build();
+        let (spans, pending) = Counted::new(spans, dropped);
+        let spans = BatchSpanProcessor::builder(spans)
+            .with_batch_config(
+                BatchConfigBuilder::default()
+                    .with_max_queue_size(BATCH_QUEUE)
+                    .with_scheduled_delay(BATCH_DELAY)
+                    .build(),
+            )
+            .build();
         let tracer = SdkTracerProvider::builder()
             .with_resource(resource.clone())
-            .with_span_processor(Bounded {
-                inner: spans,
-                pending,
-                dropped: dropped.clone(),
-            })
+            .with_span_processor(Bounded::new(spans, pending, dropped))
             .build();
-        let pending = Arc::new(AtomicUsize::new(0));
         let logs = LogExporter::builder()
             .with_http()
             .build()
             .map_err(|err| format!("cannot build the OTLP log exporter: {err}"))?;
-        let logs = BatchLogProcessor::builder(Counted {
-            inner: logs,
-            pending: pending.clone(),
-            dropped: dropped.clone(),
-        })
-        .with_batch_config(
-            LogBatchConfig::default()
-                .with_max_queue_size(QUEUE * 2)
-                .with_scheduled_delay(Duration::from_millis(500))
-                .build(),
-        )
-        .build();
+        let (logs, pending) = Counted::new(logs, dropped);
+        let logs = BatchLogProcessor::builder(logs)
+            .with_batch_config(
+                LogBatchConfig::default()
+                    .with_max_queue_size(BATCH_QUEUE)
+                    .with_scheduled_delay(BATCH_DELAY)
+                    .build(),
+            )
+            .build();
         let logger = SdkLoggerProvider::builder()
             .with_resource(resource)
-            .with_log_processor(Bounded {
-                inner: logs,
-                pending,
-                dropped: dropped.clone(),
-            })
+            .with_log_processor(Bounded::new(logs, pending, dropped))
             .build();
         Ok(Exporting { tracer, logger })
     }
@@ -340,6 +330,14 @@ struct Bounded<P> {
 }
 
 impl<P: Signal> Bounded<P> {
+    fn new(inner: P, pending: Arc<AtomicUsize>, dropped: &Arc<Dropped>) -> Self {
+        Bounded {
+            inner,
+            pending,
+            dropped: dropped.clone(),
+        }
+    }
+
     /// Takes a place in the queue, or counts a drop.
     fn admit(&self) -> bool {
         if self.pending.fetch_add(1, Ordering::AcqRel) >= QUEUE {
@@ -405,6 +403,17 @@ struct Counted<E> {
 }
 
 impl<E: Signal> Counted<E> {
+    /// `inner`, counted, and the count of what waits for it (for its [`Bounded`] processor).
+    fn new(inner: E, dropped: &Arc<Dropped>) -> (Self, Arc<AtomicUsize>) {
+        let pending = Arc::new(AtomicUsize::new(0));
+        let counted = Counted {
+            inner,
+            pending: pending.clone(),
+            dropped: dropped.clone(),
+        };
+        (counted, pending)
+    }
+
     fn settle(&self, items: usize, result: &OTelSdkResult) {
         self.pending.fetch_sub(items, Ordering::AcqRel);
         if result.is_err() {

@@ -247,14 +247,6 @@ fn challenge(resource: &str, rejection: &Rejection) -> Response {
     }
 }
 
-/// The caller's object id for the audit log, or `anonymous`. The claims come from a token whose
-/// signature was verified; the JSON log encoding keeps any character harmless.
-pub fn audit_caller(caller: Option<&Caller>) -> String {
-    caller
-        .and_then(|c| c.oid.clone())
-        .unwrap_or_else(|| "anonymous".to_owned())
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

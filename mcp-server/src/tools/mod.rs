@@ -71,7 +71,8 @@ pub struct Tools {
 }
 
 /// What one tool call carries besides its arguments: the token that cancels it (a
-/// `notifications/cancelled`, a client that went away), and what the audit line says of it.
+/// `notifications/cancelled`, a client that went away), who asked, what its audit event says of
+/// its statement, and the trace it continues.
 #[derive(Debug, Default)]
 pub struct Call {
     pub cancel: CancellationToken,
@@ -401,8 +402,12 @@ impl Tools {
         result
     }
 
-    /// The caller's statement as trace spans may show it (the audit setting).
+    /// The caller's statement as trace spans may show it (the audit setting); none when
+    /// nothing is exported.
     pub(crate) fn shown<'a>(&self, call: &'a Call) -> Option<&'a str> {
+        if !crate::telemetry::exporting() {
+            return None;
+        }
         self.audit.statement_text(call.statement()?)
     }
 

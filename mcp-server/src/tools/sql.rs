@@ -141,8 +141,8 @@ async fn check_scope(tools: &Tools, call: &Call, statement: &Statement) -> Resul
     Ok(())
 }
 
-/// Runs the caller's statement, once the SQL guard (whose one tokenization also fingerprints it
-/// for the audit log), the SECURITY DEFINER check and the scope allow it.
+/// Runs the caller's statement, once the SQL guard (whose one tokenization also redacts it for
+/// the audit event), the SECURITY DEFINER check and the scope allow it.
 pub async fn query(tools: &Tools, call: &Call, args: QueryArgs) -> Result<RowsResult, ToolError> {
     async {
         let inspection = sql_guard::inspect(&args.sql);
