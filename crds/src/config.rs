@@ -76,7 +76,8 @@ impl AuditConfig {
 
 /// How the caller's SQL appears in audit events and trace spans.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
 pub enum AuditStatements {
     /// The statement as the caller sent it.
     #[default]

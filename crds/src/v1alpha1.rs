@@ -659,28 +659,8 @@ pub struct AuditSpec {
     pub statements: AuditStatements,
 }
 
-/// How the caller's SQL appears in audit events and trace spans.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum AuditStatements {
-    /// The statement as the caller sent it.
-    #[default]
-    Full,
-    /// The statement with every literal replaced by `?`.
-    Redacted,
-    /// Only a 16-hex-digit fingerprint of the redacted statement.
-    Fingerprint,
-}
-
-impl From<AuditStatements> for crate::config::AuditStatements {
-    fn from(value: AuditStatements) -> Self {
-        match value {
-            AuditStatements::Full => Self::Full,
-            AuditStatements::Redacted => Self::Redacted,
-            AuditStatements::Fingerprint => Self::Fingerprint,
-        }
-    }
-}
+/// The server's configuration names the same modes, so the binding's value is passed on as is.
+pub use crate::config::AuditStatements;
 
 /// OpenTelemetry export of the MCP server (OTLP/HTTP with protobuf), given to the server
 /// as the standard OTEL_* environment variables.
@@ -1321,10 +1301,7 @@ spec:
         assert!(telemetry.headers_secret_ref.is_none());
         assert!(telemetry.resource_attributes.is_empty());
         assert!(server.results.untrusted_data_framing);
-        assert_eq!(
-            crate::config::AuditStatements::from(server.audit.statements).as_str(),
-            "fingerprint"
-        );
+        assert_eq!(server.audit.statements.as_str(), "fingerprint");
         let statements = &schema()["properties"]["spec"]["properties"]["server"]["properties"]["audit"]
             ["properties"]["statements"];
         assert_eq!(

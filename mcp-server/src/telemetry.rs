@@ -53,13 +53,15 @@ pub fn request_span(headers: &axum::http::HeaderMap) -> Span {
         mcp.session.id = headers.get("mcp-session-id").and_then(|v| v.to_str().ok()),
     );
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Some(traceparent) = header("traceparent") {
-        let _ = span.set_parent(pgmcp_telemetry::parent_from(
-            Some(traceparent),
-            header("tracestate"),
-        ));
-    }
+    continue_trace(&span, header("traceparent"), header("tracestate"));
     span
+}
+
+/// Makes the span a `traceparent`'s child, when there is one (before the span starts).
+fn continue_trace(span: &Span, traceparent: Option<&str>, tracestate: Option<&str>) {
+    if traceparent.is_some() {
+        let _ = span.set_parent(pgmcp_telemetry::parent_from(traceparent, tracestate));
+    }
 }
 
 /// The W3C trace context a request carried in `_meta`.
@@ -99,15 +101,12 @@ pub fn call_span(tool: &str, trace: Option<&MetaTrace>, class: Option<&str>) -> 
         pgmcp.outcome = tracing::field::Empty,
         error.type = tracing::field::Empty,
     );
-    if let Some(MetaTrace {
-        traceparent: Some(traceparent),
-        tracestate,
-    }) = trace
-    {
-        let _ = span.set_parent(pgmcp_telemetry::parent_from(
-            Some(traceparent),
-            tracestate.as_deref(),
-        ));
+    if let Some(trace) = trace {
+        continue_trace(
+            &span,
+            trace.traceparent.as_deref(),
+            trace.tracestate.as_deref(),
+        );
     }
     span
 }

@@ -184,7 +184,7 @@ pub fn server_config(valid: &Valid, defaults: &Defaults) -> ServerConfig {
             untrusted_data_framing: spec.server.results.untrusted_data_framing,
         },
         audit: AuditConfig {
-            statements: spec.server.audit.statements.into(),
+            statements: spec.server.audit.statements,
             binding: Some(format!("{ns}/{}", valid.name)),
         },
     }
