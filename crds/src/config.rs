@@ -268,6 +268,20 @@ pub struct LimitsConfig {
     pub max_rows: u32,
     pub max_bytes: u64,
     pub statement_timeout_ms: u64,
+    /// Largest text of one discovery answer (list_tables, search_objects, ...): longer ones
+    /// are paged with a cursor.
+    #[serde(default = "default_discovery_max_bytes")]
+    pub discovery_max_bytes: u64,
+}
+
+/// The default discovery budget: 16 KiB, a few thousand tokens.
+pub const DEFAULT_DISCOVERY_MAX_BYTES: u64 = 16 * 1024;
+
+/// The discovery budget's bounds: room for a page's summary, frame and one entry; at most 1 MiB.
+pub const DISCOVERY_MAX_BYTES: std::ops::RangeInclusive<u64> = 4 * 1024..=1024 * 1024;
+
+fn default_discovery_max_bytes() -> u64 {
+    DEFAULT_DISCOVERY_MAX_BYTES
 }
 
 impl Default for LimitsConfig {
@@ -276,6 +290,7 @@ impl Default for LimitsConfig {
             max_rows: 1000,
             max_bytes: 1024 * 1024,
             statement_timeout_ms: 15_000,
+            discovery_max_bytes: DEFAULT_DISCOVERY_MAX_BYTES,
         }
     }
 }

@@ -598,6 +598,15 @@ pub struct ServerLimits {
     #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ms|s|m|h))+$') && duration(self) >= duration('1ms') && duration(self) <= duration('10m')")
         .message("statementTimeout must be a duration between 1ms and 10m, such as 15s or 1m30s"))]
     pub statement_timeout: String,
+    /// Largest text of one discovery answer (list_tables, search_objects, list_relationships,
+    /// list_schemas, describe_table), as a Kubernetes quantity (4Ki to 1Mi). Longer listings
+    /// are paged: the answer says how many exist and gives a cursor for the next page, so a
+    /// model never receives more than this in one answer, however large the schema.
+    #[serde(default = "default_discovery_max_bytes")]
+    #[schemars(length(min = 1, max = 16))]
+    #[x_kube(validation = Rule::new("isQuantity(self) && quantity(self).compareTo(quantity('4Ki')) >= 0 && quantity(self).compareTo(quantity('1Mi')) <= 0")
+        .message("discoveryMaxBytes must be a quantity between 4Ki and 1Mi, such as 16Ki"))]
+    pub discovery_max_bytes: String,
 }
 
 impl Default for ServerLimits {
@@ -606,8 +615,13 @@ impl Default for ServerLimits {
             max_rows: default_max_rows(),
             max_bytes: default_max_bytes(),
             statement_timeout: default_statement_timeout(),
+            discovery_max_bytes: default_discovery_max_bytes(),
         }
     }
+}
+
+fn default_discovery_max_bytes() -> String {
+    "16Ki".to_owned()
 }
 
 fn default_max_rows() -> i32 {
@@ -1278,7 +1292,8 @@ spec:
             ServerLimits {
                 max_rows: 1000,
                 max_bytes: "1Mi".into(),
-                statement_timeout: "15s".into()
+                statement_timeout: "15s".into(),
+                discovery_max_bytes: "16Ki".into(),
             }
         );
         assert!(spec.server.results.untrusted_data_framing);

@@ -229,6 +229,7 @@ mod tests {
             json: r#"{"rows":[[1]]}"#.into(),
             rows: 1,
             truncated: true,
+            summary: None,
         });
         serde_json::to_value(audit.event("query", call, &result, Duration::from_micros(1500)))
             .unwrap()

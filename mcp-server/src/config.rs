@@ -64,6 +64,10 @@ pub struct Args {
     /// Statement timeout in milliseconds.
     #[arg(long)]
     pub statement_timeout_ms: Option<u64>,
+    /// Largest text of one discovery answer in bytes (4096 to 1048576, default 16384); longer
+    /// listings are paged with a cursor.
+    #[arg(long)]
+    pub discovery_max_bytes: Option<u64>,
     /// Serve even if the role is a superuser or can write (development only).
     #[arg(long)]
     pub allow_unsafe_role: bool,
@@ -296,6 +300,15 @@ impl Settings {
         }
         if file.limits.max_rows == 0 || file.limits.statement_timeout_ms == 0 {
             return Err(err("max rows and statement timeout must be greater than 0"));
+        }
+        if let Some(bytes) = args.discovery_max_bytes {
+            file.limits.discovery_max_bytes = bytes;
+        }
+        if !pgmcp_crds::config::DISCOVERY_MAX_BYTES.contains(&file.limits.discovery_max_bytes) {
+            return Err(err(format!(
+                "discovery max bytes must be between 4096 and 1048576, not {}",
+                file.limits.discovery_max_bytes
+            )));
         }
 
         if args.no_untrusted_data_framing {

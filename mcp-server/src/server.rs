@@ -43,7 +43,12 @@ pub struct PgMcpServer {
 pub enum Outcome {
     /// The result as JSON: an MCP result's structured content, and its text content (framed
     /// as untrusted data when `frame` is set).
-    Result { json: String, frame: Option<Frame> },
+    Result {
+        json: String,
+        frame: Option<Frame>,
+        /// The first line of the text, ending in a line break (paged listings).
+        summary: Option<String>,
+    },
     /// A sentence for the model: the text of an MCP tool error (`isError: true`), framed when
     /// it carries PostgreSQL's words (which can quote data).
     ToolError { text: String, frame: Option<Frame> },
@@ -52,7 +57,11 @@ pub enum Outcome {
 impl Outcome {
     /// A result, unframed.
     pub fn result(json: String) -> Self {
-        Outcome::Result { json, frame: None }
+        Outcome::Result {
+            json,
+            frame: None,
+            summary: None,
+        }
     }
 
     /// A tool error, unframed.
@@ -60,16 +69,20 @@ impl Outcome {
         Outcome::ToolError { text, frame: None }
     }
 
-    /// The text content in three pieces: what the frame puts before, the body, what it puts
-    /// after (both empty without a frame).
-    pub fn text(&self) -> [&str; 3] {
-        let (body, frame) = match self {
-            Outcome::Result { json, frame } => (json, frame),
-            Outcome::ToolError { text, frame } => (text, frame),
+    /// The text content in four pieces: the summary line (paged listings), what the frame
+    /// puts before, the body, what it puts after (empty when absent).
+    pub fn text(&self) -> [&str; 4] {
+        let (body, frame, summary) = match self {
+            Outcome::Result {
+                json,
+                frame,
+                summary,
+            } => (json, frame, summary.as_deref().unwrap_or("")),
+            Outcome::ToolError { text, frame } => (text, frame, ""),
         };
         match frame {
-            Some(frame) => [frame.before(), body, frame.after()],
-            None => ["", body, ""],
+            Some(frame) => [summary, frame.before(), body, frame.after()],
+            None => [summary, "", body, ""],
         }
     }
 
@@ -153,6 +166,7 @@ impl PgMcpServer {
         match result {
             Ok(output) => Outcome::Result {
                 frame: framing.then(|| Frame::around(&output.json)),
+                summary: output.summary.map(|s| s + "\n"),
                 json: output.json,
             },
             Err(err) => {

@@ -8,9 +8,10 @@ mod common;
 use common::{explain_args, public_only, q, shop};
 use pgmcp_crds::config::{LimitsConfig, ScopeGrant};
 use pgmcp_server::tools::Call;
+use pgmcp_server::tools::ToolError;
 use pgmcp_server::tools::catalog::{self, *};
+use pgmcp_server::tools::page::Page;
 use pgmcp_server::tools::sql::{self, ExplainArgs, QueryArgs};
-use pgmcp_server::tools::{RowsResult, ToolError};
 use serde_json::{Value, json};
 
 async fn describe(
@@ -21,22 +22,21 @@ async fn describe(
     let args = DescribeTableArgs {
         table: table.to_owned(),
         schema: schema.map(str::to_owned),
+        cursor: None,
     };
     catalog::describe_table(tools, &Call::default(), args).await
 }
 
-async fn search(
-    tools: &pgmcp_server::tools::Tools,
-    pattern: &str,
-) -> Result<RowsResult, ToolError> {
+async fn search(tools: &pgmcp_server::tools::Tools, pattern: &str) -> Result<Page, ToolError> {
     let args = SearchObjectsArgs {
         pattern: pattern.to_owned(),
+        cursor: None,
     };
     catalog::search_objects(tools, &Call::default(), args).await
 }
 
 /// Rows as objects keyed by column name.
-fn objects(result: &RowsResult) -> Vec<Value> {
+fn objects(result: &impl serde::Serialize) -> Vec<Value> {
     let value = serde_json::to_value(result).unwrap();
     let columns: Vec<String> = value["columns"]
         .as_array()
@@ -60,7 +60,7 @@ fn objects(result: &RowsResult) -> Vec<Value> {
         .collect()
 }
 
-fn column(result: &RowsResult, name: &str) -> Vec<Value> {
+fn column(result: &impl serde::Serialize, name: &str) -> Vec<Value> {
     objects(result)
         .into_iter()
         .map(|o| o[name].clone())
@@ -71,7 +71,11 @@ fn column(result: &RowsResult, name: &str) -> Vec<Value> {
 async fn list_tables_shows_only_the_granted_schema_with_kinds_estimates_and_comments() {
     let shop = shop("list tables").await;
     let tools = shop.tools();
-    let result = catalog::list_tables(&tools, &Call::default(), ListTablesArgs::default())
+    let detail = ListTablesArgs {
+        detail: true,
+        ..ListTablesArgs::default()
+    };
+    let result = catalog::list_tables(&tools, &Call::default(), detail)
         .await
         .unwrap();
     let tables = objects(&result);
@@ -99,8 +103,17 @@ async fn list_tables_shows_only_the_granted_schema_with_kinds_estimates_and_comm
     );
     assert_eq!(tables[3]["kind"], json!("view"));
     assert_eq!(tables[3]["row_estimate"], Value::Null);
-    assert!(!result.rows.truncated);
+    assert!(!result.truncated);
     assert_eq!(result.limits.max_rows, 1000);
+    assert_eq!(result.summary, "5 tables in 1 schema, all shown.");
+    assert_eq!(result.next_cursor, None);
+
+    let compact = catalog::list_tables(&tools, &Call::default(), ListTablesArgs::default())
+        .await
+        .unwrap();
+    let customers = &objects(&compact)[0];
+    assert_eq!(customers.get("size_bytes"), None, "compact by default");
+    assert_eq!(customers["row_estimate"], json!(5));
 
     let schemas = catalog::list_schemas(&tools, &Call::default(), ListSchemasArgs::default())
         .await
@@ -216,12 +229,13 @@ async fn relationships_and_search_answer_how_tables_connect_and_where_customers_
         ListRelationshipsArgs {
             schema: None,
             table: Some("orders".into()),
+            cursor: None,
         },
     )
     .await
     .unwrap();
     assert_eq!(
-        orders.rows.row_count, 2,
+        orders.row_count, 2,
         "both directions: order_items -> orders -> customers"
     );
     assert_eq!(objects(&orders)[1]["on_delete"], json!("NO ACTION"));
@@ -240,9 +254,9 @@ async fn relationships_and_search_answer_how_tables_connect_and_where_customers_
         "{hits:?}"
     );
     let none = search(&tools, "api_keys").await.unwrap();
-    assert_eq!(none.rows.row_count, 0, "out-of-scope objects are not found");
+    assert_eq!(none.row_count, 0, "out-of-scope objects are not found");
     let wildcard = search(&tools, "%").await.unwrap();
-    assert_eq!(wildcard.rows.row_count, 0, "% is matched literally");
+    assert_eq!(wildcard.row_count, 0, "% is matched literally");
 }
 
 #[tokio::test]
@@ -425,6 +439,7 @@ async fn caps_truncate_and_say_so() {
     let tools = shop.tools_with(
         public_only(),
         LimitsConfig {
+            discovery_max_bytes: pgmcp_crds::config::DEFAULT_DISCOVERY_MAX_BYTES,
             max_rows: 3,
             max_bytes: 200,
             statement_timeout_ms: 300,
@@ -519,7 +534,7 @@ async fn scope_hides_and_refuses_what_is_not_granted() {
             .await
             .unwrap();
     assert_eq!(
-        relations.rows.row_count, 0,
+        relations.row_count, 0,
         "the other side of every FK is hidden"
     );
     for sql in [

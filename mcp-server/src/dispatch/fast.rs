@@ -102,7 +102,8 @@ pub(crate) fn reply(
 ) -> serde_json::Result<Vec<u8>> {
     let text = outcome.text();
     let structured = outcome.structured();
-    let mut out = Vec::with_capacity(text[1].len() * 2 + text[0].len() + text[2].len() + 160);
+    let mut out =
+        Vec::with_capacity(text[2].len() * 2 + text[0].len() + text[1].len() + text[3].len() + 160);
     out.extend_from_slice(br#"{"jsonrpc":"2.0","id":"#);
     serde_json::to_writer(&mut out, id)?;
     out.extend_from_slice(br#","result":{"#);
@@ -348,6 +349,12 @@ mod tests {
             Outcome::Result {
                 json: json.to_owned(),
                 frame: Some(Frame::around(json)),
+                summary: None,
+            },
+            Outcome::Result {
+                json: json.to_owned(),
+                frame: Some(Frame::around(json)),
+                summary: Some("3 tables; showing 1–2 with cursor \"e30\".\n".to_owned()),
             },
             Outcome::error("refused: only SELECT \"statements\"\n".to_owned()),
             Outcome::ToolError {

@@ -6,8 +6,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::page::{self, After, NotReadable, Page, PageColumn, Pager, Words};
+use super::snapshot::{Column, ForeignKey, Relation, Schema, Snapshot};
 use super::{Call, Limits, RowsResult, ToolError, Tools};
-use crate::db::Rows;
+use crate::scope::Scope;
 
 /// SQL condition: namespace `n` / relation `c` are inside the scope (`$1..$3`).
 fn visible(n: &str, c: &str) -> String {
@@ -19,26 +21,6 @@ fn visible(n: &str, c: &str) -> String {
 /// Relation kinds shown to the model.
 const KIND: &str = "CASE c.relkind WHEN 'r' THEN 'table' WHEN 'p' THEN 'table' WHEN 'v' THEN 'view' \
                     WHEN 'm' THEN 'materialized_view' WHEN 'f' THEN 'foreign_table' END";
-
-/// Size in bytes of relation `c` with its indexes and TOAST table: an estimate from the page
-/// counts VACUUM and ANALYZE keep in `pg_class` once they have seen the table, exact before that.
-/// (`pg_total_relation_size` reads the file system for every fork of every index: 0.1-0.6 s on
-/// a 1,000-table schema.)
-/// Size from the planner's page counts (table, TOAST table and indexes), or measured where
-/// the table was never analyzed or vacuumed. Needs the joins in [`SIZE_JOINS`]: one pass over
-/// the catalog instead of subqueries per table (1,000 tables: 10 ms → 5 ms).
-const SIZE: &str = "CASE WHEN c.reltuples >= 0 OR c.relpages > 0 THEN (c.relpages::bigint
-         + coalesce(toast.relpages, 0) + coalesce(ix.pages, 0))::bigint * current_setting('block_size')::bigint
-     ELSE pg_total_relation_size(c.oid) END";
-
-const SIZE_JOINS: &str = "LEFT JOIN pg_class toast ON toast.oid = c.reltoastrelid
-     LEFT JOIN (SELECT x.indrelid, sum(i.relpages) AS pages
-                FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
-                GROUP BY x.indrelid) ix ON ix.indrelid = c.oid";
-
-/// A relation's comment, as a join: `obj_description()` runs a query per row.
-const TABLE_COMMENT_JOIN: &str = "LEFT JOIN pg_description d
-     ON d.objoid = c.oid AND d.classoid = 'pg_catalog.pg_class'::regclass AND d.objsubid = 0";
 
 const USER_RELATIONS: &str = "c.relkind IN ('r','p','v','m','f') AND NOT c.relispartition \
      AND n.nspname NOT IN ('pg_catalog','information_schema') AND n.nspname NOT LIKE 'pg\\_toast%'";
@@ -60,7 +42,11 @@ pub struct ListDatabasesArgs {}
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(remote = "Self")]
 #[schemars(rename = "ListSchemasArgs")]
-pub struct ListSchemasArgs {}
+pub struct ListSchemasArgs {
+    #[schemars(description = "The nextCursor of the previous page, to get the next one")]
+    #[serde(default)]
+    pub cursor: Option<String>,
+}
 
 /// Arguments of `list_tables`.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
@@ -70,6 +56,19 @@ pub struct ListTablesArgs {
     #[schemars(description = "Only tables of this schema; omit for every schema you can read")]
     #[serde(default)]
     pub schema: Option<String>,
+    #[schemars(
+        description = "Only tables whose name or comment contains this word (case-insensitive), e.g. order"
+    )]
+    #[serde(default)]
+    pub pattern: Option<String>,
+    #[schemars(
+        description = "Also give each table's size in bytes and its whole comment (default: the comment's first sentence)"
+    )]
+    #[serde(default)]
+    pub detail: bool,
+    #[schemars(description = "The nextCursor of the previous page, to get the next one")]
+    #[serde(default)]
+    pub cursor: Option<String>,
 }
 
 /// Arguments of `describe_table`.
@@ -82,6 +81,11 @@ pub struct DescribeTableArgs {
     #[schemars(description = "Schema of the table; omit to use the first schema that has it")]
     #[serde(default)]
     pub schema: Option<String>,
+    #[schemars(
+        description = "The nextCursor of the previous answer, for the next columns of a very wide table"
+    )]
+    #[serde(default)]
+    pub cursor: Option<String>,
 }
 
 /// Arguments of `list_relationships`.
@@ -95,6 +99,9 @@ pub struct ListRelationshipsArgs {
     #[schemars(description = "Only foreign keys from or to this table (both directions)")]
     #[serde(default)]
     pub table: Option<String>,
+    #[schemars(description = "The nextCursor of the previous page, to get the next one")]
+    #[serde(default)]
+    pub cursor: Option<String>,
 }
 
 /// Arguments of `search_objects`.
@@ -106,6 +113,9 @@ pub struct SearchObjectsArgs {
         description = "Word to look for in table, view and column names and comments (case-insensitive substring, e.g. customer)"
     )]
     pub pattern: String,
+    #[schemars(description = "The nextCursor of the previous page, to get the next one")]
+    #[serde(default)]
+    pub cursor: Option<String>,
 }
 
 /// Arguments of `server_info`.
@@ -145,69 +155,291 @@ pub async fn list_databases(
         .await
 }
 
+/// What every listing page is built with: the cursor's position, the budget, the frame.
+fn pager<'a>(
+    tools: &Tools,
+    words: Words,
+    arguments: Vec<Option<String>>,
+    after: &'a After,
+    snapshot: &Snapshot,
+    columns: &[(&'static str, &'static str)],
+) -> Pager<'a> {
+    Pager {
+        words,
+        arguments,
+        after,
+        digest: snapshot.digest(),
+        budget: tools.discovery_budget(),
+        frame: tools.frame_overhead(),
+        columns: columns
+            .iter()
+            .map(|&(name, type_name)| PageColumn { name, type_name })
+            .collect(),
+        limits: tools.limits_for(tools.caps(None)),
+    }
+}
+
+/// Whether the parts of an entry's key sort after the cursor's key.
+fn after_key(parts: &[&str], after: &After) -> bool {
+    after.key.as_ref().is_none_or(|key| {
+        parts.iter().copied().cmp(key.iter().map(String::as_str)) == std::cmp::Ordering::Greater
+    })
+}
+
+/// A search word: trimmed, lower case, 1 to 200 characters.
+fn word(field: &str, pattern: Option<&str>) -> Result<Option<String>, ToolError> {
+    let Some(pattern) = pattern.map(str::trim) else {
+        return Ok(None);
+    };
+    if pattern.is_empty() || pattern.len() > 200 {
+        return Err(ToolError::InvalidArgument(format!(
+            "{field} must be 1 to 200 characters, e.g. customer"
+        )));
+    }
+    Ok(Some(pattern.to_lowercase()))
+}
+
+/// `name` as an SQL identifier.
+fn ident(name: &str) -> String {
+    let plain = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$');
+    if plain {
+        name.to_owned()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
+/// The relations `matches` picks that the server's role cannot read, and the GRANT an
+/// administrator runs. Only without `--grant`: with grants, what the binding grants is what
+/// exists for the model.
+fn not_readable<'s>(
+    scope: &Scope,
+    snapshot: &'s Snapshot,
+    matches: impl Fn(&'s Relation) -> bool,
+) -> Option<NotReadable> {
+    if !scope.is_unrestricted() {
+        return None;
+    }
+    let mut tables = 0;
+    let mut schemas: Vec<usize> = Vec::new();
+    for relation in snapshot.relations.iter().filter(|r| !r.readable) {
+        if !matches(relation) {
+            continue;
+        }
+        tables += 1;
+        if schemas.last() != Some(&relation.schema_index) && schemas.len() < 10 {
+            schemas.push(relation.schema_index);
+        }
+    }
+    if tables == 0 {
+        return None;
+    }
+    schemas.dedup();
+    let idents: Vec<&str> = schemas
+        .iter()
+        .map(|&i| snapshot.schemas[i].ident.as_str())
+        .collect();
+    let role = ident(&snapshot.role);
+    let list = idents.join(", ");
+    Some(NotReadable {
+        tables,
+        schemas: schemas
+            .iter()
+            .map(|&i| snapshot.schemas[i].name.to_string())
+            .collect(),
+        grant: format!(
+            "GRANT USAGE ON SCHEMA {list} TO {role}; GRANT SELECT ON ALL TABLES IN SCHEMA {list} TO {role};"
+        ),
+    })
+}
+
 pub async fn list_schemas(
     tools: &Tools,
     call: &Call,
-    _: ListSchemasArgs,
-) -> Result<RowsResult, ToolError> {
-    let visible = visible("n", "c");
-    tools
-        .catalog(call,
-            &format!(
-                "SELECT n.nspname AS name, obj_description(n.oid, 'pg_namespace') AS comment,
-                        (SELECT count(*) FROM pg_class c
-                          WHERE c.relnamespace = n.oid AND c.relkind IN ('r','p','v','m','f')
-                            AND NOT c.relispartition AND {visible}) AS tables
-                 FROM pg_namespace n
-                 WHERE n.nspname NOT IN ('pg_catalog','information_schema')
-                   AND n.nspname NOT LIKE 'pg\\_%'
-                   AND ($1::bool OR n.nspname = ANY($2::text[]) OR EXISTS (
-                        SELECT 1 FROM pg_class c
-                         WHERE c.relnamespace = n.oid AND (n.nspname || '.' || c.relname) = ANY($3::text[])))
-                 ORDER BY n.nspname"
-            ),
-            &[],
-        )
-        .await
+    args: ListSchemasArgs,
+) -> Result<Page, ToolError> {
+    let after = page::after("list_schemas", &[], args.cursor.as_deref())?;
+    let scope = tools.scope_of(call);
+    let (snapshot, _) = tools.snapshot(call, |_| Vec::new()).await?;
+    let mut tables = vec![0usize; snapshot.schemas.len()];
+    for relation in &snapshot.relations {
+        if snapshot.shows(scope, relation) {
+            tables[relation.schema_index] += 1;
+        }
+    }
+    let shown: Vec<(usize, &Schema)> = snapshot
+        .schemas
+        .iter()
+        .enumerate()
+        .filter(|(i, schema)| {
+            if scope.is_unrestricted() {
+                schema.usage || tables[*i] > 0
+            } else {
+                scope.allows_schema(&schema.name) || tables[*i] > 0
+            }
+        })
+        .collect();
+    let words = Words {
+        tool: "list_schemas",
+        plural: "schemas",
+        extent: String::new(),
+        narrow: "or use list_tables with a schema.",
+    };
+    let columns = [("name", "name"), ("comment", "text"), ("tables", "int8")];
+    let pager = pager(tools, words, Vec::new(), &after, &snapshot, &columns);
+    let hidden = not_readable(scope, &snapshot, |_| true);
+    Ok(pager.page(
+        shown
+            .iter()
+            .filter(|(_, s)| after_key(&[&s.name], &after))
+            .map(|&(i, schema)| (i, schema)),
+        |&(_, schema)| vec![schema.name.to_string()],
+        |&(i, schema)| {
+            json!([
+                &*schema.name,
+                schema.comment.as_deref().map(page::first_sentence),
+                tables[i]
+            ])
+        },
+        shown.len(),
+        hidden,
+    ))
 }
 
 pub async fn list_tables(
     tools: &Tools,
     call: &Call,
     args: ListTablesArgs,
-) -> Result<RowsResult, ToolError> {
-    let visible = visible("n", "c");
-    tools
-        .catalog(
-            call,
-            &format!(
-                "SELECT n.nspname AS schema, c.relname AS name, {KIND} AS kind,
-                        CASE WHEN c.relkind IN ('r','p','m') AND c.reltuples >= 0
-                             THEN c.reltuples::bigint END AS row_estimate,
-                        {SIZE} AS size_bytes,
-                        d.description AS comment
-                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                 {SIZE_JOINS}
-                 {TABLE_COMMENT_JOIN}
-                 WHERE {USER_RELATIONS} AND {visible} AND ($4::text IS NULL OR n.nspname = $4)
-                 ORDER BY n.nspname, c.relname"
-            ),
-            &[opt(&args.schema)],
-        )
-        .await
+) -> Result<Page, ToolError> {
+    let arguments = vec![
+        args.schema.clone(),
+        args.pattern.clone(),
+        args.detail.then(|| "detail".to_owned()),
+    ];
+    let after = page::after("list_tables", &arguments, args.cursor.as_deref())?;
+    let pattern = word("pattern", args.pattern.as_deref())?;
+    let scope = tools.scope_of(call);
+    let matches = |relation: &Relation| {
+        args.schema
+            .as_deref()
+            .is_none_or(|s| *relation.schema == *s)
+            && pattern
+                .as_deref()
+                .is_none_or(|p| relation.haystack.contains(p))
+    };
+    let most = tools.discovery_budget() / 24;
+    let (snapshot, stats) = tools
+        .snapshot_with(call, args.detail, |snapshot| {
+            snapshot
+                .relations
+                .iter()
+                .filter(|r| snapshot.shows(scope, r) && matches(r))
+                .filter(|r| after_key(&[&r.schema, &r.name], &after))
+                .take(most)
+                .map(|r| r.oid)
+                .collect()
+        })
+        .await?;
+    let listing: Vec<&Relation> = snapshot
+        .relations
+        .iter()
+        .filter(|r| snapshot.shows(scope, r) && matches(r))
+        .collect();
+    let mut schemas = listing.iter().map(|r| r.schema_index).collect::<Vec<_>>();
+    schemas.dedup();
+    let words = Words {
+        tool: "list_tables",
+        plural: "tables",
+        extent: format!(
+            " in {} schema{}",
+            page::count(schemas.len()),
+            if schemas.len() == 1 { "" } else { "s" }
+        ),
+        narrow: "or narrow the list with schema or pattern, or use search_objects.",
+    };
+    let compact = [
+        ("schema", "name"),
+        ("name", "name"),
+        ("kind", "text"),
+        ("row_estimate", "int8"),
+        ("comment", "text"),
+    ];
+    let detailed = [
+        ("schema", "name"),
+        ("name", "name"),
+        ("kind", "text"),
+        ("row_estimate", "int8"),
+        ("size_bytes", "int8"),
+        ("comment", "text"),
+    ];
+    let columns: &[(&str, &str)] = if args.detail { &detailed } else { &compact };
+    let pager = pager(tools, words, arguments, &after, &snapshot, columns);
+    let hidden = not_readable(scope, &snapshot, matches);
+    let total = listing.len();
+    Ok(pager.page(
+        listing
+            .into_iter()
+            .filter(|r| after_key(&[&r.schema, &r.name], &after)),
+        |r| vec![r.schema.to_string(), r.name.clone()],
+        |r| {
+            let (rows, size) = stats
+                .get(&r.oid)
+                .copied()
+                .unwrap_or((r.row_estimate, r.size_bytes));
+            if args.detail {
+                json!([
+                    &*r.schema,
+                    r.name,
+                    r.kind,
+                    rows,
+                    size,
+                    r.comment.as_deref().map(|c| page::cut(c, 2000))
+                ])
+            } else {
+                json!([
+                    &*r.schema,
+                    r.name,
+                    r.kind,
+                    rows,
+                    r.comment.as_deref().map(page::first_sentence)
+                ])
+            }
+        },
+        total,
+        hidden,
+    ))
 }
 
 /// Everything about one table.
 #[derive(Debug, Clone, Serialize)]
 pub struct TableDescription {
+    /// Present when the table has more columns than one answer holds: how many, which are
+    /// shown, and the cursor for the rest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
     pub schema: String,
     pub table: String,
     pub kind: String,
     pub comment: Option<String>,
     pub row_estimate: Option<i64>,
     /// One row per column: name, type, nullable, default, comment.
-    #[serde(flatten)]
-    pub columns: Rows,
+    pub columns: Vec<crate::db::Column>,
+    pub rows: Box<serde_json::value::RawValue>,
+    pub row_count: usize,
+    /// True when more columns follow (see `nextCursor`).
+    pub truncated: bool,
+    pub elapsed_ms: u64,
+    /// The table's number of columns.
+    pub total_columns: usize,
+    /// The cursor for the next columns, or null.
+    #[serde(rename = "nextCursor")]
+    pub next_cursor: Option<String>,
     pub primary_key: Vec<String>,
     pub foreign_keys: Vec<Value>,
     pub referenced_by: Vec<Value>,
@@ -239,39 +471,6 @@ fn objects(result: &RowsResult) -> Vec<Value> {
         .collect()
 }
 
-/// SQL of the foreign keys between visible tables, with `extra` conditions.
-fn foreign_keys_sql(extra: &str) -> String {
-    let from_visible = visible("sn", "sc");
-    let to_visible = visible("tn", "tc");
-    let action = |col: &str| {
-        format!(
-            "CASE {col} WHEN 'a' THEN 'NO ACTION' WHEN 'r' THEN 'RESTRICT' WHEN 'c' THEN 'CASCADE' \
-             WHEN 'n' THEN 'SET NULL' WHEN 'd' THEN 'SET DEFAULT' END"
-        )
-    };
-    let columns = |key: &str, rel: &str| {
-        format!(
-            "(SELECT array_agg(a.attname::text ORDER BY k.ord) FROM unnest(con.{key}) WITH ORDINALITY k(num, ord)
-               JOIN pg_attribute a ON a.attrelid = con.{rel} AND a.attnum = k.num)"
-        )
-    };
-    format!(
-        "SELECT con.conname AS name,
-                sn.nspname AS from_schema, sc.relname AS from_table, {from_cols} AS from_columns,
-                tn.nspname AS to_schema, tc.relname AS to_table, {to_cols} AS to_columns,
-                {on_update} AS on_update, {on_delete} AS on_delete
-         FROM pg_constraint con
-         JOIN pg_class sc ON sc.oid = con.conrelid JOIN pg_namespace sn ON sn.oid = sc.relnamespace
-         JOIN pg_class tc ON tc.oid = con.confrelid JOIN pg_namespace tn ON tn.oid = tc.relnamespace
-         WHERE con.contype = 'f' AND {from_visible} AND {to_visible} AND {extra}
-         ORDER BY sn.nspname, sc.relname, con.conname",
-        from_cols = columns("conkey", "conrelid"),
-        to_cols = columns("confkey", "confrelid"),
-        on_update = action("con.confupdtype"),
-        on_delete = action("con.confdeltype"),
-    )
-}
-
 pub async fn describe_table(
     tools: &Tools,
     call: &Call,
@@ -289,6 +488,8 @@ pub async fn describe_table(
                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                  WHERE {USER_RELATIONS} AND {visible} AND c.relname = $4
                    AND ($5::text IS NULL OR n.nspname = $5)
+                   AND (NOT $1::bool OR (has_schema_privilege(n.oid, 'USAGE')
+                                         AND has_any_column_privilege(c.oid, 'SELECT')))
                  ORDER BY array_position(current_schemas(false), n.nspname::text) NULLS LAST, n.nspname
                  LIMIT 1"
             ),
@@ -301,16 +502,21 @@ pub async fn describe_table(
             .map(|s| format!(" in schema {s}"))
             .unwrap_or_default();
         return Err(ToolError::NotFound(format!(
-            "no table or view named {}{place} is available to this server; use list_tables to see the available tables",
+            "no table or view named {}{place} is available to this server; use list_tables to see the available tables (without --grant it also says how many exist that this server's role cannot read, and the GRANT that lets it)",
             args.table
         )));
     };
+    let position: usize = match page::after(
+        "describe_table",
+        &[text_of(&table, "schema"), text_of(&table, "name")],
+        args.cursor.as_deref(),
+    )? {
+        After { key: Some(key), .. } => key.first().and_then(|k| k.parse().ok()).unwrap_or(0),
+        _ => 0,
+    };
     let oid = table["oid"].clone();
+    let relation_oid = oid.as_u64().and_then(|o| u32::try_from(o).ok());
     let oid = std::slice::from_ref(&oid);
-    let (from_sql, to_sql) = (
-        foreign_keys_sql("con.conrelid = $4::oid"),
-        foreign_keys_sql("con.confrelid = $4::oid"),
-    );
     // Independent queries: run them at once, each on its own pooled connection.
     let columns = tools
         .catalog_plain(
@@ -332,8 +538,9 @@ pub async fn describe_table(
              ORDER BY k.ord",
         oid,
     );
-    let foreign_keys = tools.catalog(call, &from_sql, oid);
-    let referenced_by = tools.catalog(call, &to_sql, oid);
+    // Foreign keys from the catalog snapshot: PostgreSQL has no index to find the keys that
+    // reference a table, so reading them is a pass over pg_constraint.
+    let keys = tools.snapshot(call, |_| Vec::new());
     let indexes = tools.catalog_plain(
         call,
         "SELECT i.relname AS name, pg_get_indexdef(ix.indexrelid) AS definition,
@@ -350,21 +557,47 @@ pub async fn describe_table(
              ORDER BY conname",
         oid,
     );
-    let (columns, primary_key, foreign_keys, referenced_by, indexes, checks) = futures::try_join!(
-        columns,
-        primary_key,
-        foreign_keys,
-        referenced_by,
-        indexes,
-        checks
-    )?;
-    let text = |key: &str| table[key].as_str().map(str::to_owned);
-    Ok(TableDescription {
+    let (columns, primary_key, (snapshot, _), indexes, checks) =
+        futures::try_join!(columns, primary_key, keys, indexes, checks)?;
+    let scope = tools.scope_of(call);
+    let (mut foreign_keys, mut referenced_by) = (Vec::new(), Vec::new());
+    if let Some(index) = relation_oid.and_then(|oid| snapshot.index_of(oid)) {
+        let relations = &snapshot.relations;
+        for fk in &snapshot.foreign_keys {
+            let (from, to) = (&relations[fk.from], &relations[fk.to]);
+            if !(snapshot.shows(scope, from) && snapshot.shows(scope, to)) {
+                continue;
+            }
+            let object = json!({
+                "name": fk.name,
+                "from_schema": &*from.schema, "from_table": from.name, "from_columns": fk.from_columns,
+                "to_schema": &*to.schema, "to_table": to.name, "to_columns": fk.to_columns,
+                "on_update": fk.on_update, "on_delete": fk.on_delete,
+            });
+            if fk.from == index {
+                foreign_keys.push(object.clone());
+            }
+            if fk.to == index {
+                referenced_by.push(object);
+            }
+        }
+    }
+    let text = |key: &str| text_of(&table, key);
+    let budget = tools.discovery_budget();
+    let mut description = TableDescription {
+        summary: None,
         schema: text("schema").unwrap_or_default(),
         table: text("name").unwrap_or_default(),
         kind: text("kind").unwrap_or_default(),
-        comment: text("comment"),
+        comment: text("comment").map(|c| page::cut(&c, budget / 8)),
         row_estimate: table["row_estimate"].as_i64(),
+        columns: columns.rows.columns.clone(),
+        rows: raw("[]"),
+        row_count: 0,
+        truncated: false,
+        elapsed_ms: columns.rows.elapsed_ms,
+        total_columns: 0,
+        next_cursor: None,
         primary_key: primary_key
             .rows
             .rows
@@ -372,77 +605,281 @@ pub async fn describe_table(
             .iter()
             .filter_map(|r| r[0].as_str().map(str::to_owned))
             .collect(),
-        foreign_keys: objects(&foreign_keys),
-        referenced_by: objects(&referenced_by),
+        foreign_keys,
+        referenced_by,
         indexes: objects(&indexes),
         check_constraints: objects(&checks),
-        view_definition: text("view_definition"),
+        view_definition: text("view_definition").map(|v| page::cut(&v, budget / 4)),
         limits: columns.limits.clone(),
-        columns: columns.rows,
+    };
+    fit_columns(
+        tools,
+        &mut description,
+        &columns.rows.rows.values(),
+        position,
+    );
+    Ok(description)
+}
+
+fn text_of(row: &Value, key: &str) -> Option<String> {
+    row[key].as_str().map(str::to_owned)
+}
+
+fn raw(json: &str) -> Box<serde_json::value::RawValue> {
+    serde_json::value::RawValue::from_string(json.to_owned()).unwrap_or_else(|_| {
+        serde_json::value::RawValue::from_string("[]".to_owned()).unwrap_or_default()
     })
+}
+
+/// Puts the columns from `position` on into `description`, as many as fit the budget (at
+/// least one), with a summary and cursor when some do not.
+fn fit_columns(
+    tools: &Tools,
+    description: &mut TableDescription,
+    all: &[Vec<Value>],
+    position: usize,
+) {
+    let budget = tools.discovery_budget();
+    let frame = tools.frame_overhead();
+    let rows: Vec<String> = all
+        .iter()
+        .skip(position)
+        .map(|row| {
+            let row: Vec<Value> = row
+                .iter()
+                .map(|v| match v {
+                    Value::String(s) => Value::String(page::cut(s, 1000)),
+                    other => other.clone(),
+                })
+                .collect();
+            serde_json::to_string(&row).unwrap_or_default()
+        })
+        .collect();
+    description.total_columns = all.len();
+    let mut shown = rows.len();
+    loop {
+        let more = position + shown < all.len();
+        description.rows = raw(&format!("[{}]", rows[..shown].join(",")));
+        description.row_count = shown;
+        description.truncated = more;
+        description.next_cursor = more.then(|| {
+            page::cursor(
+                "describe_table",
+                &[
+                    Some(description.schema.clone()),
+                    Some(description.table.clone()),
+                ],
+                vec![(position + shown).to_string()],
+                "",
+            )
+        });
+        description.summary = (more || position > 0).then(|| {
+            let mut summary = format!(
+                "{}.{} has {} columns; showing {}–{}",
+                description.schema,
+                description.table,
+                page::count(all.len()),
+                page::count(position + 1),
+                page::count(position + shown)
+            );
+            match &description.next_cursor {
+                Some(c) => summary.push_str(&format!(
+                    ". For the next columns call describe_table again with cursor \"{c}\" and the same table."
+                )),
+                None => summary.push_str(" (the last columns)."),
+            }
+            summary
+        });
+        let json = serde_json::to_string(&*description).unwrap_or_default();
+        let summary = description.summary.as_ref().map_or(0, |s| s.len() + 1);
+        if summary + frame + json.len() <= budget || shown <= 1 {
+            return;
+        }
+        // Drop about as many columns as the excess needs, at least one.
+        let excess = summary + frame + json.len() - budget;
+        let average = rows[..shown].iter().map(|r| r.len() + 1).sum::<usize>() / shown;
+        shown = shown
+            .saturating_sub(excess.div_ceil(average.max(1)).max(1))
+            .max(1);
+    }
 }
 
 pub async fn list_relationships(
     tools: &Tools,
     call: &Call,
     args: ListRelationshipsArgs,
-) -> Result<RowsResult, ToolError> {
-    tools
-        .catalog(
-            call,
-            &foreign_keys_sql(
-                "($4::text IS NULL OR sn.nspname = $4 OR tn.nspname = $4)
-                 AND ($5::text IS NULL OR sc.relname = $5 OR tc.relname = $5)",
-            ),
-            &[opt(&args.schema), opt(&args.table)],
-        )
-        .await
+) -> Result<Page, ToolError> {
+    let arguments = vec![args.schema.clone(), args.table.clone()];
+    let after = page::after("list_relationships", &arguments, args.cursor.as_deref())?;
+    let scope = tools.scope_of(call);
+    let (snapshot, _) = tools.snapshot(call, |_| Vec::new()).await?;
+    let relations = &snapshot.relations;
+    let listing: Vec<&ForeignKey> = snapshot
+        .foreign_keys
+        .iter()
+        .filter(|fk| {
+            let (from, to) = (&relations[fk.from], &relations[fk.to]);
+            snapshot.shows(scope, from)
+                && snapshot.shows(scope, to)
+                && args
+                    .schema
+                    .as_deref()
+                    .is_none_or(|s| *from.schema == *s || *to.schema == *s)
+                && args
+                    .table
+                    .as_deref()
+                    .is_none_or(|t| from.name == t || to.name == t)
+        })
+        .collect();
+    let words = Words {
+        tool: "list_relationships",
+        plural: "foreign keys",
+        extent: String::new(),
+        narrow: "or narrow the list with schema or table.",
+    };
+    let columns = [
+        ("name", "name"),
+        ("from_schema", "name"),
+        ("from_table", "name"),
+        ("from_columns", "text[]"),
+        ("to_schema", "name"),
+        ("to_table", "name"),
+        ("to_columns", "text[]"),
+        ("on_update", "text"),
+        ("on_delete", "text"),
+    ];
+    let pager = pager(tools, words, arguments, &after, &snapshot, &columns);
+    let total = listing.len();
+    Ok(pager.page(
+        listing.into_iter().filter(|fk| {
+            let from = &relations[fk.from];
+            after_key(&[&from.schema, &from.name, &fk.name], &after)
+        }),
+        |fk| {
+            let from = &relations[fk.from];
+            vec![from.schema.to_string(), from.name.clone(), fk.name.clone()]
+        },
+        |fk| {
+            let (from, to) = (&relations[fk.from], &relations[fk.to]);
+            json!([
+                fk.name,
+                &*from.schema,
+                from.name,
+                fk.from_columns,
+                &*to.schema,
+                to.name,
+                fk.to_columns,
+                fk.on_update,
+                fk.on_delete
+            ])
+        },
+        total,
+        None,
+    ))
+}
+
+/// A `search_objects` match: a relation, or a column of one.
+#[derive(Clone, Copy)]
+enum Found<'s> {
+    Relation(&'s Relation),
+    Column(&'s Relation, &'s Column),
 }
 
 pub async fn search_objects(
     tools: &Tools,
     call: &Call,
     args: SearchObjectsArgs,
-) -> Result<RowsResult, ToolError> {
-    let pattern = args.pattern.trim();
-    if pattern.is_empty() || pattern.len() > 200 {
-        return Err(ToolError::InvalidArgument(
-            "pattern must be 1 to 200 characters, e.g. customer".to_owned(),
-        ));
-    }
-    let like = format!(
-        "%{}%",
-        pattern
-            .replace('\\', "\\\\")
-            .replace('%', "\\%")
-            .replace('_', "\\_")
-    );
-    let visible = visible("n", "c");
-    tools
-        .catalog(call,
-            &format!(
-                "SELECT kind, schema, \"table\", \"column\", type, comment FROM (
-                   SELECT {KIND} AS kind, n.nspname AS schema, c.relname AS \"table\", NULL::name AS \"column\",
-                          NULL::text AS type, d.description AS comment, 0 AS rank
-                   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                   {TABLE_COMMENT_JOIN}
-                   WHERE {USER_RELATIONS} AND {visible}
-                     AND (c.relname ILIKE $4 OR d.description ILIKE $4)
-                   UNION ALL
-                   SELECT 'column', n.nspname, c.relname, a.attname, format_type(a.atttypid, a.atttypmod),
-                          cd.description, 1
-                   FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
-                   JOIN pg_namespace n ON n.oid = c.relnamespace
-                   LEFT JOIN pg_description cd ON cd.objoid = c.oid
-                        AND cd.classoid = 'pg_catalog.pg_class'::regclass AND cd.objsubid = a.attnum
-                   WHERE {USER_RELATIONS} AND {visible} AND a.attnum > 0 AND NOT a.attisdropped
-                     AND (a.attname ILIKE $4 OR cd.description ILIKE $4)
-                 ) found
-                 ORDER BY rank, schema, \"table\", \"column\""
-            ),
-            &[Value::String(like)],
-        )
-        .await
+) -> Result<Page, ToolError> {
+    let arguments = vec![Some(args.pattern.clone())];
+    let after = page::after("search_objects", &arguments, args.cursor.as_deref())?;
+    let pattern = word("pattern", Some(&args.pattern))?.unwrap_or_default();
+    let scope = tools.scope_of(call);
+    let (snapshot, _) = tools.snapshot(call, |_| Vec::new()).await?;
+    let relations = snapshot
+        .relations
+        .iter()
+        .filter(|r| snapshot.shows(scope, r));
+    let mut listing: Vec<Found> = relations
+        .clone()
+        .filter(|r| r.haystack.contains(&pattern))
+        .map(Found::Relation)
+        .collect();
+    let mut columns: Vec<Found> = relations
+        .flat_map(|r| {
+            snapshot.columns[r.columns.clone()]
+                .iter()
+                .filter(|c| c.haystack.contains(&pattern))
+                .map(move |c| Found::Column(r, c))
+        })
+        .collect();
+    // Within a table, columns by name (the snapshot has them in column order).
+    columns.sort_by(|a, b| match (a, b) {
+        (Found::Column(ra, ca), Found::Column(rb, cb)) => {
+            (&*ra.schema, &ra.name, &ca.name).cmp(&(&*rb.schema, &rb.name, &cb.name))
+        }
+        _ => std::cmp::Ordering::Equal,
+    });
+    listing.extend(columns);
+    let key = |found: &Found<'_>| -> [String; 4] {
+        match found {
+            Found::Relation(r) => [
+                "0".into(),
+                r.schema.to_string(),
+                r.name.clone(),
+                String::new(),
+            ],
+            Found::Column(r, c) => [
+                "1".into(),
+                r.schema.to_string(),
+                r.name.clone(),
+                c.name.clone(),
+            ],
+        }
+    };
+    let words = Words {
+        tool: "search_objects",
+        plural: "matches",
+        extent: String::new(),
+        narrow: "or search for a longer word.",
+    };
+    let page_columns = [
+        ("kind", "text"),
+        ("schema", "name"),
+        ("table", "name"),
+        ("column", "name"),
+        ("type", "text"),
+        ("comment", "text"),
+    ];
+    let pager = pager(tools, words, arguments, &after, &snapshot, &page_columns);
+    let hidden = not_readable(scope, &snapshot, |r| r.haystack.contains(&pattern));
+    let total = listing.len();
+    Ok(pager.page(
+        listing.into_iter().filter(|found| {
+            let key = key(found);
+            after_key(&[&key[0], &key[1], &key[2], &key[3]], &after)
+        }),
+        |found| key(found).to_vec(),
+        |found| match found {
+            Found::Relation(r) => json!([
+                r.kind,
+                &*r.schema,
+                r.name,
+                null,
+                null,
+                r.comment.as_deref().map(page::first_sentence)
+            ]),
+            Found::Column(r, c) => json!([
+                "column",
+                &*r.schema,
+                r.name,
+                c.name,
+                c.type_name,
+                c.comment.as_deref().map(page::first_sentence)
+            ]),
+        },
+        total,
+        hidden,
+    ))
 }
 
 /// Facts about the server, and the caps of this MCP server.

@@ -2,8 +2,10 @@
 //! them directly. `server.rs` wraps each one as an MCP tool.
 
 pub mod catalog;
+pub mod page;
 pub mod registry;
 pub mod schemas;
+pub mod snapshot;
 pub mod sql;
 
 use std::time::Duration;
@@ -68,6 +70,8 @@ pub struct Tools {
     /// The SECURITY DEFINER functions calls are refused to, read on first use and by
     /// [`Tools::refresh_definers`].
     definers: Definers,
+    /// The catalog snapshot discovery answers from ([`snapshot`]).
+    catalog: Arc<snapshot::Catalog>,
 }
 
 /// What one tool call carries besides its arguments: the token that cancels it (a
@@ -213,6 +217,21 @@ impl Tools {
             audit: Audit::default(),
             readiness: Readiness::ready(),
             definers: Definers::default(),
+            catalog: Arc::default(),
+        }
+    }
+
+    /// The most text one discovery answer may have.
+    pub(crate) fn discovery_budget(&self) -> usize {
+        usize::try_from(self.limits.discovery_max_bytes).unwrap_or(usize::MAX)
+    }
+
+    /// Bytes the untrusted-data frame adds to an answer's text.
+    pub(crate) fn frame_overhead(&self) -> usize {
+        if self.results.untrusted_data_framing {
+            crate::framing::OVERHEAD
+        } else {
+            0
         }
     }
 
@@ -458,7 +477,7 @@ mod properties {
 
     /// Every field of every tool's arguments.
     const FIELDS: &[&str] = &[
-        "sql", "params", "max_rows", "analyze", "schema", "table", "pattern",
+        "sql", "params", "max_rows", "analyze", "schema", "table", "pattern", "cursor", "detail",
     ];
 
     fn json_value() -> impl Strategy<Value = Value> {
@@ -536,22 +555,29 @@ mod properties {
                 let sent = arguments.get("analyze").and_then(Value::as_bool);
                 prop_assert_eq!(args.analyze, sent.unwrap_or(false));
             }
-            if let Some(args) = parse::<DescribeTableArgs>(&arguments, &["table", "schema"]) {
+            if let Some(args) = parse::<DescribeTableArgs>(&arguments, &["table", "schema", "cursor"]) {
                 prop_assert_eq!(Some(args.table), text(&arguments, "table"));
                 prop_assert_eq!(args.schema, text(&arguments, "schema"));
+                prop_assert_eq!(args.cursor, text(&arguments, "cursor"));
             }
-            if let Some(args) = parse::<ListTablesArgs>(&arguments, &["schema"]) {
+            if let Some(args) = parse::<ListTablesArgs>(&arguments, &["schema", "pattern", "detail", "cursor"]) {
                 prop_assert_eq!(args.schema, text(&arguments, "schema"));
+                prop_assert_eq!(args.pattern, text(&arguments, "pattern"));
+                prop_assert_eq!(args.cursor, text(&arguments, "cursor"));
+                let sent = arguments.get("detail").and_then(Value::as_bool);
+                prop_assert_eq!(args.detail, sent.unwrap_or(false));
             }
-            if let Some(args) = parse::<ListRelationshipsArgs>(&arguments, &["schema", "table"]) {
+            if let Some(args) = parse::<ListRelationshipsArgs>(&arguments, &["schema", "table", "cursor"]) {
                 prop_assert_eq!(args.schema, text(&arguments, "schema"));
                 prop_assert_eq!(args.table, text(&arguments, "table"));
             }
-            if let Some(args) = parse::<SearchObjectsArgs>(&arguments, &["pattern"]) {
+            if let Some(args) = parse::<SearchObjectsArgs>(&arguments, &["pattern", "cursor"]) {
                 prop_assert_eq!(Some(args.pattern), text(&arguments, "pattern"));
             }
+            if let Some(args) = parse::<ListSchemasArgs>(&arguments, &["cursor"]) {
+                prop_assert_eq!(args.cursor, text(&arguments, "cursor"));
+            }
             prop_assert!(parse::<ListDatabasesArgs>(&arguments, &[]).is_some());
-            prop_assert!(parse::<ListSchemasArgs>(&arguments, &[]).is_some());
             prop_assert!(parse::<ServerInfoArgs>(&arguments, &[]).is_some());
         }
     }

@@ -29,6 +29,10 @@ pub struct Output {
     pub json: String,
     pub rows: usize,
     pub truncated: bool,
+    /// The line the answer's text starts with: what a paged listing holds and how to get the
+    /// rest ([`super::page`]). Counts and the server's cursor only, no database text, so it
+    /// stands before the untrusted-data frame.
+    pub summary: Option<String>,
 }
 
 /// A running call, whatever its tool: boxed, because inline every call would carry (and move,
@@ -52,6 +56,21 @@ trait RowCount {
     fn truncated(&self) -> bool {
         false
     }
+    fn summary(&self) -> Option<String> {
+        None
+    }
+}
+
+impl RowCount for super::page::Page {
+    fn row_count(&self) -> usize {
+        self.row_count
+    }
+    fn truncated(&self) -> bool {
+        self.truncated
+    }
+    fn summary(&self) -> Option<String> {
+        Some(self.summary.clone())
+    }
 }
 
 impl RowCount for RowsResult {
@@ -65,10 +84,13 @@ impl RowCount for RowsResult {
 
 impl RowCount for catalog::TableDescription {
     fn row_count(&self) -> usize {
-        self.columns.row_count
+        self.row_count
     }
     fn truncated(&self) -> bool {
-        self.columns.truncated
+        self.truncated
+    }
+    fn summary(&self) -> Option<String> {
+        self.summary.clone()
     }
 }
 
@@ -95,6 +117,7 @@ async fn output<T: Serialize + RowCount>(
         json,
         rows: value.row_count(),
         truncated: value.truncated(),
+        summary: value.summary(),
     })
 }
 
@@ -198,23 +221,23 @@ tools! {
     ListSchemas {
         name: "list_schemas",
         title: "List schemas",
-        description: "List the schemas you can read, with their comment and number of tables.",
+        description: "List the schemas you can read, with their comment and number of tables. Long lists come in pages: the answer's first line gives the total and the cursor for the next page.",
         arguments: ListSchemasArgs,
-        output: schemas::rows,
+        output: schemas::page,
         call: catalog::list_schemas,
     },
     ListTables {
         name: "list_tables",
         title: "List tables",
-        description: "List the tables, views and materialized views you can read: schema, name, kind, estimated row count (null if never analyzed), size in bytes and comment. Start here to see what data exists.",
+        description: "List the tables, views and materialized views you can read: schema, name, kind, estimated row count (null if never analyzed) and the first sentence of the comment (detail: true adds size in bytes and the whole comment). Start here to see what data exists. On a large database the answer is one page: its first line says how many tables exist in how many schemas and gives the cursor for the next page. Rather than walking every page, narrow with schema, or pattern (a word in the name or comment), or use search_objects. If tables exist that you cannot read, not_readable says how many and the GRANT an administrator runs.",
         arguments: ListTablesArgs,
-        output: schemas::rows,
+        output: schemas::page,
         call: catalog::list_tables,
     },
     DescribeTable {
         name: "describe_table",
         title: "Describe a table",
-        description: "Describe one table or view: its columns (name, type, nullable, default, comment), primary key, foreign keys (with the referenced table and columns), tables that reference it, indexes, check constraints, and a view's SQL. Use it before writing a query.",
+        description: "Describe one table or view: its columns (name, type, nullable, default, comment), primary key, foreign keys (with the referenced table and columns), tables that reference it, indexes, check constraints, and a view's SQL. Use it before writing a query. A table with hundreds of columns comes in parts: the summary gives the cursor for the next columns.",
         arguments: DescribeTableArgs,
         output: schemas::table_description,
         call: catalog::describe_table,
@@ -222,17 +245,17 @@ tools! {
     ListRelationships {
         name: "list_relationships",
         title: "List relationships",
-        description: "List foreign keys (how tables are related): from table and columns to table and columns, with update/delete actions. Filter by schema and/or table; a table filter matches both directions.",
+        description: "List foreign keys (how tables are related): from table and columns to table and columns, with update/delete actions. Filter by schema and/or table; a table filter matches both directions. Long lists come in pages: the answer's first line gives the total and the cursor for the next page.",
         arguments: ListRelationshipsArgs,
-        output: schemas::rows,
+        output: schemas::page,
         call: catalog::list_relationships,
     },
     SearchObjects {
         name: "search_objects",
         title: "Search tables and columns",
-        description: "Find tables, views and columns whose name or comment contains a word (case-insensitive), e.g. 'customer' to find where customer information is kept.",
+        description: "Find tables, views and columns whose name or comment contains a word (case-insensitive), e.g. 'customer' to find where customer information is kept. The quickest way around a large database. Tables come first, then columns; long results come in pages (the first line gives the total and the cursor).",
         arguments: SearchObjectsArgs,
-        output: schemas::rows,
+        output: schemas::page,
         call: catalog::search_objects,
     },
     Query {

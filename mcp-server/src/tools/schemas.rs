@@ -91,6 +91,74 @@ pub fn rows() -> Map<String, Value> {
     object(properties, &required)
 }
 
+/// A page of a listing ([`super::page::Page`]).
+pub fn page() -> Map<String, Value> {
+    let mut properties = rows_properties();
+    properties.remove("truncated_by");
+    properties.remove("elapsed_ms");
+    properties.remove("undecoded_columns");
+    properties.insert(
+        "truncated".into(),
+        json!({
+            "type": "boolean",
+            "description": "True when entries follow this page (see nextCursor)."
+        }),
+    );
+    for (name, schema) in [
+        (
+            "summary",
+            json!({"type": "string", "description": "What the listing holds and how to get the rest; also the first line of the text."}),
+        ),
+        (
+            "total",
+            json!({"type": "integer", "minimum": 0, "description": "Entries in the whole listing."}),
+        ),
+        (
+            "first",
+            json!({"type": "integer", "minimum": 0, "description": "Position of the page's first entry (1-based; 0 when empty)."}),
+        ),
+        (
+            "nextCursor",
+            json!({"type": ["string", "null"], "description": "Pass as cursor, with the same arguments, for the next page; null on the last page."}),
+        ),
+        (
+            "not_readable",
+            json!({
+                "type": "object",
+                "description": "Tables that exist but this server's role cannot read, and the GRANT an administrator runs.",
+                "properties": {
+                    "tables": {"type": "integer", "minimum": 1},
+                    "schemas": {"type": "array", "items": {"type": "string"}},
+                    "grant": {"type": "string"}
+                },
+                "required": ["tables", "schemas", "grant"],
+                "additionalProperties": false
+            }),
+        ),
+        (
+            "catalog_changed",
+            json!({"type": "string", "description": "Set when the catalog changed since the previous page."}),
+        ),
+        ("limits", limits()),
+    ] {
+        properties.insert(name.into(), schema);
+    }
+    object(
+        properties,
+        &[
+            "summary",
+            "columns",
+            "rows",
+            "row_count",
+            "total",
+            "first",
+            "truncated",
+            "nextCursor",
+            "limits",
+        ],
+    )
+}
+
 /// `describe_table`: the table, its columns as rows, and its keys, indexes and constraints.
 pub fn table_description() -> Map<String, Value> {
     let mut properties = rows_properties();
@@ -111,6 +179,15 @@ pub fn table_description() -> Map<String, Value> {
         ("indexes", objects.clone()),
         ("check_constraints", objects),
         ("view_definition", json!({"type": "string"})),
+        (
+            "summary",
+            json!({"type": "string", "description": "Present when the columns come in parts: how many, which, and the cursor for the rest."}),
+        ),
+        ("total_columns", json!({"type": "integer", "minimum": 0})),
+        (
+            "nextCursor",
+            json!({"type": ["string", "null"], "description": "Pass as cursor, with the same table, for the next columns; null when all are shown."}),
+        ),
         ("limits", limits()),
     ] {
         properties.insert(name.into(), schema);
@@ -127,6 +204,8 @@ pub fn table_description() -> Map<String, Value> {
         "referenced_by",
         "indexes",
         "check_constraints",
+        "total_columns",
+        "nextCursor",
         "limits",
     ]);
     object(properties, &required)

@@ -222,10 +222,24 @@ fn check_limits(limits: &pgmcp_crds::v1alpha1::ServerLimits) -> Result<LimitsCon
             "1ms and 10m",
         ));
     }
+    let discovery_max_bytes =
+        parse_quantity(&limits.discovery_max_bytes).map_err(|problem| Error::Field {
+            field: "spec.server.limits.discoveryMaxBytes",
+            value: limits.discovery_max_bytes.clone(),
+            problem: problem.to_string(),
+        })?;
+    if !pgmcp_crds::config::DISCOVERY_MAX_BYTES.contains(&discovery_max_bytes) {
+        return Err(out_of_range(
+            "spec.server.limits.discoveryMaxBytes",
+            limits.discovery_max_bytes.clone(),
+            "4Ki and 1Mi",
+        ));
+    }
     Ok(LimitsConfig {
         max_rows,
         max_bytes,
         statement_timeout_ms,
+        discovery_max_bytes,
     })
 }
 
@@ -374,7 +388,8 @@ mod tests {
             LimitsConfig {
                 max_rows: 1000,
                 max_bytes: 1_048_576,
-                statement_timeout_ms: 15_000
+                statement_timeout_ms: 15_000,
+                discovery_max_bytes: 16_384,
             }
         );
         assert_eq!(valid.owner.controller, Some(true));
@@ -525,9 +540,20 @@ mod tests {
             LimitsConfig {
                 max_rows: 100_000,
                 max_bytes: 64 << 20,
-                statement_timeout_ms: 600_000
+                statement_timeout_ms: 600_000,
+                discovery_max_bytes: 16_384,
             }
         );
+        for budget in ["2Ki", "2Mi", "lots"] {
+            let mut binding = binding("azure-entra-foundry.yaml");
+            binding.spec.server.limits.discovery_max_bytes = budget.to_owned();
+            match validate(&binding, &Inputs::default()) {
+                Err(Error::Field { field, .. }) => {
+                    assert_eq!(field, "spec.server.limits.discoveryMaxBytes", "{budget}")
+                }
+                other => panic!("{budget}: {other:?}"),
+            }
+        }
         let valid = with_limits(1, "1Ki", "1ms").unwrap();
         assert_eq!(valid.limits.statement_timeout_ms, 1);
     }
