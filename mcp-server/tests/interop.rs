@@ -729,3 +729,80 @@ async fn data_reaches_the_model_inside_a_boundary_it_cannot_close() {
         result["structuredContent"]
     );
 }
+
+/// The official Python SDK walks a 1,000-table schema page by page: every table once, every
+/// answer's text within the default budget and its first line the totals, every page valid
+/// against the tool's output schema.
+#[tokio::test]
+async fn python_sdk_walks_a_thousand_tables_page_by_page() {
+    let shop = shop("python paging").await;
+    let admin = shop.db.connect().await.unwrap();
+    for batch in 0..4 {
+        let mut ddl = String::from("BEGIN;");
+        for i in batch * 250..(batch + 1) * 250 {
+            ddl.push_str(&format!(
+                "CREATE TABLE public.bulk_{i:04} (id bigint PRIMARY KEY, name text, amount numeric);
+                 COMMENT ON TABLE public.bulk_{i:04} IS 'Bulk table {i}, for paging. Nothing else.';"
+            ));
+        }
+        ddl.push_str(&format!(
+            "GRANT SELECT ON ALL TABLES IN SCHEMA public TO \"{}\"; COMMIT;",
+            shop.role
+        ));
+        admin.batch_execute(&ddl).await.unwrap();
+    }
+    let server = ServerProcess::start(&shop, &[]).await;
+    let doc = python_client(
+        &["--url".into(), server.url()],
+        &json!({"calls": [
+            {"tool": "list_tables", "arguments": {}, "follow": true},
+            {"tool": "search_objects", "arguments": {"pattern": "amount"}, "follow": true},
+        ]}),
+        &[],
+    );
+    let results = doc["results"].as_array().unwrap();
+    let mut tables = Vec::new();
+    let mut columns = Vec::new();
+    for result in results {
+        assert_eq!(result["isError"], json!(false), "{result}");
+        assert_eq!(result["schemaErrors"], json!([]), "{result}");
+        let text = result["text"].as_str().unwrap();
+        assert!(text.len() <= 16 * 1024, "{} bytes of text", text.len());
+        let page = &result["structuredContent"];
+        let first_line = text.lines().next().unwrap();
+        assert_eq!(first_line, page["summary"].as_str().unwrap());
+        for row in page["rows"].as_array().unwrap() {
+            match result["tool"].as_str().unwrap() {
+                "list_tables" => tables.push(row[1].as_str().unwrap().to_owned()),
+                _ => columns.push(row[2].as_str().unwrap().to_owned()),
+            }
+        }
+    }
+    let pages = results
+        .iter()
+        .filter(|r| r["tool"] == "list_tables")
+        .count();
+    assert!(pages >= 5, "{pages} pages");
+    let first = &results[0]["structuredContent"]["summary"];
+    assert!(
+        first
+            .as_str()
+            .unwrap()
+            .starts_with("1,005 tables in 1 schema; showing 1–"),
+        "{first}"
+    );
+    let mut expected: Vec<String> = (0..1000).map(|i| format!("bulk_{i:04}")).collect();
+    expected.extend(
+        [
+            "customers",
+            "order_items",
+            "orders",
+            "product_sales",
+            "products",
+        ]
+        .map(String::from),
+    );
+    expected.sort();
+    assert_eq!(tables, expected, "every table once, in order");
+    assert_eq!(columns.len(), 1000, "bulk_*.amount");
+}

@@ -9,7 +9,8 @@ Usage:
     mcp_client.py --stdio -- COMMAND [ARGS...]
 
 Reads a JSON script on stdin (empty stdin = no calls):
-    {"calls": [{"tool": "name", "arguments": {...}}, ...]}
+    {"calls": [{"tool": "name", "arguments": {...}, "follow": false}, ...]}
+("follow": true repeats a call with cursor = the answer's nextCursor until it is null.)
 
 Prints ONE JSON document on stdout:
     {"server":  {"name", "version", "protocolVersion"},
@@ -238,7 +239,10 @@ async def run_session(read, write, get_session_id, calls, timeout: float) -> dic
             seen_cursors.add(cursor)
 
         results: list[dict[str, Any]] = []
-        for call in calls:
+        pending = list(calls)
+        pages = 0
+        while pending:
+            call = pending.pop(0)
             name = call["tool"]
             try:
                 res = await session.call_tool(name, call.get("arguments", {}))
@@ -270,6 +274,14 @@ async def run_session(read, write, get_session_id, calls, timeout: float) -> dic
                     "schemaErrors": schema_errors(tools, name, res.structuredContent),
                 }
             )
+            # "follow": true walks a paged listing: the same call again with the answer's
+            # nextCursor as cursor, until there is none.
+            cursor = (res.structuredContent or {}).get("nextCursor") if call.get("follow") else None
+            if cursor:
+                pages += 1
+                if pages > 10_000:
+                    raise ClientFailure(f"{name}: more than 10,000 pages")
+                pending.insert(0, {**call, "arguments": {**call.get("arguments", {}), "cursor": cursor}})
 
         return {
             "server": {

@@ -49,7 +49,7 @@ pub const TRACKER_SQL: &str = include_str!("catalog_tracker.sql");
 /// The version with the tracker: its record, its triggers, role memberships and attributes.
 const TRACKED_VERSION: &str = "concat_ws('/', 'tracked',
     (SELECT count(*) || ':' || coalesce(sum(xid::text::numeric), 0) FROM pgmcp.catalog_changes),
-    (SELECT string_agg(evtname || evtenabled, ',' ORDER BY evtname) FROM pg_event_trigger
+    (SELECT string_agg(evtname::text || evtenabled::text, ',' ORDER BY evtname) FROM pg_event_trigger
       WHERE evtname LIKE 'pgmcp\\_catalog\\_%'),
     (SELECT count(*) || ':' || coalesce(sum(xmin::text::bigint), 0) FROM pg_auth_members),
     (SELECT count(*) || ':' || coalesce(sum(hashtext(r::text)::bigint), 0) FROM pg_roles r))";
@@ -458,6 +458,12 @@ impl Tools {
             return Ok((snapshot, stats));
         }
         self.rebuild(call, asked).await
+    }
+
+    /// Whether the current catalog snapshot is checked with the catalog tracker (`None`
+    /// before the first discovery call).
+    pub fn catalog_tracked(&self) -> Option<bool> {
+        self.catalog.current().map(|s| s.tracked)
     }
 
     /// The fresh statistics of `oids` if `snapshot` is current.
