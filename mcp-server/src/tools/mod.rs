@@ -405,12 +405,36 @@ impl Tools {
         timeout: Option<Duration>,
         shown: Option<&str>,
     ) -> Result<Rows, DbError> {
+        self.run_as(
+            call.identity(),
+            &call.cancel,
+            sql,
+            params,
+            caps,
+            timeout,
+            shown,
+        )
+        .await
+    }
+
+    /// [`Tools::run`] as `identity` (`None`: the server's own role), cancelled by `cancel`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn run_as(
+        &self,
+        identity: Option<crate::db::Identity<'_>>,
+        cancel: &CancellationToken,
+        sql: &str,
+        params: &[Value],
+        caps: Caps,
+        timeout: Option<Duration>,
+        shown: Option<&str>,
+    ) -> Result<Rows, DbError> {
         let target = self.db.target();
         let span =
             crate::telemetry::statement_span(&target.dbname, shown, (&target.host, target.port));
         let result = self
             .db
-            .query(sql, params, caps, timeout, call.identity(), &call.cancel)
+            .query(sql, params, caps, timeout, identity, cancel)
             .instrument(span.clone())
             .await;
         crate::telemetry::end_statement(

@@ -489,14 +489,14 @@ impl Tools {
             max_bytes: usize::MAX,
         };
         let result = self
-            .db
-            .query(
+            .run_as(
+                None,
+                &call.cancel,
                 &check_sql(version, with_size),
                 &[Value::String(list)],
                 caps,
                 None,
                 None,
-                &call.cancel,
             )
             .await;
         let rows = match result {
@@ -541,14 +541,14 @@ impl Tools {
         // Shared by every call waiting for it: the caller that started it cannot cancel it.
         let uncancelled = CancellationToken::new();
         let probe = self
-            .db
-            .query(
+            .run_as(
+                None,
+                &uncancelled,
                 &format!("SELECT {TRACKER_USABLE}"),
                 &[],
                 caps,
                 None,
                 None,
-                &uncancelled,
             )
             .await?;
         let tracked = probe
@@ -565,22 +565,29 @@ impl Tools {
         };
         let read_at = Instant::now();
         let rows = match self
-            .db
-            .query(&build_sql(version), &[], caps, None, None, &uncancelled)
+            .run_as(
+                None,
+                &uncancelled,
+                &build_sql(version),
+                &[],
+                caps,
+                None,
+                None,
+            )
             .await
         {
             Ok(rows) => rows,
             // Dropped between the two statements.
             Err(err) if tracked && err.sqlstate() == Some("42P01") => {
                 let rows = self
-                    .db
-                    .query(
+                    .run_as(
+                        None,
+                        &uncancelled,
                         &build_sql(FINGERPRINT_VERSION),
                         &[],
                         caps,
                         None,
                         None,
-                        &uncancelled,
                     )
                     .await?;
                 return Snapshot::from_row(
