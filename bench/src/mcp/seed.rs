@@ -77,8 +77,18 @@ pub async fn seed(pg: &Postgres, scale: u32, tables: u32) -> anyhow::Result<Seed
     );
 
     let db = pg.connect(DATABASE).await?;
+    // The catalog tracker, as an administrator installs it (mcp-server/src/tools/snapshot.rs):
+    // discovery answers are checked against its record instead of a pass over the catalog.
+    db.batch_execute(include_str!("../../../mcp-server/src/tools/catalog_tracker.sql"))
+        .await
+        .context("failed to install the catalog tracker")?;
+    // Commits every 500 tables: one transaction of 10,000 would hold more locks than
+    // max_locks_per_transaction allows.
     let mut ddl = String::from("BEGIN;\n");
     for i in 1..=tables {
+        if i % 500 == 0 {
+            ddl.push_str("COMMIT;\nBEGIN;\n");
+        }
         let name = wide_name(i);
         let parent = if i > 1 {
             format!(" REFERENCES {}(id)", wide_name(i - 1))
@@ -107,7 +117,9 @@ pub async fn seed(pg: &Postgres, scale: u32, tables: u32) -> anyhow::Result<Seed
         "CREATE ROLE {READER} LOGIN PASSWORD '{reader_password}';
          GRANT CONNECT ON DATABASE {DATABASE} TO {READER};
          GRANT USAGE ON SCHEMA public TO {READER};
-         GRANT SELECT ON ALL TABLES IN SCHEMA public TO {READER};"
+         GRANT SELECT ON ALL TABLES IN SCHEMA public TO {READER};
+         GRANT USAGE ON SCHEMA pgmcp TO {READER};
+         GRANT SELECT ON pgmcp.catalog_changes TO {READER};"
     ))
     .await
     .context("failed to create the reader role")?;
@@ -121,7 +133,9 @@ pub async fn seed(pg: &Postgres, scale: u32, tables: u32) -> anyhow::Result<Seed
          CREATE ROLE {CLASS_ROLE} NOLOGIN;
          GRANT {CLASS_ROLE} TO {LOGIN};
          GRANT USAGE ON SCHEMA public TO {CLASS_ROLE};
-         GRANT SELECT ON ALL TABLES IN SCHEMA public TO {CLASS_ROLE};"
+         GRANT SELECT ON ALL TABLES IN SCHEMA public TO {CLASS_ROLE};
+         GRANT USAGE ON SCHEMA pgmcp TO {LOGIN};
+         GRANT SELECT ON pgmcp.catalog_changes TO {LOGIN};"
     ))
     .await
     .context("failed to create the caller-class roles")?;
