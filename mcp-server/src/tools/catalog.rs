@@ -312,6 +312,28 @@ pub async fn list_schemas(
     ))
 }
 
+/// A row of `list_tables`: compact, or with size and the whole comment.
+fn table_row(r: &Relation, (rows, size): (Option<i64>, Option<i64>), detail: bool) -> Value {
+    if detail {
+        json!([
+            &*r.schema,
+            r.name,
+            r.kind,
+            rows,
+            size,
+            r.comment.as_deref().map(|c| page::cut(c, 2000))
+        ])
+    } else {
+        json!([
+            &*r.schema,
+            r.name,
+            r.kind,
+            rows,
+            r.comment.as_deref().map(page::first_sentence)
+        ])
+    }
+}
+
 pub async fn list_tables(
     tools: &Tools,
     call: &Call,
@@ -333,15 +355,22 @@ pub async fn list_tables(
                 .as_deref()
                 .is_none_or(|p| relation.haystack.contains(p))
     };
-    let most = tools.discovery_budget() / 24;
+    // The statistics of every entry the page can hold: the rows with the shortest numbers
+    // (0) are no longer than the real ones, so the page shows no entry past these.
+    let budget = tools.discovery_budget();
     let (snapshot, stats) = tools
         .snapshot_with(call, args.detail, |snapshot| {
+            let mut bytes = 0;
             snapshot
                 .relations
                 .iter()
                 .filter(|r| snapshot.shows(scope, r) && matches(r))
                 .filter(|r| after_key(&[&r.schema, &r.name], &after))
-                .take(most)
+                .take_while(|r| {
+                    let shortest = table_row(r, (Some(0), Some(0)), args.detail);
+                    bytes += serde_json::to_string(&shortest).map_or(0, |j| j.len() + 1);
+                    bytes <= budget
+                })
                 .map(|r| r.oid)
                 .collect()
         })
@@ -388,28 +417,11 @@ pub async fn list_tables(
             .filter(|r| after_key(&[&r.schema, &r.name], &after)),
         |r| vec![r.schema.to_string(), r.name.clone()],
         |r| {
-            let (rows, size) = stats
+            let stats = stats
                 .get(&r.oid)
                 .copied()
                 .unwrap_or((r.row_estimate, r.size_bytes));
-            if args.detail {
-                json!([
-                    &*r.schema,
-                    r.name,
-                    r.kind,
-                    rows,
-                    size,
-                    r.comment.as_deref().map(|c| page::cut(c, 2000))
-                ])
-            } else {
-                json!([
-                    &*r.schema,
-                    r.name,
-                    r.kind,
-                    rows,
-                    r.comment.as_deref().map(page::first_sentence)
-                ])
-            }
+            table_row(r, stats, args.detail)
         },
         total,
         hidden,

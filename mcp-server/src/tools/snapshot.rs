@@ -146,7 +146,8 @@ fn check_sql(version: &str, with_size: bool) -> String {
     format!(
         "SELECT {version} AS version,
            (SELECT coalesce(json_agg(json_build_array(c.oid::int8, {stats})), '[]')
-              FROM pg_class c WHERE c.oid = ANY(string_to_array($1::text, ',')::oid[])) AS stats"
+              FROM unnest(string_to_array($1::text, ',')::oid[]) o(oid)
+              JOIN pg_class c ON c.oid = o.oid) AS stats"
     )
 }
 
