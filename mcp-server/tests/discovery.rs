@@ -494,10 +494,60 @@ async fn every_change_is_seen_on_the_next_call(tracked: bool) {
             );
         }
     }
+    // describe_table keeps what it read with the snapshot: a change drops it.
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE described (id int PRIMARY KEY, qty int); GRANT SELECT ON described TO \"{}\"",
+            shop.role
+        ))
+        .await
+        .unwrap();
+    let changes: [(&str, &str); 4] = [
+        (
+            "ALTER TABLE described ALTER COLUMN qty SET DEFAULT 42",
+            "\"42\"",
+        ),
+        (
+            "CREATE INDEX described_qty_idx ON described (qty)",
+            "described_qty_idx",
+        ),
+        (
+            "ALTER TABLE described ADD CONSTRAINT qty_positive CHECK (qty > 0)",
+            "qty_positive",
+        ),
+        (
+            "COMMENT ON COLUMN described.qty IS 'units on hand'",
+            "units on hand",
+        ),
+    ];
+    for (sql, shown) in changes {
+        for tools in &replicas {
+            describe(tools, "described").await;
+        }
+        admin.batch_execute(sql).await.unwrap();
+        for (replica, tools) in replicas.iter().enumerate() {
+            let description = serde_json::to_string(&describe(tools, "described").await).unwrap();
+            assert!(
+                description.contains(shown),
+                "replica {replica}, tracked {tracked}, after {sql:?}: {description}"
+            );
+        }
+    }
     admin
         .batch_execute(&format!("DROP OWNED BY \"{group}\"; DROP ROLE \"{group}\""))
         .await
         .unwrap();
+}
+
+async fn describe(tools: &Tools, table: &str) -> catalog::TableDescription {
+    let args = DescribeTableArgs {
+        table: table.to_owned(),
+        schema: None,
+        cursor: None,
+    };
+    catalog::describe_table(tools, &Call::default(), args)
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -551,4 +601,40 @@ async fn dropping_the_tracker_falls_back_to_the_fingerprint_and_sees_changes_sti
     admin.batch_execute("DROP TABLE after_drop").await.unwrap();
     let page = tables(&tools, None, None).await;
     assert!(!names(&page, 1).contains(&"after_drop".to_owned()));
+}
+
+#[tokio::test]
+async fn an_unchanged_catalog_is_read_once_whatever_the_tool() {
+    for tracked in [true, false] {
+        let shop = shop(if tracked {
+            "read once tracked"
+        } else {
+            "read once"
+        })
+        .await;
+        if tracked {
+            let admin = shop.db.connect().await.unwrap();
+            admin.batch_execute(TRACKER_SQL).await.unwrap();
+            admin
+                .batch_execute(&format!(
+                    "GRANT USAGE ON SCHEMA pgmcp TO \"{r}\"; GRANT SELECT ON pgmcp.catalog_changes TO \"{r}\";",
+                    r = shop.role
+                ))
+                .await
+                .unwrap();
+        }
+        let tools = shop.tools();
+        for _ in 0..3 {
+            tables(&tools, None, None).await;
+            describe(&tools, "customers").await;
+            search(&tools, "customer", None).await;
+            relationships(&tools, None, None).await;
+            let args = ListSchemasArgs { cursor: None };
+            catalog::list_schemas(&tools, &Call::default(), args)
+                .await
+                .unwrap();
+        }
+        assert_eq!(tools.catalog_reads(), 1, "tracked {tracked}");
+        assert_eq!(tools.catalog_tracked(), Some(tracked));
+    }
 }

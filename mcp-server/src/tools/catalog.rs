@@ -2,35 +2,16 @@
 //! facts. Every query filters by the scope parameters `$1..$3`, so objects outside the
 //! binding's grants are invisible, including as the other side of a foreign key.
 
+use std::sync::Arc;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::page::{self, After, NotReadable, Page, PageColumn, Pager, Words};
-use super::snapshot::{Column, ForeignKey, Relation, Schema, Snapshot};
+use super::snapshot::{Column, Details, ForeignKey, Relation, Schema, Snapshot};
 use super::{Call, Limits, RowsResult, ToolError, Tools};
 use crate::scope::Scope;
-
-/// SQL condition: namespace `n` / relation `c` are inside the scope (`$1..$3`).
-fn visible(n: &str, c: &str) -> String {
-    format!(
-        "($1::bool OR {n}.nspname = ANY($2::text[]) OR ({n}.nspname || '.' || {c}.relname) = ANY($3::text[]))"
-    )
-}
-
-/// Relation kinds shown to the model.
-const KIND: &str = "CASE c.relkind WHEN 'r' THEN 'table' WHEN 'p' THEN 'table' WHEN 'v' THEN 'view' \
-                    WHEN 'm' THEN 'materialized_view' WHEN 'f' THEN 'foreign_table' END";
-
-const USER_RELATIONS: &str = "c.relkind IN ('r','p','v','m','f') AND NOT c.relispartition \
-     AND n.nspname NOT IN ('pg_catalog','information_schema') AND n.nspname NOT LIKE 'pg\\_toast%'";
-
-/// `$n` as a nullable text argument.
-fn opt(value: &Option<String>) -> Value {
-    value
-        .as_ref()
-        .map_or(Value::Null, |v| Value::String(v.clone()))
-}
 
 /// Arguments of `list_databases`.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
@@ -488,27 +469,20 @@ pub async fn describe_table(
     call: &Call,
     args: DescribeTableArgs,
 ) -> Result<TableDescription, ToolError> {
-    let visible = visible("n", "c");
-    let found = tools
-        .catalog(call,
-            &format!(
-                "SELECT c.oid, n.nspname AS schema, c.relname AS name, {KIND} AS kind,
-                        obj_description(c.oid, 'pg_class') AS comment,
-                        CASE WHEN c.relkind IN ('r','p','m') AND c.reltuples >= 0
-                             THEN c.reltuples::bigint END AS row_estimate,
-                        CASE WHEN c.relkind IN ('v','m') THEN pg_get_viewdef(c.oid, true) END AS view_definition
-                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                 WHERE {USER_RELATIONS} AND {visible} AND c.relname = $4
-                   AND ($5::text IS NULL OR n.nspname = $5)
-                   AND (NOT $1::bool OR (has_schema_privilege(n.oid, 'USAGE')
-                                         AND has_any_column_privilege(c.oid, 'SELECT')))
-                 ORDER BY array_position(current_schemas(false), n.nspname::text) NULLS LAST, n.nspname
-                 LIMIT 1"
-            ),
-            &[Value::String(args.table.clone()), opt(&args.schema)],
-        )
+    let scope = tools.scope_of(call);
+    let find = |snapshot: &Snapshot| {
+        snapshot.find(&args.table, args.schema.as_deref(), |r| {
+            snapshot.shows(scope, r)
+        })
+    };
+    let (snapshot, stats) = tools
+        .snapshot(call, |snapshot| {
+            find(snapshot)
+                .map(|i| vec![snapshot.relations[i].oid])
+                .unwrap_or_default()
+        })
         .await?;
-    let Some(table) = objects(&found).into_iter().next() else {
+    let Some(index) = find(&snapshot) else {
         let place = args
             .schema
             .map(|s| format!(" in schema {s}"))
@@ -518,98 +492,145 @@ pub async fn describe_table(
             args.table
         )));
     };
+    let relation = &snapshot.relations[index];
     let position: usize = match page::after(
         "describe_table",
-        &[text_of(&table, "schema"), text_of(&table, "name")],
+        &[
+            Some(relation.schema.to_string()),
+            Some(relation.name.clone()),
+        ],
         args.cursor.as_deref(),
     )? {
         After { key: Some(key), .. } => key.first().and_then(|k| k.parse().ok()).unwrap_or(0),
         _ => 0,
     };
-    let oid = table["oid"].clone();
-    let relation_oid = oid.as_u64().and_then(|o| u32::try_from(o).ok());
-    let oid = std::slice::from_ref(&oid);
-    // Independent queries: run them at once, each on its own pooled connection.
-    let columns = tools
-        .catalog_plain(
-            call,
-            "SELECT a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type,
-                    NOT a.attnotnull AS nullable, pg_get_expr(d.adbin, d.adrelid) AS default,
-                    col_description(a.attrelid, a.attnum) AS comment
-             FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-             WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped
-             ORDER BY a.attnum",
-            oid,
-        );
-    let primary_key = tools.catalog_plain(
-        call,
-        "SELECT a.attname AS name
-             FROM pg_constraint con CROSS JOIN unnest(con.conkey) WITH ORDINALITY k(num, ord)
-             JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.num
-             WHERE con.conrelid = $1::oid AND con.contype = 'p'
-             ORDER BY k.ord",
-        oid,
-    );
-    // Foreign keys from the catalog snapshot: PostgreSQL has no index to find the keys that
-    // reference a table, so reading them is a pass over pg_constraint.
-    let keys = tools.snapshot(call, |_| Vec::new());
-    let indexes = tools.catalog_plain(
-        call,
-        "SELECT i.relname AS name, pg_get_indexdef(ix.indexrelid) AS definition,
-                    ix.indisunique AS unique, ix.indisprimary AS primary
-             FROM pg_index ix JOIN pg_class i ON i.oid = ix.indexrelid
-             WHERE ix.indrelid = $1::oid
-             ORDER BY i.relname",
-        oid,
-    );
-    let checks = tools.catalog_plain(
-        call,
-        "SELECT conname AS name, pg_get_constraintdef(oid) AS definition
-             FROM pg_constraint WHERE conrelid = $1::oid AND contype = 'c'
-             ORDER BY conname",
-        oid,
-    );
-    let (columns, primary_key, (snapshot, _), indexes, checks) =
-        futures::try_join!(columns, primary_key, keys, indexes, checks)?;
-    let scope = tools.scope_of(call);
+    let details = match snapshot.details(relation.oid) {
+        Some(details) => details,
+        None => {
+            let details = Arc::new(read_details(tools, call, relation).await?);
+            snapshot.keep_details(relation.oid, details.clone());
+            details
+        }
+    };
     let (mut foreign_keys, mut referenced_by) = (Vec::new(), Vec::new());
-    if let Some(index) = relation_oid.and_then(|oid| snapshot.index_of(oid)) {
-        let relations = &snapshot.relations;
-        for fk in &snapshot.foreign_keys {
-            let (from, to) = (&relations[fk.from], &relations[fk.to]);
-            if !(snapshot.shows(scope, from) && snapshot.shows(scope, to)) {
-                continue;
-            }
-            let object = json!({
-                "name": fk.name,
-                "from_schema": &*from.schema, "from_table": from.name, "from_columns": fk.from_columns,
-                "to_schema": &*to.schema, "to_table": to.name, "to_columns": fk.to_columns,
-                "on_update": fk.on_update, "on_delete": fk.on_delete,
-            });
-            if fk.from == index {
-                foreign_keys.push(object.clone());
-            }
-            if fk.to == index {
-                referenced_by.push(object);
-            }
+    let relations = &snapshot.relations;
+    for fk in &snapshot.foreign_keys {
+        let (from, to) = (&relations[fk.from], &relations[fk.to]);
+        if !(snapshot.shows(scope, from) && snapshot.shows(scope, to)) {
+            continue;
+        }
+        let object = json!({
+            "name": fk.name,
+            "from_schema": &*from.schema, "from_table": from.name, "from_columns": fk.from_columns,
+            "to_schema": &*to.schema, "to_table": to.name, "to_columns": fk.to_columns,
+            "on_update": fk.on_update, "on_delete": fk.on_delete,
+        });
+        if fk.from == index {
+            foreign_keys.push(object.clone());
+        }
+        if fk.to == index {
+            referenced_by.push(object);
         }
     }
-    let text = |key: &str| text_of(&table, key);
     let budget = tools.discovery_budget();
+    let row_estimate = stats
+        .get(&relation.oid)
+        .map_or(relation.row_estimate, |(rows, _)| *rows);
     let mut description = TableDescription {
         summary: None,
-        schema: text("schema").unwrap_or_default(),
-        table: text("name").unwrap_or_default(),
-        kind: text("kind").unwrap_or_default(),
-        comment: text("comment").map(|c| page::cut(&c, budget / 8)),
-        row_estimate: table["row_estimate"].as_i64(),
-        columns: columns.rows.columns.clone(),
+        schema: relation.schema.to_string(),
+        table: relation.name.clone(),
+        kind: relation.kind.to_owned(),
+        comment: relation
+            .comment
+            .as_deref()
+            .map(|c| page::cut(c, budget / 8)),
+        row_estimate,
+        columns: details.columns.clone(),
         rows: raw("[]"),
         row_count: 0,
         truncated: false,
-        elapsed_ms: columns.rows.elapsed_ms,
+        elapsed_ms: details.elapsed_ms,
         total_columns: 0,
         next_cursor: None,
+        primary_key: details.primary_key.clone(),
+        foreign_keys,
+        referenced_by,
+        indexes: details.indexes.clone(),
+        check_constraints: details.check_constraints.clone(),
+        view_definition: details
+            .view_definition
+            .as_deref()
+            .map(|v| page::cut(v, budget / 4)),
+        limits: tools.limits_for(tools.caps(None)),
+    };
+    fit_columns(tools, &mut description, &details.rows, position);
+    Ok(description)
+}
+
+/// What `describe_table` reads of one relation beyond the snapshot, kept with the snapshot
+/// ([`Snapshot::keep_details`]): a catalog change replaces the snapshot and drops them.
+async fn read_details(
+    tools: &Tools,
+    call: &Call,
+    relation: &Relation,
+) -> Result<Details, ToolError> {
+    let oid = [json!(relation.oid)];
+    // Independent queries: run them at once, each on its own pooled connection.
+    let columns = tools.catalog_plain(
+        call,
+        "SELECT a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type,
+                NOT a.attnotnull AS nullable, pg_get_expr(d.adbin, d.adrelid) AS default,
+                col_description(a.attrelid, a.attnum) AS comment
+         FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+         WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped
+         ORDER BY a.attnum",
+        &oid,
+    );
+    let primary_key = tools.catalog_plain(
+        call,
+        "SELECT a.attname AS name
+         FROM pg_constraint con CROSS JOIN unnest(con.conkey) WITH ORDINALITY k(num, ord)
+         JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.num
+         WHERE con.conrelid = $1::oid AND con.contype = 'p'
+         ORDER BY k.ord",
+        &oid,
+    );
+    let indexes = tools.catalog_plain(
+        call,
+        "SELECT i.relname AS name, pg_get_indexdef(ix.indexrelid) AS definition,
+                ix.indisunique AS unique, ix.indisprimary AS primary
+         FROM pg_index ix JOIN pg_class i ON i.oid = ix.indexrelid
+         WHERE ix.indrelid = $1::oid
+         ORDER BY i.relname",
+        &oid,
+    );
+    let checks = tools.catalog_plain(
+        call,
+        "SELECT conname AS name, pg_get_constraintdef(oid) AS definition,
+                CASE WHEN (SELECT relkind FROM pg_class WHERE oid = $1::oid) IN ('v', 'm')
+                     THEN pg_get_viewdef($1::oid, true) END AS view_definition
+         FROM (SELECT conname, oid FROM pg_constraint WHERE conrelid = $1::oid AND contype = 'c'
+               UNION ALL SELECT NULL, NULL) c
+         ORDER BY conname NULLS LAST",
+        &oid,
+    );
+    let (columns, primary_key, indexes, checks) =
+        futures::try_join!(columns, primary_key, indexes, checks)?;
+    let mut checks = objects(&checks);
+    // The last row carries the view's SQL (and no constraint).
+    let view_definition = checks
+        .pop()
+        .and_then(|row| row["view_definition"].as_str().map(str::to_owned));
+    for check in &mut checks {
+        if let Value::Object(map) = check {
+            map.remove("view_definition");
+        }
+    }
+    Ok(Details {
+        rows: columns.rows.rows.values(),
+        columns: columns.rows.columns.clone(),
+        elapsed_ms: columns.rows.elapsed_ms,
         primary_key: primary_key
             .rows
             .rows
@@ -617,24 +638,10 @@ pub async fn describe_table(
             .iter()
             .filter_map(|r| r[0].as_str().map(str::to_owned))
             .collect(),
-        foreign_keys,
-        referenced_by,
         indexes: objects(&indexes),
-        check_constraints: objects(&checks),
-        view_definition: text("view_definition").map(|v| page::cut(&v, budget / 4)),
-        limits: columns.limits.clone(),
-    };
-    fit_columns(
-        tools,
-        &mut description,
-        &columns.rows.rows.values(),
-        position,
-    );
-    Ok(description)
-}
-
-fn text_of(row: &Value, key: &str) -> Option<String> {
-    row[key].as_str().map(str::to_owned)
+        check_constraints: checks,
+        view_definition,
+    })
 }
 
 fn raw(json: &str) -> Box<serde_json::value::RawValue> {

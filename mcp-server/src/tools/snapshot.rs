@@ -102,6 +102,7 @@ fn build_sql(version: &str) -> String {
     };
     format!(
         "SELECT {version} AS version, current_user::text AS role,
+           to_json(current_schemas(false)::text[]) AS search_path,
            (SELECT coalesce(json_agg(json_build_array(n.oid::int8, n.nspname, quote_ident(n.nspname),
                    d.description, has_schema_privilege(n.oid, 'USAGE'))), '[]')
               FROM pg_namespace n
@@ -204,6 +205,20 @@ pub struct ForeignKey {
     pub on_delete: String,
 }
 
+/// What `describe_table` reads of a relation beyond the snapshot: its columns' defaults and
+/// nullability, primary key, indexes, checks and a view's SQL.
+#[derive(Debug, Clone)]
+pub struct Details {
+    pub columns: Vec<crate::db::Column>,
+    /// One row per column: name, type, nullable, default, comment.
+    pub rows: Vec<Vec<Value>>,
+    pub elapsed_ms: u64,
+    pub primary_key: Vec<String>,
+    pub indexes: Vec<Value>,
+    pub check_constraints: Vec<Value>,
+    pub view_definition: Option<String>,
+}
+
 /// The catalog as one statement read it.
 #[derive(Debug)]
 pub struct Snapshot {
@@ -221,6 +236,11 @@ pub struct Snapshot {
     /// Sorted by from-schema, from-table, name.
     pub foreign_keys: Vec<ForeignKey>,
     by_oid: HashMap<u32, usize>,
+    /// The schemas unqualified names resolve in, in order (`current_schemas(false)`).
+    pub search_path: Vec<String>,
+    /// [`Details`] of the relations described since it was read, by oid: as current as the
+    /// snapshot, since a catalog change replaces it.
+    details: std::sync::Mutex<HashMap<u32, Arc<Details>>>,
     /// When the statement that read it was sent.
     read_at: Instant,
 }
@@ -263,7 +283,16 @@ fn parse<T: for<'de> Deserialize<'de>>(value: &Value, what: &str) -> Result<T, T
 
 impl Snapshot {
     fn from_row(row: &[Value], tracked: bool, read_at: Instant) -> Result<Snapshot, ToolError> {
-        let [version, role, schemas, relations, columns, foreign_keys] = row else {
+        let [
+            version,
+            role,
+            search_path,
+            schemas,
+            relations,
+            columns,
+            foreign_keys,
+        ] = row
+        else {
             return Err(ToolError::Internal(
                 "the catalog statement returned an unexpected row".to_owned(),
             ));
@@ -372,8 +401,48 @@ impl Snapshot {
             columns,
             foreign_keys,
             by_oid,
+            search_path: Vec::deserialize(search_path).unwrap_or_default(),
+            details: std::sync::Mutex::default(),
             read_at,
         })
+    }
+
+    /// The relation `describe_table` means by `name` (and `schema`): among those `shown`, the
+    /// one in the first schema of the search path that has it, else the first by schema name.
+    pub fn find(
+        &self,
+        name: &str,
+        schema: Option<&str>,
+        shown: impl Fn(&Relation) -> bool,
+    ) -> Option<usize> {
+        if let Some(schema) = schema {
+            let i = self
+                .relations
+                .binary_search_by(|r| (&*r.schema, r.name.as_str()).cmp(&(schema, name)))
+                .ok()?;
+            return shown(&self.relations[i]).then_some(i);
+        }
+        self.relations
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.name == name && shown(r))
+            .min_by_key(|(_, r)| {
+                let position = self.search_path.iter().position(|s| *s == *r.schema);
+                (position.is_none(), position, r.schema.clone())
+            })
+            .map(|(i, _)| i)
+    }
+
+    /// The details of relation `oid` read since this snapshot was.
+    pub fn details(&self, oid: u32) -> Option<Arc<Details>> {
+        self.details.lock().ok()?.get(&oid).cloned()
+    }
+
+    /// Keeps the details of relation `oid` with this snapshot.
+    pub fn keep_details(&self, oid: u32, details: Arc<Details>) {
+        if let Ok(mut kept) = self.details.lock() {
+            kept.insert(oid, details);
+        }
     }
 
     /// The index in [`Snapshot::relations`] of the relation with this oid.
@@ -403,6 +472,8 @@ impl Snapshot {
 pub struct Catalog {
     current: RwLock<Option<Arc<Snapshot>>>,
     rebuild: Mutex<()>,
+    /// How many times the catalog was read.
+    reads: std::sync::atomic::AtomicU64,
 }
 
 /// Row estimates and sizes read with the version, by oid.
@@ -459,6 +530,13 @@ impl Tools {
             return Ok((snapshot, stats));
         }
         self.rebuild(call, asked).await
+    }
+
+    /// How many times this server read the catalog for its snapshot.
+    pub fn catalog_reads(&self) -> u64 {
+        self.catalog
+            .reads
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether the current catalog snapshot is checked with the catalog tracker (`None`
@@ -529,6 +607,9 @@ impl Tools {
         {
             return Ok((current, Stats::new()));
         }
+        self.catalog
+            .reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let snapshot = Arc::new(self.read_catalog().await?);
         self.catalog.set(snapshot.clone());
         Ok((snapshot, Stats::new()))
