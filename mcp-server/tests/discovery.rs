@@ -627,6 +627,14 @@ async fn an_unchanged_catalog_is_read_once_whatever_the_tool() {
         for _ in 0..3 {
             tables(&tools, None, None).await;
             describe(&tools, "customers").await;
+            let args = DescribeTableArgs {
+                table: "orders".into(),
+                schema: Some("public".into()),
+                cursor: None,
+            };
+            catalog::describe_table(&tools, &Call::default(), args)
+                .await
+                .unwrap();
             search(&tools, "customer", None).await;
             relationships(&tools, None, None).await;
             let args = ListSchemasArgs { cursor: None };

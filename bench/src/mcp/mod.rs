@@ -142,6 +142,9 @@ pub struct TargetRun {
     pub failure: Option<String>,
     /// Ops whose first answer lacked the expected content.
     pub wrong_answers: Vec<(Op, String)>,
+    /// Bytes of text of each seed question's discovery step (asked once, at the first client
+    /// count), or why it failed.
+    pub answers: Vec<(servers::Question, Result<usize, String>)>,
 }
 
 impl TargetRun {
@@ -391,6 +394,7 @@ async fn run_target(
         levels: Vec::new(),
         failure: None,
         wrong_answers: Vec::new(),
+        answers: Vec::new(),
     };
     for (i, &clients) in levels.iter().enumerate() {
         match run_level(
@@ -405,8 +409,9 @@ async fn run_target(
         )
         .await
         {
-            Ok((level, wrong)) => {
+            Ok((level, wrong, answers)) => {
                 run.wrong_answers.extend(wrong);
+                run.answers.extend(answers);
                 run.levels.push(level);
             }
             Err(err) => {
@@ -419,6 +424,13 @@ async fn run_target(
     run
 }
 
+/// One level's measurements, the ops whose first answer was wrong, and the answers' bytes.
+type LevelOutcome = (
+    LevelRun,
+    Vec<(Op, String)>,
+    Vec<(servers::Question, Result<usize, String>)>,
+);
+
 #[allow(clippy::too_many_arguments)]
 async fn run_level(
     target: Target,
@@ -429,14 +441,26 @@ async fn run_level(
     warmup: Duration,
     duration: Duration,
     check_answers: bool,
-) -> anyhow::Result<(LevelRun, Vec<(Op, String)>)> {
+) -> anyhow::Result<LevelOutcome> {
     let running = Running::start(target, paths, seeded, dir).await?;
     let result = async {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let idle = procfs::memory(running.pid)?;
         let mut wrong = Vec::new();
+        let mut answers = Vec::new();
         if check_answers {
             let mut session = running.session().await?;
+            for question in servers::Question::ALL {
+                let (method, params) = target.peer.ask(question, seeded);
+                let bytes = match session.request(method, &params).await {
+                    Ok(answer) if answer["isError"] == serde_json::json!(true) => {
+                        Err(answer.to_string().chars().take(200).collect())
+                    }
+                    Ok(answer) => Ok(servers::answer_bytes(&answer)),
+                    Err(err) => Err(err.to_string()),
+                };
+                answers.push((question, bytes));
+            }
             for op in Op::ALL {
                 let (method, params) = target.peer.call(op, 1, seeded);
                 match session.request(method, &params).await {
@@ -496,6 +520,7 @@ async fn run_level(
                 telemetry_dropped,
             },
             wrong,
+            answers,
         ))
     }
     .await;

@@ -322,6 +322,97 @@ impl Peer {
     }
 }
 
+/// The discovery steps of the seed questions ("list all tables", "the schema of a table", "all
+/// foreign keys", "where is X kept"), each asked once of every server for the bytes of its
+/// answer: what a model must read to take the step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Question {
+    AllTables,
+    TableSchema,
+    ForeignKeys,
+    FindByWord,
+}
+
+/// SQL a model writes where a server has no tool for the foreign keys.
+const FOREIGN_KEYS_SQL: &str = "SELECT conrelid::regclass AS from_table, confrelid::regclass AS to_table, \
+     pg_get_constraintdef(oid) AS definition FROM pg_constraint WHERE contype = 'f'";
+
+/// SQL a model writes where a server has no search: tables and columns whose name or comment
+/// has the word.
+const FIND_SQL: &str = "SELECT c.relname AS table_name, a.attname AS column_name, \
+     col_description(c.oid, a.attnum) AS comment FROM pg_class c \
+     JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+     WHERE c.relkind = 'r' AND (a.attname ILIKE '%EUR%' OR col_description(c.oid, a.attnum) ILIKE '%EUR%')";
+
+impl Question {
+    pub const ALL: [Question; 4] = [
+        Question::AllTables,
+        Question::TableSchema,
+        Question::ForeignKeys,
+        Question::FindByWord,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Question::AllTables => "list all tables",
+            Question::TableSchema => "schema of one table",
+            Question::ForeignKeys => "all foreign keys",
+            Question::FindByWord => "columns about amounts in EUR (a word in a comment)",
+        }
+    }
+}
+
+impl Peer {
+    /// What taking `question`'s step is called in the report.
+    pub fn how(self, question: Question) -> &'static str {
+        match (self, question) {
+            (_, Question::AllTables) => "its list_tables",
+            (_, Question::TableSchema) => "its describe_table",
+            (Peer::Pgmcp, Question::ForeignKeys) => "list_relationships",
+            (Peer::Pgmcp, Question::FindByWord) => "search_objects",
+            (_, Question::ForeignKeys) => "SQL over pg_constraint",
+            (_, Question::FindByWord) => "SQL over pg_attribute",
+        }
+    }
+
+    /// How this server answers `question`: the JSON-RPC method and params.
+    pub fn ask(self, question: Question, seeded: &Seeded) -> (&'static str, Value) {
+        let tool = |name: &str, arguments: Value| {
+            ("tools/call", json!({"name": name, "arguments": arguments}))
+        };
+        let sql_tool = match self {
+            Peer::Pgmcp | Peer::ServerPostgres => "query",
+            Peer::Toolbox | Peer::PostgresMcp => "execute_sql",
+        };
+        match (self, question) {
+            (_, Question::AllTables) => self.call(Op::ListTables, 0, seeded),
+            (_, Question::TableSchema) => self.call(Op::DescribeTable, 0, seeded),
+            (Peer::Pgmcp, Question::ForeignKeys) => tool("list_relationships", json!({})),
+            (Peer::Pgmcp, Question::FindByWord) => {
+                tool("search_objects", json!({"pattern": "EUR"}))
+            }
+            (_, Question::ForeignKeys) => tool(sql_tool, json!({"sql": FOREIGN_KEYS_SQL})),
+            (_, Question::FindByWord) => tool(sql_tool, json!({"sql": FIND_SQL})),
+        }
+    }
+}
+
+/// The bytes of text a model reads in `answer` (a tools/call result's text content, a
+/// resource's text, or the JSON of a resource list).
+pub fn answer_bytes(answer: &Value) -> usize {
+    let texts = |key: &str| {
+        answer[key].as_array().map(|items| {
+            items
+                .iter()
+                .map(|c| c["text"].as_str().map_or(0, str::len))
+                .sum::<usize>()
+        })
+    };
+    texts("content")
+        .or_else(|| texts("contents"))
+        .unwrap_or_else(|| answer.to_string().len())
+}
+
 /// Where the binaries are, the Entra fake the authenticated pgmcp targets trust, and where the
 /// OpenTelemetry targets export to.
 #[derive(Debug, Clone)]

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::page::{self, After, NotReadable, Page, PageColumn, Pager, Words};
-use super::snapshot::{Column, Details, ForeignKey, Relation, Schema, Snapshot};
+use super::snapshot::{Column, Details, ForeignKey, Listing, Relation, Schema, Snapshot};
 use super::{Call, Limits, RowsResult, ToolError, Tools};
 use crate::scope::Scope;
 
@@ -199,7 +199,7 @@ fn ident(name: &str) -> String {
 /// The relations `matches` picks that the server's role cannot read, and the GRANT an
 /// administrator runs. Only without `--grant`: with grants, what the binding grants is what
 /// exists for the model.
-fn not_readable<'s>(
+pub(crate) fn not_readable<'s>(
     scope: &Scope,
     snapshot: &'s Snapshot,
     matches: impl Fn(&'s Relation) -> bool,
@@ -275,20 +275,19 @@ pub async fn list_schemas(
     let columns = [("name", "name"), ("comment", "text"), ("tables", "int8")];
     let pager = pager(tools, words, Vec::new(), &after, &snapshot, &columns);
     let hidden = not_readable(scope, &snapshot, |_| true);
+    let start = shown.partition_point(|(_, s)| !after_key(&[&s.name], &after));
     Ok(pager.page(
-        shown
-            .iter()
-            .filter(|(_, s)| after_key(&[&s.name], &after))
-            .map(|&(i, schema)| (i, schema)),
-        |&(_, schema)| vec![schema.name.to_string()],
-        |&(i, schema)| {
+        shown[start..].iter(),
+        start,
+        shown.len(),
+        |(_, schema)| vec![schema.name.to_string()],
+        |&&(i, schema)| {
             json!([
                 &*schema.name,
                 schema.comment.as_deref().map(page::first_sentence),
                 tables[i]
             ])
         },
-        shown.len(),
         hidden,
     ))
 }
@@ -328,25 +327,38 @@ pub async fn list_tables(
     let after = page::after("list_tables", &arguments, args.cursor.as_deref())?;
     let pattern = word("pattern", args.pattern.as_deref())?;
     let scope = tools.scope_of(call);
-    let matches = |relation: &Relation| {
-        args.schema
-            .as_deref()
-            .is_none_or(|s| *relation.schema == *s)
-            && pattern
-                .as_deref()
-                .is_none_or(|p| relation.haystack.contains(p))
+    let schema = args.schema.as_deref();
+    // The listing: the relations the scope shows (in the schema asked for), kept with the
+    // snapshot; with a pattern, those of them that match.
+    let select = |snapshot: &Snapshot| -> (Arc<Listing>, Option<Vec<usize>>) {
+        let listing = snapshot.listing(scope, schema);
+        let matching = pattern.as_deref().map(|p| {
+            listing
+                .relations
+                .iter()
+                .copied()
+                .filter(|&i| snapshot.relations[i].haystack.contains(p))
+                .collect()
+        });
+        (listing, matching)
+    };
+    let start = |snapshot: &Snapshot, entries: &[usize]| {
+        entries.partition_point(|&i| {
+            let r = &snapshot.relations[i];
+            !after_key(&[&r.schema, &r.name], &after)
+        })
     };
     // The statistics of every entry the page can hold: the rows with the shortest numbers
     // (0) are no longer than the real ones, so the page shows no entry past these.
     let budget = tools.discovery_budget();
     let (snapshot, stats) = tools
         .snapshot_with(call, args.detail, |snapshot| {
+            let (listing, matching) = select(snapshot);
+            let entries = matching.as_deref().unwrap_or(&listing.relations);
             let mut bytes = 0;
-            snapshot
-                .relations
+            entries[start(snapshot, entries)..]
                 .iter()
-                .filter(|r| snapshot.shows(scope, r) && matches(r))
-                .filter(|r| after_key(&[&r.schema, &r.name], &after))
+                .map(|&i| &snapshot.relations[i])
                 .take_while(|r| {
                     let shortest = table_row(r, (Some(0), Some(0)), args.detail);
                     bytes += serde_json::to_string(&shortest).map_or(0, |j| j.len() + 1);
@@ -356,20 +368,26 @@ pub async fn list_tables(
                 .collect()
         })
         .await?;
-    let listing: Vec<&Relation> = snapshot
-        .relations
-        .iter()
-        .filter(|r| snapshot.shows(scope, r) && matches(r))
-        .collect();
-    let mut schemas = listing.iter().map(|r| r.schema_index).collect::<Vec<_>>();
-    schemas.dedup();
+    let (listing, matching) = select(&snapshot);
+    let entries = matching.as_deref().unwrap_or(&listing.relations);
+    let schemas = match &matching {
+        None => listing.schemas,
+        Some(matching) => {
+            let mut schemas: Vec<usize> = matching
+                .iter()
+                .map(|&i| snapshot.relations[i].schema_index)
+                .collect();
+            schemas.dedup();
+            schemas.len()
+        }
+    };
     let words = Words {
         tool: "list_tables",
         plural: "tables",
         extent: format!(
             " in {} schema{}",
-            page::count(schemas.len()),
-            if schemas.len() == 1 { "" } else { "s" }
+            page::count(schemas),
+            if schemas == 1 { "" } else { "s" }
         ),
         narrow: "or narrow the list with schema or pattern, or use search_objects.",
     };
@@ -390,12 +408,17 @@ pub async fn list_tables(
     ];
     let columns: &[(&str, &str)] = if args.detail { &detailed } else { &compact };
     let pager = pager(tools, words, arguments, &after, &snapshot, columns);
-    let hidden = not_readable(scope, &snapshot, matches);
-    let total = listing.len();
+    let hidden = match &pattern {
+        None => listing.not_readable.clone(),
+        Some(p) => not_readable(scope, &snapshot, |r| {
+            schema.is_none_or(|s| *r.schema == *s) && r.haystack.contains(p.as_str())
+        }),
+    };
+    let first = start(&snapshot, entries);
     Ok(pager.page(
-        listing
-            .into_iter()
-            .filter(|r| after_key(&[&r.schema, &r.name], &after)),
+        entries[first..].iter().map(|&i| &snapshot.relations[i]),
+        first,
+        entries.len(),
         |r| vec![r.schema.to_string(), r.name.clone()],
         |r| {
             let stats = stats
@@ -404,7 +427,6 @@ pub async fn list_tables(
                 .unwrap_or((r.row_estimate, r.size_bytes));
             table_row(r, stats, args.detail)
         },
-        total,
         hidden,
     ))
 }
@@ -515,6 +537,9 @@ pub async fn describe_table(
     let (mut foreign_keys, mut referenced_by) = (Vec::new(), Vec::new());
     let relations = &snapshot.relations;
     for fk in &snapshot.foreign_keys {
+        if fk.from != index && fk.to != index {
+            continue;
+        }
         let (from, to) = (&relations[fk.from], &relations[fk.to]);
         if !(snapshot.shows(scope, from) && snapshot.shows(scope, to)) {
             continue;
@@ -768,12 +793,14 @@ pub async fn list_relationships(
         ("on_delete", "text"),
     ];
     let pager = pager(tools, words, arguments, &after, &snapshot, &columns);
-    let total = listing.len();
+    let start = listing.partition_point(|fk| {
+        let from = &relations[fk.from];
+        !after_key(&[&from.schema, &from.name, &fk.name], &after)
+    });
     Ok(pager.page(
-        listing.into_iter().filter(|fk| {
-            let from = &relations[fk.from];
-            after_key(&[&from.schema, &from.name, &fk.name], &after)
-        }),
+        listing[start..].iter(),
+        start,
+        listing.len(),
         |fk| {
             let from = &relations[fk.from];
             vec![from.schema.to_string(), from.name.clone(), fk.name.clone()]
@@ -792,7 +819,6 @@ pub async fn list_relationships(
                 fk.on_delete
             ])
         },
-        total,
         None,
     ))
 }
@@ -871,12 +897,14 @@ pub async fn search_objects(
     ];
     let pager = pager(tools, words, arguments, &after, &snapshot, &page_columns);
     let hidden = not_readable(scope, &snapshot, |r| r.haystack.contains(&pattern));
-    let total = listing.len();
+    let start = listing.partition_point(|found| {
+        let key = key(found);
+        !after_key(&[&key[0], &key[1], &key[2], &key[3]], &after)
+    });
     Ok(pager.page(
-        listing.into_iter().filter(|found| {
-            let key = key(found);
-            after_key(&[&key[0], &key[1], &key[2], &key[3]], &after)
-        }),
+        listing[start..].iter(),
+        start,
+        listing.len(),
         |found| key(found).to_vec(),
         |found| match found {
             Found::Relation(r) => json!([
@@ -896,7 +924,6 @@ pub async fn search_objects(
                 c.comment.as_deref().map(page::first_sentence)
             ]),
         },
-        total,
         hidden,
     ))
 }

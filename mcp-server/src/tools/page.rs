@@ -196,38 +196,31 @@ pub struct Pager<'a> {
 }
 
 impl Pager<'_> {
-    /// The page of `entries`, the listing's entries after the cursor in key order (`total`
-    /// in the whole listing), as many as fit the budget: `key` and `row` are asked of the
-    /// entries shown only.
+    /// The page of `entries`, the listing's entries after the cursor in key order (`before`
+    /// of the `total` in the whole listing come before them), as many as fit the budget: `key`
+    /// and `row` are asked of the entries shown only, and no entry past the page is read.
     pub fn page<T>(
         self,
         entries: impl Iterator<Item = T>,
+        before: usize,
+        total: usize,
         key: impl Fn(&T) -> Vec<String>,
         row: impl Fn(&T) -> Value,
-        total: usize,
         not_readable: Option<NotReadable>,
     ) -> Page {
-        let mut remaining = 0;
         let mut shown: Vec<(Vec<String>, String)> = Vec::new();
         let mut shown_bytes = 0;
-        let mut full = false;
         // Room for everything but the rows (summary, frame, columns, counts, not_readable,
         // limits); the page is measured whole below.
         let reserve = 1200 + self.frame;
         for entry in entries {
-            remaining += 1;
-            if full {
-                continue;
-            }
             let json = serde_json::to_string(&row(&entry)).unwrap_or_default();
             if !shown.is_empty() && reserve + shown_bytes + json.len() + 1 > self.budget {
-                full = true;
-                continue;
+                break;
             }
             shown_bytes += json.len() + 1;
             shown.push((key(&entry), json));
         }
-        let before = total.saturating_sub(remaining);
         loop {
             let page = self.assemble(&shown, total, before, not_readable.clone());
             let json = serde_json::to_string(&page).unwrap_or_default();
@@ -362,13 +355,13 @@ mod tests {
 
     fn page(after: &After, budget: usize) -> Page {
         let names: Vec<String> = (0..1000).map(|i| format!("t{i:05}")).collect();
+        let start = names.partition_point(|n| after.key.as_ref().is_some_and(|k| *n <= k[0]));
         pager(after, budget).page(
-            names
-                .iter()
-                .filter(|n| after.key.as_ref().is_none_or(|k| **n > k[0])),
+            names[start..].iter(),
+            start,
+            names.len(),
             |n| vec![n.to_string()],
             |n| json!([n]),
-            names.len(),
             None,
         )
     }

@@ -46,16 +46,29 @@ use crate::scope::Scope;
 /// The SQL that installs the catalog tracker (also run by the tests and the benchmark).
 pub const TRACKER_SQL: &str = include_str!("catalog_tracker.sql");
 
+/// The roles whose privileges the server's role has (itself and every role it is a member
+/// of), with the attributes and memberships that decide it: a GRANT of a role, or ALTER ROLE,
+/// is no DDL an event trigger sees, and roles elsewhere in the cluster do not matter.
+macro_rules! roles {
+    () => {
+        "(SELECT count(*) || ':' || coalesce(sum(hashtext(r.oid::text || r.rolname || r.rolinherit::text
+                   || r.rolsuper::text || r.rolbypassrls::text)::bigint), 0)
+            FROM pg_roles r WHERE pg_has_role(current_user, r.oid, 'MEMBER')),
+    (SELECT count(*) || ':' || coalesce(sum(hashtext(m::text)::bigint), 0)
+       FROM pg_auth_members m WHERE pg_has_role(current_user, m.member, 'MEMBER'))"
+    };
+}
+
 /// The version with the tracker: its record, its triggers, role memberships and attributes.
-const TRACKED_VERSION: &str = "concat_ws('/', 'tracked',
+const TRACKED_VERSION: &str = concat!("concat_ws('/', 'tracked',
     (SELECT count(*) || ':' || coalesce(sum(xid::text::numeric), 0) FROM pgmcp.catalog_changes),
     (SELECT string_agg(evtname::text || evtenabled::text, ',' ORDER BY evtname) FROM pg_event_trigger
       WHERE evtname LIKE 'pgmcp\\_catalog\\_%'),
-    (SELECT count(*) || ':' || coalesce(sum(xmin::text::bigint), 0) FROM pg_auth_members),
-    (SELECT count(*) || ':' || coalesce(sum(hashtext(r::text)::bigint), 0) FROM pg_roles r))";
+    ", roles!(), ")");
 
 /// The version without the tracker: every catalog table the snapshot reads.
-const FINGERPRINT_VERSION: &str = "concat_ws('/', 'fingerprint',
+const FINGERPRINT_VERSION: &str = concat!(
+    "concat_ws('/', 'fingerprint',
     (SELECT count(*) || ':' || coalesce(sum(xmin::text::bigint), 0) FROM pg_class),
     (SELECT count(*) || ':' || coalesce(sum(xmin::text::bigint), 0) FROM pg_namespace),
     (SELECT count(*) || ':' || coalesce(sum(xmin::text::bigint), 0) FROM pg_attribute),
@@ -63,8 +76,10 @@ const FINGERPRINT_VERSION: &str = "concat_ws('/', 'fingerprint',
     (SELECT count(*) || ':' || coalesce(sum(xmin::text::bigint), 0) FROM pg_description),
     (SELECT count(*) || ':' || coalesce(sum(xmin::text::bigint), 0) FROM pg_constraint),
     (SELECT count(*) || ':' || coalesce(sum(xmin::text::bigint), 0) FROM pg_event_trigger),
-    (SELECT count(*) || ':' || coalesce(sum(xmin::text::bigint), 0) FROM pg_auth_members),
-    (SELECT count(*) || ':' || coalesce(sum(hashtext(r::text)::bigint), 0) FROM pg_roles r))";
+    ",
+    roles!(),
+    ")"
+);
 
 /// Whether the tracker is installed, enabled and readable by this role.
 const TRACKER_USABLE: &str = "coalesce(to_regclass('pgmcp.catalog_changes') IS NOT NULL
@@ -219,6 +234,22 @@ pub struct Details {
     pub view_definition: Option<String>,
 }
 
+/// The relations a scope shows (in one schema, or all), in the snapshot's order: what
+/// `list_tables` pages through, kept with the snapshot so that a page costs a binary search
+/// for the cursor rather than a pass over every relation.
+#[derive(Debug)]
+pub struct Listing {
+    /// Indexes into [`Snapshot::relations`].
+    pub relations: Vec<usize>,
+    /// How many schemas they are in.
+    pub schemas: usize,
+    /// What exists there that the server's role cannot read (without grants).
+    pub not_readable: Option<super::page::NotReadable>,
+}
+
+/// A scope (its grants, as text) and a schema.
+type ListingKey = (String, Option<String>);
+
 /// The catalog as one statement read it.
 #[derive(Debug)]
 pub struct Snapshot {
@@ -241,6 +272,8 @@ pub struct Snapshot {
     /// [`Details`] of the relations described since it was read, by oid: as current as the
     /// snapshot, since a catalog change replaces it.
     details: std::sync::Mutex<HashMap<u32, Arc<Details>>>,
+    /// [`Listing`]s by scope (its grants) and schema.
+    listings: std::sync::Mutex<HashMap<ListingKey, Arc<Listing>>>,
     /// When the statement that read it was sent.
     read_at: Instant,
 }
@@ -403,6 +436,7 @@ impl Snapshot {
             by_oid,
             search_path: Vec::deserialize(search_path).unwrap_or_default(),
             details: std::sync::Mutex::default(),
+            listings: std::sync::Mutex::default(),
             read_at,
         })
     }
@@ -431,6 +465,36 @@ impl Snapshot {
                 (position.is_none(), position, r.schema.clone())
             })
             .map(|(i, _)| i)
+    }
+
+    /// The relations `scope` shows, in `schema` if given.
+    pub fn listing(&self, scope: &Scope, schema: Option<&str>) -> Arc<Listing> {
+        let key = (format!("{:?}", scope.grants()), schema.map(str::to_owned));
+        if let Some(listing) = self.listings.lock().ok().and_then(|l| l.get(&key).cloned()) {
+            return listing;
+        }
+        let in_schema = |r: &Relation| schema.is_none_or(|s| *r.schema == *s);
+        let relations: Vec<usize> = self
+            .relations
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| in_schema(r) && self.shows(scope, r))
+            .map(|(i, _)| i)
+            .collect();
+        let mut schemas: Vec<usize> = relations
+            .iter()
+            .map(|&i| self.relations[i].schema_index)
+            .collect();
+        schemas.dedup();
+        let listing = Arc::new(Listing {
+            schemas: schemas.len(),
+            relations,
+            not_readable: super::catalog::not_readable(scope, self, in_schema),
+        });
+        if let Ok(mut listings) = self.listings.lock() {
+            listings.insert(key, listing.clone());
+        }
+        listing
     }
 
     /// The details of relation `oid` read since this snapshot was.
