@@ -274,6 +274,11 @@ pub struct LimitsConfig {
     pub discovery_max_bytes: u64,
 }
 
+/// The SQL that installs pgmcp's catalog tracker in a database: the operator runs it with the
+/// admin's rights (`spec.access.catalogTracker`), and the server's catalog snapshot checks its
+/// record (`mcp-server/src/tools/snapshot.rs`).
+pub const CATALOG_TRACKER_SQL: &str = include_str!("catalog_tracker.sql");
+
 /// The default discovery budget: 16 KiB, a few thousand tokens.
 pub const DEFAULT_DISCOVERY_MAX_BYTES: u64 = 16 * 1024;
 

@@ -363,6 +363,16 @@ pub struct AccessSpec {
     #[schemars(length(max = 16))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".to_owned()]))]
     pub callers: Vec<CallerClass>,
+    /// Let the MCP server see catalog changes with one small query, however large the schema:
+    /// the operator installs pgmcp's catalog tracker in the database when it is missing (schema
+    /// pgmcp: one table, and two event triggers that record each DDL transaction, see
+    /// crds/src/catalog_tracker.sql) and grants the principal read access to it. It needs an
+    /// admin that may create event triggers (a superuser, or a managed service's admin role where
+    /// it allows them); otherwise status.catalogTracker says why and discovery stays exact by
+    /// comparing catalog fingerprints, which read the catalog tables on every discovery call.
+    /// The tracker is removed with the last binding that uses it. Default true.
+    #[serde(default = "default_true")]
+    pub catalog_tracker: bool,
 }
 
 /// A class of callers and what it may read.
@@ -860,6 +870,9 @@ pub struct PostgresMcpBindingStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".to_owned()]))]
     pub callers: Vec<CallerClassStatus>,
+    /// pgmcp's catalog tracker in the database (spec.access.catalogTracker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog_tracker: Option<CatalogTrackerStatus>,
     /// The federated identity credential the operator manages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub federated_credential: Option<FederatedCredentialStatus>,
@@ -1004,6 +1017,18 @@ pub enum PrincipalKind {
     Entra,
     /// A LOGIN role with a generated password.
     Password,
+}
+
+/// pgmcp's catalog tracker in the binding's database (spec.access.catalogTracker).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CatalogTrackerStatus {
+    /// Whether the MCP server sees catalog changes through the tracker (one small query per
+    /// discovery call) rather than by comparing catalog fingerprints.
+    pub in_use: bool,
+    /// Why it is not in use, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// Summary of the granted privileges.

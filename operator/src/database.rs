@@ -758,6 +758,135 @@ pub async fn revoke_all(admin: &Admin<'_>, role: &str, database: &str) -> Result
     Ok(())
 }
 
+/// Where pgmcp's catalog tracker stands in a database ([`ensure_tracker`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tracker {
+    /// Installed (now or before): the principal is granted read access to it.
+    InUse,
+    /// Not installed, and why (the admin may not create event triggers, or a schema pgmcp
+    /// that is not the tracker's exists).
+    Unavailable(String),
+}
+
+/// The comment `crds/src/catalog_tracker.sql` puts on schema pgmcp: what marks the schema as
+/// the tracker's, so that a schema of that name someone else made is never taken over or
+/// dropped.
+const TRACKER_MARK: &str = "pgmcp's catalog tracker (see pgmcp.catalog_changes)";
+
+/// How [`Tracker::Unavailable`] begins when `admin` may not create event triggers.
+pub fn tracker_refusal_prefix(admin: &str) -> String {
+    format!("{admin} may not create event triggers")
+}
+
+/// Installs pgmcp's catalog tracker in `database` unless it is there (one query when it is).
+/// Bindings on one database take turns (an advisory lock); an admin that may not create event
+/// triggers leaves it [`Tracker::Unavailable`], which is no error: discovery stays exact
+/// without it.
+pub async fn ensure_tracker(admin: &Admin<'_>, database: &str) -> Result<Tracker, Error> {
+    const STATE: &str = "SELECT (SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace
+                                 WHERE nspname = 'pgmcp'),
+                                to_regclass('pgmcp.catalog_changes') IS NOT NULL,
+                                (SELECT count(*) FROM pg_event_trigger
+                                  WHERE evtname IN ('pgmcp_catalog_ddl', 'pgmcp_catalog_drop'))::int";
+    let mut client = admin.connect(database).await?;
+    let sql = |action: &str| admin.sql(database, action.to_owned());
+    let state = |row: &tokio_postgres::Row| -> (Option<String>, bool, i32) {
+        (row.get(0), row.get(1), row.get(2))
+    };
+    let row = client
+        .query_one(STATE, &[])
+        .await
+        .map_err(sql("look for the catalog tracker"))?;
+    let outcome = match state(&row) {
+        (Some(comment), true, 2) if comment == TRACKER_MARK => Tracker::InUse,
+        (Some(comment), _, _) if comment != TRACKER_MARK => Tracker::Unavailable(format!(
+            "schema pgmcp in database {database} is not pgmcp's catalog tracker (its comment is {comment:?}); rename it to let the operator install the tracker"
+        )),
+        _ => {
+            let tx = client
+                .transaction()
+                .await
+                .map_err(sql("begin a transaction"))?;
+            tx.batch_execute(
+                "SELECT pg_advisory_xact_lock(hashtext('pgmcp.dev/catalog-tracker'), hashtext(current_database()))",
+            )
+            .await
+            .map_err(sql("wait for another binding installing the catalog tracker"))?;
+            match tx
+                .batch_execute(pgmcp_crds::config::CATALOG_TRACKER_SQL)
+                .await
+            {
+                Ok(()) => {
+                    tx.commit()
+                        .await
+                        .map_err(sql("commit the catalog tracker"))?;
+                    admin.metrics.sql_statements("catalog_tracker", 1);
+                    Tracker::InUse
+                }
+                Err(err)
+                    if err.code()
+                        == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) =>
+                {
+                    Tracker::Unavailable(format!(
+                        "{} in database {database} ({}); discovery compares catalog fingerprints instead, which reads the catalog tables on every discovery call. The operator tries again when the binding's spec changes",
+                        tracker_refusal_prefix(&admin.user),
+                        describe(&err)
+                    ))
+                }
+                Err(err) => return Err(sql("install the catalog tracker")(err)),
+            }
+        }
+    };
+    admin.release(database, client);
+    Ok(outcome)
+}
+
+/// Removes pgmcp's catalog tracker from `database` when no role but its owner may read it any
+/// more (the last binding using it revoked its grants). Never touches a schema pgmcp that is
+/// not the tracker's.
+pub async fn drop_tracker_if_unused(admin: &Admin<'_>, database: &str) -> Result<(), Error> {
+    let mut client = match admin.connect(database).await {
+        Ok(client) => client,
+        Err(err) if err.is_missing_database() => return Ok(()),
+        Err(err) => return Err(err),
+    };
+    let sql = |action: &str| admin.sql(database, action.to_owned());
+    let tx = client
+        .transaction()
+        .await
+        .map_err(sql("begin a transaction"))?;
+    tx.batch_execute(
+        "SELECT pg_advisory_xact_lock(hashtext('pgmcp.dev/catalog-tracker'), hashtext(current_database()))",
+    )
+    .await
+    .map_err(sql("wait for another binding installing the catalog tracker"))?;
+    let row = tx
+        .query_one(
+            "SELECT (SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = 'pgmcp'),
+                    (SELECT count(*) FROM pg_class c, aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) a
+                      WHERE c.oid = to_regclass('pgmcp.catalog_changes') AND a.grantee <> c.relowner)::int",
+            &[],
+        )
+        .await
+        .map_err(sql("look for the catalog tracker's readers"))?;
+    let (comment, readers): (Option<String>, i32) = (row.get(0), row.get(1));
+    if comment.as_deref() == Some(TRACKER_MARK) && readers == 0 {
+        tx.batch_execute(
+            "DROP EVENT TRIGGER IF EXISTS pgmcp_catalog_ddl;
+             DROP EVENT TRIGGER IF EXISTS pgmcp_catalog_drop;
+             DROP SCHEMA pgmcp CASCADE;",
+        )
+        .await
+        .map_err(sql("remove the catalog tracker"))?;
+        admin.metrics.sql_statements("catalog_tracker", 1);
+    }
+    tx.commit()
+        .await
+        .map_err(sql("commit the catalog tracker's removal"))?;
+    admin.release(database, client);
+    Ok(())
+}
+
 /// Drops `role` (connected to `database`, any database of the server).
 pub async fn drop_role(admin: &Admin<'_>, database: &str, role: &str) -> Result<(), Error> {
     let client = admin.connect(database).await?;

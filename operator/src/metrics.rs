@@ -83,7 +83,7 @@ impl Default for Metrics {
         );
         registry.register(
             "sql_statements",
-            "SQL statements that change the database (grant, revoke, role), by kind",
+            "SQL statements that change the database (grant, revoke, role, catalog_tracker), by kind",
             sql.clone(),
         );
         registry.register(

@@ -143,13 +143,15 @@ impl Fixture {
     }
 
     /// The tables `role` holds a privilege on by a grant to itself, as `schema.table privilege`.
+    /// The table privileges `role` holds itself, the catalog tracker's aside (the login
+    /// role reads it for the server's catalog snapshot; see `catalog_tracker_grant`).
     async fn own_table_grants(&self, role: &str) -> Vec<String> {
         self.admin()
             .await
             .query(
                 "SELECT n.nspname || '.' || c.relname || ' ' || a.privilege_type
                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, aclexplode(c.relacl) a
-                 WHERE a.grantee = to_regrole($1) ORDER BY 1",
+                 WHERE a.grantee = to_regrole($1) AND n.nspname <> 'pgmcp' ORDER BY 1",
                 &[&quote(role)],
             )
             .await
@@ -255,8 +257,20 @@ async fn each_class_role_holds_its_grants_and_the_login_role_reads_them_only_aft
         f.own_table_grants(&finance_role).await,
         ["hr.salaries SELECT"]
     );
-    // Without a default class the login role holds no table at all.
+    // Without a default class the login role holds no table at all, only read access to the
+    // catalog tracker, which the server reads as itself; the class roles do not.
     assert!(f.own_table_grants(&f.role).await.is_empty());
+    let admin = f.admin().await;
+    for (role, reads) in [(&f.role, true), (&support_role, false)] {
+        let row = admin
+            .query_one(
+                "SELECT has_table_privilege(to_regrole($1), 'pgmcp.catalog_changes', 'SELECT')",
+                &[&quote(role)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, bool>(0), reads, "{role}");
+    }
 
     // The membership: SET ROLE yes, inherit no (WITH INHERIT FALSE since 16, NOINHERIT before).
     for class in [&support_role, &finance_role] {

@@ -880,3 +880,152 @@ async fn deleting_while_the_database_is_down_waits_and_completes_when_it_returns
         .get(0);
     assert_eq!(roles, 0, "the role was dropped after all");
 }
+
+/// pgmcp's catalog tracker: installed with the first binding (the admin here may create event
+/// triggers), read by its role, recording DDL; a second binding shares it; turning it off on
+/// one binding keeps it for the other; it goes with the last binding that reads it; a schema
+/// pgmcp someone else made is never taken over.
+#[tokio::test]
+async fn the_catalog_tracker_is_installed_shared_and_removed_with_the_last_binding() {
+    let f = Fixture::start("db-tracker", &[]).await;
+    let admin = f.admin().await;
+    let tracker_parts = || async {
+        f.admin()
+            .await
+            .query_one(
+                "SELECT to_regnamespace('pgmcp') IS NOT NULL,
+                        (SELECT count(*) FROM pg_event_trigger WHERE evtname LIKE 'pgmcp\\_catalog\\_%')",
+                &[],
+            )
+            .await
+            .map(|row| (row.get::<_, bool>(0), row.get::<_, i64>(1)))
+            .unwrap()
+    };
+    kubectl_apply(&f.ns, &f.example());
+    let binding = f.wait("DatabaseReady", "True", None).await;
+    let tracker = binding
+        .status
+        .as_ref()
+        .unwrap()
+        .catalog_tracker
+        .clone()
+        .unwrap();
+    assert!(tracker.in_use, "{tracker:?}");
+    assert!(
+        condition(&binding, "DatabaseReady")
+            .unwrap()
+            .message
+            .ends_with("; the catalog tracker is in use")
+    );
+    assert_eq!(tracker_parts().await, (true, 2));
+    assert!(f.has("SELECT", "pgmcp.catalog_changes").await);
+    assert_eq!(
+        binding
+            .status
+            .as_ref()
+            .unwrap()
+            .grants
+            .as_ref()
+            .unwrap()
+            .tables,
+        5,
+        "the tracker's table is not counted as data"
+    );
+    // It records DDL, in the DDL's transaction.
+    let before: i64 = admin
+        .query_one("SELECT count(*) FROM pgmcp.catalog_changes", &[])
+        .await
+        .unwrap()
+        .get(0);
+    admin
+        .batch_execute("CREATE TABLE public.tracked_change (id int)")
+        .await
+        .unwrap();
+    let after: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pgmcp.catalog_changes WHERE xid = (SELECT max(xid) FROM pgmcp.catalog_changes)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(after == 1 && before <= 2, "{before} {after}");
+
+    // A second binding on the same database reads the same tracker.
+    let pg = f.db.server();
+    let other_role = format!("{}_other", f.db.name);
+    let other = password_example(pg.host(), pg.port(), &f.db.name, &other_role)
+        .replace("name: shop", "name: other");
+    kubectl_apply(&f.ns, &other);
+    wait_condition(&f.bindings(), "other", "DatabaseReady", "True", None, WAIT).await;
+
+    // Off on the first: its role loses the grant, the tracker stays for the other.
+    f.bindings()
+        .patch(
+            NAME,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"access": {"catalogTracker": false}}})),
+        )
+        .await
+        .unwrap();
+    eventually("the grant revoked", WAIT, || async {
+        !f.has("SELECT", "pgmcp.catalog_changes").await
+    })
+    .await;
+    let off = wait_for("status says it is off", WAIT, || async {
+        let b = f.bindings().get(NAME).await.ok()?;
+        let t = b.status?.catalog_tracker?;
+        (!t.in_use).then_some(t)
+    })
+    .await;
+    assert_eq!(
+        off.reason.as_deref(),
+        Some("spec.access.catalogTracker is false")
+    );
+    assert_eq!(
+        tracker_parts().await,
+        (true, 2),
+        "the other binding reads it"
+    );
+
+    // The last binding that reads it goes: so does the tracker.
+    f.bindings()
+        .delete("other", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the tracker removed", WAIT, || async {
+        tracker_parts().await == (false, 0)
+    })
+    .await;
+
+    // A schema pgmcp that is not the tracker's is left alone, and status says why.
+    admin
+        .batch_execute("CREATE SCHEMA pgmcp; COMMENT ON SCHEMA pgmcp IS 'our own'")
+        .await
+        .unwrap();
+    f.bindings()
+        .patch(
+            NAME,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"access": {"catalogTracker": true}}})),
+        )
+        .await
+        .unwrap();
+    let refused = wait_for("status says why not", WAIT, || async {
+        let b = f.bindings().get(NAME).await.ok()?;
+        let t = b.status?.catalog_tracker?;
+        t.reason
+            .filter(|r| r.contains("is not pgmcp's catalog tracker"))
+    })
+    .await;
+    assert!(refused.contains("schema pgmcp in database"), "{refused}");
+    f.bindings()
+        .delete(NAME, &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the binding gone", WAIT, || async {
+        f.bindings().get_opt(NAME).await.is_ok_and(|b| b.is_none())
+    })
+    .await;
+    assert_eq!(tracker_parts().await, (true, 0), "our own schema stays");
+}

@@ -123,6 +123,25 @@ async fn entra_binding_gets_its_principal_through_the_operators_workload_identit
         condition(&binding, "ReadOnlyVerified").unwrap().reason,
         "ReadOnly"
     );
+    // An administrator like azure_pg_admin, not a superuser, may not create event triggers: no
+    // catalog tracker, and status says why (discovery compares catalog fingerprints instead).
+    let tracker = binding
+        .status
+        .as_ref()
+        .unwrap()
+        .catalog_tracker
+        .clone()
+        .unwrap();
+    assert!(!tracker.in_use);
+    let reason = tracker.reason.unwrap();
+    assert!(reason.contains("may not create event triggers"), "{reason}");
+    let none: bool = e
+        .admin
+        .query_one("SELECT to_regnamespace('pgmcp') IS NULL", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(none, "nothing half-installed");
 
     // The principal was made by Azure's function, with the managed identity's object id.
     let row = e

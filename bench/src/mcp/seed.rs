@@ -79,11 +79,9 @@ pub async fn seed(pg: &Postgres, scale: u32, tables: u32) -> anyhow::Result<Seed
     let db = pg.connect(DATABASE).await?;
     // The catalog tracker, as an administrator installs it (mcp-server/src/tools/snapshot.rs):
     // discovery answers are checked against its record instead of a pass over the catalog.
-    db.batch_execute(include_str!(
-        "../../../mcp-server/src/tools/catalog_tracker.sql"
-    ))
-    .await
-    .context("failed to install the catalog tracker")?;
+    db.batch_execute(include_str!("../../../crds/src/catalog_tracker.sql"))
+        .await
+        .context("failed to install the catalog tracker")?;
     // Commits every 500 tables: one transaction of 10,000 would hold more locks than
     // max_locks_per_transaction allows.
     let mut ddl = String::from("BEGIN;\n");

@@ -11,7 +11,7 @@
 //! place, without a new version). If the version differs, the call reads the snapshot again
 //! before answering. The version is:
 //!
-//! - **with the catalog tracker** (`catalog_tracker.sql`, one table and two event triggers that
+//! - **with the catalog tracker** (`crds/src/catalog_tracker.sql`, one table and two event triggers that
 //!   record each DDL transaction in that transaction): the count and sum of its transaction
 //!   ids, the tracker's triggers and whether they are enabled, and role memberships and
 //!   attributes (GRANT of a role and ALTER ROLE are not DDL event triggers see). A few
@@ -43,8 +43,9 @@ use super::{Call, ToolError, Tools};
 use crate::db::{Caps, DbError};
 use crate::scope::Scope;
 
-/// The SQL that installs the catalog tracker (also run by the tests and the benchmark).
-pub const TRACKER_SQL: &str = include_str!("catalog_tracker.sql");
+/// The SQL that installs the catalog tracker (the operator runs it; so do the tests and the
+/// benchmark).
+pub const TRACKER_SQL: &str = pgmcp_crds::config::CATALOG_TRACKER_SQL;
 
 /// The roles whose privileges the server's role has (itself and every role it is a member
 /// of), with the attributes and memberships that decide it: a GRANT of a role, or ALTER ROLE,

@@ -797,7 +797,7 @@ pub(crate) mod tests {
                     "poolSize": 8
                 },
                 "scope": {"grants": [{"schema": "public", "tables": ["*"]}]},
-                "limits": {"maxRows": 1000, "maxBytes": 1048576, "statementTimeoutMs": 15000},
+                "limits": {"maxRows": 1000, "maxBytes": 1048576, "statementTimeoutMs": 15000, "discoveryMaxBytes": 16384},
                 "http": {
                     "listen": "0.0.0.0:8080",
                     "allowedHosts": ["shop-mcp", "shop-mcp.agents", "shop-mcp.agents.svc", "shop-mcp.agents.svc.cluster.local"],

@@ -58,6 +58,8 @@ pub struct Report {
     pub repaired: bool,
     /// Each caller class, in spec order.
     pub callers: Vec<ClassReport>,
+    /// Where the catalog tracker stands (`None`: spec.access.catalogTracker is false).
+    pub catalog_tracker: Option<sql::Tracker>,
 }
 
 /// What the step found and did for one caller class.
@@ -199,13 +201,14 @@ pub async fn admin<'a>(
 
 /// What spec.access asks for in spec.postgres.database. Empty grants (only caller classes) leave
 /// the principal CONNECT on the database and nothing else.
-fn request(valid: &Valid, admin: &Admin<'_>) -> Request {
+fn request(valid: &Valid, admin: &Admin<'_>, catalog_tracker: bool) -> Request {
     Request {
         database: valid.spec.postgres.database.clone(),
         grants: schema_grants(&valid.spec.access.grants),
         default_privileges: valid.spec.access.default_privileges,
         admin: admin.user.clone(),
         field: "spec.access.grants".to_owned(),
+        catalog_tracker,
     }
 }
 
@@ -220,6 +223,8 @@ fn class_request(valid: &Valid, admin: &Admin<'_>, class: &CallerClass) -> Reque
             "the grants of caller class {} (spec.access.callers)",
             class.name
         ),
+        // The server reads the catalog as its own role, never as a class's.
+        catalog_tracker: false,
     }
 }
 
@@ -377,14 +382,38 @@ pub async fn reconcile(
         .iter()
         .flat_map(|r| r.class_roles.iter().map(|c| c.name.clone()))
         .collect();
+    // The catalog tracker, installed when missing, before the grants that let the server read it.
+    // An admin found unable to create event triggers is not asked again (each attempt is an
+    // error in the server's log) until the spec changes.
+    let refused = binding
+        .status
+        .as_ref()
+        .filter(|s| s.observed_generation == binding.metadata.generation)
+        .and_then(|s| s.catalog_tracker.as_ref())
+        .and_then(|t| t.reason.clone())
+        .filter(|r| r.starts_with(&sql::tracker_refusal_prefix(&admin.user)));
+    let tracker = match (valid.spec.access.catalog_tracker, refused) {
+        (false, _) => None,
+        (true, Some(reason)) => Some(sql::Tracker::Unavailable(reason)),
+        (true, None) => Some(sql::ensure_tracker(&admin, &database).await?),
+    };
     let granted = sql::converge_grants(
         &admin,
         &role,
-        &request(valid, &admin),
+        &request(valid, &admin, tracker == Some(sql::Tracker::InUse)),
         &valid.spec.access.functions,
         &recorded_classes,
     )
     .await?;
+    // Turned off: the tracker goes once no binding's role reads it.
+    if granted
+        .plan
+        .revoke
+        .iter()
+        .any(|p| p.object == plan::Object::Schema(plan::TRACKER_SCHEMA.to_owned()))
+    {
+        sql::drop_tracker_if_unused(&admin, &database).await?;
+    }
     let previous = binding.status.as_ref();
     let mut callers = Vec::with_capacity(classes.len());
     for ((class, class_role), membership) in classes.iter().zip(memberships) {
@@ -420,6 +449,7 @@ pub async fn reconcile(
             sql::revoke_all(&admin, class_role, old).await?;
         }
         sql::revoke_all(&admin, &role, old).await?;
+        sql::drop_tracker_if_unused(&admin, old).await?;
         if let Some(recorded) = &mut record.get_mut().role {
             recorded.databases.retain(|d| d != old);
         }
@@ -468,6 +498,7 @@ pub async fn reconcile(
         changed,
         repaired,
         callers,
+        catalog_tracker: tracker,
     })
 }
 
@@ -484,9 +515,15 @@ fn grants_status(
     if repaired {
         ctx.metrics.grant_repair();
     }
+    // The tables the grants name (the catalog tracker's table is the server's, not data).
     let tables = desired
         .iter()
-        .filter(|p| matches!(p.object, plan::Object::Table { .. }))
+        .filter(|p| match &p.object {
+            plan::Object::Table { schema, name } => {
+                !(schema == plan::TRACKER_SCHEMA && name == plan::TRACKER_TABLE)
+            }
+            _ => false,
+        })
         .count();
     let previous = previous.unwrap_or_default();
     let status = GrantsStatus {
@@ -615,6 +652,7 @@ async fn remove_role(
     }
     for database in &recorded.databases {
         sql::revoke_all(admin, &recorded.name, database).await?;
+        sql::drop_tracker_if_unused(admin, database).await?;
     }
     sql::drop_role(admin, admin_db, &recorded.name).await?;
     Ok(())

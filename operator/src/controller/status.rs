@@ -10,7 +10,8 @@ use kube::ResourceExt as _;
 use kube::api::{Api, Patch, PatchParams};
 use pgmcp_crds::conditions as ty;
 use pgmcp_crds::v1alpha1::{
-    CallerClassStatus, PostgresMcpBinding, PostgresMcpBindingStatus, PrincipalKind, PrincipalStatus,
+    CallerClassStatus, CatalogTrackerStatus, PostgresMcpBinding, PostgresMcpBindingStatus,
+    PrincipalKind, PrincipalStatus,
 };
 use serde_json::json;
 
@@ -118,8 +119,16 @@ fn database_steps(
                     "True",
                     "GrantsMatch",
                     format!(
-                        "role {role} can read {} tables in database {db}{classes}; its privileges match the spec",
-                        report.grants.tables
+                        "role {role} can read {} tables in database {db}{classes}; its privileges match the spec{}",
+                        report.grants.tables,
+                        match &report.catalog_tracker {
+                            Some(crate::database::Tracker::InUse) =>
+                                "; the catalog tracker is in use".to_owned(),
+                            Some(crate::database::Tracker::Unavailable(reason)) => {
+                                format!("; the catalog tracker is not in use: {reason}")
+                            }
+                            None => String::new(),
+                        }
                     ),
                 )
             } else {
@@ -462,6 +471,20 @@ pub fn compute(
             });
             if let Ok(report) = database {
                 status.grants = Some(report.grants.clone());
+                status.catalog_tracker = Some(match &report.catalog_tracker {
+                    Some(crate::database::Tracker::InUse) => CatalogTrackerStatus {
+                        in_use: true,
+                        reason: None,
+                    },
+                    Some(crate::database::Tracker::Unavailable(reason)) => CatalogTrackerStatus {
+                        in_use: false,
+                        reason: Some(reason.clone()),
+                    },
+                    None => CatalogTrackerStatus {
+                        in_use: false,
+                        reason: Some("spec.access.catalogTracker is false".to_owned()),
+                    },
+                });
                 status.callers = report
                     .callers
                     .iter()
@@ -616,6 +639,7 @@ mod tests {
             changed: None,
             repaired: false,
             callers: Vec::new(),
+            catalog_tracker: Some(crate::database::Tracker::InUse),
         })
     }
 
@@ -986,7 +1010,14 @@ mod tests {
         );
         assert_eq!(
             get(&status, "DatabaseReady").message,
-            "role inventory-mcp can read 0 tables in database inventory, 2 tables as caller class support (role inventory-mcp__support), 5 tables as caller class finance (role inventory-mcp__finance); its privileges match the spec"
+            "role inventory-mcp can read 0 tables in database inventory, 2 tables as caller class support (role inventory-mcp__support), 5 tables as caller class finance (role inventory-mcp__finance); its privileges match the spec; the catalog tracker is in use"
+        );
+        assert_eq!(
+            status.catalog_tracker,
+            Some(CatalogTrackerStatus {
+                in_use: true,
+                reason: None
+            })
         );
         let verified = get(&status, "ReadOnlyVerified");
         assert_eq!(verified.status, "True");

@@ -99,7 +99,14 @@ pub struct Request {
     /// The spec field the grants come from (`spec.access.grants`, or a caller class's), for
     /// messages that tell the user what to change.
     pub field: String,
+    /// Read access to pgmcp's catalog tracker (schema pgmcp, table catalog_changes), when the
+    /// database has it.
+    pub catalog_tracker: bool,
 }
+
+/// pgmcp's catalog tracker: its schema and the table the MCP server reads.
+pub const TRACKER_SCHEMA: &str = "pgmcp";
+pub const TRACKER_TABLE: &str = "catalog_changes";
 
 /// The desired privileges, and what the spec names that the catalog lacks.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -113,6 +120,21 @@ pub fn desired(request: &Request, catalog: &Catalog) -> Desired {
     let p = |object, keyword| Privilege { object, keyword };
     out.privileges
         .insert(p(Object::Database(request.database.clone()), "CONNECT"));
+    let tracker_present = catalog
+        .relations
+        .get(TRACKER_SCHEMA)
+        .is_some_and(|relations| relations.iter().any(|r| r.name == TRACKER_TABLE));
+    if request.catalog_tracker && tracker_present {
+        out.privileges
+            .insert(p(Object::Schema(TRACKER_SCHEMA.to_owned()), "USAGE"));
+        out.privileges.insert(p(
+            Object::Table {
+                schema: TRACKER_SCHEMA.to_owned(),
+                name: TRACKER_TABLE.to_owned(),
+            },
+            "SELECT",
+        ));
+    }
     for grant in &request.grants {
         let schema = &grant.schema;
         if !catalog.schemas.contains(schema) {
@@ -347,6 +369,47 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_catalog_tracker_is_read_only_where_it_exists_and_asked_for() {
+        let tracker = Privilege {
+            object: Object::Table {
+                schema: TRACKER_SCHEMA.to_owned(),
+                name: TRACKER_TABLE.to_owned(),
+            },
+            keyword: "SELECT",
+        };
+        let mut with_tracker = catalog();
+        with_tracker.schemas.insert(TRACKER_SCHEMA.to_owned());
+        with_tracker.relations.insert(
+            TRACKER_SCHEMA.to_owned(),
+            vec![Relation {
+                name: TRACKER_TABLE.to_owned(),
+                owner: "postgres".to_owned(),
+            }],
+        );
+        let asked = Request {
+            catalog_tracker: true,
+            ..request()
+        };
+        let desired = desired(&asked, &with_tracker).privileges;
+        assert!(desired.contains(&tracker));
+        assert!(desired.contains(&Privilege {
+            object: Object::Schema(TRACKER_SCHEMA.to_owned()),
+            keyword: "USAGE",
+        }));
+        // Not asked for, or not installed: nothing on it.
+        assert!(
+            !super::desired(&request(), &with_tracker)
+                .privileges
+                .contains(&tracker)
+        );
+        assert!(
+            !super::desired(&asked, &catalog())
+                .privileges
+                .contains(&tracker)
+        );
+    }
+
     fn request() -> Request {
         Request {
             database: "shop".to_owned(),
@@ -362,6 +425,7 @@ mod tests {
             ],
             default_privileges: true,
             admin: "postgres".to_owned(),
+            catalog_tracker: false,
             field: "spec.access.grants".to_owned(),
         }
     }

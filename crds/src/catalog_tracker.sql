@@ -3,8 +3,10 @@
 -- stale (mcp-server/src/tools/snapshot.rs). Without it the server compares a fingerprint of the
 -- catalog tables instead, which reads them whole on every discovery call.
 --
--- Run once per database, by a role that may create event triggers (a superuser, or a managed
--- service's admin role where it allows event triggers). Then grant the servers' roles:
+-- The operator runs it with the admin's rights (spec.access.catalogTracker) and removes it with
+-- the last binding that uses it. By hand: run once per database, by a role that may create
+-- event triggers (a superuser, or a managed service's admin role where it allows event
+-- triggers). Then grant the servers' roles:
 --   GRANT USAGE ON SCHEMA pgmcp TO <role>; GRANT SELECT ON pgmcp.catalog_changes TO <role>;
 -- Safe to run again. To remove it: DROP SCHEMA pgmcp CASCADE; DROP EVENT TRIGGER
 -- pgmcp_catalog_ddl; DROP EVENT TRIGGER pgmcp_catalog_drop; DROP FUNCTION... (see the end).
@@ -28,6 +30,11 @@ COMMENT ON TABLE pgmcp.catalog_changes IS
 CREATE OR REPLACE FUNCTION pgmcp.catalog_changed() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    -- A tracker whose table was dropped by hand must not stop every DDL statement: the
+    -- servers notice the missing table and compare catalog fingerprints instead.
+    IF to_regclass('pgmcp.catalog_changes') IS NULL THEN
+        RETURN;
+    END IF;
     IF TG_EVENT = 'sql_drop' THEN
         IF NOT EXISTS (SELECT 1 FROM pg_event_trigger_dropped_objects() WHERE NOT is_temporary) THEN
             RETURN;
