@@ -143,12 +143,15 @@ bench-peers: ## Install the MCP servers bench-mcp compares with (npm, PyPI; cach
 # and its peers on a seeded PostgreSQL of its own, with release builds; rewrites the MCP section
 # of BENCHMARKS.md. pgmcp-http-entra and pgmcp-http-class are pgmcp with Entra caller authentication
 # (the bench hosts the Entra fake), without and with a caller class (issue 19). Extra flags:
-# BENCH_MCP_ARGS='--clients 1,8 --duration 5 --targets pgmcp-http,toolbox-http --soak 0'.
+# BENCH_MCP_ARGS='--clients 1,8 --duration 5 --targets pgmcp-http,toolbox-http --soak 0'. The
+# second pass (issue 21) measures every server again on a schema of 10,000 tables, at 1 and 32
+# clients, into the section mcp-large (extra flags: BENCH_MCP_LARGE_ARGS).
 .PHONY: bench-mcp
-bench-mcp: deps bench-peers otelcol ## The MCP server against its peers and pgbench (release builds, ~20 min); updates BENCHMARKS.md
+bench-mcp: deps bench-peers otelcol ## The MCP server against its peers and pgbench (release builds, ~30 min), then again on 10,000 tables; updates BENCHMARKS.md
 	$(CARGO) build $(CARGO_FLAGS) --release --quiet -p pgmcp-server
 	$(CARGO) build $(CARGO_FLAGS) --release --quiet -p pgmcp-bench --bin pgmcp-bench-mcp
 	target/release/pgmcp-bench-mcp --server-bin target/release/pgmcp-server $(BENCH_MCP_ARGS)
+	target/release/pgmcp-bench-mcp --server-bin target/release/pgmcp-server --tables 10000 --scale 1 --clients 1,32 --duration 5 --soak 0 --section mcp-large $(BENCH_MCP_LARGE_ARGS)
 
 .PHONY: bench-mcp-smoke
 bench-mcp-smoke: deps bins ## A few seconds of bench-mcp: pgmcp (HTTP, with its OpenTelemetry collector down, with a caller class, stateless, stdio) and pgbench (direct, through pgbouncer), soak with a restart; checks every tool answered and the failed exports were counted

@@ -74,6 +74,11 @@ pub struct Options {
     /// Where bench/scripts/install-peers.sh installed the peers (default .cache/bench).
     #[arg(long)]
     pub peers_dir: Option<PathBuf>,
+    /// The section of the report file to write (`<!-- NAME:begin -->` … `<!-- NAME:end -->`):
+    /// `mcp` for the main run, another name for a run on another data set (make bench-mcp's
+    /// second pass, on 10,000 tables, writes `mcp-large`).
+    #[arg(long, default_value = "mcp")]
+    pub section: String,
     /// Print each target's tools/list and exit (to check the tool mapping).
     #[arg(long)]
     pub show_tools: bool,
@@ -367,7 +372,7 @@ pub async fn main(options: Options) -> anyhow::Result<()> {
             root.join("BENCHMARKS.md")
         }
     });
-    report::write_section(&output, &markdown)
+    report::write_section(&output, &markdown, &options.section)
         .with_context(|| format!("failed to write {}", output.display()))?;
     eprintln!("report written to {}", output.display());
     drop(postgres);
@@ -550,6 +555,20 @@ fn smoke_checks(results: &Results, output: &std::path::Path) -> anyhow::Result<(
         }
         for (op, why) in &run.wrong_answers {
             problems.push(format!("{} {}: {why}", run.target.name(), op.label()));
+        }
+        // Every discovery step answered, within the default budget of 16 KiB of text.
+        if run.answers.len() != servers::Question::ALL.len() {
+            problems.push(format!("{}: discovery steps not asked", run.target.name()));
+        }
+        for (question, bytes) in &run.answers {
+            match bytes {
+                Ok(bytes) if *bytes <= 16 * 1024 => {}
+                other => problems.push(format!(
+                    "{} {}: {other:?} (more than 16 KiB, or failed)",
+                    run.target.name(),
+                    question.label()
+                )),
+            }
         }
         for level in &run.levels {
             for (op, m) in &level.ops {
