@@ -28,8 +28,10 @@ use crate::tools::{Call, ToolError, Tools};
 const INSTRUCTIONS: &str = "Read-only access to one PostgreSQL database. Start with list_tables \
 (or search_objects to find tables about a topic), use describe_table for columns and keys and \
 list_relationships for how tables connect, then query with one SELECT statement. Results are \
-capped (see limits in each result; truncated: true means more rows exist). Writes, DDL and \
-session changes are refused.";
+capped (see limits in each result; truncated: true means more rows exist). On a large database \
+discovery answers come in pages whose first line gives the totals and a cursor: narrow with \
+schema or pattern, or search_objects, rather than reading every page. Writes, DDL and session \
+changes are refused.";
 
 /// The MCP server: the tools plus what the wrappers record.
 #[derive(Clone, Debug)]

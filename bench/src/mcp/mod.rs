@@ -461,6 +461,11 @@ async fn run_level(
                     Ok(answer) if answer["isError"] == serde_json::json!(true) => {
                         Err(answer.to_string().chars().take(200).collect())
                     }
+                    Ok(answer) if !answer.to_string().contains(question.marker()) => Err(format!(
+                        "answer lacks `{}`: {}",
+                        question.marker(),
+                        answer.to_string().chars().take(160).collect::<String>()
+                    )),
                     Ok(answer) => Ok(servers::answer_bytes(&answer)),
                     Err(err) => Err(err.to_string()),
                 };

@@ -15,7 +15,10 @@ pub const END: &str = "<!-- mcp:end -->";
 
 /// The markers of section `name` of BENCHMARKS.md (`mcp`: [`BEGIN`] and [`END`]).
 pub fn markers(name: &str) -> (String, String) {
-    (format!("<!-- {name}:begin -->"), format!("<!-- {name}:end -->"))
+    (
+        format!("<!-- {name}:begin -->"),
+        format!("<!-- {name}:end -->"),
+    )
 }
 
 /// The section, markers included.
@@ -1172,7 +1175,7 @@ mod tests {
             "{out}"
         );
         assert!(
-            out.contains("| list all tables | 15.4 KiB (its list_tables) |"),
+            out.contains("| list all tables | 15.4 KiB (list_tables) |"),
             "{out}"
         );
         assert!(out.contains("| all foreign keys | failed: boom |"), "{out}");

@@ -352,6 +352,15 @@ impl Question {
         Question::FindByWord,
     ];
 
+    /// A word every correct answer contains.
+    pub fn marker(self) -> &'static str {
+        match self {
+            Question::AllTables | Question::ForeignKeys => "wide_",
+            Question::TableSchema => "parent_id",
+            Question::FindByWord => "amount",
+        }
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             Question::AllTables => "list all tables",
@@ -366,8 +375,13 @@ impl Peer {
     /// What taking `question`'s step is called in the report.
     pub fn how(self, question: Question) -> &'static str {
         match (self, question) {
-            (_, Question::AllTables) => "its list_tables",
-            (_, Question::TableSchema) => "its describe_table",
+            (Peer::Pgmcp | Peer::Toolbox, Question::AllTables) => "list_tables",
+            (Peer::Pgmcp, Question::TableSchema) => "describe_table",
+            (Peer::Toolbox, Question::TableSchema) => "list_tables detailed",
+            (Peer::ServerPostgres, Question::AllTables) => "resources/list",
+            (Peer::ServerPostgres, Question::TableSchema) => "resources/read",
+            (Peer::PostgresMcp, Question::AllTables) => "list_objects",
+            (Peer::PostgresMcp, Question::TableSchema) => "get_object_details",
             (Peer::Pgmcp, Question::ForeignKeys) => "list_relationships",
             (Peer::Pgmcp, Question::FindByWord) => "search_objects",
             (_, Question::ForeignKeys) => "SQL over pg_constraint",

@@ -292,26 +292,56 @@ pub async fn list_schemas(
     ))
 }
 
-/// A row of `list_tables`: compact, or with size and the whole comment.
-fn table_row(r: &Relation, (rows, size): (Option<i64>, Option<i64>), detail: bool) -> Value {
+/// A row of `list_tables`: compact (the comment's first sentence), or with size and the whole
+/// comment. Serialized as a JSON array, straight from the snapshot's strings.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum TableRow<'s> {
+    Compact(&'s str, &'s str, &'s str, Option<i64>, Option<&'s str>),
+    Detail(
+        &'s str,
+        &'s str,
+        &'s str,
+        Option<i64>,
+        Option<i64>,
+        Option<String>,
+    ),
+}
+
+fn table_row(r: &Relation, (rows, size): (Option<i64>, Option<i64>), detail: bool) -> TableRow<'_> {
     if detail {
-        json!([
-            &*r.schema,
-            r.name,
+        TableRow::Detail(
+            &r.schema,
+            &r.name,
             r.kind,
             rows,
             size,
-            r.comment.as_deref().map(|c| page::cut(c, 2000))
-        ])
+            r.comment.as_deref().map(|c| page::cut(c, 2000)),
+        )
     } else {
-        json!([
-            &*r.schema,
-            r.name,
-            r.kind,
-            rows,
-            r.comment.as_deref().map(page::first_sentence)
-        ])
+        TableRow::Compact(&r.schema, &r.name, r.kind, rows, r.short_comment.as_deref())
     }
+}
+
+/// No more than the JSON of `r`'s row takes, whatever its numbers: every string at its
+/// unescaped length, every number one digit.
+fn table_row_at_least(r: &Relation, detail: bool) -> usize {
+    // The whole comment is cut (and its trailing blanks trimmed) to fit: counted as empty.
+    let comment = if detail {
+        r.comment.as_deref().map(|_| 0)
+    } else {
+        r.short_comment.as_deref().map(str::len)
+    };
+    // ["schema","name","kind",0,(0,)"comment"] or null
+    r.schema.len()
+        + r.name.len()
+        + r.kind.len()
+        + 6
+        + 1
+        + 4
+        + 2
+        + usize::from(detail) * 2
+        + comment.map_or(4, |c| c + 2)
 }
 
 pub async fn list_tables(
@@ -348,8 +378,8 @@ pub async fn list_tables(
             !after_key(&[&r.schema, &r.name], &after)
         })
     };
-    // The statistics of every entry the page can hold: the rows with the shortest numbers
-    // (0) are no longer than the real ones, so the page shows no entry past these.
+    // The statistics of every entry the page can hold: rows are no shorter than
+    // table_row_at_least, so the page shows no entry past these.
     let budget = tools.discovery_budget();
     let (snapshot, stats) = tools
         .snapshot_with(call, args.detail, |snapshot| {
@@ -360,8 +390,7 @@ pub async fn list_tables(
                 .iter()
                 .map(|&i| &snapshot.relations[i])
                 .take_while(|r| {
-                    let shortest = table_row(r, (Some(0), Some(0)), args.detail);
-                    bytes += serde_json::to_string(&shortest).map_or(0, |j| j.len() + 1);
+                    bytes += table_row_at_least(r, args.detail) + 1;
                     bytes <= budget
                 })
                 .map(|r| r.oid)
@@ -907,14 +936,7 @@ pub async fn search_objects(
         listing.len(),
         |found| key(found).to_vec(),
         |found| match found {
-            Found::Relation(r) => json!([
-                r.kind,
-                &*r.schema,
-                r.name,
-                null,
-                null,
-                r.comment.as_deref().map(page::first_sentence)
-            ]),
+            Found::Relation(r) => json!([r.kind, &*r.schema, r.name, null, null, r.short_comment]),
             Found::Column(r, c) => json!([
                 "column",
                 &*r.schema,
@@ -1013,4 +1035,52 @@ pub async fn server_info(
         settings: objects(&settings),
         limits: settings.limits.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn relation(schema: &str, name: &str, comment: Option<&str>) -> Relation {
+        Relation {
+            oid: 1,
+            schema: schema.into(),
+            schema_index: 0,
+            name: name.to_owned(),
+            kind: "materialized_view",
+            comment: comment.map(str::to_owned),
+            short_comment: comment.map(page::first_sentence),
+            readable: true,
+            row_estimate: None,
+            size_bytes: None,
+            columns: 0..0,
+            haystack: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_row_is_never_shorter_than_its_lower_bound() {
+        let long = "x".repeat(3000);
+        for r in [
+            relation("public", "t", None),
+            relation("s\"q", "naïve \\ name", Some("One. Two.")),
+            relation("a", "b", Some(&long)),
+            relation("a", "b", Some(&format!("x{}", " ".repeat(2999)))),
+            relation("", "", Some("")),
+        ] {
+            for detail in [false, true] {
+                for stats in [(None, None), (Some(0), Some(0)), (Some(123_456), Some(9))] {
+                    let json = serde_json::to_string(&table_row(&r, stats, detail)).unwrap();
+                    assert!(
+                        table_row_at_least(&r, detail) <= json.len(),
+                        "{json} ({} bytes) is shorter than {}",
+                        json.len(),
+                        table_row_at_least(&r, detail)
+                    );
+                }
+            }
+        }
+    }
 }

@@ -14,7 +14,6 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::{Limits, ToolError};
@@ -199,13 +198,13 @@ impl Pager<'_> {
     /// The page of `entries`, the listing's entries after the cursor in key order (`before`
     /// of the `total` in the whole listing come before them), as many as fit the budget: `key`
     /// and `row` are asked of the entries shown only, and no entry past the page is read.
-    pub fn page<T>(
+    pub fn page<T, R: Serialize>(
         self,
         entries: impl Iterator<Item = T>,
         before: usize,
         total: usize,
         key: impl Fn(&T) -> Vec<String>,
-        row: impl Fn(&T) -> Value,
+        row: impl Fn(&T) -> R,
         not_readable: Option<NotReadable>,
     ) -> Page {
         let mut shown: Vec<(Vec<String>, String)> = Vec::new();

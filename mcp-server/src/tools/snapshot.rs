@@ -189,6 +189,8 @@ pub struct Relation {
     pub name: String,
     pub kind: &'static str,
     pub comment: Option<String>,
+    /// The comment's first sentence ([`super::page::first_sentence`]): the compact listings'.
+    pub short_comment: Option<String>,
     /// Whether the server's role may read it: USAGE on its schema and SELECT on a column.
     pub readable: bool,
     pub row_estimate: Option<i64>,
@@ -362,6 +364,7 @@ impl Snapshot {
                     readable: readable && schema.usage,
                     name,
                     kind: kind(&relkind),
+                    short_comment: comment.as_deref().map(super::page::first_sentence),
                     comment,
                     row_estimate: rows,
                     size_bytes: size,
