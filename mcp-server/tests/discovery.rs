@@ -16,6 +16,19 @@ use pgmcp_server::tools::snapshot::TRACKER_SQL;
 use pgmcp_server::tools::{Call, ToolError, Tools};
 use serde_json::{Value, json};
 
+/// Installs the catalog tracker as the operator does, and lets the shop's role read it.
+async fn install_tracker(shop: &common::Shop) {
+    let admin = shop.db.connect().await.unwrap();
+    admin.batch_execute(TRACKER_SQL).await.unwrap();
+    admin
+        .batch_execute(&format!(
+            "GRANT USAGE ON SCHEMA pgmcp TO \"{r}\"; GRANT SELECT ON pgmcp.catalog_changes TO \"{r}\";",
+            r = shop.role
+        ))
+        .await
+        .unwrap();
+}
+
 /// The smallest budget, so that a few hundred tables take many pages.
 fn small_budget() -> LimitsConfig {
     LimitsConfig {
@@ -457,14 +470,7 @@ async fn every_change_is_seen_on_the_next_call(tracked: bool) {
     .await;
     let admin = shop.db.connect().await.unwrap();
     if tracked {
-        admin.batch_execute(TRACKER_SQL).await.unwrap();
-        admin
-            .batch_execute(&format!(
-                "GRANT USAGE ON SCHEMA pgmcp TO \"{r}\"; GRANT SELECT ON pgmcp.catalog_changes TO \"{r}\";",
-                r = shop.role
-            ))
-            .await
-            .unwrap();
+        install_tracker(&shop).await;
     }
     let replicas = [
         shop.tools_with(Vec::new(), LimitsConfig::default()),
@@ -564,14 +570,7 @@ async fn the_snapshot_sees_every_change_on_the_next_call_without_the_tracker() {
 async fn dropping_the_tracker_falls_back_to_the_fingerprint_and_sees_changes_still() {
     let shop = shop("snapshot tracker dropped").await;
     let admin = shop.db.connect().await.unwrap();
-    admin.batch_execute(TRACKER_SQL).await.unwrap();
-    admin
-        .batch_execute(&format!(
-            "GRANT USAGE ON SCHEMA pgmcp TO \"{r}\"; GRANT SELECT ON pgmcp.catalog_changes TO \"{r}\";",
-            r = shop.role
-        ))
-        .await
-        .unwrap();
+    install_tracker(&shop).await;
     let tools = shop.tools_with(Vec::new(), LimitsConfig::default());
     tables(&tools, None, None).await;
     assert_eq!(tools.catalog_tracked(), Some(true));
@@ -613,15 +612,7 @@ async fn an_unchanged_catalog_is_read_once_whatever_the_tool() {
         })
         .await;
         if tracked {
-            let admin = shop.db.connect().await.unwrap();
-            admin.batch_execute(TRACKER_SQL).await.unwrap();
-            admin
-                .batch_execute(&format!(
-                    "GRANT USAGE ON SCHEMA pgmcp TO \"{r}\"; GRANT SELECT ON pgmcp.catalog_changes TO \"{r}\";",
-                    r = shop.role
-                ))
-                .await
-                .unwrap();
+            install_tracker(&shop).await;
         }
         let tools = shop.tools();
         for _ in 0..3 {

@@ -242,6 +242,16 @@ impl Admin<'_> {
         Ok(client)
     }
 
+    /// A connection to `database`, or none when the database no longer exists (what was in it
+    /// went with it).
+    async fn connect_unless_gone(&self, database: &str) -> Result<Option<Client>, Error> {
+        match self.connect(database).await {
+            Ok(client) => Ok(Some(client)),
+            Err(err) if err.is_missing_database() => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
     fn sql(
         &self,
         database: &str,
@@ -710,10 +720,8 @@ async fn lock_grants(tx: &tokio_postgres::Transaction<'_>) -> Result<(), tokio_p
 /// role gives it is not the role's to lose). Refuses while the role owns objects there. A
 /// database that no longer exists took its grants with it.
 pub async fn revoke_all(admin: &Admin<'_>, role: &str, database: &str) -> Result<(), Error> {
-    let mut client = match admin.connect(database).await {
-        Ok(client) => client,
-        Err(err) if err.is_missing_database() => return Ok(()),
-        Err(err) => return Err(err),
+    let Some(mut client) = admin.connect_unless_gone(database).await? else {
+        return Ok(());
     };
     let sql = |action: &str| admin.sql(database, action.to_owned());
     let tx = client
@@ -807,11 +815,9 @@ pub async fn ensure_tracker(admin: &Admin<'_>, database: &str) -> Result<Tracker
                 .transaction()
                 .await
                 .map_err(sql("begin a transaction"))?;
-            tx.batch_execute(
-                "SELECT pg_advisory_xact_lock(hashtext('pgmcp.dev/catalog-tracker'), hashtext(current_database()))",
-            )
-            .await
-            .map_err(sql("wait for another binding installing the catalog tracker"))?;
+            lock_tracker(&tx).await.map_err(sql(
+                "wait for another binding installing the catalog tracker",
+            ))?;
             match tx
                 .batch_execute(pgmcp_crds::config::CATALOG_TRACKER_SQL)
                 .await
@@ -841,25 +847,30 @@ pub async fn ensure_tracker(admin: &Admin<'_>, database: &str) -> Result<Tracker
     Ok(outcome)
 }
 
+/// Makes installing and removing the catalog tracker in the current database take turns until
+/// the transaction ends (bindings on one database, operator replicas).
+async fn lock_tracker(tx: &tokio_postgres::Transaction<'_>) -> Result<(), tokio_postgres::Error> {
+    tx.batch_execute(
+        "SELECT pg_advisory_xact_lock(hashtext('pgmcp.dev/catalog-tracker'), hashtext(current_database()))",
+    )
+    .await
+}
+
 /// Removes pgmcp's catalog tracker from `database` when no role but its owner may read it any
 /// more (the last binding using it revoked its grants). Never touches a schema pgmcp that is
 /// not the tracker's.
 pub async fn drop_tracker_if_unused(admin: &Admin<'_>, database: &str) -> Result<(), Error> {
-    let mut client = match admin.connect(database).await {
-        Ok(client) => client,
-        Err(err) if err.is_missing_database() => return Ok(()),
-        Err(err) => return Err(err),
+    let Some(mut client) = admin.connect_unless_gone(database).await? else {
+        return Ok(());
     };
     let sql = |action: &str| admin.sql(database, action.to_owned());
     let tx = client
         .transaction()
         .await
         .map_err(sql("begin a transaction"))?;
-    tx.batch_execute(
-        "SELECT pg_advisory_xact_lock(hashtext('pgmcp.dev/catalog-tracker'), hashtext(current_database()))",
-    )
-    .await
-    .map_err(sql("wait for another binding installing the catalog tracker"))?;
+    lock_tracker(&tx).await.map_err(sql(
+        "wait for another binding installing the catalog tracker",
+    ))?;
     let row = tx
         .query_one(
             "SELECT (SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = 'pgmcp'),

@@ -84,6 +84,18 @@ impl Fixture {
         self.db.connect().await.unwrap()
     }
 
+    /// Merges `access` into the binding's spec.access.
+    async fn patch_access(&self, access: serde_json::Value) {
+        self.bindings()
+            .patch(
+                NAME,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"access": access}})),
+            )
+            .await
+            .unwrap();
+    }
+
     async fn has(&self, privilege: &str, table: &str) -> bool {
         self.admin()
             .await
@@ -685,14 +697,7 @@ async fn grants_the_admin_may_not_give_stall_the_binding_naming_them_until_allow
         ))
         .await
         .unwrap();
-    f.bindings()
-        .patch(
-            NAME,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"access": {"defaultPrivileges": false}}})),
-        )
-        .await
-        .unwrap();
+    f.patch_access(json!({"defaultPrivileges": false})).await;
     f.wait("DatabaseReady", "True", Some("GrantsMatch")).await;
     assert!(f.has("SELECT", "public.customers").await);
     assert!(!f.has("SELECT", "hr.salaries").await);
@@ -960,14 +965,7 @@ async fn the_catalog_tracker_is_installed_shared_and_removed_with_the_last_bindi
     wait_condition(&f.bindings(), "other", "DatabaseReady", "True", None, WAIT).await;
 
     // Off on the first: its role loses the grant, the tracker stays for the other.
-    f.bindings()
-        .patch(
-            NAME,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"access": {"catalogTracker": false}}})),
-        )
-        .await
-        .unwrap();
+    f.patch_access(json!({"catalogTracker": false})).await;
     eventually("the grant revoked", WAIT, || async {
         !f.has("SELECT", "pgmcp.catalog_changes").await
     })
@@ -1003,14 +1001,7 @@ async fn the_catalog_tracker_is_installed_shared_and_removed_with_the_last_bindi
         .batch_execute("CREATE SCHEMA pgmcp; COMMENT ON SCHEMA pgmcp IS 'our own'")
         .await
         .unwrap();
-    f.bindings()
-        .patch(
-            NAME,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"access": {"catalogTracker": true}}})),
-        )
-        .await
-        .unwrap();
+    f.patch_access(json!({"catalogTracker": true})).await;
     let refused = wait_for("status says why not", WAIT, || async {
         let b = f.bindings().get(NAME).await.ok()?;
         let t = b.status?.catalog_tracker?;
