@@ -18,7 +18,8 @@
 //!   microseconds of PostgreSQL time whatever the catalog's size.
 //! - **without it**: the count and sum of `xmin` of every catalog table a snapshot reads.
 //!   Every insert, update and delete of a catalog row changes it; it reads those tables whole
-//!   (about 1 ms per 1,000 tables), still less than answering from them.
+//!   (about 10 ms per 1,000 tables; ~100 ms at 10,000, BENCHMARKS.md), which is what the
+//!   tracker saves.
 //!
 //! A superuser can bypass event triggers (`session_replication_role = replica`, or
 //! `event_triggers = off` on PostgreSQL 17+); DDL run that way is seen at the next tracked
