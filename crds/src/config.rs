@@ -360,6 +360,35 @@ pub struct EntraAuthConfig {
     pub authority_host: String,
 }
 
+impl EntraAuthConfig {
+    /// The scope a caller requests its token for: `<audience>/.default` (what the server's
+    /// protected resource metadata names, and what a binding's status.connect.tokenScope says).
+    pub fn token_scope(&self) -> String {
+        token_scope(&self.audience)
+    }
+}
+
+/// `<audience>/.default`: the scope of a token for the app registration `audience` (its client
+/// id or application id URI).
+pub fn token_scope(audience: &str) -> String {
+    format!("{}/.default", audience.trim_end_matches('/'))
+}
+
+/// The tools every pgmcp-server offers, sorted by name (`mcp-server/src/tools/registry.rs`
+/// declares them; a test there keeps the two equal). The operator writes them into a binding's
+/// status for agents' `allowed_tools`.
+pub const TOOLS: &[&str] = &[
+    "describe_table",
+    "explain",
+    "list_databases",
+    "list_relationships",
+    "list_schemas",
+    "list_tables",
+    "query",
+    "search_objects",
+    "server_info",
+];
+
 /// The public-cloud Entra authority.
 pub const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";
 

@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Endpoint","type":"string","jsonPath":".status.endpoint"}"#,
+    printcolumn = r#"{"name":"URL","type":"string","priority":1,"jsonPath":".status.connect.url"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     // Children are named <binding>-mcp, and a Service name must be a DNS-1035 label. No
     // fieldPath: the apiserver accepts only paths inside the schema, and metadata has none.
@@ -859,6 +860,10 @@ pub struct PostgresMcpBindingStatus {
     /// In-cluster URL of the MCP endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// What an agent or MCP client needs to use the server, present while the binding is
+    /// Ready: the URL, the token callers request, the Foundry connection and the tool names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect: Option<ConnectStatus>,
     /// The database principal the MCP server uses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub principal: Option<PrincipalStatus>,
@@ -884,6 +889,36 @@ pub struct PostgresMcpBindingStatus {
     /// finalizer removes what is recorded, whatever the spec says by then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inventory: Option<Inventory>,
+}
+
+/// How to reach and call the binding's MCP server (Streamable HTTP).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectStatus {
+    /// The MCP endpoint to give clients: server.publicUrl, or the in-cluster URL when that is
+    /// not set.
+    pub url: String,
+    /// The Microsoft Entra audience of the tokens callers send (server.auth.entra.audience):
+    /// the Audience of a Foundry connection made by hand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// The scope a caller requests its token for, <audience>/.default, for example with
+    /// `az account get-access-token --scope`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_scope: Option<String>,
+    /// App roles of the server's app registration; a caller's token needs one of them
+    /// (server.auth.entra.requiredRoles).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub app_roles: Vec<String>,
+    /// Name of the Azure AI Foundry project connection (foundry.connectionName).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub foundry_connection: Option<String>,
+    /// Full ARM id of that connection: the project_connection_id of an agent's MCP tool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub foundry_connection_id: Option<String>,
+    /// The tools the server offers, for an agent's allowed_tools.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<String>,
 }
 
 /// What the operator created outside the cluster for one binding.
@@ -1238,15 +1273,25 @@ mod tests {
     }
 
     #[test]
-    fn printer_columns_are_ready_reason_endpoint_age() {
+    fn printer_columns_are_ready_reason_endpoint_age_and_the_url_with_wide() {
         let crd = crd().unwrap();
-        let columns: Vec<String> = crd.spec.versions[0]
+        let columns: Vec<(String, i32)> = crd.spec.versions[0]
             .additional_printer_columns
             .iter()
             .flatten()
-            .map(|c| c.name.clone())
+            .map(|c| (c.name.clone(), c.priority.unwrap_or(0)))
             .collect();
-        assert_eq!(columns, ["Ready", "Reason", "Endpoint", "Age"]);
+        let expected = [
+            ("Ready", 0),
+            ("Reason", 0),
+            ("Endpoint", 0),
+            ("URL", 1),
+            ("Age", 0),
+        ];
+        assert_eq!(
+            columns,
+            expected.map(|(name, priority)| (name.to_owned(), priority))
+        );
         assert_eq!(
             crd.spec.names.short_names,
             Some(vec!["pgmcp".to_owned(), "pmb".to_owned()])

@@ -39,12 +39,11 @@ pub async fn metadata(State(state): State<AppState>, headers: HeaderMap) -> Resp
         )
             .into_response();
     };
-    let audience = &validator.config().audience;
     axum::Json(serde_json::json!({
         "resource": resource,
         "authorization_servers": [validator.authorization_server()],
         "bearer_methods_supported": ["header"],
-        "scopes_supported": [format!("{}/.default", audience.trim_end_matches('/'))],
+        "scopes_supported": [validator.config().token_scope()],
         "resource_name": "pgmcp read-only PostgreSQL MCP server",
     }))
     .into_response()

@@ -357,6 +357,15 @@ mod tests {
     }
 
     #[test]
+    fn the_tools_the_operator_announces_are_the_tools_listed() {
+        // A binding's status.connect.tools comes from this constant (the operator does not link
+        // the server); an agent's allowed_tools built from it must name every tool and no other.
+        let list = list();
+        let listed: Vec<&str> = list.iter().map(|t| &*t.name).collect();
+        assert_eq!(listed, pgmcp_crds::config::TOOLS);
+    }
+
+    #[test]
     fn argument_errors_name_the_field_as_rmcp_words_them() {
         assert_eq!(
             ToolCall::parse("query", r#"{"sql":1}"#)

@@ -10,8 +10,8 @@ use kube::ResourceExt as _;
 use kube::api::{Api, Patch, PatchParams};
 use pgmcp_crds::conditions as ty;
 use pgmcp_crds::v1alpha1::{
-    CallerClassStatus, CatalogTrackerStatus, PostgresMcpBinding, PostgresMcpBindingStatus,
-    PrincipalKind, PrincipalStatus,
+    CallerClassStatus, CatalogTrackerStatus, ConnectStatus, PostgresMcpBinding,
+    PostgresMcpBindingStatus, PrincipalKind, PrincipalStatus,
 };
 use serde_json::json;
 
@@ -398,6 +398,48 @@ fn server_available(valid: &Valid, desired: &Desired, deployment: Option<&Deploy
     }
 }
 
+/// What a client needs to use the binding's server (`status.connect`, docs/agents.md).
+fn connect(valid: &Valid, desired: &Desired, foundry_id: Option<&str>) -> ConnectStatus {
+    let spec = &valid.spec;
+    let entra = spec.server.auth.entra.as_ref();
+    ConnectStatus {
+        url: spec
+            .server
+            .public_url
+            .clone()
+            .unwrap_or_else(|| desired.endpoint.clone()),
+        audience: entra.map(|e| e.audience.clone()),
+        token_scope: entra.map(|e| pgmcp_crds::config::token_scope(&e.audience)),
+        app_roles: entra.map(|e| e.required_roles.clone()).unwrap_or_default(),
+        foundry_connection: spec.foundry.as_ref().map(|f| f.connection_name.clone()),
+        foundry_connection_id: foundry_id.map(str::to_owned),
+        tools: pgmcp_crds::config::TOOLS
+            .iter()
+            .map(|t| (*t).to_owned())
+            .collect(),
+    }
+}
+
+/// The Ready condition's message: how to use the server, in one sentence per step.
+fn instructions(connect: &ConnectStatus) -> String {
+    let mut message = format!("the MCP server answers at {}", connect.url);
+    if let Some(scope) = &connect.token_scope {
+        message.push_str(&format!(
+            "; callers send a Microsoft Entra token for {scope} carrying the app role {}",
+            connect.app_roles.join(" or ")
+        ));
+    } else {
+        message.push_str("; callers need no token (server.auth.none)");
+    }
+    if let Some(name) = &connect.foundry_connection {
+        message.push_str(&format!(
+            "; Foundry agents use the project connection {name} (status.connect.foundryConnectionId)"
+        ));
+    }
+    message.push_str("; status.connect has what a client needs");
+    message
+}
+
 /// The status this reconcile should leave, from the stored one and the outcome.
 pub fn compute(
     binding: &PostgresMcpBinding,
@@ -435,13 +477,20 @@ pub fn compute(
                         .map(|e| (e.reason(), e.to_string()))
                 })
                 .map(|(reason, message)| Step::new(ty::STALLED, "True", reason, message));
+            // The Foundry connection as this pass left it (the write below).
+            let foundry_id = match &azure.foundry {
+                Some(Ok(ensured)) => Some(ensured.id.as_str()),
+                Some(Err(_)) => old.foundry.as_ref().map(|f| f.connection_id.as_str()),
+                None => None,
+            };
+            let connect = connect(valid, desired, foundry_id);
             match &blocker {
                 None => {
                     conditions.push(Step::new(
                         ty::READY,
                         "True",
                         "Ready",
-                        format!("the MCP server answers at {}", desired.endpoint),
+                        instructions(&connect),
                     ));
                     conditions.push(Step::new(ty::RECONCILING, "False", "Ready", String::new()));
                 }
@@ -462,6 +511,7 @@ pub fn compute(
             );
             conditions.extend(steps);
             status.endpoint = Some(desired.endpoint.clone());
+            status.connect = blocker.is_none().then_some(connect);
             status.principal = Some(PrincipalStatus {
                 name: valid.identity.role().to_owned(),
                 kind: match valid.identity {
@@ -892,6 +942,71 @@ mod tests {
             foundry.message.contains("holds app role MCP.Read"),
             "{}",
             foundry.message
+        );
+    }
+
+    #[test]
+    fn a_ready_binding_says_how_to_use_it_and_a_binding_not_ready_does_not() {
+        let mut b = binding("azure-entra-foundry.yaml");
+        b.spec.server.replicas = 1;
+        let connected = azure::Report {
+            federated_credential: None,
+            foundry: Some(Ok(azure::Ensured {
+                id: "/subscriptions/s/…/projects/sales-agents/connections/sales-postgres"
+                    .to_owned(),
+                change: crate::azure::Change::Unchanged,
+                what: "Azure AI Foundry connection".to_owned(),
+            })),
+            app_role: None,
+            removed: Vec::new(),
+        };
+        let waiting = applied_with(&b, &deployment(0, "False"), &granted(), &connected, 100);
+        assert_eq!(waiting.connect, None, "nothing to use before Ready");
+
+        let ready = applied_with(&b, &deployment(1, "True"), &granted(), &connected, 200);
+        assert_eq!(
+            ready.connect,
+            Some(ConnectStatus {
+                url: "https://mcp.contoso.com/agents/sales/mcp".to_owned(),
+                audience: Some("44444444-4444-4444-4444-444444444444".to_owned()),
+                token_scope: Some("44444444-4444-4444-4444-444444444444/.default".to_owned()),
+                app_roles: vec!["MCP.Read".to_owned()],
+                foundry_connection: Some("sales-postgres".to_owned()),
+                foundry_connection_id: Some(
+                    "/subscriptions/s/…/projects/sales-agents/connections/sales-postgres"
+                        .to_owned()
+                ),
+                tools: pgmcp_crds::config::TOOLS
+                    .iter()
+                    .map(|t| (*t).to_owned())
+                    .collect(),
+            })
+        );
+        assert_eq!(
+            get(&ready, "Ready").message,
+            "the MCP server answers at https://mcp.contoso.com/agents/sales/mcp; callers send a \
+             Microsoft Entra token for 44444444-4444-4444-4444-444444444444/.default carrying \
+             the app role MCP.Read; Foundry agents use the project connection sales-postgres \
+             (status.connect.foundryConnectionId); status.connect has what a client needs"
+        );
+
+        // Without publicUrl or caller authentication: the in-cluster URL, and no token.
+        let mut open = entra();
+        open.spec.server.public_url = None;
+        open.spec.server.auth = pgmcp_crds::v1alpha1::ServerAuth {
+            entra: None,
+            none: Some(pgmcp_crds::v1alpha1::NoAuth {
+                acknowledge_insecure: true,
+            }),
+        };
+        let status = applied(&open, &deployment(2, "True"), &granted(), 100);
+        let connect = status.connect.clone().unwrap();
+        assert_eq!(connect.url, "http://inventory-mcp.agents.svc:8080/mcp");
+        assert_eq!((connect.audience, connect.token_scope), (None, None));
+        assert!(
+            get(&status, "Ready")
+                .message
+                .contains("callers need no token"),
         );
     }
 

@@ -250,7 +250,8 @@ pgmcp demo is up.
   MCP server:        {url}   (read-only, tables of schema public; log: {log})
   Kubernetes {version}: export KUBECONFIG={kubeconfig}
                      alias kubectl={kubectl}
-  The binding:       kubectl get pgmcp -n {NAMESPACE}; kubectl describe pgmcp shop -n {NAMESPACE}
+  The binding:       kubectl get pgmcp -n {NAMESPACE} -o wide; kubectl describe pgmcp shop -n {NAMESPACE}
+  What clients need: kubectl get pgmcp shop -n {NAMESPACE} -o jsonpath='{{.status.connect}}'   (docs/agents.md)
                      kubectl explain postgresmcpbinding.spec
   What it created:   kubectl get deploy,svc,cm,sa -n {NAMESPACE} -l app.kubernetes.io/instance=shop
   Operator log:      {operator_log}
