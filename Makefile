@@ -11,6 +11,7 @@ SHELL := /usr/bin/env bash
 CARGO ?= cargo
 CARGO_FLAGS ?= --locked
 CRD_FILE := crds/pgmcp.dev_postgresmcpbindings.yaml
+API_REFERENCE := docs/api-reference.md
 CRDGEN := $(CARGO) run $(CARGO_FLAGS) --quiet -p pgmcp-crds --bin crdgen --
 
 .PHONY: help
@@ -66,13 +67,13 @@ mcp-clients: ## Install the third-party MCP clients the tests drive (Python SDK,
 	@bash tests/scripts/install-mcp-clients.sh >/dev/null
 
 .PHONY: generate
-generate: tools ## Regenerate the CRD YAML from the Rust types, and the chart's CRD copy and manifests/install.yaml
-	$(CRDGEN) $(CRD_FILE)
+generate: tools ## Regenerate the CRD YAML and docs/api-reference.md from the Rust types, and the chart's CRD copy and manifests/install.yaml
+	$(CRDGEN) $(CRD_FILE) $(API_REFERENCE)
 	bash charts/render.sh
 
 .PHONY: check-generated
 check-generated: tools ## Fail when generated files differ from the Rust types or the chart
-	$(CRDGEN) --check $(CRD_FILE)
+	$(CRDGEN) --check $(CRD_FILE) $(API_REFERENCE)
 	bash charts/render.sh --check
 
 .PHONY: helm-lint

@@ -11,6 +11,9 @@ pub mod config;
 pub mod v1alpha1;
 
 #[cfg(feature = "crd")]
+pub mod reference;
+
+#[cfg(feature = "crd")]
 mod rules;
 
 /// API group of every pgmcp resource.

@@ -1,7 +1,9 @@
-//! Writes the PostgresMcpBinding CustomResourceDefinition as YAML.
+//! Writes the PostgresMcpBinding CustomResourceDefinition as YAML, and its reference page.
 //!
-//! `crdgen` prints it; `crdgen PATH...` writes each PATH; `crdgen --check PATH...` exits non-zero
-//! when a file differs from what the Rust types generate (the drift check `make test` runs).
+//! `crdgen` prints the YAML; `crdgen PATH...` writes each PATH: the reference page
+//! (`pgmcp_crds::reference`) when it ends in `.md`, the YAML otherwise; `crdgen --check PATH...`
+//! exits non-zero when a file differs from what the Rust types generate (the drift check `make
+//! test` runs).
 
 use std::process::ExitCode;
 
@@ -23,10 +25,22 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let mut status = ExitCode::SUCCESS;
+    let reference = match pgmcp_crds::reference::markdown() {
+        Ok(text) => text,
+        Err(err) => {
+            eprintln!("crdgen: failed to render the reference: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
     for path in &args {
+        let yaml = if path.ends_with(".md") {
+            &reference
+        } else {
+            &yaml
+        };
         if check {
             match std::fs::read_to_string(path) {
-                Ok(current) if current == yaml => {}
+                Ok(current) if current == *yaml => {}
                 Ok(_) => {
                     eprintln!("crdgen: {path} is out of date: run `make generate` and commit it");
                     status = ExitCode::FAILURE;
@@ -36,7 +50,7 @@ fn main() -> ExitCode {
                     status = ExitCode::FAILURE;
                 }
             }
-        } else if let Err(err) = std::fs::write(path, &yaml) {
+        } else if let Err(err) = std::fs::write(path, yaml) {
             eprintln!("crdgen: failed to write {path}: {err}");
             status = ExitCode::FAILURE;
         }
