@@ -4,6 +4,8 @@
 #     in a venv at $PGMCP_CACHE/venv/mcp, used by tests/interop/mcp_client.py;
 #   * @modelcontextprotocol/inspector (its --cli mode) from npm, pinned by
 #     tests/interop/package.json + package-lock.json, in $PGMCP_CACHE/node;
+#   * the Azure AI Foundry agent sample's SDK (pinned in
+#     examples/foundry-agent/requirements.txt) in a venv at $PGMCP_CACHE/venv/foundry-agent;
 #   * through install-conformance.sh, @modelcontextprotocol/conformance and the
 #     Node 22 it runs on, in $PGMCP_CACHE/conformance.
 # PGMCP_CACHE defaults to <repo root>/.cache; pip's and npm's caches live there too.
@@ -15,6 +17,7 @@
 #   MCP_PYTHON=…       venv python with the MCP SDK
 #   MCP_CLIENT=…       tests/interop/mcp_client.py (run it with MCP_PYTHON)
 #   MCP_INSPECTOR=…    inspector launcher; use as: MCP_INSPECTOR --cli URL --transport http --method tools/list
+#   FOUNDRY_PYTHON=…   venv python with azure-ai-projects, for examples/foundry-agent/agent.py
 #   MCP_CONFORMANCE=…  conformance CLI on Node 22; use as:
 #                      MCP_CONFORMANCE server --url URL --scenario NAME --spec-version REVISION
 #   MCP_NODE22=…       the Node 22 it runs on
@@ -30,17 +33,21 @@ SELF="$HERE/$(basename "${BASH_SOURCE[0]}")"
 source "$HERE/lib/install-once.sh"
 
 REQUIREMENTS="$INTEROP/requirements.txt"
+FOUNDRY_REQUIREMENTS="$ROOT/examples/foundry-agent/requirements.txt"
 PACKAGE_JSON="$INTEROP/package.json"
 PACKAGE_LOCK="$INTEROP/package-lock.json"
 
 VENV="$CACHE/venv/mcp"
 VENV_PY="$VENV/bin/python"
+FOUNDRY_VENV="$CACHE/venv/foundry-agent"
+FOUNDRY_PY="$FOUNDRY_VENV/bin/python"
 NODE_DIR="$CACHE/node"
 INSPECTOR="$NODE_DIR/node_modules/.bin/mcp-inspector"
 STAMP="$CACHE/mcp-clients.stamp"
 
 # Expected versions, read back after the install as a sanity check.
 MCP_VERSION="$(sed -n 's/^mcp==\([^ ;]*\).*/\1/p' "$REQUIREMENTS")"
+PROJECTS_VERSION="$(sed -n 's/^azure-ai-projects==\([^ ;]*\).*/\1/p' "$FOUNDRY_REQUIREMENTS")"
 INSPECTOR_VERSION="$(sed -n 's/.*"@modelcontextprotocol\/inspector": *"\([^"]*\)".*/\1/p' "$PACKAGE_JSON")"
 
 exec 3>&1 1>&2 # stdout is for the result lines only
@@ -54,6 +61,7 @@ print_result() {
 	echo "MCP_PYTHON=$VENV_PY" >&3
 	echo "MCP_CLIENT=$INTEROP/mcp_client.py" >&3
 	echo "MCP_INSPECTOR=$INSPECTOR" >&3
+	echo "FOUNDRY_PYTHON=$FOUNDRY_PY" >&3
 	echo "$CONFORMANCE_RESULT" >&3
 	echo "$CACHE" >&3
 }
@@ -75,7 +83,7 @@ PY_VERSION="$(python3 -c 'import sys; print(sys.version.split()[0])')"
 
 stamp_value() {
 	{
-		sha256sum "$REQUIREMENTS" "$PACKAGE_JSON" "$PACKAGE_LOCK" "$SELF" | cut -d' ' -f1
+		sha256sum "$REQUIREMENTS" "$FOUNDRY_REQUIREMENTS" "$PACKAGE_JSON" "$PACKAGE_LOCK" "$SELF" | cut -d' ' -f1
 		echo "python $PY_VERSION"
 		echo "node $NODE_VERSION"
 	} | sha256sum | cut -d' ' -f1
@@ -83,7 +91,7 @@ stamp_value() {
 
 installed() {
 	[[ -f "$STAMP" && "$(cat "$STAMP")" == "$(stamp_value)" &&
-		-x "$VENV_PY" && -x "$INSPECTOR" ]]
+		-x "$VENV_PY" && -x "$FOUNDRY_PY" && -x "$INSPECTOR" ]]
 }
 
 install_once "$CACHE/mcp-clients.lock"
@@ -111,6 +119,23 @@ PIP_DISABLE_PIP_VERSION_CHECK=1 "$VENV_PY" -m pip check >/dev/null ||
 got="$("$VENV_PY" -c 'import importlib.metadata as m, mcp.client.streamable_http, mcp.client.stdio; print(m.version("mcp"))')"
 [[ "$got" == "$MCP_VERSION" ]] || die "expected mcp $MCP_VERSION in $VENV, got '$got'"
 echo "mcp $got ok"
+
+# ------------------------------------- the Foundry agent sample's SDK in a venv
+if ! "$FOUNDRY_PY" -c 'import sys' >/dev/null 2>&1 ||
+	[[ "$("$FOUNDRY_PY" -c 'import sys; print(sys.version.split()[0])' 2>/dev/null)" != "$PY_VERSION" ]]; then
+	echo "creating venv $FOUNDRY_VENV (python $PY_VERSION)"
+	rm -rf "$FOUNDRY_VENV"
+	python3 -m venv "$FOUNDRY_VENV"
+fi
+echo "installing azure-ai-projects==$PROJECTS_VERSION into $FOUNDRY_VENV"
+PIP_DISABLE_PIP_VERSION_CHECK=1 "$FOUNDRY_PY" -m pip install \
+	--cache-dir "$CACHE/pip" --no-input --quiet --prefer-binary \
+	-r "$FOUNDRY_REQUIREMENTS"
+PIP_DISABLE_PIP_VERSION_CHECK=1 "$FOUNDRY_PY" -m pip check >/dev/null ||
+	die "pip check failed in $FOUNDRY_VENV: $("$FOUNDRY_PY" -m pip check 2>&1 | head -5)"
+got="$("$FOUNDRY_PY" -c 'import importlib.metadata as m, azure.ai.projects.models, azure.identity; print(m.version("azure-ai-projects"))')"
+[[ "$got" == "$PROJECTS_VERSION" ]] || die "expected azure-ai-projects $PROJECTS_VERSION in $FOUNDRY_VENV, got '$got'"
+echo "azure-ai-projects $got ok"
 
 # ------------------------------------------------------------- Inspector (npm)
 echo "installing @modelcontextprotocol/inspector@$INSPECTOR_VERSION into $NODE_DIR"

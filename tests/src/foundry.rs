@@ -245,6 +245,59 @@ impl Foundry {
         Ok(row.map(|r| r.get(0)))
     }
 
+    /// A token for `scope` from the Entra fake's token endpoint, as an agent with an app
+    /// registration of its own and a client secret gets one (`az account get-access-token
+    /// --scope` for a service principal): the server's app is registered and the agent holds
+    /// its app role `MCP.Read`.
+    pub async fn agent_token(&self, scope: &str) -> anyhow::Result<String> {
+        const AGENT_APP: &str = "dddddddd-dddd-4ddd-8ddd-dddddddddddd";
+        const AGENT_OID: &str = "eeeeeeee-eeee-4eee-8eee-eeeeeeeeeeee";
+        const AGENT_SECRET: &str = "agent-secret";
+        self.entra.register_app(
+            TENANT,
+            App {
+                client_id: SERVER_APP_ID.to_owned(),
+                object_id: SERVER_SP_ID.to_owned(),
+                display_name: "pgmcp-sales".to_owned(),
+                access_token_version: 1,
+                ..App::default()
+            },
+        )?;
+        self.entra.register_app(
+            TENANT,
+            App {
+                client_id: AGENT_APP.to_owned(),
+                object_id: AGENT_OID.to_owned(),
+                display_name: "sales agent".to_owned(),
+                secret: Some(AGENT_SECRET.to_owned()),
+                access_token_version: 1,
+                ..App::default()
+            },
+        )?;
+        self.entra
+            .assign_app_role(TENANT, SERVER_APP_ID, AGENT_APP, "MCP.Read");
+        let ca = std::fs::read(self.entra.ca_cert())?;
+        let client = reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(&ca)?])
+            .build()?;
+        let answer: Value = client
+            .post(format!("{}/{TENANT}/oauth2/v2.0/token", self.entra.url()))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", AGENT_APP),
+                ("client_secret", AGENT_SECRET),
+                ("scope", scope),
+            ])
+            .send()
+            .await?
+            .json()
+            .await?;
+        answer["access_token"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow::anyhow!("no token for {scope}: {answer}"))
+    }
+
     /// How many federated credentials the managed identity has, and how many connections the
     /// project has, in ARM.
     pub fn arm_resources(&self) -> (usize, usize) {
@@ -253,4 +306,23 @@ impl Foundry {
             self.arm.resources_under(&self.project_id).len(),
         )
     }
+}
+
+/// Runs the Foundry agent sample (`examples/foundry-agent/agent.py`, with the SDK pinned in its
+/// requirements.txt, from `make mcp-clients`) with `args`, kubectl reading `kubeconfig`.
+pub fn run_foundry_sample(kubeconfig: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let python = crate::paths::cache_dir().join("venv/foundry-agent/bin/python");
+    assert!(
+        python.exists(),
+        "{} missing: run `make mcp-clients` (tests/scripts/install-mcp-clients.sh)",
+        python.display()
+    );
+    std::process::Command::new(&python)
+        .arg(crate::paths::workspace_root().join("examples/foundry-agent/agent.py"))
+        .arg("--kubectl")
+        .arg(crate::paths::kubectl())
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .output()
+        .expect("the Foundry sample runs")
 }

@@ -12,14 +12,19 @@ use std::time::Duration;
 
 use kube::api::{Api, DeleteParams};
 use pgmcp_crds::v1alpha1::PostgresMcpBinding;
-use pgmcp_tests::bindings::{condition, kubectl_apply, wait_condition};
+use pgmcp_tests::bindings::{condition, kubectl_apply, kubectl_ok, wait_condition};
 use pgmcp_tests::entra::TOKEN_EXCHANGE_AUDIENCE;
-use pgmcp_tests::foundry::{Foundry, MI_CLIENT_ID, PUBLIC_URL, SERVER_APP_ID, Target};
+use pgmcp_tests::foundry::{
+    Foundry, MI_CLIENT_ID, PUBLIC_URL, SERVER_APP_ID, Target, run_foundry_sample,
+};
+use pgmcp_tests::mcp::run_python_client;
 use pgmcp_tests::podrunner::{Webhook, run_deployment_pod_with};
 use pgmcp_tests::{Postgres, TestEnv, eventually, paths};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
+/// A Foundry project's endpoint, for the sample's dry run (nothing is sent to it).
+const PROJECT_ENDPOINT: &str = "https://contoso-ai.services.ai.azure.com/api/projects/sales-agents";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_foundry_binding_gets_its_credential_connection_and_principal_and_loses_them_on_delete() {
@@ -63,6 +68,28 @@ async fn a_foundry_binding_gets_its_credential_connection_and_principal_and_lose
     assert_eq!(
         condition(&binding, "IdentityReady").unwrap().reason,
         "FederatedCredentialPropagating"
+    );
+
+    // Not Ready yet (the server has not started): nothing to use, and the Foundry sample says
+    // why instead of building a tool.
+    assert_eq!(binding.status.as_ref().unwrap().connect, None);
+    let early = run_foundry_sample(
+        env.kubeconfig(),
+        &[
+            "--binding",
+            "sales",
+            "-n",
+            &ns.name,
+            "--project-endpoint",
+            PROJECT_ENDPOINT,
+            "--dry-run",
+        ],
+    );
+    assert_eq!(early.status.code(), Some(2), "{early:?}");
+    let said = String::from_utf8_lossy(&early.stderr);
+    assert!(
+        said.contains(&format!("binding {}/sales is not Ready (", ns.name)),
+        "{said}"
     );
 
     // What ARM now holds, in the shapes operator/src/azure/fic.rs and foundry.rs write.
@@ -119,6 +146,115 @@ async fn a_foundry_binding_gets_its_credential_connection_and_principal_and_lose
     assert!(
         fake.issued().iter().any(|i| i.client_id == MI_CLIENT_ID),
         "the server exchanged its ServiceAccount token for the managed identity"
+    );
+
+    // Ready: status says how to use it (docs/agents.md), and what it says works.
+    let connect = binding.status.as_ref().unwrap().connect.clone().unwrap();
+    assert_eq!(connect.url, PUBLIC_URL);
+    assert_eq!(connect.audience.as_deref(), Some(SERVER_APP_ID));
+    assert_eq!(
+        connect.token_scope,
+        Some(format!("{SERVER_APP_ID}/.default"))
+    );
+    assert_eq!(connect.app_roles, ["MCP.Read"]);
+    assert_eq!(
+        connect.foundry_connection.as_deref(),
+        Some("sales-postgres")
+    );
+    assert_eq!(
+        connect.foundry_connection_id.as_deref(),
+        Some(connection_id.as_str())
+    );
+    assert_eq!(connect.tools, pgmcp_crds::config::TOOLS);
+    let mut wide = ns.kubectl();
+    wide.args(["get", "pgmcp", "sales", "-o", "wide"]);
+    let wide = kubectl_ok(wide);
+    assert!(
+        wide.lines().next().unwrap().contains("URL") && wide.contains(PUBLIC_URL),
+        "{wide}"
+    );
+    let mut describe = ns.kubectl();
+    describe.args(["describe", "pgmcp", "sales"]);
+    let describe = kubectl_ok(describe);
+    for words in [
+        format!("the MCP server answers at {PUBLIC_URL}"),
+        format!(
+            "callers send a Microsoft Entra token for {SERVER_APP_ID}/.default carrying the app role MCP.Read"
+        ),
+        "Foundry agents use the project connection sales-postgres".to_owned(),
+    ] {
+        assert!(describe.contains(&words), "{words} in\n{describe}");
+    }
+    assert!(
+        describe
+            .lines()
+            .any(|l| l.contains("Foundry Connection Id:") && l.contains(&connection_id)),
+        "{describe}"
+    );
+
+    // A caller that requests a token for status.connect.tokenScope and holds one of
+    // status.connect.appRoles is served, as a client configured from status is (the header of
+    // examples/vscode/mcp-token.json): the official Python SDK lists exactly the tools status
+    // names.
+    let token = azure
+        .agent_token(connect.token_scope.as_deref().unwrap())
+        .await
+        .unwrap();
+    let listed = run_python_client(
+        &["--url".to_owned(), pod.url(), "--bearer".to_owned(), token],
+        &json!({"calls": []}),
+        &[],
+    );
+    assert!(listed.status.success(), "{listed:?}\n{}", pod.log());
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let names: Vec<&str> = listed["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, connect.tools);
+
+    // The Foundry sample builds its agent from this binding: the request the pinned SDK would
+    // send (its own models and serialization, nothing sent) carries the status's values.
+    let sample = run_foundry_sample(
+        env.kubeconfig(),
+        &[
+            "--binding",
+            "sales",
+            "-n",
+            &ns.name,
+            "--project-endpoint",
+            PROJECT_ENDPOINT,
+            "--dry-run",
+        ],
+    );
+    assert!(sample.status.success(), "{sample:?}");
+    let request: serde_json::Value = serde_json::from_slice(&sample.stdout).unwrap();
+    assert_eq!(request["method"], "POST");
+    assert_eq!(
+        request["url"],
+        format!("{PROJECT_ENDPOINT}/agents/sales-postgres/versions?api-version=v1")
+    );
+    let definition = &request["body"]["definition"];
+    assert_eq!(definition["kind"], "prompt");
+    assert_eq!(
+        definition["tools"],
+        json!([{
+            "type": "mcp",
+            "server_label": "sales",
+            "server_url": PUBLIC_URL,
+            "project_connection_id": connection_id,
+            "allowed_tools": connect.tools,
+            "require_approval": "never",
+        }])
+    );
+    assert!(
+        definition["instructions"]
+            .as_str()
+            .unwrap()
+            .contains("read-only MCP server\n\"sales\""),
+        "{definition}"
     );
 
     // A steady state makes no ARM writes: a whole reconcile (it read the connection) and no
