@@ -2,7 +2,7 @@
 //! when stdout carries MCP over stdio) and, with OpenTelemetry on, exported as a log record
 //! ([`crate::telemetry`]). It answers "who ran which SQL, when, with what result" on its own.
 //!
-//! The schema is stable and documented in the README ("Audit trail"): fields are added, never
+//! The schema is stable and documented in docs/audit-and-telemetry.md: fields are added, never
 //! renamed or retyped; `type` is always `pgmcp.audit`, so a log pipeline selects the events by
 //! it. The statement appears as `spec.server.audit.statements` (`--audit-statements`) says:
 //! as sent (`full`), without literals (`redacted`, [`crate::sql_guard::redact`]), or not at all
@@ -287,12 +287,12 @@ mod tests {
     }
 
     #[test]
-    fn the_readme_example_has_every_field_of_an_event() {
-        let readme = include_str!("../../README.md");
-        let example = readme
+    fn the_documented_example_has_every_field_of_an_event() {
+        let docs = include_str!("../../docs/audit-and-telemetry.md");
+        let example = docs
             .lines()
             .find(|l| l.starts_with("{\"time\"") && l.contains(EVENT_TYPE))
-            .expect("an example event in README.md");
+            .expect("an example event in docs/audit-and-telemetry.md");
         let example: Value = serde_json::from_str(example).unwrap();
         let call = call_with("SELECT name FROM customers WHERE id = $1");
         let event = event_json(AuditStatements::Full, &call);

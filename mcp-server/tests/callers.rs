@@ -40,7 +40,7 @@ const PASSWORD: &str = "user-password-1";
 /// The shop plus what the operator makes for two caller classes: a NOINHERIT login role with
 /// CONNECT only, member of `<login>__sales` (orders and customers) and `<login>__support`
 /// (products, and `support.tickets` under the row-level security of
-/// `manifests/examples/per-caller-access.sql`, loaded as the README tells users to). The login
+/// `manifests/examples/per-caller-access.sql`, loaded as docs/per-caller-access.md tells users to). The login
 /// role is made like the operator makes it on PostgreSQL 15 (ALTER ROLE … NOINHERIT); also a
 /// function anyone may call that writes the claims setting.
 async fn classes_shop(test: &str) -> (Shop, String) {

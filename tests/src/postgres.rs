@@ -266,7 +266,7 @@ impl Postgres {
         if pg.major <= 14 {
             // PostgreSQL 14 lets PUBLIC create objects in schema public, so every role could
             // write there; 15 stopped, and so does every database the tests create, as users of
-            // 14 are told to (README). Tests that need PUBLIC's CREATE grant it themselves.
+            // 14 are told to (docs/operations.md). Tests that need PUBLIC's CREATE grant it themselves.
             pg.connect("template1")
                 .await?
                 .batch_execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")

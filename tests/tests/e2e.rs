@@ -124,7 +124,7 @@ async fn the_deployment_the_operator_renders_serves_the_granted_tables() {
 /// class roles and writes the classes into the server's config; the pod runner starts the
 /// server as rendered; an agent (app-only token, app role) and a user (delegated token, group)
 /// each read only their class's tables through the official MCP Python SDK, row-level security
-/// (the README's worked example) filters tickets by the verified caller, and a caller in no
+/// (the worked example of docs/per-caller-access.md) filters tickets by the verified caller, and a caller in no
 /// class is refused. Deleting the binding drops every class role.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caller_classes_through_the_operator_serve_each_caller_its_own_tables() {
