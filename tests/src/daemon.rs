@@ -3,8 +3,10 @@
 //! Each daemon runs under a small `sh` wrapper whose stdin is a pipe held by the test process.
 //! When the test process drops the [`Daemon`] or exits for any reason (including a panic in a
 //! shared fixture that is never dropped, or SIGKILL), the pipe closes, the wrapper sees EOF,
-//! stops the daemon with its signal and removes the daemon's directory. No daemon outlives the
-//! test run, and no process we did not start is ever signalled.
+//! stops the daemon with its signal and removes the daemon's directory; a signal to the whole
+//! process group (Ctrl-C, `timeout`) does the same, in the same order. No daemon outlives the
+//! test run or the demo (`tests/tests/demo_stop.rs`), and no process we did not start is ever
+//! signalled.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -16,9 +18,16 @@ use std::time::{Duration, Instant};
 /// The wrapper: start the daemon, wait for EOF on stdin, stop the daemon, clean up.
 /// Before stopping, it waits (up to 30 s each) for the processes listed in the `after` file:
 /// the components that depend on this one, so etcd outlives the apiserver's shutdown.
+///
+/// A signal sent to the whole process group (Ctrl-C in a terminal, `timeout`, a CI runner
+/// stopping a job) must neither stop daemons out of that order nor kill this wrapper and leave
+/// its daemon behind: the daemon runs in a session of its own (`setsid`), out of the group's
+/// reach, and the wrapper catches the signal (`trap`), which ends `cat` like an EOF would. A
+/// daemon that has not stopped 30 s after its signal is killed.
 const LIFELINE: &str = r#"
 sig="$1"; cleanup="$2"; after="$3"; shift 3
-"$@" </dev/null &
+trap ':' INT TERM HUP
+setsid "$@" </dev/null &
 pid=$!
 cat >/dev/null
 if [ -n "$after" ] && [ -f "$after" ]; then
@@ -28,6 +37,13 @@ if [ -n "$after" ] && [ -f "$after" ]; then
   done
 fi
 kill -s "$sig" "$pid" 2>/dev/null
+n=0
+while [ "$n" -lt 300 ]; do
+  state=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -c1)
+  if [ -z "$state" ] || [ "$state" = Z ]; then break; fi
+  sleep 0.1; n=$((n + 1))
+done
+kill -s KILL "$pid" 2>/dev/null
 wait "$pid"
 if [ -n "$cleanup" ] && [ -z "$PGMCP_KEEP_TEST_DIRS" ]; then rm -rf "$cleanup"; fi
 "#;

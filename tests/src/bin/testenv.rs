@@ -38,6 +38,7 @@ const ROLE: &str = "shop_mcp";
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let parent = Parent::now();
     let (env, pg) = tokio::try_join!(TestEnv::start(), Postgres::start())?;
 
     let sample = paths::workspace_root().join("tests/fixtures/shop.sql");
@@ -186,14 +187,77 @@ async fn main() -> anyhow::Result<()> {
         println!("--exit given: stopping everything");
     } else {
         println!("Press Ctrl-C to stop the control plane and PostgreSQL.");
-        tokio::signal::ctrl_c().await?;
-        println!("stopping");
+        let why = stop_requested(parent).await?;
+        println!("{why}: stopping");
     }
     drop(pod);
     drop(operator);
     drop(env);
     drop(pg);
     Ok(())
+}
+
+/// Waits until the demo is asked to stop: SIGINT (Ctrl-C), SIGTERM or SIGHUP to this process,
+/// or its parent told to stop. Every process the demo started also stops when this one ends
+/// without cleaning up (their lifelines, `tests/src/daemon.rs`); this is the orderly way.
+async fn stop_requested(parent: Parent) -> anyhow::Result<String> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    Ok(tokio::select! {
+        got = tokio::signal::ctrl_c() => { got?; "SIGINT".to_owned() }
+        _ = term.recv() => "SIGTERM".to_owned(),
+        _ = hangup.recv() => "SIGHUP".to_owned(),
+        why = parent.stopped() => why,
+    })
+}
+
+/// Signals that end a process unless it catches them.
+const STOPPING: [(u32, &str); 3] = [(1, "SIGHUP"), (2, "SIGINT"), (15, "SIGTERM")];
+
+/// The process that started the demo, and the signals it caught then.
+#[derive(Debug, Clone, Copy)]
+struct Parent {
+    pid: u32,
+    caught: u64,
+}
+
+impl Parent {
+    fn now() -> Self {
+        let pid = std::os::unix::process::parent_id();
+        Self {
+            pid,
+            caught: caught_signals(pid).unwrap_or(0),
+        }
+    }
+
+    /// Resolves when the parent ends, or stops catching SIGINT, SIGTERM or SIGHUP. GNU make
+    /// sent SIGINT or SIGHUP alone (a script's `kill -INT <make>`) passes it on to no one: it
+    /// restores the signal's default action and waits for its recipe to end, so `make demo`
+    /// would wait for ever; that restored default is how the demo knows. (SIGTERM make passes
+    /// on.)
+    async fn stopped(self) -> String {
+        loop {
+            if std::os::unix::process::parent_id() != self.pid {
+                return format!("the parent process {} ended", self.pid);
+            }
+            let now = caught_signals(self.pid).unwrap_or(0);
+            for (number, name) in STOPPING {
+                let bit = 1u64 << (number - 1);
+                if self.caught & bit != 0 && now & bit == 0 {
+                    return format!("the parent process {} was sent {name}", self.pid);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// The signals process `pid` catches (`SigCgt` of /proc/PID/status: bit N-1 for signal N).
+fn caught_signals(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let mask = status.lines().find_map(|l| l.strip_prefix("SigCgt:"))?;
+    u64::from_str_radix(mask.trim(), 16).ok()
 }
 
 /// Runs a command, failing with its output.
