@@ -15,17 +15,9 @@ use common::shop;
 use pgmcp_tests::mcp::run_python_client;
 use serde_json::{Value, json};
 
-const TOOLS: [&str; 9] = [
-    "describe_table",
-    "explain",
-    "list_databases",
-    "list_relationships",
-    "list_schemas",
-    "list_tables",
-    "query",
-    "search_objects",
-    "server_info",
-];
+/// Every tool, as the server declares them and the operator announces them in a binding's
+/// status.connect.tools.
+const TOOLS: &[&str] = pgmcp_crds::config::TOOLS;
 
 /// One call of every tool.
 fn every_tool_script() -> Value {

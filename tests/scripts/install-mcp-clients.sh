@@ -46,8 +46,6 @@ INSPECTOR="$NODE_DIR/node_modules/.bin/mcp-inspector"
 STAMP="$CACHE/mcp-clients.stamp"
 
 # Expected versions, read back after the install as a sanity check.
-MCP_VERSION="$(sed -n 's/^mcp==\([^ ;]*\).*/\1/p' "$REQUIREMENTS")"
-PROJECTS_VERSION="$(sed -n 's/^azure-ai-projects==\([^ ;]*\).*/\1/p' "$FOUNDRY_REQUIREMENTS")"
 INSPECTOR_VERSION="$(sed -n 's/.*"@modelcontextprotocol\/inspector": *"\([^"]*\)".*/\1/p' "$PACKAGE_JSON")"
 
 exec 3>&1 1>&2 # stdout is for the result lines only
@@ -97,45 +95,39 @@ installed() {
 install_once "$CACHE/mcp-clients.lock"
 start=$SECONDS
 
-# --------------------------------------------------------- Python SDK in a venv
+# ----------------------------------------------------------- Python SDKs in venvs
 if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
 	die "'python3 -m venv' with ensurepip is not available for $(command -v python3) ($PY_VERSION).
   Use a Python 3.10+ build that ships the venv and ensurepip modules; this script
   does not fall back to apt (python3-venv is not an option on these machines)."
 fi
-if ! "$VENV_PY" -c 'import sys' >/dev/null 2>&1 ||
-	[[ "$("$VENV_PY" -c 'import sys; print(sys.version.split()[0])' 2>/dev/null)" != "$PY_VERSION" ]]; then
-	echo "creating venv $VENV (python $PY_VERSION)"
-	rm -rf "$VENV"
-	mkdir -p "$(dirname "$VENV")"
-	python3 -m venv "$VENV"
-fi
-echo "installing the MCP Python SDK (mcp==$MCP_VERSION) into $VENV"
-PIP_DISABLE_PIP_VERSION_CHECK=1 "$VENV_PY" -m pip install \
-	--cache-dir "$CACHE/pip" --no-input --quiet --prefer-binary \
-	-r "$REQUIREMENTS"
-PIP_DISABLE_PIP_VERSION_CHECK=1 "$VENV_PY" -m pip check >/dev/null ||
-	die "pip check failed in $VENV: $("$VENV_PY" -m pip check 2>&1 | head -5)"
-got="$("$VENV_PY" -c 'import importlib.metadata as m, mcp.client.streamable_http, mcp.client.stdio; print(m.version("mcp"))')"
-[[ "$got" == "$MCP_VERSION" ]] || die "expected mcp $MCP_VERSION in $VENV, got '$got'"
-echo "mcp $got ok"
-
-# ------------------------------------- the Foundry agent sample's SDK in a venv
-if ! "$FOUNDRY_PY" -c 'import sys' >/dev/null 2>&1 ||
-	[[ "$("$FOUNDRY_PY" -c 'import sys; print(sys.version.split()[0])' 2>/dev/null)" != "$PY_VERSION" ]]; then
-	echo "creating venv $FOUNDRY_VENV (python $PY_VERSION)"
-	rm -rf "$FOUNDRY_VENV"
-	python3 -m venv "$FOUNDRY_VENV"
-fi
-echo "installing azure-ai-projects==$PROJECTS_VERSION into $FOUNDRY_VENV"
-PIP_DISABLE_PIP_VERSION_CHECK=1 "$FOUNDRY_PY" -m pip install \
-	--cache-dir "$CACHE/pip" --no-input --quiet --prefer-binary \
-	-r "$FOUNDRY_REQUIREMENTS"
-PIP_DISABLE_PIP_VERSION_CHECK=1 "$FOUNDRY_PY" -m pip check >/dev/null ||
-	die "pip check failed in $FOUNDRY_VENV: $("$FOUNDRY_PY" -m pip check 2>&1 | head -5)"
-got="$("$FOUNDRY_PY" -c 'import importlib.metadata as m, azure.ai.projects.models, azure.identity; print(m.version("azure-ai-projects"))')"
-[[ "$got" == "$PROJECTS_VERSION" ]] || die "expected azure-ai-projects $PROJECTS_VERSION in $FOUNDRY_VENV, got '$got'"
-echo "azure-ai-projects $got ok"
+# venv_install VENV REQUIREMENTS PACKAGE IMPORTS: a venv on this python3 with REQUIREMENTS
+# installed and consistent; checks that PACKAGE has the version pinned there and that IMPORTS
+# (a comma-separated module list) import.
+venv_install() {
+	local venv="$1" requirements="$2" package="$3" imports="$4"
+	local py="$venv/bin/python" want got
+	want="$(sed -n "s/^$package==\([^ ;]*\).*/\1/p" "$requirements")"
+	if ! "$py" -c 'import sys' >/dev/null 2>&1 ||
+		[[ "$("$py" -c 'import sys; print(sys.version.split()[0])' 2>/dev/null)" != "$PY_VERSION" ]]; then
+		echo "creating venv $venv (python $PY_VERSION)"
+		rm -rf "$venv"
+		mkdir -p "$(dirname "$venv")"
+		python3 -m venv "$venv"
+	fi
+	echo "installing $package==$want into $venv"
+	PIP_DISABLE_PIP_VERSION_CHECK=1 "$py" -m pip install \
+		--cache-dir "$CACHE/pip" --no-input --quiet --prefer-binary \
+		-r "$requirements"
+	PIP_DISABLE_PIP_VERSION_CHECK=1 "$py" -m pip check >/dev/null ||
+		die "pip check failed in $venv: $("$py" -m pip check 2>&1 | head -5)"
+	got="$("$py" -c "import importlib.metadata as m, $imports; print(m.version('$package'))")"
+	[[ "$got" == "$want" ]] || die "expected $package $want in $venv, got '$got'"
+	echo "$package $got ok"
+}
+# The MCP Python SDK, and the Foundry agent sample's SDK (examples/foundry-agent/).
+venv_install "$VENV" "$REQUIREMENTS" mcp "mcp.client.streamable_http, mcp.client.stdio"
+venv_install "$FOUNDRY_VENV" "$FOUNDRY_REQUIREMENTS" azure-ai-projects "azure.ai.projects.models, azure.identity"
 
 # ------------------------------------------------------------- Inspector (npm)
 echo "installing @modelcontextprotocol/inspector@$INSPECTOR_VERSION into $NODE_DIR"

@@ -105,16 +105,7 @@ impl Foundry {
     /// permissions for the operator to read and assign app roles.
     pub async fn start_graph(&mut self) -> anyhow::Result<()> {
         let graph = GraphFake::start(self.entra.clone(), TENANT).await?;
-        self.entra.register_app(
-            TENANT,
-            App {
-                client_id: SERVER_APP_ID.to_owned(),
-                object_id: SERVER_SP_ID.to_owned(),
-                display_name: "pgmcp-sales".to_owned(),
-                access_token_version: 1,
-                ..App::default()
-            },
-        )?;
+        self.register_server_app()?;
         graph.add_service_principal(
             SERVER_APP_ID,
             SERVER_SP_ID,
@@ -245,14 +236,9 @@ impl Foundry {
         Ok(row.map(|r| r.get(0)))
     }
 
-    /// A token for `scope` from the Entra fake's token endpoint, as an agent with an app
-    /// registration of its own and a client secret gets one (`az account get-access-token
-    /// --scope` for a service principal): the server's app is registered and the agent holds
-    /// its app role `MCP.Read`.
-    pub async fn agent_token(&self, scope: &str) -> anyhow::Result<String> {
-        const AGENT_APP: &str = "dddddddd-dddd-4ddd-8ddd-dddddddddddd";
-        const AGENT_OID: &str = "eeeeeeee-eeee-4eee-8eee-eeeeeeeeeeee";
-        const AGENT_SECRET: &str = "agent-secret";
+    /// Registers the MCP server's app ([`SERVER_APP_ID`]) in the Entra fake, so tokens can be
+    /// issued for it and its app roles assigned.
+    fn register_server_app(&self) -> anyhow::Result<()> {
         self.entra.register_app(
             TENANT,
             App {
@@ -262,7 +248,18 @@ impl Foundry {
                 access_token_version: 1,
                 ..App::default()
             },
-        )?;
+        )
+    }
+
+    /// A token for `scope` from the Entra fake's token endpoint, as an agent with an app
+    /// registration of its own and a client secret gets one (`az account get-access-token
+    /// --scope` for a service principal): the server's app is registered and the agent holds
+    /// its app role `MCP.Read`.
+    pub async fn agent_token(&self, scope: &str) -> anyhow::Result<String> {
+        const AGENT_APP: &str = "dddddddd-dddd-4ddd-8ddd-dddddddddddd";
+        const AGENT_OID: &str = "eeeeeeee-eeee-4eee-8eee-eeeeeeeeeeee";
+        const AGENT_SECRET: &str = "agent-secret";
+        self.register_server_app()?;
         self.entra.register_app(
             TENANT,
             App {

@@ -73,18 +73,21 @@ async fn a_foundry_binding_gets_its_credential_connection_and_principal_and_lose
     // Not Ready yet (the server has not started): nothing to use, and the Foundry sample says
     // why instead of building a tool.
     assert_eq!(binding.status.as_ref().unwrap().connect, None);
-    let early = run_foundry_sample(
-        env.kubeconfig(),
-        &[
-            "--binding",
-            "sales",
-            "-n",
-            &ns.name,
-            "--project-endpoint",
-            PROJECT_ENDPOINT,
-            "--dry-run",
-        ],
-    );
+    let dry_run = || {
+        run_foundry_sample(
+            env.kubeconfig(),
+            &[
+                "--binding",
+                "sales",
+                "-n",
+                &ns.name,
+                "--project-endpoint",
+                PROJECT_ENDPOINT,
+                "--dry-run",
+            ],
+        )
+    };
+    let early = dry_run();
     assert_eq!(early.status.code(), Some(2), "{early:?}");
     let said = String::from_utf8_lossy(&early.stderr);
     assert!(
@@ -217,18 +220,7 @@ async fn a_foundry_binding_gets_its_credential_connection_and_principal_and_lose
 
     // The Foundry sample builds its agent from this binding: the request the pinned SDK would
     // send (its own models and serialization, nothing sent) carries the status's values.
-    let sample = run_foundry_sample(
-        env.kubeconfig(),
-        &[
-            "--binding",
-            "sales",
-            "-n",
-            &ns.name,
-            "--project-endpoint",
-            PROJECT_ENDPOINT,
-            "--dry-run",
-        ],
-    );
+    let sample = dry_run();
     assert!(sample.status.success(), "{sample:?}");
     let request: serde_json::Value = serde_json::from_slice(&sample.stdout).unwrap();
     assert_eq!(request["method"], "POST");
