@@ -61,6 +61,22 @@ pub async fn wait_condition(
     }
 }
 
+/// Waits until binding `name` is gone: its finalizer has removed what the binding made.
+pub async fn wait_gone(api: &Api<PostgresMcpBinding>, name: &str, timeout: Duration) {
+    crate::eventually("the binding gone", timeout, || async {
+        api.get_opt(name).await.is_ok_and(|b| b.is_none())
+    })
+    .await;
+}
+
+/// Deletes binding `name` and waits until it is gone ([`wait_gone`]).
+pub async fn delete_and_wait(api: &Api<PostgresMcpBinding>, name: &str, timeout: Duration) {
+    api.delete(name, &kube::api::DeleteParams::default())
+        .await
+        .unwrap_or_else(|err| panic!("delete binding {name}: {err}"));
+    wait_gone(api, name, timeout).await;
+}
+
 /// `manifests/examples/password.yaml` pointed at a real server: host, port, database and the
 /// role to create replaced, everything else as users read it.
 pub fn password_example(host: &str, port: u16, database: &str, role: &str) -> String {

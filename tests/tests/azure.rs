@@ -10,16 +10,18 @@
 
 use std::time::Duration;
 
-use kube::api::{Api, DeleteParams};
+use kube::api::Api;
 use pgmcp_crds::v1alpha1::PostgresMcpBinding;
-use pgmcp_tests::bindings::{condition, kubectl_apply, kubectl_ok, wait_condition};
+use pgmcp_tests::bindings::{
+    condition, delete_and_wait, kubectl_apply, kubectl_ok, wait_condition,
+};
 use pgmcp_tests::entra::TOKEN_EXCHANGE_AUDIENCE;
 use pgmcp_tests::foundry::{
     Foundry, MI_CLIENT_ID, PUBLIC_URL, SERVER_APP_ID, Target, run_foundry_sample,
 };
 use pgmcp_tests::mcp::run_python_client;
 use pgmcp_tests::podrunner::{Webhook, run_deployment_pod_with};
-use pgmcp_tests::{Postgres, TestEnv, eventually, paths};
+use pgmcp_tests::{Postgres, TestEnv, paths};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -274,14 +276,7 @@ async fn a_foundry_binding_gets_its_credential_connection_and_principal_and_lose
     );
 
     drop(pod);
-    bindings
-        .delete("sales", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually("the binding gone", WAIT, || async {
-        bindings.get_opt("sales").await.is_ok_and(|b| b.is_none())
-    })
-    .await;
+    delete_and_wait(&bindings, "sales", WAIT).await;
     assert!(arm.resource(&connection_id).is_none(), "connection deleted");
     assert!(arm.resource(&fic_id).is_none(), "credential deleted");
     let roles: i64 = admin

@@ -15,10 +15,11 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use pgmcp_crds::v1alpha1::PostgresMcpBinding;
 use pgmcp_tests::bindings::{
-    ShopFixture, condition, kubectl_apply, kubectl_ok, password_example, wait_condition,
+    ShopFixture, condition, delete_and_wait, kubectl_apply, kubectl_ok, password_example,
+    wait_condition,
 };
 use pgmcp_tests::{eventually, wait_for};
 use serde_json::{Value, json};
@@ -400,14 +401,7 @@ async fn each_class_role_holds_its_grants_and_the_login_role_reads_them_only_aft
     assert_eq!(config["scope"]["grants"], json!([]));
 
     // Deleting the binding drops every class role, and the login role.
-    f.bindings()
-        .delete(NAME, &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually("the binding gone", WAIT, || async {
-        f.bindings().get_opt(NAME).await.is_ok_and(|b| b.is_none())
-    })
-    .await;
+    delete_and_wait(&f.bindings(), NAME, WAIT).await;
     for role in [&support_role, &finance_role, &f.role] {
         assert!(!f.role_exists(role).await, "{role} was dropped");
     }

@@ -15,8 +15,8 @@ use kube::ResourceExt as _;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use pgmcp_crds::v1alpha1::PostgresMcpBinding;
 use pgmcp_tests::bindings::{
-    ShopFixture, condition, create_admin_secret, kubectl_apply, kubectl_ok, password_example,
-    wait_condition,
+    ShopFixture, condition, create_admin_secret, delete_and_wait, kubectl_apply, kubectl_ok,
+    password_example, wait_condition,
 };
 use pgmcp_tests::operator::Operator;
 use pgmcp_tests::{Postgres, TestEnv, eventually, wait_for};
@@ -1010,13 +1010,6 @@ async fn the_catalog_tracker_is_installed_shared_and_removed_with_the_last_bindi
     })
     .await;
     assert!(refused.contains("schema pgmcp in database"), "{refused}");
-    f.bindings()
-        .delete(NAME, &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually("the binding gone", WAIT, || async {
-        f.bindings().get_opt(NAME).await.is_ok_and(|b| b.is_none())
-    })
-    .await;
+    delete_and_wait(&f.bindings(), NAME, WAIT).await;
     assert_eq!(tracker_parts().await, (true, 0), "our own schema stays");
 }

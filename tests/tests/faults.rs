@@ -15,6 +15,7 @@ use pgmcp_crds::v1alpha1::PostgresMcpBinding;
 use pgmcp_tests::arm::Fault;
 use pgmcp_tests::bindings::{
     condition, create_admin_secret, kubectl_apply, kubectl_ok, password_example, wait_condition,
+    wait_gone,
 };
 use pgmcp_tests::foundry::{Foundry, Target};
 use pgmcp_tests::operator::Operator;
@@ -515,10 +516,7 @@ async fn a_binding_deleted_while_postgres_and_arm_are_down_is_cleaned_up_when_th
     );
 
     pg.restart().await.unwrap();
-    eventually("the binding gone", WAIT, || async {
-        bindings.get_opt("sales").await.is_ok_and(|b| b.is_none())
-    })
-    .await;
+    wait_gone(&bindings, "sales", WAIT).await;
     // Nothing left: no connection, no credential, no principal.
     assert_eq!(azure.arm_resources(), (0, 0));
     assert_eq!(

@@ -11,17 +11,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use pgmcp_crds::v1alpha1::PostgresMcpBinding;
 use pgmcp_identity::TokenSource as _;
 use pgmcp_tests::arm::{ArmFake, ClientSecretSource, Role};
-use pgmcp_tests::bindings::{condition, create_admin_secret, kubectl_apply, wait_condition};
+use pgmcp_tests::bindings::{
+    condition, create_admin_secret, delete_and_wait, kubectl_apply, wait_condition,
+};
 use pgmcp_tests::entra::{App, EntraFake};
 use pgmcp_tests::graph::{
     APP_ROLE_ASSIGNMENT_READ_WRITE_ALL, APPLICATION_READ_ALL, AppRole, Assignment, GraphFake,
 };
 use pgmcp_tests::operator::{Operator, WorkloadIdentity};
-use pgmcp_tests::{Postgres, TestEnv, eventually};
+use pgmcp_tests::{Postgres, TestEnv};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -271,14 +273,7 @@ async fn assign_app_role_gives_the_project_identity_the_server_role_and_takes_it
     );
 
     // Deleting the binding takes the role back (and the connection).
-    bindings
-        .delete("sales", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually("the binding gone", WAIT, || async {
-        bindings.get_opt("sales").await.is_ok_and(|b| b.is_none())
-    })
-    .await;
+    delete_and_wait(&bindings, "sales", WAIT).await;
     assert!(graph.assignments().is_empty(), "assignment deleted");
     assert_eq!(graph.count("DELETE", "/appRoleAssignedTo/"), 1);
     assert_eq!(project_token_roles(&entra).await, Value::Null);

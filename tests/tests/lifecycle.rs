@@ -12,7 +12,8 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use pgmcp_crds::v1alpha1::{AzureResourceKind, PostgresMcpBinding};
 use pgmcp_tests::bindings::{
-    condition, create_admin_secret, kubectl_apply, kubectl_ok, password_example, wait_condition,
+    condition, create_admin_secret, delete_and_wait, kubectl_apply, kubectl_ok, password_example,
+    wait_condition, wait_gone,
 };
 use pgmcp_tests::foundry::{Foundry, MCP_READ_ID, SERVER_SP_ID, SUBSCRIPTION, Target};
 use pgmcp_tests::operator::Operator;
@@ -501,14 +502,7 @@ async fn graph_pages_are_all_read_so_the_assignment_is_neither_duplicated_nor_le
     assert_eq!(azure.project_assignments(&azure.project_id).len(), 1);
 
     // Deleting the binding deletes its assignment by the recorded id; the others stay.
-    bindings
-        .delete("sales", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually("the binding gone", WAIT, || async {
-        bindings.get_opt("sales").await.is_ok_and(|b| b.is_none())
-    })
-    .await;
+    delete_and_wait(&bindings, "sales", WAIT).await;
     assert!(azure.project_assignments(&azure.project_id).is_empty());
     assert_eq!(
         graph.assignments().len(),
@@ -679,10 +673,7 @@ async fn a_binding_from_before_the_record_gets_one_and_is_still_cleaned_up() {
     let _operator = Operator::start(env, &ns.name, "op-legacy-3", &[])
         .await
         .unwrap();
-    eventually("the binding gone", WAIT, || async {
-        bindings.get_opt("shop").await.is_ok_and(|b| b.is_none())
-    })
-    .await;
+    wait_gone(&bindings, "shop", WAIT).await;
     assert!(!role_exists(&role).await, "the role dropped");
 }
 

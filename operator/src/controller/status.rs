@@ -477,12 +477,12 @@ pub fn compute(
                         .map(|e| (e.reason(), e.to_string()))
                 })
                 .map(|(reason, message)| Step::new(ty::STALLED, "True", reason, message));
-            // The Foundry connection as this pass left it (the write below).
-            let foundry_id = match &azure.foundry {
-                Some(Ok(ensured)) => Some(ensured.id.as_str()),
-                Some(Err(_)) => old.foundry.as_ref().map(|f| f.connection_id.as_str()),
-                None => None,
-            };
+            // Used only when Ready, when a Foundry step has succeeded if there is one.
+            let foundry_id = azure
+                .foundry
+                .as_ref()
+                .and_then(|f| f.as_ref().ok())
+                .map(|ensured| ensured.id.as_str());
             let connect = connect(valid, desired, foundry_id);
             match &blocker {
                 None => {
