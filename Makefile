@@ -38,6 +38,23 @@ release-bins: ## Static (musl) release binaries of the operator and the server, 
 	$(RELEASE_ENV) $(CARGO) build $(CARGO_FLAGS) --release --target $(MUSL_TARGET) -p pgmcp-operator -p pgmcp-server
 	@ls -l target/$(MUSL_TARGET)/release/pgmcp-operator target/$(MUSL_TARGET)/release/pgmcp-server
 
+# The operator and server images as archives (OCI layout + docker-archive in one tar), built
+# without a container engine from the Dockerfile's final stages (images/README.md). Tagged as the
+# chart and the operator name them by default: ghcr.io/pgmcp/pgmcp-{operator,server}:<version>.
+IMAGES_DIR := target/images
+VERSION := $(shell awk -F'"' '/^version = / { print $$2; exit }' Cargo.toml)
+
+.PHONY: images
+images: release-bins ## Operator and server images as archives in target/images/ (no Docker; ctr/skopeo/crane/docker load)
+	@for component in operator server; do \
+	  $(CARGO) run $(CARGO_FLAGS) --quiet -p pgmcp-images -- \
+	    --dockerfile Dockerfile --context . --target $$component \
+	    --tag ghcr.io/pgmcp/pgmcp-$$component:$(VERSION) --build-arg VERSION=$(VERSION) \
+	    --stage-path build:/out=target/$(MUSL_TARGET)/release \
+	    --stage-path build:/etc/ssl/certs=/etc/ssl/certs \
+	    --out $(IMAGES_DIR)/pgmcp-$$component.tar; \
+	done
+
 .PHONY: demo
 demo: deps controlplane tools mcp-clients bins ## Local control plane + PostgreSQL with sample data + operator + an example binding + the MCP server it deploys
 	$(BIN_ENV) $(CARGO) run $(CARGO_FLAGS) --quiet -p pgmcp-tests --bin pgmcp-testenv -- $(DEMO_ARGS)

@@ -7,6 +7,11 @@
 #   unzip                           unpacks kubectl/helm from their npm package
 #   pgbouncer                       bench-mcp's one-hop line: pgbench -S through a pooler
 #                                   (the bench starts its own; the package's service is stopped)
+#   musl-gcc, CA certificates       musl-tools, ca-certificates (`make images`: static binaries,
+#                                   and the CA bundle the images carry)
+#   containerd, runc, CNI plugins   containerd, runc, containernetworking-plugins (the test node:
+#                                   tests/src/node.rs runs them in namespaces of its own)
+#   ip                              iproute2 (the test node's network)
 #   go >= 1.24, npm, cargo          toolchains of the machine; not installed here
 set -euo pipefail
 
@@ -17,6 +22,13 @@ missing=()
 command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
 command -v unzip >/dev/null 2>&1 || missing+=(unzip)
 [[ -x "$PGBOUNCER" ]] || missing+=(pgbouncer)
+command -v musl-gcc >/dev/null 2>&1 || missing+=(musl-tools)
+[[ -f /etc/ssl/certs/ca-certificates.crt ]] || missing+=(ca-certificates)
+command -v containerd >/dev/null 2>&1 || missing+=(containerd)
+command -v runc >/dev/null 2>&1 || missing+=(runc)
+[[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local && -x /usr/lib/cni/loopback ]] ||
+	missing+=(containernetworking-plugins)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 
 if ((${#missing[@]})); then
 	echo "deps: installing ${missing[*]}"

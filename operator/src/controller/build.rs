@@ -46,7 +46,7 @@ pub const PASSWORD_DIR: &str = "/var/run/secrets/pgmcp/postgres";
 pub const PASSWORD_KEY: &str = "password";
 /// Name of the server container.
 pub const CONTAINER: &str = "mcp-server";
-/// The unprivileged user and group the server runs as (distroless `nonroot`).
+/// The unprivileged user and group the server runs as (`nonroot` in images/rootfs/etc/passwd).
 const NON_ROOT: i64 = 65532;
 /// `OTEL_SERVICE_NAME` of every MCP server, whether or not it exports telemetry.
 pub const OTEL_SERVICE_NAME: &str = "pgmcp-server";
