@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Builds the test control plane (kube-apiserver, kube-controller-manager, etcd)
+# Builds the test control plane (kube-apiserver, kube-controller-manager, kube-scheduler, etcd)
+# and the test node (kubelet, and the static "pause" program its pods' sandbox image holds)
 # from the Go modules pinned in this directory's go.mod/go.sum.
 #
-# Output: $PGMCP_CACHE/controlplane/<k8s version>/{kube-apiserver,kube-controller-manager,etcd}
+# Output: $PGMCP_CACHE/controlplane/<k8s version>/{kube-apiserver,kube-controller-manager,
+# kube-scheduler,kubelet,etcd,pause}
 # where PGMCP_CACHE defaults to <repo root>/.cache. Go's module and build caches
 # live under $PGMCP_CACHE/go so a brand-new machine only needs `go` and the
 # Go module proxy. A second run with all binaries present and an unchanged
@@ -24,10 +26,10 @@ K8S_MINOR="$(cut -d. -f2 <<<"$K8S_VERSION")"
 
 OUT="$CACHE/controlplane/$K8S_VERSION"
 STAMP_FILE="$OUT/.stamp"
-BINARIES=(kube-apiserver kube-controller-manager etcd)
+BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet etcd pause)
 
 stamp() {
-	cat "$HERE/go.mod" "$HERE/go.sum" "$HERE/etcd/main.go" "$HERE/build.sh" | sha256sum | cut -d' ' -f1
+	cat "$HERE/go.mod" "$HERE/go.sum" "$HERE/etcd/main.go" "$HERE/pause/main.go" "$HERE/build.sh" | sha256sum | cut -d' ' -f1
 }
 
 up_to_date() {
@@ -83,12 +85,15 @@ echo "building control plane $K8S_VERSION into $OUT (go: $(go version))"
 cd "$HERE"
 go mod download
 echo "modules ready after $((SECONDS - start))s"
-# One invocation builds all three so both big links can run in parallel.
-# The -X flags only touch k8s.io/component-base, which etcd does not link.
+# One invocation builds them all so the big links can run in parallel.
+# The -X flags only touch k8s.io/component-base, which etcd and pause do not link.
 go build -p 2 -trimpath -ldflags "$LDFLAGS" -o "$TMP/" \
 	k8s.io/kubernetes/cmd/kube-apiserver \
 	k8s.io/kubernetes/cmd/kube-controller-manager \
-	./etcd
+	k8s.io/kubernetes/cmd/kube-scheduler \
+	k8s.io/kubernetes/cmd/kubelet \
+	./etcd \
+	./pause
 
 for b in "${BINARIES[@]}"; do
 	mv -f "$TMP/$b" "$OUT/$b" # same filesystem: atomic rename

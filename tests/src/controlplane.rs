@@ -2,8 +2,10 @@
 //! started like controller-runtime's envtest (generated certificates, free loopback ports, RBAC,
 //! ServiceAccount token issuing), with the pgmcp CRD installed from the generated YAML file.
 //!
-//! There is no kubelet: pods stay Pending. The controller-manager provides garbage collection,
-//! namespace deletion, ServiceAccounts and ReplicaSets.
+//! There is no kubelet here: pods stay Pending. The controller-manager provides garbage
+//! collection, namespace deletion, ServiceAccounts and ReplicaSets. `crate::node` adds a real
+//! node (kube-scheduler, kubelet, containerd) to a control plane started with
+//! [`TestEnv::start_for_node`].
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -37,6 +39,8 @@ pub struct TestEnv {
     dir: PathBuf,
     pki: Pki,
     etcd_client: String,
+    /// Serving the test node: every address of the test's network namespace, port 443.
+    for_node: bool,
 }
 
 /// Position of each component in [`TestEnv::daemons`].
@@ -71,6 +75,19 @@ impl TestEnv {
 
     /// Starts a new control plane and installs the CRD.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(false).await
+    }
+
+    /// A control plane for the test node (`crate::node`), inside the test's own network
+    /// namespace: the apiserver listens on every address of it on port 443 and advertises the
+    /// node's address, so pods reach it at the `kubernetes` Service's address (no kube-proxy:
+    /// the node holds that address itself); it authorizes kubelets with the Node authorizer and
+    /// reaches them (exec, logs) at their InternalIP.
+    pub async fn start_for_node() -> anyhow::Result<Self> {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(for_node: bool) -> anyhow::Result<Self> {
         let started = Instant::now();
         let etcd_bin = paths::controlplane_bin("etcd");
         let apiserver_bin = paths::controlplane_bin("kube-apiserver");
@@ -89,7 +106,7 @@ impl TestEnv {
         let pki = Pki::write(&dir.join("pki"))?;
         let etcd_port = paths::free_port()?;
         let etcd_peer_port = paths::free_port()?;
-        let api_port = paths::free_port()?;
+        let api_port = if for_node { 443 } else { paths::free_port()? };
         let server = format!("https://127.0.0.1:{api_port}");
         let kubeconfig = dir.join("kubeconfig");
         write_kubeconfig(
@@ -132,6 +149,7 @@ impl TestEnv {
             dir: dir.clone(),
             pki: pki.clone(),
             etcd_client,
+            for_node,
         };
 
         let apiserver = Daemon::spawn(env.apiserver_spec("kube-apiserver", api_port))?;
@@ -184,6 +202,11 @@ impl TestEnv {
     fn apiserver_spec(&self, name: &str, port: u16) -> Spec {
         let p = |path: &Path| path.display().to_string();
         let (dir, pki) = (&self.dir, &self.pki);
+        let (bind, advertise, authorization) = if self.for_node {
+            ("0.0.0.0", crate::node::NODE_IP, "Node,RBAC")
+        } else {
+            ("127.0.0.1", "127.0.0.1", "RBAC")
+        };
         let mut spec = Spec::new(
             name,
             paths::controlplane_bin("kube-apiserver"),
@@ -191,14 +214,14 @@ impl TestEnv {
         )
         .args([
             format!("--etcd-servers={}", self.etcd_client),
-            "--bind-address=127.0.0.1".to_owned(),
-            "--advertise-address=127.0.0.1".to_owned(),
+            format!("--bind-address={bind}"),
+            format!("--advertise-address={advertise}"),
             format!("--secure-port={port}"),
             format!("--cert-dir={}", dir.join(format!("{name}-certs")).display()),
             format!("--tls-cert-file={}", p(&pki.serving_cert)),
             format!("--tls-private-key-file={}", p(&pki.serving_key)),
             format!("--client-ca-file={}", p(&pki.ca_cert)),
-            "--authorization-mode=RBAC".to_owned(),
+            format!("--authorization-mode={authorization}"),
             // The first apiserver's URL, so every apiserver issues and accepts the same tokens.
             format!("--service-account-issuer={}", self.server),
             format!("--service-account-key-file={}", p(&pki.service_account_pub)),
@@ -209,6 +232,13 @@ impl TestEnv {
             "--service-cluster-ip-range=10.0.0.0/24".to_owned(),
             "--allow-privileged=true".to_owned(),
         ]);
+        if self.for_node {
+            spec = spec.args([
+                "--kubelet-preferred-address-types=InternalIP".to_owned(),
+                format!("--kubelet-client-certificate={}", p(&pki.admin_cert)),
+                format!("--kubelet-client-key={}", p(&pki.admin_key)),
+            ]);
+        }
         spec.stop_after = Some(dir.join(format!("{name}.stop-after")));
         spec
     }
@@ -303,6 +333,16 @@ impl TestEnv {
                 }
             }
         }
+    }
+
+    /// The certificates and keys of this control plane.
+    pub(crate) fn pki(&self) -> &Pki {
+        &self.pki
+    }
+
+    /// The directory of this control plane's files (removed when it stops).
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Path of an admin kubeconfig (client certificate in group system:masters).
@@ -479,7 +519,7 @@ impl Drop for TestNamespace {
     }
 }
 
-fn write_kubeconfig(
+pub(crate) fn write_kubeconfig(
     path: &Path,
     server: &str,
     ca: &Path,

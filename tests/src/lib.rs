@@ -7,6 +7,8 @@
 //!   (Debian's 15, or the major `PGMCP_POSTGRES_VERSION` names: 14 to 18).
 //! - [`otel::Collector`]: an OpenTelemetry Collector (`tests/otelcol/build.sh`) receiving OTLP/HTTP
 //!   and writing what it received to files the tests read back.
+//! - [`webhook::WorkloadIdentityWebhook`]: Azure Workload Identity's mutating admission webhook,
+//!   registered with the control plane, so labelled pods get their identity as on AKS.
 //!
 //! Each test binary shares one control plane and one PostgreSQL (starting them takes seconds);
 //! isolation comes from namespaces and databases. Every process is started under a lifeline
@@ -22,6 +24,7 @@ pub mod foundry;
 pub mod graph;
 pub mod http;
 pub mod mcp;
+pub mod node;
 pub mod operator;
 pub mod otel;
 pub mod paths;
@@ -29,6 +32,7 @@ pub mod pki;
 pub mod podrunner;
 pub mod postgres;
 mod tls_listener;
+pub mod webhook;
 
 pub use controlplane::{TestEnv, TestNamespace};
 pub use postgres::{Postgres, TestDatabase};

@@ -19,6 +19,12 @@ pub struct Pki {
     pub admin_key: PathBuf,
     pub controller_manager_cert: PathBuf,
     pub controller_manager_key: PathBuf,
+    /// kube-scheduler's client certificate (the test node's scheduler).
+    pub scheduler_cert: PathBuf,
+    pub scheduler_key: PathBuf,
+    /// The test node's kubelet: `system:node:<name>` in group `system:nodes`.
+    pub node_cert: PathBuf,
+    pub node_key: PathBuf,
     /// RSA key pair signing ServiceAccount tokens (RS256, as AKS issues them).
     pub service_account_key: PathBuf,
     pub service_account_pub: PathBuf,
@@ -37,6 +43,10 @@ impl Pki {
             admin_key: dir.join("admin.key"),
             controller_manager_cert: dir.join("controller-manager.crt"),
             controller_manager_key: dir.join("controller-manager.key"),
+            scheduler_cert: dir.join("scheduler.crt"),
+            scheduler_key: dir.join("scheduler.key"),
+            node_cert: dir.join("node.crt"),
+            node_key: dir.join("node.key"),
             service_account_key: dir.join("sa.key"),
             service_account_pub: dir.join("sa.pub"),
         };
@@ -48,6 +58,9 @@ impl Pki {
             "127.0.0.1".to_owned(),
             "kubernetes".to_owned(),
             "kubernetes.default.svc".to_owned(),
+            // The test node's address and the `kubernetes` Service's, which its pods use.
+            crate::node::NODE_IP.to_owned(),
+            crate::node::KUBERNETES_SERVICE_IP.to_owned(),
         ])?;
         serving
             .distinguished_name
@@ -66,6 +79,21 @@ impl Pki {
             &issuer,
             &pki.controller_manager_cert,
             &pki.controller_manager_key,
+        )?;
+        write_leaf(
+            &client("system:kube-scheduler", None)?,
+            &issuer,
+            &pki.scheduler_cert,
+            &pki.scheduler_key,
+        )?;
+        write_leaf(
+            &client(
+                &format!("system:node:{}", crate::node::NODE_NAME),
+                Some("system:nodes"),
+            )?,
+            &issuer,
+            &pki.node_cert,
+            &pki.node_key,
         )?;
 
         let sa = KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256)?;
@@ -86,6 +114,12 @@ pub struct ServerTls {
 impl ServerTls {
     /// A new CA and a certificate for `localhost` and `127.0.0.1` signed by it, in `dir`.
     pub fn write(dir: &Path, common_name: &str) -> anyhow::Result<Self> {
+        Self::write_for(dir, common_name, &["localhost", "127.0.0.1"])
+    }
+
+    /// [`ServerTls::write`] for other names and addresses (a server the test node's pods or
+    /// the apiserver call on the node's address).
+    pub fn write_for(dir: &Path, common_name: &str, names: &[&str]) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let tls = Self {
             ca_cert: dir.join("ca.crt"),
@@ -94,7 +128,7 @@ impl ServerTls {
         };
         let issuer = write_ca(&tls.ca_cert, &dir.join("ca.key"))?;
         let mut params =
-            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
+            CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())?;
         params
             .distinguished_name
             .push(DnType::CommonName, common_name);

@@ -123,13 +123,19 @@ impl Postgres {
 
     /// Initialises and starts a new server.
     pub async fn start() -> anyhow::Result<Self> {
-        Self::start_with(false).await
+        Self::start_with(false, false).await
+    }
+
+    /// A server the test node's pods reach: it listens on the node's address too and lets the
+    /// pods' subnet sign in (`crate::node`). Pods use [`Postgres::host_for_pods`].
+    pub async fn start_for_node() -> anyhow::Result<Self> {
+        Self::start_with(true, true).await
     }
 
     /// A server of its own that a test may [`stop`](Postgres::stop) and
     /// [`restart`](Postgres::restart) (its data survives until it is dropped).
     pub async fn start_restartable() -> anyhow::Result<Self> {
-        Self::start_with(true).await
+        Self::start_with(true, false).await
     }
 
     /// Stops the server (fast shutdown: clients are disconnected).
@@ -155,7 +161,7 @@ impl Postgres {
         Ok(())
     }
 
-    async fn start_with(restartable: bool) -> anyhow::Result<Self> {
+    async fn start_with(restartable: bool, for_node: bool) -> anyhow::Result<Self> {
         let started = Instant::now();
         let build = paths::postgres_build()?;
         let bindir = &build.bindir;
@@ -204,6 +210,17 @@ impl Postgres {
             .arg(format!("--pwfile={}", pwfile.display()));
         output(&mut initdb).context("initdb failed")?;
         std::fs::remove_file(&pwfile)?;
+        let mut listen = "127.0.0.1".to_owned();
+        if for_node {
+            listen.push_str(&format!(",{}", crate::node::NODE_IP));
+            let hba = data.join("pg_hba.conf");
+            let mut rules = std::fs::read_to_string(&hba)?;
+            rules.push_str(&format!(
+                "host all all {} scram-sha-256\n",
+                crate::node::POD_SUBNET
+            ));
+            std::fs::write(&hba, rules)?;
+        }
 
         // TLS like a managed server (plain connections still work, for sslmode=disable).
         let tls = crate::pki::ServerTls::write(&dir.join("tls"), "pgmcp-test-postgres")?;
@@ -226,7 +243,7 @@ impl Postgres {
             "-p".to_owned(),
             port.to_string(),
             "-c".to_owned(),
-            "listen_addresses=127.0.0.1".to_owned(),
+            format!("listen_addresses={listen}"),
             "-c".to_owned(),
             "unix_socket_directories=".to_owned(),
             "-c".to_owned(),
@@ -279,6 +296,11 @@ impl Postgres {
             started.elapsed().as_secs_f64()
         );
         Ok(pg)
+    }
+
+    /// The address pods of the test node use ([`Postgres::start_for_node`]).
+    pub fn host_for_pods(&self) -> &str {
+        crate::node::NODE_IP
     }
 
     pub fn host(&self) -> &str {
