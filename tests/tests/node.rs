@@ -1,0 +1,365 @@
+//! The images a user deploys, as pods under a real kubelet (`pgmcp_tests::node`): `helm install`
+//! of the chart with the images `make images` built; the operator runs as its Deployment's pods
+//! (leader election, probes, RBAC from its own ServiceAccount token); a password binding's
+//! server starts from its image with the securityContext enforced, passes its probes and answers
+//! the official MCP Python SDK at its pod's address; an edit of the binding rolls the pods and
+//! the new pods serve the new grants; deleting the binding removes everything it made.
+//!
+//! Each test runs in network, mount and PID namespaces of its own (`node::isolated`), with a
+//! control plane, PostgreSQL and node of its own.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Api;
+use kube::api::ListParams;
+use pgmcp_crds::v1alpha1::PostgresMcpBinding;
+use pgmcp_tests::bindings::{create_admin_secret, kubectl_apply, password_example, wait_condition};
+use pgmcp_tests::controlplane::TestEnv;
+use pgmcp_tests::node::{self, TestNode};
+use pgmcp_tests::{Postgres, mcp, paths};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(120);
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The archives `make images` writes.
+fn images() -> Vec<PathBuf> {
+    let dir = std::env::var_os("PGMCP_IMAGES_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| paths::workspace_root().join("target/images"));
+    let images: Vec<PathBuf> = ["pgmcp-operator.tar", "pgmcp-server.tar"]
+        .iter()
+        .map(|name| dir.join(name))
+        .collect();
+    for image in &images {
+        paths::require(image, "build the images with `make images`").unwrap();
+    }
+    images
+}
+
+/// helm with its own cache/config directories, pointed at `kubeconfig`.
+fn helm(home: &Path, kubeconfig: &Path) -> Command {
+    let mut command = Command::new(paths::helm());
+    for (var, dir) in [
+        ("HELM_CACHE_HOME", "cache"),
+        ("HELM_CONFIG_HOME", "config"),
+        ("HELM_DATA_HOME", "data"),
+    ] {
+        command.env(var, home.join(dir));
+    }
+    command.arg("--kubeconfig").arg(kubeconfig);
+    command
+}
+
+fn ok(command: &mut Command) -> String {
+    let out = command.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{command:?} failed:\n{text}");
+    text
+}
+
+/// Waits until `check` holds, failing with `what` and the node's logs.
+async fn eventually<F, Fut>(what: &str, node: &TestNode, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + WAIT;
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not after {WAIT:?}\n{}",
+            node.logs(30)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Ready pods matching `selector`, with their IPs.
+async fn ready_pods(pods: &Api<Pod>, selector: &str) -> Vec<(String, String)> {
+    let list = pods
+        .list(&ListParams::default().labels(selector))
+        .await
+        .unwrap();
+    list.items
+        .into_iter()
+        .filter(|pod| pod.metadata.deletion_timestamp.is_none())
+        .filter_map(|pod| {
+            let status = pod.status?;
+            let ready = status
+                .conditions
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            let ip = status.pod_ip?;
+            ready.then(|| (pod.metadata.name.unwrap_or_default(), ip))
+        })
+        .collect()
+}
+
+/// Waits until Ready pods match `selector` and each passes `keep`; returns them.
+async fn wait_pods(
+    what: &str,
+    node: &TestNode,
+    pods: &Api<Pod>,
+    selector: &str,
+    keep: impl Fn(&(String, String)) -> bool,
+) -> Vec<(String, String)> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let ready = ready_pods(pods, selector).await;
+        if !ready.is_empty() && ready.iter().all(&keep) {
+            return ready;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not after {WAIT:?} ({ready:?})\n{}",
+            node.logs(30)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The processes of the containers running `binary` (in the test's PID namespace, where the
+/// node's containers are): their pid, and what the kernel says of them (status and mounts).
+fn container_processes(binary: &str) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+        if argv0 == binary.as_bytes() {
+            let read = |file: &str| std::fs::read_to_string(entry.path().join(file));
+            let state = read("status").unwrap_or_default() + &read("mountinfo").unwrap_or_default();
+            found.push((entry.file_name().to_string_lossy().into_owned(), state));
+        }
+    }
+    found
+}
+
+/// What /proc shows a platform team of a container: uid and gid 65532, a seccomp filter, and a
+/// read-only root filesystem.
+fn assert_locked_down(binary: &str, expected: usize) {
+    let processes = container_processes(binary);
+    assert_eq!(processes.len(), expected, "{binary}: {expected} processes");
+    for (_, state) in &processes {
+        assert!(
+            state.contains("Uid:\t65532\t65532\t65532\t65532")
+                && state.contains("Gid:\t65532\t65532\t65532\t65532"),
+            "{binary} runs as 65532: {state}"
+        );
+        assert!(
+            state.contains("Seccomp:\t2"),
+            "{binary} has a seccomp filter: {state}"
+        );
+        let root_read_only = state.lines().any(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(4) == Some(&"/")
+                && fields
+                    .get(5)
+                    .is_some_and(|o| o.split(',').any(|o| o == "ro"))
+        });
+        assert!(root_read_only, "{binary} has a read-only root: {state}");
+    }
+}
+
+/// Whether the Service's EndpointSlices list `ip` as ready (the Service routes to it).
+async fn routed(slices: &Api<EndpointSlice>, service: &str, ip: &str) -> bool {
+    let selector = format!("kubernetes.io/service-name={service}");
+    let list = slices
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .unwrap();
+    list.items.iter().flat_map(|s| &s.endpoints).any(|e| {
+        e.addresses.iter().any(|a| a == ip)
+            && e.conditions.as_ref().and_then(|c| c.ready) == Some(true)
+    })
+}
+
+/// The restart count of pod `name`'s container.
+async fn restarts(pods: &Api<Pod>, name: &str) -> i32 {
+    let pod = pods.get(name).await.unwrap();
+    pod.status
+        .and_then(|s| s.container_statuses)
+        .and_then(|c| c.first().map(|c| c.restart_count))
+        .unwrap_or_default()
+}
+
+#[test]
+fn the_chart_and_a_binding_run_from_the_images_under_a_real_kubelet() {
+    if !node::isolated("the_chart_and_a_binding_run_from_the_images_under_a_real_kubelet") {
+        return;
+    }
+    runtime().block_on(async {
+        let images = images();
+        let env: &'static TestEnv = Box::leak(Box::new(TestEnv::start_for_node().await.unwrap()));
+        let pg: &'static Postgres = Box::leak(Box::new(Postgres::start_for_node().await.unwrap()));
+        let node = TestNode::start(env, &images).await.unwrap();
+        let client = env.client().await.unwrap();
+
+        // helm install with the chart's defaults: the images are the ones imported, under the
+        // names the chart uses. --wait: the operator's Deployment becomes available, which needs
+        // its probes to pass.
+        let home = tempfile::tempdir().unwrap();
+        ok(helm(home.path(), env.kubeconfig())
+            .args(["install", "pgmcp"])
+            .arg(paths::workspace_root().join("charts/pgmcp"))
+            .args([
+                "--namespace",
+                "pgmcp-system",
+                "--create-namespace",
+                "--wait",
+                "--timeout",
+                "180s",
+            ]));
+        let system_pods: Api<Pod> = Api::namespaced(client.clone(), "pgmcp-system");
+        let operators = ready_pods(&system_pods, "app.kubernetes.io/name=pgmcp").await;
+        assert_eq!(
+            operators.len(),
+            2,
+            "two operator replicas Ready: {operators:?}"
+        );
+        // Each operator container runs as 65532 with seccomp, on a read-only root.
+        assert_locked_down("/usr/local/bin/pgmcp-operator", 2);
+
+        // A password binding, as the example, pointed at PostgreSQL on the node's address.
+        let ns = env.namespace("node").await.unwrap();
+        let db = pg.create_database("node_shop").await.unwrap();
+        let shop = std::fs::read_to_string(paths::workspace_root().join("tests/fixtures/shop.sql"));
+        db.connect()
+            .await
+            .unwrap()
+            .batch_execute(&shop.unwrap())
+            .await
+            .unwrap();
+        let role = format!("{}_mcp", db.name);
+        create_admin_secret(&ns, pg);
+        let example = password_example(pg.host_for_pods(), pg.port(), &db.name, &role);
+        kubectl_apply(&ns, &example);
+        let bindings: Api<PostgresMcpBinding> = ns.api();
+        wait_condition(&bindings, "shop", "Ready", "True", None, WAIT).await;
+        let pods: Api<Pod> = ns.api();
+        let selector = "app.kubernetes.io/name=pgmcp-server,app.kubernetes.io/instance=shop";
+        let servers = wait_pods("the server's pod Ready", &node, &pods, selector, |_| true).await;
+
+        // The official MCP Python SDK at the Service's name, resolved to the pod's address.
+        let service = format!("shop-mcp.{}.svc", ns.name);
+        let call = |ip: &str, sql: &str| {
+            node::resolve(&service, ip).unwrap();
+            let script = json!({"calls": [
+                {"tool": "list_tables", "arguments": {}},
+                {"tool": "query", "arguments": {"sql": sql}},
+            ]});
+            let out = mcp::run_python_client(
+                &["--url".to_owned(), format!("http://{service}:8080/mcp")],
+                &script,
+                &[],
+            );
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+        };
+        let (first_pod, ip) = servers[0].clone();
+        assert_locked_down("/usr/local/bin/pgmcp-server", 1);
+        let doc = call(&ip, "SELECT count(*) AS n FROM customers");
+        let tables = doc["results"][0]["text"].as_str().unwrap();
+        assert!(tables.contains("customers"), "{tables}");
+        assert_eq!(doc["results"][1]["isError"], json!(false), "{doc}");
+
+        // PostgreSQL down: the server's readiness probe fails and the Service stops routing to
+        // it; PostgreSQL back: it routes again, and the server answers.
+        let slices: Api<EndpointSlice> = ns.api();
+        eventually("the Service routes to the server", &node, || {
+            routed(&slices, "shop-mcp", &ip)
+        })
+        .await;
+        pg.stop();
+        eventually(
+            "the Service stops routing while PostgreSQL is down",
+            &node,
+            || async { !routed(&slices, "shop-mcp", &ip).await },
+        )
+        .await;
+        pg.restart().await.unwrap();
+        eventually("the Service routes again", &node, || {
+            routed(&slices, "shop-mcp", &ip)
+        })
+        .await;
+        let doc = call(&ip, "SELECT 1");
+        assert_eq!(doc["results"][1]["isError"], json!(false), "{doc}");
+
+        // A server that hangs (stopped, so it answers nothing) fails its liveness probe: the
+        // kubelet kills it, the container restarts, and it serves again.
+        let (pid, _) = container_processes("/usr/local/bin/pgmcp-server").remove(0);
+        ok(Command::new("kill").args(["-STOP", &pid]));
+        eventually("the kubelet restarts the hung server", &node, || async {
+            restarts(&pods, &first_pod).await == 1
+        })
+        .await;
+        wait_pods("the restarted server Ready", &node, &pods, selector, |_| {
+            true
+        })
+        .await;
+        let doc = call(&ip, "SELECT count(*) FROM customers");
+        assert_eq!(doc["results"][1]["isError"], json!(false), "{doc}");
+
+        // kubectl edit: the binding grants one table less; the pods roll and the new pod
+        // serves the new grants.
+        let edited = example.replace(r#"tables: ["*"]"#, r#"tables: ["customers"]"#);
+        assert_ne!(edited, example, "the example grants every table");
+        kubectl_apply(&ns, &edited);
+        let rolled = wait_pods(
+            "a new server pod Ready",
+            &node,
+            &pods,
+            selector,
+            |(name, _)| *name != first_pod,
+        )
+        .await;
+        let doc = call(&rolled[0].1, "SELECT count(*) FROM orders");
+        assert_eq!(doc["results"][1]["isError"], json!(true), "{doc}");
+
+        // Delete: the Deployment, its pods and the role go.
+        pgmcp_tests::bindings::delete_and_wait(&bindings, "shop", WAIT).await;
+        let deployments: Api<Deployment> = ns.api();
+        eventually("the server's pods gone", &node, || async {
+            deployments.get_opt("shop-mcp").await.unwrap().is_none()
+                && pods
+                    .list(&ListParams::default().labels(selector))
+                    .await
+                    .unwrap()
+                    .items
+                    .is_empty()
+        })
+        .await;
+        let remaining: i64 = db
+            .connect()
+            .await
+            .unwrap()
+            .query_one("SELECT count(*) FROM pg_roles WHERE rolname = $1", &[&role])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(remaining, 0, "the role is gone");
+        drop(node);
+    });
+}
