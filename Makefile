@@ -56,7 +56,7 @@ images: release-bins ## Operator and server images as archives in target/images/
 	done
 
 .PHONY: demo
-demo: deps controlplane tools mcp-clients bins ## Local control plane + PostgreSQL with sample data + operator + an example binding + the MCP server it deploys
+demo: deps controlplane tools mcp-clients bins images ## Local control plane, node and PostgreSQL with sample data; the chart's operator and an example binding's MCP server as pods
 	$(BIN_ENV) $(CARGO) run $(CARGO_FLAGS) --quiet -p pgmcp-tests --bin pgmcp-testenv -- $(DEMO_ARGS)
 
 .PHONY: test

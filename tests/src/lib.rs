@@ -31,6 +31,7 @@ pub mod paths;
 pub mod pki;
 pub mod podrunner;
 pub mod postgres;
+pub mod publish;
 mod tls_listener;
 pub mod webhook;
 

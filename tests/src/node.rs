@@ -56,30 +56,13 @@ const INSIDE: &str = "PGMCP_NODE_NAMESPACES";
 /// mount and PID namespaces, waits for it, fails with its output when it failed, and returns
 /// false; inside them it sets up the node's network and private directories, and returns true.
 pub fn isolated(test: &str) -> bool {
-    if std::env::var_os(INSIDE).is_some() {
-        static PREPARED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
-        let prepared = PREPARED.get_or_init(|| prepare().map_err(|e| format!("{e:#}")));
-        if let Err(err) = prepared {
-            panic!("failed to prepare the node's namespaces: {err}");
-        }
+    if inside() {
         return true;
     }
     let exe = std::env::current_exe().expect("the test binary's path");
     let started = Instant::now();
-    let out = Command::new("unshare")
-        .args([
-            "--net",
-            "--mount",
-            "--propagation=private",
-            "--pid",
-            "--fork",
-            "--mount-proc",
-            "--kill-child",
-            "--",
-        ])
-        .arg(exe)
+    let out = unshare(&exe)
         .args(["--exact", test, "--nocapture", "--test-threads=1"])
-        .env(INSIDE, "1")
         .output()
         .expect("failed to run unshare (util-linux)");
     let output = format!(
@@ -99,6 +82,74 @@ pub fn isolated(test: &str) -> bool {
         started.elapsed().as_secs_f64()
     );
     false
+}
+
+/// `program` in new network, mount and PID namespaces (`unshare`), where [`inside`] is true;
+/// killed when the `unshare` process ends, and with it every process of the namespaces.
+pub fn unshare(program: &Path) -> Command {
+    let mut command = Command::new("unshare");
+    command
+        .args([
+            "--net",
+            "--mount",
+            "--propagation=private",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--kill-child",
+            "--",
+        ])
+        .arg(program)
+        .env(INSIDE, "1");
+    command
+}
+
+/// Whether this process runs in namespaces [`unshare`] made; if so, the node's network and
+/// private directories are set up (once).
+pub fn inside() -> bool {
+    if std::env::var_os(INSIDE).is_none() {
+        return false;
+    }
+    static PREPARED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let prepared = PREPARED.get_or_init(|| prepare().map_err(|e| format!("{e:#}")));
+    if let Err(err) = prepared {
+        panic!("failed to prepare the node's namespaces: {err}");
+    }
+    true
+}
+
+/// Why a node cannot run on this machine, if it cannot: the tools, root, the kubelet, and
+/// whether namespaces can be made at all.
+pub fn cannot_run() -> Option<String> {
+    for tool in [
+        "containerd",
+        "runc",
+        "ctr",
+        "ip",
+        "mount",
+        "unshare",
+        "nsenter",
+    ] {
+        if !which(tool) {
+            return Some(format!("{tool} is not installed (make deps)"));
+        }
+    }
+    for bin in ["kubelet", "kube-scheduler", "pause"] {
+        if !paths::controlplane_bin(bin).exists() {
+            return Some(format!("{bin} is not built (make controlplane)"));
+        }
+    }
+    let trial = Command::new("unshare")
+        .args(["--net", "--mount", "--pid", "--fork", "true"])
+        .output();
+    match trial {
+        Ok(out) if out.status.success() => None,
+        Ok(out) => Some(format!(
+            "cannot create namespaces here (unshare: {})",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(err) => Some(format!("cannot run unshare: {err}")),
+    }
 }
 
 /// Resolves `name` to `ip` for every process in the node's namespaces (its private
