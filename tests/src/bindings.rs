@@ -8,14 +8,22 @@ use kube::Api;
 use pgmcp_crds::v1alpha1::PostgresMcpBinding;
 
 /// Runs a kubectl command and returns its output; panics with the output when it fails.
-pub fn kubectl_ok(mut command: Command) -> String {
-    let out = command.output().expect("kubectl runs");
+pub fn kubectl_ok(command: Command) -> String {
+    command_ok(command)
+}
+
+/// Runs a command (kubectl, helm, …) and returns its output; panics with the output when it
+/// fails.
+pub fn command_ok(mut command: Command) -> String {
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("{command:?} did not run: {e}"));
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "kubectl failed: {text}");
+    assert!(out.status.success(), "{command:?} failed: {text}");
     text
 }
 
@@ -143,11 +151,8 @@ impl ShopFixture {
         let pg = crate::Postgres::shared();
         let ns = env.namespace(test).await.expect("namespace");
         let db = pg.create_database(test).await.expect("database");
-        let shop =
-            std::fs::read_to_string(crate::paths::workspace_root().join("tests/fixtures/shop.sql"))
-                .expect("tests/fixtures/shop.sql");
+        db.load_shop().await.expect("load the shop");
         let admin = db.connect().await.expect("connect");
-        admin.batch_execute(&shop).await.expect("load the shop");
         admin
             .batch_execute(
                 "CREATE SCHEMA hr; CREATE TABLE hr.salaries (id int, amount numeric);

@@ -35,6 +35,7 @@ use kube::Api;
 use crate::controlplane::{TestEnv, write_kubeconfig};
 use crate::daemon::{Daemon, Spec};
 use crate::paths;
+use crate::postgres::output;
 
 /// The node's name (and its client certificate's `system:node:<name>`).
 pub const NODE_NAME: &str = "pgmcp-node";
@@ -223,7 +224,7 @@ impl TestNode {
         std::fs::create_dir_all(&dir)?;
         let containerd_root = dir.join("containerd");
         std::fs::create_dir_all(&containerd_root)?;
-        run(Command::new("mount")
+        output(Command::new("mount")
             .args(["-t", "tmpfs", "-o", "mode=711", "tmpfs"])
             .arg(&containerd_root))?;
 
@@ -336,7 +337,7 @@ impl TestNode {
 
     /// Imports an image archive (OCI layout or docker-archive) into the node's containerd.
     pub fn import(&self, archive: &Path) -> anyhow::Result<()> {
-        run(self.ctr().args(["images", "import"]).arg(archive))
+        output(self.ctr().args(["images", "import"]).arg(archive))
             .with_context(|| format!("failed to import {}", archive.display()))?;
         Ok(())
     }
@@ -431,15 +432,15 @@ fn prepare() -> anyhow::Result<()> {
     }
     for private in ["/run", "/var/lib/kubelet", "/var/lib/cni", "/var/log/pods"] {
         std::fs::create_dir_all(private)?;
-        run(Command::new("mount").args(["-t", "tmpfs", "-o", "mode=755", "tmpfs", private]))?;
+        output(Command::new("mount").args(["-t", "tmpfs", "-o", "mode=755", "tmpfs", private]))?;
     }
     // A private /etc/hosts, for the names [`resolve`] gives.
     std::fs::write(
         HOSTS,
         std::fs::read_to_string("/etc/hosts").unwrap_or_default(),
     )?;
-    run(Command::new("mount").args(["--bind", HOSTS, "/etc/hosts"]))?;
-    let ip = |args: &str| run(Command::new("ip").args(args.split_whitespace()));
+    output(Command::new("mount").args(["--bind", HOSTS, "/etc/hosts"]))?;
+    let ip = |args: &str| output(Command::new("ip").args(args.split_whitespace()));
     ip("link set lo up")?;
     ip("link add pgmcp-node type veth peer name pgmcp-node-peer")?;
     ip(&format!("addr add {NODE_IP}/24 dev pgmcp-node"))?;
@@ -612,17 +613,4 @@ fn which(tool: &str) -> bool {
     search_path()
         .split(':')
         .any(|dir| Path::new(dir).join(tool).is_file())
-}
-
-fn run(command: &mut Command) -> anyhow::Result<String> {
-    let out = command
-        .output()
-        .with_context(|| format!("failed to run {command:?}"))?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{command:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

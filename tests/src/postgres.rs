@@ -385,6 +385,19 @@ pub struct TestDatabase {
 }
 
 impl TestDatabase {
+    /// Loads the sample shop (tests/fixtures/shop.sql: customers, products, orders, a view)
+    /// as the server's superuser.
+    pub async fn load_shop(&self) -> anyhow::Result<()> {
+        let path = paths::workspace_root().join("tests/fixtures/shop.sql");
+        let shop = std::fs::read_to_string(&path)
+            .with_context(|| format!("failed to read {}", path.display()))?;
+        self.connect()
+            .await?
+            .batch_execute(&shop)
+            .await
+            .with_context(|| format!("failed to load {} into {}", path.display(), self.name))
+    }
+
     pub fn server(&self) -> &'static Postgres {
         self.server
     }
@@ -506,7 +519,7 @@ pub fn random_password() -> anyhow::Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-fn output(command: &mut Command) -> anyhow::Result<String> {
+pub(crate) fn output(command: &mut Command) -> anyhow::Result<String> {
     let out = command
         .output()
         .with_context(|| format!("failed to run {command:?}"))?;

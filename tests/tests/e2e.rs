@@ -25,13 +25,7 @@ async fn the_deployment_the_operator_renders_serves_the_granted_tables() {
     let pg = Postgres::shared();
     let db = pg.create_database("e2e_shop").await.unwrap();
     let role = format!("{}_mcp", db.name);
-    let shop = std::fs::read_to_string(paths::workspace_root().join("tests/fixtures/shop.sql"));
-    db.connect()
-        .await
-        .unwrap()
-        .batch_execute(&shop.unwrap())
-        .await
-        .unwrap();
+    db.load_shop().await.unwrap();
 
     let ns = env.namespace("e2e").await.unwrap();
     create_admin_secret(&ns, pg);
@@ -144,9 +138,8 @@ async fn caller_classes_through_the_operator_serve_each_caller_its_own_tables() 
     let pg = Postgres::shared();
     let db = pg.create_database("e2e_callers").await.unwrap();
     let role = format!("{}_mcp", db.name);
+    db.load_shop().await.unwrap();
     let admin = db.connect().await.unwrap();
-    let shop = std::fs::read_to_string(paths::workspace_root().join("tests/fixtures/shop.sql"));
-    admin.batch_execute(&shop.unwrap()).await.unwrap();
     admin
         .batch_execute(&format!(
             "CREATE SCHEMA support;

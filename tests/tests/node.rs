@@ -20,7 +20,9 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::api::ListParams;
 use pgmcp_crds::v1alpha1::PostgresMcpBinding;
-use pgmcp_tests::bindings::{create_admin_secret, kubectl_apply, password_example, wait_condition};
+use pgmcp_tests::bindings::{
+    command_ok, create_admin_secret, kubectl_apply, password_example, wait_condition,
+};
 use pgmcp_tests::controlplane::TestEnv;
 use pgmcp_tests::node::{self, TestNode};
 use pgmcp_tests::{Postgres, mcp, paths};
@@ -62,17 +64,6 @@ fn helm(home: &Path, kubeconfig: &Path) -> Command {
     }
     command.arg("--kubeconfig").arg(kubeconfig);
     command
-}
-
-fn ok(command: &mut Command) -> String {
-    let out = command.output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{command:?} failed:\n{text}");
-    text
 }
 
 /// Waits until `check` holds, failing with `what` and the node's logs.
@@ -217,7 +208,8 @@ fn the_chart_and_a_binding_run_from_the_images_under_a_real_kubelet() {
         // names the chart uses. --wait: the operator's Deployment becomes available, which needs
         // its probes to pass.
         let home = tempfile::tempdir().unwrap();
-        ok(helm(home.path(), env.kubeconfig())
+        let mut install = helm(home.path(), env.kubeconfig());
+        install
             .args(["install", "pgmcp"])
             .arg(paths::workspace_root().join("charts/pgmcp"))
             .args([
@@ -227,7 +219,8 @@ fn the_chart_and_a_binding_run_from_the_images_under_a_real_kubelet() {
                 "--wait",
                 "--timeout",
                 "180s",
-            ]));
+            ]);
+        command_ok(install);
         let system_pods: Api<Pod> = Api::namespaced(client.clone(), "pgmcp-system");
         let operators = ready_pods(&system_pods, "app.kubernetes.io/name=pgmcp").await;
         assert_eq!(
@@ -241,13 +234,7 @@ fn the_chart_and_a_binding_run_from_the_images_under_a_real_kubelet() {
         // A password binding, as the example, pointed at PostgreSQL on the node's address.
         let ns = env.namespace("node").await.unwrap();
         let db = pg.create_database("node_shop").await.unwrap();
-        let shop = std::fs::read_to_string(paths::workspace_root().join("tests/fixtures/shop.sql"));
-        db.connect()
-            .await
-            .unwrap()
-            .batch_execute(&shop.unwrap())
-            .await
-            .unwrap();
+        db.load_shop().await.unwrap();
         let role = format!("{}_mcp", db.name);
         create_admin_secret(&ns, pg);
         let example = password_example(pg.host_for_pods(), pg.port(), &db.name, &role);
@@ -310,7 +297,9 @@ fn the_chart_and_a_binding_run_from_the_images_under_a_real_kubelet() {
         // A server that hangs (stopped, so it answers nothing) fails its liveness probe: the
         // kubelet kills it, the container restarts, and it serves again.
         let (pid, _) = container_processes("/usr/local/bin/pgmcp-server").remove(0);
-        ok(Command::new("kill").args(["-STOP", &pid]));
+        let mut stop = Command::new("kill");
+        stop.args(["-STOP", &pid]);
+        command_ok(stop);
         eventually("the kubelet restarts the hung server", &node, || async {
             restarts(&pods, &first_pod).await == 1
         })
