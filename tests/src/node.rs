@@ -20,6 +20,8 @@
 //!   its own at 0;
 //! - cgroup v1 (`failCgroupV1: false`, the cgroupfs driver), under a cgroup root of the node's
 //!   own, removed when the node stops;
+//! - the mount points of those tmpfs are created on the machine's filesystem if missing (empty
+//!   directories; nothing is written into them there);
 //! - images cannot be pulled: the sandbox ("pause") image is built here from
 //!   tests/controlplane/pause/main.go, and every image is imported with `ctr images import`;
 //!   pods use them with `imagePullPolicy: IfNotPresent` or `Never`.
@@ -511,7 +513,7 @@ fn kubelet_config_text(ca: &Path, containerd_socket: &Path, cgroup_root: &str) -
         r#"apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 address: {NODE_IP}
-port: {port}
+port: 10250
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
 healthzPort: 0
@@ -546,7 +548,6 @@ evictionHard:
 shutdownGracePeriod: 0s
 localStorageCapacityIsolation: false
 "#,
-        port = paths::free_port().unwrap_or(10250),
         ca = ca.display(),
         socket = containerd_socket.display(),
     )
