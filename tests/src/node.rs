@@ -170,8 +170,8 @@ pub fn resolve(name: &str, ip: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A running node, registered and Ready. Dropping it stops the kubelet, then containerd (after
-/// the containers), then the scheduler, and removes the node's cgroups.
+/// A running node, registered and Ready. Dropping it stops the kubelet, then containerd, then
+/// the scheduler, kills what is left in the node's cgroups (the containers) and removes them.
 #[derive(Debug)]
 pub struct TestNode {
     // Stopped in reverse order of start.
@@ -204,31 +204,20 @@ impl TestNode {
             "the test node runs only inside namespaces of its own (node::isolated)"
         );
         let started = Instant::now();
-        for tool in ["containerd", "runc", "ctr"] {
-            anyhow::ensure!(
-                which(tool),
-                "{tool} not found: run `make deps` (tests/scripts/deps.sh)"
-            );
+        if let Some(why) = cannot_run() {
+            anyhow::bail!("the test node cannot run: {why}");
         }
         let kubelet_bin = paths::controlplane_bin("kubelet");
         let scheduler_bin = paths::controlplane_bin("kube-scheduler");
-        for bin in [
-            &kubelet_bin,
-            &scheduler_bin,
-            &paths::controlplane_bin("pause"),
-        ] {
-            paths::require(
-                bin,
-                "build it with `make controlplane` (tests/controlplane/build.sh)",
-            )?;
-        }
         let dir = env.dir().join("node");
         std::fs::create_dir_all(&dir)?;
         let containerd_root = dir.join("containerd");
         std::fs::create_dir_all(&containerd_root)?;
-        output(Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "mode=711", "tmpfs"])
-            .arg(&containerd_root))?;
+        output(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "mode=711", "tmpfs"])
+                .arg(&containerd_root),
+        )?;
 
         let pki = env.pki();
         let p = |path: &Path| path.display().to_string();
@@ -426,12 +415,6 @@ impl TestNode {
 /// sandbox has no `dummy` device), the `kubernetes` Service's address, and private tmpfs over
 /// the directories containerd, runc, CNI and the kubelet write at fixed paths.
 fn prepare() -> anyhow::Result<()> {
-    for tool in ["ip", "mount"] {
-        anyhow::ensure!(
-            which(tool),
-            "{tool} not found: run `make deps` (tests/scripts/deps.sh)"
-        );
-    }
     for private in ["/run", "/var/lib/kubelet", "/var/lib/cni", "/var/log/pods"] {
         std::fs::create_dir_all(private)?;
         output(Command::new("mount").args(["-t", "tmpfs", "-o", "mode=755", "tmpfs", private]))?;

@@ -167,6 +167,18 @@ pub fn operator_bin() -> PathBuf {
         })
 }
 
+/// The operator's and the server's image archives that `make images` writes
+/// (`PGMCP_IMAGES_DIR`, default `target/images/`).
+pub fn images() -> Vec<PathBuf> {
+    let dir = std::env::var_os("PGMCP_IMAGES_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/images"));
+    ["pgmcp-operator.tar", "pgmcp-server.tar"]
+        .iter()
+        .map(|name| dir.join(name))
+        .collect()
+}
+
 /// The generated CRD, as users install it.
 pub fn crd_file() -> PathBuf {
     workspace_root()

@@ -85,21 +85,35 @@ impl Target {
             &KubeConfigOptions::default(),
         )
         .await?;
-        let slices: Api<EndpointSlice> =
-            Api::namespaced(kube::Client::try_from(config)?, namespace);
-        let selector = format!("kubernetes.io/service-name={name}");
-        let list = slices
-            .list(&ListParams::default().labels(&selector))
-            .await?;
-        let ip = list
-            .items
-            .iter()
-            .flat_map(|slice| &slice.endpoints)
-            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
-            .find_map(|e| e.addresses.first().cloned())
+        let client = kube::Client::try_from(config)?;
+        let ip = ready_endpoints(&client, namespace, name)
+            .await?
+            .into_iter()
+            .next()
             .with_context(|| format!("Service {namespace}/{name} has no ready endpoint"))?;
         Ok(format!("{ip}:{port}"))
     }
+}
+
+/// The addresses of Service `namespace/name`'s ready endpoints (its EndpointSlices): where the
+/// Service routes.
+pub async fn ready_endpoints(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> anyhow::Result<Vec<String>> {
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), namespace);
+    let selector = format!("kubernetes.io/service-name={name}");
+    let list = slices
+        .list(&ListParams::default().labels(&selector))
+        .await?;
+    Ok(list
+        .items
+        .iter()
+        .flat_map(|slice| &slice.endpoints)
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+        .filter_map(|e| e.addresses.first().cloned())
+        .collect())
 }
 
 /// Publishes `target` of the namespaces of process `inside` (a process of the node's PID and

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::api::ListParams;
 use pgmcp_crds::v1alpha1::PostgresMcpBinding;
@@ -25,6 +24,7 @@ use pgmcp_tests::bindings::{
 };
 use pgmcp_tests::controlplane::TestEnv;
 use pgmcp_tests::node::{self, TestNode};
+use pgmcp_tests::publish;
 use pgmcp_tests::{Postgres, mcp, paths};
 use serde_json::json;
 
@@ -39,13 +39,7 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// The archives `make images` writes.
 fn images() -> Vec<PathBuf> {
-    let dir = std::env::var_os("PGMCP_IMAGES_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| paths::workspace_root().join("target/images"));
-    let images: Vec<PathBuf> = ["pgmcp-operator.tar", "pgmcp-server.tar"]
-        .iter()
-        .map(|name| dir.join(name))
-        .collect();
+    let images = paths::images();
     for image in &images {
         paths::require(image, "build the images with `make images`").unwrap();
     }
@@ -171,16 +165,12 @@ fn assert_locked_down(binary: &str, expected: usize) {
 }
 
 /// Whether the Service's EndpointSlices list `ip` as ready (the Service routes to it).
-async fn routed(slices: &Api<EndpointSlice>, service: &str, ip: &str) -> bool {
-    let selector = format!("kubernetes.io/service-name={service}");
-    let list = slices
-        .list(&ListParams::default().labels(&selector))
+async fn routed(client: &kube::Client, namespace: &str, service: &str, ip: &str) -> bool {
+    publish::ready_endpoints(client, namespace, service)
         .await
-        .unwrap();
-    list.items.iter().flat_map(|s| &s.endpoints).any(|e| {
-        e.addresses.iter().any(|a| a == ip)
-            && e.conditions.as_ref().and_then(|c| c.ready) == Some(true)
-    })
+        .unwrap()
+        .iter()
+        .any(|ready| ready == ip)
 }
 
 /// The restart count of pod `name`'s container.
@@ -274,21 +264,20 @@ fn the_chart_and_a_binding_run_from_the_images_under_a_real_kubelet() {
 
         // PostgreSQL down: the server's readiness probe fails and the Service stops routing to
         // it; PostgreSQL back: it routes again, and the server answers.
-        let slices: Api<EndpointSlice> = ns.api();
         eventually("the Service routes to the server", &node, || {
-            routed(&slices, "shop-mcp", &ip)
+            routed(&ns.client, &ns.name, "shop-mcp", &ip)
         })
         .await;
         pg.stop();
         eventually(
             "the Service stops routing while PostgreSQL is down",
             &node,
-            || async { !routed(&slices, "shop-mcp", &ip).await },
+            || async { !routed(&ns.client, &ns.name, "shop-mcp", &ip).await },
         )
         .await;
         pg.restart().await.unwrap();
         eventually("the Service routes again", &node, || {
-            routed(&slices, "shop-mcp", &ip)
+            routed(&ns.client, &ns.name, "shop-mcp", &ip)
         })
         .await;
         let doc = call(&ip, "SELECT 1");

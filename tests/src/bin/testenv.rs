@@ -58,7 +58,7 @@ async fn main() -> anyhow::Result<()> {
         return on_node().await;
     }
     let parent = Parent::now();
-    let images = images();
+    let images = paths::images();
     let cannot = node::cannot_run().or_else(|| {
         images
             .iter()
@@ -75,12 +75,6 @@ async fn main() -> anyhow::Result<()> {
             with_pod_runner(&args, parent).await
         }
     }
-}
-
-/// The archives `make images` writes.
-fn images() -> Vec<std::path::PathBuf> {
-    let dir = paths::workspace_root().join("target/images");
-    vec![dir.join("pgmcp-operator.tar"), dir.join("pgmcp-server.tar")]
 }
 
 /// What the demo on the node tells the process that publishes it.
@@ -206,7 +200,7 @@ async fn wait_exit(child: &mut std::process::Child) {
 async fn on_node() -> anyhow::Result<()> {
     let (env, pg) = tokio::try_join!(TestEnv::start_for_node(), Postgres::start_for_node())?;
     load_sample(&pg).await?;
-    let node = TestNode::start(&env, &images()).await?;
+    let node = TestNode::start(&env, &paths::images()).await?;
     println!(
         "started node {} ({}): kubelet {}, containerd, runc; imported the images of make images",
         node::NODE_NAME,
@@ -219,23 +213,12 @@ async fn on_node() -> anyhow::Result<()> {
     kubectl(&env, &["get", "pods", "-n", "pgmcp-system", "-o", "wide"])?;
     apply_binding(&env, &binding_file).await?;
     let client = env.client().await?;
-    let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
-        Api::namespaced(client, NAMESPACE);
     wait_for(
         "the server's pod to be Ready behind Service shop-mcp",
         Duration::from_secs(120),
         || async {
-            let list = slices
-                .list(
-                    &kube::api::ListParams::default().labels("kubernetes.io/service-name=shop-mcp"),
-                )
-                .await
-                .ok()?;
-            list.items
-                .iter()
-                .flat_map(|s| &s.endpoints)
-                .any(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
-                .then_some(())
+            let ready = publish::ready_endpoints(&client, NAMESPACE, "shop-mcp").await;
+            ready.ok().filter(|ready| !ready.is_empty())
         },
     )
     .await;
