@@ -56,12 +56,15 @@ pub enum Error {
     #[error("failed to set up the Azure Resource Manager client")]
     Arm(#[source] arm::Error),
     #[error(transparent)]
+    TrustBundle(#[from] crate::settings::TrustBundleError),
+    #[error(transparent)]
     Leader(#[from] leader::Error),
 }
 
 /// Checks the cluster and runs the controller (as leader, if elected) until SIGTERM; `dropped`
 /// counts what OpenTelemetry export dropped, for the metrics.
 pub async fn run(args: Args, dropped: pgmcp_telemetry::DroppedCounts) -> Result<(), Error> {
+    let defaults = args.defaults()?;
     let client = client(&args).await?;
     check_crd(&client).await?;
 
@@ -84,7 +87,7 @@ pub async fn run(args: Args, dropped: pgmcp_telemetry::DroppedCounts) -> Result<
     let identity = args.identity.clone().unwrap_or_else(default_identity);
     let mut options = Options {
         namespaces: args.namespaces.clone(),
-        defaults: args.defaults(),
+        defaults,
         resync: args.resync,
         concurrency: args.concurrency.max(1),
         identity: identity.clone(),
@@ -112,6 +115,7 @@ pub async fn run(args: Args, dropped: pgmcp_telemetry::DroppedCounts) -> Result<
     tracing::info!(
         namespaces = ?options.namespaces,
         server_image = %options.defaults.server_image,
+        trust_bundle = ?options.defaults.trust_bundle,
         resync_s = options.resync.as_secs(),
         %identity,
         "starting"

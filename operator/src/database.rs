@@ -172,6 +172,8 @@ pub struct Admin<'a> {
     pub port: u16,
     /// libpq's sslmode: disable, prefer, require, verify-full.
     pub ssl_mode: &'static str,
+    /// The CAs `verify-full` trusts instead of the public roots (`--trust-bundle`).
+    pub root_cert: Option<&'a std::path::Path>,
     pub user: String,
     pub password: String,
     pub pool: &'a pool::Pool<Client>,
@@ -210,7 +212,7 @@ impl Admin<'_> {
             user: self.user.clone(),
             message,
         };
-        let (mode, tls) = pgmcp_postgres_wire::Tls::new(self.ssl_mode, None)
+        let (mode, tls) = pgmcp_postgres_wire::Tls::new(self.ssl_mode, self.root_cert)
             .map_err(|e| fail(e.to_string()))?
             .tokio_postgres();
         let mut config = tokio_postgres::Config::new();

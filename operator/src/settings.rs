@@ -1,7 +1,8 @@
 //! Command-line flags (each with an environment variable) and the defaults the build step uses.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
@@ -100,6 +101,13 @@ pub struct Args {
     /// Log format: json (default) or text.
     #[arg(long, env = "PGMCP_LOG_FORMAT", default_value = "json")]
     pub log_format: String,
+    /// PEM file of the CA certificates to trust instead of the image's: a private cloud's, a
+    /// TLS-inspecting proxy's, a private PostgreSQL server's. The operator gives every MCP server
+    /// the same bundle (in its ConfigMap, as `SSL_CERT_FILE` and as the roots of `sslMode:
+    /// verify-full`) and uses it as the roots of its own `verify-full` connections; for its own
+    /// HTTPS calls, point `SSL_CERT_FILE` at the same file (the chart's `trustBundle` does both).
+    #[arg(long, env = "PGMCP_TRUST_BUNDLE")]
+    pub trust_bundle: Option<PathBuf>,
 }
 
 /// What the pure build step needs from the flags.
@@ -109,6 +117,91 @@ pub struct Defaults {
     pub oidc_issuer: Option<String>,
     /// `--postgres-scope`: the operator's own token scope for PostgreSQL, when not derived.
     pub postgres_scope: Option<String>,
+    /// `--trust-bundle`, read and checked at start.
+    pub trust_bundle: Option<TrustBundle>,
+}
+
+/// The CA certificates of `--trust-bundle`: where the operator reads them, and their PEM text,
+/// which every MCP server gets in its ConfigMap.
+#[derive(Clone, PartialEq)]
+pub struct TrustBundle {
+    pub path: PathBuf,
+    pub pem: Arc<str>,
+    /// How many certificates the PEM holds.
+    pub certificates: usize,
+}
+
+impl std::fmt::Debug for TrustBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrustBundle")
+            .field("path", &self.path)
+            .field("certificates", &self.certificates)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Largest trust bundle: it travels in each server's ConfigMap, whose whole data must stay
+/// under Kubernetes' 1 MiB (Debian's full bundle is about 220 KiB).
+pub const MAX_TRUST_BUNDLE_BYTES: usize = 768 * 1024;
+
+/// Why `--trust-bundle` cannot be used; each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustBundleError {
+    #[error("failed to read the trust bundle {}", .path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the trust bundle {} is not UTF-8 PEM text", .path.display())]
+    NotText { path: PathBuf },
+    #[error(
+        "the trust bundle {} has {bytes} bytes; at most {MAX_TRUST_BUNDLE_BYTES} fit in the MCP servers' ConfigMaps",
+        .path.display()
+    )]
+    TooLarge { path: PathBuf, bytes: usize },
+    #[error("the trust bundle {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)", .path.display())]
+    NoCertificates { path: PathBuf },
+    #[error("the trust bundle {} holds a certificate that cannot be read", .path.display())]
+    BadCertificate {
+        path: PathBuf,
+        #[source]
+        source: reqwest::Error,
+    },
+}
+
+impl TrustBundle {
+    /// Reads and checks the PEM file at `path`: text, not too large, at least one certificate,
+    /// every certificate readable.
+    pub fn read(path: &Path) -> Result<Self, TrustBundleError> {
+        let path = path.to_owned();
+        let bytes = std::fs::read(&path).map_err(|source| TrustBundleError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        if bytes.len() > MAX_TRUST_BUNDLE_BYTES {
+            return Err(TrustBundleError::TooLarge {
+                path,
+                bytes: bytes.len(),
+            });
+        }
+        let pem = String::from_utf8(bytes)
+            .map_err(|_| TrustBundleError::NotText { path: path.clone() })?;
+        let certificates = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+            .map_err(|source| TrustBundleError::BadCertificate {
+                path: path.clone(),
+                source,
+            })?
+            .len();
+        if certificates == 0 {
+            return Err(TrustBundleError::NoCertificates { path });
+        }
+        Ok(Self {
+            path,
+            pem: pem.into(),
+            certificates,
+        })
+    }
 }
 
 impl Args {
@@ -126,12 +219,18 @@ impl Args {
             .unwrap_or_else(|| crate::azure::rest::scope_for(&self.graph_endpoint))
     }
 
-    pub fn defaults(&self) -> Defaults {
-        Defaults {
+    /// What the build step needs, with `--trust-bundle` read and checked.
+    pub fn defaults(&self) -> Result<Defaults, TrustBundleError> {
+        Ok(Defaults {
             server_image: self.server_image.clone(),
             oidc_issuer: self.oidc_issuer.clone(),
             postgres_scope: self.postgres_scope.clone(),
-        }
+            trust_bundle: self
+                .trust_bundle
+                .as_deref()
+                .map(TrustBundle::read)
+                .transpose()?,
+        })
     }
 }
 
@@ -227,6 +326,72 @@ mod tests {
             explicit.arm_scope(),
             "https://management.core.usgovcloudapi.net/.default"
         );
+    }
+
+    /// A CA certificate in PEM, as a trust bundle holds one.
+    pub(crate) fn ca_pem(name: &str) -> String {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().pem()
+    }
+
+    #[test]
+    fn a_trust_bundle_is_read_once_and_refused_with_the_file_named_when_unusable() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &[u8]| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let bundle = format!("{}{}", ca_pem("private root"), ca_pem("proxy root"));
+        let good = file("bundle.pem", bundle.as_bytes());
+        let args = Args::parse_from([
+            "pgmcp-operator",
+            &format!("--trust-bundle={}", good.display()),
+        ]);
+        let read = args.defaults().unwrap().trust_bundle.unwrap();
+        assert_eq!(read.certificates, 2);
+        assert_eq!(&*read.pem, bundle);
+        assert!(!format!("{read:?}").contains("BEGIN"), "{read:?}");
+        assert_eq!(
+            Args::parse_from(["pgmcp-operator"])
+                .defaults()
+                .unwrap()
+                .trust_bundle,
+            None
+        );
+
+        let refused = |path: &Path| TrustBundle::read(path).unwrap_err().to_string();
+        let missing = dir.path().join("missing.pem");
+        assert_eq!(
+            refused(&missing),
+            format!("failed to read the trust bundle {}", missing.display())
+        );
+        let empty = file("empty.pem", b"");
+        assert_eq!(
+            refused(&empty),
+            format!(
+                "the trust bundle {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                empty.display()
+            )
+        );
+        let binary = file("bundle.der", &[0x30, 0x82, 0xff, 0xfe]);
+        assert!(refused(&binary).contains("is not UTF-8 PEM text"));
+        let broken = file(
+            "broken.pem",
+            b"-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+        );
+        assert!(
+            refused(&broken).contains("holds a certificate that cannot be read"),
+            "{}",
+            refused(&broken)
+        );
+        let huge = file("huge.pem", &vec![b'#'; MAX_TRUST_BUNDLE_BYTES + 1]);
+        assert!(refused(&huge).contains("fit in the MCP servers' ConfigMaps"));
     }
 
     #[test]

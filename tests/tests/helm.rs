@@ -456,6 +456,11 @@ async fn every_values_file_renders_objects_the_apiserver_accepts() {
     let pod = &deployment["spec"]["template"]["spec"];
     let container = &pod["containers"][0];
     assert_eq!(container["image"], "ghcr.io/pgmcp/pgmcp-operator:0.1.0");
+    assert_eq!(
+        pod.get("volumes"),
+        None,
+        "no trust bundle by default: {pod}"
+    );
     let args: Vec<&str> = container["args"]
         .as_array()
         .unwrap()
@@ -546,6 +551,36 @@ async fn every_values_file_renders_objects_the_apiserver_accepts() {
                 assert!(
                     find(&objects, "PodDisruptionBudget", "pgmcp-operator").is_none(),
                     "no PDB for one replica"
+                );
+                // The trust bundle: mounted, SSL_CERT_FILE for the operator's HTTPS calls, and
+                // --trust-bundle for its servers and its verify-full connections.
+                let pod = &deployment["spec"]["template"]["spec"];
+                assert_eq!(
+                    pod["volumes"],
+                    json!([{"name": "trust-bundle", "configMap": {
+                        "name": "corporate-roots",
+                        "items": [{"key": "ca-certificates.crt", "path": "ca-certificates.crt"}]
+                    }}])
+                );
+                let container = &pod["containers"][0];
+                assert_eq!(
+                    container["volumeMounts"],
+                    json!([{"name": "trust-bundle", "mountPath": "/etc/pgmcp/trust", "readOnly": true}])
+                );
+                let bundle = "/etc/pgmcp/trust/ca-certificates.crt";
+                assert!(
+                    container["env"]
+                        .as_array()
+                        .unwrap()
+                        .contains(&json!({"name": "SSL_CERT_FILE", "value": bundle})),
+                    "{container}"
+                );
+                assert!(
+                    container["args"]
+                        .as_array()
+                        .unwrap()
+                        .contains(&json!(format!("--trust-bundle={bundle}"))),
+                    "{container}"
                 );
             }
             "telemetry-values.yaml" => {

@@ -40,6 +40,8 @@ pub const CONFIG_HASH_ANNOTATION: &str = "pgmcp.dev/config-hash";
 pub const CONFIG_KEY: &str = "config.json";
 /// Where the config is mounted.
 pub const CONFIG_DIR: &str = "/etc/pgmcp";
+/// Key of the operator's `--trust-bundle` in the server's ConfigMap (mounted in [`CONFIG_DIR`]).
+pub const TRUST_BUNDLE_KEY: &str = "ca-certificates.crt";
 /// Where the password Secret is mounted (password mode).
 pub const PASSWORD_DIR: &str = "/var/run/secrets/pgmcp/postgres";
 /// Key of the password in the binding's password Secret.
@@ -75,13 +77,22 @@ pub fn build(valid: &Valid, defaults: &Defaults) -> Desired {
     let name = child_name(&valid.name);
     let config = server_config(valid, defaults);
     let config_json = serde_json::to_string_pretty(&config).unwrap_or_default();
-    let config_hash = hex_prefix(&Sha256::digest(config_json.as_bytes()), 16);
+    // The hash covers what the server reads at start: its config and the CAs it trusts.
+    let mut hasher = Sha256::new();
+    hasher.update(config_json.as_bytes());
+    let mut data = BTreeMap::from([(CONFIG_KEY.to_owned(), config_json)]);
+    if let Some(bundle) = &defaults.trust_bundle {
+        hasher.update([0]);
+        hasher.update(bundle.pem.as_bytes());
+        data.insert(TRUST_BUNDLE_KEY.to_owned(), bundle.pem.to_string());
+    }
+    let config_hash = hex_prefix(&hasher.finalize(), 16);
     let service = service(valid, &name);
     Desired {
         service_account: service_account(valid, &name),
         config_map: ConfigMap {
             metadata: meta(valid, &name),
-            data: Some(BTreeMap::from([(CONFIG_KEY.to_owned(), config_json)])),
+            data: Some(data),
             ..Default::default()
         },
         deployment: deployment(valid, defaults, &name, &config_hash),
@@ -130,6 +141,11 @@ pub fn server_config(valid: &Valid, defaults: &Defaults) -> ServerConfig {
             dbname: spec.postgres.database.clone(),
             user: valid.identity.role().to_owned(),
             ssl_mode: spec.postgres.ssl_mode.as_str().to_owned(),
+            // The operator's --trust-bundle replaces the public roots for verify-full.
+            ssl_root_cert: defaults
+                .trust_bundle
+                .as_ref()
+                .map(|_| format!("{CONFIG_DIR}/{TRUST_BUNDLE_KEY}")),
             password_file,
             workload_identity,
             // The operator's --postgres-scope, for a host whose name does not tell its cloud.
@@ -342,6 +358,22 @@ fn default_resources() -> ResourceRequirements {
     }
 }
 
+/// The server container's environment: `SSL_CERT_FILE` when the operator has a trust bundle
+/// (the CAs of every HTTPS call the server makes: Entra, OIDC discovery, telemetry export), and
+/// the OpenTelemetry variables.
+fn server_env(valid: &Valid, defaults: &Defaults) -> Vec<EnvVar> {
+    let mut env = Vec::new();
+    if defaults.trust_bundle.is_some() {
+        env.push(EnvVar {
+            name: "SSL_CERT_FILE".to_owned(),
+            value: Some(format!("{CONFIG_DIR}/{TRUST_BUNDLE_KEY}")),
+            ..Default::default()
+        });
+    }
+    env.extend(otel_env(valid));
+    env
+}
+
 /// The server container's OpenTelemetry environment, in the standard `OTEL_*` variables the
 /// server's SDK reads: its name and resource attributes always, the exporter only with
 /// `spec.server.telemetry`. It is part of the pod template, so any change rolls the pods; the
@@ -518,7 +550,7 @@ fn deployment(valid: &Valid, defaults: &Defaults, name: &str, config_hash: &str)
             "--config".to_owned(),
             format!("{CONFIG_DIR}/{CONFIG_KEY}"),
         ]),
-        env: Some(otel_env(valid)),
+        env: Some(server_env(valid, defaults)),
         ports: Some(vec![ContainerPort {
             name: Some(PORT_NAME.to_owned()),
             container_port: PORT,
@@ -621,6 +653,7 @@ pub(crate) mod tests {
             postgres_scope: None,
             server_image: "ghcr.io/pgmcp/pgmcp-server:test".to_owned(),
             oidc_issuer: None,
+            trust_bundle: None,
         }
     }
 
@@ -1057,6 +1090,69 @@ pub(crate) mod tests {
         assert_ne!(hash(&base), hash(&other_schema));
         let scaled = desired("password.yaml", |b| b.spec.server.replicas = 3);
         assert_eq!(hash(&base), hash(&scaled), "replicas are not config");
+    }
+
+    #[test]
+    fn a_trust_bundle_reaches_every_server_and_a_new_one_rolls_the_pods() {
+        let with_bundle = |pem: &str| {
+            let mut b = binding("azure-entra.yaml");
+            b.spec.postgres.ssl_mode = pgmcp_crds::v1alpha1::SslMode::VerifyFull;
+            let defaults = Defaults {
+                trust_bundle: Some(crate::settings::TrustBundle {
+                    path: "/etc/pgmcp/trust/ca-certificates.crt".into(),
+                    pem: pem.into(),
+                    certificates: 1,
+                }),
+                ..defaults()
+            };
+            build(&validate(&b, &Inputs::default()).unwrap(), &defaults)
+        };
+        let hash = |d: &Desired| {
+            to_json(&d.deployment)["spec"]["template"]["metadata"]["annotations"]
+                [CONFIG_HASH_ANNOTATION]
+                .clone()
+        };
+        let config = |d: &Desired| -> Value {
+            serde_json::from_str(&d.config_map.data.as_ref().unwrap()[CONFIG_KEY]).unwrap()
+        };
+
+        let first = with_bundle("-----BEGIN CERTIFICATE-----\nA\n-----END CERTIFICATE-----\n");
+        let data = first.config_map.data.as_ref().unwrap();
+        assert_eq!(
+            data[TRUST_BUNDLE_KEY],
+            "-----BEGIN CERTIFICATE-----\nA\n-----END CERTIFICATE-----\n"
+        );
+        // The file the ConfigMap volume shows is the server's CA bundle for HTTPS and for
+        // sslmode=verify-full.
+        assert_eq!(
+            container_env(&first)[0],
+            json!({"name": "SSL_CERT_FILE", "value": "/etc/pgmcp/ca-certificates.crt"})
+        );
+        assert_eq!(
+            config(&first)["database"]["sslRootCert"],
+            json!("/etc/pgmcp/ca-certificates.crt")
+        );
+        let second = with_bundle("-----BEGIN CERTIFICATE-----\nB\n-----END CERTIFICATE-----\n");
+        assert_ne!(hash(&first), hash(&second), "a new bundle rolls the pods");
+        assert_eq!(config(&first), config(&second));
+
+        // Without one: nothing of it, and the hash the config alone gives (no rollout when an
+        // operator without a bundle is upgraded).
+        let mut b = binding("azure-entra.yaml");
+        b.spec.postgres.ssl_mode = pgmcp_crds::v1alpha1::SslMode::VerifyFull;
+        let plain = build(&validate(&b, &Inputs::default()).unwrap(), &defaults());
+        let data = plain.config_map.data.as_ref().unwrap();
+        assert_eq!(data.keys().collect::<Vec<_>>(), [CONFIG_KEY]);
+        assert!(
+            !container_env(&plain).to_string().contains("SSL_CERT_FILE"),
+            "{}",
+            container_env(&plain)
+        );
+        assert_eq!(config(&plain)["database"].get("sslRootCert"), None);
+        assert_eq!(
+            hash(&plain),
+            json!(hex_prefix(&Sha256::digest(data[CONFIG_KEY].as_bytes()), 16))
+        );
     }
 
     fn container_env(d: &Desired) -> Value {

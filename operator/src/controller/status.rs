@@ -723,6 +723,7 @@ mod tests {
             postgres_scope: None,
             server_image: "img".to_owned(),
             oidc_issuer: None,
+            trust_bundle: None,
         };
         let desired = build(&valid, &defaults);
         let outcome = Outcome::Applied {
