@@ -179,16 +179,30 @@ impl Foundry {
         let mut flags = vec![arm_flag.as_str()];
         flags.extend(graph_flag.as_deref());
         flags.extend_from_slice(extra);
+        let trust = self.fake_cas();
+        let identity = self.operator_identity(&trust);
+        Operator::start_with_workload_identity(env, ns, name, &identity, &flags).await
+    }
+
+    /// The CAs of the fakes the operator calls: Entra, ARM, and Graph once started.
+    pub fn fake_cas(&self) -> Vec<&std::path::Path> {
         let mut trust = vec![self.entra.ca_cert(), self.arm.ca_cert()];
         trust.extend(self.graph.as_ref().map(|g| g.ca_cert()));
-        let identity = WorkloadIdentity {
+        trust
+    }
+
+    /// The operator's own managed identity, trusting `trust`.
+    pub fn operator_identity<'a>(
+        &'a self,
+        trust: &'a [&'a std::path::Path],
+    ) -> WorkloadIdentity<'a> {
+        WorkloadIdentity {
             entra: &self.entra,
             tenant: TENANT,
             client_id: OPERATOR_CLIENT_ID,
             object_id: OPERATOR_OBJECT_ID,
-            trust: &trust,
-        };
-        Operator::start_with_workload_identity(env, ns, name, &identity, &flags).await
+            trust,
+        }
     }
 
     /// The binding `name`: Entra identity with a federated credential issued for `issuer`,

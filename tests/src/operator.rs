@@ -23,6 +23,40 @@ pub struct WorkloadIdentity<'a> {
     pub trust: &'a [&'a Path],
 }
 
+impl WorkloadIdentity<'_> {
+    /// Registers the identity in the Entra fake with a federated credential for ServiceAccount
+    /// [`SERVICE_ACCOUNT`] of `namespace` in `env`, and lets the fake check that cluster's
+    /// tokens (OIDC discovery through the apiserver).
+    pub async fn register(&self, env: &TestEnv, namespace: &str) -> anyhow::Result<()> {
+        self.entra.register_app(
+            self.tenant,
+            App {
+                client_id: self.client_id.to_owned(),
+                object_id: self.object_id.to_owned(),
+                display_name: SERVICE_ACCOUNT.to_owned(),
+                access_token_version: 1,
+                federated_credentials: vec![FederatedCredential {
+                    issuer: env.server().to_owned(),
+                    subject: format!("system:serviceaccount:{namespace}:{SERVICE_ACCOUNT}"),
+                    audiences: vec![TOKEN_EXCHANGE_AUDIENCE.to_owned()],
+                }],
+                ..App::default()
+            },
+        )?;
+        self.entra.trust_issuer(env.server(), env.client().await?);
+        Ok(())
+    }
+
+    /// The PEM of the CAs in [`WorkloadIdentity::trust`], one after the other.
+    pub fn trust_pem(&self) -> anyhow::Result<String> {
+        let mut pem = String::new();
+        for ca in self.trust {
+            pem.push_str(&std::fs::read_to_string(ca)?);
+        }
+        Ok(pem)
+    }
+}
+
 /// A running operator; stopped with SIGTERM (releasing its Lease) when dropped.
 #[derive(Debug)]
 pub struct Operator {
@@ -76,24 +110,7 @@ impl Operator {
         identity: &WorkloadIdentity<'_>,
         extra: &[&str],
     ) -> anyhow::Result<Self> {
-        identity.entra.register_app(
-            identity.tenant,
-            App {
-                client_id: identity.client_id.to_owned(),
-                object_id: identity.object_id.to_owned(),
-                display_name: SERVICE_ACCOUNT.to_owned(),
-                access_token_version: 1,
-                federated_credentials: vec![FederatedCredential {
-                    issuer: env.server().to_owned(),
-                    subject: format!("system:serviceaccount:{}:{SERVICE_ACCOUNT}", ns.name),
-                    audiences: vec![TOKEN_EXCHANGE_AUDIENCE.to_owned()],
-                }],
-                ..App::default()
-            },
-        )?;
-        identity
-            .entra
-            .trust_issuer(env.server(), env.client().await?);
+        identity.register(env, &ns.name).await?;
         let files = tempfile::Builder::new()
             .prefix("pgmcp-operator-identity-")
             .tempdir()?;
@@ -103,11 +120,7 @@ impl Operator {
             crate::entra::service_account_token(ns, SERVICE_ACCOUNT).await?,
         )?;
         let bundle = files.path().join("ca-bundle.pem");
-        let mut pem = String::new();
-        for ca in identity.trust {
-            pem.push_str(&std::fs::read_to_string(ca)?);
-        }
-        std::fs::write(&bundle, pem)?;
+        std::fs::write(&bundle, identity.trust_pem()?)?;
         let vars = [
             ("AZURE_CLIENT_ID", identity.client_id.to_owned()),
             ("AZURE_TENANT_ID", identity.tenant.to_owned()),

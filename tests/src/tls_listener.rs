@@ -1,4 +1,4 @@
-//! HTTPS for the fakes (Entra, ARM, Graph): a loopback server with a certificate from a test CA
+//! HTTPS for the fakes (Entra, ARM, Graph): a loopback (or node) server with a certificate from a test CA
 //! of its own, whose TLS handshakes run on their own tasks, so one slow or failing client does
 //! not hold up the others.
 
@@ -88,14 +88,26 @@ pub(crate) struct Bound {
 }
 
 impl HttpsServer {
-    /// Binds a free loopback port and writes a CA and a certificate for it (`name` names both).
+    /// Binds a free port and writes a CA and a certificate for it (`name` names both). The port
+    /// is on loopback, or, in a node's namespaces ([`crate::node::inside`]), on the node's
+    /// address, where pods reach it as they would reach Azure (and nothing leaves the
+    /// namespace).
     pub(crate) async fn bind(name: &str) -> anyhow::Result<Bound> {
+        let host = if crate::node::inside() {
+            crate::node::NODE_IP
+        } else {
+            "127.0.0.1"
+        };
         let dir = tempfile::Builder::new()
             .prefix(&format!("pgmcp-{name}-"))
             .tempdir()?;
-        let tls = crate::pki::ServerTls::write(dir.path(), &format!("pgmcp-test-{name}"))?;
-        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("https://127.0.0.1:{}", tcp.local_addr()?.port());
+        let tls = crate::pki::ServerTls::write_for(
+            dir.path(),
+            &format!("pgmcp-test-{name}"),
+            &["localhost", "127.0.0.1", host],
+        )?;
+        let tcp = tokio::net::TcpListener::bind((host, 0)).await?;
+        let url = format!("https://{host}:{}", tcp.local_addr()?.port());
         Ok(Bound { url, tcp, tls, dir })
     }
 }

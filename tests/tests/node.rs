@@ -1,12 +1,16 @@
 //! The images a user deploys, as pods under a real kubelet (`pgmcp_tests::node`): `helm install`
-//! of the chart with the images `make images` built; the operator runs as its Deployment's pods
-//! (leader election, probes, RBAC from its own ServiceAccount token); a password binding's
-//! server starts from its image with the securityContext enforced, passes its probes and answers
-//! the official MCP Python SDK at its pod's address; an edit of the binding rolls the pods and
-//! the new pods serve the new grants; deleting the binding removes everything it made.
+//! of the chart with the images `make images` built, with AKS workload identity and a trust
+//! bundle; the operator runs as its Deployment's pods (leader election, probes, RBAC from its own
+//! ServiceAccount token, Entra and ARM with the token the workload-identity webhook projects);
+//! a password binding's server starts from its image with the securityContext enforced, passes
+//! its probes and answers the official MCP Python SDK at its pod's address; an edit of the
+//! binding rolls the pods and the new pods serve the new grants; an Entra + Foundry binding's
+//! server signs in to PostgreSQL with its projected token through the Entra fake and serves an
+//! agent's Entra token; deleting the bindings removes everything they made.
 //!
 //! Each test runs in network, mount and PID namespaces of its own (`node::isolated`), with a
-//! control plane, PostgreSQL and node of its own.
+//! control plane, PostgreSQL and node of its own. The Azure fakes and the webhook listen on the
+//! node's address there, where the pods reach them.
 
 #![allow(clippy::unwrap_used)]
 
@@ -15,16 +19,19 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
 use kube::Api;
-use kube::api::ListParams;
+use kube::api::{ListParams, PostParams};
 use pgmcp_crds::v1alpha1::PostgresMcpBinding;
 use pgmcp_tests::bindings::{
-    command_ok, create_admin_secret, kubectl_apply, password_example, wait_condition,
+    command_ok, condition, create_admin_secret, delete_and_wait, kubectl_apply, password_example,
+    wait_condition,
 };
 use pgmcp_tests::controlplane::TestEnv;
+use pgmcp_tests::foundry::{Foundry, MI_CLIENT_ID, OPERATOR_CLIENT_ID, TENANT, Target};
 use pgmcp_tests::node::{self, TestNode};
 use pgmcp_tests::publish;
+use pgmcp_tests::webhook::{self, WebhookConfig, WorkloadIdentityWebhook};
 use pgmcp_tests::{Postgres, mcp, paths};
 use serde_json::json;
 
@@ -182,9 +189,198 @@ async fn restarts(pods: &Api<Pod>, name: &str) -> i32 {
         .unwrap_or_default()
 }
 
+/// Namespace of the chart's release.
+const RELEASE_NAMESPACE: &str = "pgmcp-system";
+/// The ConfigMap of the chart's `trustBundle`, in [`RELEASE_NAMESPACE`].
+const TRUST_BUNDLE: &str = "pgmcp-trust";
+
+/// The Azure side of an Entra + Foundry binding for pods on the node: its database (the
+/// `pgaadauth` fixture, the Entra admin), the Entra and ARM fakes on the node's address, the
+/// operator's managed identity federated with the chart's ServiceAccount, and the
+/// workload-identity webhook, registered with the apiserver.
+async fn azure_for_pods(
+    env: &'static TestEnv,
+    pg: &'static Postgres,
+) -> (Foundry, WorkloadIdentityWebhook) {
+    let db = pg.create_database("node_sales").await.unwrap();
+    let target = Target {
+        host: pg.host_for_pods().to_owned(),
+        port: pg.port(),
+        database: db.name.clone(),
+    };
+    let azure = Foundry::start(target, db.connect().await.unwrap())
+        .await
+        .unwrap();
+    let cas = azure.fake_cas();
+    azure
+        .operator_identity(&cas)
+        .register(env, RELEASE_NAMESPACE)
+        .await
+        .unwrap();
+    let webhook = WorkloadIdentityWebhook::start(
+        env.client().await.unwrap(),
+        &format!("{}:0", node::NODE_IP),
+        WebhookConfig::new(TENANT, azure.entra.url()),
+    )
+    .await
+    .unwrap();
+    (azure, webhook)
+}
+
+/// The release namespace with the trust bundle ConfigMap (the fakes' CAs, as trust-manager
+/// would write a private cloud's), and the chart's values: workload identity for the operator,
+/// the fakes' endpoints, this cluster's issuer, the bundle.
+async fn release_values(env: &TestEnv, azure: &Foundry, dir: &Path) -> PathBuf {
+    let client = env.client().await.unwrap();
+    let namespace: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": RELEASE_NAMESPACE}})).unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await
+        .unwrap();
+    let cas = azure.fake_cas();
+    let bundle: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": TRUST_BUNDLE},
+        "data": {"ca-certificates.crt": azure.operator_identity(&cas).trust_pem().unwrap()},
+    }))
+    .unwrap();
+    Api::<ConfigMap>::namespaced(client, RELEASE_NAMESPACE)
+        .create(&PostParams::default(), &bundle)
+        .await
+        .unwrap();
+    let values = json!({
+        "workloadIdentity": {"enabled": true, "clientId": OPERATOR_CLIENT_ID, "tenantId": TENANT},
+        "azure": {"oidcIssuer": env.server(), "armEndpoint": azure.arm.url()},
+        "trustBundle": {"configMap": TRUST_BUNDLE, "key": "ca-certificates.crt"},
+    });
+    let path = dir.join("values.yaml");
+    std::fs::write(&path, values.to_string()).unwrap();
+    path
+}
+
+/// The Entra + Foundry binding on the node: the operator (a pod, with the webhook's projected
+/// token) creates the principal, the federated credential and the Foundry connection; the
+/// server's pod, mutated by the webhook and trusting the chart's bundle through its ConfigMap,
+/// signs in to PostgreSQL with a token Entra issues for its projected ServiceAccount token; an
+/// agent's Entra token is served; deleting the binding removes it all.
+async fn entra_binding_serves_agents(env: &'static TestEnv, node: &TestNode, azure: &Foundry) {
+    let ns = env.namespace("node-azure").await.unwrap();
+    kubectl_apply(&ns, &azure.binding("sales", env.server()).to_string());
+    let bindings: Api<PostgresMcpBinding> = ns.api();
+    let binding = wait_condition(&bindings, "sales", "Ready", "True", None, WAIT).await;
+    assert_eq!(
+        condition(&binding, "IdentityReady").unwrap().reason,
+        "FederatedCredentialReady"
+    );
+    assert!(
+        azure
+            .entra
+            .issued()
+            .iter()
+            .any(|i| i.client_id == MI_CLIENT_ID),
+        "the server exchanged its projected ServiceAccount token for the managed identity"
+    );
+    let status = binding.status.clone().unwrap();
+    let fic_id = status.federated_credential.as_ref().unwrap().id.clone();
+    let connection_id = status.foundry.as_ref().unwrap().connection_id.clone();
+    assert!(azure.arm.resource(&fic_id).is_some());
+    assert!(azure.arm.resource(&connection_id).is_some());
+
+    // What the webhook and the operator put in the server's pod.
+    let pods: Api<Pod> = ns.api();
+    let selector = "app.kubernetes.io/name=pgmcp-server,app.kubernetes.io/instance=sales";
+    let servers = wait_pods(
+        "the Entra server's pod Ready",
+        node,
+        &pods,
+        selector,
+        |_| true,
+    )
+    .await;
+    let (pod_name, ip) = servers[0].clone();
+    let pod = serde_json::to_value(pods.get(&pod_name).await.unwrap()).unwrap();
+    let env_vars = &pod["spec"]["containers"][0]["env"];
+    for (name, value) in [
+        ("AZURE_CLIENT_ID", MI_CLIENT_ID),
+        ("AZURE_TENANT_ID", TENANT),
+        ("AZURE_FEDERATED_TOKEN_FILE", webhook::TOKEN_FILE),
+        ("AZURE_AUTHORITY_HOST", azure.entra.url()),
+        ("SSL_CERT_FILE", "/etc/pgmcp/ca-certificates.crt"),
+    ] {
+        assert!(
+            env_vars
+                .as_array()
+                .unwrap()
+                .contains(&json!({"name": name, "value": value})),
+            "{name}={value} in {env_vars}"
+        );
+    }
+
+    // An agent with the app role, configured from status.connect, through the official SDK.
+    let connect = binding.status.unwrap().connect.unwrap();
+    let token = azure
+        .agent_token(connect.token_scope.as_deref().unwrap())
+        .await
+        .unwrap();
+    let service = format!("sales-mcp.{}.svc", ns.name);
+    node::resolve(&service, &ip).unwrap();
+    let url = format!("http://{service}:8080/mcp");
+    let script = json!({"calls": [
+        {"tool": "query", "arguments": {"sql": "SELECT count(*) AS n FROM sales"}},
+    ]});
+    let out = mcp::run_python_client(
+        &[
+            "--url".to_owned(),
+            url.clone(),
+            "--bearer".to_owned(),
+            token,
+        ],
+        &script,
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = doc["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, connect.tools);
+    assert_eq!(doc["results"][0]["isError"], json!(false), "{doc}");
+    // Without a token the same server refuses.
+    let anonymous = mcp::run_python_client(&["--url".to_owned(), url], &script, &[]);
+    assert!(!anonymous.status.success(), "served without a token");
+
+    // Delete: the connection, the credential, the principal and the pods go.
+    delete_and_wait(&bindings, "sales", WAIT).await;
+    assert!(
+        azure.arm.resource(&connection_id).is_none(),
+        "connection deleted"
+    );
+    assert!(azure.arm.resource(&fic_id).is_none(), "credential deleted");
+    assert_eq!(
+        azure.principal_oid().await.unwrap(),
+        None,
+        "principal dropped"
+    );
+    eventually("the Entra server's pods gone", node, || async {
+        pods.list(&ListParams::default().labels(selector))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    })
+    .await;
+}
+
 #[test]
-fn the_chart_and_a_binding_run_from_the_images_under_a_real_kubelet() {
-    if !node::isolated("the_chart_and_a_binding_run_from_the_images_under_a_real_kubelet") {
+fn the_chart_and_bindings_run_from_the_images_under_a_real_kubelet() {
+    if !node::isolated("the_chart_and_bindings_run_from_the_images_under_a_real_kubelet") {
         return;
     }
     runtime().block_on(async {
@@ -194,24 +390,22 @@ fn the_chart_and_a_binding_run_from_the_images_under_a_real_kubelet() {
         let node = TestNode::start(env, &images).await.unwrap();
         let client = env.client().await.unwrap();
 
-        // helm install with the chart's defaults: the images are the ones imported, under the
-        // names the chart uses. --wait: the operator's Deployment becomes available, which needs
-        // its probes to pass.
+        let (azure, _webhook) = azure_for_pods(env, pg).await;
+
+        // helm install with the images imported under the names the chart uses by default,
+        // workload identity and the trust bundle. --wait: the operator's Deployment becomes
+        // available, which needs its probes to pass.
         let home = tempfile::tempdir().unwrap();
+        let values = release_values(env, &azure, home.path()).await;
         let mut install = helm(home.path(), env.kubeconfig());
         install
             .args(["install", "pgmcp"])
             .arg(paths::workspace_root().join("charts/pgmcp"))
-            .args([
-                "--namespace",
-                "pgmcp-system",
-                "--create-namespace",
-                "--wait",
-                "--timeout",
-                "180s",
-            ]);
+            .args(["--namespace", RELEASE_NAMESPACE, "--values"])
+            .arg(&values)
+            .args(["--wait", "--timeout", "180s"]);
         command_ok(install);
-        let system_pods: Api<Pod> = Api::namespaced(client.clone(), "pgmcp-system");
+        let system_pods: Api<Pod> = Api::namespaced(client.clone(), RELEASE_NAMESPACE);
         let operators = ready_pods(&system_pods, "app.kubernetes.io/name=pgmcp").await;
         assert_eq!(
             operators.len(),
@@ -261,6 +455,10 @@ fn the_chart_and_a_binding_run_from_the_images_under_a_real_kubelet() {
         let tables = doc["results"][0]["text"].as_str().unwrap();
         assert!(tables.contains("customers"), "{tables}");
         assert_eq!(doc["results"][1]["isError"], json!(false), "{doc}");
+
+        // Beside it, an Entra + Foundry binding (before PostgreSQL is restarted below: the Entra
+        // fake sets its principals' passwords through a connection opened at the start).
+        entra_binding_serves_agents(env, &node, &azure).await;
 
         // PostgreSQL down: the server's readiness probe fails and the Service stops routing to
         // it; PostgreSQL back: it routes again, and the server answers.
@@ -317,7 +515,7 @@ fn the_chart_and_a_binding_run_from_the_images_under_a_real_kubelet() {
         assert_eq!(doc["results"][1]["isError"], json!(true), "{doc}");
 
         // Delete: the Deployment, its pods and the role go.
-        pgmcp_tests::bindings::delete_and_wait(&bindings, "shop", WAIT).await;
+        delete_and_wait(&bindings, "shop", WAIT).await;
         let deployments: Api<Deployment> = ns.api();
         eventually("the server's pods gone", &node, || async {
             deployments.get_opt("shop-mcp").await.unwrap().is_none()
