@@ -100,6 +100,17 @@ impl Foundry {
         })
     }
 
+    /// [`Foundry::start`] on database `db`, which the operator and the servers reach at `host`
+    /// (its server's own address, or the one pods use).
+    pub async fn start_in(db: &crate::postgres::TestDatabase, host: &str) -> anyhow::Result<Self> {
+        let target = Target {
+            host: host.to_owned(),
+            port: db.server().port(),
+            database: db.name.clone(),
+        };
+        Self::start(target, db.connect().await?).await
+    }
+
     /// Starts a Graph fake for `foundry.assignAppRole`: the server app's service principal with
     /// app role `MCP.Read`, the service principal of the project's managed identity, and Graph
     /// permissions for the operator to read and assign app roles.

@@ -93,6 +93,14 @@ impl Session {
     }
 }
 
+/// The names of the tools in an answer of [`run_python_client`], in the order listed.
+pub fn listed_tool_names(answer: &Value) -> Vec<&str> {
+    answer["tools"]
+        .as_array()
+        .map(|tools| tools.iter().filter_map(|t| t["name"].as_str()).collect())
+        .unwrap_or_default()
+}
+
 /// Runs tests/interop/mcp_client.py (the official MCP Python SDK, from `make mcp-clients`) with
 /// `args`, feeding `script` on stdin, with `env` added to its environment.
 pub fn run_python_client(

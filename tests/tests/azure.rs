@@ -16,10 +16,8 @@ use pgmcp_tests::bindings::{
     condition, delete_and_wait, kubectl_apply, kubectl_ok, wait_condition,
 };
 use pgmcp_tests::entra::TOKEN_EXCHANGE_AUDIENCE;
-use pgmcp_tests::foundry::{
-    Foundry, MI_CLIENT_ID, PUBLIC_URL, SERVER_APP_ID, Target, run_foundry_sample,
-};
-use pgmcp_tests::mcp::run_python_client;
+use pgmcp_tests::foundry::{Foundry, MI_CLIENT_ID, PUBLIC_URL, SERVER_APP_ID, run_foundry_sample};
+use pgmcp_tests::mcp::{listed_tool_names, run_python_client};
 use pgmcp_tests::podrunner::{Webhook, run_deployment_pod_with};
 use pgmcp_tests::{Postgres, TestEnv, paths};
 use serde_json::json;
@@ -34,14 +32,7 @@ async fn a_foundry_binding_gets_its_credential_connection_and_principal_and_lose
     let pg = Postgres::shared();
     let ns = env.namespace("azure").await.unwrap();
     let db = pg.create_database("azure").await.unwrap();
-    let target = Target {
-        host: pg.host().to_owned(),
-        port: pg.port(),
-        database: db.name.clone(),
-    };
-    let azure = Foundry::start(target, db.connect().await.unwrap())
-        .await
-        .unwrap();
+    let azure = Foundry::start_in(&db, pg.host()).await.unwrap();
     let (fake, arm, admin) = (&azure.entra, &azure.arm, &azure.admin);
     let principal = azure.principal.clone();
     let operator = azure
@@ -212,13 +203,7 @@ async fn a_foundry_binding_gets_its_credential_connection_and_principal_and_lose
     );
     assert!(listed.status.success(), "{listed:?}\n{}", pod.log());
     let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
-    let names: Vec<&str> = listed["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, connect.tools);
+    assert_eq!(listed_tool_names(&listed), connect.tools);
 
     // The Foundry sample builds its agent from this binding: the request the pinned SDK would
     // send (its own models and serialization, nothing sent) carries the status's values.

@@ -290,14 +290,7 @@ async fn foundry_ready(bindings: &Api<PostgresMcpBinding>, name: &str) -> Postgr
 async fn foundry(test: &str) -> Foundry {
     let pg = Postgres::shared();
     let db = pg.create_database(test).await.unwrap();
-    let target = Target {
-        host: pg.host().to_owned(),
-        port: pg.port(),
-        database: db.name.clone(),
-    };
-    Foundry::start(target, db.connect().await.unwrap())
-        .await
-        .unwrap()
+    Foundry::start_in(&db, pg.host()).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,7 +15,7 @@ use pgmcp_tests::bindings::{
     condition, create_admin_secret, delete_and_wait, kubectl_apply, kubectl_ok, password_example,
     wait_condition, wait_gone,
 };
-use pgmcp_tests::foundry::{Foundry, MCP_READ_ID, SERVER_SP_ID, SUBSCRIPTION, Target};
+use pgmcp_tests::foundry::{Foundry, MCP_READ_ID, SERVER_SP_ID, SUBSCRIPTION};
 use pgmcp_tests::operator::Operator;
 use pgmcp_tests::{Postgres, TestEnv, eventually, wait_for};
 use serde_json::{Value, json};
@@ -26,14 +26,7 @@ const WAIT: Duration = Duration::from_secs(90);
 async fn foundry(test: &str) -> Foundry {
     let pg = Postgres::shared();
     let db = pg.create_database(test).await.unwrap();
-    let target = Target {
-        host: pg.host().to_owned(),
-        port: pg.port(),
-        database: db.name.clone(),
-    };
-    let mut azure = Foundry::start(target, db.connect().await.unwrap())
-        .await
-        .unwrap();
+    let mut azure = Foundry::start_in(&db, pg.host()).await.unwrap();
     azure.start_graph().await.unwrap();
     azure
 }

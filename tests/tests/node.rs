@@ -28,7 +28,7 @@ use pgmcp_tests::bindings::{
     wait_condition,
 };
 use pgmcp_tests::controlplane::TestEnv;
-use pgmcp_tests::foundry::{Foundry, MI_CLIENT_ID, OPERATOR_CLIENT_ID, TENANT, Target};
+use pgmcp_tests::foundry::{Foundry, MI_CLIENT_ID, OPERATOR_CLIENT_ID, TENANT};
 use pgmcp_tests::node::{self, TestNode};
 use pgmcp_tests::publish;
 use pgmcp_tests::webhook::{self, WebhookConfig, WorkloadIdentityWebhook};
@@ -189,6 +189,18 @@ async fn restarts(pods: &Api<Pod>, name: &str) -> i32 {
         .unwrap_or_default()
 }
 
+/// The official MCP Python SDK's answer to `script` (`mcp::run_python_client`), which must
+/// succeed.
+fn python_client(args: &[String], script: &serde_json::Value) -> serde_json::Value {
+    let out = mcp::run_python_client(args, script, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// Namespace of the chart's release.
 const RELEASE_NAMESPACE: &str = "pgmcp-system";
 /// The ConfigMap of the chart's `trustBundle`, in [`RELEASE_NAMESPACE`].
@@ -203,14 +215,7 @@ async fn azure_for_pods(
     pg: &'static Postgres,
 ) -> (Foundry, WorkloadIdentityWebhook) {
     let db = pg.create_database("node_sales").await.unwrap();
-    let target = Target {
-        host: pg.host_for_pods().to_owned(),
-        port: pg.port(),
-        database: db.name.clone(),
-    };
-    let azure = Foundry::start(target, db.connect().await.unwrap())
-        .await
-        .unwrap();
+    let azure = Foundry::start_in(&db, pg.host_for_pods()).await.unwrap();
     let cas = azure.fake_cas();
     azure
         .operator_identity(&cas)
@@ -328,7 +333,7 @@ async fn entra_binding_serves_agents(env: &'static TestEnv, node: &TestNode, azu
     let script = json!({"calls": [
         {"tool": "query", "arguments": {"sql": "SELECT count(*) AS n FROM sales"}},
     ]});
-    let out = mcp::run_python_client(
+    let doc = python_client(
         &[
             "--url".to_owned(),
             url.clone(),
@@ -336,21 +341,8 @@ async fn entra_binding_serves_agents(env: &'static TestEnv, node: &TestNode, azu
             token,
         ],
         &script,
-        &[],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let names: Vec<&str> = doc["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, connect.tools);
+    assert_eq!(mcp::listed_tool_names(&doc), connect.tools);
     assert_eq!(doc["results"][0]["isError"], json!(false), "{doc}");
     // Without a token the same server refuses.
     let anonymous = mcp::run_python_client(&["--url".to_owned(), url], &script, &[]);
@@ -437,17 +429,10 @@ fn the_chart_and_bindings_run_from_the_images_under_a_real_kubelet() {
                 {"tool": "list_tables", "arguments": {}},
                 {"tool": "query", "arguments": {"sql": sql}},
             ]});
-            let out = mcp::run_python_client(
+            python_client(
                 &["--url".to_owned(), format!("http://{service}:8080/mcp")],
                 &script,
-                &[],
-            );
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+            )
         };
         let (first_pod, ip) = servers[0].clone();
         assert_locked_down("/usr/local/bin/pgmcp-server", 1);
