@@ -507,12 +507,12 @@ impl ArmFake {
         })
     }
 
-    /// The ARM endpoint: `https://127.0.0.1:<port>`.
+    /// The ARM endpoint: `https://127.0.0.1:<port>` (on a test node, its address).
     pub fn url(&self) -> &str {
         &self.server.url
     }
 
-    /// The token scope for this endpoint: `https://127.0.0.1:<port>/.default`.
+    /// The token scope for this endpoint: `<url>/.default`.
     pub fn scope(&self) -> String {
         format!("{}/.default", self.server.url.trim_end_matches('/'))
     }

@@ -232,7 +232,7 @@ impl EntraFake {
         })
     }
 
-    /// The authority host: `https://127.0.0.1:<port>`.
+    /// The authority host: `https://127.0.0.1:<port>` (on a test node, its address).
     pub fn url(&self) -> &str {
         &self.server.url
     }

@@ -142,7 +142,7 @@ impl GraphFake {
         })
     }
 
-    /// The Graph endpoint: `https://127.0.0.1:<port>`.
+    /// The Graph endpoint: `https://127.0.0.1:<port>` (on a test node, its address).
     pub fn url(&self) -> &str {
         &self.server.url
     }

@@ -1,6 +1,6 @@
-//! HTTPS for the fakes (Entra, ARM, Graph): a loopback (or node) server with a certificate from a test CA
-//! of its own, whose TLS handshakes run on their own tasks, so one slow or failing client does
-//! not hold up the others.
+//! HTTPS for the fakes (Entra, ARM, Graph): a server on loopback (or on a test node's address)
+//! with a certificate from a test CA of its own, whose TLS handshakes run on their own tasks, so
+//! one slow or failing client does not hold up the others.
 
 use std::path::Path;
 use std::sync::Arc;
