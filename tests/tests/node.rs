@@ -344,9 +344,18 @@ async fn entra_binding_serves_agents(env: &'static TestEnv, node: &TestNode, azu
     );
     assert_eq!(mcp::listed_tool_names(&doc), connect.tools);
     assert_eq!(doc["results"][0]["isError"], json!(false), "{doc}");
-    // Without a token the same server refuses.
-    let anonymous = mcp::run_python_client(&["--url".to_owned(), url], &script, &[]);
-    assert!(!anonymous.status.success(), "served without a token");
+    // Without a token the same server refuses with MCP's authorization challenge (a client's
+    // failure alone would not tell a refusal from an unreachable pod).
+    let anonymous = reqwest::Client::new()
+        .post(&url)
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), reqwest::StatusCode::UNAUTHORIZED);
+    let challenge = anonymous.headers()["www-authenticate"].to_str().unwrap();
+    assert!(challenge.starts_with("Bearer "), "{challenge}");
 
     // Delete: the connection, the credential, the principal and the pods go.
     delete_and_wait(&bindings, "sales", WAIT).await;
